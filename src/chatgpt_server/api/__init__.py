@@ -1,0 +1,1 @@
+"""The HTTP edge: routes, request validation, the envelope, OpenAPI and messages."""

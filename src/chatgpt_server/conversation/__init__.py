@@ -1,0 +1,1 @@
+"""Conversation logic: history from the parent chain, the token budget, turn bookkeeping."""

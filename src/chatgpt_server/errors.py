@@ -1,0 +1,87 @@
+"""The one error tree of the service.
+
+Every failure a client can see is a ``ServiceError``: it carries the HTTP status, a message key
+(rendered in English or Chinese by ``api.messages``) and the values the message needs. The HTTP edge
+maps the tree to the error envelope in one place (``api.envelope``).
+
+    ServiceError (500)
+    ├── BadRequest (400)
+    │   └── ValidationFailed (400, every problem listed)
+    ├── Unauthorized (401)
+    ├── Forbidden (403)
+    ├── NotFound (404)
+    ├── MethodNotAllowed (405)
+    ├── PayloadTooLarge (413)
+    ├── TooManyRequests (429)
+    ├── BadGateway (502)
+    ├── StoreUnavailable (503)
+    └── GatewayTimeout (504)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class ServiceError(Exception):
+    status = 500
+
+    def __init__(self, key: str = "internal", /, *, headers: dict[str, str] | None = None, **params: Any):
+        super().__init__(key)
+        self.key = key
+        self.params = params
+        self.headers = headers or {}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.key!r})"
+
+
+class BadRequest(ServiceError):
+    status = 400
+
+
+class ValidationFailed(BadRequest):
+    """Every validation problem at once, each a (message key, params) pair."""
+
+    def __init__(self, problems: list[tuple[str, dict[str, Any]]]):
+        super().__init__("validation")
+        self.problems = problems
+
+
+class Unauthorized(ServiceError):
+    status = 401
+
+
+class Forbidden(ServiceError):
+    status = 403
+
+
+class NotFound(ServiceError):
+    status = 404
+
+
+class MethodNotAllowed(ServiceError):
+    status = 405
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+
+
+class TooManyRequests(ServiceError):
+    status = 429
+
+
+class BadGateway(ServiceError):
+    status = 502
+
+
+class StoreUnavailable(ServiceError):
+    status = 503
+
+    def __init__(self, key: str = "store_unavailable", /, **params: Any):
+        super().__init__(key, **params)
+
+
+class GatewayTimeout(ServiceError):
+    status = 504

@@ -1,0 +1,1 @@
+"""Clients of the three upstreams (OpenAI API, ChatGPT web backend, web sign-in) and pure parsers."""

@@ -1,0 +1,108 @@
+"""The one outbound HTTP client (aiohttp), shared by every upstream call, and its error mapping.
+
+aiohttp rather than httpx: with 32 concurrent requests httpx's pool was the bottleneck in our
+measurements, aiohttp's was not (see bench/README.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from ..errors import BadGateway, GatewayTimeout, ServiceError
+from ..settings import Settings
+
+_SECRETISH = re.compile(r"(sk-[A-Za-z0-9_*\-]{4,}|eyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]*|Bearer\s+\S+)", re.IGNORECASE)
+
+
+def host_of(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.netloc or url
+
+
+def scrub(text: str, *secrets: str, limit: int = 300) -> str:
+    """An upstream's words made safe to show: no credential (even masked), one line, bounded."""
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    text = _SECRETISH.sub("***", text)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+class Upstream:
+    """Owns the aiohttp session; every upstream call goes through ``request``."""
+
+    def __init__(self, settings: Settings):
+        self.settings = settings
+        self.proxy: str | None = None
+        self._session: aiohttp.ClientSession | None = None
+
+    @property
+    def session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = self._make_session()
+        return self._session
+
+    def _make_session(self) -> aiohttp.ClientSession:
+        proxy = self.settings.proxy
+        connector: aiohttp.BaseConnector
+        if proxy and proxy.startswith("socks"):
+            from aiohttp_socks import ProxyConnector
+
+            connector = ProxyConnector.from_url(
+                proxy.replace("socks5h://", "socks5://"), rdns=proxy.startswith("socks5h")
+            )
+        else:
+            connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
+            self.proxy = proxy
+        return aiohttp.ClientSession(
+            connector=connector,
+            json_serialize=lambda o: "",  # bodies are encoded by the callers with orjson
+            timeout=aiohttp.ClientTimeout(total=None),
+            auto_decompress=True,
+            cookie_jar=aiohttp.DummyCookieJar(),
+        )
+
+    def cookie_session(self) -> aiohttp.ClientSession:
+        """A session with its own cookie jar (for the sign-in flow), sharing our connection pool."""
+        return aiohttp.ClientSession(
+            connector=self.session.connector,
+            connector_owner=False,
+            cookie_jar=aiohttp.CookieJar(unsafe=True),  # unsafe: allow cookies from IP-address hosts
+            timeout=aiohttp.ClientTimeout(total=None),
+        )
+
+    def request(self, method: str, url: str, **kwargs: Any) -> Any:
+        if self.proxy:
+            kwargs.setdefault("proxy", self.proxy)
+        return self.session.request(method, url, **kwargs)
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
+
+
+def transport_error(exc: BaseException, host: str, seconds: float, *, idle: bool = False) -> ServiceError:
+    """A failure below HTTP (connect, reset, timeout) as the precise error a client sees."""
+    if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
+        key = "upstream_idle_timeout" if idle else "upstream_timeout"
+        return GatewayTimeout(key, host=host, seconds=round(seconds, 3))
+    if isinstance(exc, aiohttp.ClientPayloadError):
+        return BadGateway("upstream_bad_reply", host=host, detail="the reply was cut off")
+    detail = type(exc).__name__
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        detail = f"connection failed ({exc.os_error.strerror or type(exc.os_error).__name__})"
+    elif isinstance(exc, aiohttp.ServerDisconnectedError):
+        detail = "the server closed the connection"
+    elif isinstance(exc, aiohttp.ClientOSError):
+        detail = f"connection error ({exc.strerror or 'reset'})"
+    return BadGateway("upstream_unreachable", host=host, detail=detail)
+
+
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)

