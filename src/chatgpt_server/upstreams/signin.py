@@ -67,6 +67,7 @@ class SignIn:
     def __init__(self, upstream: Upstream, settings: Settings, timeout_s: float):
         self.upstream = upstream
         self.web = settings.chatgpt_web_url
+        self.identity = _origin(settings.auth_url)
         self.timeout_s = timeout_s
         self.session = upstream.cookie_session()
 
@@ -105,6 +106,10 @@ class SignIn:
         if page.status != 200 or not state:
             raise BadGateway("signin_changed", step=3, detail=f"no login state (HTTP {page.status})")
         identity = _origin(page.url)
+        if identity != self.identity:
+            # The password goes only to the identity service we were configured to trust.
+            detail = f"the flow leads to {host_of(identity)}, not CHATGPT_SERVER_AUTH_URL"
+            raise BadGateway("signin_changed", step=3, detail=detail)
         page = await self.fetch(
             4, "POST", f"{identity}/u/login/identifier?state={state}",
             data={"state": state, "username": email, "action": "default"},

@@ -1,0 +1,125 @@
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .harness import ServerProcess, ThreadedApps
+from .standins.chatgpt_web import ChatGPTStandIn
+from .standins.openai_api import OpenAIStandIn
+from .standins.signin import SignInStandIn
+
+KEY = "sk-test-0123456789abcdefKEYONE"
+OTHER_KEY = "sk-test-0123456789abcdefKEYTWO"
+
+
+@dataclass
+class Upstreams:
+    apps: ThreadedApps
+    openai: OpenAIStandIn
+    openai_url: str  # base URL, ends in /v1
+    alt_openai: OpenAIStandIn
+    alt_openai_url: str  # allow-listed alternative
+    chatgpt: ChatGPTStandIn
+    chatgpt_url: str  # the conversation URL
+    signin: SignInStandIn
+    web_url: str
+    identity_url: str
+
+    def env(self, **extra: str) -> dict[str, str]:
+        env = {
+            "CHATGPT_SERVER_OPENAI_BASE_URL": self.openai_url,
+            "CHATGPT_SERVER_ALLOWED_UPSTREAMS": self.alt_openai_url,
+            "CHATGPT_SERVER_CHATGPT_URL": self.chatgpt_url,
+            "CHATGPT_SERVER_CHATGPT_WEB_URL": self.web_url,
+            "CHATGPT_SERVER_AUTH_URL": self.identity_url,
+            "CHATGPT_SERVER_DEFAULT_MODEL": "gpt-3.5-turbo",
+        }
+        env.update(extra)
+        return env
+
+    def reset(self) -> None:
+        def clear() -> None:
+            for standin in (self.openai, self.alt_openai):
+                standin.requests.clear()
+                standin.fail_next.clear()
+                standin.chunk_delay = 0.0
+            self.chatgpt.requests.clear()
+            self.chatgpt.fail_next.clear()
+            self.chatgpt.force_classic = False
+            self.chatgpt.chunk_delay = 0.0
+            self.chatgpt.first_delay = 0.0
+            self.signin.refuse = False
+            self.signin.country_block = False
+
+        self.apps.call(clear)
+
+
+@pytest.fixture(scope="session")
+def upstreams() -> Iterator[Upstreams]:
+    apps = ThreadedApps()
+    openai, alt = OpenAIStandIn(), OpenAIStandIn()
+    chatgpt = ChatGPTStandIn()
+    signin = SignInStandIn()
+    web_url = apps.serve(signin.web_app())
+    identity_url = apps.serve(signin.identity_app())
+    signin.web_url, signin.identity_url = web_url, identity_url
+    ups = Upstreams(
+        apps=apps,
+        openai=openai,
+        openai_url=apps.serve(openai.app()) + "/v1",
+        alt_openai=alt,
+        alt_openai_url=apps.serve(alt.app()) + "/v1",
+        chatgpt=chatgpt,
+        chatgpt_url=apps.serve(chatgpt.app()) + "/backend-api/conversation",
+        signin=signin,
+        web_url=web_url,
+        identity_url=identity_url,
+    )
+    yield ups
+    apps.close()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_upstreams(request: pytest.FixtureRequest) -> None:
+    if "upstreams" in request.fixturenames:
+        request.getfixturevalue("upstreams").reset()
+
+
+@pytest.fixture(scope="module")
+def server(upstreams: Upstreams, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path_factory.mktemp("server"), upstreams.env()).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def client(server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def ask(
+    client: httpx.Client,
+    content: str,
+    parent: str | None = None,
+    key: str = KEY,
+    mode: str = "1",
+    kind: str = "1",
+    **options: Any,
+) -> httpx.Response:
+    """POST /api/v1/gpt/getInfo the way a client of the original does."""
+    opts: dict[str, Any] = {"key": key, "content": content, "isFollow": parent is not None}
+    if parent:
+        opts["parentMessageId"] = parent
+    if options:
+        opts["opts"] = options
+    return client.post("/api/v1/gpt/getInfo", json={"mode": mode, "type": kind, "opts": opts})
+
+
+def tmp_dir(tmp_path: Path) -> Path:
+    return tmp_path

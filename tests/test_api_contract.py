@@ -1,0 +1,161 @@
+"""The HTTP contract: envelope, validation messages (English and the original's Chinese), routes."""
+
+from __future__ import annotations
+
+import time
+
+import httpx
+import pytest
+
+from .conftest import KEY, ask
+
+ZH = {"Accept-Language": "zh-CN,zh;q=0.9"}
+
+
+def assert_error(response: httpx.Response, status: int, path: str = "/api/v1/gpt/getInfo") -> str:
+    assert response.status_code == status, response.text
+    body = response.json()
+    assert set(body) == {"status", "success", "message", "data", "timestamp", "path"}
+    assert body["status"] == status and body["success"] is False and body["data"] == {}
+    assert body["path"] == path
+    assert abs(body["timestamp"] - time.time() * 1000) < 60_000
+    return str(body["message"])
+
+
+def test_success_envelope_and_shape(client: httpx.Client) -> None:
+    response = ask(client, "hello world")
+    assert response.status_code == 201
+    body = response.json()
+    assert set(body) == {"status", "success", "message", "data", "timestamp"}
+    assert (body["status"], body["success"], body["message"]) == (200, True, "ok")
+    data = body["data"]
+    assert data["role"] == "assistant"
+    assert data["id"].startswith("chatcmpl-")
+    assert data["text"] == "echo(1): hello world"
+    assert data["parentMessageId"] and data["parentMessageId"] != data["id"]
+    assert data["detail"]["usage"]["prompt_tokens"] > 0
+    assert data["detail"]["choices"][0]["message"]["content"] == data["text"]
+
+
+@pytest.mark.parametrize(
+    ("body", "zh"),
+    [
+        ({}, "有效值为1或2,模式mode必填,有效值为1,类型type必填,gpt请求参数opts必填"),
+        ({"mode": "1", "type": "1"}, "gpt请求参数opts必填"),
+        ({"mode": "1", "type": "1", "opts": {}}, "opts.key必填,opts.content必填,opts.isFollow必填"),
+        (
+            {"mode": "1", "type": "1", "opts": {"key": "k", "content": "c", "isFollow": True}},
+            "opts.当isFollow为true时，parentMessageId必填",
+        ),
+        ({"mode": "3", "type": "1", "opts": {"key": "k", "content": "c", "isFollow": False}}, "有效值为1或2"),
+    ],
+)
+def test_validation_messages_in_chinese_are_the_originals(client: httpx.Client, body: dict, zh: str) -> None:
+    response = client.post("/api/v1/gpt/getInfo", json=body, headers=ZH)
+    assert assert_error(response, 400) == zh
+
+
+def test_validation_lists_every_problem_in_english(client: httpx.Client) -> None:
+    message = assert_error(client.post("/api/v1/gpt/getInfo", json={}), 400)
+    assert message.split(",") == [
+        'mode must be "1" or "2"',
+        "mode is required",
+        'type must be "1" or "2"',
+        "type is required",
+        "opts is required",
+    ]
+    body = {"mode": "1", "type": "1", "opts": {"key": 5, "isFollow": "maybe", "opts": {"nope": 1, "timeoutMs": -1}}}
+    message = assert_error(client.post("/api/v1/gpt/getInfo", json=body), 400)
+    for part in (
+        "opts.key must be a string",
+        "opts.content is required",
+        "opts.isFollow must be true or false",
+        "opts.opts.nope is not a known option",
+        "opts.opts.timeoutMs must be a positive integer",
+    ):
+        assert part in message
+
+
+def test_numbers_are_accepted_for_mode_and_type(client: httpx.Client) -> None:
+    body = {"mode": 1, "type": 1, "opts": {"key": KEY, "content": "numbers", "isFollow": False}}
+    response = client.post("/api/v1/gpt/getInfo", json=body)
+    assert response.status_code == 201
+    assert response.json()["data"]["text"] == "echo(1): numbers"
+
+
+def test_options_of_the_other_mode_are_refused(client: httpx.Client) -> None:
+    message = assert_error(ask(client, "x", headers={"X-A": "b"}), 400)
+    assert message == 'opts.opts.headers applies to mode "2" only'
+    message = assert_error(ask(client, "x", debug=True, completionParams={"messages": []}), 400)
+    assert message == "opts.opts.completionParams.messages is set by the server"
+
+
+def test_language_setting_and_header(client: httpx.Client) -> None:
+    english = assert_error(client.post("/api/v1/gpt/getInfo", json={"mode": "1", "type": "1"}), 400)
+    assert english == "opts is required"
+    zh = client.post("/api/v1/gpt/getInfo", json={"mode": "1", "type": "1"}, headers={"Accept-Language": "zh"})
+    assert assert_error(zh, 400) == "gpt请求参数opts必填"
+    preferred = client.post(
+        "/api/v1/gpt/getInfo", json={"mode": "1", "type": "1"}, headers={"Accept-Language": "zh;q=0.3, en;q=0.9"}
+    )
+    assert assert_error(preferred, 400) == "opts is required"
+
+
+def test_bad_json_and_wrong_body_types(client: httpx.Client) -> None:
+    bad = client.post("/api/v1/gpt/getInfo", content=b'{"mode": "1",', headers={"Content-Type": "application/json"})
+    assert assert_error(bad, 400).startswith("the request body is not valid JSON")
+    array = client.post("/api/v1/gpt/getInfo", json=[1, 2])
+    assert assert_error(array, 400) == "the request body must be a JSON object"
+    opts = client.post("/api/v1/gpt/getInfo", json={"mode": "1", "type": "1", "opts": "x"})
+    assert assert_error(opts, 400) == "opts must be an object"
+
+
+def test_huge_body_is_413(client: httpx.Client) -> None:
+    response = ask(client, "x" * 2_000_000)
+    assert "larger than 1048576 bytes" in assert_error(response, 413)
+
+
+def test_unknown_route_and_method(client: httpx.Client) -> None:
+    assert assert_error(client.get("/nowhere?password=hunter2"), 404, "/nowhere") == "Cannot GET /nowhere"
+    message = assert_error(client.get("/api/v1/gpt/getInfo"), 405)
+    assert message == "GET is not allowed on /api/v1/gpt/getInfo"
+
+
+def test_error_path_never_carries_the_query_string(client: httpx.Client) -> None:
+    response = client.get("/api/v1/token/getInfo", params={"type": "9", "email": "a@b.c", "password": "hunter2"})
+    assert_error(response, 400, "/api/v1/token/getInfo")
+    assert "hunter2" not in response.text
+
+
+def test_token_validation_messages(client: httpx.Client) -> None:
+    zh = client.get("/api/v1/token/getInfo", headers=ZH)
+    assert assert_error(zh, 400, "/api/v1/token/getInfo") == (
+        "type值只能为1或2,1为获取token，2为刷新token,email必填,password必填"
+    )
+
+
+def test_swagger_ui_is_served_locally(client: httpx.Client) -> None:
+    page = client.get("/api")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert "https://" not in page.text  # nothing from a CDN: it must render offline
+    for asset in ("/api/static/swagger-ui-bundle.js", "/api/static/swagger-ui.css"):
+        response = client.get(asset)
+        assert response.status_code == 200 and len(response.content) > 10_000
+        assert asset.rsplit("/", 1)[1] in page.text
+
+
+def test_openapi_document_describes_routes_fields_and_errors(client: httpx.Client) -> None:
+    doc = client.get("/api-json").json()
+    assert doc["openapi"].startswith("3.")
+    post = doc["paths"]["/api/v1/gpt/getInfo"]["post"]
+    assert {"201", "200", "400", "401", "404", "413", "429", "502", "503", "504"} <= set(post["responses"])
+    fields = doc["components"]["schemas"]["GptRequest"]["properties"]["opts"]["properties"]
+    assert {"key", "content", "isFollow", "parentMessageId", "opts"} <= set(fields)
+    assert {"get", "post"} <= set(doc["paths"]["/api/v1/token/getInfo"])
+    assert "text/event-stream" in post["responses"]["200"]["content"]
+
+
+def test_health_and_readiness(client: httpx.Client) -> None:
+    assert client.get("/healthz").json()["data"] == {"alive": True}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["data"]["store"] == "sqlite"
