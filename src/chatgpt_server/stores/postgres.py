@@ -15,9 +15,12 @@ from .sql import COLUMNS, MIGRATIONS, MIGRATIONS_TABLE, chain_query
 _INSERT = f"INSERT INTO messages ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)"
 _MIGRATION_LOCK = 7002_0001  # advisory lock id: one instance migrates at a time
 # What "the store cannot answer" looks like from asyncpg.
-_DOWN = (OSError, asyncio.TimeoutError, asyncpg.PostgresConnectionStatusError, asyncpg.InterfaceError,
-         asyncpg.CannotConnectNowError, asyncpg.ConnectionDoesNotExistError,
-         asyncpg.AdminShutdownError, asyncpg.ConnectionFailureError)  # fmt: skip
+_DOWN = (
+    OSError,
+    asyncio.TimeoutError,
+    asyncpg.PostgresConnectionError,  # connection failures, admin/crash shutdown, cannot connect now
+    asyncpg.InterfaceError,  # includes a connection that was closed under us
+)
 
 
 def _row(record: Any) -> StoredMessage:
