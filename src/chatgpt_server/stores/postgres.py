@@ -54,7 +54,7 @@ class PostgresStore(Store):
         async with self._lock:
             if self._pool is None:
                 try:
-                    pool = await asyncpg.create_pool(self.url, min_size=1, max_size=16, timeout=3, command_timeout=10)
+                    pool = await asyncpg.create_pool(self.url, min_size=0, max_size=16, timeout=3, command_timeout=10)
                     async with pool.acquire() as conn, conn.transaction():
                         await self._migrate(conn)
                 except (*_DOWN, asyncpg.PostgresError) as exc:

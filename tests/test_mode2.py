@@ -1,0 +1,127 @@
+"""Mode 2 (ChatGPT web access token): follow-ups by parentMessageId alone, both reply forms, errors."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+
+from .conftest import Upstreams, ask
+from .standins.chatgpt_web import mint
+from .test_api_contract import assert_error
+
+
+@pytest.fixture
+def token() -> str:
+    return mint(f"user{time.monotonic_ns()}@example.com")
+
+
+@pytest.mark.parametrize("classic", [False, True], ids=["delta", "classic"])
+def test_three_turn_conversation_needs_only_parent_ids(
+    client: httpx.Client, upstreams: Upstreams, token: str, classic: bool
+) -> None:
+    upstreams.chatgpt.force_classic = classic
+    first = ask(client, "one", key=token, mode="2").json()["data"]
+    second = ask(client, "two", parent=first["id"], key=token, mode="2").json()["data"]
+    third_response = ask(client, "three", parent=second["id"], key=token, mode="2")
+    assert third_response.status_code == 201, third_response.text
+    third = third_response.json()["data"]
+    # The stand-in only counts earlier turns when conversation_id and parent_message_id were right.
+    assert (first["text"], second["text"], third["text"]) == ("echo(1): one", "echo(2): two", "echo(3): three")
+    assert set(third) == {"role", "id", "parentMessageId", "conversationId", "text"}
+    assert first["conversationId"] == second["conversationId"] == third["conversationId"]
+    sent = upstreams.chatgpt.requests[-1]["body"]
+    assert sent["conversation_id"] == first["conversationId"]
+    assert sent["parent_message_id"] == second["id"]
+    assert sent["messages"][0]["id"] == third["parentMessageId"]
+    assert sent["supported_encodings"] == ["v1"] and sent["model"] == "auto"
+
+
+def test_first_message_has_fresh_parent_and_no_conversation(client: httpx.Client, upstreams: Upstreams, token: str) -> None:
+    ask(client, "hi", key=token, mode="2", model="gpt-4o", headers={"X-Extra": "1"})
+    request = upstreams.chatgpt.requests[-1]
+    assert "conversation_id" not in request["body"]
+    assert request["body"]["model"] == "gpt-4o"
+    assert request["headers"]["X-Extra"] == "1"
+    assert request["headers"]["Accept"] == "text/event-stream"
+
+
+def test_authorization_header_cannot_be_replaced(client: httpx.Client, token: str) -> None:
+    message = assert_error(ask(client, "x", key=token, mode="2", headers={"authorization": "Bearer x"}), 400)
+    assert message == "opts.opts.headers cannot set authorization"
+
+
+def test_unknown_and_foreign_parent_are_404(client: httpx.Client, upstreams: Upstreams, token: str) -> None:
+    assert_error(ask(client, "x", parent="0b8a3f4e-0000-4000-8000-000000000000", key=token, mode="2"), 404)
+    mine = ask(client, "mine", key=token, mode="2").json()["data"]["id"]
+    other = mint("someone-else@example.com")
+    before = len(upstreams.chatgpt.requests)
+    assert_error(ask(client, "steal", parent=mine, key=other, mode="2"), 404)
+    assert len(upstreams.chatgpt.requests) == before
+    mode1 = assert_error(ask(client, "cross", parent=mine, key=token, mode="1"), 400)
+    assert mode1 == f'parentMessageId {mine} belongs to a mode "2" conversation'
+
+
+def test_expired_token_is_refused_before_any_call(client: httpx.Client, upstreams: Upstreams) -> None:
+    expired = mint("late@example.com", exp=time.time() - 60)
+    message = assert_error(ask(client, "x", key=expired, mode="2"), 401)
+    assert message.startswith("the access token expired at 20")
+    assert not upstreams.chatgpt.requests
+
+
+def test_rejected_token_is_401(client: httpx.Client) -> None:
+    forged = mint("x@example.com")[:-4] + "AAAA"
+    assert "rejected the credential" in assert_error(ask(client, "x", key=forged, mode="2"), 401)
+
+
+def test_cloudflare_challenge_is_502(client: httpx.Client, upstreams: Upstreams, token: str) -> None:
+    upstreams.apps.call(lambda: upstreams.chatgpt.fail_next.append("cloudflare"))
+    message = assert_error(ask(client, "x", key=token, mode="2"), 502)
+    assert message.startswith("blocked by Cloudflare")
+
+
+def test_upstream_5xx_is_502(client: httpx.Client, upstreams: Upstreams, token: str) -> None:
+    upstreams.apps.call(lambda: upstreams.chatgpt.fail_next.append("500"))
+    assert "failed with HTTP 500" in assert_error(ask(client, "x", key=token, mode="2"), 502)
+
+
+def test_conversation_unknown_upstream_is_404(client: httpx.Client, upstreams: Upstreams, token: str) -> None:
+    first = ask(client, "one", key=token, mode="2").json()["data"]
+    upstreams.apps.call(lambda: upstreams.chatgpt.conversations.pop(first["conversationId"]))
+    message = assert_error(ask(client, "two", parent=first["id"], key=token, mode="2"), 404)
+    assert first["conversationId"] in message
+
+
+def test_cut_stream_keeps_the_text_that_arrived(client: httpx.Client, upstreams: Upstreams, token: str) -> None:
+    upstreams.apps.call(lambda: upstreams.chatgpt.fail_next.append("cut"))
+    response = ask(client, "a longer question here", key=token, mode="2")
+    assert response.status_code == 201, response.text
+    data = response.json()["data"]
+    assert data["incomplete"] is True
+    assert data["text"] == "echo(1): a"
+
+
+def test_one_account_is_queued_not_refused(client: httpx.Client, upstreams: Upstreams, server_url: str) -> None:
+    token = mint("busy@example.com")
+    upstreams.chatgpt.chunk_delay = 0.05
+    upstreams.chatgpt.max_concurrent_seen = 0
+    results: list[int] = []
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=server_url, timeout=30) as c:
+            results.append(ask(c, f"parallel {i}", key=token, mode="2").status_code)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results == [201] * 4
+    assert upstreams.chatgpt.max_concurrent_seen == 1  # never two at once for one account
+
+
+@pytest.fixture
+def server_url(server) -> str:  # type: ignore[no-untyped-def]
+    return str(server.url)
