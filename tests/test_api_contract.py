@@ -156,6 +156,7 @@ def test_openapi_document_describes_routes_fields_and_errors(client: httpx.Clien
 
 
 def test_health_and_readiness(client: httpx.Client) -> None:
-    assert client.get("/healthz").json()["data"] == {"alive": True}
+    health = client.get("/healthz").json()["data"]
+    assert health["alive"] is True and health["streams"] == 0 and health["queues"] == 0
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["data"]["store"] == "sqlite"

@@ -98,7 +98,9 @@ def test_sigkill_under_load_loses_no_acknowledged_message(
 def test_store_stopped_and_restarted_under_load(
     shared_kind: str, proxy: TCPProxy, tmp_path: Path, upstreams: Upstreams
 ) -> None:
-    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_STORE_URL=store_url(shared_kind, tmp_path, proxy.port)))
+    server = ServerProcess(
+        tmp_path, upstreams.env(CHATGPT_SERVER_STORE_URL=store_url(shared_kind, tmp_path, proxy.port))
+    )
     server.start()
     stop = threading.Event()
     acked: list[str] = []

@@ -39,7 +39,9 @@ def test_three_turn_conversation_needs_only_parent_ids(
     assert sent["supported_encodings"] == ["v1"] and sent["model"] == "auto"
 
 
-def test_first_message_has_fresh_parent_and_no_conversation(client: httpx.Client, upstreams: Upstreams, token: str) -> None:
+def test_first_message_has_fresh_parent_and_no_conversation(
+    client: httpx.Client, upstreams: Upstreams, token: str
+) -> None:
     ask(client, "hi", key=token, mode="2", model="gpt-4o", headers={"X-Extra": "1"})
     request = upstreams.chatgpt.requests[-1]
     assert "conversation_id" not in request["body"]

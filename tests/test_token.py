@@ -93,7 +93,9 @@ def test_unsupported_country_suggests_a_proxy(client: httpx.Client, upstreams: U
 
 
 def test_password_goes_only_to_the_configured_identity_host(
-    tmp_path: Path, upstreams: Upstreams, account  # type: ignore[no-untyped-def]
+    tmp_path: Path,
+    upstreams: Upstreams,
+    account,  # type: ignore[no-untyped-def]
 ) -> None:
     env = upstreams.env(CHATGPT_SERVER_AUTH_URL="https://auth.example.invalid")
     server = ServerProcess(tmp_path, env).start()

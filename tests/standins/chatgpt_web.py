@@ -35,7 +35,11 @@ def _b64(data: bytes) -> str:
 
 def mint(email: str, ttl: float = 3600, exp: float | None = None) -> str:
     header = _b64(orjson.dumps({"alg": "HS256", "typ": "JWT"}))
-    claims = {"exp": int(exp if exp is not None else time.time() + ttl), PROFILE: {"email": email}, "jti": uuid.uuid4().hex}
+    claims = {
+        "exp": int(exp if exp is not None else time.time() + ttl),
+        PROFILE: {"email": email},
+        "jti": uuid.uuid4().hex,
+    }
     payload = _b64(orjson.dumps(claims))
     signature = _b64(hmac.new(SECRET, f"{header}.{payload}".encode(), hashlib.sha256).digest())
     return f"{header}.{payload}.{signature}"
@@ -145,10 +149,11 @@ class ChatGPTStandIn:
             reply_id = str(uuid.uuid4())
             text = f"echo({conversation.user_turns(message['id'])}): {question}"
             self.conversations[conversation_id] = conversation
-            delta = "v1" in (body.get("supported_encodings") or []) and not self.force_classic
-            response = await self._reply(request, conversation_id, reply_id, text, delta, failure == "cut")
+            # The backend creates the reply node when it starts writing: it stays in the conversation even
+            # if the client stops reading.
             conversation.messages[reply_id] = (message["id"], "assistant", text)
-            return response
+            delta = "v1" in (body.get("supported_encodings") or []) and not self.force_classic
+            return await self._reply(request, conversation_id, reply_id, text, delta, failure == "cut")
         except (ConnectionResetError, asyncio.CancelledError):
             self.cancelled += 1
             raise

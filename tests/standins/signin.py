@@ -160,7 +160,9 @@ class SignInStandIn:
             return _page(400, "Wrong email or password")
         resume = secrets.token_urlsafe(12)
         self._states[resume] = {"cookie": progress["cookie"], "email": email}
-        raise web.HTTPFound(f"/authorize/resume?state={resume}", text=f"Found. Redirecting to /authorize/resume?state={resume}")
+        raise web.HTTPFound(
+            f"/authorize/resume?state={resume}", text=f"Found. Redirecting to /authorize/resume?state={resume}"
+        )
 
     async def resume(self, request: web.Request) -> web.Response:
         progress = self._progress(request)

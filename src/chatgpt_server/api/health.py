@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 from starlette.requests import Request
 from starlette.responses import Response
 
@@ -9,7 +11,11 @@ from .envelope import ok
 
 
 async def healthz(request: Request) -> Response:
-    return ok({"alive": True})
+    """Alive, with the counts that show a leak: tasks, open upstream streams, account queues."""
+    chat = request.app.state.chat
+    return ok(
+        {"alive": True, "tasks": len(asyncio.all_tasks()), "streams": chat.open_streams, "queues": len(chat.accounts)}
+    )
 
 
 async def readyz(request: Request) -> Response:

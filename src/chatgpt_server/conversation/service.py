@@ -56,6 +56,7 @@ class ChatService:
         self.upstream = upstream
         self.owners = owners
         self.accounts = KeyedLocks()  # mode 2: one reply at a time per account
+        self.open_streams = 0  # upstream replies being read right now (for /healthz)
 
     # -- preparing -------------------------------------------------------------------------------
     async def prepare(self, request: ChatRequest) -> Turn:
@@ -208,6 +209,7 @@ class ChatService:
             source: openai.CompletionStream | chatgpt_web.WebStream = await openai.open_stream(
                 self.upstream, turn.endpoint, turn.body, request.timeout_s, request.idle_timeout_s
             )
+            self.open_streams += 1
             return ReplyStream(self, turn, source, release=None)
         lock = await self.accounts.acquire(turn.lock_key)
         try:
@@ -223,6 +225,7 @@ class ChatService:
         except BaseException:
             lock()
             raise
+        self.open_streams += 1
         return ReplyStream(self, turn, source, release=lock)
 
     async def _store(self, turn: Turn, reply_id: str, conversation_id: str, text: str, incomplete: bool) -> None:
@@ -330,6 +333,7 @@ class ReplyStream:
         if self._closed:
             return
         self._closed = True
+        self.service.open_streams -= 1
         with contextlib.suppress(Exception):
             await self.source.aclose()
         if self.release is not None:

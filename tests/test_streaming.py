@@ -1,0 +1,214 @@
+"""type "2": server-sent events for both modes, heartbeats, idle timeouts, clients that leave."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import KEY, Upstreams, ask
+from .harness import ServerProcess
+from .standins.chatgpt_web import mint
+from .test_api_contract import assert_error
+
+
+def events(text: str) -> list[tuple[str, Any]]:
+    """An independent, minimal event-stream reader: (event, parsed data) pairs and ("comment", text)."""
+    out: list[tuple[str, Any]] = []
+    for block in text.split("\n\n"):
+        if not block.strip():
+            continue
+        name, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith(":"):
+                out.append(("comment", line[1:].strip()))
+            elif line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+        if data:
+            out.append((name, json.loads("\n".join(data))))
+    return out
+
+
+def stream(client: httpx.Client, content: str, **kw: Any) -> httpx.Response:
+    return ask(client, content, kind="2", **kw)
+
+
+@pytest.fixture(scope="module")
+def fast_server(upstreams: Upstreams, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    env = upstreams.env(CHATGPT_SERVER_HEARTBEAT_SECONDS="0.2")
+    proc = ServerProcess(tmp_path_factory.mktemp("stream"), env).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture(scope="module")
+def sclient(fast_server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=fast_server.url, timeout=30) as c:
+        yield c
+
+
+def test_mode1_stream_events_and_final_envelope(sclient: httpx.Client, upstreams: Upstreams) -> None:
+    response = stream(sclient, "stream me please")
+    assert response.status_code == 200
+    assert response.headers["content-type"].startswith("text/event-stream")
+    assert response.headers["cache-control"] == "no-cache"
+    assert response.headers["x-accel-buffering"] == "no"
+    got = [e for e in events(response.text) if e[0] != "comment"]
+    deltas = [d for name, d in got if name == "delta"]
+    assert [d["delta"] for d in deltas] == ["echo(1):", " stream", " me", " please"]
+    assert deltas[-1]["text"] == "echo(1): stream me please"
+    assert got[-1][0] == "done"
+    final = got[-1][1]
+    assert (final["status"], final["success"], final["message"]) == (200, True, "ok")
+    data = final["data"]
+    assert data["text"] == "echo(1): stream me please" and data["id"] == deltas[0]["id"]
+    assert data["parentMessageId"] == deltas[0]["parentMessageId"]
+    assert data["detail"]["usage"]["prompt_tokens"] > 0 and "estimated" not in data["detail"]["usage"]
+    assert upstreams.openai.requests[-1]["body"]["stream_options"] == {"include_usage": True}
+
+
+@pytest.mark.parametrize("classic", [False, True], ids=["delta", "classic"])
+def test_mode2_streams_both_forms(sclient: httpx.Client, upstreams: Upstreams, classic: bool) -> None:
+    upstreams.chatgpt.force_classic = classic
+    token = mint("streamer@example.com")
+    got = [e for e in events(stream(sclient, "web stream works", key=token, mode="2").text) if e[0] != "comment"]
+    assert [d["delta"] for name, d in got if name == "delta"] == ["echo(1):", " web", " stream", " works"]
+    assert got[-1][0] == "done" and got[-1][1]["data"]["conversationId"]
+
+
+def test_streamed_and_json_replies_follow_each_other(sclient: httpx.Client) -> None:
+    first = ask(sclient, "json one").json()["data"]
+    second = next(d for n, d in events(stream(sclient, "streamed two", parent=first["id"]).text) if n == "done")["data"]
+    third = ask(sclient, "json three", parent=second["id"]).json()["data"]
+    assert (second["text"], third["text"]) == ("echo(2): streamed two", "echo(3): json three")
+    token = mint("mixer@example.com")
+    one = next(d for n, d in events(stream(sclient, "w1", key=token, mode="2").text) if n == "done")["data"]
+    two = ask(sclient, "w2", parent=one["id"], key=token, mode="2").json()["data"]
+    assert two["text"] == "echo(2): w2"
+
+
+def test_failures_before_the_first_byte_are_json(sclient: httpx.Client) -> None:
+    response = stream(sclient, "x", key="sk-nope-nope-nope")
+    assert response.headers["content-type"].startswith("application/json")
+    assert_error(response, 401)
+    assert_error(stream(sclient, "x", parent="unknown-id"), 404)
+
+
+def test_heartbeat_before_the_first_token(sclient: httpx.Client, upstreams: Upstreams) -> None:
+    upstreams.chatgpt.first_delay = 0.7
+    got = events(stream(sclient, "slow start", key=mint("hb@example.com"), mode="2").text)
+    first_delta = next(i for i, e in enumerate(got) if e[0] == "delta")
+    assert sum(1 for e in got[:first_delta] if e == ("comment", "ping")) >= 2
+
+
+def test_idle_timeout_is_separate_from_the_overall_timeout(sclient: httpx.Client, upstreams: Upstreams) -> None:
+    upstreams.openai.chunk_delay = 0.15
+    # Producing steadily for ~0.6 s: never cut off, though longer than timeoutMs.
+    done = events(stream(sclient, "one two three four", timeoutMs=300, idleTimeoutMs=1000).text)[-1]
+    assert done[0] == "done" and done[1]["data"]["text"] == "echo(1): one two three four"
+    upstreams.openai.chunk_delay = 1.0
+    last = events(stream(sclient, "silence", idleTimeoutMs=300).text)[-1]
+    assert last[0] == "error"
+    assert last[1]["status"] == 504 and "sent nothing for 0.3 s" in last[1]["message"]
+
+
+def _health(client: httpx.Client) -> dict[str, Any]:
+    data: dict[str, Any] = client.get("/healthz").json()["data"]
+    return data
+
+
+def _leave_after_first_delta(server: ServerProcess, body: dict[str, Any]) -> dict[str, Any]:
+    """Read until the first delta event, then drop the connection."""
+    payload = json.dumps(body).encode()
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        s.sendall(
+            b"POST /api/v1/gpt/getInfo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+            + payload
+        )
+        buffer = b""
+        marker = b"event: delta\ndata: "
+        while marker not in buffer or b"\n" not in buffer.split(marker, 1)[1]:
+            chunk = s.recv(65536)
+            assert chunk, "the server closed the stream before the first delta"
+            buffer += chunk
+    line = buffer.split(marker, 1)[1].split(b"\n", 1)[0]
+    return dict(json.loads(line))
+
+
+def test_client_disconnect_cancels_upstream_and_keeps_the_partial(
+    fast_server: ServerProcess, sclient: httpx.Client, upstreams: Upstreams
+) -> None:
+    upstreams.openai.chunk_delay = 0.3
+    before = upstreams.openai.closed_streams
+    body = {"mode": "1", "type": "2", "opts": {"key": KEY, "content": "a b c d e f g h", "isFollow": False}}
+    first = _leave_after_first_delta(fast_server, body)
+    deadline = time.monotonic() + 1.0
+    while upstreams.openai.closed_streams == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert upstreams.openai.closed_streams == before + 1  # the upstream request was cancelled within 1 s
+    upstreams.openai.chunk_delay = 0.0
+    follow = ask(sclient, "what did you say?", parent=first["id"]).json()["data"]
+    sent = upstreams.openai.requests[-1]["body"]["messages"]
+    assert {"role": "assistant", "content": first["text"]} in sent  # the partial reply was stored
+    assert follow["text"] == "echo(2): what did you say?"
+
+
+def test_mode2_disconnect_cancels_and_frees_the_account(fast_server: ServerProcess, sclient: httpx.Client,
+                                                         upstreams: Upstreams) -> None:  # fmt: skip
+    upstreams.chatgpt.chunk_delay = 0.3
+    token = mint("leaver@example.com")
+    before = upstreams.chatgpt.cancelled
+    body = {"mode": "2", "type": "2", "opts": {"key": token, "content": "a b c d e f", "isFollow": False}}
+    first = _leave_after_first_delta(fast_server, body)
+    deadline = time.monotonic() + 1.0
+    while upstreams.chatgpt.cancelled == before and time.monotonic() < deadline:
+        time.sleep(0.02)
+    assert upstreams.chatgpt.cancelled == before + 1
+    upstreams.chatgpt.chunk_delay = 0.0
+    time.sleep(0.2)
+    # The account's queue was released and the partial reply stored: a follow-up works at once.
+    again = ask(sclient, "next", parent=first["id"], key=token, mode="2")
+    assert again.status_code == 201, again.text
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_disconnects_leak_no_tasks_streams_or_memory(
+    fast_server: ServerProcess, sclient: httpx.Client, upstreams: Upstreams
+) -> None:
+    upstreams.openai.chunk_delay = 0.05
+    body = {"mode": "1", "type": "2", "opts": {"key": KEY, "content": "x " * 40, "isFollow": False}}
+    baseline = _health(sclient)
+    closed_before = upstreams.openai.closed_streams
+    for _ in range(30):  # warm up caches and pools
+        _leave_after_first_delta(fast_server, body)
+    time.sleep(0.5)
+    assert fast_server.proc is not None
+    pid = fast_server.proc.pid
+    rss_warm, fds_warm = _rss_kb(pid), len(os.listdir(f"/proc/{pid}/fd"))
+    for _ in range(150):
+        _leave_after_first_delta(fast_server, body)
+    time.sleep(0.5)
+    after = _health(sclient)
+    assert after["streams"] == 0 and after["queues"] == 0
+    assert after["tasks"] <= baseline["tasks"] + 1
+    growth = _rss_kb(pid) - rss_warm
+    assert growth < 4096, f"RSS grew by {growth} kB over 150 abandoned streams"
+    # No connection left behind: every upstream request was closed, no descriptor piles up.
+    assert upstreams.openai.closed_streams - closed_before == 180
+    assert len(os.listdir(f"/proc/{pid}/fd")) <= fds_warm + 3
