@@ -13,6 +13,7 @@ Access tokens are JWTs signed by the stand-in (``mint``), with ``exp`` and the a
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import base64
 import hashlib
@@ -230,3 +231,30 @@ class ChatGPTStandIn:
         await send({"type": "message_stream_complete", "conversation_id": conversation_id})
         await response.write(b"data: [DONE]\n\n")
         return response
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--port", type=int, default=7011)
+    parser.add_argument("--classic", action="store_true", help="answer in the classic cumulative form")
+    args = parser.parse_args()
+    standin = ChatGPTStandIn(force_classic=args.classic)
+    standin.requests = _Discard()
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    web.run_app(standin.app(), host="127.0.0.1", port=args.port, access_log=None, print=None)
+
+
+class _Discard(list):  # type: ignore[type-arg]
+    """A request log that keeps nothing (benchmarks send many)."""
+
+    def append(self, item: Any) -> None:
+        pass
+
+
+if __name__ == "__main__":
+    main()

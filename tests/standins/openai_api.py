@@ -63,18 +63,25 @@ class OpenAIStandIn:
     fail_next: list[str] = field(default_factory=list)
     chunk_delay: float = 0.0
     record: bool = True
+    last: bytes = b"{}"  # the last request body as received (served at /_last for the benchmark)
     closed_streams: int = 0
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.completions)
+        app.router.add_get("/_last", self.last_body)
         return app
+
+    async def last_body(self, request: web.Request) -> web.Response:
+        return web.Response(body=self.last, content_type="application/json")
 
     async def completions(self, request: web.Request) -> web.StreamResponse:
         auth = request.headers.get("Authorization", "")
         key = auth.removeprefix("Bearer ").strip()
+        raw = await request.read()
+        self.last = raw
         try:
-            body = orjson.loads(await request.read())
+            body = orjson.loads(raw)
         except orjson.JSONDecodeError:
             return _error(400, "We could not parse the JSON body of your request.", None)
         if self.record:
@@ -177,8 +184,9 @@ class OpenAIStandIn:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--port", type=int, default=7010)
+    parser.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed chunks")
     args = parser.parse_args()
-    standin = OpenAIStandIn(record=False)
+    standin = OpenAIStandIn(record=False, chunk_delay=args.chunk_delay)
     try:
         import uvloop
 

@@ -11,11 +11,11 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-from ..errors import BadGateway, BadRequest, NotFound
+from ..errors import BadGateway, BadRequest, NotFound, StoreUnavailable
 from ..settings import Settings
 from ..stores import DuplicateMessage, Store, StoredMessage
 from ..upstreams import chatgpt_web, openai
@@ -29,6 +29,8 @@ DEFAULT_SYSTEM_MESSAGE = (
     "You are ChatGPT, a large language model trained by OpenAI. Answer as concisely as possible.\n"
     "Knowledge cutoff: 2021-09-01\nCurrent date: {date}"
 )
+STORE_FRESH_S = 1.0
+T = TypeVar("T")
 # The original library's sampling defaults, for the chat models that accept them.
 SAMPLING_DEFAULTS = {"temperature": 0.8, "top_p": 1.0, "presence_penalty": 1.0}
 
@@ -57,6 +59,7 @@ class ChatService:
         self.owners = owners
         self.accounts = KeyedLocks()  # mode 2: one reply at a time per account
         self.open_streams = 0  # upstream replies being read right now (for /healthz)
+        self._store_answered_at = 0.0
 
     # -- preparing -------------------------------------------------------------------------------
     async def prepare(self, request: ChatRequest) -> Turn:
@@ -65,12 +68,29 @@ class ChatService:
             return await self._prepare_api(request, owner)
         return await self._prepare_web(request, owner)
 
+    async def _ensure_store(self) -> None:
+        """A reply that cannot be stored must not be spent: before calling the upstream for a new
+        conversation, make sure the store answers. Under load some store operation succeeds every few
+        milliseconds, which is proof enough; after a failure, or a quiet second, ask it."""
+        if time.monotonic() - self._store_answered_at > STORE_FRESH_S:
+            await self._watch(self.store.ping())
+
+    async def _watch(self, operation: Awaitable[T]) -> T:
+        """Run a store operation, noting whether the store answered."""
+        try:
+            result = await operation
+        except StoreUnavailable:
+            self._store_answered_at = 0.0
+            raise
+        self._store_answered_at = time.monotonic()
+        return result
+
     async def _parent(self, request: ChatRequest, owner: str) -> StoredMessage | None:
         if not request.is_follow:
-            await self.store.ping()  # a reply that cannot be stored must not be spent
+            await self._ensure_store()
             return None
         assert request.parent_message_id
-        parent = await self.store.get(owner, request.parent_message_id)
+        parent = await self._watch(self.store.get(owner, request.parent_message_id))
         self._check_parent(request, parent)
         return parent
 
@@ -100,7 +120,7 @@ class ChatService:
         conversation_id: str | None = None
         if request.is_follow:
             assert request.parent_message_id
-            chain = await self.store.chain(owner, request.parent_message_id, encoding, budget - fixed)
+            chain = await self._watch(self.store.chain(owner, request.parent_message_id, encoding, budget - fixed))
             self._check_parent(request, chain[0] if chain else None)
             conversation_id = chain[0].conversation_id
             used = 0
@@ -113,7 +133,7 @@ class ChatService:
             history.reverse()
             fixed += used
         else:
-            await self.store.ping()
+            await self._ensure_store()
 
         messages = [{"role": "system", "content": system}] if system else []
         messages += [{"role": m.role, "content": m.text} for m in history]
@@ -241,7 +261,7 @@ class ChatService:
             text, *reply_costs, incomplete, now,
         )  # fmt: skip
         try:
-            await self.store.add_turn(user, reply)
+            await self._watch(self.store.add_turn(user, reply))
         except DuplicateMessage as exc:
             host = turn.endpoint.host if turn.endpoint else host_of(request.conversation_url)
             raise BadGateway("duplicate_message_id", host=host, id=reply_id) from exc

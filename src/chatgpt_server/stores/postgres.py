@@ -12,7 +12,11 @@ from ..errors import StoreUnavailable
 from .base import DuplicateMessage, Store, StoredMessage
 from .sql import COLUMNS, MIGRATIONS, MIGRATIONS_TABLE, chain_query
 
-_INSERT = f"INSERT INTO messages ({COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)"
+# Both messages of a turn in one statement: atomic, and one round trip.
+_INSERT_TURN = (
+    f"INSERT INTO messages ({COLUMNS}) VALUES "
+    "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11), ($12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22)"
+)
 _MIGRATION_LOCK = 7002_0001  # advisory lock id: one instance migrates at a time
 # What "the store cannot answer" looks like from asyncpg.
 _DOWN = (
@@ -101,8 +105,7 @@ class PostgresStore(Store):
     async def add_turn(self, user: StoredMessage, reply: StoredMessage) -> None:
         pool = await self._ready()
         try:
-            async with pool.acquire() as conn, conn.transaction():
-                await conn.executemany(_INSERT, (_params(user), _params(reply)))
+            await pool.execute(_INSERT_TURN, *_params(user), *_params(reply))
         except asyncpg.UniqueViolationError as exc:
             raise DuplicateMessage(str(exc)) from exc
         except _DOWN as exc:

@@ -9,7 +9,10 @@ the last commits, which ``CHATGPT_SERVER_STORE_URL=sqlite:///path?synchronous=fu
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -19,6 +22,8 @@ from ..errors import StoreUnavailable
 from .base import DuplicateMessage, Store, StoredMessage
 from .sql import COLUMNS, MIGRATIONS, MIGRATIONS_TABLE, chain_query
 
+CHECKPOINT_EVERY_S = 0.5
+WAL_LIMIT_BYTES = 64 * 1024 * 1024
 _INSERT = f"INSERT INTO messages ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
 
 
@@ -52,6 +57,8 @@ class SQLiteStore(Store):
             raise ValueError("synchronous must be normal, full or extra")
         self._db: sqlite3.Connection | None = None
         self._pending: list[tuple[StoredMessage, StoredMessage, asyncio.Future[None]]] = []
+        self._stop = threading.Event()
+        self._checkpointer: threading.Thread | None = None
         self._queries = {enc: chain_query(enc, lambda n: f"?{n}") for enc in ("cl100k_base", "o200k_base")}
 
     @property
@@ -67,10 +74,34 @@ class SQLiteStore(Store):
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             db.execute("PRAGMA busy_timeout=5000")
+            # Checkpoints copy the WAL into the database and fsync it: milliseconds that would stall
+            # every request if they ran on the event loop. A thread of ours runs them instead.
+            db.execute("PRAGMA wal_autocheckpoint=0")
             self._migrate(db)
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(detail=str(exc)) from exc
         self._db = db
+        self._stop.clear()
+        self._checkpointer = threading.Thread(target=self._checkpoint_forever, name="sqlite-checkpoint", daemon=True)
+        self._checkpointer.start()
+
+    def _checkpoint_forever(self) -> None:
+        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        db.execute("PRAGMA busy_timeout=5000")
+        try:
+            while not self._stop.wait(CHECKPOINT_EVERY_S):
+                with contextlib.suppress(sqlite3.Error):
+                    # PASSIVE never blocks writers; RESTART once the WAL grows large, so it cannot grow forever.
+                    mode = "RESTART" if self._wal_size() > WAL_LIMIT_BYTES else "PASSIVE"
+                    db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+        finally:
+            db.close()
+
+    def _wal_size(self) -> int:
+        try:
+            return os.path.getsize(f"{self.path}-wal")
+        except OSError:
+            return 0
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
@@ -90,6 +121,10 @@ class SQLiteStore(Store):
             raise
 
     async def close(self) -> None:
+        self._stop.set()
+        if self._checkpointer is not None:
+            self._checkpointer.join(5)
+            self._checkpointer = None
         if self._db is not None:
             self._db.close()
             self._db = None

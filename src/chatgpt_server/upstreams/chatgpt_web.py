@@ -19,7 +19,7 @@ import aiohttp
 import orjson
 
 from ..errors import BadGateway, BadRequest, Forbidden, NotFound, ServiceError, TooManyRequests, Unauthorized
-from .http import TRANSPORT_ERRORS, Upstream, host_of, scrub, transport_error
+from .http import TRANSPORT_ERRORS, Upstream, finish_response, host_of, scrub, transport_error
 from .sse import SSEDecoder
 from .web_reply import WebReplyError, WebReplyParser
 
@@ -143,7 +143,7 @@ class WebStream:
         return self.parser.done
 
     async def aclose(self) -> None:
-        self.response.close()
+        finish_response(self.response, complete=self.parser.done)
 
 
 async def open_conversation(

@@ -106,3 +106,31 @@ def transport_error(exc: BaseException, host: str, seconds: float, *, idle: bool
 
 
 TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+_draining: set[asyncio.Task[None]] = set()
+
+
+def finish_response(response: aiohttp.ClientResponse, *, complete: bool) -> None:
+    """Let go of a streamed response without waiting on it.
+
+    Given up on: close the connection, which is what tells the upstream to stop writing. Read to its
+    end: the connection goes back to the pool once the last bytes of the body (the chunked encoding's
+    terminator, which some servers send a few milliseconds after the final event) have arrived; that
+    wait happens in the background, never in front of the reply.
+    """
+    if not complete:
+        response.close()
+    elif response.content.at_eof():
+        response.release()
+    else:
+        task = asyncio.get_running_loop().create_task(_drain(response))
+        _draining.add(task)
+        task.add_done_callback(_draining.discard)
+
+
+async def _drain(response: aiohttp.ClientResponse) -> None:
+    try:
+        async with asyncio.timeout(5):
+            await response.content.read()
+        response.release()
+    except (*TRANSPORT_ERRORS, asyncio.CancelledError):
+        response.close()

@@ -11,7 +11,7 @@ import aiohttp
 import orjson
 
 from ..errors import BadGateway, BadRequest, Forbidden, ServiceError, TooManyRequests, Unauthorized
-from .http import TRANSPORT_ERRORS, Upstream, host_of, scrub, transport_error
+from .http import TRANSPORT_ERRORS, Upstream, finish_response, host_of, scrub, transport_error
 from .sse import SSEDecoder
 
 
@@ -152,7 +152,7 @@ class CompletionStream:
         return ""
 
     async def aclose(self) -> None:
-        self.response.close()
+        finish_response(self.response, complete=self.done)
 
 
 async def open_stream(
