@@ -84,6 +84,16 @@ def upstreams() -> Iterator[Upstreams]:
     apps.close()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_key_in_any_server_log() -> Iterator[None]:
+    """Every server this run started: none of them wrote a key of the run into its log."""
+    yield
+    for log in ServerProcess.logs:
+        text = log.read_text(errors="replace") if log.exists() else ""
+        for secret in (KEY, OTHER_KEY, KEY[8:], OTHER_KEY[8:]):
+            assert secret not in text, f"a test key appears in {log}"
+
+
 @pytest.fixture(autouse=True)
 def _fresh_upstreams(request: pytest.FixtureRequest) -> None:
     if "upstreams" in request.fixturenames:

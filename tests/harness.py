@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import httpx
 from aiohttp import web
@@ -70,11 +70,14 @@ class ThreadedApps:
 class ServerProcess:
     """``chatgpt-server serve`` in a subprocess, with its log in a file."""
 
+    logs: ClassVar[list[Path]] = []  # every log of the run, checked for secrets at the end
+
     def __init__(self, workdir: Path, env: dict[str, str], port: int | None = None):
         self.workdir = workdir
         self.env = env
         self.port = port or free_port()
         self.log_path = workdir / f"server-{self.port}.log"
+        ServerProcess.logs.append(self.log_path)
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

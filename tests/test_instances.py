@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -12,6 +15,7 @@ import pytest
 
 from .conftest import KEY, Upstreams, ask
 from .harness import ServerProcess
+from .private_stores import PrivatePostgres, PrivateRedis
 from .tcp_proxy import TCPProxy
 from .test_api_contract import assert_error
 from .test_stores import POSTGRES_PORT, REDIS_PORT, store_url
@@ -137,3 +141,51 @@ def test_store_stopped_and_restarted_under_load(
         server.stop()
     assert "Traceback" not in server.log()
     assert KEY not in server.log()
+
+
+@pytest.fixture(params=["redis", "postgresql"])
+def private_store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[PrivateRedis | PrivatePostgres]:
+    directory = Path(tempfile.mkdtemp(prefix="store-"))  # postgres must be able to enter it
+    os.chmod(directory, 0o755)  # noqa: S103 - the postgres user must reach its data directory
+    store: PrivateRedis | PrivatePostgres = (
+        PrivateRedis(directory) if request.param == "redis" else PrivatePostgres(directory)
+    )
+    store.start()
+    yield store
+    store.stop()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_the_store_server_itself_stopped_and_restarted(
+    private_store: PrivateRedis | PrivatePostgres, tmp_path: Path, upstreams: Upstreams
+) -> None:
+    """Not a cut connection this time: the store process shuts down and starts again from its files."""
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_STORE_URL=private_store.url)).start()
+    stop = threading.Event()
+    acked: list[str] = []
+    failures: list[int] = []
+    workers = [threading.Thread(target=_load, args=(server.url, stop, acked, failures)) for _ in range(3)]
+    try:
+        for w in workers:
+            w.start()
+        time.sleep(0.7)
+        private_store.stop()
+        time.sleep(0.5)
+        with httpx.Client(base_url=server.url, timeout=15) as c:
+            assert assert_error(ask(c, "while down"), 503) == "conversation store unavailable"
+            private_store.start()
+            deadline = time.monotonic() + 20
+            while c.get("/readyz").status_code != 200 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            time.sleep(0.5)
+            stop.set()
+            for w in workers:
+                w.join()
+            assert set(failures) <= {503}, failures
+            assert len(acked) > 10
+            for reply_id in acked:  # acknowledged before the stop, or after the restart: all kept
+                follow = ask(c, "again", parent=reply_id)
+                assert follow.status_code == 201, follow.text
+    finally:
+        stop.set()
+        server.stop()

@@ -127,3 +127,25 @@ def test_one_account_is_queued_not_refused(client: httpx.Client, upstreams: Upst
 @pytest.fixture
 def server_url(server) -> str:  # type: ignore[no-untyped-def]
     return str(server.url)
+
+
+def test_stream_cut_before_any_text_is_502(client: httpx.Client, upstreams: Upstreams, token: str) -> None:
+    upstreams.apps.call(lambda: upstreams.chatgpt.fail_next.append("cut0"))
+    message = assert_error(ask(client, "x", key=token, mode="2"), 502)
+    assert message.endswith("closed the reply stream before any text arrived")
+
+
+def test_busy_account_upstream_is_429(client: httpx.Client, upstreams: Upstreams) -> None:
+    email = "elsewhere@example.com"  # a reply in progress from another client of the same account
+    upstreams.apps.call(lambda: upstreams.chatgpt.busy.add(email))
+    try:
+        message = assert_error(ask(client, "x", key=mint(email), mode="2"), 429)
+    finally:
+        upstreams.apps.call(lambda: upstreams.chatgpt.busy.discard(email))
+    assert message.endswith("only one message at a time for this account")
+
+
+def test_reverse_proxy_url_must_be_allowed(client: httpx.Client, upstreams: Upstreams, token: str) -> None:
+    message = assert_error(ask(client, "x", key=token, mode="2", apiReverseProxyUrl="http://127.0.0.1:9/conv"), 400)
+    assert "apiReverseProxyUrl" in message and "CHATGPT_SERVER_ALLOWED_UPSTREAMS" in message
+    assert not upstreams.chatgpt.requests

@@ -40,7 +40,7 @@ class Settings(BaseSettings):
     port: int = Field(7002, ge=1, le=65535)
     data_dir: Path = Field(default_factory=_default_data_dir)
     store_url: str = ""
-    """Where conversations live: sqlite:///path, redis://..., postgresql://... (memory:// for tests)."""
+    """Where conversations live: sqlite:///path, redis://..., postgresql://..."""
 
     openai_base_url: str = "https://api.openai.com/v1"
     chatgpt_url: str = "https://chatgpt.com/backend-api/conversation"
@@ -92,7 +92,7 @@ class Settings(BaseSettings):
         if not self.store_url:
             object.__setattr__(self, "store_url", f"sqlite:///{self.data_dir / 'conversations.db'}")
         scheme = self.store_url.split(":", 1)[0]
-        if scheme not in ("sqlite", "redis", "rediss", "postgresql", "postgres", "memory"):
+        if scheme not in ("sqlite", "redis", "rediss", "postgresql", "postgres"):
             raise ValueError(f"unsupported store URL scheme {scheme!r}")
         return self
 

@@ -154,7 +154,8 @@ class ChatGPTStandIn:
             # if the client stops reading.
             conversation.messages[reply_id] = (message["id"], "assistant", text)
             delta = "v1" in (body.get("supported_encodings") or []) and not self.force_classic
-            return await self._reply(request, conversation_id, reply_id, text, delta, failure == "cut")
+            cut = "before" if failure == "cut0" else "after" if failure == "cut" else ""
+            return await self._reply(request, conversation_id, reply_id, text, delta, cut)
         except (ConnectionResetError, asyncio.CancelledError):
             self.cancelled += 1
             raise
@@ -184,7 +185,7 @@ class ChatGPTStandIn:
         return None
 
     async def _reply(self, request: web.Request, conversation_id: str, reply_id: str, text: str,
-                     delta: bool, cut: bool) -> web.StreamResponse:  # fmt: skip
+                     delta: bool, cut: str) -> web.StreamResponse:  # fmt: skip
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         await response.prepare(request)
         if self.first_delay:
@@ -207,6 +208,9 @@ class ChatGPTStandIn:
             echo = {"id": str(uuid.uuid4()), "author": {"role": "user"}, "content": {"content_type": "text",
                     "parts": ["(the question)"]}}  # fmt: skip
             await send({"message": echo, "conversation_id": conversation_id, "error": None})
+        if cut == "before":
+            request.transport.close()  # type: ignore[union-attr]
+            return response
         so_far = ""
         for i, piece in enumerate(pieces):
             if self.chunk_delay:
@@ -225,7 +229,7 @@ class ChatGPTStandIn:
             else:
                 whole = {**message, "content": {"content_type": "text", "parts": [so_far]}}
                 await send({"message": whole, "conversation_id": conversation_id, "error": None})
-            if cut and i == 1:
+            if cut == "after" and i == 1:
                 request.transport.close()  # type: ignore[union-attr]
                 return response
         await send({"type": "message_stream_complete", "conversation_id": conversation_id})

@@ -22,8 +22,11 @@ _MIGRATION_LOCK = 7002_0001  # advisory lock id: one instance migrates at a time
 _DOWN = (
     OSError,
     asyncio.TimeoutError,
-    asyncpg.PostgresConnectionError,  # connection failures, admin/crash shutdown, cannot connect now
+    asyncpg.PostgresConnectionError,  # the connection failed or is gone
+    asyncpg.exceptions.OperatorInterventionError,  # shutting down, crashed, cannot connect now
+    asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.InterfaceError,  # includes a connection that was closed under us
+    asyncpg.exceptions.InternalClientError,  # a connection left in a broken state as the server went
 )
 
 

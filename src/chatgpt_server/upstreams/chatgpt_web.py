@@ -134,6 +134,8 @@ class WebStream:
         except TRANSPORT_ERRORS as exc:
             if self.parser.text:
                 return
+            if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+                raise BadGateway("stream_cut", host=self.host) from exc
             raise transport_error(exc, self.host, self.idle_s, idle=True) from exc
         if not self.parser.text:
             raise BadGateway("stream_cut", host=self.host)

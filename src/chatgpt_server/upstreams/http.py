@@ -39,7 +39,9 @@ class Upstream:
 
     def __init__(self, settings: Settings):
         self.settings = settings
-        self.proxy: str | None = None
+        proxy = settings.proxy
+        # http(s) proxies are named per request; SOCKS ones live in the connector.
+        self.proxy: str | None = proxy if proxy and not proxy.startswith("socks") else None
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -59,7 +61,6 @@ class Upstream:
             )
         else:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
-            self.proxy = proxy
         return aiohttp.ClientSession(
             connector=connector,
             json_serialize=lambda o: "",  # bodies are encoded by the callers with orjson
