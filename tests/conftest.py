@@ -12,7 +12,9 @@ from .harness import ServerProcess, ThreadedApps
 from .standins.chatgpt_web import ChatGPTStandIn
 from .standins.openai_api import OpenAIStandIn
 from .standins.signin import SignInStandIn
+from .tcp_proxy import TCPProxy
 
+REDIS_PORT, POSTGRES_PORT = 6379, 5432
 KEY = "sk-test-0123456789abcdefKEYONE"
 OTHER_KEY = "sk-test-0123456789abcdefKEYTWO"
 
@@ -98,6 +100,20 @@ def _no_key_in_any_server_log() -> Iterator[None]:
 def _fresh_upstreams(request: pytest.FixtureRequest) -> None:
     if "upstreams" in request.fixturenames:
         request.getfixturevalue("upstreams").reset()
+
+
+@pytest.fixture(params=["redis", "postgresql"])
+def network_kind(request: pytest.FixtureRequest) -> str:
+    """The stores that live on another server, shared by several instances."""
+    return str(request.param)
+
+
+@pytest.fixture
+def store_proxy(network_kind: str) -> Iterator[TCPProxy]:
+    """A path to that store which a test can cut and restore."""
+    proxy = TCPProxy(REDIS_PORT if network_kind == "redis" else POSTGRES_PORT).start()
+    yield proxy
+    proxy.stop()
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -14,10 +14,10 @@ import pytest
 from chatgpt_server.errors import StoreUnavailable
 from chatgpt_server.stores import DuplicateMessage, Store, StoredMessage, open_store
 
+from .conftest import POSTGRES_PORT, REDIS_PORT
 from .tcp_proxy import TCPProxy
 
 T = TypeVar("T")
-REDIS_PORT, POSTGRES_PORT = 6379, 5432
 
 
 def run(coro: Awaitable[T]) -> T:
@@ -188,21 +188,10 @@ def test_retention_expires_old_messages(kind: str, tmp_path: Path) -> None:
     assert with_store(url, lambda s: s.get("owner-a", "r1")) is None
 
 
-@pytest.fixture(params=["redis", "postgresql"])
-def network_kind(request: pytest.FixtureRequest) -> str:
-    return str(request.param)
-
-
-@pytest.fixture
-def proxy(network_kind: str) -> Iterator[TCPProxy]:
-    p = TCPProxy(REDIS_PORT if network_kind == "redis" else POSTGRES_PORT).start()
-    yield p
-    p.stop()
-
-
 def test_a_store_that_goes_away_is_unavailable_then_recovers(
-    network_kind: str, proxy: TCPProxy, tmp_path: Path
+    network_kind: str, store_proxy: TCPProxy, tmp_path: Path
 ) -> None:
+    proxy = store_proxy
     url = store_url(network_kind, tmp_path, port=proxy.port)
 
     async def body(store: Store) -> None:
