@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -69,6 +70,9 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await services.start()
+        # Everything built so far lives as long as the process: keep the collector from rescanning it.
+        gc.collect()
+        gc.freeze()
         purge = asyncio.create_task(_purge_forever(services)) if settings.retention_days else None
         try:
             yield

@@ -66,11 +66,13 @@ def _bad_reply(endpoint: Endpoint, detail: str) -> BadGateway:
 
 async def complete(up: Upstream, endpoint: Endpoint, body: dict[str, Any], timeout_s: float) -> dict[str, Any]:
     """One chat completion; returns the upstream JSON, checked to carry a reply text."""
+    timeout = aiohttp.ClientTimeout(total=timeout_s)
     try:
-        async with asyncio.timeout(timeout_s):
-            async with up.request("POST", endpoint.url, data=orjson.dumps(body), headers=endpoint.headers()) as resp:
-                raw = await resp.read()
-                status, retry_after = resp.status, resp.headers.get("Retry-After")
+        async with up.request(
+            "POST", endpoint.url, data=orjson.dumps(body), headers=endpoint.headers(), timeout=timeout
+        ) as resp:
+            raw = await resp.read()
+            status, retry_after = resp.status, resp.headers.get("Retry-After")
     except TRANSPORT_ERRORS as exc:
         raise transport_error(exc, endpoint.host, timeout_s) from exc
     if status != 200:
