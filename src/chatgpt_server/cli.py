@@ -40,6 +40,7 @@ def serve(args: argparse.Namespace) -> int:
         loop="uvloop",
         http="httptools",
         proxy_headers=False,  # client addresses are never used: skip the middleware on every request
+        timeout_graceful_shutdown=30,  # in-flight replies get this long to finish on SIGTERM
     )
     return 0
 
