@@ -2,7 +2,6 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -145,7 +144,3 @@ def ask(
     if options:
         opts["opts"] = options
     return client.post("/api/v1/gpt/getInfo", json={"mode": mode, "type": kind, "opts": opts})
-
-
-def tmp_dir(tmp_path: Path) -> Path:
-    return tmp_path

@@ -24,10 +24,6 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "the request body is larger than {limit} bytes",
         "请求体超过 {limit} 字节",
     ),
-    "unsupported_media": (
-        "send the body as application/json or application/x-www-form-urlencoded",
-        "请求体须为 application/json 或 application/x-www-form-urlencoded",
-    ),
     # Validation of POST /api/v1/gpt/getInfo; the Chinese texts are the original's.
     "mode_invalid": ('mode must be "1" or "2"', "有效值为1或2"),
     "mode_required": ("mode is required", "模式mode必填"),
@@ -141,10 +137,6 @@ MESSAGES: dict[str, tuple[str, str]] = {
     "token_expired": (
         "the access token expired at {when}",
         "access token 已于 {when} 过期",
-    ),
-    "token_malformed": (
-        "opts.key is not a ChatGPT access token (a JWT)",
-        "opts.key 不是 ChatGPT access token (JWT)",
     ),
     # Sign-in (token endpoint).
     "signin_wrong_password": (
