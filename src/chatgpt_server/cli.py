@@ -56,7 +56,8 @@ def ask(args: argparse.Namespace) -> int:
     settings = _settings({"store_url": args.store_url})
     key = args.key or os.environ.get("OPENAI_API_KEY" if args.mode == "1" else "CHATGPT_ACCESS_TOKEN")
     if not key:
-        print("chatgpt-server ask: give --key or set OPENAI_API_KEY", file=sys.stderr)
+        variable = "OPENAI_API_KEY" if args.mode == "1" else "CHATGPT_ACCESS_TOKEN"
+        print(f"chatgpt-server ask: give --key or set {variable}", file=sys.stderr)
         return 2
     request = ChatRequest(
         mode=args.mode, key=key, content=args.question, is_follow=bool(args.follow),

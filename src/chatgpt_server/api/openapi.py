@@ -173,7 +173,21 @@ def openapi_document() -> dict[str, Any]:
                     "responses": {"201": token_ok, **TOKEN_ERRORS},
                 },
             },
-            "/healthz": {"get": {"summary": "Liveness", "responses": {"200": _ok("alive", {"type": "object"})}}},
+            "/healthz": {
+                "get": {
+                    "summary": "Liveness, with the counts that show a leak",
+                    "responses": {
+                        "200": _ok(
+                            "alive",
+                            {"type": "object", "properties": {
+                                "alive": {"type": "boolean"},
+                                "tasks": {"type": "integer", "description": "asyncio tasks"},
+                                "streams": {"type": "integer", "description": "upstream replies being read"},
+                                "queues": {"type": "integer", "description": "mode-2 accounts with a queue"}}},
+                        )
+                    },
+                }
+            },
             "/readyz": {"get": {"summary": "Readiness: the conversation store answers", "responses": {
                 "200": _ok("ready", {"type": "object"}),
                 "503": _error("conversation store unavailable")}}},
