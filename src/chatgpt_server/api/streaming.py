@@ -44,6 +44,7 @@ class EventStreamResponse:
     def __init__(self, stream: ReplyStream, heartbeat_s: float, path: str, language: str):
         self.stream = stream
         self.heartbeat_s = heartbeat_s
+        self._last_sent = 0.0
         self.path = path
         self.language = language
 
@@ -75,23 +76,16 @@ class EventStreamResponse:
 
     async def _pump(self, send: Send) -> None:
         stream = self.stream
-        deltas = stream.deltas().__aiter__()
+        loop = asyncio.get_running_loop()
+        self._last_sent = loop.time()
+        # Heartbeats come from a task of their own, so the event path stays a plain loop (a task and
+        # a timer per event, to interleave pings, cost more than the event itself).
+        heartbeat = asyncio.create_task(self._heartbeat(send))
         try:
-            while True:
-                step = asyncio.ensure_future(deltas.__anext__())
-                try:
-                    while not (await asyncio.wait({step}, timeout=self.heartbeat_s))[0]:
-                        await _body(send, HEARTBEAT)
-                finally:
-                    if not step.done():
-                        step.cancel()
-                        with contextlib.suppress(asyncio.CancelledError, StopAsyncIteration, Exception):
-                            await step
-                try:
-                    delta = step.result()
-                except StopAsyncIteration:
-                    break
+            async for delta in stream.deltas():
                 await _body(send, event("delta", self._progress(delta)))
+                self._last_sent = loop.time()
+            heartbeat.cancel()
             reply = await stream.finish(incomplete=not stream.complete)
             envelope = {"status": 200, "success": True, "message": "ok", "data": reply.data(),
                         "timestamp": now_ms()}  # fmt: skip
@@ -102,10 +96,24 @@ class EventStreamResponse:
                     await stream.finish(incomplete=True)
             else:
                 await stream.close()
+            heartbeat.cancel()
             await _body(send, event("error", error_body(exc, self.path, self.language)))
         finally:
+            heartbeat.cancel()
             await stream.close()
         await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+    async def _heartbeat(self, send: Send) -> None:
+        """A comment line whenever nothing was sent for ``heartbeat_s``."""
+        loop = asyncio.get_running_loop()
+        with contextlib.suppress(OSError):  # the client is gone: the pump learns it from the disconnect
+            while True:
+                quiet_for = loop.time() - self._last_sent
+                if quiet_for >= self.heartbeat_s:
+                    await _body(send, HEARTBEAT)
+                    self._last_sent = loop.time()
+                    quiet_for = 0.0
+                await asyncio.sleep(self.heartbeat_s - quiet_for)
 
     def _progress(self, delta: str) -> dict[str, Any]:
         stream = self.stream
