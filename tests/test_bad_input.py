@@ -1,0 +1,82 @@
+"""Bad input gets a clear error, never a 500: every field of the body, every wrong JSON type."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import KEY
+
+WRONG: list[Any] = [None, 0, -1, 1.5, True, "", "x", [], [1], {}, {"a": 1}, "9" * 30]
+VALID = {
+    "mode": "1",
+    "type": "1",
+    "opts": {
+        "key": KEY,
+        "content": "hello",
+        "isFollow": False,
+        "parentMessageId": None,
+        "opts": {
+            "systemMessage": "Be brief.",
+            "completionParams": {"model": "gpt-3.5-turbo", "temperature": 0.5},
+            "maxModelTokens": 4000,
+            "maxResponseTokens": 100,
+            "timeoutMs": 5000,
+            "idleTimeoutMs": 5000,
+            "apiOrg": "org",
+            "model": "gpt-3.5-turbo",
+        },
+    },
+}
+PATHS = [
+    ("mode",), ("type",), ("opts",), ("opts", "key"), ("opts", "content"), ("opts", "isFollow"),
+    ("opts", "parentMessageId"), ("opts", "opts"), ("opts", "opts", "systemMessage"),
+    ("opts", "opts", "completionParams"), ("opts", "opts", "completionParams", "model"),
+    ("opts", "opts", "maxModelTokens"), ("opts", "opts", "maxResponseTokens"), ("opts", "opts", "timeoutMs"),
+    ("opts", "opts", "idleTimeoutMs"), ("opts", "opts", "apiOrg"), ("opts", "opts", "model"),
+    ("opts", "opts", "apiBaseUrl"), ("opts", "opts", "headers"), ("opts", "opts", "apiReverseProxyUrl"),
+]  # fmt: skip
+
+
+def with_value(path: tuple[str, ...], value: Any, mode: str, kind: str) -> dict[str, Any]:
+    body = copy.deepcopy(VALID)
+    body["mode"], body["type"] = mode, kind
+    node = body
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    return body
+
+
+@pytest.mark.parametrize("path", PATHS, ids=".".join)
+def test_no_wrong_type_anywhere_gives_a_500(client: httpx.Client, path: tuple[str, ...]) -> None:
+    for mode in ("1", "2"):
+        for kind in ("1", "2"):
+            for value in WRONG:
+                response = client.post("/api/v1/gpt/getInfo", json=with_value(path, value, mode, kind))
+                assert response.status_code < 500 or response.status_code in (502, 504), (
+                    path,
+                    value,
+                    mode,
+                    kind,
+                    response.text,
+                )
+                if response.headers["content-type"].startswith("application/json"):
+                    body = response.json()
+                    assert body["success"] is (response.status_code < 300)
+                    assert body["message"]
+
+
+@pytest.mark.parametrize("raw", [b"", b"null", b"[]", b'"text"', b"{", b"\xff\xfe", b'{"mode": NaN}', b"1e999"])
+def test_odd_bodies(client: httpx.Client, raw: bytes) -> None:
+    response = client.post("/api/v1/gpt/getInfo", content=raw, headers={"Content-Type": "application/json"})
+    assert response.status_code == 400, response.text
+
+
+def test_token_endpoint_odd_bodies(client: httpx.Client) -> None:
+    for body in ([1], "x", {"type": [], "email": {}, "password": 5}, {"type": 1, "email": "a", "password": ""}):
+        response = client.post("/api/v1/token/getInfo", json=body)
+        assert response.status_code == 400, response.text
