@@ -198,3 +198,10 @@ def test_conversation_survives_sigkill(tmp_path: Path, upstreams: Upstreams) -> 
             assert third.json()["data"]["text"] == "echo(3): still there?"
     finally:
         server.stop()
+
+
+def test_completion_params_pass_through_and_the_upstream_judges_them(client: httpx.Client) -> None:
+    ok = ask(client, "x", completionParams={"stop": ["\n"], "seed": 7, "frequency_penalty": 0.1})
+    assert ok.status_code == 201, ok.text
+    refused = assert_error(ask(client, "x", completionParams={"temprature": 0.3}), 400)
+    assert "Unrecognized request argument supplied: temprature" in refused

@@ -25,6 +25,13 @@ from aiohttp import web
 CONTEXT = {"gpt-3.5-turbo": 16385, "gpt-4": 8192, "gpt-4o-mini": 128000, "gpt-4o": 128000,
            "o3-mini": 200000, "gpt-small-test": 2048}  # fmt: skip
 REASONING = ("o1", "o3", "o4")
+# The body fields the real API knows; anything else is refused, as it is there.
+KNOWN_FIELDS = {
+    "model", "messages", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "max_tokens",
+    "max_completion_tokens", "n", "presence_penalty", "response_format", "seed", "stop", "stream",
+    "stream_options", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls", "user",
+    "reasoning_effort", "metadata", "store", "modalities", "prediction", "service_tier",
+}  # fmt: skip
 VALID_KEY_PREFIX = "sk-test-"
 
 
@@ -94,6 +101,9 @@ class OpenAIStandIn:
             answer = await self._failure(failure)
             if answer is not None:
                 return answer
+        unknown = sorted(set(body) - KNOWN_FIELDS) if isinstance(body, dict) else []
+        if unknown:
+            return _error(400, f"Unrecognized request argument supplied: {unknown[0]}", None)
         model, messages = body.get("model"), body.get("messages")
         if not isinstance(model, str) or model not in CONTEXT:
             return _error(400, f"The model `{model}` does not exist or you do not have access to it.",
