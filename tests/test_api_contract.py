@@ -160,3 +160,23 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert health["alive"] is True and health["streams"] == 0 and health["queues"] == 0
     ready = client.get("/readyz")
     assert ready.status_code == 200 and ready.json()["data"]["store"] == "sqlite"
+
+
+def test_cors_is_off_by_default_and_on_when_configured(client: httpx.Client, upstreams, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from .harness import ServerProcess
+
+    preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "content-type"}  # fmt: skip
+    assert "access-control-allow-origin" not in client.options("/api/v1/gpt/getInfo", headers=preflight).headers
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_CORS_ORIGINS="https://app.example")).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            allowed = c.options("/api/v1/gpt/getInfo", headers=preflight)
+            assert allowed.status_code == 200
+            assert allowed.headers["access-control-allow-origin"] == "https://app.example"
+            other = c.options("/api/v1/gpt/getInfo", headers={**preflight, "Origin": "https://evil.example"})
+            assert other.status_code == 400
+            answer = c.post("/api/v1/gpt/getInfo", json={}, headers={"Origin": "https://app.example"})
+            assert answer.headers["access-control-allow-origin"] == "https://app.example"
+    finally:
+        server.stop()

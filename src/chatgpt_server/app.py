@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
+from starlette.middleware.cors import CORSMiddleware
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 from swagger_ui_bundle import swagger_ui_path
@@ -90,9 +91,21 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
         Route("/healthz", health.healthz, methods=["GET"]),
         Route("/readyz", health.readyz, methods=["GET"]),
     ]
+    middleware = [Middleware(CatchAll)]
+    if settings.cors_origins:  # only when asked for: it costs every request a look at its headers
+        middleware.insert(
+            0,
+            Middleware(
+                CORSMiddleware,
+                allow_origins=list(settings.cors_origins),
+                allow_methods=["GET", "POST"],
+                allow_headers=["Content-Type", "Accept-Language"],
+                max_age=600,
+            ),
+        )
     app = Starlette(
         routes=routes,
-        middleware=[Middleware(CatchAll)],
+        middleware=middleware,
         exception_handlers={ServiceError: on_service_error, HTTPException: on_http_exception},
         lifespan=lifespan,
     )

@@ -47,6 +47,8 @@ class Settings(BaseSettings):
     chatgpt_web_url: str = "https://chatgpt.com"
     auth_url: str = "https://auth.openai.com"
     allowed_upstreams: Annotated[tuple[str, ...], NoDecode] = ()
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
+    """Browser origins allowed to call the API (comma-separated; "*" for any). Off by default."""
     proxy: str | None = None
 
     language: Literal["en", "zh"] = "en"
@@ -71,6 +73,13 @@ class Settings(BaseSettings):
         if isinstance(value, str):
             value = [part for part in value.split(",") if part.strip()]
         return tuple(normalise_base_url(v) for v in value)
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
+        return tuple(value)
 
     @field_validator("openai_base_url", "chatgpt_url", "chatgpt_web_url", "auth_url")
     @classmethod
