@@ -198,7 +198,7 @@ def build_conversation(url: str, depth: int) -> str:
             body = json.loads(gpt_body(f"question number {i}", parent, systemMessage="Be brief."))
             parent = c.post("/api/v1/gpt/getInfo", json=body).json()["data"]["id"]
     assert parent
-    return parent
+    return str(parent)
 
 
 def store_urls(tmp: str) -> dict[str, str]:

@@ -43,9 +43,7 @@ class ThreadedApps:
             site = web.TCPSite(runner, "127.0.0.1", port or 0)
             await site.start()
             self._runners.append(runner)
-            server = site._server
-            assert server is not None
-            return int(server.sockets[0].getsockname()[1])  # type: ignore[union-attr]
+            return int(runner.addresses[-1][1])
 
         bound = asyncio.run_coroutine_threadsafe(start(), self.loop).result(10)
         return f"http://127.0.0.1:{bound}"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from typing import Any
 
 import httpx
 import pytest
@@ -50,7 +51,7 @@ def test_success_envelope_and_shape(client: httpx.Client) -> None:
         ({"mode": "3", "type": "1", "opts": {"key": "k", "content": "c", "isFollow": False}}, "有效值为1或2"),
     ],
 )
-def test_validation_messages_in_chinese_are_the_originals(client: httpx.Client, body: dict, zh: str) -> None:
+def test_validation_messages_in_chinese_are_the_originals(client: httpx.Client, body: dict[str, Any], zh: str) -> None:
     response = client.post("/api/v1/gpt/getInfo", json=body, headers=ZH)
     assert assert_error(response, 400) == zh
 
@@ -162,7 +163,7 @@ def test_health_and_readiness(client: httpx.Client) -> None:
     assert ready.status_code == 200 and ready.json()["data"]["store"] == "sqlite"
 
 
-def test_cors_is_off_by_default_and_on_when_configured(client: httpx.Client, upstreams, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_cors_is_off_by_default_and_on_when_configured(client: httpx.Client, upstreams: Any, tmp_path: Any) -> None:
     from .harness import ServerProcess
 
     preflight = {"Origin": "https://app.example", "Access-Control-Request-Method": "POST",

@@ -44,7 +44,7 @@ PATHS = [
 def with_value(path: tuple[str, ...], value: Any, mode: str, kind: str) -> dict[str, Any]:
     body = copy.deepcopy(VALID)
     body["mode"], body["type"] = mode, kind
-    node = body
+    node: Any = body
     for key in path[:-1]:
         node = node[key]
     node[path[-1]] = value

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -14,9 +15,10 @@ from .standins.openai_api import prompt_tokens
 from .test_api_contract import assert_error
 
 
-def last_body(standin_requests: list[dict]) -> dict:
+def last_body(standin_requests: list[dict[str, Any]]) -> dict[str, Any]:
     assert standin_requests, "no request reached the upstream"
-    return standin_requests[-1]["body"]
+    body: dict[str, Any] = standin_requests[-1]["body"]
+    return body
 
 
 def test_three_turn_conversation_sends_history_in_order(client: httpx.Client, upstreams: Upstreams) -> None:
@@ -56,7 +58,7 @@ def test_reasoning_models_get_max_completion_tokens(client: httpx.Client, upstre
 
 
 def test_truncation_drops_oldest_turns_exactly_at_the_budget(client: httpx.Client, upstreams: Upstreams) -> None:
-    options = {"systemMessage": "You are terse.", "maxModelTokens": 260, "maxResponseTokens": 60}
+    options: dict[str, Any] = {"systemMessage": "You are terse.", "maxModelTokens": 260, "maxResponseTokens": 60}
     budget = 260 - 60
     parent = None
     for i in range(8):
@@ -74,7 +76,7 @@ def test_truncation_drops_oldest_turns_exactly_at_the_budget(client: httpx.Clien
     # from what the earlier requests sent and what the stand-in answered them.
     kept = messages[1:-1]
     older_count = len(kept)
-    chain: list[dict] = []
+    chain: list[dict[str, Any]] = []
     for request in upstreams.openai.requests[-8:-1]:
         question = request["body"]["messages"][-1]["content"]
         chain += [{"role": "user", "content": question}]

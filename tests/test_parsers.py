@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 import time
+from typing import Any
 
 import orjson
 import pytest
@@ -73,11 +74,12 @@ def test_line_decoder_is_linear_in_a_long_line() -> None:
 def delta_stream(text_pieces: list[str]) -> bytes:
     frames = [b'event: delta_encoding\ndata: "v1"\n\n',
               b'data: {"type": "input_message", "input_message": {"author": {"role": "user"}}}\n\n']  # fmt: skip
-    message = {"id": "m-1", "author": {"role": "assistant"}, "content": {"content_type": "text", "parts": [""]},
-               "status": "in_progress"}  # fmt: skip
+    message: dict[str, Any] = {"id": "m-1", "author": {"role": "assistant"},
+                               "content": {"content_type": "text", "parts": [""]}, "status": "in_progress"}  # fmt: skip
     frames.append(b"event: delta\ndata: " + orjson.dumps({"p": "", "o": "add", "v": {"message": message,
                   "conversation_id": "c-1"}}) + b"\n\n")  # fmt: skip
     for i, piece in enumerate(text_pieces):
+        op: dict[str, Any]
         if i == 0:
             op = {"p": "/message/content/parts/0", "o": "append", "v": piece}
         elif i == len(text_pieces) - 1:

@@ -27,7 +27,9 @@ def get(client: httpx.Client, kind: str, email: str, password: str) -> httpx.Res
     return client.get(PATH, params={"type": kind, "email": email, "password": password})
 
 
-def test_get_signs_in_once_then_serves_the_cache(client: httpx.Client, upstreams: Upstreams, account) -> None:  # type: ignore[no-untyped-def]
+def test_get_signs_in_once_then_serves_the_cache(
+    client: httpx.Client, upstreams: Upstreams, account: tuple[str, str]
+) -> None:
     email, password = account
     first = get(client, "1", email, password)
     assert first.status_code == 200, first.text
@@ -41,7 +43,7 @@ def test_get_signs_in_once_then_serves_the_cache(client: httpx.Client, upstreams
     assert upstreams.signin.sign_ins[email] == 1
 
 
-def test_cache_needs_the_same_password(client: httpx.Client, upstreams: Upstreams, account) -> None:  # type: ignore[no-untyped-def]
+def test_cache_needs_the_same_password(client: httpx.Client, upstreams: Upstreams, account: tuple[str, str]) -> None:
     email, password = account
     assert get(client, "1", email, password).status_code == 200
     wrong = get(client, "1", email, "not-the-password")
@@ -49,7 +51,7 @@ def test_cache_needs_the_same_password(client: httpx.Client, upstreams: Upstream
     assert "not-the-password" not in wrong.text
 
 
-def test_refresh_uses_the_kept_session(client: httpx.Client, upstreams: Upstreams, account) -> None:  # type: ignore[no-untyped-def]
+def test_refresh_uses_the_kept_session(client: httpx.Client, upstreams: Upstreams, account: tuple[str, str]) -> None:
     email, password = account
     token = get(client, "1", email, password).json()["data"]
     calls = upstreams.signin.session_calls
@@ -60,7 +62,9 @@ def test_refresh_uses_the_kept_session(client: httpx.Client, upstreams: Upstream
     assert upstreams.signin.session_calls == calls + 1
 
 
-def test_refresh_signs_in_again_when_the_session_is_gone(client: httpx.Client, upstreams: Upstreams, account) -> None:  # type: ignore[no-untyped-def]
+def test_refresh_signs_in_again_when_the_session_is_gone(
+    client: httpx.Client, upstreams: Upstreams, account: tuple[str, str]
+) -> None:
     email, password = account
     get(client, "1", email, password)
     upstreams.apps.call(upstreams.signin.revoke_sessions)
@@ -81,13 +85,15 @@ def test_identity_refusals(client: httpx.Client, upstreams: Upstreams, secret: s
     assert assert_error(get(client, "1", email, "whatever"), status, PATH) == message
 
 
-def test_oauth_signin_refusal_is_429(client: httpx.Client, upstreams: Upstreams, account) -> None:  # type: ignore[no-untyped-def]
+def test_oauth_signin_refusal_is_429(client: httpx.Client, upstreams: Upstreams, account: tuple[str, str]) -> None:
     upstreams.signin.refuse = True
     message = assert_error(get(client, "1", *account), 429, PATH)
     assert message.startswith("sign-in refused or rate limited at step 2")
 
 
-def test_unsupported_country_suggests_a_proxy(client: httpx.Client, upstreams: Upstreams, account) -> None:  # type: ignore[no-untyped-def]
+def test_unsupported_country_suggests_a_proxy(
+    client: httpx.Client, upstreams: Upstreams, account: tuple[str, str]
+) -> None:
     upstreams.signin.country_block = True
     assert "CHATGPT_SERVER_PROXY" in assert_error(get(client, "1", *account), 403, PATH)
 
@@ -95,7 +101,7 @@ def test_unsupported_country_suggests_a_proxy(client: httpx.Client, upstreams: U
 def test_password_goes_only_to_the_configured_identity_host(
     tmp_path: Path,
     upstreams: Upstreams,
-    account,  # type: ignore[no-untyped-def]
+    account: tuple[str, str],
 ) -> None:
     env = upstreams.env(CHATGPT_SERVER_AUTH_URL="https://auth.example.invalid")
     server = ServerProcess(tmp_path, env).start()
@@ -108,7 +114,9 @@ def test_password_goes_only_to_the_configured_identity_host(
         server.stop()
 
 
-def test_a_token_near_expiry_is_not_served_from_cache(client: httpx.Client, upstreams: Upstreams, account) -> None:  # type: ignore[no-untyped-def]
+def test_a_token_near_expiry_is_not_served_from_cache(
+    client: httpx.Client, upstreams: Upstreams, account: tuple[str, str]
+) -> None:
     email, password = account
     upstreams.signin.token_ttl = 120  # inside the 300 s safety margin
     try:

@@ -49,7 +49,7 @@ def prompt_tokens(model: str, messages: list[dict[str, Any]]) -> int:
     if enc is None:
         import toktok
 
-        return 3 + sum(4 + toktok.batch_count([m["content"]], "o200k_base")[0] for m in messages)
+        return 3 + sum(4 + int(toktok.batch_count([m["content"]], "o200k_base")[0]) for m in messages)
     return 3 + sum(3 + len(enc.encode(m["role"])) + len(enc.encode(m["content"], disallowed_special=()))
                    for m in messages)  # fmt: skip
 
