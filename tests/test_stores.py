@@ -236,3 +236,14 @@ def test_store_down_at_start_is_picked_up_later(network_kind: str, tmp_path: Pat
             proxy.stop()
 
     assert run(body()) is not None
+
+
+def test_sqlite_write_after_close_fails_instead_of_hanging(tmp_path: Path) -> None:
+    async def body() -> None:
+        store = open_store(store_url("sqlite", tmp_path), 30)
+        await store.open()
+        await store.close()
+        with pytest.raises(StoreUnavailable):
+            await asyncio.wait_for(store.add_turn(message("u1", None), message("r1", "u1")), 2)
+
+    run(body())

@@ -111,7 +111,4 @@ def create_app(settings: Settings, store: Store | None = None) -> Starlette:
     )
     app.state.settings = settings
     app.state.services = services
-    app.state.store = services.store
-    app.state.chat = services.chat
-    app.state.tokens = services.tokens
     return app

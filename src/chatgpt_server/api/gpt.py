@@ -15,7 +15,7 @@ from .validation import parse_chat
 async def get_info(request: Request) -> Response | EventStreamResponse:
     state = request.app.state
     chat = parse_chat(await read_values(request, state.settings.max_body_bytes), state.settings)
-    service: ChatService = state.chat
+    service: ChatService = state.services.chat
     if not chat.stream:
         reply = await service.reply(chat)
         return ok(reply.data(), status=201)

@@ -12,7 +12,7 @@ from .envelope import ok
 
 async def healthz(request: Request) -> Response:
     """Alive, with the counts that show a leak: tasks, open upstream streams, account queues."""
-    chat = request.app.state.chat
+    chat = request.app.state.services.chat
     return ok(
         {"alive": True, "tasks": len(asyncio.all_tasks()), "streams": chat.open_streams, "queues": len(chat.accounts)}
     )
@@ -20,6 +20,6 @@ async def healthz(request: Request) -> Response:
 
 async def readyz(request: Request) -> Response:
     """Ready when the conversation store answers (503 "conversation store unavailable" otherwise)."""
-    store = request.app.state.store
+    store = request.app.state.services.store
     await store.ping()
     return ok({"store": store.kind, "ready": True})

@@ -25,5 +25,5 @@ async def get_info(request: Request) -> Response:
             values = {}
         status = 201
     query = parse_token(values)
-    access_token = await state.tokens.token(query.email, query.password, query.refresh)
+    access_token = await state.services.tokens.token(query.email, query.password, query.refresh)
     return ok(access_token, status=status)

@@ -12,7 +12,7 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from ..errors import BadGateway, BadRequest, NotFound, StoreUnavailable
@@ -209,7 +209,7 @@ class ChatService:
             completion["usage"] = self._estimated_usage(turn, text)
         reply_id = str(completion.get("id") or f"chatcmpl-{uuid.uuid4().hex}")
         assert turn.conversation_id
-        await self._store(turn, reply_id, turn.conversation_id, text, incomplete=False)
+        await self.store_turn(turn, reply_id, turn.conversation_id, text, incomplete=False)
         return Reply(reply_id, turn.user_id, turn.conversation_id, text, completion)
 
     def _estimated_usage(self, turn: Turn, text: str) -> dict[str, Any]:
@@ -248,7 +248,7 @@ class ChatService:
         self.open_streams += 1
         return ReplyStream(self, turn, source, release=lock)
 
-    async def _store(self, turn: Turn, reply_id: str, conversation_id: str, text: str, incomplete: bool) -> None:
+    async def store_turn(self, turn: Turn, reply_id: str, conversation_id: str, text: str, incomplete: bool) -> None:
         now = time.time()
         reply_costs = message_costs([text])[0]
         request = turn.request
@@ -276,7 +276,6 @@ class ReplyStream:
     turn: Turn
     source: openai.CompletionStream | chatgpt_web.WebStream
     release: Callable[[], None] | None
-    _parts: list[str] = field(default_factory=list)
     _finished: Reply | None = None
     _closed: bool = False
 
@@ -298,19 +297,15 @@ class ReplyStream:
 
     @property
     def complete(self) -> bool:
-        source = self.source
-        return source.done if isinstance(source, openai.CompletionStream) else source.complete
+        return self.source.complete
 
     @property
     def text(self) -> str:
-        if len(self._parts) > 1:
-            self._parts[:] = ["".join(self._parts)]
-        return self._parts[0] if self._parts else ""
+        """What arrived so far, as the upstream client assembled it."""
+        return self.source.text
 
-    async def deltas(self) -> AsyncIterator[str]:
-        async for delta in self.source.deltas():
-            self._parts.append(delta)
-            yield delta
+    def deltas(self) -> AsyncIterator[str]:
+        return self.source.deltas()
 
     async def finish(self, incomplete: bool = False) -> Reply:
         """Store what arrived and return it as a reply. Called once the stream ended or was cut."""
@@ -330,7 +325,7 @@ class ReplyStream:
             raise BadGateway(
                 "upstream_bad_reply", host=host_of(turn.request.conversation_url), detail="no conversation_id"
             )
-        await self.service._store(turn, reply_id, conversation_id, text, incomplete)
+        await self.service.store_turn(turn, reply_id, conversation_id, text, incomplete)
         self._finished = Reply(reply_id, turn.user_id, conversation_id, text, detail, incomplete)
         return self._finished
 

@@ -32,10 +32,6 @@ def _row(values: tuple[Any, ...]) -> StoredMessage:
     return StoredMessage(id_, parent, conversation, owner, mode, role, text, cl100k, o200k, bool(incomplete), created)
 
 
-def _raise(exc: BaseException) -> None:
-    raise exc
-
-
 def _params(m: StoredMessage) -> tuple[Any, ...]:
     return (
         m.id, m.parent_id, m.conversation_id, m.owner, m.mode, m.role, m.text,
@@ -158,42 +154,35 @@ class SQLiteStore(Store):
 
     def _commit_pending(self) -> None:
         batch, self._pending = self._pending, []
-        try:
-            self._insert([row for user, reply, _ in batch for row in (_params(user), _params(reply))])
-        except sqlite3.IntegrityError:
-            # Some turn repeats a stored id: commit the turns one by one so only that one fails.
-            for user, reply, done in batch:
-                self._settle(done, lambda u=user, r=reply: self._insert([_params(u), _params(r)]))
-            return
-        except sqlite3.Error as exc:
-            for _, _, done in batch:
-                self._settle(done, lambda e=exc: _raise(e))
-            return
-        for _, _, done in batch:
-            if not done.done():
+        error = self._write([row for user, reply, _ in batch for row in (_params(user), _params(reply))])
+        if isinstance(error, DuplicateMessage):
+            # Some turn repeats a stored id: write the turns one by one so only that one fails.
+            outcomes = [self._write([_params(user), _params(reply)]) for user, reply, _ in batch]
+        else:
+            outcomes = [error] * len(batch)
+        for (_, _, done), outcome in zip(batch, outcomes, strict=True):
+            if done.done():  # the caller was cancelled
+                continue
+            if outcome is None:
                 done.set_result(None)
+            else:
+                done.set_exception(outcome)
 
-    def _insert(self, rows: list[tuple[Any, ...]]) -> None:
-        db = self.db
-        with db:  # one transaction: all rows or none
-            db.execute("BEGIN")
-            db.executemany(_INSERT, rows)
-
-    @staticmethod
-    def _settle(done: asyncio.Future[None], write: Any) -> None:
+    def _write(self, rows: list[tuple[Any, ...]]) -> Exception | None:
+        """Insert in one transaction; the error a caller should see, if any. Never raises: it runs
+        as a loop callback, where an escaping exception would leave every caller waiting forever."""
         try:
-            write()
+            db = self.db
+            with db:  # one transaction: all rows or none
+                db.execute("BEGIN")
+                db.executemany(_INSERT, rows)
         except sqlite3.IntegrityError as exc:
-            error: Exception = DuplicateMessage(str(exc))
+            return DuplicateMessage(str(exc))
         except (sqlite3.Error, StoreUnavailable) as exc:
             error = StoreUnavailable()
             error.__cause__ = exc
-        else:
-            if not done.done():
-                done.set_result(None)
-            return
-        if not done.done():
-            done.set_exception(error)
+            return error
+        return None
 
     async def get(self, owner: str, message_id: str) -> StoredMessage | None:
         try:

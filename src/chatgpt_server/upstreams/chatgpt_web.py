@@ -144,6 +144,10 @@ class WebStream:
     def complete(self) -> bool:
         return self.parser.done
 
+    @property
+    def text(self) -> str:
+        return self.parser.text
+
     async def aclose(self) -> None:
         finish_response(self.response, complete=self.parser.done)
 

@@ -40,8 +40,10 @@ class Upstream:
     def __init__(self, settings: Settings):
         self.settings = settings
         proxy = settings.proxy
-        # http(s) proxies are named per request; SOCKS ones live in the connector.
-        self.proxy: str | None = proxy if proxy and not proxy.startswith("socks") else None
+        socks = bool(proxy and proxy.startswith("socks"))
+        # An http(s) proxy is named on each request; a SOCKS one lives in the connector.
+        self.proxy: str | None = None if socks else proxy
+        self._socks: str | None = proxy if socks else None
         self._session: aiohttp.ClientSession | None = None
 
     @property
@@ -51,22 +53,18 @@ class Upstream:
         return self._session
 
     def _make_session(self) -> aiohttp.ClientSession:
-        proxy = self.settings.proxy
         connector: aiohttp.BaseConnector
-        if proxy and proxy.startswith("socks"):
+        if self._socks:
             from aiohttp_socks import ProxyConnector
 
+            socks = self._socks
             connector = ProxyConnector.from_url(
-                proxy.replace("socks5h://", "socks5://"), rdns=proxy.startswith("socks5h")
+                socks.replace("socks5h://", "socks5://"), rdns=socks.startswith("socks5h")
             )
         else:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
         return aiohttp.ClientSession(
-            connector=connector,
-            json_serialize=lambda o: "",  # bodies are encoded by the callers with orjson
-            timeout=aiohttp.ClientTimeout(total=None),
-            auto_decompress=True,
-            cookie_jar=aiohttp.DummyCookieJar(),
+            connector=connector, timeout=aiohttp.ClientTimeout(total=None), cookie_jar=aiohttp.DummyCookieJar()
         )
 
     def cookie_session(self) -> aiohttp.ClientSession:

@@ -106,6 +106,18 @@ class CompletionStream:
     usage: dict[str, Any] | None = None
     done: bool = False
     _decoder: SSEDecoder = field(default_factory=SSEDecoder)
+    _pieces: list[str] = field(default_factory=list)
+
+    @property
+    def text(self) -> str:
+        """All the text so far (kept as pieces, joined when asked: linear in the reply)."""
+        if len(self._pieces) > 1:
+            self._pieces[:] = ["".join(self._pieces)]
+        return self._pieces[0] if self._pieces else ""
+
+    @property
+    def complete(self) -> bool:
+        return self.done
 
     async def deltas(self) -> AsyncIterator[str]:
         try:
@@ -150,6 +162,7 @@ class CompletionStream:
                 self.finish_reason = choice["finish_reason"]
             content = (choice.get("delta") or {}).get("content")
             if isinstance(content, str):
+                self._pieces.append(content)
                 return content
         return ""
 

@@ -80,15 +80,13 @@ class WebReplyParser:
             return ""
         assert isinstance(message, dict)
         self.message_id = message.get("id") or self.message_id
-        parts = message["content"].get("parts") or [""]
-        whole = parts[0] if isinstance(parts[0], str) else ""
+        return self._set_text(_first_part(message))
+
+    def _set_text(self, whole: str) -> str:
+        """The text now stands as ``whole``: return what that adds ("" if the backend rewrote it)."""
         old = self.text
-        if whole.startswith(old):
-            added = whole[len(old) :]
-        else:  # the backend rewrote the text: take it as it now stands
-            added = ""
-        self._pieces[:] = [whole]
-        return added
+        self._pieces[:] = [whole] if whole else []
+        return whole[len(old) :] if whole.startswith(old) else ""
 
     # -- v1 delta encoding -----------------------------------------------------------------------
     def _apply_delta(self, frame: dict[str, Any]) -> str:
@@ -108,17 +106,13 @@ class WebReplyParser:
                 self._pieces.append(value)
                 return value
             if op == "replace" and isinstance(value, str):
-                old = self.text
-                self._pieces[:] = [value]
-                return value[len(old) :] if value.startswith(old) else ""
+                return self._set_text(value)
         if pointer == "" and op in ("add", "replace"):
             self._doc = value if isinstance(value, dict) else {}
-            self._adopt()
-            return self.text
+            return self._adopt()
         _apply(self._doc, pointer, op, value)
         if pointer.startswith("/message") and pointer.count("/") <= 1:
-            self._adopt()
-            return self.text
+            return self._adopt()
         if pointer == "/conversation_id" and isinstance(value, str):
             self.conversation_id = value
         return ""
@@ -126,17 +120,21 @@ class WebReplyParser:
     def _assistant(self) -> bool:
         return _is_assistant_text(self._doc.get("message"))
 
-    def _adopt(self) -> None:
-        """A whole new document or message arrived: take its ids and text."""
+    def _adopt(self) -> str:
+        """A whole new document or message arrived: take its ids and text; return the text it adds."""
         if self._doc.get("conversation_id"):
             self.conversation_id = self._doc["conversation_id"]
         message = self._doc.get("message")
-        if _is_assistant_text(message):
-            assert isinstance(message, dict)
-            self.message_id = message.get("id") or self.message_id
-            parts = message["content"].get("parts") or [""]
-            first = parts[0] if isinstance(parts[0], str) else ""
-            self._pieces[:] = [first] if first else []
+        if not _is_assistant_text(message):
+            return ""
+        assert isinstance(message, dict)
+        self.message_id = message.get("id") or self.message_id
+        return self._set_text(_first_part(message))
+
+
+def _first_part(message: dict[str, Any]) -> str:
+    parts = message["content"].get("parts") or [""]
+    return parts[0] if isinstance(parts[0], str) else ""
 
 
 def _is_assistant_text(message: Any) -> bool:
