@@ -8,12 +8,12 @@ import httpx
 import pytest
 
 from .harness import ServerProcess, ThreadedApps
+from .shared_stores import POSTGRES_PORT, REDIS_PORT, clean_up
 from .standins.chatgpt_web import ChatGPTStandIn
 from .standins.openai_api import OpenAIStandIn
 from .standins.signin import SignInStandIn
 from .tcp_proxy import TCPProxy
 
-REDIS_PORT, POSTGRES_PORT = 6379, 5432
 KEY = "sk-test-0123456789abcdefKEYONE"
 OTHER_KEY = "sk-test-0123456789abcdefKEYTWO"
 
@@ -39,6 +39,8 @@ class Upstreams:
             "CHATGPT_SERVER_CHATGPT_WEB_URL": self.web_url,
             "CHATGPT_SERVER_AUTH_URL": self.identity_url,
             "CHATGPT_SERVER_DEFAULT_MODEL": "gpt-3.5-turbo",
+            "CHATGPT_SERVER_CHATGPT_BACKEND": "web",  # the legacy suites; the Codex ones say codex
+            "CHATGPT_SERVER_DEFAULT_CHATGPT_MODEL": "auto",
         }
         env.update(extra)
         return env
@@ -83,6 +85,13 @@ def upstreams() -> Iterator[Upstreams]:
     )
     yield ups
     apps.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _leave_nothing_behind() -> Iterator[None]:
+    """The shared PostgreSQL and Redis get back what this run took: its schemas and keys go."""
+    yield
+    clean_up()
 
 
 @pytest.fixture(scope="session", autouse=True)

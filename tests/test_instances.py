@@ -17,9 +17,9 @@ import pytest
 from .conftest import KEY, Upstreams, ask
 from .harness import ServerProcess
 from .private_stores import PrivatePostgres, PrivateRedis
+from .shared_stores import store_url
 from .tcp_proxy import TCPProxy
 from .test_api_contract import assert_error
-from .test_stores import store_url
 
 
 class Load:

@@ -34,7 +34,8 @@ def test_three_turn_conversation_needs_only_parent_ids(
     assert first["conversationId"] == second["conversationId"] == third["conversationId"]
     sent = upstreams.chatgpt.requests[-1]["body"]
     assert sent["conversation_id"] == first["conversationId"]
-    assert sent["parent_message_id"] == second["id"]
+    # Ids are ours (issue 8): the backend's own message id went upstream, not the id we gave the client.
+    assert sent["parent_message_id"] != second["id"]
     assert sent["messages"][0]["id"] == third["parentMessageId"]
     assert sent["supported_encodings"] == ["v1"] and sent["model"] == "auto"
 

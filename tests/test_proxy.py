@@ -45,5 +45,6 @@ def test_invalid_proxy_is_refused_at_start_up(tmp_path: Path) -> None:
         timeout=30,
         cwd=tmp_path,
     )
-    assert result.returncode != 0
-    assert "proxy must be one of http, https, socks5, socks5h" in result.stderr
+    assert result.returncode == 2
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr  # one line, no traceback
+    assert "CHATGPT_SERVER_PROXY: must be one of http, https, socks5, socks5h" in result.stderr

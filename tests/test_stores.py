@@ -3,50 +3,35 @@
 from __future__ import annotations
 
 import asyncio
+import sqlite3
 import time
 import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+import asyncpg
+import orjson
 import pytest
+import redis
 
+from chatgpt_server.core.items import Item
 from chatgpt_server.errors import StoreUnavailable
-from chatgpt_server.stores import DuplicateMessage, Store, StoredMessage, open_store
+from chatgpt_server.stores import NewItem, Record, Store, TurnWrite, open_store
+from chatgpt_server.stores.base import MAX_WALK
 
-from .conftest import POSTGRES_PORT, REDIS_PORT
+from .shared_stores import POSTGRES_PORT, REDIS_PORT, store_url
 from .tcp_proxy import TCPProxy
 
 T = TypeVar("T")
+KINDS = ["sqlite", "redis", "postgresql"]
 
 
 def run(coro: Awaitable[T]) -> T:
-    return asyncio.run(_wrap(coro))
+    async def wrap() -> T:
+        return await coro
 
-
-async def _wrap(coro: Awaitable[T]) -> T:
-    return await coro
-
-
-def store_url(kind: str, tmp_path: Path, port: int | None = None) -> str:
-    name = f"t{uuid.uuid4().hex[:12]}"
-    if kind == "sqlite":
-        return f"sqlite:///{tmp_path / (name + '.db')}"
-    if kind == "redis":
-        return f"redis://127.0.0.1:{port or REDIS_PORT}/0?prefix={name}:"
-    # A schema of its own per test: asyncpg passes unknown URL parameters on as server settings.
-    import asyncpg
-
-    async def create() -> None:
-        conn = await asyncpg.connect(f"postgresql://127.0.0.1:{POSTGRES_PORT}/test")
-        await conn.execute(f"CREATE SCHEMA {name}")
-        await conn.close()
-
-    run(create())
-    return f"postgresql://127.0.0.1:{port or POSTGRES_PORT}/test?search_path={name}"
-
-
-KINDS = ["sqlite", "redis", "postgresql"]
+    return asyncio.run(wrap())
 
 
 @pytest.fixture(params=KINDS)
@@ -54,9 +39,9 @@ def kind(request: pytest.FixtureRequest) -> str:
     return str(request.param)
 
 
-def with_store(url: str, body: Callable[[Store], Awaitable[T]], retention_days: float = 30) -> T:
+def with_store(url: str, body: Callable[[Store], Awaitable[T]], retention_days: float = 30, timeout: float = 2) -> T:
     async def go() -> T:
-        store = open_store(url, retention_days)  # type: ignore[arg-type]
+        store = open_store(url, retention_days, timeout)
         await store.open()
         try:
             return await body(store)
@@ -66,98 +51,306 @@ def with_store(url: str, body: Callable[[Store], Awaitable[T]], retention_days: 
     return run(go())
 
 
-def message(mid: str, parent: str | None, owner: str = "owner-a", role: str = "user", text: str = "hi",
-            tokens: int = 10, created: float | None = None, incomplete: bool = False) -> StoredMessage:  # fmt: skip
-    return StoredMessage(mid, parent, "conv-1", owner, "1", role, text, tokens, tokens + 1, incomplete,
-                         created if created is not None else time.time())  # fmt: skip
+def new(text: str, role: str = "user", cost: int = 10, kind: str = "message") -> NewItem:
+    item = Item(f"i-{uuid.uuid4().hex[:10]}", kind, role, text, call_id="call_1" if kind != "message" else None,
+                name="f" if kind == "function_call" else None)  # fmt: skip
+    return NewItem(item, item.chat(), cost)
 
 
-async def build_chain(store: Store, turns: int, owner: str = "owner-a", tokens: int = 10) -> list[str]:
+def turn(parent: str | None, *items: NewItem, owner: str = "owner-a", conversation: str = "conv-1",
+         created: float | None = None, **extra: Any) -> TurnWrite:  # fmt: skip
+    when = created if created is not None else time.time()
+    return TurnWrite(owner=owner, conversation_id=conversation, parent_id=parent, enc="o200k_base", origin="1",
+                     created_at=when, items=list(items), **extra)  # fmt: skip
+
+
+async def chain(
+    store: Store, turns: int, owner: str = "owner-a", cost: int = 10, parent: str | None = None
+) -> list[str]:
+    """A linear conversation of ``turns`` user/assistant pairs; all ids, oldest first."""
     ids: list[str] = []
-    parent = None
     for i in range(turns):
-        u, r = f"u{i}-{uuid.uuid4().hex[:6]}", f"r{i}-{uuid.uuid4().hex[:6]}"
-        await store.add_turn(
-            message(u, parent, owner, "user", f"question {i}", tokens),
-            message(r, u, owner, "assistant", f"answer {i} ✓ 你好", tokens),
-        )
-        ids += [u, r]
-        parent = r
+        user, reply = new(f"question {i}", cost=cost), new(f"answer {i} ✓ 你好", "assistant", cost=cost)
+        await store.add_turn(turn(parent, user, reply, owner=owner))
+        ids += [user.item.id, reply.item.id]
+        parent = reply.item.id
     return ids
 
 
+def ids_of(rows: list[Any]) -> list[str]:
+    return [r[0] for r in rows]
+
+
+# -- items -----------------------------------------------------------------------------------------
 def test_turn_round_trips_and_belongs_to_its_owner(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
-        user = message("u1", None, text="question ✓ 你好")
-        reply = message("r1", "u1", role="assistant", text="partial", incomplete=True)
-        await store.add_turn(user, reply)
-        assert await store.get("owner-a", "u1") == user
-        assert await store.get("owner-a", "r1") == reply
-        assert await store.get("owner-b", "r1") is None
-        assert await store.get("owner-a", "missing") is None
+        user, reply = new("question ✓ 你好"), new("partial", "assistant")
+        reply.item.status = "incomplete"
+        reply.item.meta = {"web": ["c", "m"]}
+        await store.add_turn(turn(None, user, reply))
+        got = await store.get_item("owner-a", reply.item.id)
+        assert got is not None
+        shown = (got.item.text, got.item.role, got.item.status, got.item.meta)
+        assert shown == ("partial", "assistant", "incomplete", {"web": ["c", "m"]})
+        assert (got.parent_id, got.conversation_id, got.cost, got.origin) == (user.item.id, "conv-1", 10, "1")
+        first = await store.get_item("owner-a", user.item.id)
+        assert first is not None and first.item.text == "question ✓ 你好" and first.parent_id is None
+        assert await store.get_item("owner-b", reply.item.id) is None
+        assert await store.get_item("owner-a", "missing") is None
 
     with_store(store_url(kind, tmp_path), body)
 
 
-def test_a_turn_is_atomic(kind: str, tmp_path: Path) -> None:
+def test_every_item_kind_round_trips(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
-        await store.add_turn(message("u1", None), message("r1", "u1", role="assistant"))
-        with pytest.raises(DuplicateMessage):
-            await store.add_turn(message("u2", "r1"), message("r1", "u2", role="assistant"))
-        assert await store.get("owner-a", "u2") is None  # neither message of the failed turn
+        image = new("look", cost=800)
+        picture = {"type": "input_image", "image_url": "https://x/y.png", "detail": "low"}
+        image.item.parts = [{"type": "input_text", "text": "look"}, picture]
+        image = NewItem(image.item, image.item.chat(), 800)
+        call = new('{"x": 1}', "assistant", kind="function_call")
+        output = new("42", "tool", kind="function_call_output")
+        await store.add_turn(turn(None, image, call, output))
+        got = await store.get_items("owner-a", [output.item.id, call.item.id, image.item.id, "missing"])
+        assert [g.item.id for g in got] == [output.item.id, call.item.id, image.item.id]
+        assert got[1].item.kind == "function_call" and got[1].item.name == "f" and got[1].item.call_id == "call_1"
+        assert got[0].item.kind == "function_call_output" and got[0].item.text == "42"
+        assert got[2].item.parts is not None and got[2].item.parts[1]["image_url"] == "https://x/y.png"
+        rows = await store.history("owner-a", output.item.id, 10_000)
+        assert [r[1] for r in rows] == ["function_call_output", "function_call", "message"]
+        assert orjson.loads(rows[2][2])["content"][1]["image_url"]["url"] == "https://x/y.png"
+
+    with_store(store_url(kind, tmp_path), body)
+
+
+def test_writing_the_same_turn_twice_is_one_turn(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        write = turn(None, new("q"), new("a", "assistant"))
+        await store.add_turn(write)
+        await store.add_turn(write)  # a retry after a lost answer
+        items = await store.conversation_items("owner-a", "conv-1", None, 100, False)
+        assert [i.item.id for i in items] == [n.item.id for n in write.items]
 
     with_store(store_url(kind, tmp_path), body)
 
 
 def test_concurrent_turns_all_land(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
-        turns = [(message(f"u{i}", None), message(f"r{i}", f"u{i}", role="assistant")) for i in range(50)]
-        results = await asyncio.gather(*(store.add_turn(u, r) for u, r in turns), return_exceptions=True)
+        turns = [turn(None, new(f"q{i}"), new(f"a{i}", "assistant")) for i in range(50)]
+        results = await asyncio.gather(*(store.add_turn(t) for t in turns), return_exceptions=True)
         assert results == [None] * 50
-        for i in range(50):
-            assert (await store.get("owner-a", f"r{i}")) is not None
+        for t in turns:
+            assert (await store.get_item("owner-a", t.items[1].item.id)) is not None
 
     with_store(store_url(kind, tmp_path), body)
 
 
-def test_chain_is_newest_first_and_stops_at_the_budget(kind: str, tmp_path: Path) -> None:
+def test_history_is_newest_first_and_stops_at_the_budget(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
-        ids = await build_chain(store, 10, tokens=10)
+        ids = await chain(store, 10, cost=10)
         newest = ids[-1]
-        everything = await store.chain("owner-a", newest, "cl100k_base", 10_000)
-        assert [m.id for m in everything] == ids[::-1]
-        assert everything[0].text == "answer 9 ✓ 你好"
-        # cl100k costs 10 per message: a budget of 55 holds 5 messages, not 6.
-        assert [m.id for m in await store.chain("owner-a", newest, "cl100k_base", 55)] == ids[::-1][:5]
-        # o200k costs 11 per message: 55 holds exactly 5.
-        assert len(await store.chain("owner-a", newest, "o200k_base", 55)) == 5
-        assert len(await store.chain("owner-a", newest, "o200k_base", 54)) == 4
-        # The named message always comes back, even over the budget.
-        assert [m.id for m in await store.chain("owner-a", newest, "cl100k_base", 1)] == [newest]
-        assert await store.chain("owner-b", newest, "cl100k_base", 10_000) == []
-        assert await store.chain("owner-a", "missing", "cl100k_base", 10_000) == []
+        everything = await store.history("owner-a", newest, 10_000)
+        assert ids_of(everything) == ids[::-1]
+        assert everything[0][4] == ids[-2] and everything[-1][4] is None  # parent ids; the root has none
+        assert orjson.loads(everything[0][2]) == {"role": "assistant", "content": "answer 9 ✓ 你好"}
+        assert ids_of(await store.history("owner-a", newest, 55)) == ids[::-1][:5]
+        assert ids_of(await store.history("owner-a", newest, 50)) == ids[::-1][:5]
+        assert ids_of(await store.history("owner-a", newest, 49)) == ids[::-1][:4]
+        # The named item always comes back, even over the budget.
+        assert ids_of(await store.history("owner-a", newest, 1)) == [newest]
+        assert await store.history("owner-b", newest, 10_000) == []
+        assert await store.history("owner-a", "missing", 10_000) == []
+        middle = ids[9]  # history of an item in the middle: its ancestors only
+        assert ids_of(await store.history("owner-a", middle, 10_000)) == ids[:10][::-1]
 
     with_store(store_url(kind, tmp_path), body)
 
 
-def test_chain_never_crosses_into_another_owner(kind: str, tmp_path: Path) -> None:
+def test_forks_keep_each_branch_its_own_history(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
-        await store.add_turn(message("x1", None, owner="owner-b"), message("x2", "x1", owner="owner-b"))
-        await store.add_turn(message("a1", "x2"), message("a2", "a1"))
-        assert [m.id for m in await store.chain("owner-a", "a2", "cl100k_base", 10_000)] == ["a2", "a1"]
+        trunk = await chain(store, 5)
+        fork_at = trunk[3]  # answer 1: a second answer to it starts a branch
+        branch_a = await chain(store, 3, parent=fork_at)
+        branch_b = await chain(store, 2, parent=fork_at)
+        deeper = await chain(store, 2, parent=branch_a[1])  # a fork of the fork
+        trunk_more = await chain(store, 2, parent=trunk[-1])
+        expect_a = trunk[:4] + branch_a
+        assert ids_of(await store.history("owner-a", branch_a[-1], 10_000)) == expect_a[::-1]
+        expect_b = trunk[:4] + branch_b
+        assert ids_of(await store.history("owner-a", branch_b[-1], 10_000)) == expect_b[::-1]
+        expect_deep = trunk[:4] + branch_a[:2] + deeper
+        assert ids_of(await store.history("owner-a", deeper[-1], 10_000)) == expect_deep[::-1]
+        assert ids_of(await store.history("owner-a", trunk_more[-1], 10_000)) == (trunk + trunk_more)[::-1]
+        # The budget cut works across forks: 7 items of cost 10.
+        assert ids_of(await store.history("owner-a", deeper[-1], 70)) == expect_deep[::-1][:7]
+        assert await store.path_ids("owner-a", deeper[-1]) == expect_deep[::-1]
 
     with_store(store_url(kind, tmp_path), body)
 
 
-def test_deep_chain_in_one_call(kind: str, tmp_path: Path) -> None:
+def test_two_answers_written_at_once_to_one_item_both_land(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
-        ids = await build_chain(store, 500, tokens=1)
-        chain = await store.chain("owner-a", ids[-1], "cl100k_base", 10_000_000)
-        assert len(chain) == 1000 and chain[-1].id == ids[0]
+        trunk = await chain(store, 2)
+        racers = [turn(trunk[-1], new(f"q{i}"), new(f"a{i}", "assistant")) for i in range(8)]
+        assert await asyncio.gather(*(store.add_turn(t) for t in racers)) == [None] * 8
+        for racer in racers:
+            tip = racer.items[-1].item.id
+            assert ids_of(await store.history("owner-a", tip, 10_000)) == [tip, racer.items[0].item.id, *trunk[::-1]]
 
     with_store(store_url(kind, tmp_path), body)
 
 
+def test_history_never_crosses_into_another_owner(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        theirs = await chain(store, 1, owner="owner-b")
+        mine = await chain(store, 1, parent=theirs[-1])
+        assert ids_of(await store.history("owner-a", mine[-1], 10_000)) == mine[::-1]
+
+    with_store(store_url(kind, tmp_path), body)
+
+
+def test_deep_history_in_one_call(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        ids = await chain(store, 500, cost=1)
+        rows = await store.history("owner-a", ids[-1], 10_000_000)
+        assert len(rows) == 1000 and rows[-1][0] == ids[0]
+
+    with_store(store_url(kind, tmp_path), body)
+
+
+def test_deleted_items_count_but_are_marked(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        await store.put_record(Record("conversation", "conv-1", "owner-a", {}, None, 1.0, 1.0), None)
+        ids = await chain(store, 3)
+        assert await store.delete_item("owner-a", "conv-1", ids[2])
+        assert not await store.delete_item("owner-a", "conv-1", ids[2])  # once
+        assert not await store.delete_item("owner-b", "conv-1", ids[3])
+        rows = await store.history("owner-a", ids[-1], 10_000)
+        assert [r[1] for r in rows] == ["message", "message", "message", "deleted", "message", "message"]
+        assert ids_of(await store.history("owner-a", ids[-1], 40)) == ids[::-1][:4]  # the deleted one counts
+        listed = await store.conversation_items("owner-a", "conv-1", None, 100, False)
+        assert [i.item.id for i in listed] == ids[:2] + ids[3:]
+        item = await store.get_item("owner-a", ids[-1])
+        assert item is not None and item.gen == 1  # the conversation counts its deletions
+        assert ids[2] not in await store.path_ids("owner-a", ids[-1])
+
+    with_store(store_url(kind, tmp_path), body)
+
+
+def test_conversation_items_page_both_ways(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        ids = await chain(store, 6)
+        await chain(store, 2, owner="owner-b")
+        first = await store.conversation_items("owner-a", "conv-1", None, 5, False)
+        assert [i.item.id for i in first] == ids[:5]
+        rest = await store.conversation_items("owner-a", "conv-1", first[-1].seq, 100, False)
+        assert [i.item.id for i in rest] == ids[5:]
+        newest = await store.conversation_items("owner-a", "conv-1", None, 3, True)
+        assert [i.item.id for i in newest] == ids[::-1][:3]
+        older = await store.conversation_items("owner-a", "conv-1", newest[-1].seq, 100, True)
+        assert [i.item.id for i in older] == ids[::-1][3:]
+        assert await store.conversation_items("owner-b", "conv-1", None, 100, False) != []
+        assert await store.conversation_items("owner-a", "conv-none", None, 100, False) == []
+
+    with_store(store_url(kind, tmp_path), body)
+
+
+def test_a_corrupted_cycle_cannot_make_a_walk_endless(kind: str, tmp_path: Path) -> None:
+    url = store_url(kind, tmp_path)
+    ids = with_store(url, lambda s: chain(s, 3))
+    corrupt(kind, url, child=ids[0], parent=ids[-1])  # the root now claims the tip as its parent
+
+    async def body(store: Store) -> None:
+        started = time.monotonic()
+        rows = await store.history("owner-a", ids[-1], 10_000_000)
+        walked = await store.path_ids("owner-a", ids[-1])
+        assert time.monotonic() - started < 5
+        assert len(rows) <= MAX_WALK and len(walked) <= MAX_WALK
+        assert ids_of(rows) == ids[::-1] and walked == ids[::-1]  # each item once, then the walk stops
+
+    with_store(url, body)
+
+
+def corrupt(kind: str, url: str, child: str, parent: str) -> None:
+    """Make ``child`` claim ``parent``: what no code of ours writes, as a damaged store might hold."""
+    if kind == "sqlite":
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            db.execute("UPDATE items SET parent_id = ? WHERE id = ?", (parent, child))
+    elif kind == "redis":
+        prefix = url.split("prefix=")[1]
+        redis.Redis(port=REDIS_PORT).hset(f"{prefix}i:{child}", "p", parent)
+    else:
+        schema = url.split("search_path=")[1]
+
+        async def update() -> None:
+            conn = await asyncpg.connect(f"postgresql://127.0.0.1:{POSTGRES_PORT}/test")
+            await conn.execute(f"UPDATE {schema}.items SET parent_id = $1 WHERE id = $2", parent, child)  # noqa: S608
+            await conn.close()
+
+        run(update())
+
+
+# -- records ---------------------------------------------------------------------------------------
+def test_records_insert_once_and_compare_and_set(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        record = Record("account", "acct-1", "", {"email": "a@example.com"}, None, 10.0, 10.0)
+        assert await store.put_record(record, None)
+        assert not await store.put_record(record, None)  # only if absent
+        got = await store.get_record("account", "acct-1")
+        assert got is not None and got.version == 1 and got.body == {"email": "a@example.com"}
+        changed = Record("account", "acct-1", "", {"email": "b@example.com"}, "tip", 10.0, 11.0, 1, 0)
+        assert await store.put_record(changed, 1)
+        assert not await store.put_record(changed, 1)  # the version moved on: a stale writer loses
+        got = await store.get_record("account", "acct-1")
+        assert got is not None and (got.version, got.body["email"], got.tip) == (2, "b@example.com", "tip")
+        assert await store.get_record("response", "acct-1") is None  # kinds are apart
+        assert await store.delete_record("account", "acct-1")
+        assert not await store.delete_record("account", "acct-1")
+        assert await store.get_record("account", "acct-1") is None
+
+    with_store(store_url(kind, tmp_path), body)
+
+
+def test_concurrent_compare_and_set_has_one_winner(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        await store.put_record(Record("account", "a", "", {"n": 0}, None, 1.0, 1.0), None)
+        racers = [Record("account", "a", "", {"n": i}, None, 1.0, 2.0) for i in range(20)]
+        won = await asyncio.gather(*(store.put_record(r, 1) for r in racers))
+        assert sum(won) == 1
+
+    with_store(store_url(kind, tmp_path), body)
+
+
+def test_records_list_by_owner_newest_first_in_pages(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        for i in range(7):
+            await store.put_record(Record("conversation", f"c{i}", "owner-a", {}, None, 100.0 + i, 100.0 + i), None)
+        await store.put_record(Record("conversation", "other", "owner-b", {}, None, 200.0, 200.0), None)
+        page = await store.list_records("conversation", "owner-a", None, 3, True)
+        assert [r.id for r in page] == ["c6", "c5", "c4"]
+        page = await store.list_records("conversation", "owner-a", page[-1].id, 10, True)
+        assert [r.id for r in page] == ["c3", "c2", "c1", "c0"]
+        page = await store.list_records("conversation", "owner-a", "c4", 2, False)
+        assert [r.id for r in page] == ["c5", "c6"]
+
+    with_store(store_url(kind, tmp_path), body)
+
+
+def test_a_turn_writes_its_response_and_moves_its_conversation(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        await store.put_record(Record("conversation", "conv-1", "owner-a", {"metadata": {}}, None, 1.0, 1.0), None)
+        user, reply = new("q"), new("a", "assistant")
+        response = Record("response", "resp_1", "owner-a", {"status": "completed"}, reply.item.id, 5.0, 5.0)
+        await store.add_turn(turn(None, user, reply, response=response, response_id="resp_1",
+                                  conversation_tip="conv-1"))  # fmt: skip
+        got = await store.get_record("response", "resp_1")
+        assert got is not None and got.tip == reply.item.id and got.body == {"status": "completed"}
+        conversation = await store.get_record("conversation", "conv-1")
+        assert conversation is not None and conversation.tip == reply.item.id
+
+    with_store(store_url(kind, tmp_path), body)
+
+
+# -- the store itself --------------------------------------------------------------------------------
 def test_shared_secret_is_kept_once(kind: str, tmp_path: Path) -> None:
     url = store_url(kind, tmp_path)
 
@@ -168,24 +361,97 @@ def test_shared_secret_is_kept_once(kind: str, tmp_path: Path) -> None:
     assert with_store(url, body) == (b"first", b"first")  # and across opens
 
 
-def test_reopening_migrates_once_and_keeps_data(kind: str, tmp_path: Path) -> None:
+def test_reopening_keeps_data(kind: str, tmp_path: Path) -> None:
     url = store_url(kind, tmp_path)
-    with_store(url, lambda s: s.add_turn(message("u1", None), message("r1", "u1")))
-    assert with_store(url, lambda s: s.get("owner-a", "r1")) is not None
+    ids = with_store(url, lambda s: chain(s, 2))
+    assert ids_of(with_store(url, lambda s: s.history("owner-a", ids[-1], 10_000))) == ids[::-1]
 
 
-def test_retention_expires_old_messages(kind: str, tmp_path: Path) -> None:
+def test_version_1_data_is_migrated(kind: str, tmp_path: Path) -> None:
+    """Conversations written by the previous release (one row or key per message) stay readable and
+    continuable, mode-2 web ids included."""
+    url = store_url(kind, tmp_path)
+    old = [  # id, parent, conversation, owner, mode, role, text, cl100k, o200k, incomplete, created
+        ("u1", None, "c1", "owner-a", "1", "user", "hello", 5, 6, False, 100.0),
+        ("r1", "u1", "c1", "owner-a", "1", "assistant", "hi there", 6, 7, False, 100.0),
+        ("u2", "r1", "c1", "owner-a", "1", "user", "again", 5, 6, False, 101.0),
+        ("r2", "u2", "c1", "owner-a", "1", "assistant", "yes", 5, 5, True, 101.0),
+        ("w1", None, "webconv", "owner-a", "2", "user", "web q", 5, 6, False, 102.0),
+        ("w2", "w1", "webconv", "owner-a", "2", "assistant", "web a", 5, 6, False, 102.0),
+    ]
+    write_v1(kind, url, old)
+
+    async def body(store: Store) -> None:
+        rows = await store.history("owner-a", "r2", 10_000)
+        assert ids_of(rows) == ["r2", "u2", "r1", "u1"] and [r[3] for r in rows] == [5, 6, 7, 6]
+        r2 = await store.get_item("owner-a", "r2")
+        assert r2 is not None and r2.item.status == "incomplete" and r2.origin == "1"
+        web = await store.get_item("owner-a", "w2")
+        assert web is not None and web.origin == "web" and web.item.meta == {"web": ["webconv", "w2"]}
+        more = await chain(store, 1, parent="r2")  # and the conversation goes on
+        assert ids_of(await store.history("owner-a", more[-1], 10_000)) == [*more[::-1], "r2", "u2", "r1", "u1"]
+
+    with_store(url, body)
+
+
+def write_v1(kind: str, url: str, rows: list[tuple[Any, ...]]) -> None:
+    """Data as the previous release left it (its version 1 layout, its version mark)."""
+    if kind == "redis":
+        prefix = url.split("prefix=")[1]
+        client = redis.Redis(port=REDIS_PORT)
+        client.set(prefix + "version", "1")
+        for row in rows:
+            client.set(f"{prefix}m:{row[0]}", orjson.dumps(list(row)))
+        return
+    create = (
+        "CREATE TABLE messages (id TEXT PRIMARY KEY, parent_id TEXT, conversation_id TEXT NOT NULL, "
+        "owner TEXT NOT NULL, mode TEXT NOT NULL, role TEXT NOT NULL, text TEXT NOT NULL, "
+        "tokens_cl100k INTEGER NOT NULL, tokens_o200k INTEGER NOT NULL, incomplete BOOLEAN NOT NULL DEFAULT FALSE, "
+        "created_at DOUBLE PRECISION NOT NULL)"
+    )
+    migrations = ("CREATE TABLE schema_migrations (version INTEGER PRIMARY KEY, name TEXT NOT NULL, "
+                  "applied_at DOUBLE PRECISION NOT NULL)")  # fmt: skip
+    if kind == "sqlite":
+        with sqlite3.connect(url.removeprefix("sqlite:///")) as db:
+            for statement in (create, "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)", migrations):
+                db.execute(statement)
+            db.execute("INSERT INTO schema_migrations VALUES (1, 'messages and meta', 0)")
+            db.executemany("INSERT INTO messages VALUES (?,?,?,?,?,?,?,?,?,?,?)", rows)
+        return
+    schema = url.split("search_path=")[1]
+
+    async def go() -> None:
+        conn = await asyncpg.connect(
+            f"postgresql://127.0.0.1:{POSTGRES_PORT}/test", server_settings={"search_path": schema}
+        )
+        for statement in (create, "CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)", migrations):
+            await conn.execute(statement)
+        await conn.execute("INSERT INTO schema_migrations VALUES (1, 'messages and meta', 0)")
+        await conn.executemany("INSERT INTO messages VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11)", rows)
+        await conn.close()
+
+    run(go())
+
+
+def test_retention_expires_old_items(kind: str, tmp_path: Path) -> None:
     url = store_url(kind, tmp_path)
     if kind == "redis":  # every key carries the retention as its TTL
-        with_store(url, lambda s: s.add_turn(message("u1", None), message("r1", "u1")), retention_days=1.5 / 86400)
-        time.sleep(2.0)
-    else:
-        old = time.time() - 40 * 86400
-        with_store(url, lambda s: s.add_turn(message("u1", None, created=old), message("r1", "u1", created=old)))
-        with_store(url, lambda s: s.add_turn(message("u2", None), message("r2", "u2")))
-        assert with_store(url, lambda s: s.purge(time.time() - 30 * 86400)) == 2
-        assert with_store(url, lambda s: s.get("owner-a", "r2")) is not None
-    assert with_store(url, lambda s: s.get("owner-a", "r1")) is None
+        ids = with_store(url, lambda s: chain(s, 1), retention_days=1.5 / 86400)
+        deadline = time.monotonic() + 10
+        while with_store(url, lambda s: s.get_item("owner-a", ids[-1])) is not None:
+            assert time.monotonic() < deadline, "the keys did not expire"
+            time.sleep(0.2)
+        return
+    old = time.time() - 40 * 86400
+
+    async def write(store: Store) -> list[str]:
+        await store.add_turn(turn(None, a := new("old q"), b := new("old a", "assistant"), created=old))
+        return [a.item.id, b.item.id, *(await chain(store, 1))]
+
+    ids = with_store(url, write)
+    assert with_store(url, lambda s: s.purge(time.time() - 30 * 86400)) == 2
+    assert with_store(url, lambda s: s.get_item("owner-a", ids[1])) is None
+    assert with_store(url, lambda s: s.get_item("owner-a", ids[-1])) is not None
 
 
 def test_a_store_that_goes_away_is_unavailable_then_recovers(
@@ -195,31 +461,58 @@ def test_a_store_that_goes_away_is_unavailable_then_recovers(
     url = store_url(network_kind, tmp_path, port=proxy.port)
 
     async def body(store: Store) -> None:
-        await store.add_turn(message("u1", None), message("r1", "u1"))
+        ids = await chain(store, 1)
         proxy.stop()
         for operation in (
             store.ping(),
-            store.get("owner-a", "r1"),
-            store.chain("owner-a", "r1", "cl100k_base", 100),
-            store.add_turn(message("u2", "r1"), message("r2", "u2")),
+            store.get_item("owner-a", ids[-1]),
+            store.history("owner-a", ids[-1], 100),
+            store.add_turn(turn(ids[-1], new("q"), new("a", "assistant"))),
+            store.get_record("conversation", "x"),
         ):
-            with pytest.raises(StoreUnavailable):
+            with pytest.raises(StoreUnavailable) as raised:
                 await asyncio.wait_for(operation, 15)
+            assert raised.value.reason  # the log can say why
         proxy.start()
-        for _ in range(50):  # the same store object recovers: no restart
+        deadline = time.monotonic() + 10
+        while True:  # the same store object recovers: no restart
             try:
                 await store.ping()
                 break
             except StoreUnavailable:
+                assert time.monotonic() < deadline
                 await asyncio.sleep(0.1)
-        assert (await store.get("owner-a", "r1")) is not None
-        await store.add_turn(message("u3", "r1"), message("r3", "u3"))
+        assert (await store.get_item("owner-a", ids[-1])) is not None
+        await chain(store, 1, parent=ids[-1])
 
     with_store(url, body)
 
 
+def test_a_store_that_hangs_costs_at_most_the_store_timeout(
+    network_kind: str, store_proxy: TCPProxy, tmp_path: Path
+) -> None:
+    url = store_url(network_kind, tmp_path, port=store_proxy.port)
+
+    async def body(store: Store) -> None:
+        ids = await chain(store, 1)
+        store_proxy.freeze()
+        try:
+            for operation in (store.get_item("owner-a", ids[-1]), store.add_turn(turn(ids[-1], new("q")))):
+                started = time.monotonic()
+                with pytest.raises(StoreUnavailable):
+                    await operation
+                assert time.monotonic() - started < 0.5 + 0.5  # the timeout, and a little
+        finally:
+            store_proxy.thaw()
+
+    with_store(url, body, timeout=0.5)
+
+
 def test_store_down_at_start_is_picked_up_later(network_kind: str, tmp_path: Path) -> None:
-    proxy = TCPProxy(REDIS_PORT if network_kind == "redis" else POSTGRES_PORT)  # not started yet
+    from .shared_stores import POSTGRES_PORT as PG
+    from .shared_stores import REDIS_PORT as RD
+
+    proxy = TCPProxy(RD if network_kind == "redis" else PG)  # not started yet
     url = store_url(network_kind, tmp_path, port=proxy.port)
 
     async def body() -> Any:
@@ -229,8 +522,8 @@ def test_store_down_at_start_is_picked_up_later(network_kind: str, tmp_path: Pat
         proxy.start()
         try:
             await store.ping()
-            await store.add_turn(message("u1", None), message("r1", "u1"))
-            return await store.get("owner-a", "r1")
+            ids = await chain(store, 1)
+            return await store.get_item("owner-a", ids[-1])
         finally:
             await store.close()
             proxy.stop()
@@ -244,6 +537,15 @@ def test_sqlite_write_after_close_fails_instead_of_hanging(tmp_path: Path) -> No
         await store.open()
         await store.close()
         with pytest.raises(StoreUnavailable):
-            await asyncio.wait_for(store.add_turn(message("u1", None), message("r1", "u1")), 2)
+            await asyncio.wait_for(store.add_turn(turn(None, new("q"))), 2)
 
     run(body())
+
+
+def test_sqlite_file_is_private(tmp_path: Path) -> None:
+    folder = tmp_path / "fresh" / "data"
+    url = f"sqlite:///{folder / 'conversations.db'}"
+    with_store(url, lambda s: chain(s, 1))
+    assert folder.stat().st_mode & 0o777 == 0o700
+    for path in folder.glob("conversations.db*"):
+        assert path.stat().st_mode & 0o777 == 0o600, path

@@ -108,7 +108,10 @@ def test_password_goes_only_to_the_configured_identity_host(
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             message = assert_error(get(c, "1", *account), 502, PATH)
-        assert message.startswith("sign-in flow changed at step 3")
+        # Refused before any request to the identity host it leads to (issue 8: no request goes
+        # anywhere but the allowed upstream), let alone the password.
+        assert message.startswith("sign-in flow changed at step 2: the flow leads to 127.0.0.1:")
+        assert "use device sign-in" in message
         assert not any("password" in q for q in upstreams.signin.seen_queries)
     finally:
         server.stop()

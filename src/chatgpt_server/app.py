@@ -1,4 +1,9 @@
-"""Builds the application: routes, error mapping, start-up and shutdown."""
+"""Builds the application: services, routes, the one error mapping, the access log, start-up and shutdown.
+
+The routing is ours, not Starlette's: a dict lookup for exact paths and a few patterns with one
+parameter, which costs a fraction of Starlette's router and middleware stack on every request
+(measured in bench/RESULTS.md). Handlers still use Starlette's Request and Response objects.
+"""
 
 from __future__ import annotations
 
@@ -6,29 +11,47 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import re
+import secrets
+import signal
+import threading
 import time
-from collections.abc import AsyncIterator
+import traceback
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from types import FrameType
 
-from starlette.applications import Starlette
-from starlette.exceptions import HTTPException
-from starlette.middleware import Middleware
+import orjson
 from starlette.middleware.cors import CORSMiddleware
-from starlette.routing import Mount, Route
+from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
-from .api import docs, gpt, health, token
-from .api.envelope import CatchAll, on_http_exception, on_service_error
-from .conversation.owners import Owners
-from .conversation.service import ChatService
-from .errors import ServiceError, StoreUnavailable
+from .accounts.service import Accounts
+from .accounts.signin import TokenService
+from .core.activity import Activity, RequestLog, begin_log
+from .core.history import HistoryCache
+from .core.owners import Owners
+from .core.turns import Turns
+from .edges import access_token, chat_completions, conversations, docs, health, original, responses
+from .edges.envelope import error_response, is_openai_path
+from .edges.messages import error_message, pick_language
+from .errors import MethodNotAllowed, NotFound, ServiceError, ShuttingDown, StoreUnavailable
 from .settings import Settings
 from .stores import Store, open_store
-from .upstreams.http import Upstream
-from .upstreams.signin import TokenService
+from .upstreams.base import Upstream
+from .upstreams.chat_completions import ChatCompletions, Relay
+from .upstreams.chatgpt_web import ChatGPTWeb
+from .upstreams.codex import Codex
+from .upstreams.http import HTTPClient
+from .upstreams.routing import Models
 
 log = logging.getLogger("chatgpt_server")
 PURGE_EVERY_S = 3600
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+Handler = Callable[[Request, "Services"], Awaitable[ASGIApp]]
 
 
 class Services:
@@ -37,78 +60,306 @@ class Services:
     def __init__(self, settings: Settings, store: Store):
         self.settings = settings
         self.store = store
-        self.upstream = Upstream(settings)
-        self.owners = Owners(store, settings.secret_key.get_secret_value().encode() if settings.secret_key else None)
-        self.chat = ChatService(settings, store, self.upstream, self.owners)
-        self.tokens = TokenService(settings, self.upstream)
+        self.http = HTTPClient(settings)
+        self.owners = Owners(store, settings.secret_bytes())
+        self.cache = HistoryCache(settings.history_cache_mb * 1024 * 1024)
+        self.activity = Activity()
+        limit = settings.max_reply_bytes
+        default_instructions = original.DEFAULT_SYSTEM_MESSAGE.format(date=time.strftime("%Y-%m-%d"))
+        upstreams: dict[str, Upstream] = {
+            "chat": ChatCompletions(self.http, limit),
+            "web": ChatGPTWeb(self.http, limit),
+            "codex": Codex(self.http, limit, default_instructions),
+        }
+        self.turns = Turns(store, upstreams, self.cache, self.activity)
+        self.relay = Relay(self.http, limit)
+        self.models = Models(settings)
+        self.tokens = TokenService(settings, self.http)
+        self.accounts = Accounts(settings, store, self.http, self.owners)
+        self.shutting_down = False
 
     async def start(self) -> None:
         try:
             await self.store.open()
             await self.owners.key()
-        except StoreUnavailable:
+        except StoreUnavailable as exc:
             # A network store may come back: requests get 503 until it does, then it is picked up.
-            log.error("conversation store %s is unavailable; will retry on each request", self.store.kind)
+            log.error("conversation store %s is unavailable (%s); will retry on each request", self.store.kind,
+                      exc.reason or "no reason given")  # fmt: skip
+            if self.settings.require_store:
+                raise
 
     async def close(self) -> None:
-        await self.upstream.close()
+        await self.http.close()
         await self.store.close()
 
+    def begin_shutdown(self) -> None:
+        """SIGTERM: in-flight turns get the grace period, then are stopped with 503 "shutting down"."""
+        if self.shutting_down:
+            return
+        self.shutting_down = True
+        grace = self.settings.shutdown_grace_seconds
+        log.info("shutting down: %d replies in flight get up to %.0f s", len(self.activity.turns), grace)
+        asyncio.get_running_loop().call_later(grace, self._stop_turns)
 
-async def _purge_forever(services: Services) -> None:
-    days = services.settings.retention_days
-    while True:
-        with contextlib.suppress(ServiceError):
-            removed = await services.store.purge(time.time() - days * 86_400)
-            if removed:
-                log.info("retention: removed %d messages older than %d days", removed, days)
-        await asyncio.sleep(PURGE_EVERY_S)
+    def _stop_turns(self) -> None:
+        for turn in list(self.activity.turns):
+            turn.abort(ShuttingDown())
 
 
-def create_app(settings: Settings, store: Store | None = None) -> Starlette:
-    services = Services(settings, store or open_store(settings.store_url, settings.retention_days))
+@dataclass(frozen=True, slots=True)
+class Route:
+    handlers: dict[str, Handler]
+    allow: str
 
-    @contextlib.asynccontextmanager
-    async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        await services.start()
-        # Everything built so far lives as long as the process: keep the collector from rescanning it.
-        gc.collect()
-        gc.freeze()
-        purge = asyncio.create_task(_purge_forever(services)) if settings.retention_days else None
-        try:
-            yield
-        finally:
-            if purge:
-                purge.cancel()
-            await services.close()
 
-    routes = [
-        Route("/api/v1/gpt/getInfo", gpt.get_info, methods=["POST"]),
-        Route("/api/v1/token/getInfo", token.get_info, methods=["GET", "POST"]),
-        Route("/api", docs.swagger_page, methods=["GET"]),
-        Route("/api-json", docs.openapi_json, methods=["GET"]),
-        Mount("/api/static", StaticFiles(directory=swagger_ui_path), name="swagger"),
-        Route("/healthz", health.healthz, methods=["GET"]),
-        Route("/readyz", health.readyz, methods=["GET"]),
-    ]
-    middleware = [Middleware(CatchAll)]
-    if settings.cors_origins:  # only when asked for: it costs every request a look at its headers
-        middleware.insert(
-            0,
-            Middleware(
-                CORSMiddleware,
-                allow_origins=list(settings.cors_origins),
-                allow_methods=["GET", "POST"],
-                allow_headers=["Content-Type", "Accept-Language"],
-                max_age=600,
-            ),
+class Router:
+    """Exact paths, and paths with ``{name}`` segments; a trailing slash names the same route."""
+
+    def __init__(self) -> None:
+        self.exact: dict[str, Route] = {}
+        self.patterns: list[tuple[list[str], Route]] = []
+
+    def add(self, path: str, **handlers: Handler) -> None:
+        methods = {m.upper(): h for m, h in handlers.items()}
+        route = Route(methods, ", ".join(sorted(methods)))
+        if "{" in path:
+            self.patterns.append((path.strip("/").split("/"), route))
+        else:
+            self.exact[path] = route
+
+    def match(self, path: str) -> tuple[Route, dict[str, str]] | None:
+        found = self.exact.get(path)
+        if found is not None:
+            return found, {}
+        parts = path.strip("/").split("/")
+        for pattern, route in self.patterns:
+            if len(pattern) != len(parts):
+                continue
+            params: dict[str, str] = {}
+            for want, got in zip(pattern, parts, strict=True):
+                if want.startswith("{"):
+                    if not got:
+                        break
+                    params[want[1:-1]] = got
+                elif want != got:
+                    break
+            else:
+                return route, params
+        return None
+
+
+def routes() -> Router:
+    r = Router()
+    r.add("/", get=docs.root)
+    r.add("/api", get=docs.swagger_page)
+    r.add("/api-json", get=docs.openapi_json)
+    r.add("/healthz", get=health.healthz)
+    r.add("/readyz", get=health.readyz)
+    r.add("/api/v1/gpt/getInfo", post=original.get_info)
+    r.add("/api/v1/token/getInfo", get=access_token.get_info, post=access_token.get_info)
+    r.add("/api/v1/token/device", post=access_token.device_start)
+    r.add("/api/v1/token/device/poll", post=access_token.device_poll)
+    r.add("/v1/models", get=chat_completions.list_models)
+    r.add("/v1/chat/completions", post=chat_completions.create)
+    r.add("/v1/responses", post=responses.create)
+    r.add("/v1/responses/{id}", get=responses.retrieve, delete=responses.delete)
+    r.add("/v1/responses/{id}/input_items", get=responses.input_items)
+    r.add("/v1/responses/{id}/cancel", post=responses.cancel)
+    r.add("/v1/conversations", get=conversations.list_all, post=conversations.create)
+    r.add("/v1/conversations/{id}", get=conversations.retrieve, post=conversations.update,
+          delete=conversations.delete)  # fmt: skip
+    r.add("/v1/conversations/{id}/items", get=conversations.list_items, post=conversations.add_items)
+    r.add("/v1/conversations/{id}/items/{item_id}", get=conversations.get_item, delete=conversations.delete_item)
+    return r
+
+
+class AccessLog:
+    """One line per request, written with one system call: no logging lock, no formatting of
+    anything the request sent beyond its method and path."""
+
+    def __init__(self, form: str, enabled: bool):
+        self.json = form == "json"
+        self.enabled = enabled
+
+    def write(self, entry: RequestLog, rid: str, method: str, path: str, status: int, started: float) -> None:
+        if not self.enabled:
+            return
+        now = time.time()
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        duration = round((time.perf_counter() - started) * 1000, 2)
+        fields = {
+            "time": stamp, "request_id": rid, "method": method, "path": path, "status": status,
+            "duration_ms": duration, "route": entry.route, "upstream": entry.upstream,
+            "upstream_ms": round(entry.upstream_ms, 2), "store_ms": round(entry.store_ms, 2),
+            "outcome": entry.outcome, "message": entry.message,
+        }  # fmt: skip
+        if self.json:
+            line = orjson.dumps({k: v for k, v in fields.items() if v != ""}) + b"\n"
+        else:
+            text = f"{stamp} {rid} {method} {path} {status} {duration}ms"
+            for name in ("route", "upstream", "upstream_ms", "store_ms", "outcome"):
+                value = fields[name]
+                if value not in ("", 0, 0.0):
+                    text += f" {name}={value}" if name != "route" else f' route="{value}"'
+            if entry.message:
+                text += f" message={orjson.dumps(entry.message).decode()}"
+            line = (text + "\n").encode()
+        with contextlib.suppress(OSError):
+            os.write(2, line)
+
+
+class App:
+    """The ASGI application."""
+
+    def __init__(self, settings: Settings, store: Store | None = None):
+        self.settings = settings
+        self.services = Services(
+            settings, store or open_store(settings.store_url, settings.retention_days, settings.store_timeout_ms / 1000)
         )
-    app = Starlette(
-        routes=routes,
-        middleware=middleware,
-        exception_handlers={ServiceError: on_service_error, HTTPException: on_http_exception},
-        lifespan=lifespan,
+        self.router = routes()
+        self.static = StaticFiles(directory=swagger_ui_path)
+        self.access = AccessLog(settings.log_format, settings.access_log)
+        self._purge: asyncio.Task[None] | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        kind = scope["type"]
+        if kind == "http":
+            await self.http(scope, receive, send)
+        elif kind == "lifespan":
+            await self.lifespan(receive, send)
+
+    async def lifespan(self, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                try:
+                    await self.services.start()
+                except StoreUnavailable as exc:
+                    await send({"type": "lifespan.startup.failed", "message": f"store unavailable: {exc.reason}"})
+                    return
+                # Everything built so far lives as long as the process: keep the collector from rescanning it.
+                gc.collect()
+                gc.freeze()
+                if self.settings.retention_days:
+                    self._purge = asyncio.create_task(self._purge_forever())
+                self._hook_sigterm()
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                if self._purge is not None:
+                    self._purge.cancel()
+                await self.services.close()
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+
+    def _hook_sigterm(self) -> None:
+        """Learn of SIGTERM before the server acts on it: the server (uvicorn, in this process,
+        whatever the number of workers) has installed its handler by now; ours runs first, then its."""
+        if threading.current_thread() is not threading.main_thread():
+            return
+        loop = asyncio.get_running_loop()
+        previous = signal.getsignal(signal.SIGTERM)
+
+        def on_term(sig: int, frame: FrameType | None) -> None:
+            loop.call_soon_threadsafe(self.services.begin_shutdown)
+            if callable(previous):
+                previous(sig, frame)
+
+        signal.signal(signal.SIGTERM, on_term)
+
+    async def _purge_forever(self) -> None:
+        days = self.settings.retention_days
+        while True:
+            with contextlib.suppress(ServiceError):
+                removed = await self.services.store.purge(time.time() - days * 86_400)
+                if removed:
+                    log.info("retention: removed %d items older than %d days", removed, days)
+            await asyncio.sleep(PURGE_EVERY_S)
+
+    async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
+        started = time.perf_counter()
+        entry = begin_log()
+        rid = self._request_id(scope)
+        status = 0
+        rid_header = (b"x-request-id", rid.encode())
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", ()), rid_header]
+            await send(message)
+
+        path = scope["path"]
+        method = scope["method"]
+        try:
+            await self._dispatch(scope, receive, tracking_send, path, method)
+        except ServiceError as exc:
+            await self._error(scope, receive, tracking_send, exc, entry)
+        except Exception as exc:
+            frames = traceback.format_list(traceback.extract_tb(exc.__traceback__)[-4:])
+            log.error("unexpected %s on %s %s\n%s", type(exc).__name__, method, path, "".join(frames).rstrip())
+            if status == 0:
+                await self._error(scope, receive, tracking_send, ServiceError("internal"), entry)
+        self.access.write(entry, rid, method, path, status, started)
+
+    @staticmethod
+    def _request_id(scope: Scope) -> str:
+        for name, value in scope["headers"]:
+            if name == b"x-request-id":
+                text: str = value.decode("latin-1")
+                if _REQUEST_ID.match(text):
+                    return text
+                break
+        return secrets.token_hex(8)
+
+    async def _dispatch(self, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:
+        if path.startswith("/api/static/") and method in ("GET", "HEAD"):
+            child = dict(scope, root_path=scope.get("root_path", "") + "/api/static")
+            await self.static(child, receive, send)
+            return
+        lookup = path[:-1] if len(path) > 1 and path.endswith("/") else path
+        found = self.router.match(lookup)
+        if found is None:
+            raise NotFound("not_found", method=method, path=path)
+        route, params = found
+        handler = route.handlers.get(method)
+        if handler is None:
+            raise MethodNotAllowed("method_not_allowed", method=method, path=path, headers={"Allow": route.allow})
+        scope["path_params"] = params
+        response = await handler(Request(scope, receive), self.services)
+        await response(scope, receive, send)
+
+    async def _error(self, scope: Scope, receive: Receive, send: Send, error: ServiceError, entry: RequestLog) -> None:
+        path = scope["path"]
+        language = "en"
+        if not is_openai_path(path):
+            language = self.settings.language
+            for name, value in scope["headers"]:
+                if name == b"accept-language":
+                    language = pick_language(value.decode("latin-1"), language)
+                    break
+        if error.status >= 400:
+            entry.message = error_message(error, "en")
+        if isinstance(error, StoreUnavailable) and error.reason:
+            log.warning("store unavailable: %s", error.reason)
+        await error_response(error, path, language)(scope, receive, send)
+
+
+def create_app(settings: Settings, store: Store | None = None) -> ASGIApp:
+    app = App(settings, store)
+    if not settings.cors_origins:  # only when asked for: it costs every request a look at its headers
+        return app
+    return CORSMiddleware(
+        app,
+        allow_origins=list(settings.cors_origins),
+        allow_methods=["GET", "POST", "DELETE"],
+        allow_headers=["Content-Type", "Accept-Language", "Authorization", "X-Request-Id"],
+        expose_headers=["X-Request-Id", "Retry-After"],
+        max_age=600,
     )
-    app.state.settings = settings
-    app.state.services = services
-    return app
+
+
+def app_from_environment() -> ASGIApp:
+    """The factory worker processes call: settings from the environment the parent prepared."""
+    return create_app(Settings())

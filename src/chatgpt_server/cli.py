@@ -1,4 +1,4 @@
-"""The command line: ``chatgpt-server serve`` and ``chatgpt-server ask``."""
+"""The command line: ``chatgpt-server serve | ask | login | accounts | logout``."""
 
 from __future__ import annotations
 
@@ -8,108 +8,273 @@ import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Callable, Coroutine
 from typing import Any
 
+import uvicorn
 from pydantic import ValidationError
 
-from .settings import Settings
+from . import __version__
+from .settings import Settings, env_name
+
+# Flags of `serve`, each the command-line spelling of a setting.
+SERVE_FLAGS = ("host", "port", "workers", "store_url", "language", "log_level", "log_format")
 
 
-def _settings(overrides: dict[str, Any]) -> Settings:
+def _describe(field: str) -> str:
+    info = Settings.model_fields[field]
+    default = info.default_factory() if info.default_factory is not None else info.default  # type: ignore[call-arg]
+    shown = "" if default in (None, "", ()) else f" (default: {default})"
+    return f"{info.description or ''}{shown}; {env_name(field)}"
+
+
+class Usage(Exception):
+    """A bad setting or argument: one line, exit status 2."""
+
+
+def load_settings(overrides: dict[str, Any]) -> Settings:
+    """The settings, or a ``Usage`` naming the flag or environment variable at fault."""
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
     except ValidationError as exc:
-        raise SystemExit(f"chatgpt-server: invalid settings:\n{exc}") from exc
+        lines = []
+        for error in exc.errors():
+            field = str(error["loc"][0]) if error["loc"] else "settings"
+            where = env_name(field) if field in Settings.model_fields else field
+            if overrides.get(field) is not None:
+                where = f"--{field.replace('_', '-')} ({where})"
+            message = str(error["msg"]).removeprefix("Value error, ")
+            lines.append(f"{where}: {message}")
+        raise Usage("; ".join(lines)) from None
+
+
+def _logging(settings: Settings) -> None:
+    if settings.log_format == "json":
+        fmt = '{"time": "%(asctime)s", "level": "%(levelname)s", "logger": "%(name)s", "message": %(message)r}'
+    else:
+        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+    logging.basicConfig(level=settings.log_level, format=fmt)
 
 
 def serve(args: argparse.Namespace) -> int:
-    import uvicorn
+    from uvicorn.supervisors import Multiprocess
 
     from .app import create_app
+    from .http_limits import protocol_class
 
-    settings = _settings({"host": args.host, "port": args.port, "store_url": args.store_url,
-                          "language": args.language, "log_level": args.log_level})  # fmt: skip
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    logging.getLogger("chatgpt_server").info("settings: %s", json.dumps(settings.masked(), default=str))
-    uvicorn.run(
-        create_app(settings),
-        host=settings.host,
-        port=settings.port,
-        access_log=False,  # uvicorn's access log would write query strings (passwords, in GET token)
-        log_level=settings.log_level.lower(),
-        loop="uvloop",
-        http="httptools",
-        proxy_headers=False,  # client addresses are never used: skip the middleware on every request
-        timeout_graceful_shutdown=30,  # in-flight replies get this long to finish on SIGTERM
-    )
+    overrides = {name: getattr(args, name) for name in SERVE_FLAGS}
+    if args.check:
+        overrides["require_store"] = True
+    settings = load_settings(overrides)
+    _logging(settings)
+    log = logging.getLogger("chatgpt_server")
+    log.info("settings: %s", json.dumps(settings.masked(), default=str))
+    if settings.require_store and not asyncio.run(_check_store(settings)):
+        return 1
+    if args.check:
+        log.info("store %s opens: ready to serve", settings.store_url.split(":", 1)[0])
+        return 0
+    log.info("Swagger UI: http://%s:%d/api", _shown_host(settings.host), settings.port)
+    http = protocol_class(settings.max_header_bytes, 100, settings.header_timeout_seconds)
+    common: dict[str, Any] = {
+        "host": settings.host, "port": settings.port, "http": http, "loop": "uvloop",
+        "access_log": False,  # ours is written by the app: uvicorn's would write query strings
+        "log_level": settings.log_level.lower(), "proxy_headers": False, "server_header": False,
+        "timeout_graceful_shutdown": int(settings.shutdown_grace_seconds) + 5,
+        "timeout_keep_alive": 30,
+    }  # fmt: skip
+    if settings.workers > 1:
+        for name in SERVE_FLAGS:  # the workers read their settings from the environment
+            if overrides.get(name) is not None:
+                os.environ[env_name(name)] = str(overrides[name])
+        config = uvicorn.Config("chatgpt_server.app:app_from_environment", factory=True, workers=settings.workers,
+                                **common)  # fmt: skip
+        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        return 0
+    uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()
     return 0
 
 
+def _shown_host(host: str) -> str:
+    return "127.0.0.1" if host in ("0.0.0.0", "") else (f"[{host}]" if ":" in host else host)
+
+
+async def _check_store(settings: Settings) -> bool:
+    from .errors import StoreUnavailable
+    from .stores import open_store
+
+    store = open_store(settings.store_url, settings.retention_days, settings.store_timeout_ms / 1000)
+    try:
+        await store.open()
+        await store.ping()
+    except StoreUnavailable as exc:
+        print(f"chatgpt-server: the store cannot be opened: {exc.reason or 'no answer'}", file=sys.stderr)
+        return False
+    finally:
+        await store.close()
+    return True
+
+
 def ask(args: argparse.Namespace) -> int:
-    """One turn through the same service the server uses, with the same settings and store."""
-    from .api.messages import error_message
+    """One turn through the same door and core the server uses, with the same settings and store."""
     from .app import Services
-    from .conversation.models import ChatRequest
+    from .edges.messages import error_message
+    from .edges.original import reply_data, spec_for
+    from .edges.original_request import parse_chat
     from .errors import ServiceError
     from .stores import open_store
 
-    settings = _settings({"store_url": args.store_url})
-    key = args.key or os.environ.get("OPENAI_API_KEY" if args.mode == "1" else "CHATGPT_ACCESS_TOKEN")
+    settings = load_settings({"store_url": args.store_url})
+    variable = "OPENAI_API_KEY" if args.mode == "1" else "CHATGPT_ACCESS_TOKEN"
+    key = args.key or os.environ.get(variable)
     if not key:
-        variable = "OPENAI_API_KEY" if args.mode == "1" else "CHATGPT_ACCESS_TOKEN"
-        print(f"chatgpt-server ask: give --key or set {variable}", file=sys.stderr)
-        return 2
-    request = ChatRequest(
-        mode=args.mode, key=key, content=args.question, is_follow=bool(args.follow),
-        parent_message_id=args.follow, stream=args.stream, model=args.model,
-        max_model_tokens=settings.max_model_tokens, max_response_tokens=settings.max_response_tokens,
-        base_url=settings.openai_base_url, conversation_url=settings.chatgpt_url,
-        timeout_s=settings.timeout_ms / 1000, idle_timeout_s=settings.idle_timeout_ms / 1000,
-    )  # fmt: skip
+        raise Usage(f"give --key or set {variable}")
+    opts: dict[str, Any] = {"key": key, "content": args.question, "isFollow": bool(args.follow)}
+    if args.follow:
+        opts["parentMessageId"] = args.follow
+    if args.model:
+        opts["opts"] = {"model": args.model}
 
     async def run() -> int:
-        services = Services(settings, open_store(settings.store_url, settings.retention_days))
+        services = Services(settings, open_store(settings.store_url, settings.retention_days,
+                                                 settings.store_timeout_ms / 1000))  # fmt: skip
         await services.start()
         try:
-            if not args.stream:
-                reply = await services.chat.reply(request)
-            else:
-                stream = await services.chat.open_stream(await services.chat.prepare(request))
-                async for delta in stream.deltas():
-                    print(delta, end="", flush=True)
-                print()
-                reply = await stream.finish(incomplete=not stream.complete)
+            chat = parse_chat({"mode": args.mode, "type": "2" if args.stream else "1", "opts": opts}, settings)
+            spec = await spec_for(chat, services)
+            turn = await services.turns.open(spec)
+            try:
+                async for piece in turn.events():
+                    if args.stream and piece.text:
+                        print(piece.text, end="", flush=True)
+                result = await turn.finish()
+            finally:
+                await turn.close()
         except ServiceError as exc:
             print(f"error {exc.status}: {error_message(exc, settings.language)}", file=sys.stderr)
             return 1
         finally:
             await services.close()
-        if not args.stream:
-            print(reply.text)
-        print(f"\n[id: {reply.id}]  follow up with: --follow {reply.id}", file=sys.stderr)
+        print() if args.stream else print(reply_data(chat, result, spec.model)["text"])
+        print(f"\n[id: {result.reply_id}]  follow up with: --follow {result.reply_id}", file=sys.stderr)
         return 0
 
     return asyncio.run(run())
 
 
+def _with_accounts(body: Callable[[Any], Coroutine[Any, Any, int]]) -> int:
+    from .app import Services
+    from .stores import open_store
+
+    settings = load_settings({})
+
+    async def run() -> int:
+        services = Services(settings, open_store(settings.store_url, settings.retention_days,
+                                                 settings.store_timeout_ms / 1000))  # fmt: skip
+        await services.start()
+        try:
+            return await body(services)
+        finally:
+            await services.close()
+
+    return asyncio.run(run())
+
+
+def login(args: argparse.Namespace) -> int:
+    """Device sign-in (upstreams.md §5): show the code, wait for the person, store the account."""
+    from .edges.messages import error_message
+    from .errors import ServiceError
+
+    async def body(services: Any) -> int:
+        accounts = services.accounts
+        try:
+            accounts._sealer()
+            device = await accounts.oauth.start_device()
+            print(f"Open {accounts.oauth.verification_uri} and enter the code:\n\n    {device.user_code}\n")
+            print("Never share this code: whoever enters it gets your ChatGPT account.", flush=True)
+            deadline = time.monotonic() + 15 * 60
+            while time.monotonic() < deadline:
+                got = await accounts.oauth.poll_device(device)
+                if got is not None:
+                    account = await accounts.keep(await accounts.oauth.exchange(*got))
+                    print(f"Signed in: {account['email']} ({account['plan']}, account {account['accountId']})")
+                    return 0
+                await asyncio.sleep(max(device.interval, 0.2))
+            print("chatgpt-server login: the code expired; run login again", file=sys.stderr)
+            return 1
+        except ServiceError as exc:
+            print(f"chatgpt-server login: {error_message(exc, 'en')}", file=sys.stderr)
+            return 1
+
+    return _with_accounts(body)
+
+
+def accounts_list(args: argparse.Namespace) -> int:
+    async def body(services: Any) -> int:
+        rows = await services.accounts.all()
+        if not rows:
+            print("no stored accounts (chatgpt-server login adds one)")
+        for row in rows:
+            expires = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(row["expiresAt"]))
+            print(f"{row['email']}\t{row['plan']}\t{row['accountId']}\taccess token until {expires}\t{row['status']}")
+        return 0
+
+    return _with_accounts(body)
+
+
+def logout(args: argparse.Namespace) -> int:
+    async def body(services: Any) -> int:
+        removed = await services.accounts.forget(args.email)
+        print(f"removed {removed} account(s) of {args.email}")
+        return 0 if removed else 1
+
+    return _with_accounts(body)
+
+
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(
+        prog="chatgpt-server",
+        description="A self-hosted gateway to ChatGPT and any chat-completions model, with conversations that "
+        "remember. Every setting is also an environment variable (CHATGPT_SERVER_*) or a line of .env.",
+    )
+    top.add_argument("--version", action="version", version=f"chatgpt-server {__version__}")
+    sub = top.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("serve", help="run the HTTP server")
+    p.add_argument("--host", help=_describe("host"))
+    p.add_argument("--port", type=int, help=_describe("port"))
+    p.add_argument("--workers", type=int, help=_describe("workers"))
+    p.add_argument("--store-url", help=_describe("store_url"))
+    p.add_argument("--language", help=_describe("language"))
+    p.add_argument("--log-level", help=_describe("log_level"))
+    p.add_argument("--log-format", help=_describe("log_format"))
+    p.add_argument("--check", action="store_true",
+                   help="open the store and exit: 0 if it opens, 1 (with the reason) if not")  # fmt: skip
+    p.set_defaults(func=serve)
+    a = sub.add_parser("ask", help="ask one question from the terminal (reads .env as serve does)")
+    a.add_argument("question")
+    a.add_argument("--follow", metavar="MESSAGE_ID", help="continue after this reply id")
+    a.add_argument("--key", help="API key (mode 1) or access token (mode 2); default: $OPENAI_API_KEY or "
+                                 "$CHATGPT_ACCESS_TOKEN")  # fmt: skip
+    a.add_argument("--mode", choices=["1", "2"], default="1", help="1: API key (default); 2: ChatGPT account")
+    a.add_argument("--model", help="the model (default: CHATGPT_SERVER_DEFAULT_MODEL / _DEFAULT_CHATGPT_MODEL)")
+    a.add_argument("--stream", action="store_true", help="print the reply as it is written")
+    a.add_argument("--store-url", help=_describe("store_url"))
+    a.set_defaults(func=ask)
+    sub.add_parser("login", help="sign a ChatGPT account in (device code) and store it").set_defaults(func=login)
+    sub.add_parser("accounts", help="list stored ChatGPT accounts (never a token)").set_defaults(func=accounts_list)
+    out = sub.add_parser("logout", help="remove a stored ChatGPT account")
+    out.add_argument("email")
+    out.set_defaults(func=logout)
+    return top
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="chatgpt-server", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_serve = sub.add_parser("serve", help="run the HTTP server")
-    p_serve.add_argument("--host")
-    p_serve.add_argument("--port", type=int)
-    p_serve.add_argument("--store-url")
-    p_serve.add_argument("--language", choices=["en", "zh"])
-    p_serve.add_argument("--log-level")
-    p_serve.set_defaults(func=serve)
-    p_ask = sub.add_parser("ask", help="ask one question from the terminal")
-    p_ask.add_argument("question")
-    p_ask.add_argument("--follow", metavar="MESSAGE_ID", help="continue after this reply id")
-    p_ask.add_argument("--key", help="API key (mode 1) or access token (mode 2)")
-    p_ask.add_argument("--mode", choices=["1", "2"], default="1")
-    p_ask.add_argument("--model")
-    p_ask.add_argument("--stream", action="store_true", help="print the reply as it is written")
-    p_ask.add_argument("--store-url")
-    p_ask.set_defaults(func=ask)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    args = parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except Usage as exc:
+        print(f"chatgpt-server: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -11,10 +11,14 @@ maps the tree to the error envelope in one place (``api.envelope``).
     ├── Forbidden (403)
     ├── NotFound (404)
     ├── MethodNotAllowed (405)
+    ├── Conflict (409)
     ├── PayloadTooLarge (413)
+    ├── UnsupportedMediaType (415)
     ├── TooManyRequests (429)
     ├── BadGateway (502)
-    ├── StoreUnavailable (503)
+    ├── ServiceUnavailable (503)
+    │   ├── StoreUnavailable (503)
+    │   └── ShuttingDown (503)
     └── GatewayTimeout (504)
 """
 
@@ -64,8 +68,16 @@ class MethodNotAllowed(ServiceError):
     status = 405
 
 
+class Conflict(ServiceError):
+    status = 409
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
+
+
+class UnsupportedMediaType(ServiceError):
+    status = 415
 
 
 class TooManyRequests(ServiceError):
@@ -76,11 +88,21 @@ class BadGateway(ServiceError):
     status = 502
 
 
-class StoreUnavailable(ServiceError):
+class ServiceUnavailable(ServiceError):
     status = 503
 
-    def __init__(self, key: str = "store_unavailable", /, **params: Any):
+
+class StoreUnavailable(ServiceUnavailable):
+    """The conversation store did not answer. ``reason`` (for the log only, credentials masked) says why."""
+
+    def __init__(self, key: str = "store_unavailable", /, *, reason: str = "", **params: Any):
         super().__init__(key, **params)
+        self.reason = reason
+
+
+class ShuttingDown(ServiceUnavailable):
+    def __init__(self) -> None:
+        super().__init__("shutting_down")
 
 
 class GatewayTimeout(ServiceError):

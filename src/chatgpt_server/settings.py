@@ -1,20 +1,28 @@
 """The one settings object.
 
 Values come from (highest first) command-line flags, ``CHATGPT_SERVER_*`` environment variables, a
-``.env`` file in the working directory, and the defaults below.
+``.env`` file in the working directory, and the defaults below. Every field's description is what
+``--help``, ``.env.example`` and README say about it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+ENV_PREFIX = "CHATGPT_SERVER_"
 PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
+STORE_SCHEMES = ("sqlite", "redis", "rediss", "postgresql", "postgres")
+LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
+# Query parameters of a URL that carry credentials: masked wherever a URL is shown.
+_SECRET_PARAMS = re.compile(r"pass|token|secret|key|auth|credential|sig", re.IGNORECASE)
 
 
 def _default_data_dir() -> Path:
@@ -22,50 +30,122 @@ def _default_data_dir() -> Path:
     return Path(base) / "chatgpt-server"
 
 
+def netloc_of(scheme: str, host: str, port: int | None) -> str:
+    """host[:port], with an IPv6 literal in brackets as URLs need it."""
+    try:
+        if ipaddress.ip_address(host).version == 6:
+            host = f"[{host}]"
+    except ValueError:
+        pass
+    return host + (f":{port}" if port else "")
+
+
 def normalise_base_url(url: str) -> str:
     """Lower-case scheme and host, no trailing slash: the form allow-list comparisons use."""
     parts = urlsplit(url.strip())
-    if parts.scheme not in ("http", "https") or not parts.hostname:
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"not an http(s) URL: {url!r}") from None
+    if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
         raise ValueError(f"not an http(s) URL: {url!r}")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError(f"a base URL takes no query, fragment or credentials: {url!r}")
-    netloc = parts.hostname.lower() + (f":{parts.port}" if parts.port else "")
-    return f"{parts.scheme.lower()}://{netloc}{parts.path.rstrip('/')}"
+    if any(ord(c) < 0x21 or ord(c) > 0x7E for c in url.strip()):
+        raise ValueError(f"a base URL is printable ASCII without spaces: {url!r}")
+    return f"{parts.scheme.lower()}://{netloc_of(parts.scheme, parts.hostname.lower(), port)}{parts.path.rstrip('/')}"
+
+
+def mask_url(url: str) -> str:
+    """A URL safe to log: userinfo (user and password) and credential-like query values masked."""
+    try:
+        parts = urlsplit(url)
+        host = netloc_of(parts.scheme, parts.hostname or "", parts.port) if parts.hostname else ""
+    except ValueError:
+        return "***"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + host
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = urlencode([(k, "***" if _SECRET_PARAMS.search(k) else v) for k, v in pairs], safe="*/:")
+    return parts._replace(netloc=netloc, query=query).geturl()
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CHATGPT_SERVER_", env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True)
 
-    host: str = "127.0.0.1"
-    port: int = Field(7002, ge=1, le=65535)
-    data_dir: Path = Field(default_factory=_default_data_dir)
-    store_url: str = ""
-    """Where conversations live: sqlite:///path, redis://..., postgresql://..."""
+    host: str = Field(default="127.0.0.1", description="address to listen on")
+    port: int = Field(default=7002, ge=1, le=65535, description="port to listen on")
+    workers: int = Field(default=1, ge=1, le=64, description="worker processes (each with its own event loop)")
+    data_dir: Path = Field(default_factory=_default_data_dir, description="where the default SQLite file lives")
+    store_url: str = Field(default="", description="sqlite:///path, redis://host:port/db or postgresql://user@host/db")
+    store_timeout_ms: int = Field(default=2000, ge=50, le=60_000, description="longest wait for one store operation")
+    require_store: bool = Field(default=False, description="exit at start-up if the store cannot be opened")
+    retention_days: int = Field(default=30, ge=0, description="delete messages older than this (0 keeps them)")
+    secret_key: SecretStr | None = Field(
+        default=None,
+        description="key for credential hashes and account encryption; generated and kept in the store if unset",
+    )
 
-    openai_base_url: str = "https://api.openai.com/v1"
-    chatgpt_url: str = "https://chatgpt.com/backend-api/conversation"
-    chatgpt_web_url: str = "https://chatgpt.com"
-    auth_url: str = "https://auth.openai.com"
-    allowed_upstreams: Annotated[tuple[str, ...], NoDecode] = ()
-    cors_origins: Annotated[tuple[str, ...], NoDecode] = ()
-    """Browser origins allowed to call the API (comma-separated; "*" for any). Off by default."""
-    proxy: str | None = None
+    openai_base_url: str = Field(default="https://api.openai.com/v1", description="mode 1 and /v1 upstream")
+    models_file: Path | None = Field(default=None, description="TOML or YAML file mapping models to upstreams")
+    default_context_window: int = Field(
+        default=128_000, ge=256, le=10_000_000, description="context window of models the routes and tables do not know"
+    )
+    chatgpt_backend: Literal["codex", "web"] = Field(
+        default="codex", description="mode 2 upstream: codex or web (legacy)"
+    )
+    codex_url: str = Field(default="https://chatgpt.com/backend-api/codex", description="the Codex backend (mode 2)")
+    chatgpt_url: str = Field(
+        default="https://chatgpt.com/backend-api/conversation", description="the ChatGPT web conversation URL (legacy)"
+    )
+    chatgpt_web_url: str = Field(default="https://chatgpt.com", description="the web app, for the legacy sign-in")
+    auth_url: str = Field(default="https://auth.openai.com", description="identity service of the legacy sign-in")
+    chatgpt_auth_issuer: str = Field(
+        default="https://auth.openai.com", description="issuer of account tokens (device sign-in)"
+    )
+    chatgpt_client_id: str = Field(
+        default="app_EMoamEEZ73f0CkXaXp7hrann", description="OAuth client id for device sign-in"
+    )
+    allowed_upstreams: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description="comma-separated base URLs a request may pick with apiBaseUrl / apiReverseProxyUrl"
+    )
+    cors_origins: Annotated[tuple[str, ...], NoDecode] = Field(
+        default=(), description='browser origins allowed to call the API (comma-separated; "*" for any)'
+    )
+    proxy: str | None = Field(default=None, description="outbound proxy: http://, https://, socks5://, socks5h://")
 
-    language: Literal["en", "zh"] = "en"
-    secret_key: SecretStr | None = None
-    """Key of the HMAC that binds conversations to credentials; generated and kept in the store if unset."""
-
-    default_model: str = "gpt-4o-mini"
-    default_chatgpt_model: str = "auto"
-    max_model_tokens: int = Field(4000, gt=0)
-    max_response_tokens: int = Field(1000, gt=0)
-    timeout_ms: int = Field(600_000, gt=0)
-    idle_timeout_ms: int = Field(120_000, gt=0)
-    heartbeat_seconds: float = Field(15.0, gt=0)
-    max_body_bytes: int = Field(1_048_576, gt=0)
-    retention_days: int = Field(30, ge=0)
-    token_margin_seconds: int = Field(300, ge=0)
-    log_level: str = "INFO"
+    language: Literal["en", "zh"] = Field(default="en", description="language of messages (Accept-Language overrides)")
+    default_model: str = Field(default="gpt-4o-mini", description="mode 1 model when the request names none")
+    default_chatgpt_model: str = Field(default="gpt-5", description="mode 2 model when the request names none")
+    max_model_tokens: int = Field(default=4000, ge=1, le=10_000_000, description="default maxModelTokens")
+    max_response_tokens: int = Field(default=1000, ge=1, le=1_000_000, description="default maxResponseTokens")
+    timeout_ms: int = Field(default=600_000, ge=1, le=3_600_000, description="longest a whole reply may take")
+    idle_timeout_ms: int = Field(default=120_000, ge=1, le=3_600_000, description="longest silence in a streamed reply")
+    heartbeat_seconds: float = Field(default=15.0, gt=0, le=3600, description="': ping' interval on quiet streams")
+    max_body_bytes: int = Field(default=1_048_576, ge=1024, description="larger request bodies get 413")
+    max_reply_bytes: int = Field(default=8 * 1024 * 1024, ge=1024, description="an upstream reply past this is cut")
+    max_header_bytes: int = Field(
+        default=32 * 1024, ge=1024, le=1024 * 1024, description="request line + headers limit"
+    )
+    header_timeout_seconds: float = Field(
+        default=10.0, gt=0, le=600, description="time allowed for a request's headers"
+    )
+    history_cache_mb: int = Field(default=64, ge=0, le=65536, description="memory for recent conversation histories")
+    token_margin_seconds: int = Field(
+        default=300, ge=0, description="refresh access tokens this long before they expire"
+    )
+    account_grace_days: int = Field(
+        default=30, ge=0, le=3650, description="how long an expired token of a stored account works"
+    )
+    shutdown_grace_seconds: float = Field(
+        default=30.0, ge=0, le=3600, description="time in-flight replies get on SIGTERM"
+    )
+    log_level: str = Field(default="INFO", description="CRITICAL, ERROR, WARNING, INFO or DEBUG")
+    log_format: Literal["text", "json"] = Field(default="text", description="access and event log format")
+    access_log: bool = Field(default=True, description="one line per request")
 
     @field_validator("allowed_upstreams", mode="before")
     @classmethod
@@ -78,31 +158,56 @@ class Settings(BaseSettings):
     @classmethod
     def _split_origins(cls, value: Any) -> Any:
         if isinstance(value, str):
-            value = [part.strip().rstrip("/") for part in value.split(",") if part.strip()]
-        return tuple(value)
+            value = [part.strip().rstrip("/").lower() for part in value.split(",") if part.strip()]
+        return tuple(v.lower() for v in value)
 
-    @field_validator("openai_base_url", "chatgpt_url", "chatgpt_web_url", "auth_url")
+    @field_validator(
+        "openai_base_url", "codex_url", "chatgpt_url", "chatgpt_web_url", "auth_url", "chatgpt_auth_issuer"
+    )
     @classmethod
     def _normalise_url(cls, value: str) -> str:
         return normalise_base_url(value)
+
+    @field_validator("log_level")
+    @classmethod
+    def _check_level(cls, value: str) -> str:
+        if value.upper() not in LOG_LEVELS:
+            raise ValueError(f"must be one of {', '.join(LOG_LEVELS)}")
+        return value.upper()
 
     @field_validator("proxy")
     @classmethod
     def _check_proxy(cls, value: str | None) -> str | None:
         if not value:
             return None
-        parts = urlsplit(value)
-        if parts.scheme not in PROXY_SCHEMES or not parts.hostname or not parts.port:
-            raise ValueError(f"proxy must be one of {', '.join(PROXY_SCHEMES)}://host:port")
+        try:
+            parts = urlsplit(value)
+            port = parts.port
+        except ValueError:
+            port = None
+            parts = urlsplit("")
+        if parts.scheme not in PROXY_SCHEMES or not parts.hostname or not port:
+            raise ValueError(f"must be one of {', '.join(PROXY_SCHEMES)}://host:port")
+        return value
+
+    @field_validator("store_url")
+    @classmethod
+    def _check_store(cls, value: str) -> str:
+        if not value:
+            return value
+        scheme = value.split(":", 1)[0] if ":" in value else ""
+        if scheme not in STORE_SCHEMES:
+            raise ValueError("must start with sqlite:///, redis://, rediss:// or postgresql://")
+        if scheme == "sqlite" and (not value.startswith("sqlite:///") or len(value) <= len("sqlite:///")):
+            raise ValueError("an SQLite store looks like sqlite:///relative/path.db or sqlite:////absolute/path.db")
         return value
 
     @model_validator(mode="after")
     def _default_store(self) -> Settings:
         if not self.store_url:
             object.__setattr__(self, "store_url", f"sqlite:///{self.data_dir / 'conversations.db'}")
-        scheme = self.store_url.split(":", 1)[0]
-        if scheme not in ("sqlite", "redis", "rediss", "postgresql", "postgres"):
-            raise ValueError(f"unsupported store URL scheme {scheme!r}")
+        if self.max_response_tokens >= self.max_model_tokens:
+            raise ValueError("CHATGPT_SERVER_MAX_RESPONSE_TOKENS must be below CHATGPT_SERVER_MAX_MODEL_TOKENS")
         return self
 
     def is_allowed(self, base_url: str, configured_default: str) -> bool:
@@ -110,18 +215,19 @@ class Settings(BaseSettings):
         url = normalise_base_url(base_url)
         return url == configured_default or url in self.allowed_upstreams
 
+    def secret_bytes(self) -> bytes | None:
+        return self.secret_key.get_secret_value().encode() if self.secret_key else None
+
     def masked(self) -> dict[str, Any]:
         """The effective settings for the start-up log, with secrets and credentials masked."""
         shown = self.model_dump(mode="json")
         shown["secret_key"] = "***" if self.secret_key else None
-        shown["store_url"] = mask_url(self.store_url)
-        shown["proxy"] = mask_url(self.proxy) if self.proxy else None
+        for name in ("store_url", "proxy", "openai_base_url", "codex_url", "chatgpt_url", "auth_url"):
+            if shown.get(name):
+                shown[name] = mask_url(shown[name])
+        shown["allowed_upstreams"] = [mask_url(u) for u in self.allowed_upstreams]
         return shown
 
 
-def mask_url(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@")
-    return parts._replace(netloc=netloc).geturl()
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()

@@ -101,6 +101,7 @@ class ChatGPTStandIn:
     max_concurrent_seen: int = 0
     active: int = 0
     cancelled: int = 0
+    require_sentinel: bool = False  # as chatgpt.com today (§2): writes need the sentinel tokens
 
     def app(self) -> web.Application:
         app = web.Application()
@@ -117,6 +118,11 @@ class ChatGPTStandIn:
         claims = verify(token)
         if claims is None:
             return _detail(401, "Your authentication token has expired. Please try signing in again.")
+        if self.require_sentinel and not (
+            request.headers.get("openai-sentinel-chat-requirements-token")
+            and request.headers.get("openai-sentinel-proof-token")
+        ):
+            return _detail(403, "Unusual activity has been detected from your device. Try again later.")
         account = claims[PROFILE]["email"]
         try:
             body = orjson.loads(await request.read())

@@ -1,50 +1,95 @@
 """What every conversation store provides.
 
-A conversation is a tree of messages linked by ``parent_id``. Every message records the keyed hash of
-the credential that created it (``owner``); a store never returns a message to another owner.
-Each message also records what it costs in a chat-completions prompt under both encodings, so the
-history of a follow-up can be cut at the token budget inside the store, in one round trip, without
-re-counting anything.
+Two kinds of data:
+
+- **Items**, the nodes of conversation trees. An item is written once, with the turn it belongs to,
+  and never changes after (but for a tombstone when a client deletes it from a conversation). Every
+  item records the keyed hash of the credential that created it (``owner``); a store never returns
+  an item to another owner. Each item records its prompt cost (``cost``, counted with the tree's
+  encoding ``enc``), so the history of a follow-up is cut at the token budget inside the store, in
+  one round trip, without re-counting anything.
+- **Records**: small JSON documents with an id, an owner, a ``tip`` (the last item of a response or
+  a conversation), a deletion counter ``gen`` and a ``version`` for compare-and-set. Responses,
+  conversations and stored accounts are records.
+
+Backends raise ``errors.StoreUnavailable`` when the store cannot answer (within the store timeout).
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from typing import Any
 
-ENCODINGS = ("cl100k_base", "o200k_base")
+from ..core.items import Item
+
+# A row of a history read: (id, kind, chat JSON, cost, parent id); kind is "deleted" for an item a
+# client deleted (it still counts toward the budget, as its place in the running totals does).
+# Tuples, not objects: a 128k-token history is thousands of rows, and building an object per row
+# costs more than reading it.
+HistoryRow = tuple[str, str, bytes, int, str | None]
+MAX_WALK = 100_000  # no history walk visits more items than this, whatever the data
 
 
-@dataclass(frozen=True, slots=True)
-class StoredMessage:
-    id: str
-    parent_id: str | None
-    conversation_id: str
+@dataclass(slots=True)
+class StoredItem:
+    item: Item
     owner: str
-    mode: str
-    role: str
-    text: str
-    tokens_cl100k: int
-    tokens_o200k: int
-    incomplete: bool
+    conversation_id: str
+    parent_id: str | None
+    enc: str
+    cost: int
+    origin: str
+    response_id: str | None
     created_at: float
+    seq: int = 0
+    deleted: bool = False
+    gen: int = 0  # the deletion counter of its conversation, when read by ``get_item``
 
-    def tokens(self, encoding: str) -> int:
-        return self.tokens_o200k if encoding == "o200k_base" else self.tokens_cl100k
+
+@dataclass(slots=True)
+class NewItem:
+    item: Item
+    chat: bytes
+    cost: int
 
 
-class DuplicateMessage(Exception):
-    """A message id of the turn is already stored; nothing of the turn was written."""
+@dataclass(slots=True)
+class Record:
+    kind: str  # "response", "conversation", "account"
+    id: str
+    owner: str
+    body: dict[str, Any]
+    tip: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+    version: int = 0
+    gen: int = 0
+
+
+@dataclass(slots=True)
+class TurnWrite:
+    """One turn: its items in order (the first answers ``parent_id``, each next one answers the one
+    before), and the records that change with it. Written atomically, or not at all."""
+
+    owner: str
+    conversation_id: str
+    parent_id: str | None
+    enc: str
+    origin: str
+    created_at: float
+    items: list[NewItem]
+    response_id: str | None = None
+    response: Record | None = None  # inserted with the turn
+    conversation_tip: str | None = None  # this conversation record's tip moves to the last item
 
 
 class Store(ABC):
-    """The store interface. Backends raise ``errors.StoreUnavailable`` when the store cannot answer."""
-
     kind: str = "store"
 
     @abstractmethod
     async def open(self) -> None:
-        """Connect, migrate the schema; raise StoreUnavailable if the store cannot be reached."""
+        """Connect, migrate the schema; raise StoreUnavailable (with a reason) if it cannot."""
 
     @abstractmethod
     async def close(self) -> None: ...
@@ -57,22 +102,64 @@ class Store(ABC):
     async def shared_secret(self, candidate: bytes) -> bytes:
         """Keep ``candidate`` as the instance-wide secret unless one is kept already; return the kept one."""
 
+    # -- items ------------------------------------------------------------------------------------
     @abstractmethod
-    async def add_turn(self, user: StoredMessage, reply: StoredMessage) -> None:
-        """Store both messages atomically and durably, or neither (DuplicateMessage on a known id)."""
+    async def add_turn(self, turn: TurnWrite) -> None:
+        """Store the turn atomically and durably. Writing the same turn twice (a retry after a lost
+        answer) is a success, not an error: item ids are ours and random, so a known id is ours."""
 
     @abstractmethod
-    async def get(self, owner: str, message_id: str) -> StoredMessage | None: ...
+    async def get_item(self, owner: str, item_id: str) -> StoredItem | None:
+        """The item, with its conversation's deletion counter in ``gen``; None if unknown to ``owner``."""
 
     @abstractmethod
-    async def chain(self, owner: str, message_id: str, encoding: str, budget: int) -> list[StoredMessage]:
-        """The message and its ancestors, newest first, in one round trip.
+    async def get_items(self, owner: str, item_ids: list[str]) -> list[StoredItem]:
+        """Those of the items that exist for ``owner``, in the order asked."""
 
-        The named message always comes first (if it exists and belongs to ``owner``); ancestors follow
-        while their running token total (under ``encoding``, the message itself included) stays within
-        ``budget``. An empty list means the message is unknown to this owner.
+    @abstractmethod
+    async def history(self, owner: str, item_id: str, budget: int) -> list[HistoryRow]:
+        """The item and its ancestors, newest first, in one round trip.
+
+        The named item always comes first (if it exists and belongs to ``owner``); ancestors follow
+        while the running cost (the named item's included, deleted items' too) stays within ``budget``. An empty list
+        means the item is unknown to this owner. Work is bounded by what is returned (and by
+        ``MAX_WALK``), whatever the data.
         """
 
     @abstractmethod
+    async def path_ids(self, owner: str, item_id: str) -> list[str]:
+        """Ids of the item and all its ancestors (not deleted), newest first, bounded by ``MAX_WALK``."""
+
+    @abstractmethod
+    async def conversation_items(
+        self, owner: str, conversation_id: str, after_seq: int | None, limit: int, descending: bool
+    ) -> list[StoredItem]:
+        """A conversation's items (not deleted) in the order they were added, paged by ``seq``."""
+
+    @abstractmethod
+    async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
+        """Tombstone an item of a conversation and count the deletion in the conversation's ``gen``."""
+
+    # -- records ----------------------------------------------------------------------------------
+    @abstractmethod
+    async def put_record(self, record: Record, expect_version: int | None) -> bool:
+        """Insert (``expect_version`` None: only if absent) or update (only if the stored version is
+        ``expect_version``). The stored version becomes ``expect_version + 1`` (1 on insert). Returns
+        whether it was written."""
+
+    @abstractmethod
+    async def get_record(self, kind: str, record_id: str) -> Record | None: ...
+
+    @abstractmethod
+    async def delete_record(self, kind: str, record_id: str) -> bool: ...
+
+    @abstractmethod
+    async def list_records(
+        self, kind: str, owner: str, after_id: str | None, limit: int, descending: bool
+    ) -> list[Record]:
+        """An owner's records of a kind by creation time (then id), paged after ``after_id``."""
+
+    @abstractmethod
     async def purge(self, before: float) -> int:
-        """Delete messages created before ``before`` (epoch seconds); return how many went."""
+        """Delete items, responses and conversations last written before ``before`` (epoch seconds);
+        return how many went. Accounts are never purged."""

@@ -1,54 +1,110 @@
-"""Conversations in PostgreSQL, shared by every instance that names the same database."""
+"""Conversations in PostgreSQL, shared by every instance that names the same database.
+
+Every operation is one statement, one round trip (a turn included: its items and records are written
+by one statement with data-modifying CTEs), bounded by the store timeout. A connection found dead
+(after a server restart) is replaced and the operation retried once: reads and the turn write, which
+is idempotent, are safe to retry.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import asyncpg
+import orjson
 
 from ..errors import StoreUnavailable
-from .base import DuplicateMessage, Store, StoredMessage
-from .sql import COLUMNS, MIGRATIONS, MIGRATIONS_TABLE, chain_query
-
-# Both messages of a turn in one statement: atomic, and one round trip.
-_INSERT_TURN = (
-    f"INSERT INTO messages ({COLUMNS}) VALUES "
-    "($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11), ($12,$13,$14,$15,$16,$17,$18,$19,$20,$21,$22)"
+from ..settings import mask_url
+from .base import HistoryRow, Record, Store, StoredItem, TurnWrite
+from .sql import (
+    ITEM_COLUMNS,
+    MIGRATIONS_TABLE,
+    RECORD_COLUMNS,
+    V1_INSERT_COLUMNS,
+    V1_SELECT,
+    convert_v1,
+    history_query,
+    item_query,
+    migrations,
+    path_ids_query,
 )
+from .sqlite import item_from_row, record_from_row
+
+T = TypeVar("T")
 _MIGRATION_LOCK = 7002_0001  # advisory lock id: one instance migrates at a time
-# What "the store cannot answer" looks like from asyncpg.
-_DOWN = (
+# What "the connection is gone" looks like from asyncpg: worth one retry on a fresh connection.
+_GONE = (
     OSError,
-    asyncio.TimeoutError,
     asyncpg.PostgresConnectionError,  # the connection failed or is gone
     asyncpg.exceptions.OperatorInterventionError,  # shutting down, crashed, cannot connect now
-    asyncpg.exceptions.TooManyConnectionsError,
     asyncpg.InterfaceError,  # includes a connection that was closed under us
     asyncpg.exceptions.InternalClientError,  # a connection left in a broken state as the server went
 )
+_DOWN = (*_GONE, asyncio.TimeoutError, asyncpg.exceptions.TooManyConnectionsError, asyncpg.PostgresError)
+
+_ADD_TURN = """
+WITH par AS (
+    SELECT branch, before + cost AS e FROM items WHERE id = $1 AND owner = $2
+), pos AS (
+    SELECT CASE WHEN $3::boolean OR NOT EXISTS (SELECT 1 FROM par)
+                  OR EXISTS (SELECT 1 FROM items i, par WHERE i.branch = par.branch AND i.before = par.e)
+                THEN $4::text ELSE (SELECT branch FROM par) END AS branch,
+           COALESCE((SELECT e FROM par), 0) AS e
+), resp AS (
+    INSERT INTO records (kind, id, owner, body, tip, created_at, updated_at, version, gen)
+    SELECT 'response', $10::text, $2, $11::text, $12::text, $9, $9, 1, 0 WHERE $10::text IS NOT NULL
+    ON CONFLICT DO NOTHING
+), conv AS (
+    UPDATE records SET tip = $12::text, updated_at = $9 WHERE kind = 'conversation' AND id = $13::text
+)
+INSERT INTO items (id, owner, conversation_id, parent_id, branch, before, cost, enc, kind, role, text, extra,
+                   chat, status, origin, response_id, created_at)
+SELECT v.id, $2, $5, v.parent, pos.branch, pos.e + v.off, v.cost, $6, v.kind, v.role, v.text, v.extra,
+       v.chat, v.status, $7, $8, $9
+FROM pos, unnest($14::text[], $15::text[], $16::bigint[], $17::int[], $18::text[], $19::text[], $20::text[],
+                 $21::text[], $22::bytea[], $23::text[]) AS v(id, parent, off, cost, kind, role, text, extra, chat,
+                                                               status)
+ON CONFLICT (id) DO NOTHING
+"""
 
 
-def _row(record: Any) -> StoredMessage:
-    return StoredMessage(*record)
+def _swallow(task: asyncio.Future[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
 
 
-def _params(m: StoredMessage) -> tuple[Any, ...]:
-    return (
-        m.id, m.parent_id, m.conversation_id, m.owner, m.mode, m.role, m.text,
-        m.tokens_cl100k, m.tokens_o200k, m.incomplete, m.created_at,
-    )  # fmt: skip
+def describe(exc: BaseException, url: str) -> str:
+    """Why the store failed, for the log: the error class and message, credentials masked."""
+    text = str(exc) or type(exc).__name__
+    for secret in (asyncpg_password(url),):
+        if secret:
+            text = text.replace(secret, "***")
+    return f"{type(exc).__name__}: {text} ({mask_url(url)})"
+
+
+def asyncpg_password(url: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    try:
+        return urlsplit(url).password
+    except ValueError:
+        return None
 
 
 class PostgresStore(Store):
     kind = "postgresql"
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, timeout_s: float = 2.0):
         self.url = url.replace("postgres://", "postgresql://", 1)
+        self.timeout_s = timeout_s
         self._pool: asyncpg.Pool | None = None
         self._lock = asyncio.Lock()
-        self._queries = {enc: chain_query(enc, lambda n: f"${n}") for enc in ("cl100k_base", "o200k_base")}
+        self._history = history_query(lambda n: f"${n}", "LEAST")
+        self._path_ids = path_ids_query(lambda n: f"${n}")
+        self._item = item_query(lambda n: f"${n}")
 
     async def open(self) -> None:
         await self._ready()
@@ -60,13 +116,21 @@ class PostgresStore(Store):
             return self._pool
         async with self._lock:
             if self._pool is None:
+                pool: asyncpg.Pool | None = None
                 try:
-                    pool = await asyncpg.create_pool(self.url, min_size=0, max_size=16, timeout=3, command_timeout=10)
-                    async with pool.acquire() as conn, conn.transaction():
-                        await self._migrate(conn)
-                except (*_DOWN, asyncpg.PostgresError) as exc:
-                    raise StoreUnavailable() from exc
+                    async with asyncio.timeout(max(self.timeout_s * 3, 5)):
+                        pool = await asyncpg.create_pool(
+                            self.url, min_size=0, max_size=16, timeout=self.timeout_s,
+                            command_timeout=self.timeout_s, max_inactive_connection_lifetime=60,
+                        )  # fmt: skip
+                        async with pool.acquire() as conn, conn.transaction():
+                            await self._migrate(conn)
+                except (*_DOWN, ValueError) as exc:
+                    if pool is not None:
+                        pool.terminate()
+                    raise StoreUnavailable(reason=describe(exc, self.url)) from exc
                 self._pool = pool
+        assert self._pool is not None
         return self._pool
 
     @staticmethod
@@ -74,24 +138,59 @@ class PostgresStore(Store):
         await conn.execute("SELECT pg_advisory_xact_lock($1)", _MIGRATION_LOCK)
         await conn.execute(MIGRATIONS_TABLE)
         done = {r[0] for r in await conn.fetch("SELECT version FROM schema_migrations")}
-        for version, name, statements in MIGRATIONS:
+        for version, name, statements in migrations("postgresql"):
             if version in done:
                 continue
             for statement in statements:
                 await conn.execute(statement)
+            if version == 2:
+                rows = convert_v1([tuple(r) for r in await conn.fetch(V1_SELECT)])
+                marks = ",".join(f"${n}" for n in range(1, 18))
+                await conn.executemany(f"INSERT INTO items ({V1_INSERT_COLUMNS}) VALUES ({marks})", rows)
             await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, name, time.time())
 
     async def close(self) -> None:
         if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+            pool, self._pool = self._pool, None
+            try:
+                async with asyncio.timeout(self.timeout_s):
+                    await pool.close()
+            except (*_DOWN, TimeoutError):
+                pool.terminate()
+
+    async def _call(self, operation: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
+        """Run ``operation`` on the pool within the store timeout; a dead connection is replaced and
+        the operation retried once."""
+        for attempt in (1, 2):
+            pool = await self._ready()
+            try:
+                return await self._within(operation(pool))
+            except TimeoutError as exc:  # a store that hangs: waiting again would only double the wait
+                raise StoreUnavailable(reason=f"no answer within {self.timeout_s} s ({mask_url(self.url)})") from exc
+            except _GONE as exc:
+                await pool.expire_connections()  # every pooled connection may be as dead as this one
+                if attempt == 2:
+                    raise StoreUnavailable(reason=describe(exc, self.url)) from exc
+            except asyncpg.UniqueViolationError:
+                raise
+            except _DOWN as exc:
+                raise StoreUnavailable(reason=describe(exc, self.url)) from exc
+        raise AssertionError("unreachable")
+
+    async def _within(self, operation: Awaitable[T]) -> T:
+        """The operation's result within the store timeout. On timeout the caller is answered at once:
+        asyncpg, cancelled mid-query, first tries to reset the connection, which against a hung
+        server takes as long again, so the operation is cancelled in the background instead."""
+        task = asyncio.ensure_future(operation)
+        done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
+        if not done:
+            task.cancel()
+            task.add_done_callback(_swallow)
+            raise TimeoutError
+        return task.result()
 
     async def _fetch(self, query: str, *args: Any) -> list[Any]:
-        pool = await self._ready()
-        try:
-            return list(await pool.fetch(query, *args))
-        except _DOWN as exc:
-            raise StoreUnavailable() from exc
+        return await self._call(lambda pool: pool.fetch(query, *args))
 
     async def ping(self) -> None:
         await self._fetch("SELECT 1")
@@ -105,26 +204,130 @@ class PostgresStore(Store):
         )
         return bytes.fromhex(rows[0][0])
 
-    async def add_turn(self, user: StoredMessage, reply: StoredMessage) -> None:
-        pool = await self._ready()
+    # -- items --------------------------------------------------------------------------------------
+    async def add_turn(self, turn: TurnWrite) -> None:
+        items = [n.item for n in turn.items]
+        parents = [turn.parent_id, *[i.id for i in items[:-1]]]
+        offsets, total = [], 0
+        for new in turn.items:
+            offsets.append(total)
+            total += new.cost
+        extras = [orjson.dumps(e).decode() if (e := i.extra()) else None for i in items]
+        response = turn.response
+        args = (
+            turn.parent_id, turn.owner, False, items[0].id, turn.conversation_id, turn.enc, turn.origin,
+            turn.response_id, turn.created_at,
+            response.id if response else None, orjson.dumps(response.body).decode() if response else None,
+            items[-1].id, turn.conversation_tip,
+            [i.id for i in items], parents, offsets, [n.cost for n in turn.items], [i.kind for i in items],
+            [i.role for i in items], [i.text for i in items], extras, [n.chat for n in turn.items],
+            [i.status for i in items],
+        )  # fmt: skip
         try:
-            await pool.execute(_INSERT_TURN, *_params(user), *_params(reply))
-        except asyncpg.UniqueViolationError as exc:
-            raise DuplicateMessage(str(exc)) from exc
-        except _DOWN as exc:
-            raise StoreUnavailable() from exc
+            await self._call(lambda pool: pool.execute(_ADD_TURN, *args))
+        except asyncpg.UniqueViolationError:
+            # Another turn took the parent's next slot between our read and write: fork instead.
+            forced = (*args[:2], True, *args[3:])
+            try:
+                await self._call(lambda pool: pool.execute(_ADD_TURN, *forced))
+            except asyncpg.UniqueViolationError as exc:
+                raise StoreUnavailable(reason=describe(exc, self.url)) from exc
 
-    async def get(self, owner: str, message_id: str) -> StoredMessage | None:
-        rows = await self._fetch(f"SELECT {COLUMNS} FROM messages WHERE id = $1 AND owner = $2", message_id, owner)
-        return _row(rows[0]) if rows else None
+    async def get_item(self, owner: str, item_id: str) -> StoredItem | None:
+        rows = await self._fetch(self._item, item_id, owner)
+        return item_from_row(rows[0]) if rows else None
 
-    async def chain(self, owner: str, message_id: str, encoding: str, budget: int) -> list[StoredMessage]:
-        return [_row(r) for r in await self._fetch(self._queries[encoding], message_id, owner, budget)]
+    async def get_items(self, owner: str, item_ids: list[str]) -> list[StoredItem]:
+        rows = await self._fetch(f"SELECT {ITEM_COLUMNS} FROM items WHERE owner = $1 AND id = ANY($2)", owner, item_ids)
+        found = {r[0]: item_from_row(r) for r in rows}
+        return [found[i] for i in item_ids if i in found]
+
+    async def history(self, owner: str, item_id: str, budget: int) -> list[HistoryRow]:
+        rows = await self._fetch(self._history, item_id, owner, budget)
+        return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
+
+    async def path_ids(self, owner: str, item_id: str) -> list[str]:
+        return [r[0] for r in await self._fetch(self._path_ids, item_id, owner)]
+
+    async def conversation_items(
+        self, owner: str, conversation_id: str, after_seq: int | None, limit: int, descending: bool
+    ) -> list[StoredItem]:
+        order, compare = ("DESC", "<") if descending else ("ASC", ">")
+        bound = after_seq if after_seq is not None else (2**62 if descending else -1)
+        rows = await self._fetch(
+            f"SELECT {ITEM_COLUMNS} FROM items WHERE conversation_id = $1 AND owner = $2 AND NOT deleted "
+            f"AND seq {compare} $3 ORDER BY seq {order} LIMIT $4",
+            conversation_id, owner, bound, limit,
+        )  # fmt: skip
+        return [item_from_row(r) for r in rows]
+
+    async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
+        rows = await self._fetch(
+            """WITH del AS (UPDATE items SET deleted = TRUE
+                            WHERE id = $1 AND owner = $2 AND conversation_id = $3 AND NOT deleted RETURNING id),
+                    bump AS (UPDATE records SET gen = gen + 1
+                             WHERE kind = 'conversation' AND id = $3 AND EXISTS (SELECT 1 FROM del))
+               SELECT count(*) FROM del""",
+            item_id, owner, conversation_id,
+        )  # fmt: skip
+        return bool(rows[0][0])
+
+    # -- records ------------------------------------------------------------------------------------
+    async def put_record(self, record: Record, expect_version: int | None) -> bool:
+        body = orjson.dumps(record.body).decode()
+        if expect_version is None:
+            status = await self._call(lambda pool: pool.execute(
+                f"INSERT INTO records ({RECORD_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,1,$8) ON CONFLICT DO NOTHING",
+                record.kind, record.id, record.owner, body, record.tip, record.created_at, record.updated_at,
+                record.gen,
+            ))  # fmt: skip
+        else:
+            status = await self._call(lambda pool: pool.execute(
+                "UPDATE records SET owner = $1, body = $2, tip = $3, updated_at = $4, gen = $5, version = $6 "
+                "WHERE kind = $7 AND id = $8 AND version = $9",
+                record.owner, body, record.tip, record.updated_at, record.gen, expect_version + 1, record.kind,
+                record.id, expect_version,
+            ))  # fmt: skip
+        return str(status).split()[-1] == "1"
+
+    async def get_record(self, kind: str, record_id: str) -> Record | None:
+        rows = await self._fetch(f"SELECT {RECORD_COLUMNS} FROM records WHERE kind = $1 AND id = $2", kind, record_id)
+        return record_from_row(rows[0]) if rows else None
+
+    async def delete_record(self, kind: str, record_id: str) -> bool:
+        status = await self._call(
+            lambda pool: pool.execute("DELETE FROM records WHERE kind = $1 AND id = $2", kind, record_id)
+        )
+        return str(status).split()[-1] == "1"
+
+    async def list_records(
+        self, kind: str, owner: str, after_id: str | None, limit: int, descending: bool
+    ) -> list[Record]:
+        order, compare = ("DESC", "<") if descending else ("ASC", ">")
+        anchor = None
+        if after_id is not None:
+            found = await self._fetch("SELECT created_at FROM records WHERE kind = $1 AND id = $2", kind, after_id)
+            anchor = found[0][0] if found else None
+        if anchor is None:
+            rows = await self._fetch(
+                f"SELECT {RECORD_COLUMNS} FROM records WHERE kind = $1 AND owner = $2 "
+                f"ORDER BY created_at {order}, id {order} LIMIT $3",
+                kind, owner, limit,
+            )  # fmt: skip
+        else:
+            rows = await self._fetch(
+                f"SELECT {RECORD_COLUMNS} FROM records WHERE kind = $1 AND owner = $2 "
+                f"AND (created_at, id) {compare} ($3, $4) ORDER BY created_at {order}, id {order} LIMIT $5",
+                kind, owner, anchor, after_id, limit,
+            )  # fmt: skip
+        return [record_from_row(r) for r in rows]
 
     async def purge(self, before: float) -> int:
-        pool = await self._ready()
-        try:
-            status = await pool.execute("DELETE FROM messages WHERE created_at < $1", before)
-        except _DOWN as exc:
-            raise StoreUnavailable() from exc
-        return int(status.split()[-1])
+        rows = await self._fetch(
+            """WITH a AS (DELETE FROM items WHERE created_at < $1 RETURNING 1),
+                    b AS (DELETE FROM records WHERE kind IN ('response', 'conversation') AND updated_at < $1
+                          RETURNING 1)
+               SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM b)""",
+            before,
+        )
+        return int(rows[0][0])

@@ -1,90 +1,196 @@
 """Conversations in Redis, shared by every instance that names the same server.
 
-One key per message (``<prefix>m:<id>``, a compact JSON array) with the retention as its TTL.
-A turn is written by one Lua script (both keys or neither); the history of a follow-up is read by
-another that walks the parent links server-side and stops at the token budget: one round trip
-whatever the depth. Scripts touch keys they do not declare, so use a single Redis server (or a
-primary with replicas), not Redis Cluster. For durability run Redis with ``appendonly yes``.
+Layout (``<p>`` is the key prefix):
+
+- ``<p>i:<id>``: one hash per item (owner ``o``, conversation ``c``, parent ``p``, cost ``n``, deleted
+  ``d``, kind ``k``, chat JSON ``h``, and the rest of the row ``x``), with the retention as its TTL;
+- ``<p>c:<conversation>``: a sorted set of the conversation's item ids by sequence number;
+- ``<p>r:<kind>:<id>``: one hash per record, and ``<p>rx:<kind>:<owner>`` its owner's index.
+
+A turn is written by one Lua script (every key or none); the history of a follow-up is read by
+another that walks parent links server-side, reading only the fields it needs (no JSON decoding),
+and stops at the token budget: one round trip, work proportional to what it returns, never more
+than ``MAX_WALK`` steps whatever the data. Scripts touch keys they do not declare, so use a single
+Redis server (or a primary with replicas), not Redis Cluster. For durability run Redis with
+``appendonly yes``. A connection found dead (Redis restarted) is reconnected and the command
+retried once; every script is idempotent, so that is safe.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import asyncio
+from collections.abc import Awaitable
+from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.exceptions import RedisError
 
+from ..core.items import Item
 from ..errors import StoreUnavailable
-from .base import DuplicateMessage, Store, StoredMessage
+from ..settings import mask_url
+from .base import MAX_WALK, HistoryRow, Record, Store, StoredItem, TurnWrite
 
-DATA_VERSION = "1"
-_DOWN = (RedisConnectionError, RedisTimeoutError, OSError)
+T = TypeVar("T")
+DATA_VERSION = "2"
 
-# KEYS: user key, reply key. ARGV: user JSON, reply JSON, ttl ms (0 = keep).
+# ARGV: prefix, owner, conversation, parent ('' none), enc, origin, created, response id ('' none), ttl ms,
+# item count, response body ('' none), conversation tip ('' none), then 8 fields per item:
+# id, kind, role, text, extra, chat, cost, status.
 _ADD_TURN = """
-if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
-local ttl = tonumber(ARGV[3])
-if ttl > 0 then
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ttl)
-  redis.call('SET', KEYS[2], ARGV[2], 'PX', ttl)
-else
-  redis.call('SET', KEYS[1], ARGV[1])
-  redis.call('SET', KEYS[2], ARGV[2])
+local p, owner, conv, parent = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local enc, origin, created, rid, ttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
+local n, body, tipconv = tonumber(ARGV[10]), ARGV[11], ARGV[12]
+if redis.call('EXISTS', p .. 'i:' .. ARGV[13]) == 1 then return 1 end
+local seq = redis.call('INCRBY', p .. 'seq', n) - n
+local ckey = p .. 'c:' .. conv
+for i = 0, n - 1 do
+  local b = 13 + i * 8
+  local id = ARGV[b]
+  local key = p .. 'i:' .. id
+  seq = seq + 1
+  redis.call('HSET', key, 'o', owner, 'c', conv, 'p', parent, 'n', ARGV[b + 6], 'd', '0', 'k', ARGV[b + 1],
+    'h', ARGV[b + 5], 'x', cjson.encode({ARGV[b + 2], ARGV[b + 3], ARGV[b + 4], ARGV[b + 7], enc, origin, rid,
+    tonumber(created), seq}))
+  if ttl > 0 then redis.call('PEXPIRE', key, ttl) end
+  redis.call('ZADD', ckey, seq, id)
+  parent = id
+end
+if ttl > 0 then redis.call('PEXPIRE', ckey, ttl) end
+if rid ~= '' and body ~= '' then
+  local rkey = p .. 'r:response:' .. rid
+  if redis.call('EXISTS', rkey) == 0 then
+    redis.call('HSET', rkey, 'o', owner, 'b', body, 't', parent, 'ca', created, 'ua', created, 'v', 1, 'g', 0)
+    redis.call('ZADD', p .. 'rx:response:' .. owner, created, rid)
+    if ttl > 0 then redis.call('PEXPIRE', rkey, ttl) end
+  end
+end
+if tipconv ~= '' then
+  local ckey2 = p .. 'r:conversation:' .. tipconv
+  if redis.call('EXISTS', ckey2) == 1 then
+    redis.call('HSET', ckey2, 't', parent, 'ua', created)
+    if ttl > 0 then redis.call('PEXPIRE', ckey2, ttl) end
+  end
 end
 return 1
 """
 
-# ARGV: key prefix, message id, owner, index of the token count, budget.
-# Array fields: 1 id, 2 parent, 3 conversation, 4 owner, 5 mode, 6 role, 7 text, 8 cl100k, 9 o200k, ...
-_CHAIN = """
-local prefix, id, owner = ARGV[1], ARGV[2], ARGV[3]
-local column, budget = tonumber(ARGV[4]), tonumber(ARGV[5])
-local out, total = {}, 0
-while id do
-  local raw = redis.call('GET', prefix .. id)
-  if not raw then break end
-  local m = cjson.decode(raw)
-  if m[4] ~= owner then break end
-  if #out > 0 and total + m[column] > budget then break end
-  total = total + m[column]
-  out[#out + 1] = raw
-  id = m[2]
-  if id == cjson.null then id = nil end
+# ARGV: prefix, item id, owner, budget, max steps. Returns id, kind ('deleted' for a tombstone), chat, cost,
+# parent ('' for a root) for each item, newest first.
+_HISTORY = """
+local p, id, owner = ARGV[1], ARGV[2], ARGV[3]
+local budget, steps = tonumber(ARGV[4]), tonumber(ARGV[5])
+local out, total, first, seen = {}, 0, true, {}
+while id and id ~= '' and steps > 0 and not seen[id] do
+  steps = steps - 1
+  seen[id] = true
+  local f = redis.call('HMGET', p .. 'i:' .. id, 'o', 'p', 'n', 'd', 'k', 'h')
+  if f[1] ~= owner then break end
+  local cost = tonumber(f[3])
+  if not first and total + cost > budget then break end
+  first = false
+  total = total + cost
+  out[#out + 1] = id
+  if f[4] == '0' then out[#out + 1] = f[5] else out[#out + 1] = 'deleted' end
+  out[#out + 1] = f[6]
+  out[#out + 1] = cost
+  out[#out + 1] = f[2]
+  id = f[2]
 end
 return out
 """
 
+# ARGV: prefix, item id, owner, max steps. Returns the ids of the item and its ancestors (not deleted).
+_PATH = """
+local p, id, owner, steps = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
+local out, seen = {}, {}
+while id and id ~= '' and steps > 0 and not seen[id] do
+  steps = steps - 1
+  seen[id] = true
+  local f = redis.call('HMGET', p .. 'i:' .. id, 'o', 'p', 'd')
+  if f[1] ~= owner then break end
+  if f[3] == '0' then out[#out + 1] = id end
+  id = f[2]
+end
+return out
+"""
 
-def _encode(m: StoredMessage) -> bytes:
-    fields = [m.id, m.parent_id, m.conversation_id, m.owner, m.mode, m.role, m.text]
-    return orjson.dumps([*fields, m.tokens_cl100k, m.tokens_o200k, m.incomplete, m.created_at])
+# ARGV: prefix, kind, id, owner, body, tip, created, updated, gen, expected version ('' insert), ttl ms
+_PUT_RECORD = """
+local key = ARGV[1] .. 'r:' .. ARGV[2] .. ':' .. ARGV[3]
+local expect, ttl = ARGV[10], tonumber(ARGV[11])
+local version
+if expect == '' then
+  if redis.call('EXISTS', key) == 1 then return 0 end
+  version = 1
+  redis.call('HSET', key, 'ca', ARGV[7])
+  redis.call('ZADD', ARGV[1] .. 'rx:' .. ARGV[2] .. ':' .. ARGV[4], ARGV[7], ARGV[3])
+else
+  if redis.call('HGET', key, 'v') ~= expect then return 0 end
+  version = tonumber(expect) + 1
+end
+redis.call('HSET', key, 'o', ARGV[4], 'b', ARGV[5], 't', ARGV[6], 'ua', ARGV[8], 'g', ARGV[9], 'v', version)
+if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
+return 1
+"""
+
+# ARGV: prefix, owner, conversation, item id
+_DELETE_ITEM = """
+local key = ARGV[1] .. 'i:' .. ARGV[4]
+local f = redis.call('HMGET', key, 'o', 'c', 'd')
+if f[1] ~= ARGV[2] or f[2] ~= ARGV[3] or f[3] ~= '0' then return 0 end
+redis.call('HSET', key, 'd', '1')
+local ckey = ARGV[1] .. 'r:conversation:' .. ARGV[3]
+if redis.call('EXISTS', ckey) == 1 then redis.call('HINCRBY', ckey, 'g', 1) end
+return 1
+"""
 
 
-def _decode(raw: bytes) -> StoredMessage:
-    return StoredMessage(*orjson.loads(raw))
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _item(item_id: str, fields: list[Any], gen: int = 0) -> StoredItem | None:
+    owner, conversation, parent, cost, deleted, kind, _chat, rest = fields
+    if owner is None or rest is None:
+        return None
+    role, text, extra, status, enc, origin, response_id, created, seq = orjson.loads(rest)
+    item = Item.from_row(item_id, _text(kind), role, text, orjson.loads(extra) if extra else None, status)
+    return StoredItem(item, _text(owner), _text(conversation), _text(parent) or None, enc, int(cost), origin,
+                      response_id or None, float(created), int(seq), _text(deleted) == "1", gen)  # fmt: skip
+
+
+_ITEM_FIELDS = ("o", "c", "p", "n", "d", "k", "h", "x")
 
 
 class RedisStore(Store):
     kind = "redis"
 
-    def __init__(self, url: str, retention_days: int):
+    def __init__(self, url: str, retention_days: float, timeout_s: float = 2.0):
         parts = urlsplit(url)
         query = dict(parse_qsl(parts.query))
         self.prefix = query.pop("prefix", "chatgpt-server:")
         clean = parts._replace(query=urlencode(query)).geturl()
+        self.url = url
+        self.timeout_s = timeout_s
         self.client: aioredis.Redis = aioredis.from_url(
-            clean, socket_timeout=5, socket_connect_timeout=2, health_check_interval=15
-        )
-        self.ttl_ms = retention_days * 86_400_000
+            clean, socket_timeout=timeout_s, socket_connect_timeout=min(timeout_s, 2.0),
+            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError], health_check_interval=0,
+        )  # fmt: skip
+        self.ttl_ms = int(retention_days * 86_400_000)
         self._add_turn = self.client.register_script(_ADD_TURN)
-        self._chain = self.client.register_script(_CHAIN)
+        self._history = self.client.register_script(_HISTORY)
+        self._path = self.client.register_script(_PATH)
+        self._put_record = self.client.register_script(_PUT_RECORD)
+        self._delete_item = self.client.register_script(_DELETE_ITEM)
         self._versioned = False
 
-    def _key(self, message_id: str) -> str:
-        return f"{self.prefix}m:{message_id}"
+    def _key(self, item_id: str) -> str:
+        return f"{self.prefix}i:{item_id}"
 
     async def open(self) -> None:
         await self._check_version()
@@ -92,24 +198,59 @@ class RedisStore(Store):
     async def _check_version(self) -> None:
         if self._versioned:
             return
-        try:
-            await self.client.set(self.prefix + "version", DATA_VERSION, nx=True)
-            found = await self.client.get(self.prefix + "version")
-        except _DOWN as exc:
-            raise StoreUnavailable() from exc
-        version = found.decode() if isinstance(found, bytes) else found
-        if version is not None and version != DATA_VERSION:
-            raise RuntimeError(f"Redis data version {version} is not {DATA_VERSION}")
+        await self._call(self.client.set(self.prefix + "version", DATA_VERSION, nx=True))
+        found = await self._call(self.client.get(self.prefix + "version"))
+        version = _text(found) if found is not None else None
+        if version == "1":
+            await self._migrate_v1()
+        elif version != DATA_VERSION:
+            raise StoreUnavailable(reason=f"Redis data version {version} is not {DATA_VERSION}")
         self._versioned = True
+
+    async def _migrate_v1(self) -> None:
+        """Version 1 kept one JSON array per message under ``<p>m:<id>``: rewrite them as items."""
+        from .sql import convert_v1
+
+        rows = []
+        async for key in self.client.scan_iter(match=f"{self.prefix}m:*", count=1000):
+            raw = await self.client.get(key)
+            if raw:
+                mid, parent, conv, owner, mode, role, text, _cl, o200k, incomplete, created = orjson.loads(raw)
+                rows.append((mid, parent, conv, owner, mode, role, text, o200k, incomplete, created))
+        for row in convert_v1(rows):
+            (mid, owner, conv, parent, _b, _before, cost, enc, kind, role, text, extra, chat, status, origin, _r,
+             created) = row  # fmt: skip
+            item = NewItemArgs(mid, kind, role, text, extra or "", chat, cost, status)
+            await self._add_turn(
+                args=[
+                    self.prefix,
+                    owner,
+                    conv,
+                    parent or "",
+                    enc,
+                    origin,
+                    created,
+                    "",
+                    self.ttl_ms,
+                    1,
+                    "",
+                    "",
+                    *item.args(),
+                ]
+            )
+            await self.client.delete(f"{self.prefix}m:{mid}")
+        await self.client.set(self.prefix + "version", DATA_VERSION)
 
     async def close(self) -> None:
         await self.client.aclose()
 
-    async def _call(self, coro: Any) -> Any:
+    async def _call(self, operation: Awaitable[T]) -> T:
         try:
-            return await coro
-        except _DOWN as exc:
-            raise StoreUnavailable() from exc
+            async with asyncio.timeout(self.timeout_s):
+                return await operation
+        except (RedisError, OSError, TimeoutError) as exc:
+            reason = f"{type(exc).__name__}: {exc} ({mask_url(self.url)})"
+            raise StoreUnavailable(reason=reason) from exc
 
     async def ping(self) -> None:
         await self._call(self.client.ping())
@@ -119,30 +260,150 @@ class RedisStore(Store):
         key = self.prefix + "hmac_key"
         await self._call(self.client.set(key, candidate.hex(), nx=True))
         found = await self._call(self.client.get(key))
-        return bytes.fromhex(found.decode())
+        return bytes.fromhex(_text(found))
 
-    async def add_turn(self, user: StoredMessage, reply: StoredMessage) -> None:
+    # -- items --------------------------------------------------------------------------------------
+    async def add_turn(self, turn: TurnWrite) -> None:
         await self._check_version()
-        written = await self._call(
-            self._add_turn(
-                keys=[self._key(user.id), self._key(reply.id)],
-                args=[_encode(user), _encode(reply), self.ttl_ms],
-            )
-        )
-        if not written:
-            raise DuplicateMessage(f"{user.id} or {reply.id}")
+        response = turn.response
+        args: list[Any] = [
+            self.prefix, turn.owner, turn.conversation_id, turn.parent_id or "", turn.enc, turn.origin,
+            turn.created_at, turn.response_id or "", self.ttl_ms, len(turn.items),
+            orjson.dumps(response.body) if response else "", turn.conversation_tip or "",
+        ]  # fmt: skip
+        for new in turn.items:
+            item = new.item
+            extra = item.extra()
+            args += NewItemArgs(item.id, item.kind, item.role, item.text,
+                                orjson.dumps(extra).decode() if extra else "", new.chat, new.cost,
+                                item.status).args()  # fmt: skip
+        await self._call(self._add_turn(args=args))
 
-    async def get(self, owner: str, message_id: str) -> StoredMessage | None:
-        raw = await self._call(self.client.get(self._key(message_id)))
-        if raw is None:
+    async def get_item(self, owner: str, item_id: str) -> StoredItem | None:
+        fields = await self._call(self.client.hmget(self._key(item_id), _ITEM_FIELDS))
+        stored = _item(item_id, fields)
+        if stored is None or stored.owner != owner:
             return None
-        message = _decode(raw)
-        return message if message.owner == owner else None
+        gen = await self._call(self.client.hget(f"{self.prefix}r:conversation:{stored.conversation_id}", "g"))
+        stored.gen = int(gen) if gen is not None else 0
+        return stored
 
-    async def chain(self, owner: str, message_id: str, encoding: str, budget: int) -> list[StoredMessage]:
-        column = 9 if encoding == "o200k_base" else 8
-        rows = await self._call(self._chain(args=[self.prefix + "m:", message_id, owner, column, budget]))
-        return [_decode(raw) for raw in rows]
+    async def get_items(self, owner: str, item_ids: list[str]) -> list[StoredItem]:
+        if not item_ids:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for item_id in item_ids:
+            pipe.hmget(self._key(item_id), _ITEM_FIELDS)
+        results = await self._call(pipe.execute())
+        found = [_item(i, f) for i, f in zip(item_ids, results, strict=True)]
+        return [s for s in found if s is not None and s.owner == owner]
+
+    async def history(self, owner: str, item_id: str, budget: int) -> list[HistoryRow]:
+        flat = await self._call(self._history(args=[self.prefix, item_id, owner, budget, MAX_WALK]))
+        return [
+            (_text(flat[i]), _text(flat[i + 1]), flat[i + 2], int(flat[i + 3]), _text(flat[i + 4]) or None)
+            for i in range(0, len(flat), 5)
+        ]
+
+    async def path_ids(self, owner: str, item_id: str) -> list[str]:
+        return [_text(i) for i in await self._call(self._path(args=[self.prefix, item_id, owner, MAX_WALK]))]
+
+    async def conversation_items(
+        self, owner: str, conversation_id: str, after_seq: int | None, limit: int, descending: bool
+    ) -> list[StoredItem]:
+        key = f"{self.prefix}c:{conversation_id}"
+        out: list[StoredItem] = []
+        bound = after_seq
+        while len(out) < limit:
+            want = limit - len(out)
+            if descending:
+                top = f"({bound}" if bound is not None else "+inf"
+                ids = await self._call(self.client.zrevrangebyscore(key, top, "-inf", start=0, num=want))
+            else:
+                low = f"({bound}" if bound is not None else "-inf"
+                ids = await self._call(self.client.zrangebyscore(key, low, "+inf", start=0, num=want))
+            if not ids:
+                break
+            for stored in await self.get_items(owner, [_text(i) for i in ids]):
+                if stored.conversation_id == conversation_id and not stored.deleted:
+                    out.append(stored)
+            last = await self._call(self.client.zscore(key, _text(ids[-1])))
+            if last is None:
+                break
+            bound = int(last)
+        return out[:limit]
+
+    async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
+        return bool(await self._call(self._delete_item(args=[self.prefix, owner, conversation_id, item_id])))
+
+    # -- records ------------------------------------------------------------------------------------
+    def _ttl(self, kind: str) -> int:
+        return 0 if kind == "account" else self.ttl_ms
+
+    async def put_record(self, record: Record, expect_version: int | None) -> bool:
+        args: list[Any] = [
+            self.prefix, record.kind, record.id, record.owner, orjson.dumps(record.body), record.tip or "",
+            record.created_at, record.updated_at, record.gen, "" if expect_version is None else expect_version,
+            self._ttl(record.kind),
+        ]  # fmt: skip
+        return bool(await self._call(self._put_record(args=args)))
+
+    async def get_record(self, kind: str, record_id: str) -> Record | None:
+        fields = await self._call(
+            self.client.hmget(f"{self.prefix}r:{kind}:{record_id}", ("o", "b", "t", "ca", "ua", "v", "g"))
+        )
+        owner, body, tip, created, updated, version, gen = fields
+        if owner is None or body is None:
+            return None
+        return Record(kind, record_id, _text(owner), orjson.loads(body), _text(tip) or None if tip else None,
+                      float(created or 0), float(updated or 0), int(version or 0), int(gen or 0))  # fmt: skip
+
+    async def delete_record(self, kind: str, record_id: str) -> bool:
+        key = f"{self.prefix}r:{kind}:{record_id}"
+        owner = await self._call(self.client.hget(key, "o"))
+        if owner is None:
+            return False
+        await self._call(self.client.zrem(f"{self.prefix}rx:{kind}:{_text(owner)}", record_id))
+        return bool(await self._call(self.client.delete(key)))
+
+    async def list_records(
+        self, kind: str, owner: str, after_id: str | None, limit: int, descending: bool
+    ) -> list[Record]:
+        index = f"{self.prefix}rx:{kind}:{owner}"
+        start = 0
+        if after_id is not None:
+            rank = await self._call(
+                self.client.zrevrank(index, after_id) if descending else self.client.zrank(index, after_id)
+            )
+            start = int(rank) + 1 if isinstance(rank, int) else 0
+        ranged = self.client.zrevrange if descending else self.client.zrange
+        out: list[Record] = []
+        while len(out) < limit:
+            ids = await self._call(ranged(index, start, start + limit - len(out) - 1))
+            if not ids:
+                break
+            start += len(ids)
+            for record_id in ids:
+                record = await self.get_record(kind, _text(record_id))
+                if record is None:  # expired: drop it from the index too
+                    await self._call(self.client.zrem(index, _text(record_id)))
+                    start -= 1
+                elif record.owner == owner:
+                    out.append(record)
+        return out[:limit]
 
     async def purge(self, before: float) -> int:
         return 0  # every key carries the retention as its TTL: Redis expires them itself
+
+
+class NewItemArgs:
+    """The eight script arguments of one item."""
+
+    __slots__ = ("chat", "cost", "extra", "id", "kind", "role", "status", "text")
+
+    def __init__(self, id: str, kind: str, role: str, text: str, extra: str, chat: bytes, cost: int, status: str):
+        self.id, self.kind, self.role, self.text, self.extra = id, kind, role, text, extra
+        self.chat, self.cost, self.status = chat, cost, status
+
+    def args(self) -> list[Any]:
+        return [self.id, self.kind, self.role, self.text, self.extra, self.chat, self.cost, self.status]

@@ -1,15 +1,21 @@
 """Conversations in an SQLite file: the default store, for one machine.
 
-Queries run on the event loop thread: each is a few tens of microseconds against a local file,
-cheaper than a hop to a worker thread. WAL mode with ``synchronous=NORMAL`` makes a commit survive
-the process being killed (the WAL is written before the commit returns); only a power cut may lose
-the last commits, which ``CHATGPT_SERVER_STORE_URL=sqlite:///path?synchronous=full`` also covers.
+Queries run on the event loop thread: each is a few microseconds against a local file, cheaper than
+a hop to a worker thread. WAL mode with ``synchronous=NORMAL`` makes a commit survive the process
+being killed (the WAL is written before the commit returns); only a power cut may lose the last
+commits, which ``CHATGPT_SERVER_STORE_URL=sqlite:///path?synchronous=full`` also covers. Several
+worker processes may share the file: writes take SQLite's write lock (``BEGIN IMMEDIATE``), and one
+of them (whichever holds a lock file) runs the checkpoints.
+
+The file holds conversations and the instance secret: it is created ``0600``, and a directory we
+create for it ``0700``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import os
 import sqlite3
 import threading
@@ -18,25 +24,69 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import orjson
+
+from ..core.items import Item
 from ..errors import StoreUnavailable
-from .base import DuplicateMessage, Store, StoredMessage
-from .sql import COLUMNS, MIGRATIONS, MIGRATIONS_TABLE, chain_query
+from .base import HistoryRow, Record, Store, StoredItem, TurnWrite
+from .sql import (
+    ITEM_COLUMNS,
+    MIGRATIONS_TABLE,
+    RECORD_COLUMNS,
+    V1_INSERT_COLUMNS,
+    V1_SELECT,
+    convert_v1,
+    history_query,
+    item_query,
+    migrations,
+    path_ids_query,
+)
 
-CHECKPOINT_EVERY_S = 0.5
-WAL_LIMIT_BYTES = 64 * 1024 * 1024
-_INSERT = f"INSERT INTO messages ({COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?,?,?)"
+# The WAL is checkpointed (copied into the database) by a thread of ours, often and without
+# blocking writers; once it passes WAL_TRUNCATE_BYTES a TRUNCATE checkpoint resets it, and
+# journal_size_limit lets SQLite shrink the file, so a checkpoint never has a large WAL to copy.
+CHECKPOINT_EVERY_S = 0.2
+WAL_TRUNCATE_BYTES = 4 * 1024 * 1024
+JOURNAL_SIZE_LIMIT = 8 * 1024 * 1024
+_INSERT_ITEM = (
+    "INSERT INTO items (id, owner, conversation_id, parent_id, branch, before, cost, enc, kind, role, text, "
+    "extra, chat, status, origin, response_id, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
+)
+_INSERT_RECORD = f"INSERT INTO records ({RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
 
 
-def _row(values: tuple[Any, ...]) -> StoredMessage:
-    id_, parent, conversation, owner, mode, role, text, cl100k, o200k, incomplete, created = values
-    return StoredMessage(id_, parent, conversation, owner, mode, role, text, cl100k, o200k, bool(incomplete), created)
+def item_from_row(row: tuple[Any, ...] | Any) -> StoredItem:
+    """A row in ITEM_COLUMNS order (plus, optionally, the conversation's gen)."""
+    (id_, owner, conversation, parent, _branch, _before, cost, enc, kind, role, text, extra, _chat, status,
+     origin, response_id, created, deleted, seq) = tuple(row[:19])  # fmt: skip
+    item = Item.from_row(id_, kind, role, text, orjson.loads(extra) if extra else None, status)
+    gen = int(row[19]) if len(row) > 19 else 0
+    return StoredItem(item, owner, conversation, parent, enc, int(cost), origin, response_id, float(created),
+                      int(seq), bool(deleted), gen)  # fmt: skip
 
 
-def _params(m: StoredMessage) -> tuple[Any, ...]:
-    return (
-        m.id, m.parent_id, m.conversation_id, m.owner, m.mode, m.role, m.text,
-        m.tokens_cl100k, m.tokens_o200k, int(m.incomplete), m.created_at,
-    )  # fmt: skip
+def record_from_row(row: tuple[Any, ...] | Any) -> Record:
+    kind, id_, owner, body, tip, created, updated, version, gen = tuple(row)
+    return Record(kind, id_, owner, orjson.loads(body), tip, float(created), float(updated), int(version), int(gen))
+
+
+def record_params(r: Record, version: int) -> tuple[Any, ...]:
+    return (r.kind, r.id, r.owner, orjson.dumps(r.body).decode(), r.tip, r.created_at, r.updated_at, version, r.gen)
+
+
+def turn_rows(turn: TurnWrite, branch: str, end: int) -> list[tuple[Any, ...]]:
+    rows: list[tuple[Any, ...]] = []
+    parent, before = turn.parent_id, end
+    for new in turn.items:
+        item = new.item
+        extra = item.extra()
+        rows.append((
+            item.id, turn.owner, turn.conversation_id, parent, branch, before, new.cost, turn.enc, item.kind,
+            item.role, item.text, orjson.dumps(extra).decode() if extra else None, new.chat, item.status,
+            turn.origin, turn.response_id, turn.created_at,
+        ))  # fmt: skip
+        parent, before = item.id, before + new.cost
+    return rows
 
 
 class SQLiteStore(Store):
@@ -52,46 +102,67 @@ class SQLiteStore(Store):
         if self.synchronous not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError("synchronous must be normal, full or extra")
         self._db: sqlite3.Connection | None = None
-        self._pending: list[tuple[StoredMessage, StoredMessage, asyncio.Future[None]]] = []
+        self._pending: list[tuple[TurnWrite, asyncio.Future[None]]] = []
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
-        self._queries = {enc: chain_query(enc, lambda n: f"?{n}") for enc in ("cl100k_base", "o200k_base")}
+        self._history = history_query(lambda n: f"?{n}", "min")
+        self._path_ids = path_ids_query(lambda n: f"?{n}")
+        self._item = item_query(lambda n: f"?{n}")
 
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            raise StoreUnavailable()
+            raise StoreUnavailable(reason="the SQLite store is closed")
         return self._db
+
+    def _create_private(self) -> None:
+        """The directory (if we make it) 0700, the file 0600, before SQLite opens it."""
+        parent = self.path.parent
+        if not parent.exists():
+            parent.mkdir(parents=True, mode=0o700)
+        if not self.path.exists():
+            fd = os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600)
+            os.close(fd)
 
     async def open(self) -> None:
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._create_private()
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
             db.execute("PRAGMA busy_timeout=5000")
+            db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             # Checkpoints copy the WAL into the database and fsync it: milliseconds that would stall
             # every request if they ran on the event loop. A thread of ours runs them instead.
             db.execute("PRAGMA wal_autocheckpoint=0")
             self._migrate(db)
         except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailable(detail=str(exc)) from exc
+            raise StoreUnavailable(reason=f"{type(exc).__name__}: {exc} ({self.path})") from exc
         self._db = db
         self._stop.clear()
         self._checkpointer = threading.Thread(target=self._checkpoint_forever, name="sqlite-checkpoint", daemon=True)
         self._checkpointer.start()
 
     def _checkpoint_forever(self) -> None:
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA busy_timeout=5000")
-        try:
-            while not self._stop.wait(CHECKPOINT_EVERY_S):
-                with contextlib.suppress(sqlite3.Error):
-                    # PASSIVE never blocks writers; RESTART once the WAL grows large, so it cannot grow forever.
-                    mode = "RESTART" if self._wal_size() > WAL_LIMIT_BYTES else "PASSIVE"
-                    db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
-        finally:
-            db.close()
+        # Worker processes share the file; one checkpointer is enough, the others stand by.
+        with os.fdopen(os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o600), "r+b") as lock:
+            while not self._stop.is_set():
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    self._stop.wait(1.0)
+            if self._stop.is_set():
+                return
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db.execute("PRAGMA busy_timeout=100")
+            try:
+                while not self._stop.wait(CHECKPOINT_EVERY_S):
+                    with contextlib.suppress(sqlite3.Error):
+                        mode = "TRUNCATE" if self._wal_size() > WAL_TRUNCATE_BYTES else "PASSIVE"
+                        db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            finally:
+                db.close()
 
     def _wal_size(self) -> int:
         try:
@@ -105,11 +176,15 @@ class SQLiteStore(Store):
         try:
             db.execute(MIGRATIONS_TABLE)
             done = {row[0] for row in db.execute("SELECT version FROM schema_migrations")}
-            for version, name, statements in MIGRATIONS:
+            for version, name, statements in migrations("sqlite"):
                 if version in done:
                     continue
                 for statement in statements:
                     db.execute(statement)
+                if version == 2:
+                    rows = convert_v1(db.execute(V1_SELECT).fetchall())
+                    marks = ",".join("?" * 17)
+                    db.executemany(f"INSERT INTO items ({V1_INSERT_COLUMNS}) VALUES ({marks})", rows)
                 db.execute("INSERT INTO schema_migrations VALUES (?, ?, ?)", (version, name, time.time()))
             db.execute("COMMIT")
         except BaseException:
@@ -125,42 +200,37 @@ class SQLiteStore(Store):
             self._db.close()
             self._db = None
 
-    async def ping(self) -> None:
+    def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         try:
-            self.db.execute("SELECT 1").fetchone()
+            return self.db.execute(sql, params).fetchall()
         except sqlite3.Error as exc:
-            raise StoreUnavailable() from exc
+            raise StoreUnavailable(reason=f"{type(exc).__name__}: {exc}") from exc
+
+    async def ping(self) -> None:
+        self._run("SELECT 1")
 
     async def shared_secret(self, candidate: bytes) -> bytes:
-        try:
-            self.db.execute(
-                "INSERT INTO meta (key, value) VALUES ('hmac_key', ?) ON CONFLICT DO NOTHING",
-                (candidate.hex(),),
-            )
-            row = self.db.execute("SELECT value FROM meta WHERE key = 'hmac_key'").fetchone()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable() from exc
-        return bytes.fromhex(row[0])
+        self._run("INSERT INTO meta (key, value) VALUES ('hmac_key', ?) ON CONFLICT DO NOTHING", (candidate.hex(),))
+        return bytes.fromhex(self._run("SELECT value FROM meta WHERE key = 'hmac_key'")[0][0])
 
-    async def add_turn(self, user: StoredMessage, reply: StoredMessage) -> None:
+    # -- items --------------------------------------------------------------------------------------
+    async def add_turn(self, turn: TurnWrite) -> None:
         """Group commit: the turns that arrive in one pass of the event loop share a transaction
         (one WAL append instead of one per turn), and each caller resumes only after the commit."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        self._pending.append((user, reply, done))
+        self._pending.append((turn, done))
         if len(self._pending) == 1:
             loop.call_soon(self._commit_pending)
         await done
 
     def _commit_pending(self) -> None:
         batch, self._pending = self._pending, []
-        error = self._write([row for user, reply, _ in batch for row in (_params(user), _params(reply))])
-        if isinstance(error, DuplicateMessage):
-            # Some turn repeats a stored id: write the turns one by one so only that one fails.
-            outcomes = [self._write([_params(user), _params(reply)]) for user, reply, _ in batch]
-        else:
-            outcomes = [error] * len(batch)
-        for (_, _, done), outcome in zip(batch, outcomes, strict=True):
+        error = self._write([turn for turn, _ in batch])
+        outcomes = [error] * len(batch)
+        if error is not None and not isinstance(error, StoreUnavailable) and len(batch) > 1:
+            outcomes = [self._write([turn]) for turn, _ in batch]  # only the faulty turn fails
+        for (_, done), outcome in zip(batch, outcomes, strict=True):
             if done.done():  # the caller was cancelled
                 continue
             if outcome is None:
@@ -168,43 +238,148 @@ class SQLiteStore(Store):
             else:
                 done.set_exception(outcome)
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> Exception | None:
-        """Insert in one transaction; the error a caller should see, if any. Never raises: it runs
-        as a loop callback, where an escaping exception would leave every caller waiting forever."""
+    def _write(self, turns: list[TurnWrite]) -> Exception | None:
+        """Write turns in one transaction; the error a caller should see, if any. Never raises: it
+        runs as a loop callback, where an escaping exception would leave every caller waiting."""
         try:
             db = self.db
-            with db:  # one transaction: all rows or none
-                db.execute("BEGIN")
-                db.executemany(_INSERT, rows)
-        except sqlite3.IntegrityError as exc:
-            return DuplicateMessage(str(exc))
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                for turn in turns:
+                    self._insert_turn(db, turn)
+                db.execute("COMMIT")
+            except BaseException:
+                db.execute("ROLLBACK")
+                raise
         except (sqlite3.Error, StoreUnavailable) as exc:
-            error = StoreUnavailable()
+            error = StoreUnavailable(reason=f"{type(exc).__name__}: {exc}")
             error.__cause__ = exc
             return error
         return None
 
-    async def get(self, owner: str, message_id: str) -> StoredMessage | None:
-        try:
-            row = self.db.execute(
-                f"SELECT {COLUMNS} FROM messages WHERE id = ? AND owner = ?", (message_id, owner)
+    @staticmethod
+    def _insert_turn(db: sqlite3.Connection, turn: TurnWrite) -> None:
+        first = turn.items[0].item.id
+        if db.execute("SELECT 1 FROM items WHERE id = ?", (first,)).fetchone():
+            return  # written already: the same turn again
+        branch, end = first, 0
+        if turn.parent_id:
+            row = db.execute(
+                "SELECT branch, before + cost FROM items WHERE id = ? AND owner = ?", (turn.parent_id, turn.owner)
             ).fetchone()
-        except sqlite3.Error as exc:
-            raise StoreUnavailable() from exc
-        return _row(row) if row else None
+            if row:
+                branch, end = row
+                if db.execute("SELECT 1 FROM items WHERE branch = ? AND before = ?", (branch, end)).fetchone():
+                    branch = first  # the parent has an answer already: this one forks
+        db.executemany(_INSERT_ITEM, turn_rows(turn, branch, end))
+        if turn.response is not None:
+            db.execute(_INSERT_RECORD + " ON CONFLICT DO NOTHING", record_params(turn.response, 1))
+        if turn.conversation_tip:
+            db.execute(
+                "UPDATE records SET tip = ?, updated_at = ? WHERE kind = 'conversation' AND id = ?",
+                (turn.items[-1].item.id, turn.created_at, turn.conversation_tip),
+            )
 
-    async def chain(self, owner: str, message_id: str, encoding: str, budget: int) -> list[StoredMessage]:
+    async def get_item(self, owner: str, item_id: str) -> StoredItem | None:
+        rows = self._run(self._item, (item_id, owner))
+        return item_from_row(rows[0]) if rows else None
+
+    async def get_items(self, owner: str, item_ids: list[str]) -> list[StoredItem]:
+        found: dict[str, StoredItem] = {}
+        for start in range(0, len(item_ids), 500):
+            chunk = item_ids[start : start + 500]
+            marks = ",".join("?" * len(chunk))
+            for row in self._run(f"SELECT {ITEM_COLUMNS} FROM items WHERE owner = ? AND id IN ({marks})",
+                                 (owner, *chunk)):  # fmt: skip
+                stored = item_from_row(row)
+                found[stored.item.id] = stored
+        return [found[i] for i in item_ids if i in found]
+
+    async def history(self, owner: str, item_id: str, budget: int) -> list[HistoryRow]:
+        return self._run(self._history, (item_id, owner, budget))
+
+    async def path_ids(self, owner: str, item_id: str) -> list[str]:
+        return [row[0] for row in self._run(self._path_ids, (item_id, owner))]
+
+    async def conversation_items(
+        self, owner: str, conversation_id: str, after_seq: int | None, limit: int, descending: bool
+    ) -> list[StoredItem]:
+        order, compare = ("DESC", "<") if descending else ("ASC", ">")
+        bound = after_seq if after_seq is not None else (2**62 if descending else -1)
+        rows = self._run(
+            f"SELECT {ITEM_COLUMNS} FROM items WHERE conversation_id = ? AND owner = ? AND NOT deleted "
+            f"AND seq {compare} ? ORDER BY seq {order} LIMIT ?",
+            (conversation_id, owner, bound, limit),
+        )
+        return [item_from_row(r) for r in rows]
+
+    async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
         try:
-            rows = self.db.execute(self._queries[encoding], (message_id, owner, budget)).fetchall()
+            with self.db:
+                self.db.execute("BEGIN IMMEDIATE")
+                cursor = self.db.execute(
+                    "UPDATE items SET deleted = 1 WHERE id = ? AND owner = ? AND conversation_id = ? AND NOT deleted",
+                    (item_id, owner, conversation_id),
+                )
+                if cursor.rowcount:
+                    self.db.execute(
+                        "UPDATE records SET gen = gen + 1 WHERE kind = 'conversation' AND id = ?", (conversation_id,)
+                    )
         except sqlite3.Error as exc:
-            raise StoreUnavailable() from exc
-        return [_row(r) for r in rows]
+            raise StoreUnavailable(reason=f"{type(exc).__name__}: {exc}") from exc
+        return bool(cursor.rowcount)
+
+    # -- records ------------------------------------------------------------------------------------
+    async def put_record(self, record: Record, expect_version: int | None) -> bool:
+        try:
+            if expect_version is None:
+                cursor = self.db.execute(_INSERT_RECORD + " ON CONFLICT DO NOTHING", record_params(record, 1))
+            else:
+                cursor = self.db.execute(
+                    "UPDATE records SET owner = ?, body = ?, tip = ?, updated_at = ?, gen = ?, version = ? "
+                    "WHERE kind = ? AND id = ? AND version = ?",
+                    (record.owner, orjson.dumps(record.body).decode(), record.tip, record.updated_at, record.gen,
+                     expect_version + 1, record.kind, record.id, expect_version),
+                )  # fmt: skip
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(reason=f"{type(exc).__name__}: {exc}") from exc
+        return cursor.rowcount == 1
+
+    async def get_record(self, kind: str, record_id: str) -> Record | None:
+        rows = self._run(f"SELECT {RECORD_COLUMNS} FROM records WHERE kind = ? AND id = ?", (kind, record_id))
+        return record_from_row(rows[0]) if rows else None
+
+    async def delete_record(self, kind: str, record_id: str) -> bool:
+        try:
+            cursor = self.db.execute("DELETE FROM records WHERE kind = ? AND id = ?", (kind, record_id))
+        except sqlite3.Error as exc:
+            raise StoreUnavailable(reason=f"{type(exc).__name__}: {exc}") from exc
+        return cursor.rowcount == 1
+
+    async def list_records(
+        self, kind: str, owner: str, after_id: str | None, limit: int, descending: bool
+    ) -> list[Record]:
+        order, compare = ("DESC", "<") if descending else ("ASC", ">")
+        where, params = "kind = ? AND owner = ?", [kind, owner]
+        if after_id is not None:
+            anchor = self._run("SELECT created_at FROM records WHERE kind = ? AND id = ?", (kind, after_id))
+            if anchor:
+                where += f" AND (created_at, id) {compare} (?, ?)"
+                params += [anchor[0][0], after_id]
+        rows = self._run(
+            f"SELECT {RECORD_COLUMNS} FROM records WHERE {where} ORDER BY created_at {order}, id {order} LIMIT ?",
+            (*params, limit),
+        )
+        return [record_from_row(r) for r in rows]
 
     async def purge(self, before: float) -> int:
         try:
             with self.db:
-                self.db.execute("BEGIN")
-                cursor = self.db.execute("DELETE FROM messages WHERE created_at < ?", (before,))
+                self.db.execute("BEGIN IMMEDIATE")
+                items = self.db.execute("DELETE FROM items WHERE created_at < ?", (before,)).rowcount
+                records = self.db.execute(
+                    "DELETE FROM records WHERE kind IN ('response', 'conversation') AND updated_at < ?", (before,)
+                ).rowcount
         except sqlite3.Error as exc:
-            raise StoreUnavailable() from exc
-        return cursor.rowcount
+            raise StoreUnavailable(reason=f"{type(exc).__name__}: {exc}") from exc
+        return int(items) + int(records)

@@ -1,33 +1,45 @@
-"""Mode 2: the ChatGPT web backend (or a reverse proxy of it), which always answers with a stream.
+"""The ChatGPT web backend (upstreams.md §2; legacy), or a reverse proxy of it, which always streams.
 
-We ask for the ``v1`` delta encoding, as the current web app does: each frame then carries only
-the new text, so the bytes on the wire grow linearly with the reply, where the classic form resends
-the whole text in every frame. The parser reads both forms, since proxies may still send classic.
+chatgpt.com itself now refuses this request without browser-side challenge tokens (403 "Unusual
+activity"): it reaches the real service only through a reverse proxy that solves them. The history
+lives upstream: a follow-up names the backend's own conversation and message ids, which we keep in
+the reply item's ``meta``.
+
+We ask for the ``v1`` delta encoding, as the current web app does: each frame then carries only the
+new text, so the bytes on the wire grow linearly with the reply. The parser reads both forms.
 """
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import time
-import uuid
 from collections.abc import AsyncIterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 import orjson
 
 from ..errors import BadGateway, BadRequest, Forbidden, NotFound, ServiceError, TooManyRequests, Unauthorized
-from .http import TRANSPORT_ERRORS, Upstream, finish_response, host_of, scrub, transport_error
+from .base import Event, Prompt, Reply, Target, ToolCall
+from .http import (
+    TRANSPORT_ERRORS,
+    HTTPClient,
+    finish_response,
+    is_redirect,
+    read_limited,
+    redirect_error,
+    retry_after,
+    scrub,
+    transport_error,
+)
 from .sse import SSEDecoder
 from .web_reply import WebReplyError, WebReplyParser
 
 
 def jwt_claims(token: str) -> dict[str, Any] | None:
-    """The payload of a JWT, unverified (we only read ``exp`` and the email); None if not a JWT."""
+    """The payload of a JWT, unverified (only for ``exp``); None if not a JWT."""
     parts = token.split(".")
-    if len(parts) != 3:
+    if len(parts) != 3 or len(parts[1]) > 16384:
         return None
     try:
         payload = orjson.loads(base64.urlsafe_b64decode(parts[1] + "=" * (-len(parts[1]) % 4)))
@@ -39,44 +51,35 @@ def jwt_claims(token: str) -> dict[str, Any] | None:
 def expiry(token: str) -> float | None:
     claims = jwt_claims(token)
     exp = claims.get("exp") if claims else None
-    return float(exp) if isinstance(exp, int | float) else None
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else None
 
 
-def account_of(token: str) -> str | None:
-    claims = jwt_claims(token) or {}
-    profile = claims.get("https://api.openai.com/profile")
-    email = profile.get("email") if isinstance(profile, dict) else None
-    return email if isinstance(email, str) else None
+def check_not_expired(token: str) -> None:
+    exp = expiry(token)
+    if exp is not None and exp <= time.time():
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(min(exp, 253402300799)))
+        raise Unauthorized("token_expired", when=when)
 
 
-def conversation_body(
-    question: str, message_id: str, parent_id: str, conversation_id: str | None, model: str
-) -> dict[str, Any]:
+def conversation_body(prompt: Prompt, message_id: str, parent_id: str) -> dict[str, Any]:
+    question = prompt.inputs[-1].text if prompt.inputs else ""
     body: dict[str, Any] = {
         "action": "next",
         "messages": [
-            {
-                "id": message_id,
-                "author": {"role": "user"},
-                "content": {"content_type": "text", "parts": [question]},
-            }
+            {"id": message_id, "author": {"role": "user"}, "content": {"content_type": "text", "parts": [question]}}
         ],
-        "model": model,
+        "model": prompt.model,
         "parent_message_id": parent_id,
         "supported_encodings": ["v1"],
     }
-    if conversation_id:
-        body["conversation_id"] = conversation_id
+    if prompt.web_parent:
+        body["conversation_id"] = prompt.web_parent[0]
     return body
-
-
-def new_id() -> str:
-    return str(uuid.uuid4())
 
 
 def web_error(status: int, raw: bytes, content_type: str, host: str, token: str, conv: str | None) -> ServiceError:
     text = raw[:2000].decode("utf-8", "replace")
-    detail = text
+    detail: Any = text
     try:
         parsed = orjson.loads(raw)
         if isinstance(parsed, dict):
@@ -89,6 +92,8 @@ def web_error(status: int, raw: bytes, content_type: str, host: str, token: str,
         return Unauthorized("upstream_unauthorized", host=host, detail="access token rejected")
     if status == 403 and ("html" in content_type or "<html" in text.lower()):
         return BadGateway("cloudflare_blocked", host=host)
+    if status == 403 and "unusual activity" in detail.lower():
+        return Forbidden("web_challenge", host=host)
     if status == 403:
         return Forbidden("upstream_forbidden", host=host, detail=detail)
     if status == 429:
@@ -102,31 +107,68 @@ def web_error(status: int, raw: bytes, content_type: str, host: str, token: str,
     return BadGateway("upstream_error", host=host, status=status, detail=detail)
 
 
-@dataclass
-class WebStream:
-    """A reply stream whose status was 200: iterate ``deltas()``; ``parser`` holds ids and text."""
+class WebReply(Reply):
+    """A reply stream whose status was 200; ``parser`` holds the backend's ids and the text."""
 
-    host: str
-    response: aiohttp.ClientResponse
-    idle_s: float
-    parser: WebReplyParser = field(default_factory=WebReplyParser)
-    _decoder: SSEDecoder = field(default_factory=SSEDecoder)
+    def __init__(self, host: str, response: aiohttp.ClientResponse, limit: int):
+        self.host = host
+        self.response = response
+        self.limit = limit
+        self.parser = WebReplyParser()
 
-    async def deltas(self) -> AsyncIterator[str]:
-        """Yield text as it arrives. A stream cut before any text raises 502; after text, it just ends
-        with ``complete`` false, so the caller can keep what arrived."""
+    @property
+    def text(self) -> str:
+        return self.parser.text
+
+    @property
+    def complete(self) -> bool:
+        return self.parser.done
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return None
+
+    @property
+    def upstream_id(self) -> str | None:
+        return self.parser.message_id
+
+    @property
+    def model(self) -> str | None:
+        return None
+
+    @property
+    def finish_reason(self) -> str | None:
+        return "stop" if self.parser.done else None
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        parser = self.parser
+        if parser.conversation_id and parser.message_id:
+            return {"web": [parser.conversation_id, parser.message_id]}
+        return {}
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return []
+
+    async def events(self) -> AsyncIterator[Event]:
+        """Text as it arrives. A stream cut before any text raises 502; after text, it just ends with
+        ``complete`` false, so the caller keeps what arrived."""
+        decoder = SSEDecoder()
         try:
             async for chunk in self.response.content.iter_any():
-                for event in self._decoder.feed(chunk):
-                    added = self.parser.feed(event)
-                    if added:
-                        yield added
-                if self.parser.done:
+                self.received += len(chunk)
+                if self.received > self.limit:
+                    self.truncated = True
                     return
-            for event in self._decoder.flush():
-                added = self.parser.feed(event)
-                if added:
-                    yield added
+                for event in decoder.feed(chunk):
+                    added = self.parser.feed(event)
+                    yield Event(added)
+                if self.parser.done:
+                    break
+            else:
+                for event in decoder.flush():
+                    yield Event(self.parser.feed(event))
         except WebReplyError as exc:
             if self.parser.text:
                 return
@@ -136,55 +178,64 @@ class WebStream:
                 return
             if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
                 raise BadGateway("stream_cut", host=self.host) from exc
-            raise transport_error(exc, self.host, self.idle_s, idle=True) from exc
+            raise transport_error(exc, self.host, 0, idle=True) from exc
         if not self.parser.text:
             raise BadGateway("stream_cut", host=self.host)
-
-    @property
-    def complete(self) -> bool:
-        return self.parser.done
-
-    @property
-    def text(self) -> str:
-        return self.parser.text
+        if self.parser.done and not self.meta:
+            raise BadGateway("upstream_bad_reply", host=self.host, detail="no conversation_id or message id")
 
     async def aclose(self) -> None:
         finish_response(self.response, complete=self.parser.done)
 
 
-async def open_conversation(
-    up: Upstream,
-    url: str,
-    token: str,
-    body: dict[str, Any],
-    extra_headers: dict[str, str],
-    timeout_s: float,
-    idle_s: float,
-) -> WebStream:
-    """Send the conversation request; errors before the stream starts raise here."""
-    host = host_of(url)
-    exp = expiry(token)
-    if exp is not None and exp <= time.time():
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(exp))
-        raise Unauthorized("token_expired", when=when)
-    headers = {
-        **extra_headers,
-        "Authorization": f"Bearer {token}",
-        "Accept": "text/event-stream",
-        "Content-Type": "application/json",
-    }
-    timeout = aiohttp.ClientTimeout(total=None, sock_read=idle_s)
-    try:
-        async with asyncio.timeout(timeout_s):
-            response = await up.request("POST", url, data=orjson.dumps(body), headers=headers, timeout=timeout)
+class ChatGPTWeb:
+    """The upstream: POST <conversation URL> with an access token."""
+
+    name = "web"
+
+    def __init__(self, http: HTTPClient, max_reply_bytes: int):
+        self.http = http
+        self.limit = max_reply_bytes
+
+    async def open(self, prompt: Prompt, target: Target) -> Reply:
+        host = target.host
+        check_not_expired(target.credential)
+        message_id = prompt.inputs[-1].id
+        parent = prompt.web_parent[1] if prompt.web_parent else _fresh_id()
+        body = conversation_body(prompt, message_id, parent)
+        headers = {
+            **dict(target.headers),
+            "Authorization": f"Bearer {target.credential}",
+            "Accept": "text/event-stream",
+            "Content-Type": "application/json",
+        }
+        try:
+            response = await self.http.request("POST", target.url, data=orjson.dumps(body), headers=headers)
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, host, 0) from exc
+        try:
             content_type = response.headers.get("Content-Type", "")
+            if is_redirect(response.status):
+                raise redirect_error(host)
             if response.status != 200 or "event-stream" not in content_type:
-                raw = await response.read()
-                response.close()
+                raw = await read_limited(response, 65536, host)
                 if response.status == 200:
-                    raise BadGateway("upstream_bad_reply", host=host, detail=f"content type {content_type!r}")
-                conv = body.get("conversation_id")
-                raise web_error(response.status, raw, content_type, host, token, conv)
-    except TRANSPORT_ERRORS as exc:
-        raise transport_error(exc, host, timeout_s) from exc
-    return WebStream(host, response, idle_s)
+                    detail = f"content type {scrub(content_type, limit=60)!r}"
+                    raise BadGateway("upstream_bad_reply", host=host, detail=detail)
+                error = web_error(response.status, raw, content_type, host, target.credential, body.get(
+                    "conversation_id"))  # fmt: skip
+                if isinstance(error, TooManyRequests):
+                    error.headers = retry_after(response.headers.get("Retry-After")) or {}
+                raise error
+        except BaseException as exc:
+            response.release()
+            if isinstance(exc, TRANSPORT_ERRORS):
+                raise transport_error(exc, host, 0) from exc
+            raise
+        return WebReply(host, response, self.limit)
+
+
+def _fresh_id() -> str:
+    import uuid
+
+    return str(uuid.uuid4())

@@ -1,12 +1,15 @@
 """The one outbound HTTP client (aiohttp), shared by every upstream call, and its error mapping.
 
 aiohttp rather than httpx: with 32 concurrent requests httpx's pool was the bottleneck in our
-measurements, aiohttp's was not (see bench/README.md).
+measurements, aiohttp's was not. Redirects are never followed: an upstream that answers 3xx is a 502
+naming that upstream, so an allowed host can never send a prompt (or a user's extra headers) to a
+host that is not allowed.
 """
 
 from __future__ import annotations
 
 import asyncio
+import email.utils
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,27 +17,69 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..errors import BadGateway, GatewayTimeout, ServiceError
-from ..settings import Settings
+from ..settings import Settings, netloc_of
 
-_SECRETISH = re.compile(r"(sk-[A-Za-z0-9_*\-]{4,}|eyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]*|Bearer\s+\S+)", re.IGNORECASE)
+# Anything shaped like a credential: OpenAI-style keys, JWTs, bearer values, long hex/base64 runs
+# following "key"/"token"-like words.
+_SECRETISH = re.compile(
+    r"(sk-[A-Za-z0-9_*\-]{4,}|eyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]*|Bearer\s+\S+|"
+    r"(?:api[_-]?key|token|secret|password|authorization)[\"']?\s*[:=]\s*[\"']?[^\s\"',;]{6,})",
+    re.IGNORECASE,
+)
 
 
 def host_of(url: str) -> str:
-    parts = urlsplit(url)
-    return parts.netloc or url
+    """host[:port] of a URL (IPv6 in brackets); never its userinfo, path or query."""
+    try:
+        parts = urlsplit(url)
+        if parts.hostname:
+            return netloc_of(parts.scheme, parts.hostname, parts.port)
+    except ValueError:
+        pass
+    return "upstream"
 
 
-def scrub(text: str, *secrets: str, limit: int = 300) -> str:
-    """An upstream's words made safe to show: no credential (even masked), one line, bounded."""
+def secret_forms(secret: str) -> list[str]:
+    """The spellings of a credential a careless upstream might echo: as sent, upper- and lower-cased,
+    and its last 8 characters (what masked keys show)."""
+    if len(secret) < 8:
+        return [secret] if secret else []
+    tail = secret[-8:]
+    return [secret, secret.upper(), secret.lower(), tail, tail.upper(), tail.lower()]
+
+
+def scrub(value: Any, *secrets: str, limit: int = 300) -> str:
+    """An upstream's words made safe to show: no credential (in any spelling we know), no control
+    characters, one line, bounded."""
+    text = str(value)[: limit * 8]
     for secret in secrets:
-        if secret:
-            text = text.replace(secret, "***")
+        for form in secret_forms(secret):
+            text = text.replace(form, "***")
     text = _SECRETISH.sub("***", text)
-    text = " ".join(text.split())
+    text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-class Upstream:
+def retry_after(value: str | None) -> dict[str, str] | None:
+    """A Retry-After header worth passing on: a number of seconds or an HTTP date, nothing else."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit() and len(value) <= 10:
+        return {"Retry-After": value}
+    if len(value) <= 64 and _is_http_date(value) and value.isprintable():
+        return {"Retry-After": value}
+    return None
+
+
+def _is_http_date(value: str) -> bool:
+    try:
+        return email.utils.parsedate_to_datetime(value) is not None
+    except (TypeError, ValueError, IndexError):
+        return False
+
+
+class HTTPClient:
     """Owns the aiohttp session; every upstream call goes through ``request``."""
 
     def __init__(self, settings: Settings):
@@ -64,11 +109,16 @@ class Upstream:
         else:
             connector = aiohttp.TCPConnector(limit=0, ttl_dns_cache=300, keepalive_timeout=30)
         return aiohttp.ClientSession(
-            connector=connector, timeout=aiohttp.ClientTimeout(total=None), cookie_jar=aiohttp.DummyCookieJar()
+            connector=connector,
+            timeout=aiohttp.ClientTimeout(total=None),
+            cookie_jar=aiohttp.DummyCookieJar(),
+            auto_decompress=True,
+            max_line_size=65536,
+            max_field_size=65536,
         )
 
     def cookie_session(self) -> aiohttp.ClientSession:
-        """A session with its own cookie jar (for the sign-in flow), sharing our connection pool."""
+        """A session with its own cookie jar (for the legacy sign-in), sharing our connection pool."""
         return aiohttp.ClientSession(
             connector=self.session.connector,
             connector_owner=False,
@@ -79,12 +129,21 @@ class Upstream:
     def request(self, method: str, url: str, **kwargs: Any) -> Any:
         if self.proxy:
             kwargs.setdefault("proxy", self.proxy)
+        kwargs["allow_redirects"] = False
         return self.session.request(method, url, **kwargs)
 
     async def close(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def is_redirect(status: int) -> bool:
+    return 300 <= status < 400
+
+
+def redirect_error(host: str) -> BadGateway:
+    return BadGateway("upstream_redirect", host=host)
 
 
 def transport_error(exc: BaseException, host: str, seconds: float, *, idle: bool = False) -> ServiceError:
@@ -101,11 +160,30 @@ def transport_error(exc: BaseException, host: str, seconds: float, *, idle: bool
         detail = "the server closed the connection"
     elif isinstance(exc, aiohttp.ClientOSError):
         detail = f"connection error ({exc.strerror or 'reset'})"
+    elif isinstance(exc, aiohttp.ClientResponseError):
+        detail = "the answer is not valid HTTP"
     return BadGateway("upstream_unreachable", host=host, detail=detail)
 
 
-TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError)
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError)
 _draining: set[asyncio.Task[None]] = set()
+
+
+async def read_limited(response: aiohttp.ClientResponse, limit: int, host: str) -> bytes:
+    """A whole (non-streamed) body, refusing one larger than ``limit``."""
+    declared = response.content_length
+    if declared is not None and declared > limit:
+        response.close()
+        raise BadGateway("upstream_too_large", host=host, limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        size += len(chunk)
+        if size > limit:
+            response.close()
+            raise BadGateway("upstream_too_large", host=host, limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
 
 
 def finish_response(response: aiohttp.ClientResponse, *, complete: bool) -> None:

@@ -18,6 +18,7 @@ from typing import Any
 
 import orjson
 
+from .base import label
 from .sse import SSEEvent
 
 TEXT_POINTER = "/message/content/parts/0"
@@ -45,7 +46,16 @@ class WebReplyParser:
         return self._pieces[0] if self._pieces else ""
 
     def feed(self, event: SSEEvent) -> str:
-        """Apply one event; return the assistant text it added (often "")."""
+        """Apply one event; return the assistant text it added (often ""). Whatever the frame holds,
+        this either reads it or raises WebReplyError."""
+        try:
+            return self._feed(event)
+        except WebReplyError:
+            raise
+        except (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError) as exc:
+            raise WebReplyError(f"unreadable frame ({type(exc).__name__})") from exc
+
+    def _feed(self, event: SSEEvent) -> str:
         data = event.data.strip()
         if data == "[DONE]":
             self.done = True
@@ -62,10 +72,10 @@ class WebReplyParser:
         if not isinstance(value, dict):
             return ""
         if value.get("error"):
-            raise WebReplyError(str(value["error"]))
+            raise WebReplyError(str(value["error"])[:500])
         if "type" in value:  # metadata: title, stream complete, echoed input, ...
             if value["type"] == "error":
-                raise WebReplyError(str(value.get("message") or value))
+                raise WebReplyError(str(value.get("message") or value)[:500])
             return ""
         if event.event == "delta" or ("v" in value and "message" not in value):
             return self._apply_delta(value)
@@ -73,14 +83,20 @@ class WebReplyParser:
 
     # -- classic ---------------------------------------------------------------------------------
     def _classic(self, frame: dict[str, Any]) -> str:
-        if frame.get("conversation_id"):
-            self.conversation_id = frame["conversation_id"]
+        self._take_conversation(frame.get("conversation_id"))
         message = frame.get("message")
         if not _is_assistant_text(message):
             return ""
         assert isinstance(message, dict)
-        self.message_id = message.get("id") or self.message_id
+        self.message_id = label(message.get("id")) or self.message_id
         return self._set_text(_first_part(message))
+
+    def _take_conversation(self, value: Any) -> None:
+        if value is None:
+            return
+        if label(value) is None:
+            raise WebReplyError("conversation_id is not a short string")
+        self.conversation_id = value
 
     def _set_text(self, whole: str) -> str:
         """The text now stands as ``whole``: return what that adds ("" if the backend rewrote it)."""
@@ -92,6 +108,8 @@ class WebReplyParser:
     def _apply_delta(self, frame: dict[str, Any]) -> str:
         if "p" in frame or "o" in frame:
             pointer, op = frame.get("p", ""), frame.get("o", "add")
+            if not isinstance(pointer, str) or not isinstance(op, str):
+                raise WebReplyError("a patch pointer or operation is not a string")
         else:  # a bare {"v": ...} repeats the previous pointer and operation
             pointer, op = self._pointer, self._op
         self._pointer, self._op = pointer, op
@@ -99,7 +117,14 @@ class WebReplyParser:
 
     def _operate(self, pointer: str, op: str, value: Any) -> str:
         if op == "patch":
-            added = [self._operate(o.get("p", ""), o.get("o", "add"), o.get("v")) for o in value or []]
+            if not isinstance(value, list) or not all(isinstance(o, dict) for o in value):
+                raise WebReplyError("a patch is not a list of operations")
+            added = []
+            for o in value:
+                sub_pointer, sub_op = o.get("p", ""), o.get("o", "add")
+                if not isinstance(sub_pointer, str) or not isinstance(sub_op, str):
+                    raise WebReplyError("a patch pointer or operation is not a string")
+                added.append(self._operate(sub_pointer, sub_op, o.get("v")))
             return "".join(added)
         if pointer == TEXT_POINTER and self._assistant():
             if op == "append" and isinstance(value, str):
@@ -113,8 +138,8 @@ class WebReplyParser:
         _apply(self._doc, pointer, op, value)
         if pointer.startswith("/message") and pointer.count("/") <= 1:
             return self._adopt()
-        if pointer == "/conversation_id" and isinstance(value, str):
-            self.conversation_id = value
+        if pointer == "/conversation_id":
+            self._take_conversation(value)
         return ""
 
     def _assistant(self) -> bool:
@@ -122,19 +147,22 @@ class WebReplyParser:
 
     def _adopt(self) -> str:
         """A whole new document or message arrived: take its ids and text; return the text it adds."""
-        if self._doc.get("conversation_id"):
-            self.conversation_id = self._doc["conversation_id"]
+        self._take_conversation(self._doc.get("conversation_id"))
         message = self._doc.get("message")
         if not _is_assistant_text(message):
             return ""
         assert isinstance(message, dict)
-        self.message_id = message.get("id") or self.message_id
+        self.message_id = label(message.get("id")) or self.message_id
         return self._set_text(_first_part(message))
 
 
 def _first_part(message: dict[str, Any]) -> str:
-    parts = message["content"].get("parts") or [""]
-    return parts[0] if isinstance(parts[0], str) else ""
+    parts = message["content"].get("parts")
+    if parts is None:
+        return ""
+    if not isinstance(parts, list):
+        raise WebReplyError("content.parts is not a list")
+    return parts[0] if parts and isinstance(parts[0], str) else ""
 
 
 def _is_assistant_text(message: Any) -> bool:

@@ -21,11 +21,13 @@ from urllib.parse import parse_qs, urljoin, urlsplit
 
 import orjson
 
-from ..conversation.locks import KeyedLocks
+from ..core.locks import KeyedLocks
 from ..errors import BadGateway, BadRequest, Forbidden, ServiceError, TooManyRequests, Unauthorized
 from ..settings import Settings
-from .chatgpt_web import expiry
-from .http import TRANSPORT_ERRORS, Upstream, host_of, transport_error
+from ..upstreams.chatgpt_web import expiry
+from ..upstreams.http import TRANSPORT_ERRORS, HTTPClient, host_of, redirect_error, transport_error
+
+MAX_HOPS = 10
 
 SESSION_COOKIE = "__Secure-next-auth.session-token"
 _STATE = re.compile(r"state=([A-Za-z0-9._~%-]+)")
@@ -64,10 +66,11 @@ class Page:
 class SignIn:
     """One run of the flow with its own cookie jar."""
 
-    def __init__(self, upstream: Upstream, settings: Settings, timeout_s: float):
+    def __init__(self, upstream: HTTPClient, settings: Settings, timeout_s: float):
         self.upstream = upstream
         self.web = settings.chatgpt_web_url
         self.identity = _origin(settings.auth_url)
+        self.allowed = {_origin(self.web), self.identity}
         self.timeout_s = timeout_s
         self.session = upstream.cookie_session()
 
@@ -75,12 +78,26 @@ class SignIn:
         await self.session.close()
 
     async def fetch(self, step: int, method: str, url: str, *, follow: bool = True, **kw: Any) -> Page:
+        """One step. Redirects are followed by hand (with ``follow``), and only within the web app and
+        the identity service: a redirect anywhere else is a 502 naming the host that sent it."""
         if self.upstream.proxy:
             kw.setdefault("proxy", self.upstream.proxy)
         try:
             async with asyncio.timeout(self.timeout_s):
-                async with self.session.request(method, url, allow_redirects=follow, **kw) as resp:
-                    page = Page(resp.status, str(resp.url), resp.headers, await resp.text(errors="replace"))
+                for _ in range(MAX_HOPS):
+                    async with self.session.request(method, url, allow_redirects=False, **kw) as resp:
+                        text = (await resp.content.read(1 << 20)).decode(resp.get_encoding(), "replace")
+                        page = Page(resp.status, str(resp.url), resp.headers, text)
+                    where = page.location()
+                    if not follow or page.status not in (301, 302, 303, 307, 308) or where is None:
+                        break
+                    if _origin(where) not in self.allowed:
+                        raise redirect_error(host_of(url))
+                    method, url = ("GET" if page.status in (301, 302, 303) else method), where
+                    if method == "GET":
+                        kw.pop("data", None)
+                else:
+                    raise redirect_error(host_of(url))
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, host_of(url), self.timeout_s) from exc
         if "unsupported_country" in page.text or "unsupported_country" in (page.location() or page.url):
@@ -101,6 +118,8 @@ class SignIn:
             raise BadGateway("signin_changed", step=2, detail="no authorize url")
         if "error=OAuthSignin" in authorize or "error=" in urlsplit(authorize).query:
             raise TooManyRequests("signin_refused", step=2)
+        if _origin(authorize) not in self.allowed:
+            raise BadGateway("signin_changed", step=2, detail=f"the flow leads to {host_of(authorize)}")
         page = await self.fetch(3, "GET", authorize)
         state = _state_of(page)
         if page.status != 200 or not state:
@@ -181,7 +200,7 @@ def _resume_in(text: str, identity: str) -> str | None:
 class TokenService:
     """Get (cached while valid) or refresh access tokens; one sign-in at a time per account."""
 
-    def __init__(self, settings: Settings, upstream: Upstream):
+    def __init__(self, settings: Settings, upstream: HTTPClient):
         self.settings = settings
         self.upstream = upstream
         self._cache: dict[str, CachedToken] = {}

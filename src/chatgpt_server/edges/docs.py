@@ -3,11 +3,16 @@ and the OpenAPI document at /api-json."""
 
 from __future__ import annotations
 
-from starlette.requests import Request
-from starlette.responses import HTMLResponse, Response
+from typing import TYPE_CHECKING
 
-from .envelope import JSONBody
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, RedirectResponse, Response
+
+from .http import JSONBody
 from .openapi import openapi_document
+
+if TYPE_CHECKING:
+    from ..app import Services
 
 PAGE = """<!DOCTYPE html>
 <html lang="en">
@@ -27,9 +32,15 @@ PAGE = """<!DOCTYPE html>
 """
 
 
-async def swagger_page(request: Request) -> Response:
+async def swagger_page(request: Request, services: Services) -> Response:
     return HTMLResponse(PAGE)
 
 
-async def openapi_json(request: Request) -> Response:
+async def openapi_json(request: Request, services: Services) -> Response:
     return JSONBody(openapi_document())
+
+
+async def root(request: Request, services: Services) -> Response:
+    """``/`` leads to the API's documentation. The target is a fixed relative path: never a URL built
+    from request headers."""
+    return RedirectResponse("/api", status_code=302)

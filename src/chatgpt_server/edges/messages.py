@@ -85,10 +85,6 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "系统消息和问题共 {tokens} 个token，超过 maxModelTokens - maxResponseTokens 允许的 {budget} 个",
     ),
     "store_unavailable": ("conversation store unavailable", "对话存储不可用"),
-    "duplicate_message_id": (
-        "the upstream {host} returned message id {id}, which is already stored",
-        "上游 {host} 返回的消息id {id} 已存在",
-    ),
     # Upstream failures (mode 1 and mode 2).
     "upstream_unauthorized": (
         "{host} rejected the credential ({detail})",
@@ -163,13 +159,132 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "sign-in flow changed at step {step}: {detail}",
         "sign-in flow changed at step {step}: {detail}",
     ),
+    # Added with the OpenAI-shaped doors, accounts and the hardening of every door.
+    "unsupported_media_type": (
+        "the request body must be {accepted}, not {type}",
+        "请求体必须是 {accepted}, 而不是 {type}",
+    ),
+    "field_too_large": ("{field} must be at most {max}", "{field} 不能大于 {max}"),
+    "field_too_long": ("{field} must be at most {max} characters", "{field} 不能超过 {max} 个字符"),
+    "field_not_header_safe": (
+        "{field} must be printable ASCII (no line breaks or control characters)",
+        "{field} 只能包含可打印的ASCII字符 (不能有换行或控制字符)",
+    ),
+    "response_tokens_too_large": (
+        "opts.opts.maxResponseTokens must be below opts.opts.maxModelTokens",
+        "opts.opts.maxResponseTokens 必须小于 opts.opts.maxModelTokens",
+    ),
+    "headers_too_many": ("opts.opts.headers takes at most {max} headers", "opts.opts.headers 最多 {max} 个"),
+    "headers_too_large": ("opts.opts.headers takes at most {max} bytes", "opts.opts.headers 最多 {max} 字节"),
+    "header_name_invalid": (
+        "opts.opts.headers: {name} is not a valid header name",
+        "opts.opts.headers: {name} 不是合法的头名称",
+    ),
+    "header_value_invalid": (
+        "opts.opts.headers: the value of {name} must be printable ASCII of at most 4096 characters",
+        "opts.opts.headers: {name} 的值必须是不超过4096个字符的可打印ASCII",
+    ),
+    "parent_other_backend": (
+        "parentMessageId {id} belongs to a conversation of another mode 2 backend than {backend}",
+        "parentMessageId {id} 属于另一个模式2后端的对话 (当前为 {backend})",
+    ),
+    "parent_web_only": (
+        "{id} belongs to a ChatGPT web conversation, which only mode 2 with the web backend can continue",
+        "{id} 属于 ChatGPT 网页版对话, 只能通过模式2的web后端继续",
+    ),
+    "context_length_exceeded": (
+        "the conversation and input take {tokens} tokens, more than the {budget} the model's context window "
+        'leaves; use truncation "auto" to drop the oldest items',
+        '对话和输入共 {tokens} 个token, 超过上下文窗口允许的 {budget} 个; 可使用 truncation "auto"',
+    ),
+    "upstream_redirect": (
+        "{host} answered with a redirect, which is never followed",
+        "{host} 返回了重定向, 网关不会跟随",
+    ),
+    "upstream_too_large": (
+        "{host} sent a reply larger than {limit} bytes (CHATGPT_SERVER_MAX_REPLY_BYTES)",
+        "{host} 的回复超过 {limit} 字节 (CHATGPT_SERVER_MAX_REPLY_BYTES)",
+    ),
+    "upstream_overloaded": ("{host} is overloaded: {detail}", "{host} 过载: {detail}"),
+    "web_challenge": (
+        '{host} refused the request as "unusual activity": chatgpt.com now requires browser challenges for '
+        "this protocol; use the codex backend (CHATGPT_SERVER_CHATGPT_BACKEND=codex) or a reverse proxy "
+        "that solves them",
+        '{host} 以"异常活动"拒绝了请求: chatgpt.com 现在需要浏览器验证; 请使用 codex 后端或能处理验证的反向代理',
+    ),
+    "usage_limit": (
+        "{host}: the usage limit of the {plan} plan is reached; it resets in {seconds} s",
+        "{host}: {plan} 套餐的用量已达上限, {seconds} 秒后重置",
+    ),
+    "usage_not_included": (
+        "{host}: the {plan} plan does not include this use",
+        "{host}: {plan} 套餐不包含此用途",
+    ),
+    "shutting_down": ("server shutting down", "服务器正在关闭"),
+    "conversation_not_found_here": ("conversation {id} not found", "找不到对话 {id}"),
+    "conversation_changed": ("conversation {id} changed meanwhile; try again", "对话 {id} 同时被修改, 请重试"),
+    "item_not_found": ("item {id} not found", "找不到条目 {id}"),
+    "response_not_found": ("response {id} not found", "找不到响应 {id}"),
+    "cancel_not_background": (
+        "only background responses can be cancelled, and background mode is not supported",
+        "只有后台响应可以取消, 而后台模式不受支持",
+    ),
+    "previous_and_conversation": (
+        "previous_response_id and conversation cannot both be given",
+        "previous_response_id 和 conversation 不能同时提供",
+    ),
+    "invalid_param": ("Invalid '{param}': {detail}", "参数 '{param}' 无效: {detail}"),
+    "unknown_param": ("Unknown parameter: '{param}'", "未知参数: '{param}'"),
+    "missing_param": ("Missing required parameter: '{param}'", "缺少必填参数: '{param}'"),
+    "missing_api_key": (
+        "no API key: send it as Authorization: Bearer <key>",
+        "缺少API key: 请以 Authorization: Bearer <key> 发送",
+    ),
+    "malformed_api_key": ("the API key is not printable ASCII", "API key 必须是可打印ASCII"),
+    "model_not_chat": (
+        "model {model} is served by a ChatGPT account: use /v1/responses",
+        "模型 {model} 由 ChatGPT 账号提供: 请使用 /v1/responses",
+    ),
+    # Accounts (device sign-in, refresh).
+    "accounts_need_secret_key": (
+        "storing ChatGPT accounts needs CHATGPT_SERVER_SECRET_KEY (their tokens are encrypted with it)",
+        "存储 ChatGPT 账号需要设置 CHATGPT_SERVER_SECRET_KEY (用于加密其token)",
+    ),
+    "account_signin_again": (
+        "the ChatGPT account {email} must sign in again ({code}): run chatgpt-server login or "
+        "POST /api/v1/token/device",
+        "ChatGPT 账号 {email} 需要重新登录 ({code}): 请运行 chatgpt-server login 或 POST /api/v1/token/device",
+    ),
+    "account_unreadable": (
+        "the stored tokens of {email} cannot be decrypted: was CHATGPT_SERVER_SECRET_KEY changed? sign in again",
+        "无法解密 {email} 的token: CHATGPT_SERVER_SECRET_KEY 是否已更改? 请重新登录",
+    ),
+    "account_unknown": ("this ChatGPT account is not stored", "该 ChatGPT 账号未保存"),
+    "account_busy": (
+        "the account {email} is being refreshed by another instance for too long; try again",
+        "账号 {email} 正在被其他实例刷新, 请稍后重试",
+    ),
+    "account_token_unverified": (
+        "the issuer's token does not verify against its published keys",
+        "签发方的token无法通过其公钥验证",
+    ),
+    "account_no_refresh_token": ("the issuer gave no refresh token", "签发方没有返回 refresh token"),
+    "device_signin_disabled": (
+        "{host}: device sign-in is not enabled for this account (ChatGPT settings, security)",
+        "{host}: 该账号未启用设备登录 (在 ChatGPT 安全设置中开启)",
+    ),
+    "device_code_unknown": ("unknown or expired deviceAuthId: start again", "deviceAuthId 不存在或已过期: 请重新开始"),
+    "device_code_expired": ("the device code expired: start again", "设备码已过期: 请重新开始"),
 }
 
 
 def render(key: str, language: Language, params: dict[str, Any] | None = None) -> str:
-    english, chinese = MESSAGES[key]
+    english, chinese = MESSAGES.get(key, MESSAGES["internal"])
     template = chinese if language == "zh" else english
-    return template.format(**params) if params else template
+    try:
+        return template.format(**params) if params else template
+    except (KeyError, IndexError, ValueError):
+        return template
 
 
 def error_message(error: ServiceError, language: Language) -> str:

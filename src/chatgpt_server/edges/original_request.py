@@ -1,11 +1,12 @@
-"""Request validation: every problem is collected, then reported at once (as the original did)."""
+"""Validation of the original's routes: every problem is collected, then reported at once (as the
+original did), and the body becomes a typed request."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import re
+from dataclasses import dataclass, field
 from typing import Any
 
-from ..conversation.models import ChatRequest
 from ..errors import BadRequest, ValidationFailed
 from ..settings import Settings, normalise_base_url
 
@@ -13,7 +14,7 @@ Problems = list[tuple[str, dict[str, Any]]]
 
 # opts.opts options and the mode they apply to ("" = both).
 OPTIONS: dict[str, str] = {
-    "systemMessage": "1",
+    "systemMessage": "",
     "completionParams": "1",
     "maxModelTokens": "1",
     "maxResponseTokens": "1",
@@ -24,10 +25,52 @@ OPTIONS: dict[str, str] = {
     "model": "",
     "timeoutMs": "",
     "idleTimeoutMs": "",
+    "deltaOnly": "",
     "debug": "",  # accepted and ignored, as a client of the original may send it
 }
+# The documented ranges of the numeric options.
+RANGES: dict[str, int] = {
+    "maxModelTokens": 10_000_000,
+    "maxResponseTokens": 1_000_000,
+    "timeoutMs": 3_600_000,
+    "idleTimeoutMs": 3_600_000,
+}
 RESERVED_PARAMS = ("messages", "stream", "stream_options")
-RESERVED_HEADERS = ("authorization", "host", "content-length", "transfer-encoding")
+# Headers a client may not set on the upstream request: the credential and the host are ours, and
+# connection-level headers would let a client reshape the request itself.
+RESERVED_HEADERS = frozenset(
+    ("authorization", "host", "connection", "upgrade", "te", "expect", "transfer-encoding", "content-length",
+     "keep-alive", "cookie", "trailer", "content-type", "accept", "chatgpt-account-id")
+)  # fmt: skip
+MAX_HEADERS, MAX_HEADER_NAME, MAX_HEADER_VALUE, MAX_HEADER_TOTAL = 32, 64, 4096, 16384
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 header name
+
+
+def header_safe(value: str) -> bool:
+    """Printable ASCII only: what may become (part of) an outgoing header value."""
+    return all(" " <= c <= "~" for c in value)
+
+
+@dataclass(frozen=True, slots=True)
+class ChatRequest:
+    mode: str  # "1": OpenAI API key; "2": ChatGPT access token
+    key: str
+    content: str
+    is_follow: bool = False
+    parent_message_id: str | None = None
+    stream: bool = False
+    system_message: str | None = None
+    completion_params: dict[str, Any] = field(default_factory=dict)
+    max_model_tokens: int = 4000
+    max_response_tokens: int = 1000
+    base_url: str = ""
+    organization: str | None = None
+    model: str | None = None
+    conversation_url: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+    timeout_s: float = 600.0
+    idle_timeout_s: float = 120.0
+    delta_only: bool = False
 
 
 def _code(value: Any, valid: tuple[str, ...]) -> str | None:
@@ -60,12 +103,16 @@ def _text(opts: dict[str, Any], name: str, problems: Problems) -> str:
     return ""
 
 
-def _positive_int(options: dict[str, Any], name: str, problems: Problems) -> int | None:
+def _bounded_int(options: dict[str, Any], name: str, problems: Problems) -> int | None:
     value = options.get(name)
     if value is None:
         return None
+    field_name = f"opts.opts.{name}"
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        problems.append(("field_not_positive_int", {"field": f"opts.opts.{name}"}))
+        problems.append(("field_not_positive_int", {"field": field_name}))
+        return None
+    if value > RANGES[name]:
+        problems.append(("field_too_large", {"field": field_name, "max": RANGES[name]}))
         return None
     return value
 
@@ -74,30 +121,44 @@ def _allowed_url(options: dict[str, Any], name: str, default: str, settings: Set
     value = options.get(name)
     if value is None:
         return default
-    field = f"opts.opts.{name}"
+    field_name = f"opts.opts.{name}"
     try:
         url = normalise_base_url(value) if isinstance(value, str) else None
     except ValueError:
         url = None
     if url is None:
-        problems.append(("upstream_url_invalid", {"field": field}))
+        problems.append(("upstream_url_invalid", {"field": field_name}))
     elif not settings.is_allowed(url, default):
-        problems.append(("upstream_not_allowed", {"field": field, "url": url}))
+        problems.append(("upstream_not_allowed", {"field": field_name, "url": url}))
     else:
         return url
     return default
 
 
-def _headers(options: dict[str, Any], problems: Problems) -> dict[str, str]:
-    value = options.get("headers")
+def check_headers(value: Any, problems: Problems, field_name: str = "opts.opts.headers") -> dict[str, str]:
+    """Extra upstream headers: names that are header tokens, printable values, bounded sizes, and
+    none of the headers that belong to the gateway or to the connection."""
     if value is None:
         return {}
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
         problems.append(("headers_invalid", {}))
         return {}
-    for name in value:
-        if name.lower() in RESERVED_HEADERS:
-            problems.append(("header_reserved", {"name": name}))
+    if len(value) > MAX_HEADERS:
+        problems.append(("headers_too_many", {"max": MAX_HEADERS}))
+        return {}
+    total = 0
+    for name, text in value.items():
+        shown = name[:MAX_HEADER_NAME].encode("unicode_escape").decode()
+        bare = name.strip().lower()
+        total += len(name) + len(text)
+        if bare in RESERVED_HEADERS or bare.startswith("proxy-") or bare.startswith("sec-"):
+            problems.append(("header_reserved", {"name": shown}))
+        elif not _TOKEN.match(name) or len(name) > MAX_HEADER_NAME:
+            problems.append(("header_name_invalid", {"name": shown}))
+        elif not header_safe(text) or len(text) > MAX_HEADER_VALUE:
+            problems.append(("header_value_invalid", {"name": shown}))
+    if total > MAX_HEADER_TOTAL:
+        problems.append(("headers_too_large", {"max": MAX_HEADER_TOTAL}))
     return dict(value)
 
 
@@ -109,7 +170,7 @@ def _options(mode: str | None, raw: Any, settings: Settings, problems: Problems)
         return {}
     for name in raw:
         if name not in OPTIONS:
-            problems.append(("option_unknown", {"name": name}))
+            problems.append(("option_unknown", {"name": str(name)[:64]}))
         elif mode and OPTIONS[name] and OPTIONS[name] != mode and raw[name] is not None:
             problems.append(("option_wrong_mode", {"name": name, "mode": OPTIONS[name]}))
     out: dict[str, Any] = {}
@@ -124,23 +185,34 @@ def _options(mode: str | None, raw: Any, settings: Settings, problems: Problems)
     for name in RESERVED_PARAMS:
         if name in params:
             problems.append(("completion_param_reserved", {"name": name}))
+    if "model" in params and not isinstance(params["model"], str):
+        problems.append(("field_not_string", {"field": "opts.opts.completionParams.model"}))
     out["completion_params"] = params
     for name in ("model", "apiOrg"):
-        if raw.get(name) is not None and not isinstance(raw[name], str):
+        value = raw.get(name)
+        if value is not None and not isinstance(value, str):
             problems.append(("field_not_string", {"field": f"opts.opts.{name}"}))
+        elif isinstance(value, str) and not header_safe(value):
+            problems.append(("field_not_header_safe", {"field": f"opts.opts.{name}"}))
     out["model"] = raw.get("model") if isinstance(raw.get("model"), str) else None
     out["organization"] = raw.get("apiOrg") if isinstance(raw.get("apiOrg"), str) else None
-    model_tokens = _positive_int(raw, "maxModelTokens", problems)
-    response_tokens = _positive_int(raw, "maxResponseTokens", problems)
-    timeout_ms = _positive_int(raw, "timeoutMs", problems)
-    idle_ms = _positive_int(raw, "idleTimeoutMs", problems)
+    model_tokens = _bounded_int(raw, "maxModelTokens", problems)
+    response_tokens = _bounded_int(raw, "maxResponseTokens", problems)
+    timeout_ms = _bounded_int(raw, "timeoutMs", problems)
+    idle_ms = _bounded_int(raw, "idleTimeoutMs", problems)
     out["max_model_tokens"] = model_tokens or settings.max_model_tokens
     out["max_response_tokens"] = response_tokens or settings.max_response_tokens
+    if out["max_response_tokens"] >= out["max_model_tokens"] and (model_tokens or response_tokens):
+        problems.append(("response_tokens_too_large", {}))
     out["timeout_s"] = (timeout_ms or settings.timeout_ms) / 1000
     out["idle_timeout_s"] = (idle_ms or settings.idle_timeout_ms) / 1000
     out["base_url"] = _allowed_url(raw, "apiBaseUrl", settings.openai_base_url, settings, problems)
     out["conversation_url"] = _allowed_url(raw, "apiReverseProxyUrl", settings.chatgpt_url, settings, problems)
-    out["headers"] = _headers(raw, problems)
+    out["headers"] = check_headers(raw.get("headers"), problems)
+    delta_only = raw.get("deltaOnly")
+    if delta_only is not None and not isinstance(delta_only, bool):
+        problems.append(("field_not_bool", {"field": "opts.opts.deltaOnly"}))
+    out["delta_only"] = delta_only is True
     return out
 
 
@@ -167,6 +239,8 @@ def parse_chat(body: Any, settings: Settings) -> ChatRequest:
         problems.append(("opts_not_object", {}))
         raise ValidationFailed(problems)
     key = _text(opts, "key", problems)
+    if key and not header_safe(key):
+        problems.append(("field_not_header_safe", {"field": "opts.key"}))
     content = _text(opts, "content", problems)
     follow = _flag(opts.get("isFollow"))
     if opts.get("isFollow") is None:
@@ -177,6 +251,8 @@ def parse_chat(body: Any, settings: Settings) -> ChatRequest:
     if parent is not None and not isinstance(parent, str):
         problems.append(("field_not_string", {"field": "opts.parentMessageId"}))
         parent = None
+    if isinstance(parent, str) and len(parent) > 256:
+        problems.append(("field_too_long", {"field": "opts.parentMessageId", "max": 256}))
     if follow and not parent:
         problems.append(("parent_required", {}))
     options = _options(mode or None, opts.get("opts"), settings, problems)
@@ -209,8 +285,12 @@ def parse_token(values: dict[str, Any]) -> TokenQuery:
     email, password = values.get("email"), values.get("password")
     if not isinstance(email, str) or not email.strip():
         problems.append(("email_required", {}))
+    elif len(email) > 320 or not header_safe(email.strip()):
+        problems.append(("field_not_header_safe", {"field": "email"}))
     if not isinstance(password, str) or not password:
         problems.append(("password_required", {}))
+    elif len(password) > 1024:
+        problems.append(("field_too_long", {"field": "password", "max": 1024}))
     if problems:
         raise ValidationFailed(problems)
     assert isinstance(email, str) and isinstance(password, str)

@@ -1,0 +1,349 @@
+"""Stored ChatGPT accounts: signed in once (device code), kept signed in, shared by every instance.
+
+An account lives in the conversation store as a record (kind "account", keyed by the verified
+``chatgpt_account_id`` and user), its tokens sealed with AES-GCM. Refresh tokens are single-use, so
+exactly one refresh per account may be in flight across all instances: the refresher first takes a
+lease on the record (a compare-and-set on its version), and saves the rotated refresh token together
+with the new access token, by the same compare-and-set, before the new token is used. Everyone else
+waits for the record to change.
+
+Which account a request belongs to is decided only from a token whose signature verifies against
+the issuer's keys: an email or an account id alone grants nothing, and a token that cannot be
+verified is bound to itself, as any other credential is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from ..core.locks import KeyedLocks
+from ..core.owners import Owners
+from ..errors import BadRequest, NotFound, ServiceError, ServiceUnavailable, Unauthorized
+from ..settings import Settings
+from ..stores import Record, Store
+from ..upstreams.chatgpt_web import check_not_expired, jwt_claims
+from ..upstreams.http import HTTPClient
+from .crypto import Sealer
+from .oauth import DeviceCode, OAuth, RefreshRefused, TokenSet
+from .tokens import AUTH_CLAIM, Identity, Unverifiable, Verifier, identity_of
+
+LEASE_S = 60.0  # longer than a refresh can take (its timeout is 20 s)
+WAIT_POLL_S = 0.05
+KNOWN_S = 10.0  # how long a decrypted current token is reused without reading the record again
+
+
+@dataclass(frozen=True, slots=True)
+class Credential:
+    owner: str
+    access_token: str
+    account_id: str | None
+    account_key: str | None  # set when the token belongs to a stored account (refreshable)
+
+
+def _when(epoch: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(max(0.0, min(epoch, 253402300799))))
+
+
+class Accounts:
+    def __init__(self, settings: Settings, store: Store, http: HTTPClient, owners: Owners):
+        self.settings = settings
+        self.store = store
+        self.owners = owners
+        self.verifier = Verifier(http, settings.chatgpt_auth_issuer)
+        self.oauth = OAuth(http, settings.chatgpt_auth_issuer, settings.chatgpt_client_id)
+        secret = settings.secret_bytes()
+        self.sealer = Sealer(secret) if secret else None
+        self.holder = secrets.token_hex(8)  # this process, as a lease holder
+        self._refreshing = KeyedLocks()
+        self._known: dict[str, tuple[float, str, float]] = {}  # key -> (until, access token, its exp)
+
+    # -- which credential a request uses --------------------------------------------------------
+    async def identify(self, token: str) -> Identity | None:
+        """The account of a token whose signature verifies; None for any other token."""
+        try:
+            claims = await self.verifier.verify(token)
+        except Unverifiable:
+            return None
+        return identity_of(claims) if claims is not None else None
+
+    async def credential(self, token: str) -> Credential:
+        identity = await self.identify(token)
+        if identity is None:  # forged, unsigned, or the keys are out of reach: bound to the token itself
+            check_not_expired(token)
+            return Credential(await self.owners.of(token), token, _claimed_account(token), None)
+        owner = await self.owners.of("account\0" + identity.key)
+        now = time.time()
+        known = self._known.get(identity.key)
+        if known is not None and known[0] > now and known[2] - self.settings.token_margin_seconds > now:
+            self._check_presented(identity, now)
+            return Credential(owner, known[1], identity.account_id, identity.key)
+        record = await self.store.get_record("account", identity.key)
+        if record is None:
+            if identity.exp <= now:
+                raise Unauthorized("token_expired", when=_when(identity.exp))
+            return Credential(owner, token, identity.account_id, None)
+        self._check_presented(identity, now)
+        access = await self.current(identity.key, record)
+        return Credential(owner, access, identity.account_id, identity.key)
+
+    def _check_presented(self, identity: Identity, now: float) -> None:
+        grace = self.settings.account_grace_days * 86_400
+        if identity.exp + grace <= now:
+            raise Unauthorized("token_expired", when=_when(identity.exp))
+
+    async def after_unauthorized(self, credential: Credential) -> Credential | None:
+        """The backend refused the token: refresh once (if the account is stored) and say what to use."""
+        if credential.account_key is None:
+            return None
+        self._known.pop(credential.account_key, None)
+        access = await self.refresh(credential.account_key, stale=credential.access_token)
+        return Credential(credential.owner, access, credential.account_id, credential.account_key)
+
+    # -- the stored tokens ---------------------------------------------------------------------
+    def _sealer(self) -> Sealer:
+        if self.sealer is None:
+            raise BadRequest("accounts_need_secret_key")
+        return self.sealer
+
+    def _open(self, key: str, body: dict[str, Any]) -> dict[str, str]:
+        plain = self._sealer().open(str(body.get("sealed", "")), "account:" + key)
+        if plain is None:
+            raise Unauthorized("account_unreadable", email=body.get("email", "?"))
+        tokens: dict[str, str] = orjson.loads(plain)
+        return tokens
+
+    async def current(self, key: str, record: Record | None = None) -> str:
+        """The account's access token, refreshed first if it is within the margin of expiring."""
+        record = record or await self.store.get_record("account", key)
+        if record is None:
+            raise NotFound("account_unknown")
+        body = record.body
+        if body.get("status") != "active":
+            raise Unauthorized("account_signin_again", email=body.get("email", "?"), code=body.get("reason", ""))
+        exp = float(body.get("exp") or 0)
+        if exp - self.settings.token_margin_seconds > time.time():
+            access = self._open(key, body)["access"]
+            self._known[key] = (time.time() + KNOWN_S, access, exp)
+            return access
+        return await self.refresh(key)
+
+    async def refresh(self, key: str, stale: str | None = None) -> str:
+        """Exactly one refresh per account in flight, across instances; returns the new access token
+        (or the one another refresher just saved)."""
+        release = await self._refreshing.acquire(key)  # one coroutine per process goes to the store
+        try:
+            return await self._refresh(key, stale)
+        finally:
+            release()
+
+    async def _refresh(self, key: str, stale: str | None) -> str:
+        deadline = time.monotonic() + LEASE_S
+        while True:
+            record = await self.store.get_record("account", key)
+            if record is None:
+                raise NotFound("account_unknown")
+            body = record.body
+            email = body.get("email", "?")
+            if body.get("status") != "active":
+                raise Unauthorized("account_signin_again", email=email, code=body.get("reason", ""))
+            tokens = self._open(key, body)
+            exp = float(body.get("exp") or 0)
+            fresh = exp - self.settings.token_margin_seconds > time.time()
+            if fresh and tokens["access"] != stale:
+                self._known[key] = (time.time() + KNOWN_S, tokens["access"], exp)
+                return tokens["access"]
+            lease = body.get("lease") or {}
+            if lease.get("holder") not in (None, self.holder) and float(lease.get("until", 0)) > time.time():
+                if time.monotonic() > deadline:
+                    raise ServiceUnavailable("account_busy", email=email)
+                await asyncio.sleep(WAIT_POLL_S)
+                continue
+            leased = _with(record, {**body, "lease": {"holder": self.holder, "until": time.time() + LEASE_S}})
+            if not await self.store.put_record(leased, record.version):
+                continue  # someone else changed it first: look again
+            return await self._rotate(key, leased, record.version + 1, tokens)
+
+    async def _rotate(self, key: str, leased: Record, version: int, tokens: dict[str, str]) -> str:
+        body = leased.body
+        try:
+            fresh = await self.oauth.refresh(tokens["refresh"])
+        except RefreshRefused as exc:
+            signed_out = {**body, "status": "signin_required", "reason": exc.code, "lease": None}
+            await self._save(key, leased, version, signed_out)
+            self._known.pop(key, None)
+            raise Unauthorized("account_signin_again", email=body.get("email", "?"), code=exc.code) from exc
+        except ServiceError:
+            await self._save(key, leased, version, {**body, "lease": None})
+            raise
+        exp = _exp_of(fresh.access_token)
+        new_body = {
+            **body,
+            "sealed": self._seal(key, fresh, tokens),
+            "exp": exp,
+            "lease": None,
+            "refreshedAt": time.time(),
+        }
+        await self._save(key, leased, version, new_body)
+        self._known[key] = (time.time() + KNOWN_S, fresh.access_token, exp)
+        return fresh.access_token
+
+    async def _save(self, key: str, base: Record, version: int, body: dict[str, Any]) -> None:
+        """Write ``body`` over the record we leased; if the lease was lost (it expired and another
+        instance took it), write over whatever is there: our tokens are the newest."""
+        record = _with(base, body)
+        for _ in range(5):
+            if await self.store.put_record(record, version):
+                return
+            current = await self.store.get_record("account", key)
+            if current is None:
+                return
+            record, version = _with(current, body), current.version
+        raise ServiceUnavailable("account_busy", email=body.get("email", "?"))
+
+    def _seal(self, key: str, fresh: TokenSet, old: dict[str, str]) -> str:
+        plain = {
+            "access": fresh.access_token,
+            "id": fresh.id_token or old.get("id", ""),
+            "refresh": fresh.refresh_token or old["refresh"],
+        }
+        return self._sealer().seal(orjson.dumps(plain), "account:" + key)
+
+    # -- signing in ----------------------------------------------------------------------------
+    async def keep(self, tokens: TokenSet) -> dict[str, Any]:
+        """Store (or update) the account these fresh tokens belong to; its public description."""
+        self._sealer()
+        identity = await self.identify(tokens.access_token)
+        if identity is None:
+            raise BadRequest("account_token_unverified")
+        if tokens.refresh_token is None:
+            raise BadRequest("account_no_refresh_token")
+        key = identity.key
+        now = time.time()
+        sealed = self._seal(key, tokens, {"refresh": tokens.refresh_token})
+        body = {
+            "email": identity.email, "plan": identity.plan, "accountId": identity.account_id,
+            "userId": identity.user_id, "exp": identity.exp, "status": "active", "sealed": sealed,
+            "lease": None, "signedInAt": now,
+        }  # fmt: skip
+        for _ in range(5):
+            current = await self.store.get_record("account", key)
+            if current is None:
+                fresh = Record("account", key, "", body, None, now, now)
+                if await self.store.put_record(fresh, None):
+                    break
+            elif await self.store.put_record(_with(current, body), current.version):
+                break
+        self._known.pop(key, None)
+        return describe(body)
+
+    async def start_device(self) -> dict[str, Any]:
+        sealer = self._sealer()
+        device = await self.oauth.start_device()
+        now = time.time()
+        expires = now + 15 * 60
+        record_id = _device_key(device.device_auth_id)
+        body = {"code": sealer.seal(device.user_code.encode(), "device:" + record_id), "interval": device.interval,
+                "expiresAt": expires}  # fmt: skip
+        await self.store.put_record(Record("device", record_id, "", body, None, now, now), None)
+        return {
+            "userCode": device.user_code,
+            "verificationUri": self.oauth.verification_uri,
+            "deviceAuthId": device.device_auth_id,
+            "interval": device.interval,
+            "expiresAt": int(expires),
+        }
+
+    async def poll_device(self, device_auth_id: str) -> dict[str, Any]:
+        sealer = self._sealer()
+        record_id = _device_key(device_auth_id)
+        record = await self.store.get_record("device", record_id)
+        if record is None or float(record.body.get("expiresAt", 0)) < time.time():
+            if record is not None:
+                await self.store.delete_record("device", record_id)
+            raise NotFound("device_code_unknown")
+        code = sealer.open(str(record.body.get("code")), "device:" + record_id)
+        if code is None:
+            raise NotFound("device_code_unknown")
+        interval = float(record.body.get("interval", 5))
+        got = await self.oauth.poll_device(DeviceCode(device_auth_id, code.decode(), interval))
+        if got is None:
+            return {"status": "pending", "interval": interval}
+        tokens = await self.oauth.exchange(*got)
+        account = await self.keep(tokens)
+        await self.store.delete_record("device", record_id)
+        return {"status": "signed_in", **account, "accessToken": tokens.access_token}
+
+    # -- listing --------------------------------------------------------------------------------
+    async def all(self) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        after: str | None = None
+        while True:
+            page = await self.store.list_records("account", "", after, 100, False)
+            out += [describe(r.body) for r in page]
+            if len(page) < 100:
+                return out
+            after = page[-1].id
+
+    async def forget(self, email: str) -> int:
+        removed = 0
+        after: str | None = None
+        while True:
+            page = await self.store.list_records("account", "", after, 100, False)
+            for record in page:
+                if str(record.body.get("email", "")).lower() == email.lower():
+                    removed += await self.store.delete_record("account", record.id)
+            if len(page) < 100:
+                return removed
+            after = page[-1].id
+
+    async def current_for(self, token: str) -> str | None:
+        """The token route's refresh: a verified token of a stored account gets the account's
+        current access token; anything else gets None."""
+        identity = await self.identify(token)
+        if identity is None:
+            return None
+        record = await self.store.get_record("account", identity.key)
+        if record is None:
+            return None
+        self._check_presented(identity, time.time())
+        return await self.current(identity.key, record)
+
+
+def describe(body: dict[str, Any]) -> dict[str, Any]:
+    """An account as shown to people: never a token."""
+    return {
+        "email": body.get("email"),
+        "plan": body.get("plan"),
+        "accountId": body.get("accountId"),
+        "expiresAt": int(float(body.get("exp") or 0)),
+        "status": body.get("status"),
+    }
+
+
+def _with(record: Record, body: dict[str, Any]) -> Record:
+    return Record(record.kind, record.id, record.owner, body, record.tip, record.created_at, time.time(),
+                  record.version, record.gen)  # fmt: skip
+
+
+def _exp_of(token: str) -> float:
+    claims = jwt_claims(token) or {}
+    exp = claims.get("exp")
+    return float(exp) if isinstance(exp, int | float) and not isinstance(exp, bool) else time.time() + 3600
+
+
+def _claimed_account(token: str) -> str | None:
+    """The account id a token claims, unverified: only ever sent back to the backend that verifies it."""
+    auth = (jwt_claims(token) or {}).get(AUTH_CLAIM)
+    account = auth.get("chatgpt_account_id") if isinstance(auth, dict) else None
+    return account if isinstance(account, str) and 0 < len(account) <= 200 and account.isprintable() else None
+
+
+def _device_key(device_auth_id: str) -> str:
+    return hashlib.sha256(device_auth_id.encode()).hexdigest()[:40]

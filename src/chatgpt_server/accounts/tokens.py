@@ -1,0 +1,137 @@
+"""Verifying ChatGPT account tokens: RS256 JWTs checked against the issuer's published keys.
+
+Claims are trusted only after the signature, the issuer and the audience check out. Keys come from
+``{issuer}/.well-known/jwks.json``, cached, and fetched again when a token names a key we do not know
+(at most once every ``REFETCH_S``, so a flood of made-up key ids cannot hammer the issuer). Verified
+claims are cached per token, so a request pays a dictionary lookup, not an RSA verification.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any
+
+import jwt
+import orjson
+
+from ..upstreams.http import TRANSPORT_ERRORS, HTTPClient, read_limited
+
+ACCESS_AUDIENCE = "https://api.openai.com/v1"
+AUTH_CLAIM = "https://api.openai.com/auth"
+PROFILE_CLAIM = "https://api.openai.com/profile"
+REFETCH_S = 30.0
+CACHE_MAX = 4096
+
+
+class Unverifiable(Exception):
+    """The keys could not be fetched: the token can be neither trusted nor refused."""
+
+
+@dataclass(frozen=True, slots=True)
+class Identity:
+    """What a verified token says about its account."""
+
+    account_id: str
+    user_id: str
+    email: str
+    plan: str
+    exp: float
+
+    @property
+    def key(self) -> str:
+        return f"{self.account_id}:{self.user_id}"
+
+
+def identity_of(claims: dict[str, Any]) -> Identity | None:
+    auth = claims.get(AUTH_CLAIM)
+    auth = auth if isinstance(auth, dict) else {}
+    profile = claims.get(PROFILE_CLAIM)
+    profile = profile if isinstance(profile, dict) else {}
+    account = auth.get("chatgpt_account_id")
+    user = auth.get("chatgpt_user_id") or auth.get("user_id") or claims.get("sub")
+    email = profile.get("email") or claims.get("email") or ""
+    plan = auth.get("chatgpt_plan_type") or ""
+    exp = claims.get("exp")
+    if not isinstance(account, str) or not account or not isinstance(user, str) or not user:
+        return None
+    if not isinstance(exp, int | float) or isinstance(exp, bool):
+        return None
+    return Identity(account[:200], user[:200], str(email)[:320], str(plan)[:40], float(exp))
+
+
+class Verifier:
+    def __init__(self, http: HTTPClient, issuer: str, timeout_s: float = 10.0):
+        self.http = http
+        self.issuer = issuer
+        self.timeout_s = timeout_s
+        self._keys: dict[str, Any] = {}
+        self._fetched_at = -REFETCH_S
+        self._lock = asyncio.Lock()
+        self._verified: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
+
+    async def verify(self, token: str, audience: str = ACCESS_AUDIENCE) -> dict[str, Any] | None:
+        """The claims of a token whose signature, issuer and audience check out (expired or not: the
+        caller decides what expiry means), None for one that does not; ``Unverifiable`` if the keys
+        cannot be had."""
+        cache_key = audience + "\0" + token
+        if cache_key in self._verified:
+            self._verified.move_to_end(cache_key)
+            return self._verified[cache_key]
+        try:
+            header = jwt.get_unverified_header(token)
+        except jwt.PyJWTError:
+            return self._remember(cache_key, None)
+        kid = header.get("kid")
+        if header.get("alg") != "RS256" or not isinstance(kid, str):
+            return self._remember(cache_key, None)
+        key = await self._key(kid)
+        if key is None:  # not remembered: the issuer may publish this key a moment later
+            return None
+        try:
+            claims = jwt.decode(token, key=key, algorithms=["RS256"], audience=audience, issuer=self.issuer,
+                                options={"verify_exp": False, "require": ["exp"]}, leeway=60)  # fmt: skip
+        except jwt.PyJWTError:
+            return self._remember(cache_key, None)
+        return self._remember(cache_key, claims if isinstance(claims, dict) else None)
+
+    def _remember(self, key: str, claims: dict[str, Any] | None) -> dict[str, Any] | None:
+        self._verified[key] = claims
+        if len(self._verified) > CACHE_MAX:
+            self._verified.popitem(last=False)
+        return claims
+
+    async def _key(self, kid: str) -> Any:
+        if kid in self._keys:
+            return self._keys[kid]
+        async with self._lock:
+            if kid not in self._keys and time.monotonic() - self._fetched_at >= REFETCH_S:
+                await self._fetch()
+        return self._keys.get(kid)
+
+    async def _fetch(self) -> None:
+        url = self.issuer + "/.well-known/jwks.json"
+        try:
+            async with asyncio.timeout(self.timeout_s):
+                response = await self.http.request("GET", url)
+                try:
+                    if response.status != 200:
+                        raise Unverifiable(f"JWKS answered HTTP {response.status}")
+                    document = orjson.loads(await read_limited(response, 1 << 20, "issuer"))
+                finally:
+                    response.release()
+        except (*TRANSPORT_ERRORS, orjson.JSONDecodeError, TimeoutError) as exc:
+            raise Unverifiable(type(exc).__name__) from exc
+        except Exception as exc:  # a BadGateway from read_limited
+            raise Unverifiable(type(exc).__name__) from exc
+        self._fetched_at = time.monotonic()
+        keys: dict[str, Any] = {}
+        for jwk in document.get("keys", []) if isinstance(document, dict) else []:
+            try:
+                if isinstance(jwk, dict) and jwk.get("kty") == "RSA" and isinstance(jwk.get("kid"), str):
+                    keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm="RS256").key
+            except jwt.PyJWTError:
+                continue
+        self._keys = keys

@@ -1,1 +1,0 @@
-"""The HTTP edge: routes, request validation, the envelope, OpenAPI and messages."""

@@ -1,1 +1,0 @@
-"""Conversation logic: history from the parent chain, the token budget, turn bookkeeping."""

@@ -1,0 +1,1 @@
+"""The neutral conversation core: items, history and budget, turns."""

@@ -1,0 +1,131 @@
+"""The one item model every door and every upstream speaks, and the ids we mint for it.
+
+A conversation is a tree of items. An item is a message (a role and its parts: text, images), a
+function call the model made, or the output a client sent back for one. Every id that is stored is
+minted here: an upstream's ids are labels kept in ``meta``, never keys (Ollama, for one, repeats
+them within a few dozen replies).
+
+Each item also carries its chat-completions form, encoded once when the item is made (``chat``), so
+building an upstream request from a long history is a join of bytes.
+"""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import orjson
+
+from .tokens import PER_MESSAGE, count
+
+Kind = Literal["message", "function_call", "function_call_output"]
+KINDS = ("message", "function_call", "function_call_output")
+ROLES = ("user", "assistant", "system", "developer")
+IMAGE_COST = 765  # a high-detail 512x512 image, as OpenAI prices one; an estimate for any image
+
+
+def mint(prefix: str) -> str:
+    """A new id: ``prefix`` and 128 random bits (``uuid`` gives the bare UUID form the original used)."""
+    if prefix == "uuid":
+        return str(uuid.uuid4())
+    return prefix + secrets.token_hex(16)
+
+
+@dataclass(slots=True)
+class Item:
+    """A neutral item. ``text`` is a message's text (its text parts joined), a call's arguments, or an
+    output's text; ``parts`` holds a message's parts when they are not just one text."""
+
+    id: str
+    kind: str = "message"
+    role: str = "user"
+    text: str = ""
+    parts: list[dict[str, Any]] | None = None
+    call_id: str | None = None
+    name: str | None = None
+    status: str = "completed"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def extra(self) -> dict[str, Any] | None:
+        """What the stored row keeps beyond kind, role and text (None for a plain text message)."""
+        out: dict[str, Any] = {}
+        if self.parts is not None:
+            out["parts"] = self.parts
+        if self.call_id is not None:
+            out["call_id"] = self.call_id
+        if self.name is not None:
+            out["name"] = self.name
+        if self.meta:
+            out["meta"] = self.meta
+        return out or None
+
+    @classmethod
+    def from_row(cls, id: str, kind: str, role: str, text: str, extra: dict[str, Any] | None, status: str) -> Item:
+        extra = extra or {}
+        return cls(
+            id, kind, role, text, extra.get("parts"), extra.get("call_id"), extra.get("name"), status,
+            extra.get("meta") or {},
+        )  # fmt: skip
+
+    # -- the chat-completions form -------------------------------------------------------------
+    def chat(self) -> bytes:
+        """This item as chat-completions JSON: a message, or (for a function call) one entry of an
+        assistant message's ``tool_calls``, which ``chat_messages`` groups."""
+        if self.kind == "function_call":
+            call = {"id": self.call_id, "type": "function", "function": {"name": self.name, "arguments": self.text}}
+            return orjson.dumps(call)
+        if self.kind == "function_call_output":
+            return orjson.dumps({"role": "tool", "tool_call_id": self.call_id, "content": self.text})
+        if self.parts is None:
+            return orjson.dumps({"role": self.role, "content": self.text})
+        return orjson.dumps({"role": self.role, "content": [_chat_part(p) for p in self.parts]})
+
+    def cost(self, encoding: str) -> int:
+        """What this item costs in a prompt, counted with ``encoding`` (images estimated)."""
+        if self.kind == "function_call":
+            return PER_MESSAGE + count(self.name or "", encoding) + count(self.text, encoding) + 3
+        base = PER_MESSAGE + count(self.text, encoding)
+        if self.parts:
+            base += IMAGE_COST * sum(1 for p in self.parts if p.get("type") == "input_image")
+        return max(base, 1)
+
+
+def _chat_part(part: dict[str, Any]) -> dict[str, Any]:
+    if part.get("type") == "input_image":
+        image: dict[str, Any] = {"url": part.get("image_url")}
+        if part.get("detail"):
+            image["detail"] = part["detail"]
+        return {"type": "image_url", "image_url": image}
+    return {"type": "text", "text": part.get("text", "")}
+
+
+def text_of(parts: list[dict[str, Any]]) -> str:
+    return "".join(p.get("text", "") for p in parts if p.get("type") in ("input_text", "output_text", "text"))
+
+
+def chat_messages(items: list[tuple[str, bytes]]) -> list[bytes]:
+    """(kind, chat JSON) pairs, oldest first, as the ``messages`` of a chat-completions request.
+
+    Plain messages pass through as they are; consecutive function calls become one assistant
+    message whose ``tool_calls`` lists them (merged with the assistant text just before them), as
+    chat completions wants every tool message to follow the assistant message that called it.
+    """
+    out: list[bytes] = []
+    i, n = 0, len(items)
+    while i < n:
+        kind, chat = items[i]
+        if kind != "function_call":
+            out.append(chat)
+            i += 1
+            continue
+        calls: list[bytes] = []
+        while i < n and items[i][0] == "function_call":
+            calls.append(items[i][1])
+            i += 1
+        content = b"null"
+        if out and out[-1].startswith(b'{"role":"assistant","content":"'):
+            content = orjson.dumps(orjson.loads(out.pop())["content"])
+        out.append(b'{"role":"assistant","content":' + content + b',"tool_calls":[' + b",".join(calls) + b"]}")
+    return out

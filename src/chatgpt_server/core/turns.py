@@ -1,0 +1,437 @@
+"""A turn of a conversation, whatever door it came through and whatever upstream answers it.
+
+Order of work: find the parent (which is also the proof that the store answers for this turn; a new
+conversation pings it) → its history, from memory or one store read, cut at the token budget →
+open the upstream (within the turn's deadline) → read what it sends (within the deadline, the idle
+limit and the size cap) → store the new items in one atomic write → only then answer. A reply is
+returned only after it is stored, and the upstream is never called when the store cannot answer.
+
+The core knows nothing of doors or wire formats: an edge hands it a ``TurnSpec`` (items and limits)
+and reads back events and a ``TurnResult``; an upstream turns a ``Prompt`` into a request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BadRequest, GatewayTimeout, NotFound, ServiceError, ShuttingDown
+from ..stores import HistoryRow, NewItem, Record, Store, StoredItem, TurnWrite
+from ..upstreams.base import Event, Prompt, Reply, Target, ToolCall, Upstream
+from .activity import Activity, current_log
+from .history import HistoryCache, Path, cut, path_from_store
+from .items import Item, mint
+from .locks import KeyedLocks
+from .tokens import REPLY_PRIMING, count, encoding_for, is_exact, message_cost
+
+ESTIMATE_MARGIN = 0.9  # budgets of models we count by estimate keep 10% in hand
+
+
+@dataclass(slots=True)
+class Budget:
+    """How the prompt is fitted: at most ``prompt_tokens``; older history is dropped to fit when
+    ``truncate``, else a prompt that does not fit is refused. The output limit is ``max_output`` or,
+    for the original route's rule, min(``model_tokens`` - prompt, ``response_tokens``)."""
+
+    prompt_tokens: int
+    truncate: bool = True
+    max_output: int | None = None
+    model_tokens: int | None = None
+    response_tokens: int | None = None
+
+    def output_for(self, prompt: int) -> int | None:
+        if self.model_tokens is not None and self.response_tokens is not None:
+            return max(1, min(self.model_tokens - prompt, self.response_tokens))
+        return self.max_output
+
+
+@dataclass(slots=True)
+class TurnSpec:
+    owner: str
+    origin: str  # the door and mode: "1", "2" (original route), "web" (legacy web mode 2), "v1"
+    target: Target
+    model: str
+    inputs: list[Item]
+    budget: Budget
+    parent: str | None = None  # an item id or a response id to continue from
+    conversation: str | None = None  # a Conversations API conversation to append to
+    instructions: str | None = None
+    params: dict[str, Any] = field(default_factory=dict)
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: Any = None
+    parallel_tool_calls: bool | None = None
+    stream: bool = False
+    store: bool = True
+    timeout_s: float = 600.0
+    idle_s: float = 120.0
+    reply_prefix: str = "msg_"
+    queue_key: str | None = None  # one turn at a time per key (an account that allows one reply at once)
+    record: Callable[[TurnResult], Record] | None = None  # a record written with the turn (a response)
+    compatible: Callable[[StoredItem], None] | None = None  # raises if the parent cannot be continued here
+
+
+@dataclass(slots=True)
+class TurnResult:
+    inputs: list[Item]
+    outputs: list[Item]
+    reply_id: str
+    text: str
+    tool_calls: list[ToolCall]
+    usage: dict[str, Any]
+    incomplete: str | None  # why the reply is incomplete ("interrupted", "max_reply_bytes", ...), or None
+    conversation_id: str
+    parent_id: str | None
+    reply: Reply
+    prompt_tokens: int
+    created_at: float
+    stored: bool
+
+
+def _encode(items: list[Item]) -> list[bytes]:
+    return [item.chat() for item in items]
+
+
+class Turns:
+    """The conversation core: turns in, events and stored results out."""
+
+    def __init__(self, store: Store, upstreams: dict[str, Upstream], cache: HistoryCache, activity: Activity):
+        self.store = store
+        self.upstreams = upstreams
+        self.cache = cache
+        self.activity = activity
+        self.queues = KeyedLocks()
+
+    # -- the store, timed for the access log --------------------------------------------------------
+    async def _timed(self, operation: Any) -> Any:
+        started = time.perf_counter()
+        try:
+            return await operation
+        finally:
+            current_log().store_ms += (time.perf_counter() - started) * 1000
+
+    async def resolve(self, owner: str, reference: str) -> StoredItem | None:
+        """An item id, or a response id (its last item), as the stored item it names."""
+        item_id: str | None = reference
+        if reference.startswith("resp_"):
+            record = await self._timed(self.store.get_record("response", reference))
+            item_id = record.tip if record is not None and record.owner == owner else None
+        if item_id is None:
+            return None
+        stored: StoredItem | None = await self._timed(self.store.get_item(owner, item_id))
+        return stored
+
+    async def append(self, owner: str, conversation_id: str, parent_id: str | None, items: list[Item],
+                     encoding: str | None = None) -> None:  # fmt: skip
+        """Add items a client wrote (no upstream involved) after ``parent_id``, moving the
+        conversation's tip to the last of them."""
+        enc = encoding or "o200k_base"
+        new = [NewItem(item, item.chat(), item.cost(enc)) for item in items]
+        write = TurnWrite(owner=owner, conversation_id=conversation_id, parent_id=parent_id, enc=enc, origin="v1",
+                          created_at=time.time(), items=new, conversation_tip=conversation_id)  # fmt: skip
+        await self._timed(self.store.add_turn(write))
+
+    # -- opening a turn ------------------------------------------------------------------------------
+    async def open(self, spec: TurnSpec) -> OpenTurn:
+        """Everything up to the upstream's first byte; failures up to here raise."""
+        parent, conversation_id = await self._parent(spec)
+        encoding = parent.enc if parent is not None else encoding_for(spec.model)
+        input_chats = _encode(spec.inputs)
+        fixed = REPLY_PRIMING + sum(item.cost(encoding) for item in spec.inputs)
+        if spec.instructions:
+            fixed += message_cost(spec.instructions, encoding)
+        budget = spec.budget.prompt_tokens
+        if not is_exact(spec.model):
+            budget = int(budget * ESTIMATE_MARGIN)
+        if fixed > budget:
+            raise BadRequest("prompt_too_long", tokens=fixed, budget=budget)
+        history: list[HistoryRow] = []
+        base = Path(spec.owner, 0, [], 0, True, 0, 0.0)
+        if parent is not None and spec.target.upstream != "web":  # the web backend keeps its own history
+            source = await self._history(spec.owner, parent, budget - fixed)
+            history, left_out = cut(source.rows, budget - fixed)
+            if left_out and not spec.budget.truncate:
+                total = fixed + sum(r[3] for r in source.rows)
+                raise BadRequest("context_length_exceeded", tokens=total, budget=budget)
+            base = Path(spec.owner, parent.gen, history, budget - fixed, source.complete and not left_out, 0, 0.0)
+        used = fixed + sum(r[3] for r in history)
+        prompt = Prompt(
+            model=spec.model,
+            instructions=spec.instructions,
+            history=history,
+            inputs=spec.inputs,
+            input_chats=input_chats,
+            params=spec.params,
+            max_output_tokens=spec.budget.output_for(used),
+            tools=spec.tools,
+            tool_choice=spec.tool_choice,
+            parallel_tool_calls=spec.parallel_tool_calls,
+            stream=spec.stream,
+            session_id=conversation_id,
+            web_parent=_web_ids(parent),
+        )
+        turn = OpenTurn(self, spec, prompt, parent, conversation_id, encoding, used, base, input_chats)
+        await turn.start()
+        return turn
+
+    async def _parent(self, spec: TurnSpec) -> tuple[StoredItem | None, str]:
+        """The item this turn answers (None for a new conversation) and the conversation's id."""
+        reference = spec.parent
+        conversation_id = spec.conversation
+        if spec.conversation is not None:
+            record = await self._timed(self.store.get_record("conversation", spec.conversation))
+            if record is None or record.owner != spec.owner:
+                raise NotFound("conversation_not_found_here", id=spec.conversation)
+            reference = record.tip
+        if reference is None:
+            await self._timed(self.store.ping())  # the store must answer before anything is spent
+            return None, conversation_id or mint("conv_")
+        parent = await self.resolve(spec.owner, reference)
+        if parent is None:
+            if spec.conversation is not None:  # the tip went (retention): start the conversation over
+                return None, spec.conversation
+            raise NotFound("parent_not_found", id=reference)
+        if spec.compatible is not None:
+            spec.compatible(parent)
+        return parent, conversation_id or parent.conversation_id
+
+    async def _history(self, owner: str, parent: StoredItem, budget: int) -> Path:
+        key = parent.item.id
+        found = self.cache.get(key, owner, parent.gen, budget)
+        if found is not None:
+            return found
+        rows = await self._timed(self.store.history(owner, key, budget))
+        if not rows:
+            raise NotFound("parent_not_found", id=key)
+        path = path_from_store(owner, parent.gen, rows, budget)
+        self.cache.put(key, path)
+        return path
+
+
+def _web_ids(parent: StoredItem | None) -> tuple[str, str] | None:
+    web = parent.item.meta.get("web") if parent is not None else None
+    if isinstance(web, list) and len(web) == 2 and all(isinstance(v, str) for v in web):
+        return web[0], web[1]
+    return None
+
+
+class OpenTurn:
+    """A turn whose upstream is answering. Iterate ``events()``; then ``finish()`` stores the turn
+    (once) and returns the result; ``close()`` gives up without storing."""
+
+    def __init__(self, turns: Turns, spec: TurnSpec, prompt: Prompt, parent: StoredItem | None,
+                 conversation_id: str, encoding: str, prompt_tokens: int, base: Path,
+                 input_chats: list[bytes]):  # fmt: skip
+        self.turns = turns
+        self.spec = spec
+        self.prompt = prompt
+        self.parent = parent
+        self.conversation_id = conversation_id
+        self.encoding = encoding
+        self.prompt_tokens = prompt_tokens
+        self.base = base
+        self.input_chats = input_chats
+        self.reply_id = mint(spec.reply_prefix)
+        self.created_at = time.time()
+        self.reply: Reply | None = None
+        self._release: Callable[[], None] | None = None
+        self._result: TurnResult | None = None
+        self._closed = False
+        self._timeout: asyncio.Timeout | None = None
+        self._aborted: ServiceError | None = None
+        self._deadline = 0.0
+        self._idle_hit = False
+        self._started = 0.0
+        # Output items in the order they first appeared: ("message", -1) or ("tool", its index), and
+        # the ids tool calls' items get (minted when they appear, so a stream can show them).
+        self._order: list[tuple[str, int]] = []
+        self._tool_items: dict[int, str] = {}
+        self._message_seen = False
+
+    @property
+    def text(self) -> str:
+        return self.reply.text if self.reply is not None else ""
+
+    @property
+    def host(self) -> str:
+        return self.spec.target.host
+
+    async def start(self) -> None:
+        spec = self.spec
+        loop = asyncio.get_running_loop()
+        self._deadline = loop.time() + spec.timeout_s
+        self.turns.activity.turns.add(self)
+        log = current_log()
+        log.upstream = self.host
+        self._started = time.perf_counter()
+        try:
+            async with asyncio.timeout_at(self._deadline) as self._timeout:
+                if spec.queue_key is not None:
+                    self._release = await self.turns.queues.acquire(spec.queue_key)
+                self._check_abort()
+                upstream = self.turns.upstreams[spec.target.upstream]
+                self.reply = await upstream.open(self.prompt, spec.target)
+        except TimeoutError as exc:
+            self._forget()
+            raise self._timed_out() from exc
+        except BaseException:
+            self._forget()
+            raise
+        finally:
+            self._timeout = None
+        self.turns.activity.open_streams += 1
+
+    def _check_abort(self) -> None:
+        if self._aborted is not None:
+            raise self._aborted
+
+    def _timed_out(self) -> ServiceError:
+        if self._aborted is not None:
+            return self._aborted
+        if self._idle_hit:
+            return GatewayTimeout("upstream_idle_timeout", host=self.host, seconds=round(self.spec.idle_s, 3))
+        return GatewayTimeout("upstream_timeout", host=self.host, seconds=round(self.spec.timeout_s, 3))
+
+    def abort(self, error: ServiceError | None = None) -> None:
+        """Stop this turn now (the server is shutting down): what it is waiting for raises ``error``."""
+        self._aborted = error or ShuttingDown()
+        if self._timeout is not None and not self._timeout.expired():
+            self._timeout.reschedule(asyncio.get_running_loop().time())
+
+    async def events(self) -> AsyncIterator[Event]:
+        """What the upstream sends, within the turn's deadline and idle limit."""
+        assert self.reply is not None
+        loop = asyncio.get_running_loop()
+        source = self.reply.events().__aiter__()
+        idle = self.spec.idle_s
+        while True:
+            self._check_abort()
+            now = loop.time()
+            self._idle_hit = now + idle < self._deadline
+            try:
+                async with asyncio.timeout_at(min(self._deadline, now + idle)) as self._timeout:
+                    event = await anext(source)
+            except StopAsyncIteration:
+                break
+            except TimeoutError as exc:
+                raise self._timed_out() from exc
+            finally:
+                self._timeout = None
+            if event.text:
+                if not self._message_seen:
+                    self._message_seen = True
+                    self._order.append(("message", -1))
+            elif event.tool_index >= 0:
+                known = self._tool_items.get(event.tool_index)
+                if known is None:
+                    known = self._tool_items[event.tool_index] = mint("fc_")
+                    self._order.append(("tool", event.tool_index))
+                event.item_id = known
+            yield event
+
+    @property
+    def complete(self) -> bool:
+        return self.reply is not None and self.reply.complete and not getattr(self.reply, "truncated", False)
+
+    async def finish(self, incomplete: str | None = None) -> TurnResult:
+        """Store what arrived (once) and return it. Called when the reply ended or was cut."""
+        if self._result is not None:
+            return self._result
+        reply = self.reply
+        assert reply is not None
+        await self.close()
+        if incomplete is None and getattr(reply, "truncated", False):
+            incomplete = "max_reply_bytes"
+        if incomplete is None and not reply.complete:
+            incomplete = "interrupted"
+        if incomplete is None and reply.finish_reason == "length":
+            incomplete = "max_output_tokens"
+        spec = self.spec
+        status = "incomplete" if incomplete else "completed"
+        text = reply.text
+        calls = {call.index: call for call in reply.tool_calls}
+        order = list(self._order)
+        if ("message", -1) not in order and (text or not calls):
+            order.append(("message", -1))
+        order += [("tool", index) for index in calls if ("tool", index) not in order]
+        outputs: list[Item] = []
+        for kind, index in order:
+            if kind == "message":
+                outputs.append(Item(self.reply_id, "message", "assistant", text, status=status, meta=dict(reply.meta)))
+            elif index in calls:
+                call = calls[index]
+                item_id = self._tool_items.get(index) or mint("fc_")
+                outputs.append(Item(item_id, "function_call", "assistant", call.arguments, call_id=call.call_id,
+                                    name=call.name, status=status))  # fmt: skip
+        calls_list = list(calls.values())
+        usage = dict(reply.usage) if reply.usage else self._estimated_usage(text, calls_list)
+        result = TurnResult(
+            inputs=spec.inputs, outputs=outputs, reply_id=self.reply_id, text=text, tool_calls=calls_list, usage=usage,
+            incomplete=incomplete, conversation_id=self.conversation_id,
+            parent_id=self.parent.item.id if self.parent else None, reply=reply, prompt_tokens=self.prompt_tokens,
+            created_at=self.created_at, stored=spec.store,
+        )  # fmt: skip
+        if spec.store:
+            await self._store(result)
+        self._result = result
+        return result
+
+    def _estimated_usage(self, text: str, calls: list[ToolCall]) -> dict[str, Any]:
+        completion = count(text, self.encoding) + sum(count(c.arguments, self.encoding) for c in calls)
+        return {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": completion,
+            "total_tokens": self.prompt_tokens + completion,
+            "estimated": True,
+        }
+
+    async def _store(self, result: TurnResult) -> None:
+        spec = self.spec
+        items = [*result.inputs, *result.outputs]
+        chats = [*self.input_chats, *_encode(result.outputs)]
+        new = [NewItem(item, chat, item.cost(self.encoding)) for item, chat in zip(items, chats, strict=True)]
+        write = TurnWrite(
+            owner=spec.owner, conversation_id=self.conversation_id, parent_id=result.parent_id, enc=self.encoding,
+            origin=spec.origin, created_at=self.created_at, items=new,
+            response_id=None, conversation_tip=spec.conversation,
+        )  # fmt: skip
+        if spec.record is not None:
+            record = spec.record(result)
+            write.response, write.response_id = record, record.id
+        await self.turns._timed(self.turns.store.add_turn(write))
+        rows: list[HistoryRow] = []
+        parent = result.parent_id
+        for n in new:
+            rows.append((n.item.id, n.item.kind, n.chat, n.cost, parent))
+            parent = n.item.id
+        base = self.base
+        path = self.turns.cache.extend(base.rows, base.complete, base.coverage, rows, spec.owner, base.gen)
+        self.turns.cache.put(items[-1].id, path)
+
+    async def close(self) -> None:
+        """Let go of the upstream and the account queue (safe to call twice)."""
+        if self._closed:
+            return
+        self._closed = True
+        current_log().upstream_ms += (time.perf_counter() - self._started) * 1000
+        if self.reply is not None:
+            self.turns.activity.open_streams -= 1
+        self._forget()
+        if self.reply is not None:
+            with contextlib.suppress(Exception):
+                await self.reply.aclose()
+
+    def _forget(self) -> None:
+        self.turns.activity.turns.discard(self)
+        if self._release is not None:
+            self._release()
+            self._release = None
+
+
+async def drain(turn: OpenTurn) -> None:
+    """Read a turn to its end without a client watching each event."""
+    async for _ in turn.events():
+        pass

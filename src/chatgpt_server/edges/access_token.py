@@ -1,0 +1,80 @@
+"""The token door: access tokens for mode 2.
+
+- ``GET``/``POST /api/v1/token/getInfo``, the original's route. ``type=2`` with a verified access
+  token of a stored account (as ``token``, or ``Authorization: Bearer``) returns that account's
+  current access token, refreshed if needed. Otherwise email and password go through the legacy
+  web sign-in (``CHATGPT_SERVER_AUTH_URL``); an email and password alone never return a stored
+  account's token. GET takes the query string, as the original did; POST (JSON or form) is the one
+  to use, since a password in a URL ends up in proxy and server logs.
+- ``POST /api/v1/token/device`` and ``POST /api/v1/token/device/poll``: device sign-in over HTTP, for
+  servers without a terminal (what ``chatgpt-server login`` does).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..core.activity import current_log
+from ..errors import BadGateway, ValidationFailed
+from .envelope import ok
+from .http import read_json
+from .original_request import header_safe, parse_token
+
+if TYPE_CHECKING:
+    from ..app import Services
+
+
+def _presented(request: Request, values: dict[str, Any]) -> str | None:
+    token = values.get("token")
+    if isinstance(token, str) and token:
+        return token
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() == "bearer ":
+        return auth[7:].strip() or None
+    return None
+
+
+async def get_info(request: Request, services: Services) -> Response:
+    log = current_log()
+    if request.method == "GET":
+        values: Any = dict(request.query_params)
+        status = 200
+    else:
+        values = await read_json(request, services.settings.max_body_bytes, form=True)
+        if not isinstance(values, dict):
+            values = {}
+        status = 201
+    log.route = "token"
+    token = _presented(request, values)
+    if token is not None and str(values.get("type", "")).strip() == "2" and header_safe(token):
+        current = await services.accounts.current_for(token)
+        if current is not None:
+            log.route = "token account"
+            return ok(current, status=status)
+    query = parse_token(values)
+    log.route = "token signin"
+    try:
+        access_token = await services.tokens.token(query.email, query.password, query.refresh)
+    except BadGateway as exc:
+        if exc.key == "signin_changed":
+            exc.params["detail"] = f"{exc.params.get('detail', '')}; use device sign-in (POST /api/v1/token/device)"
+        raise
+    return ok(access_token, status=status)
+
+
+async def device_start(request: Request, services: Services) -> Response:
+    current_log().route = "token device"
+    await read_json(request, services.settings.max_body_bytes, form=True)
+    return ok(await services.accounts.start_device(), status=201)
+
+
+async def device_poll(request: Request, services: Services) -> Response:
+    current_log().route = "token device poll"
+    values = await read_json(request, services.settings.max_body_bytes, form=True)
+    device = values.get("deviceAuthId") if isinstance(values, dict) else None
+    if not isinstance(device, str) or not device or len(device) > 512 or not header_safe(device):
+        raise ValidationFailed([("field_required", {"field": "deviceAuthId"})])
+    return ok(await services.accounts.poll_device(device), status=201)

@@ -1,0 +1,92 @@
+"""OpenAI's Chat Completions API, stateless: ``POST /v1/chat/completions`` and ``GET /v1/models``.
+
+The request goes to the upstream that serves its model, as the client wrote it, with the caller's key;
+the answer comes back once the same parsers as every other turn have read it (so nothing malformed or
+oversized passes), and its usage goes to the access log. Nothing is stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp
+
+from ..core.activity import current_log
+from ..core.relay import relay_stream, relay_whole
+from ..errors import BadRequest, ServiceError
+from ..upstreams.base import Target
+from ..upstreams.chat_completions import ChunkParser
+from .envelope import openai_error_body
+from .http import JSONBody, read_json
+from .messages import error_message
+from .openai_items import invalid
+from .sse import EventStream
+from .v1 import api_key
+
+if TYPE_CHECKING:
+    from ..app import Services
+
+
+def _usage_note(usage: dict[str, Any] | None) -> str:
+    if not usage:
+        return ""
+    return f"usage prompt={usage.get('prompt_tokens', '?')} completion={usage.get('completion_tokens', '?')}"
+
+
+async def create(request: Request, services: Services) -> ASGIApp:
+    log = current_log()
+    key = api_key(request)
+    body = await read_json(request, services.settings.max_body_bytes)
+    if not isinstance(body, dict):
+        raise BadRequest("body_not_object")
+    model = body.get("model")
+    if not isinstance(model, str) or not model or len(model) > 256 or not model.isprintable():
+        raise BadRequest("missing_param", param="model")
+    if not isinstance(body.get("messages"), list) or not body["messages"]:
+        raise BadRequest("missing_param", param="messages")
+    stream = body.get("stream")
+    if stream is not None and not isinstance(stream, bool):
+        raise invalid("stream", "expected true or false")
+    route = services.models.route(model)
+    if route.upstream != "chat":
+        raise BadRequest("model_not_chat", model=model[:256])
+    target = Target("chat", route.base_url, key)
+    settings = services.settings
+    if stream:
+        log.route = "chat.completions stream"
+        options = body.get("stream_options")
+        if not isinstance(options, dict) or "include_usage" not in options:
+            body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
+        parser = ChunkParser(target.host, key)
+        chunks = await relay_stream(services.relay, orjson.dumps(body), target, settings.timeout_ms / 1000,
+                                    settings.idle_timeout_ms / 1000, parser)  # fmt: skip
+
+        async def on_leave() -> None:
+            await chunks.aclose()  # closes the upstream response: the upstream stops writing
+
+        return EventStream(_events(chunks, parser), settings.heartbeat_seconds, on_leave)
+    log.route = "chat.completions"
+    raw, usage = await relay_whole(services.relay, orjson.dumps(body), target, settings.timeout_ms / 1000)
+    log.outcome = _usage_note(usage)
+    return Response(raw, media_type="application/json")
+
+
+async def _events(chunks: AsyncIterator[str], parser: ChunkParser) -> AsyncIterator[bytes]:
+    log = current_log()
+    try:
+        async for data in chunks:
+            yield b"data: " + data.encode() + b"\n\n"
+        log.outcome = "done " + _usage_note(parser.usage)
+    except ServiceError as exc:
+        log.outcome, log.message = "error", error_message(exc, "en")
+        yield b"data: " + orjson.dumps(openai_error_body(exc)) + b"\n\n"
+
+
+async def list_models(request: Request, services: Services) -> Response:
+    current_log().route = "models"
+    api_key(request)
+    return JSONBody({"object": "list", "data": services.models.listed()})

@@ -1,0 +1,189 @@
+"""OpenAI's Conversations API: ``/v1/conversations``, plus the listing OpenAI lacks.
+
+A conversation is a record whose ``tip`` is its newest item; its items are those of the conversation
+tree with its id, in the order they were added. Conversations the original route or the Responses API
+started (without a record) can be read, listed and continued here too: the record is made the first
+time one is written to. Deleting a conversation deletes the record (as OpenAI does, its items stay
+for the responses that used them); deleting an item takes it out of the conversation and out of the
+history of every later turn.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..core.activity import current_log
+from ..core.items import Item, mint
+from ..errors import BadRequest, Conflict, NotFound
+from ..stores import Record
+from .http import JSONBody, read_json
+from .openai_items import MAX_ITEMS, invalid, item_json, parse_input
+from .responses import _metadata
+from .v1 import list_body, owner_of, page_of
+
+if TYPE_CHECKING:
+    from ..app import Services
+
+
+def conversation_json(record: Record) -> dict[str, Any]:
+    return {
+        "id": record.id,
+        "object": "conversation",
+        "created_at": int(record.created_at),
+        "metadata": record.body.get("metadata") or {},
+    }
+
+
+async def _conversation(services: Services, owner: str, conversation_id: str, *, make: bool = False) -> Record:
+    """The caller's conversation; one started elsewhere (items, no record) is shown from its items
+    and, with ``make``, given a record."""
+    record = await services.store.get_record("conversation", conversation_id)
+    if record is not None:
+        if record.owner != owner:
+            raise NotFound("conversation_not_found_here", id=conversation_id[:256])
+        return record
+    newest = await services.store.conversation_items(owner, conversation_id, None, 1, True)
+    if not newest:
+        raise NotFound("conversation_not_found_here", id=conversation_id[:256])
+    oldest = await services.store.conversation_items(owner, conversation_id, None, 1, False)
+    created = oldest[0].created_at if oldest else time.time()
+    record = Record("conversation", conversation_id, owner, {"metadata": {}}, newest[0].item.id, created, time.time())
+    if make and not await services.store.put_record(record, None):
+        again = await services.store.get_record("conversation", conversation_id)
+        if again is None or again.owner != owner:
+            raise Conflict("conversation_changed", id=conversation_id)
+        return again
+    return record
+
+
+async def _items_of(body: Any) -> list[Item]:
+    raw = body.get("items") if isinstance(body, dict) else None
+    if raw is None:
+        return []
+    if not isinstance(raw, list) or len(raw) > MAX_ITEMS:
+        raise invalid("items", f"expected a list of at most {MAX_ITEMS} items")
+    parsed = parse_input(raw, "items")
+    if any(isinstance(entry, str) for entry in parsed):
+        raise invalid("items", "item references are not accepted here")
+    return [entry for entry in parsed if isinstance(entry, Item)]
+
+
+async def create(request: Request, services: Services) -> Response:
+    current_log().route = "conversations create"
+    owner = await owner_of(request, services)
+    body = await read_json(request, services.settings.max_body_bytes)
+    if not isinstance(body, dict):
+        raise BadRequest("body_not_object")
+    unknown = set(body) - {"items", "metadata"}
+    if unknown:
+        raise BadRequest("unknown_param", param=sorted(unknown)[0][:64])
+    metadata = _metadata(body.get("metadata"))
+    items = await _items_of(body)
+    now = time.time()
+    record = Record("conversation", mint("conv_"), owner, {"metadata": metadata}, None, now, now)
+    await services.store.put_record(record, None)
+    if items:
+        await services.turns.append(owner, record.id, None, items)
+    return JSONBody(conversation_json(record))
+
+
+async def retrieve(request: Request, services: Services) -> Response:
+    current_log().route = "conversations get"
+    owner = await owner_of(request, services)
+    return JSONBody(conversation_json(await _conversation(services, owner, request.path_params["id"])))
+
+
+async def update(request: Request, services: Services) -> Response:
+    current_log().route = "conversations update"
+    owner = await owner_of(request, services)
+    body = await read_json(request, services.settings.max_body_bytes)
+    if not isinstance(body, dict) or "metadata" not in body:
+        raise BadRequest("missing_param", param="metadata")
+    metadata = _metadata(body["metadata"])
+    for _ in range(5):
+        record = await _conversation(services, owner, request.path_params["id"], make=True)
+        changed = Record(record.kind, record.id, owner, {**record.body, "metadata": metadata}, record.tip,
+                         record.created_at, time.time(), record.version, record.gen)  # fmt: skip
+        if await services.store.put_record(changed, record.version):
+            return JSONBody(conversation_json(changed))
+    raise Conflict("conversation_changed", id=request.path_params["id"][:256])
+
+
+async def delete(request: Request, services: Services) -> Response:
+    current_log().route = "conversations delete"
+    owner = await owner_of(request, services)
+    record = await _conversation(services, owner, request.path_params["id"], make=True)
+    await services.store.delete_record("conversation", record.id)
+    return JSONBody({"id": record.id, "object": "conversation.deleted", "deleted": True})
+
+
+async def list_all(request: Request, services: Services) -> Response:
+    """The caller's conversations, newest first (``order=asc`` for oldest first), paged by ``after``."""
+    current_log().route = "conversations list"
+    owner = await owner_of(request, services)
+    page = page_of(request)
+    records = await services.store.list_records("conversation", owner, page.after, page.limit + 1, page.descending)
+    shown = [conversation_json(r) for r in records[: page.limit]]
+    return JSONBody(list_body(shown, len(records) > page.limit))
+
+
+async def add_items(request: Request, services: Services) -> Response:
+    current_log().route = "conversations items add"
+    owner = await owner_of(request, services)
+    body = await read_json(request, services.settings.max_body_bytes)
+    if not isinstance(body, dict) or body.get("items") is None:
+        raise BadRequest("missing_param", param="items")
+    items = await _items_of(body)
+    if not items:
+        raise invalid("items", "expected at least one item")
+    record = await _conversation(services, owner, request.path_params["id"], make=True)
+    encoding = None
+    if record.tip:
+        parent = await services.store.get_item(owner, record.tip)
+        encoding = parent.enc if parent is not None else None
+    await services.turns.append(owner, record.id, record.tip, items, encoding)
+    shown = [item_json(item) for item in items]
+    return JSONBody(list_body(shown, False))
+
+
+async def list_items(request: Request, services: Services) -> Response:
+    current_log().route = "conversations items"
+    owner = await owner_of(request, services)
+    conversation_id = request.path_params["id"]
+    await _conversation(services, owner, conversation_id)
+    page = page_of(request)
+    after_seq = None
+    if page.after is not None:
+        anchor = await services.store.get_item(owner, page.after)
+        if anchor is None or anchor.conversation_id != conversation_id:
+            raise invalid("after", "is not an item of this conversation")
+        after_seq = anchor.seq
+    items = await services.store.conversation_items(owner, conversation_id, after_seq, page.limit + 1,
+                                                    page.descending)  # fmt: skip
+    shown = [item_json(s.item) for s in items[: page.limit]]
+    return JSONBody(list_body(shown, len(items) > page.limit))
+
+
+async def get_item(request: Request, services: Services) -> Response:
+    current_log().route = "conversations item"
+    owner = await owner_of(request, services)
+    conversation_id, item_id = request.path_params["id"], request.path_params["item_id"]
+    await _conversation(services, owner, conversation_id)
+    found = await services.store.get_item(owner, item_id)
+    if found is None or found.conversation_id != conversation_id or found.deleted:
+        raise NotFound("item_not_found", id=item_id[:256])
+    return JSONBody(item_json(found.item))
+
+
+async def delete_item(request: Request, services: Services) -> Response:
+    current_log().route = "conversations item delete"
+    owner = await owner_of(request, services)
+    conversation_id, item_id = request.path_params["id"], request.path_params["item_id"]
+    record = await _conversation(services, owner, conversation_id, make=True)
+    if not await services.store.delete_item(owner, conversation_id, item_id):
+        raise NotFound("item_not_found", id=item_id[:256])
+    return JSONBody(conversation_json(record))

@@ -1,0 +1,75 @@
+"""The one place errors become responses, in the shape of the door they came through.
+
+The original's routes (everything outside ``/v1``) answer with the contract's envelope
+``{status, success, message, data, timestamp[, path]}``; the OpenAI-shaped doors under ``/v1`` with
+``{"error": {"message", "type", "param", "code"}}`` and the status the official SDKs map to their
+exception classes.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from ..errors import ServiceError, ValidationFailed
+from .http import JSONBody
+from .messages import error_message
+
+OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "invalid_request_error",
+    405: "invalid_request_error",
+    409: "invalid_request_error",
+    413: "invalid_request_error",
+    415: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_exceeded",
+}
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def ok(data: Any, status: int = 200) -> JSONBody:
+    return JSONBody({"status": 200, "success": True, "message": "ok", "data": data, "timestamp": now_ms()},
+                    status_code=status)  # fmt: skip
+
+
+def success(data: Any) -> dict[str, Any]:
+    return {"status": 200, "success": True, "message": "ok", "data": data, "timestamp": now_ms()}
+
+
+def error_body(error: ServiceError, path: str, language: str) -> dict[str, Any]:
+    return {
+        "status": error.status,
+        "success": False,
+        "message": error_message(error, language),
+        "data": {},
+        "timestamp": now_ms(),
+        "path": path,  # scope["path"] never carries the query string (the original echoed passwords)
+    }
+
+
+def openai_error_body(error: ServiceError) -> dict[str, Any]:
+    param = error.params.get("param")
+    if isinstance(error, ValidationFailed) and error.problems:
+        param = error.problems[0][1].get("field") or error.problems[0][1].get("name")
+    code = error.params.get("code") or error.key
+    kind = OPENAI_TYPES.get(error.status, "server_error")
+    if error.status == 429 and error.key in ("upstream_quota", "usage_limit"):
+        kind = "insufficient_quota"
+    return {"error": {"message": error_message(error, "en"), "type": kind, "param": param, "code": code}}
+
+
+def is_openai_path(path: str) -> bool:
+    return path.startswith("/v1/") or path == "/v1"
+
+
+def error_response(error: ServiceError, path: str, language: str) -> JSONBody:
+    headers = dict(error.headers) if error.headers else None
+    if is_openai_path(path):
+        return JSONBody(openai_error_body(error), status_code=error.status, headers=headers)
+    return JSONBody(error_body(error, path, language), status_code=error.status, headers=headers)

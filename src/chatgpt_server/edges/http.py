@@ -1,0 +1,71 @@
+"""HTTP plumbing every door shares: bounded bodies of the right media type, JSON responses."""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ..errors import BadRequest, PayloadTooLarge, UnsupportedMediaType
+
+FORM = "application/x-www-form-urlencoded"
+
+
+class JSONBody(Response):
+    """orjson-encoded JSON: measurably cheaper than the stdlib encoder on every reply."""
+
+    media_type = "application/json"
+
+    def render(self, content: Any) -> bytes:
+        return orjson.dumps(content)
+
+
+def media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+
+
+def _is_json(kind: str) -> bool:
+    return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise PayloadTooLarge("body_too_large", limit=limit)
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge("body_too_large", limit=limit)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _check_type(request: Request, form: bool) -> str:
+    """JSON (or, where ``form``, a url-encoded form). Anything else is 415: a cross-site page can send
+    text/plain or a form without asking first, and must not reach a JSON route that way. A request
+    without a content type (curl --data-binary) is read as JSON."""
+    kind = media_type(request)
+    if kind and not _is_json(kind) and not (form and kind == FORM):
+        accepted = "application/json" + (" or " + FORM if form else "")
+        raise UnsupportedMediaType("unsupported_media_type", type=kind[:80], accepted=accepted)
+    return kind
+
+
+async def read_json(request: Request, limit: int, *, form: bool = False) -> Any:
+    """The body as JSON (or a form's fields). An empty body reads as {} so validation lists what is
+    missing."""
+    kind = _check_type(request, form)
+    raw = await read_body(request, limit)
+    if kind == FORM:
+        return dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+    if not raw.strip():
+        return {}
+    try:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise BadRequest("bad_json", reason=str(exc).split(":", 1)[0][:100]) from exc

@@ -1,0 +1,225 @@
+"""The original's door: POST /api/v1/gpt/getInfo (type "1": one JSON reply; type "2": a stream).
+
+It translates the contract's body into a turn for the core and the result back into the contract's
+``data``: a chat message ``{role, id, parentMessageId, conversationId, text, detail}``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.types import ASGIApp
+
+from ..core.activity import current_log
+from ..core.items import Item, mint
+from ..core.tokens import uses_max_completion_tokens
+from ..core.turns import Budget, OpenTurn, TurnResult, TurnSpec
+from ..errors import BadRequest, ServiceError
+from ..stores import StoredItem
+from ..upstreams.base import Target
+from .envelope import error_body, ok, success
+from .http import read_json
+from .messages import error_message, pick_language
+from .original_request import ChatRequest, parse_chat
+from .sse import EventStream, event
+
+if TYPE_CHECKING:
+    from ..app import Services
+
+DEFAULT_SYSTEM_MESSAGE = (
+    "You are ChatGPT, a large language model trained by OpenAI. Answer as concisely as possible.\n"
+    "Knowledge cutoff: 2021-09-01\nCurrent date: {date}"
+)
+# The original library's sampling defaults, for the chat models that accept them.
+SAMPLING_DEFAULTS = {"temperature": 0.8, "top_p": 1.0, "presence_penalty": 1.0}
+_MODE_OF_ORIGIN = {"1": "1", "2": "2", "web": "2", "v1": "1"}
+
+
+def language_of(request: Request, default: str) -> str:
+    return pick_language(request.headers.get("accept-language"), default)
+
+
+def _compatible(mode: str, backend: str) -> Any:
+    """Which stored conversations a request of this mode can continue."""
+    accepted = {"1": ("1", "v1"), "codex": ("2", "v1"), "web": ("web",)}["1" if mode == "1" else backend]
+
+    def check(parent: StoredItem) -> None:
+        if parent.origin not in accepted:
+            if mode == "2" and _MODE_OF_ORIGIN.get(parent.origin) == "2":
+                raise BadRequest("parent_other_backend", id=parent.item.id, backend=backend)
+            raise BadRequest("parent_wrong_mode", id=parent.item.id, mode=_MODE_OF_ORIGIN.get(parent.origin, "?"))
+
+    return check
+
+
+async def spec_for(chat: ChatRequest, services: Services) -> TurnSpec:
+    settings = services.settings
+    user = Item(mint("uuid"), "message", "user", chat.content)
+    system = chat.system_message
+    if system is None:
+        system = DEFAULT_SYSTEM_MESSAGE.format(date=time.strftime("%Y-%m-%d"))
+    budget = Budget(chat.max_model_tokens - chat.max_response_tokens, True, None, chat.max_model_tokens,
+                    chat.max_response_tokens)  # fmt: skip
+    common: dict[str, Any] = {
+        "inputs": [user], "budget": budget, "parent": chat.parent_message_id, "stream": chat.stream,
+        "timeout_s": chat.timeout_s, "idle_s": chat.idle_timeout_s,
+    }  # fmt: skip
+    if chat.mode == "1":
+        params = dict(chat.completion_params)
+        model = str(params.pop("model", None) or chat.model or settings.default_model)
+        if not uses_max_completion_tokens(model):
+            params = {**SAMPLING_DEFAULTS, **params}
+        target = Target("chat", chat.base_url, chat.key, chat.organization)
+        owner = await services.owners.of(chat.key)
+        return TurnSpec(owner=owner, origin="1", target=target, model=model, instructions=system or None,
+                        params=params, reply_prefix="chatcmpl-", compatible=_compatible("1", "chat"),
+                        **common)  # fmt: skip
+    model = chat.model or settings.default_chatgpt_model
+    backend = settings.chatgpt_backend
+    if backend == "web":
+        target = Target("web", chat.conversation_url, chat.key, headers=tuple(chat.headers.items()))
+        owner = await services.owners.of(chat.key)
+        return TurnSpec(owner=owner, origin="web", target=target, model=model, reply_prefix="uuid",
+                        queue_key=owner, compatible=_compatible("2", "web"), **common)  # fmt: skip
+    account = await services.accounts.credential(chat.key)
+    url = chat.conversation_url if chat.conversation_url != settings.chatgpt_url else settings.codex_url
+    target = Target("codex", url, account.access_token, headers=tuple(chat.headers.items()),
+                    account_id=account.account_id)  # fmt: skip
+    return TurnSpec(owner=account.owner, origin="2", target=target, model=model, instructions=system or None,
+                    reply_prefix="uuid", compatible=_compatible("2", "codex"), **common)  # fmt: skip
+
+
+def reply_data(chat: ChatRequest, result: TurnResult, model: str) -> dict[str, Any]:
+    """The ``data`` of the envelope, shaped as the original library's chat message."""
+    reply = result.reply
+    conversation_id = result.conversation_id
+    web = result.outputs[0].meta.get("web") if result.outputs else None
+    if isinstance(web, list) and web:
+        conversation_id = web[0]
+    data: dict[str, Any] = {
+        "role": "assistant",
+        "id": result.reply_id,
+        "parentMessageId": result.inputs[-1].id,
+        "conversationId": conversation_id,
+        "text": result.text,
+    }
+    if chat.mode == "1":
+        finish = reply.finish_reason or ("stop" if not result.incomplete else None)
+        data["detail"] = {
+            "id": reply.upstream_id or result.reply_id,
+            "object": "chat.completion",
+            "created": getattr(reply, "created", None) or int(result.created_at),
+            "model": reply.model or model,
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": finish}
+            ],
+            "usage": result.usage,
+        }
+    elif reply.meta.get("rateLimits") is not None:
+        data["detail"] = {"model": reply.model or model, "usage": result.usage, "rateLimits": reply.meta["rateLimits"]}
+    if result.incomplete:
+        data["incomplete"] = True
+        data["incompleteReason"] = result.incomplete
+    return data
+
+
+async def get_info(request: Request, services: Services) -> ASGIApp:
+    settings = services.settings
+    chat = parse_chat(await read_json(request, settings.max_body_bytes), settings)
+    log = current_log()
+    log.route = f"gpt mode{chat.mode} type{2 if chat.stream else 1}"
+    spec = await spec_for(chat, services)
+    turn = await services.turns.open(spec)
+    if not chat.stream:
+        result = await _whole(turn, request if spec.queue_key else None)
+        return ok(reply_data(chat, result, spec.model), status=201)
+    language = language_of(request, settings.language)
+
+    async def on_leave() -> None:
+        if turn.text or spec.target.upstream != "web":
+            try:
+                await turn.finish(incomplete="client_left")
+            except ServiceError as exc:
+                current_log().message = f"the partial reply was not stored: {exc.key}"
+        else:
+            await turn.close()
+
+    produce = _events(turn, chat, spec.model, request.url.path, language)
+    return EventStream(produce, settings.heartbeat_seconds, on_leave)
+
+
+async def _whole(turn: OpenTurn, watch: Request | None) -> TurnResult:
+    """Read the whole reply; with ``watch``, a client that leaves stops it (and frees its account)."""
+    try:
+        if watch is None:
+            async for _ in turn.events():
+                pass
+        else:
+            await _unless_gone(turn, watch)
+        return await turn.finish()
+    finally:
+        await turn.close()
+
+
+async def _unless_gone(turn: OpenTurn, request: Request) -> None:
+    async def read() -> None:
+        async for _ in turn.events():
+            pass
+
+    work = asyncio.create_task(read())
+    gone = asyncio.create_task(_disconnected(request))
+    try:
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+        if not work.done():
+            work.cancel()
+            current_log().outcome = "client left"
+            with contextlib.suppress(asyncio.CancelledError):
+                await work
+            await turn.close()
+    work.result()
+
+
+async def _disconnected(request: Request) -> None:
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _events(turn: OpenTurn, chat: ChatRequest, model: str, path: str, language: str) -> AsyncIterator[bytes]:
+    log = current_log()
+    parent_id = turn.spec.inputs[-1].id
+    try:
+        async for item in turn.events():
+            if not item.text:
+                continue
+            progress: dict[str, Any] = {"delta": item.text}
+            if not chat.delta_only:
+                progress["text"] = turn.text
+            progress["id"] = turn.reply_id
+            progress["parentMessageId"] = parent_id
+            progress["conversationId"] = _conversation_shown(turn)
+            yield event("delta", progress)
+        result = await turn.finish()
+        log.outcome = "done"
+        yield event("done", success(reply_data(chat, result, model)))
+    except ServiceError as exc:
+        log.outcome = "error"
+        log.message = error_message(exc, "en")
+        if turn.text:
+            with contextlib.suppress(ServiceError):
+                await turn.finish(incomplete="error")
+        yield event("error", error_body(exc, path, language))
+    finally:
+        await turn.close()
+
+
+def _conversation_shown(turn: OpenTurn) -> str:
+    reply = turn.reply
+    web = reply.meta.get("web") if reply is not None else None
+    return str(web[0]) if web else turn.conversation_id

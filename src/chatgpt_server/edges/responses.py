@@ -1,0 +1,505 @@
+"""OpenAI's Responses API over any upstream: ``/v1/responses``.
+
+A response is a turn: its input items and output items join the conversation tree (the same tree the
+original route writes), the response object is kept as a record written with the turn, and
+``previous_response_id`` (a response id, or any item id, such as a reply id from the original route)
+continues from it. ``instructions`` apply to one response only: they are never stored as items. A
+streamed response follows OpenAI's event sequence, and ``response.completed`` is sent only after the
+turn is stored, so a follow-up sent the instant it arrives finds it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.types import ASGIApp
+
+from ..core.activity import current_log
+from ..core.items import Item, mint
+from ..core.tokens import uses_max_completion_tokens
+from ..core.turns import Budget, OpenTurn, TurnResult, TurnSpec
+from ..errors import BadRequest, NotFound, ServiceError
+from ..stores import Record, StoredItem
+from .envelope import openai_error_body
+from .http import JSONBody, read_json
+from .messages import error_message
+from .openai_items import copy_of, invalid, item_json, parse_input
+from .sse import EventStream, event
+from .v1 import Caller, caller_for, list_body, open_turn, owner_of, page_of
+
+if TYPE_CHECKING:
+    from ..app import Services
+
+KNOWN = {
+    "model", "input", "instructions", "previous_response_id", "conversation", "store", "stream", "truncation",
+    "max_output_tokens", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls", "metadata", "user",
+    "safety_identifier", "text", "reasoning", "include", "stream_options", "prompt_cache_key", "service_tier",
+    "background", "top_logprobs", "max_tool_calls",
+}  # fmt: skip
+MAX_METADATA = 16
+AUTO_RESERVE = 4096  # output room kept by truncation "auto" when max_output_tokens is not given
+
+
+@dataclass(slots=True)
+class Ask:
+    """A validated POST /v1/responses body."""
+
+    model: str
+    items: list[Item | str]
+    instructions: str | None = None
+    previous: str | None = None
+    conversation: str | None = None
+    store: bool = True
+    stream: bool = False
+    truncation: str = "disabled"
+    max_output_tokens: int | None = None
+    temperature: float | None = None
+    top_p: float | None = None
+    tools: list[dict[str, Any]] = field(default_factory=list)
+    tool_choice: Any = "auto"
+    parallel_tool_calls: bool = True
+    metadata: dict[str, str] = field(default_factory=dict)
+    user: str | None = None
+    text_format: dict[str, Any] | None = None
+    effort: str | None = None
+
+
+def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    value = body.get(name)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+        raise invalid(name, f"expected a number from {low:g} to {high:g}")
+    return float(value)
+
+
+def _tools(value: Any) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > 128:
+        raise invalid("tools", "expected a list of at most 128 tools")
+    tools = []
+    for index, tool in enumerate(value):
+        where = f"tools[{index}]"
+        if not isinstance(tool, dict) or tool.get("type") != "function":
+            kind = tool.get("type") if isinstance(tool, dict) else None
+            raise invalid(where + ".type", f"only function tools are supported, not {str(kind)[:40]!r}")
+        name = tool.get("name")
+        if not isinstance(name, str) or not name or len(name) > 64:
+            raise invalid(where + ".name", "expected a function name of 1 to 64 characters")
+        parameters = tool.get("parameters")
+        if parameters is not None and not isinstance(parameters, dict):
+            raise invalid(where + ".parameters", "expected a JSON schema object")
+        description = tool.get("description")
+        if description is not None and not isinstance(description, str):
+            raise invalid(where + ".description", "expected a string")
+        clean: dict[str, Any] = {"type": "function", "name": name}
+        for key in ("description", "parameters", "strict"):
+            if tool.get(key) is not None:
+                clean[key] = tool[key]
+        tools.append(clean)
+    return tools
+
+
+def _tool_choice(value: Any, tools: list[dict[str, Any]]) -> Any:
+    if value is None:
+        return "auto"
+    if value in ("auto", "none", "required"):
+        return value
+    if isinstance(value, dict) and value.get("type") == "function" and isinstance(value.get("name"), str):
+        if not any(t["name"] == value["name"] for t in tools):
+            raise invalid("tool_choice.name", "names no tool of this request")
+        return {"type": "function", "name": value["name"]}
+    raise invalid("tool_choice", "expected auto, none, required or a function")
+
+
+def _metadata(value: Any) -> dict[str, str]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict) or len(value) > MAX_METADATA:
+        raise invalid("metadata", f"expected an object of at most {MAX_METADATA} keys")
+    for key, text in value.items():
+        if not isinstance(key, str) or len(key) > 64 or not isinstance(text, str) or len(text) > 512:
+            raise invalid("metadata", "keys are strings of at most 64 characters, values of at most 512")
+    return dict(value)
+
+
+def _reference(value: Any, name: str) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, dict):
+        value = value.get("id")
+    if not isinstance(value, str) or not value or len(value) > 256 or not value.isprintable():
+        raise invalid(name, "expected an id")
+    return value
+
+
+def parse_ask(body: Any) -> Ask:
+    if not isinstance(body, dict):
+        raise BadRequest("body_not_object")
+    for name in body:
+        if name not in KNOWN:
+            raise BadRequest("unknown_param", param=str(name)[:64])
+    model = body.get("model")
+    if not isinstance(model, str) or not model or len(model) > 256 or not model.isprintable():
+        raise BadRequest("missing_param", param="model")
+    if body.get("input") is None:
+        raise BadRequest("missing_param", param="input")
+    if body.get("background"):
+        raise invalid("background", "background mode is not supported")
+    ask = Ask(model=model, items=parse_input(body["input"]))
+    instructions = body.get("instructions")
+    if instructions is not None and not isinstance(instructions, str):
+        raise invalid("instructions", "expected a string")
+    ask.instructions = instructions or None
+    ask.previous = _reference(body.get("previous_response_id"), "previous_response_id")
+    ask.conversation = _reference(body.get("conversation"), "conversation")
+    if ask.previous and ask.conversation:
+        raise BadRequest("previous_and_conversation")
+    for name in ("store", "stream", "parallel_tool_calls"):
+        if body.get(name) is not None and not isinstance(body[name], bool):
+            raise invalid(name, "expected true or false")
+    ask.store = body.get("store") is not False
+    ask.stream = body.get("stream") is True
+    if ask.conversation and not ask.store:
+        raise invalid("store", "a response in a conversation is stored")
+    truncation = body.get("truncation") or "disabled"
+    if truncation not in ("auto", "disabled"):
+        raise invalid("truncation", "expected auto or disabled")
+    ask.truncation = truncation
+    limit = body.get("max_output_tokens")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1_000_000):
+        raise invalid("max_output_tokens", "expected an integer from 1 to 1000000")
+    ask.max_output_tokens = limit
+    ask.temperature = _number(body, "temperature", 0, 2)
+    ask.top_p = _number(body, "top_p", 0, 1)
+    ask.tools = _tools(body.get("tools"))
+    ask.tool_choice = _tool_choice(body.get("tool_choice"), ask.tools)
+    ask.parallel_tool_calls = body.get("parallel_tool_calls") is not False
+    ask.metadata = _metadata(body.get("metadata"))
+    user = body.get("user") or body.get("safety_identifier")
+    if user is not None and (not isinstance(user, str) or len(user) > 256):
+        raise invalid("user", "expected a string of at most 256 characters")
+    ask.user = user
+    ask.text_format = _text_format(body.get("text"))
+    reasoning = body.get("reasoning")
+    if isinstance(reasoning, dict) and reasoning.get("effort") in ("minimal", "low", "medium", "high"):
+        ask.effort = reasoning["effort"]
+    return ask
+
+
+def _text_format(value: Any) -> dict[str, Any] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalid("text", "expected an object")
+    fmt = value.get("format")
+    if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text"):
+        return None
+    if isinstance(fmt, dict) and fmt.get("type") == "json_object":
+        return {"type": "json_object"}
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
+        schema: dict[str, Any] = {"name": str(fmt.get("name") or "response")[:64], "schema": fmt["schema"]}
+        if isinstance(fmt.get("strict"), bool):
+            schema["strict"] = fmt["strict"]
+        return {"type": "json_schema", "json_schema": schema}
+    raise invalid("text.format", "expected text, json_object or json_schema")
+
+
+# -- the response object ---------------------------------------------------------------------------
+def usage_json(usage: dict[str, Any]) -> dict[str, Any]:
+    prompt = int(usage.get("prompt_tokens") or 0)
+    completion = int(usage.get("completion_tokens") or 0)
+    return {
+        "input_tokens": prompt,
+        "input_tokens_details": {"cached_tokens": 0},
+        "output_tokens": completion,
+        "output_tokens_details": {"reasoning_tokens": 0},
+        "total_tokens": int(usage.get("total_tokens") or prompt + completion),
+    }
+
+
+@dataclass(slots=True)
+class Draft:
+    """What the response object says besides its output: fixed when the request is read."""
+
+    id: str
+    ask: Ask
+    created_at: int
+
+    def shell(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
+              error: dict[str, Any] | None = None, incomplete: str | None = None) -> dict[str, Any]:  # fmt: skip
+        ask = self.ask
+        return {
+            "id": self.id,
+            "object": "response",
+            "created_at": self.created_at,
+            "status": status,
+            "background": False,
+            "error": error,
+            "incomplete_details": {"reason": incomplete} if incomplete else None,
+            "instructions": ask.instructions,
+            "max_output_tokens": ask.max_output_tokens,
+            "max_tool_calls": None,
+            "model": ask.model,
+            "output": output,
+            "parallel_tool_calls": ask.parallel_tool_calls,
+            "previous_response_id": ask.previous,
+            "conversation": {"id": ask.conversation} if ask.conversation else None,
+            "reasoning": {"effort": ask.effort, "summary": None},
+            "store": ask.store,
+            "temperature": ask.temperature,
+            "text": {"format": _format_json(ask.text_format)},
+            "tool_choice": ask.tool_choice,
+            "tools": ask.tools,
+            "top_p": ask.top_p,
+            "truncation": ask.truncation,
+            "usage": usage_json(usage) if usage is not None else None,
+            "user": ask.user,
+            "metadata": ask.metadata,
+        }
+
+    def final(self, result: TurnResult) -> dict[str, Any]:
+        status = "incomplete" if result.incomplete else "completed"
+        output = [item_json(item) for item in result.outputs]
+        reason = None
+        if result.incomplete:
+            reason = "max_output_tokens" if result.incomplete == "max_output_tokens" else result.incomplete
+        return self.shell(status, output, result.usage, incomplete=reason)
+
+
+def _format_json(fmt: dict[str, Any] | None) -> dict[str, Any]:
+    if fmt is None:
+        return {"type": "text"}
+    if fmt["type"] == "json_schema":
+        return {"type": "json_schema", **fmt["json_schema"]}
+    return {"type": fmt["type"]}
+
+
+# -- POST /v1/responses ----------------------------------------------------------------------------
+async def create(request: Request, services: Services) -> ASGIApp:
+    log = current_log()
+    ask = parse_ask(await read_json(request, services.settings.max_body_bytes))
+    log.route = "responses stream" if ask.stream else "responses"
+    caller = await caller_for(request, services, ask.model)
+    inputs = await _resolve_references(services, caller.owner, ask.items)
+    if not inputs:
+        raise invalid("input", "no items to answer")
+    draft = Draft(mint("resp_"), ask, int(time.time()))
+    spec = _spec(services, ask, caller, inputs, draft)
+    turn = await open_turn(services, spec, caller)
+    if not ask.stream:
+        try:
+            async for _ in turn.events():
+                pass
+            result = await turn.finish()
+        finally:
+            await turn.close()
+        return JSONBody(draft.final(result))
+
+    async def on_leave() -> None:
+        try:
+            await turn.finish(incomplete="client_left")
+        except ServiceError as exc:
+            current_log().message = f"the partial response was not stored: {exc.key}"
+
+    return EventStream(_stream(turn, draft), services.settings.heartbeat_seconds, on_leave)
+
+
+async def _resolve_references(services: Services, owner: str, items: list[Item | str]) -> list[Item]:
+    out: list[Item] = []
+    for entry in items:
+        if isinstance(entry, Item):
+            out.append(entry)
+            continue
+        found = await services.turns.resolve(owner, entry)
+        if found is None:
+            raise NotFound("item_not_found", id=entry)
+        out.append(copy_of(found.item))
+    return out
+
+
+def _spec(services: Services, ask: Ask, caller: Caller, inputs: list[Item], draft: Draft) -> TurnSpec:
+    window = services.models.window(ask.model)
+    reserve = ask.max_output_tokens or 0
+    if ask.truncation == "auto" and not ask.max_output_tokens:
+        reserve = min(AUTO_RESERVE, window // 8)
+    params: dict[str, Any] = {}
+    if caller.target.upstream == "chat":
+        if ask.temperature is not None:
+            params["temperature"] = ask.temperature
+        if ask.top_p is not None:
+            params["top_p"] = ask.top_p
+        if ask.user:
+            params["user"] = ask.user
+        if ask.text_format is not None:
+            params["response_format"] = ask.text_format
+        if ask.effort and uses_max_completion_tokens(ask.model):
+            params["reasoning_effort"] = ask.effort
+    settings = services.settings
+    return TurnSpec(
+        owner=caller.owner, origin="v1", target=caller.target, model=ask.model, inputs=inputs,
+        budget=Budget(max(1, window - reserve), ask.truncation == "auto", ask.max_output_tokens),
+        parent=ask.previous, conversation=ask.conversation, instructions=ask.instructions, params=params,
+        tools=ask.tools or None, tool_choice=ask.tool_choice if ask.tools else None,
+        parallel_tool_calls=ask.parallel_tool_calls if ask.tools else None, stream=ask.stream, store=ask.store,
+        timeout_s=settings.timeout_ms / 1000, idle_s=settings.idle_timeout_ms / 1000, reply_prefix="msg_",
+        record=(lambda result: _record(draft, result, caller.owner)) if ask.store else None,
+        compatible=_compatible,
+    )  # fmt: skip
+
+
+def _compatible(parent: StoredItem) -> None:
+    if parent.origin == "web":
+        raise BadRequest("parent_web_only", id=parent.item.id)
+
+
+def _record(draft: Draft, result: TurnResult, owner: str) -> Record:
+    body = draft.final(result)
+    first_output = result.outputs[0].id if result.outputs else None
+    body["_first_output"] = first_output
+    last = result.outputs[-1].id if result.outputs else result.inputs[-1].id
+    return Record("response", draft.id, owner, body, last, result.created_at, result.created_at)
+
+
+# -- the event stream ------------------------------------------------------------------------------
+class Sequencer:
+    """OpenAI's stream events, numbered in order."""
+
+    def __init__(self) -> None:
+        self.number = 0
+
+    def __call__(self, kind: str, **fields: Any) -> bytes:
+        data = {"type": kind, "sequence_number": self.number, **fields}
+        self.number += 1
+        return event(kind, data)
+
+
+async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
+    log = current_log()
+    emit = Sequencer()
+    yield emit("response.created", response=draft.shell("in_progress", []))
+    yield emit("response.in_progress", response=draft.shell("in_progress", []))
+    message_index: int | None = None
+    calls: dict[int, tuple[int, dict[str, Any]]] = {}  # upstream tool index -> (output index, item)
+    item: dict[str, Any]
+    order: list[dict[str, Any]] = []  # items as added, in output order
+    message_id = turn.reply_id
+    try:
+        async for piece in turn.events():
+            if piece.text:
+                if message_index is None:
+                    message_index = len(order)
+                    item = {"id": message_id, "type": "message", "status": "in_progress", "role": "assistant",
+                            "content": []}  # fmt: skip
+                    order.append(item)
+                    yield emit("response.output_item.added", output_index=message_index, item=item)
+                    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+                    yield emit("response.content_part.added", item_id=message_id, output_index=message_index,
+                               content_index=0, part=part)  # fmt: skip
+                yield emit("response.output_text.delta", item_id=message_id, output_index=message_index,
+                           content_index=0, delta=piece.text, logprobs=[])  # fmt: skip
+            elif piece.tool_index >= 0:
+                known = calls.get(piece.tool_index)
+                if known is None:
+                    index = len(order)
+                    item = {"id": piece.item_id, "type": "function_call", "status": "in_progress",
+                            "call_id": piece.tool_id, "name": piece.tool_name, "arguments": ""}  # fmt: skip
+                    order.append(item)
+                    calls[piece.tool_index] = known = (index, item)
+                    yield emit("response.output_item.added", output_index=index, item=dict(item))
+                if piece.arguments:
+                    known[1]["arguments"] += piece.arguments
+                    yield emit("response.function_call_arguments.delta", item_id=known[1]["id"],
+                               output_index=known[0], delta=piece.arguments)  # fmt: skip
+        result = await turn.finish()
+    except ServiceError as exc:
+        log.outcome, log.message = "error", error_message(exc, "en")
+        if turn.text or (turn.reply is not None and turn.reply.tool_calls):
+            with contextlib.suppress(ServiceError):
+                await turn.finish(incomplete="error")
+        error = openai_error_body(exc)["error"]
+        failed = draft.shell("failed", order, error={"code": error["code"], "message": error["message"]})
+        yield emit("response.failed", response=failed)
+        return
+    finally:
+        await turn.close()
+    final = draft.final(result)  # the same items, ids and order as streamed
+    for index, item in enumerate(final["output"]):
+        if item["type"] == "message" and message_index is not None:
+            text = item["content"][0]["text"]
+            yield emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
+                       text=text, logprobs=[])  # fmt: skip
+            yield emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
+                       part=item["content"][0])  # fmt: skip
+        elif item["type"] == "function_call":
+            yield emit("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                       name=item["name"], arguments=item["arguments"])  # fmt: skip
+        if index < len(order):
+            yield emit("response.output_item.done", output_index=index, item=item)
+    log.outcome = "done"
+    kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+    yield emit(kind, response=final)
+
+
+# -- the rest of the API ---------------------------------------------------------------------------
+async def _owned(request: Request, services: Services) -> tuple[str, Record]:
+    owner = await owner_of(request, services)
+    response_id = request.path_params["id"]
+    record = await services.store.get_record("response", response_id)
+    if record is None or record.owner != owner:
+        raise NotFound("response_not_found", id=response_id[:256])
+    return owner, record
+
+
+def _public(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in body.items() if not k.startswith("_")}
+
+
+async def retrieve(request: Request, services: Services) -> Response:
+    current_log().route = "responses get"
+    _, record = await _owned(request, services)
+    return JSONBody(_public(record.body))
+
+
+async def delete(request: Request, services: Services) -> Response:
+    """Deletes the response object; the items stay, so responses that follow it keep their history."""
+    current_log().route = "responses delete"
+    _, record = await _owned(request, services)
+    await services.store.delete_record("response", record.id)
+    return JSONBody({"id": record.id, "object": "response", "deleted": True})
+
+
+async def cancel(request: Request, services: Services) -> Response:
+    current_log().route = "responses cancel"
+    await _owned(request, services)
+    raise BadRequest("cancel_not_background")
+
+
+async def input_items(request: Request, services: Services) -> Response:
+    """Every item the response answered (its history and its input), newest first by default."""
+    current_log().route = "responses input_items"
+    owner, record = await _owned(request, services)
+    page = page_of(request)
+    first_output = record.body.get("_first_output")
+    anchor = record.tip
+    ids: list[str] = []
+    if anchor:
+        ids = await services.store.path_ids(owner, anchor)
+        if first_output in ids:
+            ids = ids[ids.index(first_output) + 1 :]
+        else:  # no output: the tip is the last input
+            ids = ids
+    if not page.descending:
+        ids.reverse()
+    if page.after is not None:
+        ids = ids[ids.index(page.after) + 1 :] if page.after in ids else []
+    chosen = ids[: page.limit]
+    items = await services.store.get_items(owner, chosen)
+    return JSONBody(list_body([item_json(s.item) for s in items], len(ids) > page.limit))

@@ -1,0 +1,107 @@
+"""What the OpenAI-shaped doors share: the caller's credential and owner, the upstream that serves a
+model, list paging, and the SDK's retry after a refused account token."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from starlette.requests import Request
+
+from ..core.turns import OpenTurn, TurnSpec
+from ..errors import Unauthorized
+from ..upstreams.base import Target
+from .openai_items import invalid
+from .original_request import header_safe
+
+if TYPE_CHECKING:
+    from ..accounts.service import Credential
+    from ..app import Services
+
+MAX_LIMIT = 100
+
+
+def api_key(request: Request) -> str:
+    """The caller's credential, from ``Authorization: Bearer``: it is what the upstream gets, and
+    what every stored response and conversation belongs to."""
+    auth = request.headers.get("authorization", "")
+    if auth[:7].lower() != "bearer " or not auth[7:].strip():
+        raise Unauthorized("missing_api_key")
+    key = auth[7:].strip()
+    if not header_safe(key) or len(key) > 16384:
+        raise Unauthorized("malformed_api_key")
+    return key
+
+
+@dataclass(slots=True)
+class Caller:
+    owner: str
+    target: Target
+    credential: Credential | None = None  # a stored ChatGPT account's, for a retry after a 401
+
+
+async def owner_of(request: Request, services: Services) -> str:
+    """The owner of a caller's records, whichever upstream their key is for: an account token of a
+    stored (verified) account belongs to the account, any other key to itself."""
+    key = api_key(request)
+    identity = await services.accounts.identify(key) if key.count(".") == 2 else None
+    if identity is not None:
+        return await services.owners.of("account\0" + identity.key)
+    return await services.owners.of(key)
+
+
+async def caller_for(request: Request, services: Services, model: str) -> Caller:
+    key = api_key(request)
+    route = services.models.route(model)
+    if route.upstream == "codex":
+        credential = await services.accounts.credential(key)
+        target = Target("codex", route.base_url, credential.access_token, account_id=credential.account_id)
+        return Caller(credential.owner, target, credential)
+    return Caller(await owner_of(request, services), Target("chat", route.base_url, key))
+
+
+async def open_turn(services: Services, spec: TurnSpec, caller: Caller) -> OpenTurn:
+    """Open the turn; a stored account's token refused by the backend is refreshed once and retried."""
+    try:
+        return await services.turns.open(spec)
+    except Unauthorized as exc:
+        if caller.credential is None or exc.key != "upstream_unauthorized":
+            raise
+        fresh = await services.accounts.after_unauthorized(caller.credential)
+        if fresh is None:
+            raise
+        target = spec.target
+        spec.target = Target(target.upstream, target.url, fresh.access_token, target.organization, target.headers,
+                             fresh.account_id)  # fmt: skip
+        return await services.turns.open(spec)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    after: str | None
+    limit: int
+    descending: bool
+
+
+def page_of(request: Request, default_order: str = "desc") -> Page:
+    query = request.query_params
+    limit_raw = query.get("limit", "20")
+    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_LIMIT:
+        raise invalid("limit", f"expected an integer from 1 to {MAX_LIMIT}")
+    order = query.get("order", default_order)
+    if order not in ("asc", "desc"):
+        raise invalid("order", "expected asc or desc")
+    after = query.get("after") or None
+    if after is not None and (len(after) > 256 or not header_safe(after)):
+        raise invalid("after", "not an id")
+    return Page(after, int(limit_raw), order == "desc")
+
+
+def list_body(data: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {
+        "object": "list",
+        "data": data,
+        "first_id": data[0]["id"] if data else None,
+        "last_id": data[-1]["id"] if data else None,
+        "has_more": has_more,
+    }

@@ -1,0 +1,247 @@
+"""Bounds on the request head for uvicorn's httptools protocol.
+
+uvicorn + httptools put no limit on the size of the request line and headers, nor on how long a client may take
+to send them: httptools itself joins the pieces of a header with ``+=`` until the header ends (so one endless
+header costs memory and quadratic copying, and the protocol never sees it before it is complete), and uvicorn
+joins the pieces of the URL the same way. This protocol keeps uvicorn and httptools, and adds:
+
+* ``max_head_bytes``: bytes fed to the parser while a request head is incomplete. Data is fed in slices so that
+  the parser never holds more than that; a head that does not end within it is answered 431 (414 when it is
+  still in the URL) and the connection closed.
+* ``max_headers``: header fields in one head, answered 431.
+* ``head_timeout_s``: from the connection's start, or from the first byte of a later request, to the end of the
+  head; a connection still without a complete head then is closed (with a 408 if part of a head came). The time
+  between requests is uvicorn's keep-alive timeout, and the time a body takes is not limited here.
+
+Use: ``uvicorn.run(app, http=protocol_class(...), loop="uvloop")``.
+
+Counting is exact except in one case: a pipelined request whose head starts in the middle of a read (after the
+previous request ended in that read) and does not end in it. Where it started is not known, so its bytes in that
+read are counted from what is known (its URL, its complete header lines, its last partial line once the request
+line has ended): a lower bound, so that a head within the limit is never refused. Such a head can exceed the bound
+by less than one read (uvloop reads 256,000 bytes at most); memory stays bounded.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import ClassVar
+
+import httptools
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+__all__ = [
+    "DEFAULT_HEAD_TIMEOUT_S",
+    "DEFAULT_MAX_HEADERS",
+    "DEFAULT_MAX_HEAD_BYTES",
+    "LimitedHttpToolsProtocol",
+    "protocol_class",
+]
+
+DEFAULT_MAX_HEAD_BYTES = 32 * 1024  # nginx's default is 4 x 8 KiB buffers; room for big cookies and bearer tokens
+DEFAULT_MAX_HEADERS = 100  # Apache's LimitRequestFields and gunicorn's limit_request_fields
+DEFAULT_HEAD_TIMEOUT_S = 10.0
+
+# Phases of the request being parsed
+_IDLE = 0  # no byte of a request yet: the connection's start, or the previous request has ended
+_HEAD = 1  # on_message_begin came, on_headers_complete not yet
+_BODY = 2  # the head is complete, the body (if any) is not
+
+# When the bound is crossed with no more than this many bytes besides the URL, the crossing is in the request line.
+_REQUEST_LINE_SLACK = 32
+
+
+class _HeadRejected(Exception):
+    """Raised in a parser callback to stop httptools; the status to answer is in the protocol."""
+
+
+class LimitedHttpToolsProtocol(HttpToolsProtocol):
+    max_head_bytes: ClassVar[int] = DEFAULT_MAX_HEAD_BYTES
+    max_headers: ClassVar[int] = DEFAULT_MAX_HEADERS
+    head_timeout_s: ClassVar[float] = DEFAULT_HEAD_TIMEOUT_S
+
+    # Per-connection state, in slots: uvicorn's instance has 28 attributes already, and past 29 or so CPython 3.11
+    # stops sharing the keys of instance dicts; attribute access, all of uvicorn's included, is then ~15 % slower.
+    __slots__ = ("_head_bytes", "_head_timer", "_message_ended", "_phase", "_reject_status", "_rejected")
+    _phase: int
+    _head_bytes: int  # bytes fed while the current head is incomplete
+    _message_ended: bool  # a request ended during the current feed
+    _rejected: bool  # answered or condemned: further input is dropped
+    _reject_status: int
+    _head_timer: asyncio.TimerHandle | None
+
+    # Connection
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        self._phase = _IDLE
+        self._head_bytes = 0
+        self._message_ended = self._rejected = False
+        self._reject_status = 0
+        super().connection_made(transport)
+        self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if self._rejected:
+            return
+        if self.timeout_keep_alive_task is not None:
+            self._unset_keepalive_if_required()
+        start, size = 0, len(data)
+        chunk: bytes | memoryview = data
+        while True:
+            end = size
+            if self._phase != _BODY and size - start > self.max_head_bytes - self._head_bytes:
+                end = start + self.max_head_bytes - self._head_bytes  # no more than the head may still take
+            if start or end < size:
+                chunk = memoryview(data)[start:end]
+            self._message_ended = False
+            try:
+                self.parser.feed_data(chunk)
+            except httptools.HttpParserUpgrade:
+                if self._should_upgrade():
+                    self.handle_websocket_upgrade()
+                else:
+                    self._unsupported_upgrade_warning()
+                return
+            except httptools.HttpParserError:
+                if self._reject_status:
+                    self._reject(self._reject_status)
+                else:
+                    msg = "Invalid HTTP request received."
+                    self.logger.warning(msg)
+                    self.send_400_response(msg)
+                return
+            if (self._phase == _HEAD or (self._phase == _IDLE and not self._message_ended)) and not self._count(
+                data, start, end
+            ):
+                return
+            if end == size:
+                return
+            start = end  # the head ended inside the slice: feed the rest
+
+    def _count(self, data: bytes, start: int, end: int) -> bool:
+        """After data[start:end] left a head incomplete (or brought only blank lines): bound it; False if refused."""
+        if self._phase == _HEAD:
+            if self._message_ended:  # the head began inside this chunk, after the previous request
+                self._head_bytes = self._head_bytes_at_least(data, start, end)
+            else:  # all of the chunk belongs to this head
+                self._head_bytes += end - start
+            if self._head_bytes >= self.max_head_bytes:  # the bound is reached and the head goes on
+                self._reject(self._status_for_overflow())
+                return False
+            if len(self.headers) > self.max_headers:
+                self._reject(431)
+                return False
+        else:  # blank lines before a request: they count, and time out, too
+            self._head_bytes += end - start
+            if self._head_bytes >= self.max_head_bytes:
+                self._reject(400)
+                return False
+        if self._head_timer is None:
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
+        return True
+
+    # Parser callbacks (called once per request: the base is called directly, without the cost of super())
+
+    def on_message_begin(self) -> None:
+        HttpToolsProtocol.on_message_begin(self)
+        self._phase = _HEAD
+
+    def on_headers_complete(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+        if len(self.headers) > self.max_headers:
+            self._reject_status = 431
+            raise _HeadRejected
+        self._phase = _BODY
+        HttpToolsProtocol.on_headers_complete(self)
+
+    def on_message_complete(self) -> None:
+        HttpToolsProtocol.on_message_complete(self)
+        self._phase = _IDLE
+        self._head_bytes = 0
+        self._message_ended = True
+
+    # Limits
+
+    def _cancel_head_timer(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_bytes_at_least(self, data: bytes, start: int, end: int) -> int:
+        """A lower bound on the bytes of a head that began inside data[start:end] and did not end there.
+
+        Where it began is not known: count its URL, its complete header lines and, once the request line has
+        ended (so the last line break of the chunk is the head's), the partial line after that line break.
+        """
+        known = len(self.url) + sum(len(name) + len(value) + 2 for name, value in self.headers)
+        if self.headers:
+            known += end - 1 - data.rfind(b"\n", start, end)
+        return known
+
+    def _status_for_overflow(self) -> int:
+        if self._phase == _HEAD and self._head_bytes - len(self.url) <= _REQUEST_LINE_SLACK:
+            return 414
+        return 431
+
+    def _head_timed_out(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self._phase == _HEAD:
+            self._reject(408)
+        elif self.cycle is None or self.cycle.response_complete:  # not one byte of a request (or blank lines)
+            self._rejected = True
+            self.transport.close()
+        # else blank lines came while a response is owed: its end arms uvicorn's keep-alive timeout
+
+    def _reject(self, status: int) -> None:
+        self._rejected = True
+        self._cancel_head_timer()
+        self.logger.info("Request head refused: %d", status)
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A response (or a pipelined request) is still owed on this connection: let it finish, then close.
+            self.cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        body = STATUS_LINE[status][13:-2]  # the reason phrase
+        content = [STATUS_LINE[status]]
+        for name, value in self.server_state.default_headers:
+            content.extend([name, b": ", value, b"\r\n"])
+        content.extend(
+            [
+                b"content-type: text/plain; charset=utf-8\r\n",
+                b"content-length: %d\r\n" % len(body),
+                b"connection: close\r\n\r\n",
+                body,
+            ]
+        )
+        self.transport.write(b"".join(content))
+        self.transport.close()
+
+
+def protocol_class(
+    max_head_bytes: int = DEFAULT_MAX_HEAD_BYTES,
+    max_headers: int = DEFAULT_MAX_HEADERS,
+    head_timeout_s: float = DEFAULT_HEAD_TIMEOUT_S,
+) -> type[LimitedHttpToolsProtocol]:
+    """A protocol class for ``uvicorn.run(..., http=...)`` with these bounds on each request head."""
+    if max_head_bytes < 64:
+        raise ValueError("max_head_bytes must be at least 64")
+    if max_headers < 1:
+        raise ValueError("max_headers must be at least 1")
+    if not head_timeout_s > 0:
+        raise ValueError("head_timeout_s must be positive")
+
+    class Limited(LimitedHttpToolsProtocol):
+        pass
+
+    Limited.max_head_bytes = max_head_bytes
+    Limited.max_headers = max_headers
+    Limited.head_timeout_s = float(head_timeout_s)
+    return Limited

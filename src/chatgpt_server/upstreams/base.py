@@ -1,0 +1,152 @@
+"""The small protocol every upstream speaks, whatever its wire format.
+
+An upstream turns a ``Prompt`` (instructions, the history as stored, the new items, the model and
+its parameters) into a request, and gives back a ``Reply`` once the upstream has answered with a
+status of success: ``events()`` yields what arrives (text, tool-call pieces, or a sign of life), and
+the reply keeps what it assembled (text, tool calls, usage, the upstream's own ids as labels).
+
+Failures are the one error tree's: an upstream never raises anything else out of ``open`` or
+``events`` (its parsers map whatever an upstream sends to ``BadGateway("upstream_bad_reply")``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..core.items import Item
+from ..stores import HistoryRow
+
+MAX_LABEL = 200  # an upstream id longer than this is not kept (it is a label, never a key)
+
+
+def label(value: Any) -> str | None:
+    """An upstream-given id, kept for show only if it is a short printable string."""
+    if isinstance(value, str) and 0 < len(value) <= MAX_LABEL and value.isprintable():
+        return value
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """Where a turn goes and with which credential."""
+
+    upstream: str  # "chat" (chat completions), "web" (ChatGPT web, legacy), "codex"
+    url: str  # a base URL, the conversation URL, or the Codex base URL
+    credential: str
+    organization: str | None = None
+    headers: tuple[tuple[str, str], ...] = ()
+    account_id: str | None = None  # Codex: the ChatGPT-Account-Id
+
+    @property
+    def host(self) -> str:
+        from .http import host_of
+
+        return host_of(self.url)
+
+
+@dataclass(slots=True)
+class Prompt:
+    model: str
+    instructions: str | None
+    history: list[HistoryRow]  # oldest first
+    inputs: list[Item]
+    input_chats: list[bytes]
+    params: dict[str, Any] = field(default_factory=dict)  # sampling and other chat-completions fields
+    max_output_tokens: int | None = None
+    tools: list[dict[str, Any]] | None = None  # function tools, in the Responses API's flat form
+    tool_choice: Any = None  # "auto" | "none" | "required" | {"type": "function", "name": ...}
+    parallel_tool_calls: bool | None = None
+    stream: bool = False  # whether the client reads a stream (some upstreams always stream)
+    session_id: str = ""
+    web_parent: tuple[str, str] | None = None  # web backend: (its conversation id, its message id)
+
+
+@dataclass(slots=True)
+class ToolCall:
+    index: int  # its place among the reply's tool calls, as its events name it
+    call_id: str
+    name: str
+    arguments: str = ""
+    upstream_id: str | None = None
+
+
+@dataclass(slots=True)
+class Event:
+    """What arrived: ``text`` added, or a piece of tool call ``index`` (its id and name on the first
+    piece, then argument text), or neither (the upstream is alive and working). The core sets
+    ``item_id``: the id the tool call's item will be stored under."""
+
+    text: str = ""
+    tool_index: int = -1
+    tool_id: str | None = None
+    tool_name: str | None = None
+    arguments: str = ""
+    item_id: str | None = None
+
+
+ALIVE = Event()
+
+
+class Reply(ABC):
+    """An upstream reply whose status was success."""
+
+    host: str = ""
+    received: int = 0  # bytes read so far
+    truncated: bool = False  # cut at the size cap
+    created: int | None = None
+    _meta: dict[str, Any] | None = None
+
+    @property
+    @abstractmethod
+    def text(self) -> str:
+        """All the text so far."""
+
+    @property
+    @abstractmethod
+    def complete(self) -> bool:
+        """Whether the upstream said the reply is finished."""
+
+    @property
+    @abstractmethod
+    def usage(self) -> dict[str, Any] | None: ...
+
+    @property
+    @abstractmethod
+    def upstream_id(self) -> str | None: ...
+
+    @property
+    @abstractmethod
+    def model(self) -> str | None: ...
+
+    @property
+    @abstractmethod
+    def finish_reason(self) -> str | None: ...
+
+    @property
+    @abstractmethod
+    def tool_calls(self) -> list[ToolCall]: ...
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        """What an upstream adds for the client (rate-limit windows, its own ids)."""
+        return self._meta or {}
+
+    @abstractmethod
+    def events(self) -> AsyncIterator[Event]:
+        """What arrives, as it arrives. Ends when the reply is complete; a reply cut after text ends
+        with ``complete`` false; failures raise the error tree's errors."""
+
+    @abstractmethod
+    async def aclose(self) -> None:
+        """Let go of the upstream (closing the connection if the reply did not complete)."""
+
+
+class Upstream(Protocol):
+    name: str
+
+    async def open(self, prompt: Prompt, target: Target) -> Reply:
+        """Send the request and wait for the upstream to start answering; errors before that raise."""
+        ...

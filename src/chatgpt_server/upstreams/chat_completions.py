@@ -1,0 +1,478 @@
+"""The chat-completions protocol (upstreams.md §1): OpenAI and every server that speaks it.
+
+The request body is built by joining bytes: each stored item keeps its chat-completions JSON, so a
+long history costs a join, not an encode per message. Replies, whole or streamed, go through pure
+parsers that accept any JSON at all and either find a reply in it or raise
+``BadGateway("upstream_bad_reply")``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from ..core.items import chat_messages, mint
+from ..core.tokens import uses_max_completion_tokens
+from ..errors import BadGateway, BadRequest, Forbidden, ServiceError, TooManyRequests, Unauthorized
+from .base import ALIVE, Event, Prompt, Reply, Target, ToolCall, label
+from .http import (
+    TRANSPORT_ERRORS,
+    HTTPClient,
+    finish_response,
+    is_redirect,
+    read_limited,
+    redirect_error,
+    retry_after,
+    scrub,
+    transport_error,
+)
+from .sse import SSEDecoder
+
+_JSON_ERRORS = (orjson.JSONDecodeError, TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError)
+
+
+def _bad(host: str, detail: str) -> BadGateway:
+    return BadGateway("upstream_bad_reply", host=host, detail=detail)
+
+
+# -- the request ---------------------------------------------------------------------------------
+def chat_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Function tools in the Responses API's flat form, as chat completions nests them."""
+    out = []
+    for tool in tools:
+        function = {k: tool[k] for k in ("name", "description", "parameters", "strict") if k in tool}
+        out.append({"type": "function", "function": function})
+    return out
+
+
+def chat_tool_choice(choice: Any) -> Any:
+    if isinstance(choice, dict) and choice.get("type") == "function" and "name" in choice:
+        return {"type": "function", "function": {"name": choice["name"]}}
+    return choice
+
+
+def build_body(prompt: Prompt) -> bytes:
+    fields: dict[str, Any] = {"model": prompt.model, **prompt.params}
+    if prompt.max_output_tokens is not None:
+        name = "max_completion_tokens" if uses_max_completion_tokens(prompt.model) else "max_tokens"
+        fields.setdefault(name, prompt.max_output_tokens)
+    if prompt.tools:
+        fields["tools"] = chat_tools(prompt.tools)
+        if prompt.tool_choice is not None:
+            fields["tool_choice"] = chat_tool_choice(prompt.tool_choice)
+        if prompt.parallel_tool_calls is not None:
+            fields["parallel_tool_calls"] = prompt.parallel_tool_calls
+    if prompt.stream:
+        fields["stream"] = True
+        fields["stream_options"] = {"include_usage": True}
+    pairs = [(row[1], row[2]) for row in prompt.history]
+    pairs += [(item.kind, chat) for item, chat in zip(prompt.inputs, prompt.input_chats, strict=True)]
+    messages = chat_messages(pairs)
+    if prompt.instructions:
+        messages.insert(0, orjson.dumps({"role": "system", "content": prompt.instructions}))
+    rest = orjson.dumps(fields)
+    return b'{"messages":[' + b",".join(messages) + b"]," + rest[1:]
+
+
+def api_error(status: int, raw: bytes, retry: str | None, host: str, key: str) -> ServiceError:
+    """An error answer as the precise error a client sees; the key never appears in it."""
+    message, code = "", ""
+    try:
+        parsed = orjson.loads(raw)
+        error = parsed.get("error") if isinstance(parsed, dict) else None
+        if isinstance(error, dict):
+            found = error.get("message")
+            message = found if isinstance(found, str) else ""
+            raw_code = error.get("code") or error.get("type")
+            code = raw_code if isinstance(raw_code, str) else ""
+        elif isinstance(error, str):
+            message = error
+        elif isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
+            message = parsed["message"]
+    except _JSON_ERRORS:
+        message = raw[:300].decode("utf-8", "replace")
+    code = scrub(code, key, limit=60)
+    detail = scrub(message or code or f"HTTP {status}", key)
+    if status == 401:
+        return Unauthorized("upstream_unauthorized", host=host, detail=code or "invalid_api_key")
+    if status == 429:
+        kind = "upstream_quota" if code == "insufficient_quota" else "upstream_rate_limited"
+        return TooManyRequests(kind, headers=retry_after(retry), host=host, detail=detail)
+    if status == 403:
+        return Forbidden("upstream_forbidden", host=host, detail=detail)
+    if status == 404:
+        return BadRequest("upstream_bad_request", host=host, detail=detail)
+    if 400 <= status < 500:
+        error = BadRequest("upstream_bad_request", host=host, detail=detail)
+        error.params["code"] = code
+        return error
+    return BadGateway("upstream_error", host=host, status=status, detail=detail)
+
+
+def _headers(target: Target) -> dict[str, str]:
+    headers = {"Authorization": f"Bearer {target.credential}", "Content-Type": "application/json"}
+    if target.organization:
+        headers["OpenAI-Organization"] = target.organization
+    return headers
+
+
+# -- whole replies -------------------------------------------------------------------------------
+def parse_completion(raw: bytes, host: str) -> dict[str, Any]:
+    """A chat completion as {"text", "tool_calls", "usage", "id", "model", "finish_reason"}."""
+    try:
+        completion = orjson.loads(raw)
+    except _JSON_ERRORS as exc:
+        raise _bad(host, "the reply is not JSON") from exc
+    if not isinstance(completion, dict):
+        raise _bad(host, "the reply is not a JSON object")
+    choices = completion.get("choices")
+    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+        raise _bad(host, "no choices[0] in the reply")
+    message = choices[0].get("message")
+    if not isinstance(message, dict):
+        raise _bad(host, "no choices[0].message in the reply")
+    content = message.get("content")
+    if content is None:
+        refusal = message.get("refusal")
+        content = refusal if isinstance(refusal, str) else ""
+    if not isinstance(content, str):
+        raise _bad(host, "choices[0].message.content is not text")
+    calls: list[ToolCall] = []
+    raw_calls = message.get("tool_calls")
+    if raw_calls is not None:
+        if not isinstance(raw_calls, list):
+            raise _bad(host, "choices[0].message.tool_calls is not a list")
+        for call in raw_calls:
+            function = call.get("function") if isinstance(call, dict) else None
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
+                raise _bad(host, "a tool call has no function name")
+            arguments = function.get("arguments")
+            arguments = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
+            calls.append(ToolCall(len(calls), mint("call_"), function["name"][:256], arguments, label(call.get("id"))))
+    finish = choices[0].get("finish_reason")
+    return {
+        "text": content,
+        "tool_calls": calls,
+        "usage": usage_of(completion.get("usage")),
+        "id": label(completion.get("id")),
+        "model": label(completion.get("model")),
+        "finish_reason": finish if isinstance(finish, str) and len(finish) <= 40 else None,
+        "created": completion.get("created") if isinstance(completion.get("created"), int) else None,
+    }
+
+
+def usage_of(value: Any) -> dict[str, Any] | None:
+    """Usage with integer counts only (anything else from an upstream is dropped)."""
+    if not isinstance(value, dict):
+        return None
+    out: dict[str, Any] = {}
+    for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        number = value.get(name)
+        if isinstance(number, int) and not isinstance(number, bool) and 0 <= number < 2**53:
+            out[name] = number
+    return out if "prompt_tokens" in out or "completion_tokens" in out else None
+
+
+class WholeReply(Reply):
+    """A non-streamed completion, already read: one event with its text."""
+
+    def __init__(self, host: str, parsed: dict[str, Any], size: int):
+        self.host = host
+        self.parsed = parsed
+        self.created = parsed["created"]
+        self.received = size
+
+    @property
+    def text(self) -> str:
+        return str(self.parsed["text"])
+
+    @property
+    def complete(self) -> bool:
+        return True
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        usage: dict[str, Any] | None = self.parsed["usage"]
+        return usage
+
+    @property
+    def upstream_id(self) -> str | None:
+        return self.parsed["id"]  # type: ignore[no-any-return]
+
+    @property
+    def model(self) -> str | None:
+        return self.parsed["model"]  # type: ignore[no-any-return]
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.parsed["finish_reason"]  # type: ignore[no-any-return]
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        calls: list[ToolCall] = self.parsed["tool_calls"]
+        return calls
+
+    async def events(self) -> AsyncIterator[Event]:
+        if self.text:
+            yield Event(self.text)
+        for call in self.tool_calls:
+            yield Event(tool_index=call.index, tool_id=call.call_id, tool_name=call.name, arguments=call.arguments)
+
+    async def aclose(self) -> None:
+        return None
+
+
+# -- streamed replies ----------------------------------------------------------------------------
+class ChunkParser:
+    """Pure: chat-completion chunks (the ``data`` of each event) in, events out."""
+
+    def __init__(self, host: str, key: str):
+        self.host, self.key = host, key
+        self.done = False
+        self.id: str | None = None
+        self.model: str | None = None
+        self.created: int | None = None
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.pieces: list[str] = []
+        self.calls: dict[int, ToolCall] = {}
+
+    def feed(self, data: str) -> list[Event]:
+        if data.strip() == "[DONE]":
+            self.done = True
+            return []
+        try:
+            chunk = orjson.loads(data)
+        except _JSON_ERRORS as exc:
+            raise _bad(self.host, "a stream chunk is not JSON") from exc
+        if not isinstance(chunk, dict):
+            raise _bad(self.host, "a stream chunk is not an object")
+        error = chunk.get("error")
+        if error:
+            message = error.get("message", error) if isinstance(error, dict) else error
+            raise BadGateway("upstream_error", host=self.host, status=200, detail=scrub(message, self.key))
+        self.id = self.id or label(chunk.get("id"))
+        self.model = self.model or label(chunk.get("model"))
+        if self.created is None and isinstance(chunk.get("created"), int):
+            self.created = chunk["created"]
+        usage = usage_of(chunk.get("usage"))
+        if usage:
+            self.usage = usage
+        choices = chunk.get("choices")
+        if choices is None:
+            return [ALIVE]
+        if not isinstance(choices, list):
+            raise _bad(self.host, "choices is not a list")
+        events: list[Event] = []
+        for choice in choices:
+            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+                continue
+            finish = choice.get("finish_reason")
+            if isinstance(finish, str) and len(finish) <= 40:
+                self.finish_reason = finish
+            delta = choice.get("delta")
+            if delta is None:
+                continue
+            if not isinstance(delta, dict):
+                raise _bad(self.host, "a delta is not an object")
+            content = delta.get("content")
+            if isinstance(content, str) and content:
+                self.pieces.append(content)
+                events.append(Event(content))
+            elif content is not None and not isinstance(content, str):
+                raise _bad(self.host, "delta.content is not text")
+            calls = delta.get("tool_calls")
+            if calls is not None:
+                events += self._tool_deltas(calls)
+        return events or [ALIVE]
+
+    def _tool_deltas(self, calls: Any) -> list[Event]:
+        if not isinstance(calls, list):
+            raise _bad(self.host, "delta.tool_calls is not a list")
+        events = []
+        for call in calls:
+            if not isinstance(call, dict):
+                raise _bad(self.host, "a tool call delta is not an object")
+            index = call.get("index", 0)
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 128:
+                raise _bad(self.host, "a tool call delta has no valid index")
+            function = call.get("function") or {}
+            if not isinstance(function, dict):
+                raise _bad(self.host, "a tool call's function is not an object")
+            name, arguments = function.get("name"), function.get("arguments")
+            known = self.calls.get(index)
+            if known is None:
+                if not isinstance(name, str) or not name:
+                    raise _bad(self.host, "a tool call starts without a name")
+                known = self.calls[index] = ToolCall(index, mint("call_"), name[:256], "", label(call.get("id")))
+                events.append(Event(tool_index=index, tool_id=known.call_id, tool_name=known.name))
+            if isinstance(arguments, str) and arguments:
+                known.arguments += arguments
+                events.append(Event(tool_index=index, arguments=arguments))
+        return events
+
+
+class StreamReply(Reply):
+    def __init__(self, host: str, response: aiohttp.ClientResponse, key: str, limit: int):
+        self.host = host
+        self.response = response
+        self.limit = limit
+        self.parser = ChunkParser(host, key)
+
+    @property
+    def text(self) -> str:
+        pieces = self.parser.pieces
+        if len(pieces) > 1:
+            pieces[:] = ["".join(pieces)]
+        return pieces[0] if pieces else ""
+
+    @property
+    def complete(self) -> bool:
+        return self.parser.done
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self.parser.usage
+
+    @property
+    def upstream_id(self) -> str | None:
+        return self.parser.id
+
+    @property
+    def model(self) -> str | None:
+        return self.parser.model
+
+    @property
+    def finish_reason(self) -> str | None:
+        return self.parser.finish_reason
+
+    @property
+    def created(self) -> int | None:  # type: ignore[override]
+        return self.parser.created
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [self.parser.calls[i] for i in sorted(self.parser.calls)]
+
+    async def events(self) -> AsyncIterator[Event]:
+        decoder = SSEDecoder()
+        parser = self.parser
+        try:
+            async for chunk in self.response.content.iter_any():
+                self.received += len(chunk)
+                if self.received > self.limit:
+                    self.truncated = True
+                    return
+                for event in decoder.feed(chunk):
+                    for out in parser.feed(event.data):
+                        yield out
+                if parser.done:
+                    return
+            for event in decoder.flush():
+                for out in parser.feed(event.data):
+                    yield out
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, self.host, 0, idle=True) from exc
+        if not parser.done:
+            raise _bad(self.host, "the stream ended without [DONE]")
+
+    async def aclose(self) -> None:
+        finish_response(self.response, complete=self.parser.done)
+
+
+class ChatCompletions:
+    """The upstream: POST {base}/chat/completions."""
+
+    name = "chat"
+
+    def __init__(self, http: HTTPClient, max_reply_bytes: int):
+        self.http = http
+        self.limit = max_reply_bytes
+
+    async def open(self, prompt: Prompt, target: Target) -> Reply:
+        host = target.host
+        body = build_body(prompt)
+        try:
+            response = await self.http.request(
+                "POST", target.url + "/chat/completions", data=body, headers=_headers(target)
+            )
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, host, 0) from exc
+        try:
+            if is_redirect(response.status):
+                raise redirect_error(host)
+            if response.status != 200:
+                raw = await read_limited(response, 65536, host)
+                raise api_error(response.status, raw, response.headers.get("Retry-After"), host, target.credential)
+            if prompt.stream:
+                return StreamReply(host, response, target.credential, self.limit)
+            raw = await read_limited(response, self.limit, host)
+            return WholeReply(host, parse_completion(raw, host), len(raw))
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, host, 0) from exc
+        finally:
+            if not prompt.stream or response.status != 200:
+                response.release()
+
+
+class Relay:
+    """A chat-completions request passed through as the client wrote it (``/v1/chat/completions``):
+    only the model's upstream and the credential are ours. What comes back is checked by the same
+    parsers before a byte of it reaches the client."""
+
+    def __init__(self, http: HTTPClient, max_reply_bytes: int):
+        self.http = http
+        self.limit = max_reply_bytes
+
+    async def open(self, body: bytes, target: Target) -> aiohttp.ClientResponse:
+        host = target.host
+        try:
+            response = await self.http.request(
+                "POST", target.url + "/chat/completions", data=body, headers=_headers(target)
+            )
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, host, 0) from exc
+        if response.status == 200:
+            return response  # type: ignore[no-any-return]
+        try:
+            if is_redirect(response.status):
+                raise redirect_error(host)
+            raw = await read_limited(response, 65536, host)
+            raise api_error(response.status, raw, response.headers.get("Retry-After"), host, target.credential)
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, host, 0) from exc
+        finally:
+            response.release()
+
+    async def whole(self, response: aiohttp.ClientResponse, target: Target) -> tuple[bytes, dict[str, Any] | None]:
+        try:
+            raw = await read_limited(response, self.limit, target.host)
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, target.host, 0) from exc
+        finally:
+            response.release()
+        return raw, parse_completion(raw, target.host)["usage"]
+
+    async def chunks(self, response: aiohttp.ClientResponse, target: Target, parser: ChunkParser) -> AsyncIterator[str]:
+        """The ``data`` of each event, each one read by ``parser`` first; ends after ``[DONE]``."""
+        decoder = SSEDecoder()
+        received = 0
+        try:
+            async for chunk in response.content.iter_any():
+                received += len(chunk)
+                if received > self.limit:
+                    raise BadGateway("upstream_too_large", host=target.host, limit=self.limit)
+                for event in decoder.feed(chunk):
+                    parser.feed(event.data)
+                    yield event.data
+                if parser.done:
+                    return
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, target.host, 0, idle=True) from exc
+        finally:
+            finish_response(response, complete=parser.done)
+        if not parser.done:
+            raise _bad(target.host, "the stream ended without [DONE]")

@@ -1,0 +1,410 @@
+"""The Codex backend (upstreams.md §4): a ChatGPT account, spoken to in the Responses API's shape.
+
+The backend keeps nothing for us (``store`` must be false), so every request carries the whole
+history, from our own store, in ``input``. Only the keys the backend accepts are sent: it refuses
+``temperature``, ``max_output_tokens`` and the like. Its stream is parsed by ``CodexParser``, pure and
+total: any frame is read or becomes ``BadGateway("upstream_bad_reply")``.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import aiohttp
+import orjson
+
+from .. import __version__
+from ..core.items import mint
+from ..errors import (
+    BadGateway,
+    BadRequest,
+    Forbidden,
+    ServiceError,
+    ServiceUnavailable,
+    TooManyRequests,
+    Unauthorized,
+)
+from .base import ALIVE, Event, Prompt, Reply, Target, ToolCall, label
+from .http import (
+    TRANSPORT_ERRORS,
+    HTTPClient,
+    finish_response,
+    is_redirect,
+    read_limited,
+    redirect_error,
+    scrub,
+    transport_error,
+)
+from .sse import SSEDecoder
+
+ORIGINATOR = "chatgpt_server"
+USER_AGENT = f"chatgpt-server/{__version__}"
+_PARSE_ERRORS = (orjson.JSONDecodeError, TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError)
+RATE_HEADERS = {
+    "x-codex-primary-used-percent": "primaryUsedPercent",
+    "x-codex-primary-window-minutes": "primaryWindowMinutes",
+    "x-codex-primary-reset-at": "primaryResetAt",
+    "x-codex-primary-reset-after-seconds": "primaryResetAfterSeconds",
+    "x-codex-secondary-used-percent": "secondaryUsedPercent",
+    "x-codex-secondary-window-minutes": "secondaryWindowMinutes",
+    "x-codex-secondary-reset-at": "secondaryResetAt",
+    "x-codex-secondary-reset-after-seconds": "secondaryResetAfterSeconds",
+    "x-codex-credits-balance": "creditsBalance",
+}
+
+
+def _bad(host: str, detail: str) -> BadGateway:
+    return BadGateway("upstream_bad_reply", host=host, detail=detail)
+
+
+# -- the request ---------------------------------------------------------------------------------
+def input_item(kind: str, chat: bytes) -> dict[str, Any]:
+    """A stored item's chat-completions JSON as a Responses input item."""
+    value = orjson.loads(chat)
+    if kind == "function_call":
+        function = value.get("function") or {}
+        return {"type": "function_call", "call_id": value.get("id"), "name": function.get("name"),
+                "arguments": function.get("arguments") or ""}  # fmt: skip
+    if kind == "function_call_output":
+        return {"type": "function_call_output", "call_id": value.get("tool_call_id"), "output": value.get("content")}
+    role = value.get("role", "user")
+    text_type = "output_text" if role == "assistant" else "input_text"
+    content = value.get("content")
+    if isinstance(content, str):
+        parts: list[dict[str, Any]] = [{"type": text_type, "text": content}]
+    else:
+        parts = []
+        for part in content or []:
+            if part.get("type") == "image_url":
+                image = part.get("image_url") or {}
+                parts.append(
+                    {"type": "input_image", "image_url": image.get("url"), "detail": image.get("detail", "auto")}
+                )
+            else:
+                parts.append({"type": text_type, "text": part.get("text", "")})
+    return {"type": "message", "role": role, "content": parts}
+
+
+def build_body(prompt: Prompt, instructions: str) -> dict[str, Any]:
+    items = [input_item(row[1], row[2]) for row in prompt.history]
+    items += [input_item(item.kind, chat) for item, chat in zip(prompt.inputs, prompt.input_chats, strict=True)]
+    tools = [{"type": "function", **{k: t[k] for k in ("name", "description", "parameters", "strict") if k in t}}
+             for t in prompt.tools or []]  # fmt: skip
+    body: dict[str, Any] = {
+        "model": prompt.model,
+        "instructions": instructions,
+        "input": items,
+        "store": False,
+        "stream": True,
+        "tools": tools,
+        "tool_choice": prompt.tool_choice if tools and prompt.tool_choice is not None else "auto",
+        "parallel_tool_calls": bool(prompt.parallel_tool_calls) if tools else False,
+    }
+    if prompt.session_id:
+        body["prompt_cache_key"] = prompt.session_id
+    return body
+
+
+def rate_limits(headers: Any) -> dict[str, Any]:
+    """The plan's usage windows from the response headers, numbers only."""
+    out: dict[str, Any] = {}
+    for header, name in RATE_HEADERS.items():
+        value = headers.get(header)
+        if not isinstance(value, str) or len(value) > 32:
+            continue
+        try:
+            number = float(value)
+        except ValueError:
+            continue
+        if number == number and abs(number) < 1e15:  # not NaN, not huge
+            out[name] = int(number) if number.is_integer() else number
+    return out
+
+
+def _error_fields(raw: bytes) -> tuple[str, str, dict[str, Any]]:
+    """(code or type, message, the error object) of an error body in either shape the backend uses."""
+    try:
+        parsed = orjson.loads(raw)
+    except _PARSE_ERRORS:
+        return "", raw[:300].decode("utf-8", "replace"), {}
+    if not isinstance(parsed, dict):
+        return "", "", {}
+    error = parsed.get("error")
+    if isinstance(error, dict):
+        code = error.get("code") or error.get("type") or ""
+        message = error.get("message") or ""
+        return (code if isinstance(code, str) else "", message if isinstance(message, str) else "", error)
+    detail = parsed.get("detail") if isinstance(parsed.get("detail"), str) else ""
+    return (error if isinstance(error, str) else "", detail or "", parsed)
+
+
+def _retry_seconds(error: dict[str, Any]) -> int | None:
+    seconds = error.get("resets_in_seconds")
+    if isinstance(seconds, int | float) and not isinstance(seconds, bool) and 0 <= seconds < 10**8:
+        return int(seconds)
+    at = error.get("resets_at")
+    if isinstance(at, int | float) and not isinstance(at, bool) and 0 < at < 10**11:
+        return max(0, int(at - time.time()))
+    return None
+
+
+def codex_error(status: int, code: str, message: str, error: dict[str, Any], host: str, token: str) -> ServiceError:
+    detail = scrub(message or code or f"HTTP {status}", token)
+    plan = error.get("plan_type") if isinstance(error.get("plan_type"), str) else ""
+    plan = scrub(plan, limit=20) or "your"
+    if code == "usage_limit_reached":
+        seconds = _retry_seconds(error)
+        headers = {"Retry-After": str(seconds)} if seconds is not None else None
+        return TooManyRequests("usage_limit", headers=headers, host=host, plan=plan,
+                               seconds=seconds if seconds is not None else "?")  # fmt: skip
+    if code == "usage_not_included":
+        return Forbidden("usage_not_included", host=host, plan=plan)
+    if code == "context_length_exceeded":
+        return BadRequest("upstream_bad_request", host=host, detail=detail, code=code)
+    if code == "insufficient_quota":
+        return TooManyRequests("upstream_quota", host=host, detail=detail)
+    if status == 401:
+        return Unauthorized("upstream_unauthorized", host=host, detail=scrub(code, token, limit=60) or "token rejected")
+    if status == 403:
+        return Forbidden("upstream_forbidden", host=host, detail=detail)
+    if status == 429:
+        return TooManyRequests("upstream_rate_limited", host=host, detail=detail)
+    if 400 <= status < 500:
+        return BadRequest("upstream_bad_request", host=host, detail=detail, code=scrub(code, token, limit=60))
+    if status == 503:
+        return ServiceUnavailable("upstream_overloaded", host=host, detail=detail)
+    return BadGateway("upstream_error", host=host, status=status, detail=detail)
+
+
+# -- the stream ----------------------------------------------------------------------------------
+class CodexParser:
+    """Pure: Responses stream events (name and data) in, events out."""
+
+    def __init__(self, host: str, token: str):
+        self.host, self.token = host, token
+        self.done = False
+        self.incomplete = False
+        self.id: str | None = None
+        self.model: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.pieces: list[str] = []
+        self.calls: dict[str, ToolCall] = {}  # by the backend's item id
+        self._order: list[str] = []
+
+    def feed(self, name: str, data: str) -> list[Event]:
+        try:
+            return self._feed(name, data)
+        except ServiceError:
+            raise
+        except _PARSE_ERRORS as exc:
+            raise _bad(self.host, f"unreadable event ({type(exc).__name__})") from exc
+
+    def _feed(self, name: str, data: str) -> list[Event]:
+        if data.strip() == "[DONE]":
+            return []
+        event = orjson.loads(data)
+        if not isinstance(event, dict):
+            raise _bad(self.host, "an event is not an object")
+        kind = event.get("type", name)
+        if not isinstance(kind, str):
+            raise _bad(self.host, "an event type is not a string")
+        if kind == "response.output_text.delta":
+            delta = event.get("delta")
+            if not isinstance(delta, str):
+                raise _bad(self.host, "output_text.delta carries no text")
+            if delta:
+                self.pieces.append(delta)
+                return [Event(delta)]
+            return [ALIVE]
+        if kind == "response.output_item.added":
+            return self._item_added(event.get("item"))
+        if kind == "response.function_call_arguments.delta":
+            call = self.calls.get(str(event.get("item_id")))
+            delta = event.get("delta")
+            if call is None or not isinstance(delta, str):
+                raise _bad(self.host, "function call arguments for an unknown call")
+            call.arguments += delta
+            return [Event(tool_index=self._order.index(str(event.get("item_id"))), arguments=delta)]
+        if kind == "response.output_item.done":
+            return self._item_done(event.get("item"))
+        if kind in ("response.created", "response.in_progress"):
+            response = event.get("response")
+            if isinstance(response, dict):
+                self.id = self.id or label(response.get("id"))
+                self.model = self.model or label(response.get("model"))
+            return [ALIVE]
+        if kind == "response.completed":
+            self._finish(event.get("response"))
+            return [ALIVE]
+        if kind == "response.incomplete":
+            self._finish(event.get("response"))
+            self.incomplete = True
+            return [ALIVE]
+        if kind == "response.failed":
+            response = event.get("response")
+            error = response.get("error") if isinstance(response, dict) else None
+            self._raise(error if isinstance(error, dict) else {})
+        if kind == "error":
+            error = event.get("error")
+            self._raise(error if isinstance(error, dict) else event)
+        return [ALIVE]  # reasoning, rate limits and whatever comes next: alive, nothing to keep
+
+    def _raise(self, error: dict[str, Any]) -> None:
+        code = error.get("code") or error.get("type") or ""
+        message = error.get("message") or ""
+        raise codex_error(200, code if isinstance(code, str) else "", message if isinstance(message, str) else "",
+                          error, self.host, self.token)  # fmt: skip
+
+    def _item_added(self, item: Any) -> list[Event]:
+        if not isinstance(item, dict) or item.get("type") != "function_call":
+            return [ALIVE]
+        name = item.get("name")
+        key = str(item.get("id") or item.get("call_id") or len(self._order))
+        if not isinstance(name, str) or not name or key in self.calls:
+            raise _bad(self.host, "a function call without a name")
+        call = ToolCall(len(self._order), mint("call_"), name[:256], "", label(item.get("call_id")))
+        self.calls[key] = call
+        self._order.append(key)
+        return [Event(tool_index=call.index, tool_id=call.call_id, tool_name=call.name)]
+
+    def _item_done(self, item: Any) -> list[Event]:
+        if not isinstance(item, dict) or item.get("type") != "function_call":
+            return [ALIVE]
+        key = str(item.get("id") or item.get("call_id"))
+        call = self.calls.get(key)
+        arguments = item.get("arguments")
+        if call is not None and not call.arguments and isinstance(arguments, str) and arguments:
+            call.arguments = arguments
+            return [Event(tool_index=self._order.index(key), arguments=arguments)]
+        return [ALIVE]
+
+    def _finish(self, response: Any) -> None:
+        self.done = True
+        if not isinstance(response, dict):
+            return
+        self.id = self.id or label(response.get("id"))
+        usage = response.get("usage")
+        if isinstance(usage, dict):
+            numbers = {k: usage.get(k) for k in ("input_tokens", "output_tokens", "total_tokens")}
+            if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**53 for v in numbers.values()):
+                self.usage = {"prompt_tokens": numbers["input_tokens"], "completion_tokens": numbers["output_tokens"],
+                              "total_tokens": numbers["total_tokens"]}  # fmt: skip
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return [self.calls[k] for k in self._order]
+
+
+class CodexReply(Reply):
+    def __init__(self, host: str, response: aiohttp.ClientResponse, token: str, limit: int, meta: dict[str, Any]):
+        self.host = host
+        self.response = response
+        self.limit = limit
+        self.parser = CodexParser(host, token)
+        self._meta = meta
+
+    @property
+    def text(self) -> str:
+        pieces = self.parser.pieces
+        if len(pieces) > 1:
+            pieces[:] = ["".join(pieces)]
+        return pieces[0] if pieces else ""
+
+    @property
+    def complete(self) -> bool:
+        return self.parser.done and not self.parser.incomplete
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self.parser.usage
+
+    @property
+    def upstream_id(self) -> str | None:
+        return self.parser.id
+
+    @property
+    def model(self) -> str | None:
+        return self.parser.model
+
+    @property
+    def finish_reason(self) -> str | None:
+        if self.parser.incomplete:
+            return "length"
+        return "tool_calls" if self.parser.calls else ("stop" if self.parser.done else None)
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        return self.parser.tool_calls
+
+    async def events(self) -> AsyncIterator[Event]:
+        decoder = SSEDecoder()
+        parser = self.parser
+        try:
+            async for chunk in self.response.content.iter_any():
+                self.received += len(chunk)
+                if self.received > self.limit:
+                    self.truncated = True
+                    return
+                for event in decoder.feed(chunk):
+                    for out in parser.feed(event.event, event.data):
+                        yield out
+                if parser.done:
+                    return
+            for event in decoder.flush():
+                for out in parser.feed(event.event, event.data):
+                    yield out
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, self.host, 0, idle=True) from exc
+        if not parser.done:
+            raise _bad(self.host, "the stream ended before response.completed")
+
+    async def aclose(self) -> None:
+        finish_response(self.response, complete=self.parser.done)
+
+
+class Codex:
+    """The upstream: POST {CODEX_URL}/responses with a ChatGPT account's access token."""
+
+    name = "codex"
+
+    def __init__(self, http: HTTPClient, max_reply_bytes: int, default_instructions: str):
+        self.http = http
+        self.limit = max_reply_bytes
+        self.default_instructions = default_instructions
+
+    async def open(self, prompt: Prompt, target: Target) -> Reply:
+        host = target.host
+        body = build_body(prompt, prompt.instructions or self.default_instructions)
+        headers = {
+            "Authorization": f"Bearer {target.credential}",
+            "Content-Type": "application/json",
+            "Accept": "text/event-stream",
+            "originator": ORIGINATOR,
+            "User-Agent": USER_AGENT,
+        }
+        if target.account_id:
+            headers["ChatGPT-Account-Id"] = target.account_id
+        if prompt.session_id:
+            headers["session_id"] = prompt.session_id
+        try:
+            response = await self.http.request("POST", target.url + "/responses", data=orjson.dumps(body),
+                                               headers=headers)  # fmt: skip
+        except TRANSPORT_ERRORS as exc:
+            raise transport_error(exc, host, 0) from exc
+        try:
+            if is_redirect(response.status):
+                raise redirect_error(host)
+            if response.status != 200:
+                raw = await read_limited(response, 65536, host)
+                code, message, error = _error_fields(raw)
+                raise codex_error(response.status, code, message, error, host, target.credential)
+            if "event-stream" not in response.headers.get("Content-Type", ""):
+                raise _bad(host, "the answer is not an event stream")
+        except BaseException as exc:
+            response.release()
+            if isinstance(exc, TRANSPORT_ERRORS):
+                raise transport_error(exc, host, 0) from exc
+            raise
+        return CodexReply(host, response, target.credential, self.limit, {"rateLimits": rate_limits(response.headers)})

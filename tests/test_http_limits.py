@@ -1,0 +1,281 @@
+"""Request-head bounds (chatgpt_server.http_limits) against a real uvicorn + uvloop + httptools server, over sockets.
+
+The server runs in a subprocess (so that its RSS can be read), started through ``serve`` below; ``serve("plain",
+...)`` runs the same app on uvicorn's own httptools protocol, to compare against.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from starlette.types import Receive, Scope, Send
+
+ROOT = Path(__file__).resolve().parent.parent
+HEAD_TIMEOUT = 1.5
+MAX_HEAD = 32 * 1024
+MAX_HEADERS = 100
+MB = 1024 * 1024
+
+
+# The server (run in a subprocess)
+
+
+async def _app(scope: Scope, receive: Receive, send: Send) -> None:
+    """Reads the whole body, answers a small JSON saying what it got; /slow answers after 0.3 s."""
+    assert scope["type"] == "http"
+    size, more = 0, True
+    while more:
+        message = await receive()
+        size += len(message.get("body", b""))
+        more = message.get("more_body", False)
+    if scope["path"] == "/slow":
+        await asyncio.sleep(0.3)
+    body = b'{"ok":true,"headers":%d,"body":%d}' % (len(scope["headers"]), size)
+    headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+    await send({"type": "http.response.start", "status": 200, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+def serve(kind: str, head_timeout: float, port: int = 0) -> None:
+    """Serve _app; kind is "limited" (this project's protocol) or "plain" (uvicorn's httptools). Prints the port."""
+    import uvicorn
+
+    from chatgpt_server.http_limits import protocol_class
+
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", port))
+    sock.listen(1024)
+    print(sock.getsockname()[1], flush=True)
+    http = protocol_class(MAX_HEAD, MAX_HEADERS, head_timeout) if kind == "limited" else "httptools"
+    config = uvicorn.Config(_app, http=http, loop="uvloop", lifespan="off", access_log=False, log_level="warning")
+    uvicorn.Server(config).run(sockets=[sock])
+
+
+@dataclass
+class Server:
+    port: int
+    pid: int
+
+    def rss(self) -> int:
+        """Resident set size in bytes."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+        raise AssertionError("no VmRSS")
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=5)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    code = "import sys; from tests.test_http_limits import serve; serve('limited', float(sys.argv[1]))"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, str(HEAD_TIMEOUT)],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        env={**os.environ, "PYTHONPATH": str(ROOT / "src")},
+    )
+    try:
+        assert proc.stdout is not None
+        srv = Server(int(proc.stdout.readline()), proc.pid)
+        # the socket listens before the server runs: the first answer says it is serving
+        with srv.connect() as s:
+            s.sendall(request())
+            assert Reader(s).response()[0] == 200
+        yield srv
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+# A small HTTP/1.1 client
+
+
+def request(path: str = "/", headers: list[tuple[str, str]] | None = None, body: bytes | None = None) -> bytes:
+    lines = [f"{'POST' if body is not None else 'GET'} {path} HTTP/1.1", "Host: test"]
+    lines += [f"{name}: {value}" for name, value in headers or []]
+    if body is not None:
+        lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode() + (body or b"")
+
+
+class Reader:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.buf = b""
+
+    def _more(self) -> None:
+        data = self.sock.recv(65536)
+        if not data:
+            raise EOFError
+        self.buf += data
+
+    def response(self) -> tuple[int, dict[bytes, bytes], bytes]:
+        while b"\r\n\r\n" not in self.buf:
+            self._more()
+        head, self.buf = self.buf.split(b"\r\n\r\n", 1)
+        status_line, *lines = head.split(b"\r\n")
+        headers = dict(line.lower().split(b": ", 1) for line in lines)
+        length = int(headers[b"content-length"])
+        while len(self.buf) < length:
+            self._more()
+        body, self.buf = self.buf[:length], self.buf[length:]
+        return int(status_line.split()[1]), headers, body
+
+    def closed(self) -> bool:
+        """Whether the server closed, after what it sent (which must all have been read)."""
+        try:
+            self._more()
+        except (EOFError, ConnectionResetError):
+            return True
+        return False
+
+
+def refused(srv: Server, data: bytes) -> tuple[int, bytes]:
+    """Send data, read one answer: it must close the connection."""
+    with srv.connect() as s:
+        s.sendall(data)
+        reader = Reader(s)
+        status, headers, body = reader.response()
+        assert headers[b"connection"] == b"close"
+        assert reader.closed()
+        return status, body
+
+
+def closed_within(sock: socket.socket, seconds: float) -> bool:
+    """Whether the peer closes (EOF or reset) within seconds, discarding what it sends."""
+    deadline = time.monotonic() + seconds
+    while (left := deadline - time.monotonic()) > 0:
+        if select.select([sock], [], [], left)[0]:
+            try:
+                if not sock.recv(65536):
+                    return True
+            except ConnectionResetError:
+                return True
+    return False
+
+
+# The tests
+
+
+def test_a_200_mb_header_is_cut_short_and_costs_no_memory(server: Server) -> None:
+    rss_before = server.rss()
+    peak = rss_before
+    sent, answer = 0, b""
+    piece = b"a" * MB
+    with server.connect() as s:
+        s.sendall(b"GET / HTTP/1.1\r\nHost: test\r\nX-Big: ")
+        try:
+            while sent < 200 * MB:
+                if select.select([s], [], [], 0)[0]:  # answered: stop sending, read it
+                    break
+                s.sendall(piece)
+                sent += len(piece)
+                peak = max(peak, server.rss())
+            while chunk := s.recv(65536):
+                answer += chunk
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # closed while we were still sending: the answer may be lost to the reset
+    peak = max(peak, server.rss())
+    assert sent < 32 * MB, f"the server took {sent / MB:.0f} MB of one header"
+    assert peak - rss_before < 8 * MB, f"RSS grew by {(peak - rss_before) / MB:.1f} MB"
+    assert not answer or answer.startswith(b"HTTP/1.1 431 "), answer[:100]
+    with server.connect() as s:  # and the server still serves
+        s.sendall(request())
+        assert Reader(s).response()[0] == 200
+
+
+def test_heads_near_and_over_the_byte_bound(server: Server) -> None:
+    with server.connect() as s:  # a head of just under 32 KiB (a big cookie) is served
+        s.sendall(request(headers=[("Cookie", "c" * (MAX_HEAD - 200))]))
+        assert Reader(s).response()[0] == 200
+    status, body = refused(server, request(headers=[("Cookie", "c" * MAX_HEAD)]))
+    assert (status, body) == (431, b"Request Header Fields Too Large")
+    status, _ = refused(server, request(headers=[(f"X-H{i}", "v" * 400) for i in range(90)]))
+    assert status == 431
+    status, _ = refused(server, request("/" + "u" * (40 * 1024)))
+    assert status == 414
+
+
+def test_b_slow_loris_and_silent_connections_are_closed_after_the_head_timeout(server: Server) -> None:
+    with server.connect() as silent, server.connect() as slow:
+        start = time.monotonic()
+        slow.sendall(b"GET / HTTP/1.1\r\nHost: test\r\n")
+        trickle, answer, closed_at = iter(b"X-Slow: " + b"s" * 100), b"", None
+        next_byte = start + 0.25  # out of phase with the timeout, so that no byte crosses the close
+        while closed_at is None and time.monotonic() < start + HEAD_TIMEOUT + 1:
+            if select.select([slow], [], [], max(0.0, next_byte - time.monotonic()))[0]:
+                chunk = slow.recv(65536)
+                answer += chunk
+                if not chunk:
+                    closed_at = time.monotonic()
+            elif time.monotonic() >= next_byte:
+                slow.send(bytes([next(trickle)]))
+                next_byte += 0.5
+        assert closed_at is not None, "the slow-loris connection is still open"
+        assert HEAD_TIMEOUT - 0.1 < closed_at - start <= HEAD_TIMEOUT + 1
+        assert answer.startswith(b"HTTP/1.1 408 ")
+        assert closed_within(silent, start + HEAD_TIMEOUT + 1 - time.monotonic())
+
+
+def test_c_too_many_headers(server: Server) -> None:
+    status, _ = refused(server, request(headers=[(f"X-H{i}", "v") for i in range(150)]))
+    assert status == 431
+    with server.connect() as s:  # 100 is still fine (Host is one of them)
+        s.sendall(request(headers=[(f"X-H{i}", "v") for i in range(MAX_HEADERS - 1)]))
+        assert Reader(s).response()[0] == 200
+
+
+def test_d_keep_alive_and_pipelining(server: Server) -> None:
+    with server.connect() as s:
+        reader = Reader(s)
+        for i in range(200):
+            s.sendall(request(f"/{i}", body=b"x" * (i % 3)))
+            status, _, body = reader.response()
+            assert status == 200 and body.endswith(b'"body":%d}' % (i % 3))
+        # a pipelined pair in one write
+        s.sendall(request("/p1") + request("/p2", body=b"hello"))
+        assert [reader.response()[0] for _ in range(2)] == [200, 200]
+        # a pipelined pair whose second head comes in two writes
+        second = request("/p4", headers=[("X-Pad", "p" * 2000)])
+        s.sendall(request("/p3") + second[:1000])
+        assert reader.response()[0] == 200
+        s.sendall(second[1000:])
+        assert reader.response()[0] == 200
+        # idle between requests for longer than the head timeout: keep-alive (5 s) governs, not the head timeout
+        assert not select.select([s], [], [], HEAD_TIMEOUT + 0.3)[0], "closed while idle"
+        s.sendall(request())
+        assert reader.response()[0] == 200
+
+
+def test_an_oversized_pipelined_head_waits_for_the_response_before_it(server: Server) -> None:
+    with server.connect() as s:
+        s.sendall(request("/slow") + request(headers=[("Cookie", "c" * MAX_HEAD)]))
+        reader = Reader(s)
+        status, headers, _ = reader.response()
+        assert status == 200 and headers[b"connection"] == b"close"  # no 431 in the middle of it
+        assert reader.closed() and not reader.buf
+
+
+def test_e_a_slow_body_after_a_complete_head_is_not_cut(server: Server) -> None:
+    with server.connect() as s:
+        s.sendall(request(body=b"12345678")[:-8])
+        start = time.monotonic()
+        for i in range(4):  # two bytes each 0.5 s: the body ends after the head timeout would have passed
+            assert not select.select([s], [], [], start + 0.5 * (i + 1) - time.monotonic())[0]
+            s.sendall(b"12345678"[2 * i : 2 * i + 2])
+        status, _, body = Reader(s).response()
+        assert time.monotonic() - start > HEAD_TIMEOUT
+        assert status == 200 and body.endswith(b'"body":8}')
