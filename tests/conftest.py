@@ -51,6 +51,7 @@ class Upstreams:
                 standin.requests.clear()
                 standin.fail_next.clear()
                 standin.chunk_delay = 0.0
+                standin.next_id = None
             self.chatgpt.requests.clear()
             self.chatgpt.fail_next.clear()
             self.chatgpt.force_classic = False

@@ -43,15 +43,63 @@ def _encoding(model: str) -> tiktoken.Encoding | None:
     return CL100K if model in ("gpt-3.5-turbo", "gpt-4", "gpt-small-test") else None
 
 
+def _text(message: dict[str, Any]) -> str:
+    """A message's text: its content string, the text parts of a list, or a tool call's name and arguments."""
+    content = message.get("content")
+    if isinstance(content, str):
+        return content
+    text = "".join(p.get("text", "") for p in content or [] if p.get("type") == "text")
+    for call in message.get("tool_calls") or []:
+        text += call["function"]["name"] + call["function"]["arguments"]
+    return text
+
+
 def prompt_tokens(model: str, messages: list[dict[str, Any]]) -> int:
     """OpenAI's count for chat models: 3 framing tokens + role + content per message, +3 for the reply."""
     enc = _encoding(model)
     if enc is None:
         import toktok
 
-        return 3 + sum(4 + int(toktok.batch_count([m["content"]], "o200k_base")[0]) for m in messages)
-    return 3 + sum(3 + len(enc.encode(m["role"])) + len(enc.encode(m["content"], disallowed_special=()))
+        return 3 + sum(4 + int(toktok.batch_count([_text(m)], "o200k_base")[0]) for m in messages)
+    return 3 + sum(3 + len(enc.encode(m["role"])) + len(enc.encode(_text(m), disallowed_special=()))
                    for m in messages)  # fmt: skip
+
+
+def invalid_messages(messages: Any, tools: Any) -> str | None:
+    """What the real API would refuse in ``messages``, or None: roles, content types, and tool calls
+    that every tool message must answer (right after the assistant message that made them)."""
+    if not isinstance(messages, list) or not messages:
+        return "Invalid 'messages': expected a non-empty array of messages."
+    open_calls: set[str] = set()
+    for index, m in enumerate(messages):
+        if not isinstance(m, dict) or m.get("role") not in ("system", "user", "assistant", "developer", "tool"):
+            return f"Invalid 'messages[{index}]': unknown role."
+        content = m.get("content")
+        if m["role"] == "tool":
+            if m.get("tool_call_id") not in open_calls:
+                return (f"Invalid parameter: messages with role 'tool' must be a response to a preceeding message "
+                        f"with 'tool_calls' (messages[{index}]).")  # fmt: skip
+            open_calls.discard(m["tool_call_id"])
+            continue
+        if open_calls:
+            return "An assistant message with 'tool_calls' must be followed by tool messages responding to each."
+        if m["role"] == "assistant" and m.get("tool_calls"):
+            if not tools:
+                return "tool_calls in messages need tools."
+            open_calls = {c["id"] for c in m["tool_calls"]}
+            if content is not None and not isinstance(content, str):
+                return f"Invalid 'messages[{index}].content'."
+            continue
+        if isinstance(content, list):
+            if m["role"] != "user" or not all(
+                isinstance(p, dict) and ((p.get("type") == "text" and isinstance(p.get("text"), str))
+                                         or (p.get("type") == "image_url" and isinstance(p.get("image_url"), dict)))
+                for p in content
+            ):  # fmt: skip
+                return f"Invalid 'messages[{index}].content': unsupported parts."
+        elif not isinstance(content, str):
+            return f"Invalid 'messages[{index}].content': expected a string."
+    return None
 
 
 def _error(status: int, message: str, code: str | None, kind: str = "invalid_request_error",
@@ -72,6 +120,7 @@ class OpenAIStandIn:
     record: bool = True
     last: bytes = b"{}"  # the last request body as received (served at /_last for the benchmark)
     closed_streams: int = 0
+    next_id: Any = None  # a function giving reply ids, to play servers whose ids repeat
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -108,11 +157,9 @@ class OpenAIStandIn:
         if not isinstance(model, str) or model not in CONTEXT:
             return _error(400, f"The model `{model}` does not exist or you do not have access to it.",
                           "model_not_found")  # fmt: skip
-        if not isinstance(messages, list) or not messages or not all(
-            isinstance(m, dict) and m.get("role") in ("system", "user", "assistant", "developer")
-            and isinstance(m.get("content"), str) for m in messages
-        ):  # fmt: skip
-            return _error(400, "Invalid 'messages': expected a non-empty array of messages.", "invalid_value")
+        refused = invalid_messages(messages, body.get("tools"))
+        if refused:
+            return _error(400, refused, "invalid_value")
         if model.startswith(REASONING) and "max_tokens" in body:
             return _error(400, "Unsupported parameter: 'max_tokens' is not supported with this model. "
                                "Use 'max_completion_tokens' instead.", "unsupported_parameter")  # fmt: skip
@@ -122,8 +169,12 @@ class OpenAIStandIn:
             return _error(400, f"This model's maximum context length is {CONTEXT[model]} tokens. However, you "
                                f"requested {used + wanted} tokens.", "context_length_exceeded")  # fmt: skip
         users = [m for m in messages if m["role"] == "user"]
-        text = f"echo({len(users)}): {users[-1]['content'] if users else ''}"
-        completion_id = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        last = _text(users[-1]) if users else ""
+        text = f"echo({len(users)}): {last}"
+        if messages[-1]["role"] == "tool":
+            text += f" [tool: {messages[-1]['content']}]"
+        call = self._tool_call(body, messages[-1], last)
+        completion_id = self.next_id() if self.next_id else f"chatcmpl-{uuid.uuid4().hex[:24]}"
         usage = {
             "prompt_tokens": used,
             "completion_tokens": len(text.split()),
@@ -132,14 +183,26 @@ class OpenAIStandIn:
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return await self._stream(request, completion_id, model, text, usage if include_usage else None,
-                                      failure == "cut")  # fmt: skip
+                                      failure == "cut", call)  # fmt: skip
+        message: dict[str, Any] = {"role": "assistant", "content": text}
+        if call is not None:
+            message = {"role": "assistant", "content": None, "tool_calls": [call]}
         reply = {
             "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
-            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+            "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if call else "stop"}],
         }  # fmt: skip
         if failure != "no-usage":
             reply["usage"] = usage
         return web.Response(body=orjson.dumps(reply), content_type="application/json")
+
+    @staticmethod
+    def _tool_call(body: dict[str, Any], last: dict[str, Any], text: str) -> dict[str, Any] | None:
+        """With tools, a last user message "call:NAME" makes the model call tool NAME with {"x": 1}."""
+        names = [t.get("function", {}).get("name") for t in body.get("tools") or []]
+        if last.get("role") != "user" or not text.startswith("call:") or text[5:] not in names:
+            return None
+        return {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
+                "function": {"name": text[5:], "arguments": '{"x": 1}'}}  # fmt: skip
 
     async def _failure(self, failure: str) -> web.StreamResponse | None:
         if failure == "rate":
@@ -152,6 +215,8 @@ class OpenAIStandIn:
             return _error(500, "The server had an error while processing your request.", None, "server_error")
         if failure == "503":
             return _error(503, "The engine is currently overloaded, please try again later.", None, "server_error")
+        if failure == "403":
+            return _error(403, "Project does not have access to model.", "model_not_found", "invalid_request_error")
         if failure == "html":
             return web.Response(text="<html><body>Bad gateway</body></html>", content_type="text/html")
         if failure.startswith("sleep:"):
@@ -160,7 +225,8 @@ class OpenAIStandIn:
         return None
 
     async def _stream(self, request: web.Request, completion_id: str, model: str, text: str,
-                      usage: dict[str, Any] | None, cut: bool) -> web.StreamResponse:  # fmt: skip
+                      usage: dict[str, Any] | None, cut: bool,
+                      call: dict[str, Any] | None = None) -> web.StreamResponse:  # fmt: skip
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         base = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
@@ -172,6 +238,18 @@ class OpenAIStandIn:
             await send(
                 {"choices": [{"index": 0, "delta": {"role": "assistant", "content": ""}, "finish_reason": None}]}
             )
+            if call is not None:
+                head = {"index": 0, "id": call["id"], "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""}}  # fmt: skip
+                await send({"choices": [{"index": 0, "delta": {"tool_calls": [head]}, "finish_reason": None}]})
+                for piece in ('{"x"', ": 1}"):
+                    delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
+                    await send({"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+                await send({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+                if usage:
+                    await send({"choices": [], "usage": usage})
+                await response.write(b"data: [DONE]\n\n")
+                return response
             words = text.split(" ")
             for i, word in enumerate(words):
                 if self.chunk_delay:

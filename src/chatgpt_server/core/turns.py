@@ -183,7 +183,7 @@ class Turns:
         conversation_id = spec.conversation
         if spec.conversation is not None:
             record = await self._timed(self.store.get_record("conversation", spec.conversation))
-            if record is None or record.owner != spec.owner:
+            if record is None or record.owner != spec.owner or record.body.get("deleted"):
                 raise NotFound("conversation_not_found_here", id=spec.conversation)
             reference = record.tip
         if reference is None:

@@ -43,7 +43,7 @@ async def _conversation(services: Services, owner: str, conversation_id: str, *,
     and, with ``make``, given a record."""
     record = await services.store.get_record("conversation", conversation_id)
     if record is not None:
-        if record.owner != owner:
+        if record.owner != owner or record.body.get("deleted"):
             raise NotFound("conversation_not_found_here", id=conversation_id[:256])
         return record
     newest = await services.store.conversation_items(owner, conversation_id, None, 1, True)
@@ -114,11 +114,17 @@ async def update(request: Request, services: Services) -> Response:
 
 
 async def delete(request: Request, services: Services) -> Response:
+    """The record stays as a tombstone: the conversation's items (which stay, as OpenAI keeps them)
+    must not bring it back."""
     current_log().route = "conversations delete"
     owner = await owner_of(request, services)
-    record = await _conversation(services, owner, request.path_params["id"], make=True)
-    await services.store.delete_record("conversation", record.id)
-    return JSONBody({"id": record.id, "object": "conversation.deleted", "deleted": True})
+    for _ in range(5):
+        record = await _conversation(services, owner, request.path_params["id"], make=True)
+        gone = Record(record.kind, record.id, owner, {"deleted": True}, record.tip, record.created_at, time.time(),
+                      record.version, record.gen)  # fmt: skip
+        if await services.store.put_record(gone, record.version):
+            return JSONBody({"id": record.id, "object": "conversation.deleted", "deleted": True})
+    raise Conflict("conversation_changed", id=request.path_params["id"][:256])
 
 
 async def list_all(request: Request, services: Services) -> Response:
@@ -126,9 +132,16 @@ async def list_all(request: Request, services: Services) -> Response:
     current_log().route = "conversations list"
     owner = await owner_of(request, services)
     page = page_of(request)
-    records = await services.store.list_records("conversation", owner, page.after, page.limit + 1, page.descending)
-    shown = [conversation_json(r) for r in records[: page.limit]]
-    return JSONBody(list_body(shown, len(records) > page.limit))
+    shown: list[dict[str, Any]] = []
+    after, more = page.after, False
+    while len(shown) <= page.limit:  # tombstones are skipped, so a page may take more than one read
+        records = await services.store.list_records("conversation", owner, after, page.limit + 1, page.descending)
+        shown += [conversation_json(r) for r in records if not r.body.get("deleted")]
+        if len(records) <= page.limit:
+            break
+        after = records[-1].id
+    more = len(shown) > page.limit
+    return JSONBody(list_body(shown[: page.limit], more))
 
 
 async def add_items(request: Request, services: Services) -> Response:

@@ -1,0 +1,404 @@
+"""OpenAI's Responses, Conversations and Chat Completions APIs over a chat-completions upstream, with
+the official ``openai`` SDK as the client (sync and async), against the running server."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from .conftest import KEY, OTHER_KEY, Upstreams, ask
+from .harness import ServerProcess
+from .standins.openai_api import prompt_tokens
+
+# gpt-4 (counted exactly, with cl100k_base) gets a small window here, so a few turns fill it.
+ROUTES = """
+[[models]]
+name = "gpt-4"
+context_window = 2048
+"""
+
+
+@pytest.fixture(scope="module")
+def v1_server(upstreams: Upstreams, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    workdir = tmp_path_factory.mktemp("v1")
+    (workdir / "models.toml").write_text(ROUTES)
+    env = upstreams.env(CHATGPT_SERVER_MODELS_FILE=str(workdir / "models.toml"))
+    proc = ServerProcess(workdir, env).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def sdk(v1_server: ServerProcess) -> Iterator[openai.OpenAI]:
+    with openai.OpenAI(base_url=v1_server.url + "/v1", api_key=KEY, max_retries=0) as client:
+        yield client
+
+
+def sent(upstreams: Upstreams) -> dict[str, Any]:
+    assert upstreams.openai.requests, "nothing reached the upstream"
+    body: dict[str, Any] = upstreams.openai.requests[-1]["body"]
+    return body
+
+
+def test_three_turns_by_previous_response_id(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    first = sdk.responses.create(model="gpt-3.5-turbo", input="one")
+    second = sdk.responses.create(model="gpt-3.5-turbo", input="two", previous_response_id=first.id)
+    third = sdk.responses.create(model="gpt-3.5-turbo", input="three", previous_response_id=second.id)
+    assert (first.output_text, second.output_text, third.output_text) == (
+        "echo(1): one", "echo(2): two", "echo(3): three"
+    )  # fmt: skip
+    assert sent(upstreams)["messages"] == [
+        {"role": "user", "content": "one"},
+        {"role": "assistant", "content": "echo(1): one"},
+        {"role": "user", "content": "two"},
+        {"role": "assistant", "content": "echo(2): two"},
+        {"role": "user", "content": "three"},
+    ]
+    assert third.status == "completed" and third.previous_response_id == second.id
+    assert third.usage is not None and third.usage.input_tokens == prompt_tokens(
+        "gpt-3.5-turbo", sent(upstreams)["messages"]
+    )
+    assert third.output[0].id.startswith("msg_") and third.id.startswith("resp_")
+
+
+def test_instructions_apply_to_one_response_only(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    first = sdk.responses.create(model="gpt-3.5-turbo", input="hi", instructions="Talk like a pirate.")
+    assert sent(upstreams)["messages"][0] == {"role": "system", "content": "Talk like a pirate."}
+    sdk.responses.create(model="gpt-3.5-turbo", input="and now?", previous_response_id=first.id)
+    assert all(m["role"] != "system" for m in sent(upstreams)["messages"])
+    assert first.instructions == "Talk like a pirate."
+
+
+def test_conversation_and_previous_response_together_are_refused(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    first = sdk.responses.create(model="gpt-3.5-turbo", input="x")
+    conversation = sdk.conversations.create()
+    upstreams.openai.requests.clear()
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.responses.create(model="gpt-3.5-turbo", input="y", previous_response_id=first.id,
+                             conversation=conversation.id)  # fmt: skip
+    assert "previous_response_id and conversation" in str(raised.value)
+    assert not upstreams.openai.requests
+
+
+def test_stream_helper_and_final_response(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    first = sdk.responses.create(model="gpt-3.5-turbo", input="before")
+    kinds: list[str] = []
+    deltas: list[str] = []
+    with sdk.responses.stream(model="gpt-3.5-turbo", input="stream this please", previous_response_id=first.id) as s:
+        for event in s:
+            kinds.append(event.type)
+            if event.type == "response.output_text.delta":
+                deltas.append(event.delta)
+        final = s.get_final_response()
+    assert final.output_text == "echo(2): stream this please" == "".join(deltas)
+    assert kinds[:2] == ["response.created", "response.in_progress"] and kinds[-1] == "response.completed"
+    for name in ("response.output_item.added", "response.content_part.added", "response.output_text.done",
+                 "response.content_part.done", "response.output_item.done"):  # fmt: skip
+        assert kinds.count(name) == 1, name
+    # What was streamed is what is stored, and a follow-up sent at once finds it.
+    stored = sdk.responses.retrieve(final.id)
+    assert stored.output[0].id == final.output[0].id and stored.output_text == final.output_text
+    follow = sdk.responses.create(model="gpt-3.5-turbo", input="next", previous_response_id=final.id)
+    assert follow.output_text == "echo(3): next"
+
+
+def test_async_client_and_raw_sequence_numbers(v1_server: ServerProcess) -> None:
+    async def go() -> tuple[str, list[int]]:
+        async with openai.AsyncOpenAI(base_url=v1_server.url + "/v1", api_key=KEY, max_retries=0) as client:
+            first = await client.responses.create(model="gpt-3.5-turbo", input="async one")
+            numbers = []
+            stream = await client.responses.create(model="gpt-3.5-turbo", input="async two",
+                                                   previous_response_id=first.id, stream=True)  # fmt: skip
+            text = ""
+            async for event in stream:
+                numbers.append(event.sequence_number)
+                if event.type == "response.completed":
+                    text = event.response.output_text
+            return text, numbers
+
+    text, numbers = asyncio.run(go())
+    assert text == "echo(2): async two"
+    assert numbers == list(range(len(numbers)))
+
+
+def test_retrieve_delete_and_input_items(sdk: openai.OpenAI) -> None:
+    response = sdk.responses.create(model="gpt-3.5-turbo", input="first")
+    for i in range(12):
+        response = sdk.responses.create(model="gpt-3.5-turbo", input=f"turn {i}", previous_response_id=response.id)
+    items = list(sdk.responses.input_items.list(response.id, limit=5))  # auto-pagination: 5 pages
+    assert len(items) == 25  # 13 questions and 12 answers before the last answer
+    assert items[0].type == "message" and items[0].role == "user"  # newest first
+    texts = [part.text for item in items for part in item.content]  # type: ignore[union-attr]
+    assert texts[0] == "turn 11" and texts[-1] == "first"
+    ascending = list(sdk.responses.input_items.list(response.id, limit=7, order="asc"))
+    assert [i.id for i in ascending] == [i.id for i in items][::-1]
+    retrieved = sdk.responses.retrieve(response.id)
+    assert retrieved.output_text == response.output_text
+    sdk.responses.delete(response.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(response.id)
+    # Deleting a response does not break what follows from it: its items stay as history.
+    follow = sdk.responses.create(
+        model="gpt-3.5-turbo", input="after delete", previous_response_id=retrieved.output[0].id
+    )
+    assert follow.output_text == "echo(14): after delete"
+
+
+def test_conversations_end_to_end(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    conversation = sdk.conversations.create(items=[{"type": "message", "role": "user", "content": "seed"}],
+                                            metadata={"topic": "demo"})  # fmt: skip
+    assert conversation.metadata == {"topic": "demo"}
+    for i in range(3):
+        reply = sdk.responses.create(model="gpt-3.5-turbo", input=f"q{i}", conversation=conversation.id)
+    assert reply.output_text == "echo(4): q2" and reply.conversation is not None
+    added = sdk.conversations.items.create(conversation.id, items=[
+        {"type": "message", "role": "user", "content": "note one"},
+        {"type": "message", "role": "assistant", "content": "noted"},
+    ])  # fmt: skip
+    assert len(added.data) == 2
+    listed = list(sdk.conversations.items.list(conversation.id, limit=3, order="asc"))  # 3 pages and a bit
+    assert len(listed) == 9
+    assert [i.content[0].text for i in listed][:3] == ["seed", "q0", "echo(2): q0"]  # type: ignore[union-attr]
+    one = sdk.conversations.items.retrieve(listed[1].id, conversation_id=conversation.id)
+    assert one.id == listed[1].id
+    sdk.conversations.items.delete(listed[1].id, conversation_id=conversation.id)  # "q0" goes
+    after = sdk.responses.create(model="gpt-3.5-turbo", input="what now", conversation=conversation.id)
+    texts = [m["content"] for m in sent(upstreams)["messages"]]
+    assert "q0" not in texts and "seed" in texts and "noted" in texts
+    assert after.output_text == "echo(5): what now"  # seed, q1, q2, note one, what now
+    updated = sdk.conversations.update(conversation.id, metadata={"topic": "changed"})
+    assert updated.metadata == {"topic": "changed"}
+    assert sdk.conversations.retrieve(conversation.id).metadata == {"topic": "changed"}
+    deleted = sdk.conversations.delete(conversation.id)
+    assert deleted.deleted
+    with pytest.raises(openai.NotFoundError):
+        sdk.conversations.retrieve(conversation.id)
+
+
+def test_list_my_conversations_newest_first(v1_server: ServerProcess) -> None:
+    key = "sk-test-lister-0123456789"
+    with openai.OpenAI(base_url=v1_server.url + "/v1", api_key=key, max_retries=0) as client:
+        made = [client.conversations.create(metadata={"n": str(i)}).id for i in range(5)]
+        first = client.get("/conversations?limit=2", cast_to=httpx.Response).json()
+        assert [c["id"] for c in first["data"]] == made[::-1][:2] and first["has_more"]
+        rest = client.get(f"/conversations?limit=10&after={first['last_id']}", cast_to=httpx.Response).json()
+        assert [c["id"] for c in rest["data"]] == made[::-1][2:] and not rest["has_more"]
+    with openai.OpenAI(base_url=v1_server.url + "/v1", api_key=OTHER_KEY, max_retries=0) as other:
+        theirs = other.get("/conversations", cast_to=httpx.Response).json()
+        assert not set(made) & {c["id"] for c in theirs["data"]}
+
+
+def test_function_tool_round_trip(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    tools: list[Any] = [{"type": "function", "name": "lookup", "description": "Look something up",
+                         "parameters": {"type": "object", "properties": {"x": {"type": "integer"}}}}]  # fmt: skip
+    first = sdk.responses.create(model="gpt-3.5-turbo", input="call:lookup", tools=tools)
+    call = first.output[0]
+    assert call.type == "function_call" and call.name == "lookup" and json.loads(call.arguments) == {"x": 1}
+    assert sent(upstreams)["tools"][0]["function"]["name"] == "lookup"
+    second = sdk.responses.create(
+        model="gpt-3.5-turbo", previous_response_id=first.id, tools=tools,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "forty-two"}],
+    )  # fmt: skip
+    assert second.output_text == "echo(1): call:lookup [tool: forty-two]"
+    messages = sent(upstreams)["messages"]
+    assert messages[-2]["tool_calls"][0]["id"] == call.call_id == messages[-1]["tool_call_id"]
+    assert messages[-1] == {"role": "tool", "tool_call_id": call.call_id, "content": "forty-two"}
+    # The same, streamed: the function-call events, and the same ids in the events and the stored object.
+    kinds: list[str] = []
+    with sdk.responses.stream(model="gpt-3.5-turbo", input="call:lookup", tools=tools) as s:
+        for event in s:
+            kinds.append(event.type)
+        streamed = s.get_final_response()
+    assert "response.function_call_arguments.delta" in kinds and "response.function_call_arguments.done" in kinds
+    assert streamed.output[0].type == "function_call"
+    assert sdk.responses.retrieve(streamed.id).output[0].id == streamed.output[0].id
+
+
+def test_truncation_auto_drops_exactly_the_oldest_and_disabled_refuses(
+    sdk: openai.OpenAI, upstreams: Upstreams
+) -> None:
+    long = "lorem ipsum dolor sit amet " * 40  # ~200 tokens a turn: the 2048-token window fills after a few
+    chain: list[dict[str, str]] = []
+    response = sdk.responses.create(model="gpt-4", input="start " + long, max_output_tokens=100)
+    chain += [{"role": "user", "content": "start " + long}, {"role": "assistant", "content": response.output_text}]
+    for i in range(8):
+        question = f"turn {i} {long}"
+        response = sdk.responses.create(model="gpt-4", input=question, truncation="auto",
+                                        previous_response_id=response.id, max_output_tokens=100)  # fmt: skip
+        assert response.status == "completed"
+        chain += [{"role": "user", "content": question}, {"role": "assistant", "content": response.output_text}]
+    messages = sent(upstreams)["messages"]
+    budget = 2048 - 100
+    assert prompt_tokens("gpt-4", messages) <= budget
+    assert messages[-1]["content"].startswith("turn 7") and len(messages) < len(chain) - 1
+    kept = len(messages) - 1  # the history sent before the question
+    assert messages[:-1] == chain[-2 - kept : -2]  # the newest turns, in order
+    next_older = chain[-2 - kept - 1]  # exactly: the next older message would not have fitted
+    assert prompt_tokens("gpt-4", [next_older, *messages]) > budget
+    before = len(upstreams.openai.requests)
+    with pytest.raises(openai.BadRequestError) as raised:
+        sdk.responses.create(model="gpt-4", input="one more " + long, previous_response_id=response.id,
+                             max_output_tokens=100)  # fmt: skip
+    assert "context window" in str(raised.value) and raised.value.code == "context_length_exceeded"
+    assert len(upstreams.openai.requests) == before  # refused before the upstream was called
+
+
+def test_another_key_sees_nothing(sdk: openai.OpenAI, v1_server: ServerProcess, upstreams: Upstreams) -> None:
+    mine = sdk.responses.create(model="gpt-3.5-turbo", input="private")
+    conversation = sdk.conversations.create()
+    with openai.OpenAI(base_url=v1_server.url + "/v1", api_key=OTHER_KEY, max_retries=0) as other:
+        with pytest.raises(openai.NotFoundError):
+            other.responses.retrieve(mine.id)
+        with pytest.raises(openai.NotFoundError):
+            other.responses.create(model="gpt-3.5-turbo", input="steal", previous_response_id=mine.id)
+        with pytest.raises(openai.NotFoundError):
+            other.responses.create(model="gpt-3.5-turbo", input="steal", previous_response_id=mine.output[0].id)
+        with pytest.raises(openai.NotFoundError):
+            other.conversations.retrieve(conversation.id)
+        with pytest.raises(openai.NotFoundError):
+            list(other.conversations.items.list(conversation.id))
+        with pytest.raises(openai.NotFoundError):
+            other.responses.delete(mine.id)
+    assert sdk.responses.retrieve(mine.id).id == mine.id
+
+
+def test_one_conversation_through_both_doors(sdk: openai.OpenAI, v1_server: ServerProcess) -> None:
+    with httpx.Client(base_url=v1_server.url, timeout=30) as c:
+        original = ask(c, "from the original route").json()["data"]
+        via_sdk = sdk.responses.create(model="gpt-3.5-turbo", input="through the sdk",
+                                       previous_response_id=original["id"])  # fmt: skip
+        assert via_sdk.output_text == "echo(2): through the sdk"
+        back = ask(c, "and back", parent=via_sdk.output[0].id).json()["data"]
+        assert back["text"] == "echo(3): and back"
+        items = list(sdk.conversations.items.list(back["conversationId"], order="asc"))
+        assert [i.content[0].text for i in items][-1] == "echo(3): and back"  # type: ignore[union-attr]
+
+
+def test_store_false_keeps_nothing(sdk: openai.OpenAI) -> None:
+    response = sdk.responses.create(model="gpt-3.5-turbo", input="forget me", store=False)
+    assert response.output_text == "echo(1): forget me" and response.store is False
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve(response.id)
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.create(model="gpt-3.5-turbo", input="x", previous_response_id=response.id)
+
+
+def test_chat_completions_pass_through(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    completion = sdk.chat.completions.create(model="gpt-3.5-turbo", messages=[{"role": "user", "content": "plain"}])
+    assert completion.choices[0].message.content == "echo(1): plain"
+    assert sent(upstreams)["messages"] == [{"role": "user", "content": "plain"}]
+    assert upstreams.openai.requests[-1]["headers"]["Authorization"] == f"Bearer {KEY}"
+    chunks = list(sdk.chat.completions.create(model="gpt-3.5-turbo", stream=True,
+                                              messages=[{"role": "user", "content": "streamed words"}]))  # fmt: skip
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == "echo(1): streamed words"
+    assert chunks[-1].usage is not None  # usage was asked for, and is recorded
+    assert [m.id for m in sdk.models.list()]
+
+
+@pytest.mark.parametrize(
+    ("failure", "error"),
+    [
+        ("rate", openai.RateLimitError),
+        ("quota", openai.RateLimitError),
+        ("403", openai.PermissionDeniedError),
+        ("500", openai.InternalServerError),
+        ("html", openai.InternalServerError),
+    ],
+)
+def test_upstream_errors_map_to_the_sdk_exceptions(
+    sdk: openai.OpenAI, upstreams: Upstreams, failure: str, error: type[openai.APIStatusError]
+) -> None:
+    upstreams.apps.call(lambda: upstreams.openai.fail_next.append(failure))
+    with pytest.raises(error) as raised:
+        sdk.responses.create(model="gpt-3.5-turbo", input="fail")
+    assert "127.0.0.1:" in raised.value.message and KEY not in str(raised.value.body)
+
+
+def test_client_errors_map_to_the_sdk_exceptions(v1_server: ServerProcess, sdk: openai.OpenAI) -> None:
+    with openai.OpenAI(base_url=v1_server.url + "/v1", api_key="sk-wrong-key-123456", max_retries=0) as bad:
+        with pytest.raises(openai.AuthenticationError) as raised:
+            bad.responses.create(model="gpt-3.5-turbo", input="x")
+        assert "wrong-key" not in str(raised.value.body)
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model="gpt-3.5-turbo", input="x", temperature=7)
+    assert refused.value.param == "temperature"
+    with pytest.raises(openai.BadRequestError) as unknown:
+        sdk.responses.create(model="gpt-3.5-turbo", input="x", extra_body={"nonsense": 1})
+    assert "nonsense" in str(unknown.value)
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.retrieve("resp_doesnotexist")
+    response = httpx.post(v1_server.url + "/v1/responses", json={"model": "gpt-3.5-turbo", "input": "x"})
+    assert response.status_code == 401 and response.json()["error"]["code"] == "missing_api_key"
+    plain = httpx.post(v1_server.url + "/v1/responses", content=b'{"model":"m","input":"x"}',
+                       headers={"Authorization": f"Bearer {KEY}", "Content-Type": "text/plain"})  # fmt: skip
+    assert plain.status_code == 415
+
+
+def test_timeout_is_504(tmp_path: Path, upstreams: Upstreams) -> None:
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_TIMEOUT_MS="400")).start()
+    try:
+        upstreams.apps.call(lambda: upstreams.openai.fail_next.append("sleep:2"))
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as client:
+            with pytest.raises(openai.InternalServerError) as raised:
+                client.responses.create(model="gpt-3.5-turbo", input="slow")
+        assert raised.value.status_code == 504
+    finally:
+        server.stop()
+
+
+def test_continuity_across_a_sigkill_restart(tmp_path: Path, upstreams: Upstreams) -> None:
+    server = ServerProcess(tmp_path, upstreams.env()).start()
+    with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as client:
+        first = client.responses.create(model="gpt-3.5-turbo", input="remember me")
+        conversation = client.conversations.create()
+        client.responses.create(model="gpt-3.5-turbo", input="in a conversation", conversation=conversation.id)
+    server.kill()  # SIGKILL right after answering
+    server.start()
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as client:
+            again = client.responses.create(model="gpt-3.5-turbo", input="still there?", previous_response_id=first.id)
+            assert again.output_text == "echo(2): still there?"
+            more = client.responses.create(model="gpt-3.5-turbo", input="and here?", conversation=conversation.id)
+            assert more.output_text == "echo(2): and here?"
+    finally:
+        server.stop()
+
+
+def test_two_instances_share_responses_and_conversations(
+    tmp_path: Path, upstreams: Upstreams, network_kind: str
+) -> None:
+    from .shared_stores import store_url
+
+    url = store_url(network_kind, tmp_path)
+    a = ServerProcess(tmp_path / "a", upstreams.env(CHATGPT_SERVER_STORE_URL=url))
+    b = ServerProcess(tmp_path / "b", upstreams.env(CHATGPT_SERVER_STORE_URL=url))
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a.start(), b.start()
+    try:
+        ca = openai.OpenAI(base_url=a.url + "/v1", api_key=KEY, max_retries=0)
+        cb = openai.OpenAI(base_url=b.url + "/v1", api_key=KEY, max_retries=0)
+        response = ca.responses.create(model="gpt-3.5-turbo", input="on a")
+        for turn in range(4):  # back and forth: every follow-up lands on the other instance
+            client = cb if turn % 2 == 0 else ca
+            response = client.responses.create(model="gpt-3.5-turbo", input=f"hop {turn}",
+                                               previous_response_id=response.id)  # fmt: skip
+        assert response.output_text == "echo(5): hop 3"
+        conversation = cb.conversations.create()
+        ca.responses.create(model="gpt-3.5-turbo", input="conv on a", conversation=conversation.id)
+        last = cb.responses.create(model="gpt-3.5-turbo", input="conv on b", conversation=conversation.id)
+        assert last.output_text == "echo(2): conv on b"
+        assert [i.id for i in cb.conversations.items.list(conversation.id)] == [
+            i.id for i in ca.conversations.items.list(conversation.id)
+        ]
+        ca.close(), cb.close()
+    finally:
+        a.stop(), b.stop()
