@@ -41,6 +41,16 @@ def sdk(v1_server: ServerProcess) -> Iterator[openai.OpenAI]:
         yield client
 
 
+def first_item(response: Any) -> dict[str, Any]:
+    item: dict[str, Any] = response.output[0].to_dict()
+    return item
+
+
+def text_of(item: Any) -> str:
+    """The text of a listed message item (the SDK's types are a wide union)."""
+    return str(item.to_dict()["content"][0]["text"])
+
+
 def sent(upstreams: Upstreams) -> dict[str, Any]:
     assert upstreams.openai.requests, "nothing reached the upstream"
     body: dict[str, Any] = upstreams.openai.requests[-1]["body"]
@@ -65,7 +75,7 @@ def test_three_turns_by_previous_response_id(sdk: openai.OpenAI, upstreams: Upst
     assert third.usage is not None and third.usage.input_tokens == prompt_tokens(
         "gpt-3.5-turbo", sent(upstreams)["messages"]
     )
-    assert third.output[0].id.startswith("msg_") and third.id.startswith("resp_")
+    assert str(first_item(third)["id"]).startswith("msg_") and third.id.startswith("resp_")
 
 
 def test_instructions_apply_to_one_response_only(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
@@ -104,7 +114,7 @@ def test_stream_helper_and_final_response(sdk: openai.OpenAI, upstreams: Upstrea
         assert kinds.count(name) == 1, name
     # What was streamed is what is stored, and a follow-up sent at once finds it.
     stored = sdk.responses.retrieve(final.id)
-    assert stored.output[0].id == final.output[0].id and stored.output_text == final.output_text
+    assert first_item(stored)["id"] == first_item(final)["id"] and stored.output_text == final.output_text
     follow = sdk.responses.create(model="gpt-3.5-turbo", input="next", previous_response_id=final.id)
     assert follow.output_text == "echo(3): next"
 
@@ -135,7 +145,7 @@ def test_retrieve_delete_and_input_items(sdk: openai.OpenAI) -> None:
     items = list(sdk.responses.input_items.list(response.id, limit=5))  # auto-pagination: 5 pages
     assert len(items) == 25  # 13 questions and 12 answers before the last answer
     assert items[0].type == "message" and items[0].role == "user"  # newest first
-    texts = [part.text for item in items for part in item.content]  # type: ignore[union-attr]
+    texts = [text_of(item) for item in items]
     assert texts[0] == "turn 11" and texts[-1] == "first"
     ascending = list(sdk.responses.input_items.list(response.id, limit=7, order="asc"))
     assert [i.id for i in ascending] == [i.id for i in items][::-1]
@@ -165,10 +175,11 @@ def test_conversations_end_to_end(sdk: openai.OpenAI, upstreams: Upstreams) -> N
     assert len(added.data) == 2
     listed = list(sdk.conversations.items.list(conversation.id, limit=3, order="asc"))  # 3 pages and a bit
     assert len(listed) == 9
-    assert [i.content[0].text for i in listed][:3] == ["seed", "q0", "echo(2): q0"]  # type: ignore[union-attr]
-    one = sdk.conversations.items.retrieve(listed[1].id, conversation_id=conversation.id)
-    assert one.id == listed[1].id
-    sdk.conversations.items.delete(listed[1].id, conversation_id=conversation.id)  # "q0" goes
+    assert [text_of(i) for i in listed][:3] == ["seed", "q0", "echo(2): q0"]
+    q0 = str(listed[1].id)
+    one = sdk.conversations.items.retrieve(q0, conversation_id=conversation.id)
+    assert one.id == q0
+    sdk.conversations.items.delete(q0, conversation_id=conversation.id)  # "q0" goes
     after = sdk.responses.create(model="gpt-3.5-turbo", input="what now", conversation=conversation.id)
     texts = [m["content"] for m in sent(upstreams)["messages"]]
     assert "q0" not in texts and "seed" in texts and "noted" in texts
@@ -278,12 +289,12 @@ def test_one_conversation_through_both_doors(sdk: openai.OpenAI, v1_server: Serv
         back = ask(c, "and back", parent=via_sdk.output[0].id).json()["data"]
         assert back["text"] == "echo(3): and back"
         items = list(sdk.conversations.items.list(back["conversationId"], order="asc"))
-        assert [i.content[0].text for i in items][-1] == "echo(3): and back"  # type: ignore[union-attr]
+        assert [text_of(i) for i in items][-1] == "echo(3): and back"
 
 
 def test_store_false_keeps_nothing(sdk: openai.OpenAI) -> None:
     response = sdk.responses.create(model="gpt-3.5-turbo", input="forget me", store=False)
-    assert response.output_text == "echo(1): forget me" and response.store is False
+    assert response.output_text == "echo(1): forget me" and response.to_dict()["store"] is False
     with pytest.raises(openai.NotFoundError):
         sdk.responses.retrieve(response.id)
     with pytest.raises(openai.NotFoundError):
@@ -346,9 +357,11 @@ def test_timeout_is_504(tmp_path: Path, upstreams: Upstreams) -> None:
     server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_TIMEOUT_MS="400")).start()
     try:
         upstreams.apps.call(lambda: upstreams.openai.fail_next.append("sleep:2"))
-        with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as client:
-            with pytest.raises(openai.InternalServerError) as raised:
-                client.responses.create(model="gpt-3.5-turbo", input="slow")
+        with (
+            openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as client,
+            pytest.raises(openai.InternalServerError) as raised,
+        ):
+            client.responses.create(model="gpt-3.5-turbo", input="slow")
         assert raised.value.status_code == 504
     finally:
         server.stop()
@@ -382,7 +395,8 @@ def test_two_instances_share_responses_and_conversations(
     b = ServerProcess(tmp_path / "b", upstreams.env(CHATGPT_SERVER_STORE_URL=url))
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    a.start(), b.start()
+    a.start()
+    b.start()
     try:
         ca = openai.OpenAI(base_url=a.url + "/v1", api_key=KEY, max_retries=0)
         cb = openai.OpenAI(base_url=b.url + "/v1", api_key=KEY, max_retries=0)
@@ -399,6 +413,8 @@ def test_two_instances_share_responses_and_conversations(
         assert [i.id for i in cb.conversations.items.list(conversation.id)] == [
             i.id for i in ca.conversations.items.list(conversation.id)
         ]
-        ca.close(), cb.close()
+        ca.close()
+        cb.close()
     finally:
-        a.stop(), b.stop()
+        a.stop()
+        b.stop()
