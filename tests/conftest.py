@@ -9,7 +9,9 @@ import pytest
 
 from .harness import ServerProcess, ThreadedApps
 from .shared_stores import POSTGRES_PORT, REDIS_PORT, clean_up
+from .standins.chatgpt_auth import ChatGPTAuthStandIn
 from .standins.chatgpt_web import ChatGPTStandIn
+from .standins.codex import CodexStandIn
 from .standins.openai_api import OpenAIStandIn
 from .standins.signin import SignInStandIn
 from .tcp_proxy import TCPProxy
@@ -30,6 +32,21 @@ class Upstreams:
     signin: SignInStandIn
     web_url: str
     identity_url: str
+    auth: ChatGPTAuthStandIn
+    auth_url: str  # the issuer (device sign-in, refresh, JWKS)
+    codex: CodexStandIn
+    codex_url: str  # CHATGPT_SERVER_CODEX_URL
+
+    def codex_env(self, **extra: str) -> dict[str, str]:
+        """Mode 2 on the Codex backend with accounts: what the real service speaks today."""
+        return self.env(
+            CHATGPT_SERVER_CHATGPT_BACKEND="codex",
+            CHATGPT_SERVER_CODEX_URL=self.codex_url,
+            CHATGPT_SERVER_CHATGPT_AUTH_ISSUER=self.auth_url,
+            CHATGPT_SERVER_DEFAULT_CHATGPT_MODEL="gpt-5",
+            CHATGPT_SERVER_SECRET_KEY="test-secret-key-for-accounts",
+            **extra,
+        )
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {
@@ -59,6 +76,12 @@ class Upstreams:
             self.chatgpt.first_delay = 0.0
             self.signin.refuse = False
             self.signin.country_block = False
+            self.chatgpt.require_sentinel = False
+            self.codex.requests.clear()
+            self.codex.fail_next.clear()
+            self.codex.chunk_delay = 0.0
+            self.auth.refresh_delay = 0.0
+            self.auth.access_lifetime_s = 3600
 
         self.apps.call(clear)
 
@@ -72,6 +95,9 @@ def upstreams() -> Iterator[Upstreams]:
     web_url = apps.serve(signin.web_app())
     identity_url = apps.serve(signin.identity_app())
     signin.web_url, signin.identity_url = web_url, identity_url
+    auth = ChatGPTAuthStandIn()
+    auth.issuer = apps.serve(auth.app())
+    codex = CodexStandIn(auth=auth)
     ups = Upstreams(
         apps=apps,
         openai=openai,
@@ -83,6 +109,10 @@ def upstreams() -> Iterator[Upstreams]:
         signin=signin,
         web_url=web_url,
         identity_url=identity_url,
+        auth=auth,
+        auth_url=auth.issuer,
+        codex=codex,
+        codex_url=apps.serve(codex.app()) + "/backend-api/codex",
     )
     yield ups
     apps.close()

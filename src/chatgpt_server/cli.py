@@ -142,8 +142,8 @@ def ask(args: argparse.Namespace) -> int:
         await services.start()
         try:
             chat = parse_chat({"mode": args.mode, "type": "2" if args.stream else "1", "opts": opts}, settings)
-            spec = await spec_for(chat, services)
-            turn = await services.turns.open(spec)
+            spec, credential = await spec_for(chat, services)
+            turn = await services.accounts.open_turn(services.turns, spec, credential)
             try:
                 async for piece in turn.events():
                     if args.stream and piece.text:

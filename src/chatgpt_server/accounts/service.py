@@ -25,9 +25,11 @@ import orjson
 
 from ..core.locks import KeyedLocks
 from ..core.owners import Owners
+from ..core.turns import OpenTurn, Turns, TurnSpec
 from ..errors import BadRequest, NotFound, ServiceError, ServiceUnavailable, Unauthorized
 from ..settings import Settings
 from ..stores import Record, Store
+from ..upstreams.base import Target
 from ..upstreams.chatgpt_web import check_not_expired, jwt_claims
 from ..upstreams.http import HTTPClient
 from .crypto import Sealer
@@ -105,6 +107,22 @@ class Accounts:
         self._known.pop(credential.account_key, None)
         access = await self.refresh(credential.account_key, stale=credential.access_token)
         return Credential(credential.owner, access, credential.account_id, credential.account_key)
+
+    async def open_turn(self, turns: Turns, spec: TurnSpec, credential: Credential | None) -> OpenTurn:
+        """Open a turn; a stored account's token that the backend refuses is refreshed once, and the
+        turn tried once more with the new token."""
+        try:
+            return await turns.open(spec)
+        except Unauthorized as exc:
+            if credential is None or exc.key != "upstream_unauthorized":
+                raise
+            fresh = await self.after_unauthorized(credential)
+            if fresh is None:
+                raise
+            target = spec.target
+            spec.target = Target(target.upstream, target.url, fresh.access_token, target.organization, target.headers,
+                                 fresh.account_id)  # fmt: skip
+            return await turns.open(spec)
 
     # -- the stored tokens ---------------------------------------------------------------------
     def _sealer(self) -> Sealer:
@@ -278,7 +296,7 @@ class Accounts:
         tokens = await self.oauth.exchange(*got)
         account = await self.keep(tokens)
         await self.store.delete_record("device", record_id)
-        return {"status": "signed_in", **account, "accessToken": tokens.access_token}
+        return {**account, "status": "signed_in", "accessToken": tokens.access_token}
 
     # -- listing --------------------------------------------------------------------------------
     async def all(self) -> list[dict[str, Any]]:

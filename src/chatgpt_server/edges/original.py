@@ -29,6 +29,7 @@ from .original_request import ChatRequest, parse_chat
 from .sse import EventStream, event
 
 if TYPE_CHECKING:
+    from ..accounts.service import Credential
     from ..app import Services
 
 DEFAULT_SYSTEM_MESSAGE = (
@@ -57,7 +58,8 @@ def _compatible(mode: str, backend: str) -> Any:
     return check
 
 
-async def spec_for(chat: ChatRequest, services: Services) -> TurnSpec:
+async def spec_for(chat: ChatRequest, services: Services) -> tuple[TurnSpec, Credential | None]:
+    """The turn, and for a stored ChatGPT account the credential to refresh if the backend refuses it."""
     settings = services.settings
     user = Item(mint("uuid"), "message", "user", chat.content)
     system = chat.system_message
@@ -76,22 +78,25 @@ async def spec_for(chat: ChatRequest, services: Services) -> TurnSpec:
             params = {**SAMPLING_DEFAULTS, **params}
         target = Target("chat", chat.base_url, chat.key, chat.organization)
         owner = await services.owners.of(chat.key)
-        return TurnSpec(owner=owner, origin="1", target=target, model=model, instructions=system or None,
+        spec = TurnSpec(owner=owner, origin="1", target=target, model=model, instructions=system or None,
                         params=params, reply_prefix="chatcmpl-", compatible=_compatible("1", "chat"),
                         **common)  # fmt: skip
+        return spec, None
     model = chat.model or settings.default_chatgpt_model
     backend = settings.chatgpt_backend
     if backend == "web":
         target = Target("web", chat.conversation_url, chat.key, headers=tuple(chat.headers.items()))
         owner = await services.owners.of(chat.key)
-        return TurnSpec(owner=owner, origin="web", target=target, model=model, reply_prefix="uuid",
+        spec = TurnSpec(owner=owner, origin="web", target=target, model=model, reply_prefix="uuid",
                         queue_key=owner, compatible=_compatible("2", "web"), **common)  # fmt: skip
+        return spec, None
     account = await services.accounts.credential(chat.key)
     url = chat.conversation_url if chat.conversation_url != settings.chatgpt_url else settings.codex_url
     target = Target("codex", url, account.access_token, headers=tuple(chat.headers.items()),
                     account_id=account.account_id)  # fmt: skip
-    return TurnSpec(owner=account.owner, origin="2", target=target, model=model, instructions=system or None,
+    spec = TurnSpec(owner=account.owner, origin="2", target=target, model=model, instructions=system or None,
                     reply_prefix="uuid", compatible=_compatible("2", "codex"), **common)  # fmt: skip
+    return spec, account
 
 
 def reply_data(chat: ChatRequest, result: TurnResult, model: str) -> dict[str, Any]:
@@ -133,8 +138,8 @@ async def get_info(request: Request, services: Services) -> ASGIApp:
     chat = parse_chat(await read_json(request, settings.max_body_bytes), settings)
     log = current_log()
     log.route = f"gpt mode{chat.mode} type{2 if chat.stream else 1}"
-    spec = await spec_for(chat, services)
-    turn = await services.turns.open(spec)
+    spec, credential = await spec_for(chat, services)
+    turn = await services.accounts.open_turn(services.turns, spec, credential)
     if not chat.stream:
         result = await _whole(turn, request if spec.queue_key else None)
         return ok(reply_data(chat, result, spec.model), status=201)

@@ -61,19 +61,7 @@ async def caller_for(request: Request, services: Services, model: str) -> Caller
 
 
 async def open_turn(services: Services, spec: TurnSpec, caller: Caller) -> OpenTurn:
-    """Open the turn; a stored account's token refused by the backend is refreshed once and retried."""
-    try:
-        return await services.turns.open(spec)
-    except Unauthorized as exc:
-        if caller.credential is None or exc.key != "upstream_unauthorized":
-            raise
-        fresh = await services.accounts.after_unauthorized(caller.credential)
-        if fresh is None:
-            raise
-        target = spec.target
-        spec.target = Target(target.upstream, target.url, fresh.access_token, target.organization, target.headers,
-                             fresh.account_id)  # fmt: skip
-        return await services.turns.open(spec)
+    return await services.accounts.open_turn(services.turns, spec, caller.credential)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,342 @@
+"""ChatGPT accounts as they work today: device sign-in, rotating refresh tokens shared by instances,
+and mode 2 on the Codex backend, against stand-ins as strict as auth.openai.com and chatgpt.com."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from .conftest import Upstreams, ask
+from .harness import ServerProcess
+from .standins.chatgpt_auth import Tokens
+from .test_api_contract import assert_error
+
+TOKEN_PATH = "/api/v1/token"
+
+
+@pytest.fixture(scope="module")
+def codex_server(upstreams: Upstreams, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    proc = ServerProcess(tmp_path_factory.mktemp("codex"), upstreams.codex_env()).start()
+    yield proc
+    proc.stop()
+
+
+@pytest.fixture
+def cx(codex_server: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=codex_server.url, timeout=30) as c:
+        yield c
+
+
+def unique(name: str) -> tuple[str, str]:
+    tag = os.urandom(4).hex()
+    return f"{name}-{tag}@example.com", f"acct-{name}-{tag}"
+
+
+def sign_in(client: httpx.Client, upstreams: Upstreams, email: str, account: str, plan: str = "plus") -> dict[str, Any]:
+    """Device sign-in over HTTP, with the stand-in playing the person."""
+    started = client.post(f"{TOKEN_PATH}/device", json={})
+    assert started.status_code == 201, started.text
+    device = started.json()["data"]
+    assert set(device) == {"userCode", "verificationUri", "deviceAuthId", "interval", "expiresAt"}
+    assert device["verificationUri"] == upstreams.auth_url + "/codex/device"
+    pending = client.post(f"{TOKEN_PATH}/device/poll", json={"deviceAuthId": device["deviceAuthId"]})
+    assert pending.status_code == 201 and pending.json()["data"]["status"] == "pending"
+    assert upstreams.apps.call(lambda: upstreams.auth.approve(device["userCode"], email, account, plan))
+    done = client.post(f"{TOKEN_PATH}/device/poll", json={"deviceAuthId": device["deviceAuthId"]})
+    assert done.status_code == 201, done.text
+    data: dict[str, Any] = done.json()["data"]
+    assert data["status"] == "signed_in" and data["email"] == email and data["accountId"] == account
+    return data
+
+
+def grant_for(upstreams: Upstreams, email: str) -> Any:
+    return upstreams.apps.call(lambda: next(g for g in upstreams.auth.grants.values() if g.email == email))
+
+
+def test_device_sign_in_over_http_then_three_turns_on_codex(cx: httpx.Client, upstreams: Upstreams) -> None:
+    email, account = unique("three")
+    signed = sign_in(cx, upstreams, email, account)
+    token = signed["accessToken"]
+    assert signed["plan"] == "plus" and signed["expiresAt"] > time.time()
+    first = ask(cx, "one", key=token, mode="2").json()["data"]
+    second = ask(cx, "two", parent=first["id"], key=token, mode="2").json()["data"]
+    third = ask(cx, "three", parent=second["id"], key=token, mode="2").json()["data"]
+    assert (first["text"], second["text"], third["text"]) == ("echo(1): one", "echo(2): two", "echo(3): three")
+    request = upstreams.codex.requests[-1]
+    body, headers = request["body"], request["headers"]
+    said = [(i["role"], i["content"][0]["text"]) for i in body["input"]]
+    assert said == [("user", "one"), ("assistant", "echo(1): one"), ("user", "two"), ("assistant", "echo(2): two"),
+                    ("user", "three")]  # fmt: skip
+    assert body["store"] is False and body["stream"] is True and body["instructions"]
+    assert body["model"] == "gpt-5" and "temperature" not in body and "max_output_tokens" not in body
+    assert headers["ChatGPT-Account-Id"] == account and headers["originator"] == "chatgpt_server"
+    assert headers["User-Agent"].startswith("chatgpt-server/")
+    sessions = {r["headers"].get("session_id") for r in upstreams.codex.requests[-3:]}
+    assert len(sessions) == 1 and None not in sessions  # stable per conversation
+    assert third["detail"]["rateLimits"]["primaryUsedPercent"] == 12  # the plan's window, for the client
+    streamed = ask(cx, "four", parent=third["id"], key=token, mode="2", kind="2")
+    assert "event: done" in streamed.text and "echo(4): four" in streamed.text
+
+
+def test_device_sign_in_from_the_command_line(tmp_path: Path, upstreams: Upstreams) -> None:
+    email, account = unique("cli")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGPT_SERVER_")}
+    env.update(upstreams.codex_env(CHATGPT_SERVER_DATA_DIR=str(tmp_path / "data")))
+    upstreams.apps.call(lambda: setattr(upstreams.auth, "interval", "0"))
+    try:
+        login = subprocess.Popen([sys.executable, "-m", "chatgpt_server", "login"], env=env, stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True)  # fmt: skip
+        assert login.stdout is not None
+        shown = ""
+        code = None
+        while code is None:
+            line = login.stdout.readline()
+            assert line, f"login ended early: {login.stderr.read() if login.stderr else ''}"
+            shown += line
+            match = re.fullmatch(r"\s+([A-Z0-9-]{4,})\s*", line)
+            code = match.group(1) if match else None
+        assert upstreams.auth_url + "/codex/device" in shown
+        assert upstreams.apps.call(lambda: upstreams.auth.approve(code, email, account, "pro"))
+        out = login.stdout.read()  # what the pipe's buffer holds, then the rest
+        assert login.wait(30) == 0, login.stderr.read() if login.stderr else ""
+        assert "Never share this code" in shown + out and email in out
+    finally:
+        upstreams.apps.call(lambda: setattr(upstreams.auth, "interval", "1"))
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "chatgpt_server", *args], env=env, capture_output=True,
+                              text=True, timeout=60)  # fmt: skip
+
+    listed = cli("accounts")
+    assert listed.returncode == 0 and email in listed.stdout and account in listed.stdout and "pro" in listed.stdout
+    grant = grant_for(upstreams, email)
+    assert grant.refresh_token not in listed.stdout + listed.stderr  # never a token
+    assert cli("logout", email).returncode == 0
+    assert email not in cli("accounts").stdout
+
+
+def test_twenty_requests_on_two_instances_while_the_token_expires_refresh_once(
+    tmp_path: Path, upstreams: Upstreams, network_kind: str
+) -> None:
+    from .shared_stores import store_url
+
+    url = store_url(network_kind, tmp_path)
+    servers = [ServerProcess(tmp_path / n, upstreams.codex_env(CHATGPT_SERVER_STORE_URL=url)) for n in "ab"]
+    for server in servers:
+        server.workdir.mkdir()
+        server.start()
+    try:
+        email, account = unique("race")
+        upstreams.apps.call(lambda: setattr(upstreams.auth, "access_lifetime_s", 60))  # inside the 300 s margin
+        with httpx.Client(base_url=servers[0].url, timeout=30) as c:
+            token = sign_in(c, upstreams, email, account)["accessToken"]
+        upstreams.apps.call(lambda: setattr(upstreams.auth, "access_lifetime_s", 3600))
+        upstreams.apps.call(lambda: setattr(upstreams.auth, "refresh_delay", 0.3))  # so the requests overlap
+        grant = grant_for(upstreams, email)
+        statuses: list[int] = []
+
+        def one(i: int) -> None:
+            with httpx.Client(base_url=servers[i % 2].url, timeout=30) as c:
+                statuses.append(ask(c, f"race {i}", key=token, mode="2").status_code)
+
+        threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert statuses == [201] * 20
+        assert grant.refreshes == 1  # exactly one refresh reached the issuer, for both instances
+        assert not grant.revoked
+        # Both instances use the new token now, and a restart keeps the account.
+        servers[1].stop()
+        servers[1].start()
+        with httpx.Client(base_url=servers[1].url, timeout=30) as c:
+            assert ask(c, "after restart", key=token, mode="2").status_code == 201
+        assert grant.refreshes == 1
+        fresh = upstreams.codex.requests[-1]["headers"]["Authorization"]
+        assert fresh != f"Bearer {token}"
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def test_refresh_token_reuse_marks_the_account(
+    cx: httpx.Client, upstreams: Upstreams, codex_server: ServerProcess
+) -> None:
+    email, account = unique("reuse")
+    token = sign_in(cx, upstreams, email, account)["accessToken"]
+    grant = grant_for(upstreams, email)
+    stolen = grant.refresh_token
+    # Someone else uses the account's refresh token first: the one we keep is now spent.
+    rotated = httpx.post(
+        upstreams.auth_url + "/oauth/token",
+        json={"client_id": "app_EMoamEEZ73f0CkXaXp7hrann", "grant_type": "refresh_token", "refresh_token": stolen},
+    )
+    assert rotated.status_code == 200
+    upstreams.apps.call(lambda: upstreams.codex.fail_next.append("401"))  # the backend refuses: refresh once
+    message = assert_error(ask(cx, "after theft", key=token, mode="2"), 401)
+    assert "must sign in again" in message and email in message and "refresh_token_reused" in message
+    again = assert_error(ask(cx, "again", key=token, mode="2"), 401)  # marked: no more refresh attempts
+    assert "must sign in again" in again
+    assert stolen not in codex_server.log()
+
+
+def test_a_conversation_goes_on_after_a_refresh(cx: httpx.Client, upstreams: Upstreams) -> None:
+    email, account = unique("after")
+    token = sign_in(cx, upstreams, email, account)["accessToken"]
+    first = ask(cx, "before refresh", key=token, mode="2").json()["data"]
+    upstreams.apps.call(lambda: upstreams.codex.fail_next.append("401"))  # forces one refresh
+    second = ask(cx, "after refresh", parent=first["id"], key=token, mode="2")
+    assert second.status_code == 201, second.text
+    assert second.json()["data"]["text"] == "echo(2): after refresh"
+    grant = grant_for(upstreams, email)
+    assert grant.refreshes == 1
+    fresh = cx.post(f"{TOKEN_PATH}/getInfo", json={"type": "2", "token": token}).json()["data"]
+    assert fresh != token  # the token route hands out the account's current token
+    third = ask(cx, "with the new token", parent=second.json()["data"]["id"], key=fresh, mode="2").json()["data"]
+    assert third["text"] == "echo(3): with the new token"  # the conversation belongs to the account
+
+
+def test_forged_tokens_see_nobodys_conversations(cx: httpx.Client, upstreams: Upstreams) -> None:
+    email, account = unique("victim")
+    token = sign_in(cx, upstreams, email, account)["accessToken"]
+    mine = ask(cx, "secret plans", key=token, mode="2").json()["data"]
+    for kind in ("foreign_key", "none", "hs256_public_key", "wrong_audience", "wrong_issuer", "unknown_kid"):
+        forged = upstreams.apps.call(partial(upstreams.auth.forge, kind, email=email, account_id=account))
+        before = len(upstreams.codex.requests)
+        response = ask(cx, "let me in", parent=mine["id"], key=forged, mode="2")
+        assert response.status_code == 404, (kind, response.text)
+        assert len(upstreams.codex.requests) == before, kind
+    # And the token route gives a forged token nothing either.
+    forged = upstreams.apps.call(lambda: upstreams.auth.forge("foreign_key", email=email, account_id=account))
+    refused = cx.post(f"{TOKEN_PATH}/getInfo", json={"type": "2", "token": forged})
+    assert refused.status_code == 400 and token not in refused.text
+
+
+def test_an_expired_token_of_a_stored_account_is_honoured_for_the_grace_period(
+    cx: httpx.Client, upstreams: Upstreams
+) -> None:
+    email, account = unique("grace")
+    sign_in(cx, upstreams, email, account)
+    expired: Tokens = upstreams.apps.call(lambda: upstreams.auth.mint(email, account, lifetime_s=-3600))
+    reply = ask(cx, "old token", key=expired.access_token, mode="2")
+    assert reply.status_code == 201, reply.text  # the account's current token was used instead
+    unknown_email, unknown_account = unique("stranger")
+    stranger: Tokens = upstreams.apps.call(lambda: upstreams.auth.mint(unknown_email, unknown_account, lifetime_s=-60))
+    assert "expired" in assert_error(ask(cx, "x", key=stranger.access_token, mode="2"), 401)
+    ancient: Tokens = upstreams.apps.call(lambda: upstreams.auth.mint(email, account, lifetime_s=-40 * 86400))
+    assert "expired" in assert_error(ask(cx, "x", key=ancient.access_token, mode="2"), 401)
+
+
+@pytest.mark.parametrize(
+    ("failure", "status", "words"),
+    [
+        ("usage_limit", 429, "usage limit of the plus plan is reached"),
+        ("usage_limit_seconds", 429, "resets in 120 s"),
+        ("usage_not_included", 403, "plus plan does not include this use"),
+        ("usage_not_included_403", 403, "plus plan does not include this use"),
+        ("failed_context", 400, "exceeds the context window"),
+        ("overloaded", 503, "overloaded"),
+    ],
+)
+def test_backend_failures_are_precise(
+    cx: httpx.Client, upstreams: Upstreams, failure: str, status: int, words: str
+) -> None:
+    email, account = unique("fail")
+    token = sign_in(cx, upstreams, email, account)["accessToken"]
+    upstreams.apps.call(lambda: upstreams.codex.fail_next.append(failure))
+    response = ask(cx, "x", key=token, mode="2")
+    message = assert_error(response, status)
+    assert words in message and token not in response.text
+    if failure.startswith("usage_limit"):
+        assert 0 < int(response.headers["Retry-After"]) <= 120
+
+
+def test_a_token_the_backend_keeps_refusing_is_401_after_one_refresh(cx: httpx.Client, upstreams: Upstreams) -> None:
+    email, account = unique("refused")
+    token = sign_in(cx, upstreams, email, account)["accessToken"]
+    upstreams.apps.call(lambda: upstreams.codex.fail_next.extend(["401", "401"]))
+    message = assert_error(ask(cx, "x", key=token, mode="2"), 401)
+    assert "rejected the credential" in message
+    assert grant_for(upstreams, email).refreshes == 1  # once, not in a loop
+
+
+def test_a_token_of_an_account_that_is_not_stored_is_sent_as_it_is(cx: httpx.Client, upstreams: Upstreams) -> None:
+    email, account = unique("visitor")
+    tokens: Tokens = upstreams.apps.call(lambda: upstreams.auth.mint(email, account))
+    reply = ask(cx, "as is", key=tokens.access_token, mode="2")
+    assert reply.status_code == 201, reply.text
+    assert upstreams.codex.requests[-1]["headers"]["Authorization"] == f"Bearer {tokens.access_token}"
+
+
+def test_accounts_need_the_secret_key(tmp_path: Path, upstreams: Upstreams) -> None:
+    env = upstreams.codex_env()
+    del env["CHATGPT_SERVER_SECRET_KEY"]
+    server = ServerProcess(tmp_path, env).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            message = assert_error(c.post(f"{TOKEN_PATH}/device", json={}), 400, f"{TOKEN_PATH}/device")
+        assert "CHATGPT_SERVER_SECRET_KEY" in message
+    finally:
+        server.stop()
+
+
+def test_the_web_backend_reports_the_challenge_clearly(client: httpx.Client, upstreams: Upstreams) -> None:
+    from .standins.chatgpt_web import mint
+
+    upstreams.apps.call(lambda: setattr(upstreams.chatgpt, "require_sentinel", True))
+    message = assert_error(ask(client, "x", key=mint("web@example.com"), mode="2"), 403)
+    assert "unusual activity" in message and "codex" in message
+
+
+def test_responses_door_with_an_account_model(tmp_path: Path, upstreams: Upstreams) -> None:
+    routes = tmp_path / "models.toml"
+    routes.write_text(f'[[models]]\nname = "gpt-5*"\nupstream = "codex"\nbase_url = "{upstreams.codex_url}"\n')
+    server = ServerProcess(tmp_path, upstreams.codex_env(CHATGPT_SERVER_MODELS_FILE=str(routes))).start()
+    try:
+        email, account = unique("sdk")
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            token = sign_in(c, upstreams, email, account)["accessToken"]
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=token, max_retries=0) as client:
+            first = client.responses.create(model="gpt-5", input="via codex", instructions="Be brief.")
+            second = client.responses.create(model="gpt-5", input="again", previous_response_id=first.id)
+            assert second.output_text == "echo(2): again"
+            assert upstreams.codex.requests[-1]["body"]["instructions"]  # a default, not carried over
+            with client.responses.stream(model="gpt-5", input="streamed", previous_response_id=second.id) as s:
+                final = s.get_final_response()
+            assert final.output_text == "echo(3): streamed"
+    finally:
+        server.stop()
+
+
+def test_no_token_or_code_in_the_log_or_the_store(tmp_path: Path, upstreams: Upstreams) -> None:
+    server = ServerProcess(tmp_path, upstreams.codex_env(CHATGPT_SERVER_LOG_LEVEL="DEBUG")).start()
+    try:
+        email, account = unique("secret")
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            signed = sign_in(c, upstreams, email, account)
+            token = signed["accessToken"]
+            ask(c, "hello", key=token, mode="2")
+            upstreams.apps.call(lambda: upstreams.codex.fail_next.append("401"))
+            ask(c, "after a refresh", key=token, mode="2")
+    finally:
+        server.stop()
+    grant = grant_for(upstreams, email)
+    secrets = [token, token.split(".")[2], grant.refresh_token, *grant.used_refresh]
+    codes = upstreams.apps.call(lambda: [c.code for c in upstreams.auth.codes.values()])
+    stored = b"".join(p.read_bytes() for p in (tmp_path / "data").glob("conversations.db*"))
+    log = server.log()
+    for secret in [*secrets, *codes]:
+        assert secret not in log and secret.encode() not in stored
