@@ -346,11 +346,18 @@ class App:
         await error_response(error, path, language)(scope, receive, send)
 
 
+class CORS(CORSMiddleware):
+    """Starlette's CORS, with origins compared as the standard has them: without regard to case."""
+
+    def is_allowed_origin(self, origin: str) -> bool:
+        return bool(super().is_allowed_origin(origin.lower()))
+
+
 def create_app(settings: Settings, store: Store | None = None) -> ASGIApp:
     app = App(settings, store)
     if not settings.cors_origins:  # only when asked for: it costs every request a look at its headers
         return app
-    return CORSMiddleware(
+    return CORS(
         app,
         allow_origins=list(settings.cors_origins),
         allow_methods=["GET", "POST", "DELETE"],

@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
@@ -139,10 +139,12 @@ async def get_info(request: Request, services: Services) -> ASGIApp:
     log = current_log()
     log.route = f"gpt mode{chat.mode} type{2 if chat.stream else 1}"
     spec, credential = await spec_for(chat, services)
-    turn = await services.accounts.open_turn(services.turns, spec, credential)
     if not chat.stream:
-        result = await _whole(turn, request if spec.queue_key else None)
+        whole = _whole(services, spec, credential)
+        # A turn that waits in an account's queue is given up as soon as its client leaves.
+        result = await (_unless_gone(whole, request) if spec.queue_key else whole)
         return ok(reply_data(chat, result, spec.model), status=201)
+    turn = await services.accounts.open_turn(services.turns, spec, credential)
     language = language_of(request, settings.language)
 
     async def on_leave() -> None:
@@ -158,37 +160,29 @@ async def get_info(request: Request, services: Services) -> ASGIApp:
     return EventStream(produce, settings.heartbeat_seconds, on_leave)
 
 
-async def _whole(turn: OpenTurn, watch: Request | None) -> TurnResult:
-    """Read the whole reply; with ``watch``, a client that leaves stops it (and frees its account)."""
+async def _whole(services: Services, spec: TurnSpec, credential: Credential | None) -> TurnResult:
+    turn = await services.accounts.open_turn(services.turns, spec, credential)
     try:
-        if watch is None:
-            async for _ in turn.events():
-                pass
-        else:
-            await _unless_gone(turn, watch)
+        async for _ in turn.events():
+            pass
         return await turn.finish()
     finally:
         await turn.close()
 
 
-async def _unless_gone(turn: OpenTurn, request: Request) -> None:
-    async def read() -> None:
-        async for _ in turn.events():
-            pass
-
-    work = asyncio.create_task(read())
-    gone = asyncio.create_task(_disconnected(request))
+async def _unless_gone(work: Coroutine[Any, Any, TurnResult], request: Request) -> TurnResult:
+    task = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_disconnected(request))
     try:
-        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
-        if not work.done():
-            work.cancel()
+        if not task.done():
+            task.cancel()
             current_log().outcome = "client left"
             with contextlib.suppress(asyncio.CancelledError):
-                await work
-            await turn.close()
-    work.result()
+                await task
+    return task.result()
 
 
 async def _disconnected(request: Request) -> None:

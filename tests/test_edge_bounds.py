@@ -1,0 +1,247 @@
+"""The HTTP edge has bounds (issue 8): media types, headers a client may not set, values that become
+headers, URLs, redirects we never build from request headers, request heads, one account's queue."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from aiohttp import web
+
+from .conftest import KEY, Upstreams, ask
+from .harness import ServerProcess
+from .standins.chatgpt_web import mint
+from .test_api_contract import assert_error
+
+
+def test_json_routes_refuse_other_media_types(client: httpx.Client) -> None:
+    body = b'{"mode": "1", "type": "1", "opts": {"key": "k", "content": "c", "isFollow": false}}'
+    for kind in ("text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x", "text/html"):
+        response = client.post("/api/v1/gpt/getInfo", content=body, headers={"Content-Type": kind})
+        assert "must be application/json" in assert_error(response, 415), kind
+    ok = client.post("/api/v1/gpt/getInfo", content=body, headers={"Content-Type": "application/json; charset=utf-8"})
+    assert ok.status_code != 415
+    form = client.post("/api/v1/token/getInfo", data={"type": "9", "email": "a@b", "password": "p"})
+    assert form.status_code == 400  # the token route takes forms: validation, not 415
+
+
+def test_a_trailing_slash_is_the_same_route_and_nothing_redirects(client: httpx.Client) -> None:
+    response = client.post("/api/v1/gpt/getInfo/", json={"mode": "1", "type": "1"},
+                           headers={"Host": "evil.example"})  # fmt: skip
+    assert assert_error(response, 400, "/api/v1/gpt/getInfo/") == "opts is required"
+    assert "location" not in response.headers
+    health = client.get("/healthz/?password=hunter2", headers={"Host": "evil.example"})
+    assert health.status_code == 200 and "location" not in health.headers
+    root = client.get("/", headers={"Host": "evil.example"})
+    assert root.status_code == 302 and root.headers["location"] == "/api"  # fixed, relative, never from a header
+
+
+def test_wrong_method_lists_the_allowed_ones(client: httpx.Client) -> None:
+    response = client.delete("/api/v1/token/getInfo")
+    assert_error(response, 405, "/api/v1/token/getInfo")
+    assert response.headers["allow"] == "GET, POST"
+    assert client.put("/v1/responses", headers={"Authorization": f"Bearer {KEY}"}).headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize(
+    ("headers", "words"),
+    [
+        ({"Authorization ": "Bearer x"}, "cannot set Authorization "),
+        ({"HOST": "evil"}, "cannot set HOST"),
+        ({"Proxy-Authorization": "Basic x"}, "cannot set Proxy-Authorization"),
+        ({"Cookie": "a=b"}, "cannot set Cookie"),
+        ({"Connection": "close"}, "cannot set Connection"),
+        ({"Transfer-Encoding": "chunked"}, "cannot set Transfer-Encoding"),
+        ({"TE": "trailers"}, "cannot set TE"),
+        ({"Upgrade": "h2c"}, "cannot set Upgrade"),
+        ({"Expect": "100-continue"}, "cannot set Expect"),
+        ({"Keep-Alive": "1"}, "cannot set Keep-Alive"),
+        ({"Content-Length": "5"}, "cannot set Content-Length"),
+        ({"X-Ok": "a\r\nX-Injected: 1"}, "the value of X-Ok must be printable ASCII"),
+        ({"X-Ok": "nul\x00"}, "the value of X-Ok must be printable ASCII"),
+        ({"X-Bad\r\nName": "v"}, "is not a valid header name"),
+        ({"X-Long": "v" * 5000}, "the value of X-Long must be printable ASCII"),
+        ({f"X-{i}": "v" for i in range(33)}, "takes at most 32 headers"),
+    ],
+)
+def test_mode_2_headers_that_belong_to_the_gateway_are_refused(
+    client: httpx.Client, upstreams: Upstreams, headers: dict[str, str], words: str
+) -> None:
+    response = ask(client, "x", key=mint("h@example.com"), mode="2", headers=headers)
+    assert words in assert_error(response, 400)
+    assert not upstreams.chatgpt.requests
+
+
+@pytest.mark.parametrize("bad", ["sk-test-abc\r\nX-Injected: 1", "sk-test-\x00nul", "sk-test-ünïcode", "sk\ttab"])
+def test_values_that_become_headers_are_checked(client: httpx.Client, upstreams: Upstreams, bad: str) -> None:
+    assert "printable ASCII" in assert_error(ask(client, "x", key=bad), 400)
+    assert "printable ASCII" in assert_error(ask(client, "x", apiOrg=bad), 400)
+    assert not upstreams.openai.requests
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "words"),
+    [
+        ("maxModelTokens", 2**64, "opts.opts.maxModelTokens must be"),  # past 64 bits JSON gives a float
+        ("maxModelTokens", 2**63, "opts.opts.maxModelTokens must be at most 10000000"),
+        ("maxResponseTokens", 2**62, "opts.opts.maxResponseTokens must be at most 1000000"),
+        ("timeoutMs", 10**12, "opts.opts.timeoutMs must be at most 3600000"),
+        ("idleTimeoutMs", 2**70, "opts.opts.idleTimeoutMs must be"),
+        ("maxModelTokens", 1.5, "opts.opts.maxModelTokens must be a positive integer"),
+    ],
+)
+def test_numeric_options_have_ranges(client: httpx.Client, option: str, value: Any, words: str) -> None:
+    assert words in assert_error(ask(client, "x", **{option: value}), 400)
+
+
+def test_an_ipv6_upstream_is_allowed_and_reached(tmp_path: Path, upstreams: Upstreams) -> None:
+    ipv6_url = _serve_on_ipv6(upstreams)
+    env = upstreams.env(CHATGPT_SERVER_ALLOWED_UPSTREAMS=f"{ipv6_url}/v1")
+    server = ServerProcess(tmp_path, env).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            response = ask(c, "over ipv6", apiBaseUrl=f"{ipv6_url}/v1")
+            assert response.status_code == 201, response.text
+            assert response.json()["data"]["text"] == "echo(1): over ipv6"
+            other = ask(c, "x", apiBaseUrl="http://[::1]:9/v1")
+            assert "[::1]:9" in assert_error(other, 400)
+    finally:
+        server.stop()
+
+
+def _serve_on_ipv6(upstreams: Upstreams) -> str:
+    async def start() -> int:
+        runner = web.AppRunner(upstreams.alt_openai.app(), access_log=None)
+        await runner.setup()
+        site = web.TCPSite(runner, "::1", 0)
+        await site.start()
+        return int(runner.addresses[-1][1])
+
+    port = asyncio.run_coroutine_threadsafe(start(), upstreams.apps.loop).result(10)
+    return f"http://[::1]:{port}"
+
+
+def test_cors_origins_compare_without_case(tmp_path: Path, upstreams: Upstreams) -> None:
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_CORS_ORIGINS="https://App.Example.com")).start()
+    try:
+        preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "content-type"}
+        for origin in ("https://app.example.com", "HTTPS://APP.EXAMPLE.COM"):
+            response = httpx.options(server.url + "/api/v1/gpt/getInfo", headers={"Origin": origin, **preflight})
+            assert response.status_code == 200 and response.headers["access-control-allow-origin"], origin
+        stranger = httpx.options(server.url + "/api/v1/gpt/getInfo",
+                                 headers={"Origin": "https://evil.example", **preflight})  # fmt: skip
+        assert "access-control-allow-origin" not in stranger.headers
+    finally:
+        server.stop()
+
+
+def test_request_heads_are_bounded(tmp_path: Path, upstreams: Upstreams) -> None:
+    env = upstreams.env(CHATGPT_SERVER_HEADER_TIMEOUT_SECONDS="1", CHATGPT_SERVER_MAX_HEADER_BYTES="16384")
+    server = ServerProcess(tmp_path, env).start()
+    try:
+        big = httpx.get(server.url + "/healthz", headers={"X-Big": "a" * 20000})
+        assert big.status_code == 431
+        with socket.create_connection(("127.0.0.1", server.port)) as slow:  # slow-loris
+            slow.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
+            started = time.monotonic()
+            slow.settimeout(5)
+            closed = False
+            while time.monotonic() - started < 4:
+                try:
+                    slow.sendall(b"X-A: b\r\n")
+                    if slow.recv(4096) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    continue
+                except OSError:
+                    closed = True
+                    break
+            assert closed and time.monotonic() - started < 2.5
+        assert httpx.get(server.url + "/healthz").status_code == 200  # and the server serves on
+    finally:
+        server.stop()
+
+
+class SlowWeb:
+    """A web-backend stand-in that takes its time over every request (as a slow upstream rejecting a
+    forged token does), to show whose requests wait behind whose."""
+
+    def __init__(self, delay: float):
+        self.delay = delay
+        self.active = 0
+        self.cancelled = 0
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/conversation", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.active += 1
+        try:
+            await asyncio.sleep(self.delay)
+        except asyncio.CancelledError:
+            self.cancelled += 1
+            raise
+        finally:
+            self.active -= 1
+        response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+        await response.prepare(request)
+        frame = ('data: {"message": {"id": "m1", "author": {"role": "assistant"}, "content": {"content_type": '
+                 '"text", "parts": ["hi"]}}, "conversation_id": "c1"}\n\ndata: [DONE]\n\n')  # fmt: skip
+        await response.write(frame.encode())
+        return response
+
+
+@pytest.fixture
+def slow_web(upstreams: Upstreams, tmp_path: Path) -> Iterator[tuple[ServerProcess, str, SlowWeb]]:
+    slow = SlowWeb(1.0)
+    url = upstreams.apps.serve(slow.app()) + "/conversation"
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_ALLOWED_UPSTREAMS=url)).start()
+    yield server, url, slow
+    server.stop()
+
+
+def test_forged_tokens_naming_an_account_do_not_queue_its_owner(slow_web: tuple[ServerProcess, str, SlowWeb]) -> None:
+    server, url, _ = slow_web
+    alice = mint("alice@example.com")
+    forged = [alice.rsplit(".", 1)[0] + f".forged{i}signature" for i in range(2)]  # her email, not her signature
+    results: dict[str, float] = {}
+
+    def call(name: str, key: str) -> None:
+        started = time.monotonic()
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            ask(c, "hi", key=key, mode="2", apiReverseProxyUrl=url)
+        results[name] = time.monotonic() - started
+
+    threads = [threading.Thread(target=call, args=(f"forged{i}", key)) for i, key in enumerate(forged)]
+    for t in threads:
+        t.start()
+    time.sleep(0.2)  # the forged requests go first: that is the attack
+    call("alice", alice)
+    for t in threads:
+        t.join()
+    assert results["alice"] < 1.8, results  # her own upstream time, not behind the forged ones
+
+
+def test_a_json_client_that_leaves_frees_the_account(slow_web: tuple[ServerProcess, str, SlowWeb]) -> None:
+    server, url, slow = slow_web
+    slow.delay = 6.0  # the upstream would hold the account's queue for 6 s
+    token = mint("leaver@example.com")
+    with httpx.Client(base_url=server.url, timeout=0.3) as c, pytest.raises(httpx.ReadTimeout):
+        ask(c, "I will not wait", key=token, mode="2", apiReverseProxyUrl=url)
+    deadline = time.monotonic() + 1.5
+    while True:
+        health = httpx.get(server.url + "/healthz").json()["data"]
+        if health["queues"] == 0 and health["streams"] == 0 and health["turns"] == 0:
+            break
+        assert time.monotonic() < deadline, health
+        time.sleep(0.05)
