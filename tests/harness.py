@@ -83,6 +83,21 @@ class ServerProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, wait: bool = True) -> ServerProcess:
+        for attempt in range(3):
+            self._spawn()
+            if not wait:
+                return self
+            try:
+                self.wait_ready()
+                return self
+            except RuntimeError:
+                # The port we picked was taken meanwhile by another process of the run: pick again.
+                if attempt == 2 or "address already in use" not in self.log():
+                    raise
+                self.port = free_port()
+        return self
+
+    def _spawn(self) -> None:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGPT_SERVER_")}
         env.update(self.env)
         env.setdefault("CHATGPT_SERVER_DATA_DIR", str(self.workdir / "data"))
@@ -94,9 +109,6 @@ class ServerProcess:
             stdout=log,
             stderr=subprocess.STDOUT,
         )
-        if wait:
-            self.wait_ready()
-        return self
 
     def wait_ready(self, timeout: float = 20) -> None:
         deadline = time.monotonic() + timeout

@@ -49,12 +49,24 @@ def load_settings(overrides: dict[str, Any]) -> Settings:
         raise Usage("; ".join(lines)) from None
 
 
+class JSONFormatter(logging.Formatter):
+    """One JSON object per event, as the access log writes them."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        import orjson
+
+        when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
+        return orjson.dumps({"time": when, "level": record.levelname, "logger": record.name,
+                             "message": record.getMessage()}).decode()  # fmt: skip
+
+
 def _logging(settings: Settings) -> None:
+    handler = logging.StreamHandler()
     if settings.log_format == "json":
-        fmt = '{"time": "%(asctime)s", "level": "%(levelname)s", "logger": "%(name)s", "message": %(message)r}'
+        handler.setFormatter(JSONFormatter())
     else:
-        fmt = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-    logging.basicConfig(level=settings.log_level, format=fmt)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=settings.log_level, handlers=[handler])
 
 
 def serve(args: argparse.Namespace) -> int:
@@ -109,7 +121,7 @@ async def _check_store(settings: Settings) -> bool:
         await store.open()
         await store.ping()
     except StoreUnavailable as exc:
-        print(f"chatgpt-server: the store cannot be opened: {exc.reason or 'no answer'}", file=sys.stderr)
+        print(f"chatgpt-server: the {store.kind} store cannot be opened: {exc.reason or 'no answer'}", file=sys.stderr)
         return False
     finally:
         await store.close()

@@ -19,6 +19,8 @@ retried once; every script is idempotent, so that is safe.
 from __future__ import annotations
 
 import asyncio
+import os
+import re
 from collections.abc import Awaitable
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -249,8 +251,19 @@ class RedisStore(Store):
             async with asyncio.timeout(self.timeout_s):
                 return await operation
         except (RedisError, OSError, TimeoutError) as exc:
-            reason = f"{type(exc).__name__}: {exc} ({mask_url(self.url)})"
-            raise StoreUnavailable(reason=reason) from exc
+            raise StoreUnavailable(reason=self._describe(exc)) from exc
+
+    def _describe(self, exc: BaseException) -> str:
+        """Why, for the log: the error class, its message and, for a socket error, its plain name
+        ("Connection refused"), credentials masked."""
+        text = str(exc) or type(exc).__name__
+        found = re.search(r"Error (\d+)", text)
+        if found and int(found.group(1)) < 200:
+            text += f" [{os.strerror(int(found.group(1)))}]"
+        password = urlsplit(self.url).password
+        if password:
+            text = text.replace(password, "***")
+        return f"{type(exc).__name__}: {text} ({mask_url(self.url)})"
 
     async def ping(self) -> None:
         await self._call(self.client.ping())

@@ -1,0 +1,355 @@
+"""Operable under faults (issue 9): no reply bought that cannot be stored, timeouts that hold, clean
+recovery, a clean shutdown, an access log worth reading, and a command line that explains itself."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+
+from .conftest import KEY, Upstreams, ask
+from .harness import ServerProcess
+from .shared_stores import store_url
+from .tcp_proxy import TCPProxy
+from .test_api_contract import assert_error
+from .test_streaming import events
+
+
+def wait_for(condition: Any, timeout: float = 10.0, what: str = "the condition") -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.02)
+
+
+# -- a reply that cannot be stored is never bought -------------------------------------------------
+def test_no_upstream_call_while_the_store_is_away(
+    tmp_path: Path, upstreams: Upstreams, network_kind: str, store_proxy: TCPProxy
+) -> None:
+    url = store_url(network_kind, tmp_path, port=store_proxy.port)
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_STORE_URL=url)).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            first = ask(c, "before").json()["data"]
+            store_proxy.stop()
+            before = len(upstreams.openai.requests)
+            for _ in range(5):  # new conversations, and follow-ups, right after the store went
+                assert "conversation store unavailable" in assert_error(ask(c, "new"), 503)
+                assert_error(ask(c, "follow", parent=first["id"]), 503)
+            streamed = ask(c, "streamed", kind="2")
+            assert streamed.status_code == 503  # before the stream began: a plain error
+            with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as sdk:
+                with pytest.raises(openai.InternalServerError) as raised:
+                    sdk.responses.create(model="gpt-3.5-turbo", input="x")
+                assert raised.value.status_code == 503
+            assert len(upstreams.openai.requests) == before  # nothing was bought
+            store_proxy.start()
+            wait_for(lambda: ask(c, "back").status_code == 201, what="the store to come back")
+            assert ask(c, "and on", parent=first["id"]).json()["data"]["text"] == "echo(2): and on"
+    finally:
+        server.stop()
+
+
+def test_a_hanging_store_costs_at_most_the_store_timeout(
+    tmp_path: Path, upstreams: Upstreams, network_kind: str, store_proxy: TCPProxy
+) -> None:
+    url = store_url(network_kind, tmp_path, port=store_proxy.port)
+    env = upstreams.env(CHATGPT_SERVER_STORE_URL=url, CHATGPT_SERVER_STORE_TIMEOUT_MS="500")
+    server = ServerProcess(tmp_path, env).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            first = ask(c, "before").json()["data"]
+            store_proxy.freeze()
+            before = len(upstreams.openai.requests)
+            for body in ({}, {"parent": first["id"]}):
+                started = time.monotonic()
+                assert_error(ask(c, "frozen", **body), 503)
+                assert time.monotonic() - started < 1.0
+            started = time.monotonic()
+            assert c.get("/readyz").status_code == 503
+            assert time.monotonic() - started < 1.2
+            assert len(upstreams.openai.requests) == before
+            store_proxy.thaw()
+            wait_for(lambda: c.get("/readyz").status_code == 200, what="readiness")
+    finally:
+        store_proxy.thaw()
+        server.stop()
+
+
+def test_coming_back_after_a_restart_loses_no_request(
+    tmp_path: Path, upstreams: Upstreams, network_kind: str, store_proxy: TCPProxy
+) -> None:
+    """Every pooled connection dies with the store; once it answers again, none of that shows."""
+    url = store_url(network_kind, tmp_path, port=store_proxy.port)
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_STORE_URL=url)).start()
+    try:
+        statuses: list[int] = []
+
+        def burst(n: int) -> None:
+            def one() -> None:
+                with httpx.Client(base_url=server.url, timeout=30) as c:
+                    statuses.append(ask(c, "warm").status_code)
+
+            threads = [threading.Thread(target=one) for _ in range(n)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+
+        burst(16)  # fill the pool
+        assert statuses == [201] * 16
+        store_proxy.stop()  # the store restarts: every pooled connection is reset
+        store_proxy.start()
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            wait_for(lambda: c.get("/readyz").status_code == 200, what="readiness")
+        statuses.clear()
+        for _ in range(5):
+            burst(16)
+        assert statuses == [201] * 80
+    finally:
+        server.stop()
+
+
+# -- timeouts --------------------------------------------------------------------------------------
+def test_keep_alive_comments_do_not_defeat_the_idle_timeout(tmp_path: Path, upstreams: Upstreams) -> None:
+    """An upstream that sends only comments is silent: the stream ends with a 504 error event."""
+    from .test_accounts import sign_in, unique
+
+    server = ServerProcess(tmp_path, upstreams.codex_env()).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            email, account = unique("idle")
+            token = sign_in(c, upstreams, email, account)["accessToken"]
+            upstreams.apps.call(lambda: upstreams.codex.fail_next.append("keepalive:3"))
+            started = time.monotonic()
+            got = events(ask(c, "x", key=token, mode="2", kind="2", idleTimeoutMs=500).text)
+            assert time.monotonic() - started < 2
+            assert got[-1][0] == "error" and got[-1][1]["status"] == 504
+            upstreams.apps.call(lambda: upstreams.codex.fail_next.append("keepalive:3"))
+            whole = ask(c, "x", key=token, mode="2", idleTimeoutMs=500)
+            assert "sent nothing for 0.5 s" in assert_error(whole, 504)
+    finally:
+        server.stop()
+
+
+# -- shutdown --------------------------------------------------------------------------------------
+def test_sigterm_ends_what_outlives_the_grace_period_cleanly(tmp_path: Path, upstreams: Upstreams) -> None:
+    env = upstreams.env(CHATGPT_SERVER_SHUTDOWN_GRACE_SECONDS="1")
+    server = ServerProcess(tmp_path, env).start()
+    results: dict[str, Any] = {}
+    try:
+        first = None
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            first = ask(c, "before").json()["data"]
+        upstreams.openai.chunk_delay = 0.3  # a stream that takes ~3 s
+        upstreams.apps.call(lambda: upstreams.alt_openai.fail_next.append("sleep:10"))  # an answer that takes 10 s
+
+        def whole() -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                results["whole"] = ask(c, "never answered in time", apiBaseUrl=upstreams.alt_openai_url)
+
+        def stream() -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                words = " ".join(f"w{i}" for i in range(10))
+                results["stream"] = ask(c, words, parent=first["id"], kind="2")
+
+        threads = [threading.Thread(target=whole), threading.Thread(target=stream)]
+        for t in threads:
+            t.start()
+        wait_for(lambda: httpx.get(server.url + "/healthz").json()["data"]["turns"] >= 2, what="two turns in flight")
+        time.sleep(0.4)  # let the stream send some text first
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(20)
+        assert server.proc.wait(20) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once done
+    finally:
+        upstreams.openai.chunk_delay = 0.0
+        server.stop()
+    whole_response = results["whole"]
+    assert whole_response.headers["content-type"].startswith("application/json")
+    assert assert_error(whole_response, 503) == "server shutting down"
+    got = events(results["stream"].text)
+    assert got[-1][0] == "error" and got[-1][1]["status"] == 503 and got[-1][1]["message"] == "server shutting down"
+    partial = [e[1] for e in got if e[0] == "delta"]
+    assert partial, "some text was streamed before the end"
+    log = server.log()
+    assert "Traceback" not in log
+    server.start()  # the partial reply was stored, incomplete: a follow-up sees it
+    try:
+        upstreams.openai.chunk_delay = 0.0
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            follow = ask(c, "after", parent=partial[-1]["id"])
+            assert follow.json()["data"]["text"] == "echo(3): after"
+            history = upstreams.openai.requests[-1]["body"]["messages"]
+            assert history[-2]["content"] == partial[-1]["text"]
+    finally:
+        server.stop()
+
+
+# -- the access log --------------------------------------------------------------------------------
+LINE = re.compile(
+    r"^(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (?P<rid>\S+) (?P<method>[A-Z]+) (?P<path>\S+) "
+    r"(?P<status>\d{3}) (?P<ms>[\d.]+)ms(?P<rest>.*)$"
+)
+
+
+def access_lines(log: str) -> list[re.Match[str]]:
+    return [m for line in log.splitlines() if (m := LINE.match(line))]
+
+
+def test_one_access_line_per_request(tmp_path: Path, upstreams: Upstreams) -> None:
+    server = ServerProcess(tmp_path, upstreams.env()).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            mine = ask(c, "logged", key=KEY)
+            assert re.fullmatch(r"[0-9a-f]{16}", mine.headers["x-request-id"])
+            kept = c.get("/healthz", headers={"X-Request-Id": "trace-42.abc"})
+            assert kept.headers["x-request-id"] == "trace-42.abc"
+            replaced = c.get("/healthz", headers={"X-Request-Id": "bad id\twith spaces"})
+            assert replaced.headers["x-request-id"] != "bad id\twith spaces"
+            ask(c, "stream me", kind="2")
+            c.get("/api/v1/token/getInfo?type=9&email=a@b.c&password=hunter2-secret")
+            assert_error(ask(c, "x", parent="chatcmpl-none"), 404)
+    finally:
+        server.stop()
+    lines = access_lines(server.log())
+    by_rid = {m["rid"]: m for m in lines}
+    first = by_rid[mine.headers["x-request-id"]]
+    assert (first["method"], first["path"], first["status"]) == ("POST", "/api/v1/gpt/getInfo", "201")
+    assert 'route="gpt mode1 type1"' in first["rest"] and "upstream=127.0.0.1:" in first["rest"]
+    assert "upstream_ms=" in first["rest"] and "store_ms=" in first["rest"]
+    assert "trace-42.abc" in by_rid
+    streamed = next(m for m in lines if "type2" in m["rest"])
+    assert "outcome=done" in streamed["rest"]
+    token = next(m for m in lines if m["path"] == "/api/v1/token/getInfo")
+    assert token["status"] == "400" and "message=" in token["rest"] and "hunter2" not in server.log()
+    missing = next(m for m in lines if m["status"] == "404")
+    assert "is not a message of a conversation" in missing["rest"]
+    assert KEY not in server.log() and KEY[-8:] not in server.log()
+
+
+def test_the_access_log_as_json(tmp_path: Path, upstreams: Upstreams) -> None:
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_LOG_FORMAT="json")).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            rid = ask(c, "json line").headers["x-request-id"]
+    finally:
+        server.stop()
+    entries = [json.loads(line) for line in server.log().splitlines() if line.startswith('{"time"')]
+    entry = next(e for e in entries if e.get("request_id") == rid)
+    assert entry["method"] == "POST" and entry["status"] == 201 and entry["route"] == "gpt mode1 type1"
+    assert entry["duration_ms"] >= entry["upstream_ms"] >= 0 and "store_ms" in entry
+
+
+# -- why the store is away, and failing fast ---------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "words"),
+    [
+        ("postgresql://127.0.0.1:5432/no_such_database_xyz", "no_such_database_xyz"),
+        ("postgresql://127.0.0.1:9/test", "refused"),
+        ("postgresql://postgres:s3cretpw@127.0.0.1:9/test", "refused"),
+        ("redis://127.0.0.1:9/0", "refused"),
+        ("sqlite:////proc/no/such/dir/x.db", "sqlite"),
+    ],
+)
+def test_serve_check_says_why_the_store_cannot_open(tmp_path: Path, url: str, words: str) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGPT_SERVER_")}
+    result = subprocess.run([sys.executable, "-m", "chatgpt_server", "serve", "--check", "--store-url", url],
+                            env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1
+    reason = result.stderr.splitlines()[-1]
+    assert "store cannot be opened" in reason and words.lower() in reason.lower()
+    assert "s3cretpw" not in result.stderr + result.stdout and "Traceback" not in result.stderr
+
+
+def test_serve_check_passes_with_a_store_that_opens(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGPT_SERVER_")}
+    env["CHATGPT_SERVER_DATA_DIR"] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "chatgpt_server", "serve", "--check"], env=env,
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_missing_schema_is_named(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGPT_SERVER_")}
+    url = "postgresql://127.0.0.1:5432/test?search_path=no_such_schema_xyz"
+    result = subprocess.run([sys.executable, "-m", "chatgpt_server", "serve", "--check", "--store-url", url],
+                            env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 1 and "schema" in result.stderr.splitlines()[-1].lower()
+
+
+# -- the command line ------------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("args", "env", "words"),
+    [
+        (["--log-level", "loud"], {}, "--log-level (CHATGPT_SERVER_LOG_LEVEL): must be one of"),
+        (["--store-url", "sqlite:/x"], {}, "--store-url (CHATGPT_SERVER_STORE_URL): an SQLite store looks like"),
+        (["--store-url", "foo://x"], {}, "--store-url (CHATGPT_SERVER_STORE_URL): must start with"),
+        ([], {"CHATGPT_SERVER_PROXY": "not a url"}, "CHATGPT_SERVER_PROXY: must be one of"),
+        ([], {"CHATGPT_SERVER_PORT": "seventy"}, "CHATGPT_SERVER_PORT"),
+        (["--workers", "0"], {}, "--workers (CHATGPT_SERVER_WORKERS)"),
+    ],
+)
+def test_bad_settings_are_one_line_and_exit_2(tmp_path: Path, args: list[str], env: dict[str, str], words: str) -> None:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CHATGPT_SERVER_")}
+    clean.update(env)
+    result = subprocess.run([sys.executable, "-m", "chatgpt_server", "serve", *args], env=clean,
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    assert words in result.stderr
+
+
+def test_help_version_and_the_way_to_the_docs(tmp_path: Path, upstreams: Upstreams) -> None:
+    def run(*args: str) -> str:
+        done = subprocess.run([sys.executable, "-m", "chatgpt_server", *args], capture_output=True, text=True,
+                              timeout=60)  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return done.stdout
+
+    assert re.fullmatch(r"chatgpt-server \d+\.\d+\.\d+\n", run("--version"))
+    serve_help = run("serve", "--help")
+    for flag in (
+        "--host",
+        "--port",
+        "--workers",
+        "--store-url",
+        "--language",
+        "--log-level",
+        "--log-format",
+        "--check",
+    ):
+        assert flag in serve_help
+    assert "CHATGPT_SERVER_STORE_URL" in serve_help and "default: 7002" in serve_help
+    assert "OPENAI_API_KEY" in run("ask", "--help")
+    for command in ("serve", "ask", "login", "accounts", "logout"):
+        assert command in run("--help")
+    server = ServerProcess(tmp_path, upstreams.env()).start()
+    try:
+        assert "Swagger UI: http://127.0.0.1:" in server.log()
+        root = httpx.get(server.url + "/")
+        assert root.status_code == 302 and root.headers["location"] == "/api"
+    finally:
+        server.stop()
+
+
+def test_ask_reads_dot_env_as_serve_does(tmp_path: Path, upstreams: Upstreams) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("CHATGPT_SERVER_", "OPENAI_API_KEY"))}
+    dotenv = "\n".join(f"{k}={v}" for k, v in upstreams.env(CHATGPT_SERVER_DATA_DIR=str(tmp_path / "d")).items())
+    (tmp_path / ".env").write_text(dotenv + "\n")
+    result = subprocess.run([sys.executable, "-m", "chatgpt_server", "ask", "from dot env", "--key", KEY], env=env,
+                            cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "echo(1): from dot env"
