@@ -8,7 +8,7 @@ import shutil
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -39,6 +39,19 @@ class Load:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def wait_acked(self, count: int, timeout: float = 20) -> None:
+        self._wait(lambda: len(self.acked) >= count, timeout, f"{count} acknowledged replies")
+
+    def wait_failures(self, count: int, timeout: float = 20) -> None:
+        self._wait(lambda: len(self.failures) >= count, timeout, f"{count} failures")
+
+    @staticmethod
+    def _wait(condition: Callable[[], bool], timeout: float, what: str) -> None:
+        deadline = time.monotonic() + timeout
+        while not condition():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.01)
 
     def stop(self) -> None:
         self._stop.set()
@@ -102,7 +115,7 @@ def test_sigkill_under_load_loses_no_acknowledged_message(
     a, b = servers(tmp_path, upstreams, store_url(network_kind, tmp_path), 2)
     try:
         with Load(a.url, clients=4) as load:
-            time.sleep(1.0)
+            load.wait_acked(25)
             a.kill()  # SIGKILL in the middle of the load
         assert len(load.acked) > 20
         assert_all_kept(b.url, load.acked)
@@ -117,16 +130,16 @@ def test_store_cut_off_and_back_under_load(
     (server,) = servers(tmp_path, upstreams, store_url(network_kind, tmp_path, store_proxy.port), 1)
     try:
         with Load(server.url, clients=3) as load, httpx.Client(base_url=server.url, timeout=15) as c:
-            time.sleep(0.7)
+            load.wait_acked(10)
             store_proxy.stop()  # the store goes away
-            time.sleep(0.5)
+            load.wait_failures(3)
             calls_before = len(upstreams.openai.requests)
             assert assert_error(ask(c, "while down"), 503) == "conversation store unavailable"
             assert len(upstreams.openai.requests) == calls_before  # the upstream was not called
             assert c.get("/readyz").status_code == 503
             store_proxy.start()  # the store comes back: the same process recovers
             wait_ready(c)
-            time.sleep(0.7)
+            load.wait_acked(len(load.acked) + 10)
         assert set(load.failures) == {503}, load.failures  # never a 500
         assert_all_kept(server.url, load.acked)
     finally:
@@ -155,13 +168,13 @@ def test_the_store_server_itself_stopped_and_restarted(
     (server,) = servers(tmp_path, upstreams, private_store.url, 1)
     try:
         with Load(server.url, clients=3) as load, httpx.Client(base_url=server.url, timeout=15) as c:
-            time.sleep(0.7)
+            load.wait_acked(10)
             private_store.stop()
-            time.sleep(0.5)
+            load.wait_failures(3)
             assert assert_error(ask(c, "while down"), 503) == "conversation store unavailable"
             private_store.start()
             wait_ready(c)
-            time.sleep(0.5)
+            load.wait_acked(len(load.acked) + 10)
         assert set(load.failures) <= {503}, load.failures
         assert len(load.acked) > 10
         assert_all_kept(server.url, load.acked)  # acknowledged before the stop or after the restart
