@@ -353,3 +353,14 @@ def test_ask_reads_dot_env_as_serve_does(tmp_path: Path, upstreams: Upstreams) -
                             cwd=tmp_path, capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "echo(1): from dot env"
+
+
+def test_every_setting_is_in_env_example_and_readme() -> None:
+    from chatgpt_server.settings import Settings, env_name
+
+    root = Path(__file__).resolve().parent.parent
+    example = (root / ".env.example").read_text()
+    readme = (root / "README.md").read_text()
+    for name in Settings.model_fields:
+        assert f"# {env_name(name)}=" in example, name
+        assert env_name(name) in readme, name
