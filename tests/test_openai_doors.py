@@ -418,3 +418,15 @@ def test_two_instances_share_responses_and_conversations(
     finally:
         a.stop()
         b.stop()
+
+
+def test_a_key_its_upstream_refuses_stores_nothing(v1_server: ServerProcess) -> None:
+    with openai.OpenAI(base_url=v1_server.url + "/v1", api_key="made-up-key-1234567", max_retries=0) as bad:
+        with pytest.raises(openai.AuthenticationError):
+            bad.conversations.create(metadata={"a": "b"})
+        with pytest.raises(openai.AuthenticationError):
+            bad.models.list()
+        with pytest.raises(openai.AuthenticationError):
+            bad.responses.retrieve("resp_anything")
+    with openai.OpenAI(base_url=v1_server.url + "/v1", api_key=KEY, max_retries=0) as good:
+        assert good.conversations.create().id.startswith("conv_")

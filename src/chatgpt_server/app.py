@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from types import FrameType
 
 import orjson
+from starlette.exceptions import HTTPException
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.staticfiles import StaticFiles
@@ -46,6 +47,7 @@ from .upstreams.chat_completions import ChatCompletions, Relay
 from .upstreams.chatgpt_web import ChatGPTWeb
 from .upstreams.codex import Codex
 from .upstreams.http import HTTPClient
+from .upstreams.keys import KeyCheck
 from .upstreams.routing import Models
 
 log = logging.getLogger("chatgpt_server")
@@ -74,6 +76,7 @@ class Services:
         self.turns = Turns(store, upstreams, self.cache, self.activity)
         self.relay = Relay(self.http, limit)
         self.models = Models(settings)
+        self.keys = KeyCheck(self.http)
         self.tokens = TokenService(settings, self.http)
         self.accounts = Accounts(settings, store, self.http, self.owners)
         self.shutting_down = False
@@ -316,7 +319,10 @@ class App:
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:
         if path.startswith("/api/static/") and method in ("GET", "HEAD"):
             child = dict(scope, root_path=scope.get("root_path", "") + "/api/static")
-            await self.static(child, receive, send)
+            try:
+                await self.static(child, receive, send)
+            except HTTPException as exc:  # StaticFiles raises its 404 (and 405) instead of answering
+                raise NotFound("not_found", method=method, path=path) from exc
             return
         lookup = path[:-1] if len(path) > 1 and path.endswith("/") else path
         found = self.router.match(lookup)

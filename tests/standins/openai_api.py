@@ -125,8 +125,17 @@ class OpenAIStandIn:
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self.completions)
+        app.router.add_get("/v1/models", self.models)
         app.router.add_get("/_last", self.last_body)
         return app
+
+    async def models(self, request: web.Request) -> web.Response:
+        """The models this key may use; 401 for a key that is not one, as the real API answers."""
+        key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        if not key.startswith(VALID_KEY_PREFIX):
+            return _error(401, f"Incorrect API key provided: {_mask(key)}.", "invalid_api_key")
+        data = [{"id": name, "object": "model", "created": 0, "owned_by": "openai"} for name in CONTEXT]
+        return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
 
     async def last_body(self, request: web.Request) -> web.Response:
         return web.Response(body=self.last, content_type="application/json")

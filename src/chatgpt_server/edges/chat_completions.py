@@ -25,7 +25,7 @@ from .http import JSONBody, read_json
 from .messages import error_message
 from .openai_items import invalid
 from .sse import EventStream
-from .v1 import api_key
+from .v1 import api_key, owner_of
 
 if TYPE_CHECKING:
     from ..app import Services
@@ -88,5 +88,5 @@ async def _events(chunks: AsyncIterator[str], parser: ChunkParser) -> AsyncItera
 
 async def list_models(request: Request, services: Services) -> Response:
     current_log().route = "models"
-    api_key(request)
+    await owner_of(request, services)  # a key its upstream refuses gets 401
     return JSONBody({"object": "list", "data": services.models.listed()})

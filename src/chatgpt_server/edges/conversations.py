@@ -132,6 +132,10 @@ async def list_all(request: Request, services: Services) -> Response:
     current_log().route = "conversations list"
     owner = await owner_of(request, services)
     page = page_of(request)
+    if page.after is not None:  # nothing after an id that is not one of the caller's conversations
+        anchor = await services.store.get_record("conversation", page.after)
+        if anchor is None or anchor.owner != owner:
+            return JSONBody(list_body([], False))
     shown: list[dict[str, Any]] = []
     after, more = page.after, False
     while len(shown) <= page.limit:  # tombstones are skipped, so a page may take more than one read
@@ -172,8 +176,8 @@ async def list_items(request: Request, services: Services) -> Response:
     after_seq = None
     if page.after is not None:
         anchor = await services.store.get_item(owner, page.after)
-        if anchor is None or anchor.conversation_id != conversation_id:
-            raise invalid("after", "is not an item of this conversation")
+        if anchor is None or anchor.conversation_id != conversation_id:  # nothing after an unknown id
+            return JSONBody(list_body([], False))
         after_seq = anchor.seq
     items = await services.store.conversation_items(owner, conversation_id, after_seq, page.limit + 1,
                                                     page.descending)  # fmt: skip

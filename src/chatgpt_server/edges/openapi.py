@@ -1,4 +1,10 @@
-"""The OpenAPI document served at /api-json: every route, field and error status."""
+"""The OpenAPI 3.1 document served at /api-json: every route, method, field, constraint and status.
+
+It describes what the server enforces (read from the validators in ``original_request``, ``access_token``,
+``v1``, ``openai_items``, ``responses`` and ``conversations``), in the error shape of each door: the
+original's envelope outside ``/v1``, OpenAI's ``{"error": {...}}`` under it. Schemas that repeat are built
+by the small helpers below; ``openapi_document()`` assembles the whole once.
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,29 @@ from functools import cache
 from typing import Any
 
 from .. import __version__
+from .openai_items import MAX_ITEMS, MAX_TEXT
+from .original_request import MAX_HEADER_NAME, MAX_HEADER_VALUE, MAX_HEADERS, RANGES, RESERVED_HEADERS, RESERVED_PARAMS
+from .responses import MAX_METADATA
+from .v1 import MAX_LIMIT
+
+Schema = dict[str, Any]
+
+JSON = "application/json"
+FORM = "application/x-www-form-urlencoded"
+SSE = "text/event-stream"
+PRINTABLE_ASCII = "^[ -~]*$"  # what may become (part of) an outgoing header: no control characters
+NON_EMPTY_PRINTABLE_ASCII = "^[ -~]+$"
+CODE_1_OR_2 = r"^\s*[12]\s*$"  # "1" or "2"; surrounding whitespace is ignored
+HTTP_URL = "^[Hh][Tt][Tt][Pp][Ss]?://[!-~]+$"
+HEADER_NAME = r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$"  # an RFC 9110 token
+NO_CONTROL = "^[^\\x00-\\x1f\\x7f-\\x9f]+$"
+ID_LENGTH = 256
 
 STREAM_DESCRIPTION = """With `type: "2"` the answer is `text/event-stream` (HTTP 200). Events:
 
 * `event: delta` — `data: {"delta": "<new text>", "text": "<text so far>", "id": "<reply id>",
-  "parentMessageId": "<user message id>", "conversationId": "..."}`, one per upstream chunk;
+  "parentMessageId": "<user message id>", "conversationId": "..."}`, one per upstream chunk
+  (`text` is left out with `opts.opts.deltaOnly: true`);
 * `event: done` — `data:` the success envelope whose `data` is exactly what `type: "1"` returns
   (the turn is stored before this event is sent);
 * `event: error` — `data:` the error envelope, for a failure after the stream began;
@@ -21,197 +45,1130 @@ disconnects, the upstream request is cancelled and the partial reply is stored w
 `incomplete: true`. Browsers: use `fetch` and read `response.body` (EventSource cannot POST).
 """
 
+INFO_DESCRIPTION = """ChatGPT and any chat-completions model behind one small API.
 
-def _error(description: str) -> dict[str, Any]:
+**Two doors.** The original's routes (everything outside `/v1`) answer with an envelope:
+`{status, success, message, data, timestamp}` (`status` is 200 in every success, also when the HTTP
+status is 201); errors are `{status, success: false, message, data: {}, timestamp, path}` with the
+HTTP status in `status` and `path` never carrying the query string. Their messages are English, or
+Chinese with `Accept-Language: zh` (or `CHATGPT_SERVER_LANGUAGE=zh`). The OpenAI-shaped routes under
+`/v1` answer as OpenAI does, errors as `{"error": {"message", "type", "param", "code"}}`, and take the
+caller's key as `Authorization: Bearer`: it goes to the model's upstream, and every stored response and
+conversation belongs to it.
+
+**Every route**: a method the path does not serve is 405 with `Allow`; an unknown path is 404; a
+trailing slash names the same route. Every response carries `X-Request-Id` (the request's own when it
+sends a valid one, `^[A-Za-z0-9._:-]{1,128}$`, else a new one). Bodies are JSON (`application/json`, any
+`application/*+json`, or no `Content-Type` at all); another media type is 415, a body over
+`CHATGPT_SERVER_MAX_BODY_BYTES` is 413, malformed JSON is 400. A request head over
+`CHATGPT_SERVER_MAX_HEADER_BYTES` is answered 431 (414 while still in the URL), and one not complete
+within `CHATGPT_SERVER_HEADER_TIMEOUT_SECONDS` 408, in plain text, before any route is reached. Browsers
+on other origins are served only when `CHATGPT_SERVER_CORS_ORIGINS` lists them (then `OPTIONS`
+preflights are answered too).
+"""
+
+
+# -- small helpers -------------------------------------------------------------------------------
+def _ref(name: str) -> Schema:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _or_null(schema: Schema) -> Schema:
+    """``schema``, or null (which the server reads as "not given")."""
+    kind = schema.get("type")
+    if isinstance(kind, str):
+        return {**schema, "type": [kind, "null"]}
+    return {"anyOf": [schema, {"type": "null"}]}
+
+
+def _string(description: str = "", **constraints: Any) -> Schema:
+    schema: Schema = {"type": "string", **constraints}
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _integer(low: int, high: int | None = None, description: str = "", **extra: Any) -> Schema:
+    schema: Schema = {"type": "integer", "minimum": low, **extra}
+    if high is not None:
+        schema["maximum"] = high
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _object(properties: dict[str, Schema], required: tuple[str, ...] = (), *, closed: bool = True,
+            description: str = "") -> Schema:  # fmt: skip
+    """An object with these properties; ``closed``: nothing else (what the server sends, or refuses)."""
+    schema: Schema = {"type": "object", "properties": properties}
+    if required:
+        schema["required"] = list(required)
+    if closed:
+        schema["additionalProperties"] = False
+    if description:
+        schema["description"] = description
+    return schema
+
+
+def _code(description: str) -> Schema:
+    """ "1" or "2" (whitespace around is ignored), or the numbers 1 and 2 in JSON."""
+    return {"anyOf": [_string(pattern=CODE_1_OR_2), {"type": "integer", "enum": [1, 2]}], "description": description}
+
+
+def _case_insensitive(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else "\\" + c if c in ".-" else c for c in word)
+
+
+def _json_event(event: str, data: Schema, description: str = "") -> Schema:
+    """One server-sent event whose ``data`` line holds JSON (``event`` is "message" when the stream names none)."""
+    schema = _object(
+        {
+            "event": {"const": event},
+            "data": {"type": "string", "contentMediaType": JSON, "contentSchema": data},
+            "id": {"type": "string"},
+            "retry": {"type": "integer"},
+        },
+        ("event", "data"),
+    )
+    if description:
+        schema["description"] = description
+    return schema
+
+
+# -- responses, by door ----------------------------------------------------------------------------
+REQUEST_ID_HEADER = {"X-Request-Id": {"$ref": "#/components/headers/X-Request-Id"}}
+
+
+def _answer(description: str, content: dict[str, Schema] | None = None, **headers: Schema) -> Schema:
+    response: Schema = {"description": description, "headers": {**REQUEST_ID_HEADER, **headers}}
+    if content:
+        response["content"] = content
+    return response
+
+
+def _success(data: Schema) -> Schema:
+    """The original's success envelope around ``data``."""
+    return _object(
+        {
+            "status": {"const": 200, "description": "200 in every success, also when the HTTP status is 201"},
+            "success": {"const": True},
+            "message": {"const": "ok"},
+            "data": data,
+            "timestamp": {"$ref": "#/components/schemas/Timestamp"},
+        },
+        ("status", "success", "message", "data", "timestamp"),
+    )
+
+
+def _ok(description: str, data: Schema) -> Schema:
+    return _answer(description, {JSON: {"schema": _success(data)}})
+
+
+def _retry_after(status: str) -> dict[str, Schema]:
+    return {"Retry-After": {"$ref": "#/components/headers/Retry-After"}} if status == "429" else {}
+
+
+def _envelope_errors(errors: dict[str, str]) -> dict[str, Schema]:
+    """Error answers of the original's door: status -> when."""
+    out: dict[str, Schema] = {}
+    for status, description in errors.items():
+        schema = {"allOf": [_ref("ErrorEnvelope"), {"properties": {"status": {"const": int(status)}}}]}
+        out[status] = _answer(description, {JSON: {"schema": schema}}, **_retry_after(status))
+    return out
+
+
+OPENAI_ERROR_TYPES = {
+    "400": ["invalid_request_error"],
+    "401": ["authentication_error"],
+    "403": ["permission_error"],
+    "404": ["invalid_request_error"],
+    "405": ["invalid_request_error"],
+    "409": ["invalid_request_error"],
+    "413": ["invalid_request_error"],
+    "415": ["invalid_request_error"],
+    "429": ["rate_limit_exceeded", "insufficient_quota"],
+}
+
+
+def _openai_errors(errors: dict[str, str]) -> dict[str, Schema]:
+    """Error answers of the OpenAI-shaped door: status -> when."""
+    out: dict[str, Schema] = {}
+    for status, description in errors.items():
+        kinds = OPENAI_ERROR_TYPES.get(status, ["server_error"])
+        schema = {"allOf": [_ref("OpenAIError"), {"properties": {"error": {"properties": {"type": {"enum": kinds}}}}}]}
+        out[status] = _answer(description, {JSON: {"schema": schema}}, **_retry_after(status))
+    return out
+
+
+def _method_not_allowed(allow: str, openai: bool) -> Schema:
+    answer = (_openai_errors if openai else _envelope_errors)({"405": "a method this path does not serve"})["405"]
+    answer["description"] = f"another method than {allow} on this path (`Allow` lists them)"
+    answer["headers"]["Allow"] = {"required": True, "schema": {"const": allow},
+                                  "description": "the methods this path serves"}  # fmt: skip
+    return answer
+
+
+BODY_ERRORS = {
+    "413": "the body is larger than CHATGPT_SERVER_MAX_BODY_BYTES",
+    "415": "the body is not JSON (`application/json` or `application/*+json`; no Content-Type reads as JSON)",
+}
+FORM_BODY_ERRORS = {**BODY_ERRORS, "415": "the body is neither JSON nor a url-encoded form"}
+STORE_DOWN = "the conversation store is unavailable (the upstream was not called), or the server is shutting down"
+
+
+def _json_body(schema: Schema, required: bool = True, form: Schema | None = None, description: str = "") -> Schema:
+    content: dict[str, Schema] = {JSON: {"schema": schema}}
+    if form is not None:
+        content[FORM] = {"schema": form}
+    body: Schema = {"required": required, "content": content}
+    if description:
+        body["description"] = description
+    return body
+
+
+# -- the original's door: POST /api/v1/gpt/getInfo -------------------------------------------------
+MODE_1 = {"anyOf": [{"type": "string", "pattern": r"^\s*1\s*$"}, {"const": 1}]}
+MODE_2 = {"anyOf": [{"type": "string", "pattern": r"^\s*2\s*$"}, {"const": 2}]}
+MODE_1_OPTIONS = ("completionParams", "maxModelTokens", "maxResponseTokens", "apiBaseUrl", "apiOrg")
+MODE_2_OPTIONS = ("apiReverseProxyUrl", "headers")
+RESERVED_HEADER_NAMES = "^(?:" + "|".join(sorted(_case_insensitive(h) for h in RESERVED_HEADERS)) + ")$"
+PREFIXED_HEADER_NAMES = "^(?:" + _case_insensitive("proxy-") + "|" + _case_insensitive("sec-") + ")"
+
+
+def _upstream_url(mode: str) -> Schema:
+    url = _string(f"mode {mode}: another upstream base URL (http or https, a valid port, no query, fragment or "
+                  "credentials); it must be the configured one or on CHATGPT_SERVER_ALLOWED_UPSTREAMS, else 400",
+                  format="uri", pattern=HTTP_URL)  # fmt: skip
+    return _or_null({**url, "not": {"pattern": "[?#]|^[^:]*://[^/]*@"}})
+
+
+def _millis(description: str) -> Schema:
+    return _or_null(_integer(1, RANGES["timeoutMs"], description))
+
+
+GPT_OPTIONS = _object(
+    {
+        "systemMessage": _or_null(_string('the system message (default: the original\'s; "" sends none)')),
+        "completionParams": _or_null({
+            "type": "object",
+            "description": "mode 1: any chat-completions body field (model, temperature, top_p, presence_penalty, "
+            "max_tokens, stop, ...), passed to the upstream as given, which may refuse what it does not know "
+            f"(400); {', '.join(RESERVED_PARAMS)} are set by the server and refused here",
+            "properties": {"model": {"type": "string"}},
+            "propertyNames": {"not": {"enum": list(RESERVED_PARAMS)}},
+        }),
+        "maxModelTokens": _or_null(_integer(1, RANGES["maxModelTokens"], "mode 1: the token budget of prompt and "
+                                            "reply (default CHATGPT_SERVER_MAX_MODEL_TOKENS, 4000); it must exceed "
+                                            "maxResponseTokens (given or default)", default=4000)),
+        "maxResponseTokens": _or_null(_integer(1, RANGES["maxResponseTokens"], "mode 1: the reply's share of the "
+                                               "budget (default CHATGPT_SERVER_MAX_RESPONSE_TOKENS, 1000); it must "
+                                               "be below maxModelTokens (given or default)", default=1000)),
+        "apiBaseUrl": _upstream_url("1"),
+        "apiOrg": _or_null(_string("mode 1: sent as OpenAI-Organization", pattern=PRINTABLE_ASCII)),
+        "model": _or_null(_string("mode 2: the ChatGPT model (default CHATGPT_SERVER_DEFAULT_CHATGPT_MODEL); "
+                                  "mode 1: shorthand for completionParams.model", pattern=PRINTABLE_ASCII)),
+        "apiReverseProxyUrl": _upstream_url("2"),
+        "headers": _or_null({
+            "type": "object",
+            "description": f"mode 2, web backend: extra headers for it (the Codex backend ignores them): at most "
+            f"{MAX_HEADERS}, names that are header "
+            f"tokens of at most {MAX_HEADER_NAME} characters, values of printable ASCII of at most "
+            f"{MAX_HEADER_VALUE}, at most 16384 characters in all, and none of the gateway's or the connection's "
+            "own headers (Authorization, Host, Cookie, Content-Type, Accept, Proxy-*, Sec-*, ...)",
+            "maxProperties": MAX_HEADERS,
+            "propertyNames": {"allOf": [
+                {"pattern": HEADER_NAME, "maxLength": MAX_HEADER_NAME},
+                {"not": {"pattern": RESERVED_HEADER_NAMES}},
+                {"not": {"pattern": PREFIXED_HEADER_NAMES}},
+            ]},
+            "additionalProperties": _string(maxLength=MAX_HEADER_VALUE, pattern=PRINTABLE_ASCII),
+        }),
+        "timeoutMs": _millis("the longest the whole reply may take (default CHATGPT_SERVER_TIMEOUT_MS, 600000)"),
+        "idleTimeoutMs": _millis("the longest silence between stream chunks (default "
+                                 "CHATGPT_SERVER_IDLE_TIMEOUT_MS, 120000)"),
+        "deltaOnly": _or_null({"type": "boolean", "description": "type 2: delta events carry only the new text "
+                                                                 "(no `text` so far), so a stream grows linearly"}),
+        "debug": {"description": "accepted (any value) and ignored, as a client of the original may send it"},
+    },
+    description="Options. An unknown option is refused (400, naming it). Options of the other mode must be absent or "
+    f"null: {', '.join(MODE_1_OPTIONS)} are for mode 1, {', '.join(MODE_2_OPTIONS)} for mode 2. null reads as "
+    "not given.",
+)  # fmt: skip
+
+
+def _only_null(names: tuple[str, ...]) -> Schema:
+    return {"properties": {"opts": {"properties": {"opts": {"properties": {n: {"type": "null"} for n in names}}}}}}
+
+
+GPT_REQUEST = {
+    **_object(
+        {
+            "mode": _code('"1": an OpenAI API key (chat completions); "2": a ChatGPT access token'),
+            "type": _code('"1": one JSON reply (HTTP 201); "2": a stream of server-sent events (HTTP 200)'),
+            "opts": {
+                "type": "object",
+                "required": ["key", "content", "isFollow"],
+                "properties": {
+                    "key": _string("the API key (mode 1) or access token (mode 2)", minLength=1,
+                                   pattern=NON_EMPTY_PRINTABLE_ASCII),
+                    "content": _string("the question", minLength=1),
+                    "isFollow": {"anyOf": [{"type": "boolean"}, {"enum": ["true", "false"]}],
+                                 "description": "true to continue the conversation of parentMessageId"},
+                    "parentMessageId": _or_null(_string("the `id` of the reply to continue from; required (and not "
+                                                        "empty) when isFollow is true, ignored otherwise",
+                                                        maxLength=ID_LENGTH)),
+                    "opts": _or_null(_ref("GptOptions")),
+                },
+                "if": {"required": ["isFollow"], "properties": {"isFollow": {"enum": [True, "true"]}}},
+                "then": {"required": ["parentMessageId"], "properties": {"parentMessageId": _string(minLength=1)}},
+            },
+        },
+        ("mode", "type", "opts"),
+        closed=False,
+    ),
+    "allOf": [
+        {"if": {"required": ["mode"], "properties": {"mode": MODE_1}}, "then": _only_null(MODE_2_OPTIONS)},
+        {"if": {"required": ["mode"], "properties": {"mode": MODE_2}}, "then": _only_null(MODE_1_OPTIONS)},
+    ],
+}  # fmt: skip
+
+USAGE = {"type": "object", "additionalProperties": {"type": ["integer", "boolean", "object"]},
+         "description": "token counts; `estimated: true` when the upstream gave none"}  # fmt: skip
+
+CHAT_MESSAGE = _object(
+    {
+        "role": {"const": "assistant"},
+        "id": _string("the reply's id: name it as parentMessageId to follow up"),
+        "parentMessageId": _string("the id of the stored user message"),
+        "conversationId": _string(),
+        "text": _string(),
+        "detail": {
+            "type": "object",
+            "description": "mode 1: the upstream chat completion, with usage; mode 2: the model, usage and the "
+            "account's rate limits, when the backend sent them",
+            "properties": {
+                "id": _string(), "object": {"const": "chat.completion"}, "created": {"type": "integer"},
+                "model": _string(), "usage": USAGE,
+                "choices": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+        "incomplete": {"const": True, "description": "present when the reply was cut off"},
+        "incompleteReason": _string("why the reply was cut off"),
+    },
+    ("role", "id", "parentMessageId", "conversationId", "text"),
+)  # fmt: skip
+
+DELTA = _object(
+    {
+        "delta": _string("the new text"),
+        "text": _string("the text so far (left out with deltaOnly)"),
+        "id": _string("the reply's id"),
+        "parentMessageId": _string("the id of the stored user message"),
+        "conversationId": _string(),
+    },
+    ("delta", "id", "parentMessageId", "conversationId"),
+)
+
+GPT_EVENT = {
+    "oneOf": [
+        _json_event("delta", DELTA, "one per upstream chunk"),
+        _json_event("done", _success(_ref("ChatMessage")), "the reply, stored"),
+        _json_event("error", _ref("ErrorEnvelope"), "a failure after the stream began"),
+    ]
+}
+
+
+# -- the token door ---------------------------------------------------------------------------------
+EMAIL = _string("the account's email (whitespace around it is ignored); printable ASCII", maxLength=320,
+                pattern=r"^\s*[!-~](?:[ -~]*[!-~])?\s*$")  # fmt: skip
+PASSWORD = _string("sent only to CHATGPT_SERVER_AUTH_URL; never logged nor echoed", minLength=1, maxLength=1024)
+ACCOUNT_TOKEN = _string("with type 2: a verified access token of a stored account (also accepted as "
+                        "`Authorization: Bearer`) returns that account's current token, refreshed if needed; "
+                        "email and password are then not needed")  # fmt: skip
+TOKEN_TYPE = "1: get a token (cached while it stays valid); 2: refresh it"
+
+TOKEN_REQUEST = _object(
+    {"type": _code(TOKEN_TYPE), "email": EMAIL, "password": PASSWORD, "token": ACCOUNT_TOKEN},
+    ("type", "email", "password"),
+    closed=False,
+)
+TOKEN_FORM = _object(
+    {"type": _string(TOKEN_TYPE, pattern=CODE_1_OR_2), "email": EMAIL, "password": PASSWORD, "token": ACCOUNT_TOKEN},
+    ("type", "email", "password"),
+    closed=False,
+)
+TOKEN_QUERY = [
+    {"name": "type", "in": "query", "required": True, "schema": _string(pattern=CODE_1_OR_2),
+     "description": TOKEN_TYPE},
+    {"name": "email", "in": "query", "required": True, "schema": EMAIL},
+    {"name": "password", "in": "query", "required": True, "schema": PASSWORD,
+     "description": "in a URL it ends up in proxy and server logs: prefer POST"},
+    {"name": "token", "in": "query", "required": False, "schema": ACCOUNT_TOKEN},
+]  # fmt: skip
+TOKEN_ERRORS = {
+    "400": "validation failed (every problem listed, joined by ','), the account signs in through "
+    "Google/Microsoft/Apple, or stored accounts need CHATGPT_SERVER_SECRET_KEY",
+    "401": "wrong email or password, or the stored account must sign in again",
+    "403": "captcha required, or unsupported_country (set CHATGPT_SERVER_PROXY)",
+    "404": "the stored account was removed meanwhile",
+    "429": "sign-in refused or rate limited (OAuthSignin)",
+    "502": "the identity service is unreachable, answered something unexpected, or the sign-in flow changed "
+    "at step N (then use device sign-in)",
+    "503": "the store is unavailable, or another instance is refreshing the account",
+    "504": "the identity service did not answer in time",
+}
+LANGUAGE = {
+    "name": "Accept-Language", "in": "header", "required": False, "schema": {"type": "string"},
+    "description": "`zh` for Chinese messages (the original's texts); anything else: CHATGPT_SERVER_LANGUAGE",
+}  # fmt: skip
+OPTIONAL_ACCOUNT_TOKEN: list[dict[str, list[str]]] = [{}, {"accountToken": []}]
+
+DEVICE_START = _object(
+    {
+        "userCode": _string("the code the person enters at verificationUri"),
+        "verificationUri": _string(format="uri"),
+        "deviceAuthId": _string("name it to poll"),
+        "interval": {"type": "number", "minimum": 0, "description": "seconds to wait between polls"},
+        "expiresAt": _integer(0, description="epoch seconds"),
+    },
+    ("userCode", "verificationUri", "deviceAuthId", "interval", "expiresAt"),
+)
+DEVICE_POLL = _object(
+    {"deviceAuthId": _string("from POST /api/v1/token/device", minLength=1, maxLength=512,
+                             pattern=NON_EMPTY_PRINTABLE_ASCII)},
+    ("deviceAuthId",),
+    closed=False,
+)  # fmt: skip
+DEVICE_RESULT = {
+    "oneOf": [
+        _object({"status": {"const": "pending"}, "interval": {"type": "number", "minimum": 0}}, ("status", "interval"),
+                description="the person has not finished yet: poll again after interval seconds"),
+        _object(
+            {
+                "status": {"const": "signed_in"},
+                "email": _string(), "plan": _string(), "accountId": _string(), "expiresAt": {"type": "integer"},
+                "accessToken": _string("the account's access token: use it as the mode 2 key or /v1 bearer key"),
+            },
+            ("status", "email", "plan", "accountId", "expiresAt", "accessToken"),
+            description="signed in: the account is stored (its tokens encrypted with CHATGPT_SERVER_SECRET_KEY)",
+        ),
+    ]
+}  # fmt: skip
+DEVICE_ERRORS = {
+    "502": "the issuer is unreachable or answered something unexpected",
+    "503": "the store is unavailable",
+    "504": "the issuer did not answer in time",
+}
+
+
+# -- the OpenAI-shaped door -------------------------------------------------------------------------
+MODEL = _string("the model; the upstream that serves it is chosen by CHATGPT_SERVER_MODELS_FILE (default: "
+                "CHATGPT_SERVER_OPENAI_BASE_URL), which may not know it (400). Printable: no control characters",
+                minLength=1, maxLength=ID_LENGTH, pattern=NO_CONTROL)  # fmt: skip
+TEXT = _string(maxLength=MAX_TEXT)
+TEXT_TYPES = ["input_text", "output_text", "text"]
+TEXT_PART = _object({"type": {"enum": TEXT_TYPES}, "text": TEXT}, ("type", "text"), closed=False)
+IMAGE_PART = _object(
+    {
+        "type": {"const": "input_image"},
+        "image_url": _string("an http(s) URL or a data:image/ URL (file ids are not supported)", minLength=1,
+                             maxLength=MAX_TEXT, pattern="^(?:https?://|data:image/)"),
+        "detail": {"enum": ["auto", "low", "high"], "default": "auto"},
+    },
+    ("type", "image_url"),
+    closed=False,
+)  # fmt: skip
+REFUSAL_PART = _object({"type": {"const": "refusal"}, "refusal": TEXT}, ("type", "refusal"), closed=False)
+
+
+def _content(parts: list[Schema]) -> Schema:
+    return {"anyOf": [TEXT, {"type": "array", "minItems": 1, "items": {"anyOf": parts}}]}
+
+
+def _message_item(roles: list[str], parts: list[Schema]) -> Schema:
+    return _object({"type": {"const": "message"}, "role": {"enum": roles}, "content": _content(parts)},
+                   ("role", "content"), closed=False)  # fmt: skip
+
+
+CALL_ID = _string(minLength=1, maxLength=ID_LENGTH)
+INPUT_ITEMS = [
+    _message_item(["user", "system", "developer"], [TEXT_PART, IMAGE_PART]),
+    _message_item(["assistant"], [TEXT_PART, REFUSAL_PART]),
+    _object({"type": {"const": "function_call"}, "call_id": CALL_ID, "name": CALL_ID, "arguments": TEXT},
+            ("type", "call_id", "name"), closed=False),
+    _object({"type": {"const": "function_call_output"}, "call_id": CALL_ID,
+             "output": _content([TEXT_PART, IMAGE_PART])}, ("type", "call_id", "output"), closed=False),
+    _object({"type": {"const": "reasoning"}}, ("type",), closed=False,
+            description="skipped: reasoning state belongs to the upstream that made it"),
+]  # fmt: skip
+REFERENCE_ITEM = _object({"type": {"const": "item_reference"}, "id": CALL_ID}, ("type", "id"), closed=False,
+                         description="an item stored earlier, copied into this turn")  # fmt: skip
+NOT_REASONING = {"not": {"required": ["type"], "properties": {"type": {"const": "reasoning"}}}}
+
+
+def _items(kinds: list[Schema], description: str, min_items: int = 0) -> Schema:
+    schema: Schema = {"type": "array", "maxItems": MAX_ITEMS, "items": {"anyOf": kinds}, "description": description}
+    if min_items:
+        schema["minItems"] = min_items
+        schema["contains"] = NOT_REASONING
+    return schema
+
+
+PRINTABLE_ID = _string("an id this gateway gave (printable ASCII; the server refuses only characters that are not "
+                       "printable, and answers 404 for an id it does not know)", minLength=1, maxLength=ID_LENGTH,
+                       pattern=NON_EMPTY_PRINTABLE_ASCII)  # fmt: skip
+
+
+def _reference(description: str) -> Schema:
     return {
+        "anyOf": [PRINTABLE_ID, _object({"id": PRINTABLE_ID}, ("id",), closed=False), {"type": "null"}],
         "description": description,
-        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/ErrorEnvelope"}}},
     }
 
 
-def _ok(description: str, data: dict[str, Any]) -> dict[str, Any]:
-    schema = {"allOf": [{"$ref": "#/components/schemas/Envelope"}, {"properties": {"data": data}}]}
-    return {"description": description, "content": {"application/json": {"schema": schema}}}
-
-
-GPT_REQUEST: dict[str, Any] = {
+METADATA = _or_null({
     "type": "object",
-    "required": ["mode", "type", "opts"],
-    "properties": {
-        "mode": {"type": "string", "enum": ["1", "2"],
-                 "description": '"1": OpenAI API key (chat completions); "2": ChatGPT web access token. '
-                                "The numbers 1 and 2 are accepted too."},
-        "type": {"type": "string", "enum": ["1", "2"], "description": '"1": one JSON reply; "2": a stream'},
-        "opts": {
-            "type": "object",
-            "required": ["key", "content", "isFollow"],
-            "properties": {
-                "key": {"type": "string", "description": "API key (mode 1) or access token (mode 2)"},
-                "content": {"type": "string", "description": "the question"},
-                "isFollow": {"type": "boolean", "description": "continue the conversation of parentMessageId"},
-                "parentMessageId": {"type": "string",
-                                    "description": "id of the message to answer (a reply's `id`); "
-                                                   "required when isFollow is true"},
-                "opts": {
-                    "type": "object",
-                    "description": "Options. An unknown option is refused (400); `debug` is ignored.",
-                    "properties": {
-                        "systemMessage": {"type": "string", "description": "mode 1; \"\" sends none"},
-                        "completionParams": {"type": "object",
-                                             "description": "mode 1: any chat-completions field "
-                                                            "(model, temperature, max_tokens, ...)"},
-                        "maxModelTokens": {"type": "integer", "default": 4000, "description": "mode 1"},
-                        "maxResponseTokens": {"type": "integer", "default": 1000, "description": "mode 1"},
-                        "apiBaseUrl": {"type": "string",
-                                       "description": "mode 1; must be on CHATGPT_SERVER_ALLOWED_UPSTREAMS"},
-                        "apiOrg": {"type": "string", "description": "mode 1: OpenAI-Organization"},
-                        "model": {"type": "string", "description": "mode 2 model (default auto); "
-                                                                   "mode 1: shorthand for completionParams.model"},
-                        "apiReverseProxyUrl": {"type": "string",
-                                               "description": "mode 2; must be on "
-                                                              "CHATGPT_SERVER_ALLOWED_UPSTREAMS"},
-                        "headers": {"type": "object", "additionalProperties": {"type": "string"},
-                                    "description": "mode 2: extra headers (not Authorization)"},
-                        "timeoutMs": {"type": "integer", "description": "overall timeout (default 600000)"},
-                        "idleTimeoutMs": {"type": "integer",
-                                          "description": "longest silence between stream chunks"},
-                        "debug": {"type": "boolean", "description": "ignored"},
-                    },
-                },
-            },
+    "description": f"at most {MAX_METADATA} keys of at most 64 characters, values strings of at most 512",
+    "maxProperties": MAX_METADATA,
+    "propertyNames": {"maxLength": 64},
+    "additionalProperties": _string(maxLength=512),
+})  # fmt: skip
+FUNCTION_TOOL = _object(
+    {
+        "type": {"const": "function"},
+        "name": _string(minLength=1, maxLength=64),
+        "description": _or_null(_string()),
+        "parameters": _or_null({"type": "object", "description": "a JSON schema"}),
+        "strict": {"description": "passed on"},
+    },
+    ("type", "name"),
+    closed=False,
+)
+TOOL_CHOICE = {
+    "anyOf": [
+        {"enum": ["auto", "none", "required", None]},
+        _object({"type": {"const": "function"}, "name": _string("one of this request's tools")}, ("type", "name"),
+                closed=False),
+    ]
+}  # fmt: skip
+TEXT_FORMAT = {
+    "anyOf": [
+        {"type": "null"},
+        _object({"type": {"enum": ["text", "json_object"]}}, ("type",), closed=False),
+        _object({"type": {"const": "json_schema"}, "schema": {"type": "object"}, "name": {}, "strict": {}},
+                ("type", "schema"), closed=False),
+    ]
+}  # fmt: skip
+IGNORED = {"description": "accepted and ignored"}
+
+RESPONSE_REQUEST = {
+    **_object(
+        {
+            "model": MODEL,
+            "input": {"anyOf": [TEXT, _items([*INPUT_ITEMS, REFERENCE_ITEM], "items; at least one that is not "
+                                             "reasoning", min_items=1)]},
+            "instructions": _or_null(_string("a system message for this response only (never stored)")),
+            "previous_response_id": _reference("continue from this response (or from any stored item id, such "
+                                               "as a reply id of the original route)"),
+            "conversation": _reference("continue this conversation and add the turn to it"),
+            "store": _or_null({"type": "boolean", "default": True}),
+            "stream": _or_null({"type": "boolean", "default": False}),
+            "truncation": {"enum": ["auto", "disabled", None], "default": "disabled",
+                           "description": "auto drops the oldest items that do not fit the model's context window"},
+            "max_output_tokens": _or_null(_integer(1, 1_000_000)),
+            "temperature": _or_null({"type": "number", "minimum": 0, "maximum": 2}),
+            "top_p": _or_null({"type": "number", "minimum": 0, "maximum": 1}),
+            "tools": _or_null({"type": "array", "maxItems": 128, "items": FUNCTION_TOOL,
+                               "description": "function tools only"}),
+            "tool_choice": TOOL_CHOICE,
+            "parallel_tool_calls": _or_null({"type": "boolean"}),
+            "metadata": METADATA,
+            "user": _or_null(_string(maxLength=ID_LENGTH)),
+            "safety_identifier": _or_null(_string("used when user is not given", maxLength=ID_LENGTH)),
+            "text": _or_null(_object({"format": TEXT_FORMAT}, closed=False)),
+            "reasoning": {"description": "effort minimal, low, medium or high is passed on to reasoning models; "
+                                         "anything else is ignored"},
+            "background": {"enum": [False, None], "description": "background mode is not supported"},
+            **{name: IGNORED for name in ("include", "stream_options", "prompt_cache_key", "service_tier",
+                                          "top_logprobs", "max_tool_calls")},
         },
-    },
+        ("model", "input"),
+        description="An unknown field is refused (400). tool_choice's function must name one of tools.",
+    ),
+    "allOf": [
+        {"not": {"required": ["previous_response_id", "conversation"], "properties": {
+            "previous_response_id": {"not": {"type": "null"}}, "conversation": {"not": {"type": "null"}}}}},
+        {"if": {"required": ["conversation"], "properties": {"conversation": {"not": {"type": "null"}}}},
+         "then": {"properties": {"store": {"not": {"const": False}}}}},
+    ],
 }  # fmt: skip
 
-CHAT_MESSAGE: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "role": {"type": "string", "enum": ["assistant"]},
-        "id": {"type": "string", "description": "the reply's id: name it as parentMessageId to follow up"},
-        "parentMessageId": {"type": "string", "description": "id of the stored user message"},
-        "conversationId": {"type": "string"},
-        "text": {"type": "string"},
-        "detail": {"type": "object", "description": "mode 1: the upstream chat completion, with usage "
-                                                    "(usage.estimated is true when the upstream gave none)"},
-        "incomplete": {"type": "boolean", "description": "present and true when the reply was cut off"},
-    },
-}  # fmt: skip
-
-TOKEN_PARAMS = [
-    {"name": "type", "in": "query", "required": True, "schema": {"type": "string", "enum": ["1", "2"]},
-     "description": "1: get a token (cached while valid); 2: refresh it"},
-    {"name": "email", "in": "query", "required": True, "schema": {"type": "string"}},
-    {"name": "password", "in": "query", "required": True, "schema": {"type": "string"}},
+STATUS = {"enum": ["completed", "incomplete", "in_progress"]}
+OUTPUT_TEXT = _object({"type": {"const": "output_text"}, "text": _string(), "annotations": {"type": "array"},
+                       "logprobs": {"type": "array"}}, ("type", "text", "annotations", "logprobs"))  # fmt: skip
+SHOWN_PARTS = [
+    OUTPUT_TEXT,
+    _object({"type": {"const": "input_text"}, "text": _string()}, ("type", "text")),
+    _object({"type": {"const": "input_image"}, "image_url": _string(), "detail": {"enum": ["auto", "low", "high"]}},
+            ("type", "image_url", "detail")),
 ]  # fmt: skip
+ITEM = {
+    "oneOf": [
+        _object({"id": _string(), "type": {"const": "message"}, "status": STATUS,
+                 "role": {"enum": ["user", "assistant", "system", "developer"]},
+                 "content": {"type": "array", "items": {"anyOf": SHOWN_PARTS}}},
+                ("id", "type", "status", "role", "content")),
+        _object({"id": _string(), "type": {"const": "function_call"}, "status": STATUS, "call_id": _string(),
+                 "name": _string(), "arguments": _string()}, ("id", "type", "status", "call_id", "name", "arguments")),
+        _object({"id": _string(), "type": {"const": "function_call_output"}, "status": STATUS, "call_id": _string(),
+                 "output": _string()}, ("id", "type", "status", "call_id", "output")),
+    ]
+}  # fmt: skip
 
-TOKEN_ERRORS = {
-    "400": _error("validation failed, or the account signs in through Google/Microsoft/Apple"),
-    "401": _error("wrong email or password"),
-    "403": _error("captcha required, or unsupported_country (set CHATGPT_SERVER_PROXY)"),
-    "429": _error("sign-in refused or rate limited (OAuthSignin)"),
-    "502": _error("the identity service is unreachable, or the sign-in flow changed at step N"),
-    "504": _error("the identity service did not answer in time"),
+RESPONSE = _object(
+    {
+        "id": _string(pattern="^resp_"),
+        "object": {"const": "response"},
+        "created_at": {"type": "integer"},
+        "status": {"enum": ["completed", "incomplete", "in_progress", "failed"]},
+        "background": {"const": False},
+        "error": _or_null(_object({"code": _string(), "message": _string()}, ("code", "message"))),
+        "incomplete_details": _or_null(_object({"reason": _string()}, ("reason",))),
+        "instructions": _or_null(_string()),
+        "max_output_tokens": _or_null({"type": "integer"}),
+        "max_tool_calls": {"type": "null"},
+        "model": _string(),
+        "output": {"type": "array", "items": _ref("Item")},
+        "parallel_tool_calls": {"type": "boolean"},
+        "previous_response_id": _or_null(_string()),
+        "conversation": _or_null(_object({"id": _string()}, ("id",))),
+        "reasoning": _object({"effort": {"enum": ["minimal", "low", "medium", "high", None]}, "summary": {}},
+                             ("effort", "summary")),
+        "store": {"type": "boolean"},
+        "temperature": _or_null({"type": "number"}),
+        "text": _object({"format": {"type": "object", "required": ["type"], "properties": {
+            "type": {"enum": ["text", "json_object", "json_schema"]}}}}, ("format",)),
+        "tool_choice": {"anyOf": [{"enum": ["auto", "none", "required"]},
+                                  _object({"type": {"const": "function"}, "name": _string()}, ("type", "name"))]},
+        "tools": {"type": "array", "items": {"type": "object"}},
+        "top_p": _or_null({"type": "number"}),
+        "truncation": {"enum": ["auto", "disabled"]},
+        "usage": _or_null(_object({
+            "input_tokens": _integer(0), "output_tokens": _integer(0), "total_tokens": _integer(0),
+            "input_tokens_details": _object({"cached_tokens": _integer(0)}, ("cached_tokens",)),
+            "output_tokens_details": _object({"reasoning_tokens": _integer(0)}, ("reasoning_tokens",)),
+        }, ("input_tokens", "input_tokens_details", "output_tokens", "output_tokens_details", "total_tokens"))),
+        "user": _or_null(_string()),
+        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+    ("id", "object", "created_at", "status", "background", "error", "incomplete_details", "instructions",
+     "max_output_tokens", "max_tool_calls", "model", "output", "parallel_tool_calls", "previous_response_id",
+     "conversation", "reasoning", "store", "temperature", "text", "tool_choice", "tools", "top_p", "truncation",
+     "usage", "user", "metadata"),
+)  # fmt: skip
+
+
+def _response_event(kind: str, **fields: Schema) -> Schema:
+    data = _object({"type": {"const": kind}, "sequence_number": _integer(0), **fields},
+                   ("type", "sequence_number", *fields))  # fmt: skip
+    return _json_event(kind, data)
+
+
+INDEX = _integer(0)
+RESPONSE_EVENT = {
+    "oneOf": [
+        *(_response_event(kind, response=_ref("Response")) for kind in (
+            "response.created", "response.in_progress", "response.completed", "response.incomplete",
+            "response.failed")),
+        _response_event("response.output_item.added", output_index=INDEX, item=_ref("Item")),
+        _response_event("response.output_item.done", output_index=INDEX, item=_ref("Item")),
+        _response_event("response.content_part.added", item_id=_string(), output_index=INDEX, content_index=INDEX,
+                        part=OUTPUT_TEXT),
+        _response_event("response.content_part.done", item_id=_string(), output_index=INDEX, content_index=INDEX,
+                        part=OUTPUT_TEXT),
+        _response_event("response.output_text.delta", item_id=_string(), output_index=INDEX, content_index=INDEX,
+                        delta=_string(), logprobs={"type": "array"}),
+        _response_event("response.output_text.done", item_id=_string(), output_index=INDEX, content_index=INDEX,
+                        text=_string(), logprobs={"type": "array"}),
+        _response_event("response.function_call_arguments.delta", item_id=_string(), output_index=INDEX,
+                        delta=_string()),
+        _response_event("response.function_call_arguments.done", item_id=_string(), output_index=INDEX,
+                        name=_string(), arguments=_string()),
+    ]
+}  # fmt: skip
+
+CHAT_MESSAGE_IN = _object(
+    {
+        "role": {"enum": ["system", "developer", "user", "assistant", "tool"]},
+        "content": {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "object"}}, {"type": "null"}]},
+        "name": _string(),
+        "tool_calls": {"type": "array", "items": {"type": "object"}},
+        "tool_call_id": _string(),
+    },
+    ("role",),
+    closed=False,
+)
+CHAT_REQUEST = _object(
+    {
+        "model": MODEL,
+        "messages": {"type": "array", "minItems": 1, "items": CHAT_MESSAGE_IN,
+                     "description": "passed on as given: the upstream checks them"},
+        "stream": _or_null({"type": "boolean", "default": False}),
+        "stream_options": _or_null({"type": "object", "description": "include_usage is set to true unless given"}),
+        "temperature": {"type": "number"}, "top_p": {"type": "number"}, "max_tokens": {"type": "integer"},
+        "max_completion_tokens": {"type": "integer"}, "stop": {}, "tools": {"type": "array"}, "tool_choice": {},
+        "response_format": {"type": "object"}, "user": _string(), "seed": {"type": "integer"},
+    },
+    ("model", "messages"),
+    closed=False,
+    description="A chat-completions body, passed to the model's upstream as the client wrote it: the gateway "
+    "checks model, messages and stream; the upstream checks the rest (and refuses what it does not know).",
+)  # fmt: skip
+CHAT_COMPLETION = {
+    "type": "object",
+    "required": ["choices"],
+    "properties": {
+        "id": _string(), "object": _string(), "created": {"type": "integer"}, "model": _string(),
+        "choices": {"type": "array", "minItems": 1, "items": {"type": "object", "required": ["message"]}},
+        "usage": {"type": "object"},
+    },
+    "description": "the upstream's chat completion, as it sent it (after checking it is one)",
+}  # fmt: skip
+CHAT_CHUNK_EVENT = _object(
+    {
+        "event": {"const": "message"},
+        "data": {
+            "type": "string",
+            "if": {"const": "[DONE]"},
+            "else": {"contentMediaType": JSON, "contentSchema": {"anyOf": [
+                {"type": "object", "required": ["object"],
+                 "properties": {"object": {"const": "chat.completion.chunk"}}},
+                _ref("OpenAIError"),
+            ]}},
+        },
+        "id": {"type": "string"},
+        "retry": {"type": "integer"},
+    },
+    ("event", "data"),
+    description="`data:` a chat.completion.chunk as the upstream sent it, then `[DONE]`; a failure after the "
+    "stream began is one `data:` event with OpenAI's error object",
+)  # fmt: skip
+
+MODEL_LIST = _object(
+    {
+        "object": {"const": "list"},
+        "data": {"type": "array", "items": _object({
+            "id": _string(), "object": {"const": "model"}, "created": {"type": "integer"},
+            "owned_by": {"enum": ["chat", "codex"]}, "context_window": _integer(1),
+        }, ("id", "object", "created", "owned_by", "context_window"))},
+    },
+    ("object", "data"),
+)  # fmt: skip
+CONVERSATION = _object(
+    {
+        "id": _string(),
+        "object": {"const": "conversation"},
+        "created_at": {"type": "integer"},
+        "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+    ("id", "object", "created_at", "metadata"),
+)
+
+
+def _list_of(item: Schema) -> Schema:
+    return _object(
+        {
+            "object": {"const": "list"},
+            "data": {"type": "array", "items": item},
+            "first_id": _or_null(_string()),
+            "last_id": _or_null(_string()),
+            "has_more": {"type": "boolean"},
+        },
+        ("object", "data", "first_id", "last_id", "has_more"),
+    )
+
+
+def _deleted(kind: str) -> Schema:
+    return _object({"id": _string(), "object": {"const": kind}, "deleted": {"const": True}},
+                   ("id", "object", "deleted"))  # fmt: skip
+
+
+CONVERSATION_CREATE = _object(
+    {"items": _or_null(_items(INPUT_ITEMS, "the conversation's first items (item references are refused)")),
+     "metadata": METADATA},
+    description="An unknown field is refused (400).",
+)  # fmt: skip
+CONVERSATION_UPDATE = _object({"metadata": METADATA}, ("metadata",), closed=False)
+ITEMS_ADD = _object(
+    {"items": _items(INPUT_ITEMS, "items to add (item references are refused); at least one that is not reasoning",
+                     min_items=1)},
+    ("items",),
+    closed=False,
+)  # fmt: skip
+
+
+def _path_id(name: str, description: str) -> Schema:
+    return {"name": name, "in": "path", "required": True, "schema": _string(minLength=1), "description": description}
+
+
+def _paging(after: str) -> list[Schema]:
+    return [
+        {"name": "after", "in": "query", "required": False, "description": after,
+         "schema": _string(maxLength=ID_LENGTH, pattern=PRINTABLE_ASCII)},
+        {"name": "limit", "in": "query", "required": False, "schema": _integer(1, MAX_LIMIT, default=20)},
+        {"name": "order", "in": "query", "required": False, "schema": {"enum": ["asc", "desc"], "default": "desc"}},
+    ]  # fmt: skip
+
+
+CONVERSATION_ID = _path_id("id", "a conversation id (one the original route or the Responses API started works too)")
+RESPONSE_ID = _path_id("id", "a response id")
+ITEM_ID = _path_id("item_id", "an item id")
+BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
+V1_AUTH = {"401": "no `Authorization: Bearer` key, or one that is not printable ASCII (or the upstream refused it)"}
+V1_STORE = {"503": STORE_DOWN}
+NOT_FOUND_RESPONSE = {"404": "no response with this id belongs to this key"}
+NOT_FOUND_CONVERSATION = {"404": "no conversation with this id belongs to this key"}
+CONFLICT = {"409": "the conversation changed meanwhile: try again"}
+UPSTREAM_ERRORS = {
+    "401": "no `Authorization: Bearer` key, one that is not printable ASCII, or the upstream refused it",
+    "403": "the upstream refused access (or the account's plan does not include this use)",
+    "429": "the upstream's rate limit or quota, or the account's usage limit (Retry-After passed on)",
+    "502": "the upstream is unreachable, failed (5xx), redirected, or answered something unexpected or too large",
+    "504": "the upstream did not answer in time, or went silent mid-stream",
 }
+
+
+# -- operations --------------------------------------------------------------------------------------
+def _operation(op_id: str, summary: str, responses: dict[str, Schema], *, tag: str, description: str = "",
+               parameters: list[Schema] | None = None, body: Schema | None = None,
+               security: list[dict[str, list[str]]] | None = None) -> Schema:  # fmt: skip
+    operation: Schema = {"operationId": op_id, "summary": summary, "tags": [tag]}
+    if description:
+        operation["description"] = description
+    if parameters:
+        operation["parameters"] = parameters
+    if body is not None:
+        operation["requestBody"] = body
+    if security is not None:
+        operation["security"] = security
+    operation["responses"] = dict(sorted(responses.items()))
+    return operation
+
+
+def _link(op_id: str, description: str, **parameters: str) -> Schema:
+    return {"operationId": op_id, "parameters": parameters, "description": description}
+
+
+def _conversation_links() -> dict[str, Schema]:
+    by_id = {"id": "$response.body#/id"}
+    return {
+        "GetConversation": _link("getConversation", "read it", **by_id),
+        "UpdateConversation": _link("updateConversation", "change its metadata", **by_id),
+        "DeleteConversation": _link("deleteConversation", "delete it", **by_id),
+        "ListItems": _link("listConversationItems", "list its items", **by_id),
+        "AddItems": _link("addConversationItems", "add items", **by_id),
+    }
+
+
+def _original_paths() -> dict[str, Schema]:
+    gpt_ok = _ok('type "1": the reply, stored before it is returned', _ref("ChatMessage"))
+    gpt_stream = _answer('type "2": the reply as server-sent events', {SSE: {"schema": GPT_EVENT}},
+                         **{"Cache-Control": {"schema": {"const": "no-cache"}, "required": True},
+                            "X-Accel-Buffering": {"schema": {"const": "no"}, "required": True}})  # fmt: skip
+    gpt_errors = _envelope_errors({
+        "400": "validation failed (every problem listed, joined by ','), the body is not a JSON object or not "
+        "JSON, an option is unknown or for the other mode, an upstream URL is not allowed, the prompt exceeds "
+        "maxModelTokens - maxResponseTokens, parentMessageId belongs to a conversation of the other mode, or the "
+        "upstream refused the request (context too long, unknown model)",
+        "401": "the upstream rejected the key or token, or the access token has expired (checked before calling)",
+        "403": "the upstream refused access, or asks for a browser challenge",
+        "404": "parentMessageId is unknown to this credential, or the upstream does not know the conversation",
+        **BODY_ERRORS,
+        "429": "upstream rate limit, exhausted quota, or one message at a time (Retry-After passed on)",
+        "502": "the upstream is unreachable, failed (5xx), answered something unexpected or too large, or was "
+        "blocked by Cloudflare",
+        "503": STORE_DOWN,
+        "504": "the upstream did not answer in time",
+    })  # fmt: skip
+    token_get = _operation(
+        "getToken", "Get or refresh a ChatGPT access token (password in the URL: prefer POST)",
+        {"200": _ok("the access token", _string("a bare JWT", minLength=1)), **_envelope_errors(TOKEN_ERRORS)},
+        tag="tokens", parameters=[*TOKEN_QUERY, LANGUAGE], security=OPTIONAL_ACCOUNT_TOKEN,
+    )  # fmt: skip
+    token_post = _operation(
+        "postToken", "Get or refresh a ChatGPT access token (recommended)",
+        {"201": _ok("the access token", _string("a bare JWT", minLength=1)),
+         **_envelope_errors({**TOKEN_ERRORS, "400": TOKEN_ERRORS["400"] + "; a body that is not an object is read "
+                             "as an empty one", **FORM_BODY_ERRORS})},
+        tag="tokens", parameters=[LANGUAGE], security=OPTIONAL_ACCOUNT_TOKEN,
+        body=_json_body(TOKEN_REQUEST, form=TOKEN_FORM),
+    )  # fmt: skip
+    device_start = _operation(
+        "startDeviceSignIn", "Start a device sign-in of a ChatGPT account",
+        {"201": _ok("open verificationUri, enter userCode, then poll", DEVICE_START),
+         **_envelope_errors({"400": "the body is not JSON, or storing accounts needs CHATGPT_SERVER_SECRET_KEY",
+                             "404": "device sign-in is not enabled for the account (ChatGPT settings, security)",
+                             **FORM_BODY_ERRORS, **DEVICE_ERRORS})},
+        tag="tokens", parameters=[LANGUAGE], description="For servers without a terminal: what "
+        "`chatgpt-server login` does. The body, if any, is read (JSON or form) and ignored.",
+        body=_json_body({"description": "ignored"}, required=False, form={"type": "object"}),
+    )  # fmt: skip
+    device_poll = _operation(
+        "pollDeviceSignIn", "Poll a device sign-in",
+        {"201": _ok("pending, or signed in and stored", DEVICE_RESULT),
+         **_envelope_errors({"400": "deviceAuthId is missing or not printable ASCII of at most 512 characters, the "
+                             "body is not JSON, storing accounts needs CHATGPT_SERVER_SECRET_KEY, or the issuer's "
+                             "tokens do not verify or lack a refresh token",
+                             "404": "unknown or expired deviceAuthId: start again",
+                             **FORM_BODY_ERRORS, **DEVICE_ERRORS})},
+        tag="tokens", parameters=[LANGUAGE], body=_json_body(DEVICE_POLL, form=DEVICE_POLL),
+    )  # fmt: skip
+    return {
+        "/api/v1/gpt/getInfo": {"post": _operation(
+            "getInfo", "Generate a reply", {"201": gpt_ok, "200": gpt_stream, **gpt_errors}, tag="original",
+            description=STREAM_DESCRIPTION, parameters=[LANGUAGE], body=_json_body(_ref("GptRequest")),
+        )},
+        "/api/v1/token/getInfo": {"get": token_get, "post": token_post},
+        "/api/v1/token/device": {"post": device_start},
+        "/api/v1/token/device/poll": {"post": device_poll},
+    }  # fmt: skip
+
+
+def _openai_paths() -> dict[str, Schema]:
+    page_errors = {"400": "limit, order or after is invalid"}
+    response_links = {
+        "GetResponse": _link("getResponse", "read it", id="$response.body#/id"),
+        "DeleteResponse": _link("deleteResponse", "delete it", id="$response.body#/id"),
+        "ListInputItems": _link("listInputItems", "list the items it answered", id="$response.body#/id"),
+    }
+    created_response = _answer("the response (stream false), stored with its items unless store is false",
+                               {JSON: {"schema": _ref("Response")}})  # fmt: skip
+    created_response["links"] = response_links
+    response_stream = _answer("stream true: OpenAI's event sequence; response.completed is sent after the turn is "
+                              "stored", {SSE: {"schema": RESPONSE_EVENT}})  # fmt: skip
+    conversation_made = _answer("the conversation", {JSON: {"schema": _ref("Conversation")}})
+    conversation_made["links"] = _conversation_links()
+    items_added = _answer("the items added, with their new ids", {JSON: {"schema": _list_of(_ref("Item"))}})
+    items_added["links"] = {
+        "GetItem": _link("getConversationItem", "read the first", id="$request.path.id",
+                         item_id="$response.body#/data/0/id"),
+        "DeleteItem": _link("deleteConversationItem", "delete the first", id="$request.path.id",
+                            item_id="$response.body#/data/0/id"),
+    }  # fmt: skip
+
+    def op(op_id: str, summary: str, ok: Schema, errors: dict[str, str], **kw: Any) -> Schema:
+        return _operation(op_id, summary, {"200": ok, **_openai_errors({**V1_AUTH, **errors})}, tag="openai",
+                          security=BEARER, **kw)  # fmt: skip
+
+    return {
+        "/v1/models": {"get": op("listModels", "The models this gateway routes", _answer(
+            "the models the routes file names, then the default model", {JSON: {"schema": MODEL_LIST}}), {})},
+        "/v1/chat/completions": {"post": op(
+            "createChatCompletion", "OpenAI's Chat Completions, passed through (nothing is stored)",
+            _answer("the completion (stream false), or server-sent chunks (stream true)",
+                    {JSON: {"schema": CHAT_COMPLETION}, SSE: {"schema": CHAT_CHUNK_EVENT}}),
+            {"400": "model or messages missing or invalid, stream not a boolean, the model is served by a ChatGPT "
+             "account (use /v1/responses), or the upstream refused the request", **BODY_ERRORS, **UPSTREAM_ERRORS},
+            body=_json_body(CHAT_REQUEST),
+        )},
+        "/v1/responses": {"post": _operation(
+            "createResponse", "OpenAI's Responses API over any upstream",
+            {"200": {**created_response, "content": {**created_response["content"], **response_stream["content"]}},
+             **_openai_errors({
+                 "400": "a field is missing, unknown or invalid (param names it), previous_response_id and "
+                 "conversation are both given, the input is over the context window (without truncation auto), or "
+                 "the upstream refused the request",
+                 "404": "previous_response_id, conversation or an item_reference is unknown to this key",
+                 **BODY_ERRORS, **UPSTREAM_ERRORS, **V1_STORE})},
+            tag="openai", security=BEARER, body=_json_body(_ref("ResponseRequest")),
+            description="A response is a turn: its input and output items join the conversation tree (the same "
+            "tree the original route writes), and previous_response_id continues from it. instructions apply to "
+            "one response only. Models served by a ChatGPT account (CHATGPT_SERVER_MODELS_FILE, upstream codex) "
+            "take that account's token as the bearer key.",
+        )},
+        "/v1/responses/{id}": {
+            "get": op("getResponse", "A stored response", _answer("the response", {JSON: {"schema": _ref(
+                "Response")}}), {**NOT_FOUND_RESPONSE, **V1_STORE}, parameters=[RESPONSE_ID]),
+            "delete": op("deleteResponse", "Delete a stored response (its items stay for the responses that follow)",
+                         _answer("deleted", {JSON: {"schema": _deleted("response")}}),
+                         {**NOT_FOUND_RESPONSE, **V1_STORE}, parameters=[RESPONSE_ID]),
+        },
+        "/v1/responses/{id}/input_items": {"get": op(
+            "listInputItems", "The items a response answered (its history and input), newest first by default",
+            _answer("a page of items", {JSON: {"schema": _list_of(_ref("Item"))}}),
+            {**page_errors, **NOT_FOUND_RESPONSE, **V1_STORE},
+            parameters=[RESPONSE_ID, *_paging("the id of the item before the page (an id not among them gives an "
+                                              "empty page)")],
+        )},
+        "/v1/responses/{id}/cancel": {"post": _operation(
+            "cancelResponse", "Cancel a background response: never possible here (no background mode)",
+            _openai_errors({"400": "only background responses can be cancelled, and background mode is not "
+                            "supported", **V1_AUTH, **NOT_FOUND_RESPONSE, **V1_STORE}),
+            tag="openai", security=BEARER, parameters=[RESPONSE_ID],
+            description="Always an error: 404 for a response this key does not have, else 400. No body is read.",
+        )},
+        "/v1/conversations": {
+            "get": op("listConversations", "This key's conversations, newest first (order asc for oldest first)",
+                      _answer("a page of conversations", {JSON: {"schema": _list_of(_ref("Conversation"))}}),
+                      {**page_errors, **V1_STORE}, parameters=_paging("the id of the conversation before the page")),
+            "post": op("createConversation", "Start a conversation", conversation_made,
+                       {"400": "a field is unknown or invalid (param names it), or the body is not a JSON object",
+                        **BODY_ERRORS, **V1_STORE}, body=_json_body(CONVERSATION_CREATE, required=False)),
+        },
+        "/v1/conversations/{id}": {
+            "get": op("getConversation", "A conversation", _answer("the conversation", {JSON: {"schema": _ref(
+                "Conversation")}}), {**NOT_FOUND_CONVERSATION, **V1_STORE}, parameters=[CONVERSATION_ID]),
+            "post": op("updateConversation", "Replace a conversation's metadata", _answer(
+                "the conversation", {JSON: {"schema": _ref("Conversation")}}),
+                {"400": "metadata is missing or invalid, or the body is not a JSON object", **NOT_FOUND_CONVERSATION,
+                 **CONFLICT, **BODY_ERRORS, **V1_STORE},
+                parameters=[CONVERSATION_ID], body=_json_body(CONVERSATION_UPDATE)),
+            "delete": op("deleteConversation", "Delete a conversation (its items stay for the responses that used "
+                         "them)", _answer("deleted", {JSON: {"schema": _deleted("conversation.deleted")}}),
+                         {**NOT_FOUND_CONVERSATION, **CONFLICT, **V1_STORE}, parameters=[CONVERSATION_ID]),
+        },
+        "/v1/conversations/{id}/items": {
+            "get": op("listConversationItems", "A conversation's items, in the order they were added (newest first "
+                      "by default)", _answer("a page of items", {JSON: {"schema": _list_of(_ref("Item"))}}),
+                      {"400": "limit or order is invalid, or after is not an item of this conversation",
+                       **NOT_FOUND_CONVERSATION, **V1_STORE},
+                      parameters=[CONVERSATION_ID, *_paging("the id of the item before the page")]),
+            "post": op("addConversationItems", "Add items to a conversation", items_added,
+                       {"400": "items are missing, empty or invalid (param names it), or the body is not a JSON "
+                        "object", **NOT_FOUND_CONVERSATION, **CONFLICT, **BODY_ERRORS, **V1_STORE},
+                       parameters=[CONVERSATION_ID], body=_json_body(ITEMS_ADD)),
+        },
+        "/v1/conversations/{id}/items/{item_id}": {
+            "get": op("getConversationItem", "One item of a conversation", _answer("the item", {JSON: {"schema": _ref(
+                "Item")}}), {"404": "no such conversation or item for this key", **V1_STORE},
+                parameters=[CONVERSATION_ID, ITEM_ID]),
+            "delete": op("deleteConversationItem", "Take an item out of a conversation and out of the history of "
+                         "every later turn", _answer("the conversation", {JSON: {"schema": _ref("Conversation")}}),
+                         {"404": "no such conversation or item for this key", **CONFLICT, **V1_STORE},
+                         parameters=[CONVERSATION_ID, ITEM_ID]),
+        },
+    }  # fmt: skip
+
+
+def _operational_paths() -> dict[str, Schema]:
+    health = _object(
+        {
+            "alive": {"const": True}, "pid": _integer(1), "tasks": _integer(0, description="asyncio tasks"),
+            "streams": _integer(0, description="upstream replies being read"),
+            "turns": _integer(0, description="turns in flight"),
+            "queues": _integer(0, description="mode-2 accounts with a queue"),
+            "historyCache": _object({"entries": _integer(0), "bytes": _integer(0), "hits": _integer(0),
+                                     "misses": _integer(0)}, ("entries", "bytes", "hits", "misses")),
+        },
+        ("alive", "pid", "tasks", "streams", "turns", "queues", "historyCache"),
+    )  # fmt: skip
+    ready = _object({"store": {"enum": ["sqlite", "redis", "postgresql"]}, "ready": {"const": True}},
+                    ("store", "ready"))  # fmt: skip
+    document = {"type": "object", "required": ["openapi", "info", "paths"],
+                "properties": {"openapi": _string(pattern=r"^3\.1\.\d+$")}}  # fmt: skip
+    asset = {"name": "file", "in": "path", "required": True, "schema": _string(minLength=1),
+             "description": "a file of swagger-ui-bundle, e.g. swagger-ui-bundle.js or swagger-ui.css"}  # fmt: skip
+    asset_answers = {
+        "200": _answer("the file", {"*/*": {"schema": {}}}),
+        **_envelope_errors({"404": "no such file"}),
+    }
+
+    def op(op_id: str, summary: str, responses: dict[str, Schema], **kw: Any) -> Schema:
+        return _operation(op_id, summary, responses, tag="operations", **kw)
+
+    return {
+        "/healthz": {"get": op("healthz", "Liveness, with this worker's counts that show a leak",
+                               {"200": _ok("alive", health)})},
+        "/readyz": {"get": op("readyz", "Readiness: the conversation store answers within a second", {
+            "200": _ok("ready", ready), **_envelope_errors({"503": "the conversation store is unavailable"})})},
+        "/api": {"get": op("swaggerUi", "Swagger UI (its assets served locally: works offline)",
+                           {"200": _answer("the page", {"text/html": {"schema": _string()}})})},
+        "/api-json": {"get": op("openapiDocument", "This document", {
+            "200": _answer("the OpenAPI document", {JSON: {"schema": document}})})},
+        "/": {"get": op("root", "Leads to the documentation", {"302": _answer(
+            "to /api", Location={"required": True, "schema": {"const": "/api"}})})},
+        "/api/static/{file}": {
+            "get": op("swaggerUiAsset", "Swagger UI's assets", asset_answers, parameters=[asset],
+                      description="GET and HEAD only; another method is 404 (the path is not a route)."),
+            "head": op("swaggerUiAssetHead", "Swagger UI's assets, headers only", asset_answers, parameters=[asset]),
+        },
+    }  # fmt: skip
+
+
+def _with_405(paths: dict[str, Schema]) -> dict[str, Schema]:
+    """Every operation of a routed path also lists the 405 its path gives to the methods it does not serve."""
+    for path, item in paths.items():
+        if path.startswith("/api/static/"):
+            continue
+        allow = ", ".join(sorted(method.upper() for method in item))
+        for operation in item.values():
+            operation["responses"]["405"] = _method_not_allowed(allow, path.startswith("/v1/"))
+            operation["responses"] = dict(sorted(operation["responses"].items()))
+    return paths
 
 
 @cache
 def openapi_document() -> dict[str, Any]:
-    token_ok = _ok("the access token (a bare JWT string)", {"type": "string"})
+    paths = _with_405({**_original_paths(), **_openai_paths(), **_operational_paths()})
     return {
-        "openapi": "3.0.3",
-        "info": {
-            "title": "chatgpt-server",
-            "version": __version__,
-            "description": "ChatGPT behind one small API. Every answer is an envelope: "
-            "`{status, success, message, data, timestamp}`; errors add `path` (never with a query "
-            "string). Messages are English, or Chinese with `Accept-Language: zh` or "
-            "CHATGPT_SERVER_LANGUAGE=zh.",
-        },
-        "paths": {
-            "/api/v1/gpt/getInfo": {
-                "post": {
-                    "summary": "Generate a reply",
-                    "description": STREAM_DESCRIPTION,
-                    "requestBody": {"required": True, "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/GptRequest"}}}},
-                    "responses": {
-                        "201": _ok("the reply (type \"1\"), stored before it is returned",
-                                   {"$ref": "#/components/schemas/ChatMessage"}),
-                        "200": {"description": "type \"2\": the reply as server-sent events",
-                                "content": {"text/event-stream": {"schema": {"type": "string"}}}},
-                        "400": _error("validation failed (every problem listed, joined by ','), an option "
-                                      "is unknown or for the other mode, an upstream URL is not allowed, "
-                                      "the prompt exceeds the token budget, or the upstream refused "
-                                      "the request (context too long, unknown model)"),
-                        "401": _error("the upstream rejected the key or token, or the token has expired"),
-                        "403": _error("the upstream refused access"),
-                        "404": _error("parentMessageId is unknown to this credential, or the upstream "
-                                      "does not know the conversation"),
-                        "413": _error("the body is larger than CHATGPT_SERVER_MAX_BODY_BYTES"),
-                        "429": _error("upstream rate limit, exhausted quota, or one message at a time "
-                                      "(Retry-After passed on)"),
-                        "502": _error("the upstream is unreachable, failed (5xx), answered something "
-                                      "unexpected, or was blocked by Cloudflare"),
-                        "503": _error("conversation store unavailable (the upstream was not called)"),
-                        "504": _error("the upstream did not answer in time"),
-                    },
-                }
-            },
-            "/api/v1/token/getInfo": {
-                "get": {
-                    "summary": "Get or refresh a ChatGPT access token (password in the URL: prefer POST)",
-                    "parameters": TOKEN_PARAMS,
-                    "responses": {"200": token_ok, **TOKEN_ERRORS},
-                },
-                "post": {
-                    "summary": "Get or refresh a ChatGPT access token (recommended)",
-                    "requestBody": {"required": True, "content": {
-                        "application/json": {"schema": {"$ref": "#/components/schemas/TokenRequest"}},
-                        "application/x-www-form-urlencoded": {
-                            "schema": {"$ref": "#/components/schemas/TokenRequest"}},
-                    }},
-                    "responses": {"201": token_ok, **TOKEN_ERRORS},
-                },
-            },
-            "/healthz": {
-                "get": {
-                    "summary": "Liveness, with the counts that show a leak",
-                    "responses": {
-                        "200": _ok(
-                            "alive",
-                            {"type": "object", "properties": {
-                                "alive": {"type": "boolean"},
-                                "tasks": {"type": "integer", "description": "asyncio tasks"},
-                                "streams": {"type": "integer", "description": "upstream replies being read"},
-                                "queues": {"type": "integer", "description": "mode-2 accounts with a queue"}}},
-                        )
-                    },
-                }
-            },
-            "/readyz": {"get": {"summary": "Readiness: the conversation store answers", "responses": {
-                "200": _ok("ready", {"type": "object"}),
-                "503": _error("conversation store unavailable")}}},
-        },
+        "openapi": "3.1.0",
+        "info": {"title": "chatgpt-server", "version": __version__, "description": INFO_DESCRIPTION},
+        "tags": [
+            {"name": "original", "description": "the original's route: one reply that remembers the conversation"},
+            {"name": "tokens", "description": "ChatGPT access tokens for mode 2: legacy sign-in, device sign-in"},
+            {"name": "openai", "description": "OpenAI-shaped routes, for the official SDKs"},
+            {"name": "operations", "description": "health, readiness and this documentation"},
+        ],
+        "paths": paths,
         "components": {
             "schemas": {
-                "Envelope": {"type": "object", "properties": {
-                    "status": {"type": "integer", "example": 200},
-                    "success": {"type": "boolean", "example": True},
-                    "message": {"type": "string", "example": "ok"},
-                    "data": {},
-                    "timestamp": {"type": "integer", "description": "epoch milliseconds"}}},
-                "ErrorEnvelope": {"type": "object", "properties": {
-                    "status": {"type": "integer", "example": 400},
-                    "success": {"type": "boolean", "example": False},
-                    "message": {"type": "string"},
-                    "data": {"type": "object"},
-                    "timestamp": {"type": "integer"},
-                    "path": {"type": "string", "description": "the route, never the query string"}}},
+                "Timestamp": {"type": "integer", "minimum": 0, "description": "epoch milliseconds"},
+                "ErrorEnvelope": _object(
+                    {
+                        "status": _integer(400, 599, "the HTTP status"),
+                        "success": {"const": False},
+                        "message": _string("every problem, joined by ','; English, or Chinese with "
+                                           "Accept-Language: zh"),
+                        "data": {"type": "object", "maxProperties": 0},
+                        "timestamp": _ref("Timestamp"),
+                        "path": _string("the route, never the query string"),
+                    },
+                    ("status", "success", "message", "data", "timestamp", "path"),
+                ),
+                "OpenAIError": _object(
+                    {"error": _object(
+                        {
+                            "message": _string(),
+                            "type": {"enum": ["invalid_request_error", "authentication_error", "permission_error",
+                                              "rate_limit_exceeded", "insufficient_quota", "server_error"]},
+                            "param": _or_null(_string("the field at fault")),
+                            "code": _string(),
+                        },
+                        ("message", "type", "param", "code"),
+                    )},
+                    ("error",),
+                ),
                 "GptRequest": GPT_REQUEST,
+                "GptOptions": GPT_OPTIONS,
                 "ChatMessage": CHAT_MESSAGE,
-                "TokenRequest": {"type": "object", "required": ["type", "email", "password"], "properties": {
-                    "type": {"type": "string", "enum": ["1", "2"]},
-                    "email": {"type": "string"}, "password": {"type": "string"}}},
-            }
+                "TokenRequest": TOKEN_REQUEST,
+                "ResponseRequest": RESPONSE_REQUEST,
+                "Response": RESPONSE,
+                "Item": ITEM,
+                "Conversation": CONVERSATION,
+            },
+            "headers": {
+                "X-Request-Id": {"required": True, "description": "the request's id, also in the access log",
+                                 "schema": _string(pattern="^[A-Za-z0-9._:-]{1,128}$")},
+                "Retry-After": {"required": False, "description": "seconds (or an HTTP date) to wait, as the "
+                                "upstream said", "schema": _string()},
+            },
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "description": "the caller's key for the model's "
+                               "upstream (an OpenAI API key, or a ChatGPT account's access token for models it "
+                               "serves); stored responses and conversations belong to it"},
+                "accountToken": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT",
+                                 "description": "a stored ChatGPT account's access token (type 2 refresh)"},
+            },
         },
     }  # fmt: skip

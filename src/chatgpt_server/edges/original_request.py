@@ -43,7 +43,7 @@ RESERVED_HEADERS = frozenset(
      "keep-alive", "cookie", "trailer", "content-type", "accept", "chatgpt-account-id")
 )  # fmt: skip
 MAX_HEADERS, MAX_HEADER_NAME, MAX_HEADER_VALUE, MAX_HEADER_TOTAL = 32, 64, 4096, 16384
-_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")  # an RFC 9110 header name
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 header name (fullmatch: no newline)
 
 
 def header_safe(value: str) -> bool:
@@ -77,6 +77,8 @@ def _code(value: Any, valid: tuple[str, ...]) -> str | None:
     """ "1" and 1 alike; None when missing or empty; "" when present but not valid."""
     if value is None or value == "":
         return None
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
     if isinstance(value, int) and not isinstance(value, bool):
         value = str(value)
     if isinstance(value, str) and value.strip() in valid:
@@ -153,7 +155,7 @@ def check_headers(value: Any, problems: Problems, field_name: str = "opts.opts.h
         total += len(name) + len(text)
         if bare in RESERVED_HEADERS or bare.startswith("proxy-") or bare.startswith("sec-"):
             problems.append(("header_reserved", {"name": shown}))
-        elif not _TOKEN.match(name) or len(name) > MAX_HEADER_NAME:
+        elif not _TOKEN.fullmatch(name) or len(name) > MAX_HEADER_NAME:
             problems.append(("header_name_invalid", {"name": shown}))
         elif not header_safe(text) or len(text) > MAX_HEADER_VALUE:
             problems.append(("header_value_invalid", {"name": shown}))
@@ -178,7 +180,8 @@ def _options(mode: str | None, raw: Any, settings: Settings, problems: Problems)
     if system is not None and not isinstance(system, str):
         problems.append(("field_not_string", {"field": "opts.opts.systemMessage"}))
     out["system_message"] = system if isinstance(system, str) else None
-    params = raw.get("completionParams") or {}
+    params = raw.get("completionParams")
+    params = {} if params is None else params
     if not isinstance(params, dict):
         problems.append(("field_not_object", {"field": "opts.opts.completionParams"}))
         params = {}

@@ -31,7 +31,7 @@ from .http import JSONBody, read_json
 from .messages import error_message
 from .openai_items import copy_of, invalid, item_json, parse_input
 from .sse import EventStream, event
-from .v1 import Caller, caller_for, list_body, open_turn, owner_of, page_of
+from .v1 import Caller, api_key, caller_for, list_body, open_turn, owner_of, page_of
 
 if TYPE_CHECKING:
     from ..app import Services
@@ -151,7 +151,7 @@ def parse_ask(body: Any) -> Ask:
         raise BadRequest("missing_param", param="model")
     if body.get("input") is None:
         raise BadRequest("missing_param", param="input")
-    if body.get("background"):
+    if body.get("background") is not None and body["background"] is not False:
         raise invalid("background", "background mode is not supported")
     ask = Ask(model=model, items=parse_input(body["input"]))
     instructions = body.get("instructions")
@@ -169,7 +169,8 @@ def parse_ask(body: Any) -> Ask:
     ask.stream = body.get("stream") is True
     if ask.conversation and not ask.store:
         raise invalid("store", "a response in a conversation is stored")
-    truncation = body.get("truncation") or "disabled"
+    truncation = body.get("truncation")
+    truncation = "disabled" if truncation is None else truncation
     if truncation not in ("auto", "disabled"):
         raise invalid("truncation", "expected auto or disabled")
     ask.truncation = truncation
@@ -183,10 +184,11 @@ def parse_ask(body: Any) -> Ask:
     ask.tool_choice = _tool_choice(body.get("tool_choice"), ask.tools)
     ask.parallel_tool_calls = body.get("parallel_tool_calls") is not False
     ask.metadata = _metadata(body.get("metadata"))
-    user = body.get("user") or body.get("safety_identifier")
-    if user is not None and (not isinstance(user, str) or len(user) > 256):
-        raise invalid("user", "expected a string of at most 256 characters")
-    ask.user = user
+    for name in ("user", "safety_identifier"):
+        value = body.get(name)
+        if value is not None and (not isinstance(value, str) or len(value) > 256):
+            raise invalid(name, "expected a string of at most 256 characters")
+    ask.user = body.get("user") or body.get("safety_identifier")
     ask.text_format = _text_format(body.get("text"))
     reasoning = body.get("reasoning")
     if isinstance(reasoning, dict) and reasoning.get("effort") in ("minimal", "low", "medium", "high"):
@@ -285,6 +287,7 @@ def _format_json(fmt: dict[str, Any] | None) -> dict[str, Any]:
 # -- POST /v1/responses ----------------------------------------------------------------------------
 async def create(request: Request, services: Services) -> ASGIApp:
     log = current_log()
+    api_key(request)  # who asks comes before what is asked
     ask = parse_ask(await read_json(request, services.settings.max_body_bytes))
     log.route = "responses stream" if ask.stream else "responses"
     caller = await caller_for(request, services, ask.model)
@@ -498,7 +501,7 @@ async def input_items(request: Request, services: Services) -> Response:
             ids = ids
     if not page.descending:
         ids.reverse()
-    if page.after is not None:
+    if page.after is not None:  # an id that is not in the list: nothing after it
         ids = ids[ids.index(page.after) + 1 :] if page.after in ids else []
     chosen = ids[: page.limit]
     items = await services.store.get_items(owner, chosen)

@@ -3,6 +3,7 @@ model, list paging, and the SDK's retry after a refused account token."""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +20,7 @@ if TYPE_CHECKING:
     from ..app import Services
 
 MAX_LIMIT = 100
+_DIGITS = re.compile(r"[0-9]{1,4}")
 
 
 def api_key(request: Request) -> str:
@@ -41,12 +43,13 @@ class Caller:
 
 
 async def owner_of(request: Request, services: Services) -> str:
-    """The owner of a caller's records, whichever upstream their key is for: an account token of a
-    stored (verified) account belongs to the account, any other key to itself."""
+    """The owner of a caller's records, whichever upstream their key is for: a verified account
+    token belongs to the account; any other key, once its upstream has not refused it, to itself."""
     key = api_key(request)
     identity = await services.accounts.identify(key) if key.count(".") == 2 else None
     if identity is not None:
         return await services.owners.of("account\0" + identity.key)
+    await services.keys.check(key, services.settings.openai_base_url)
     return await services.owners.of(key)
 
 
@@ -57,6 +60,8 @@ async def caller_for(request: Request, services: Services, model: str) -> Caller
         credential = await services.accounts.credential(key)
         target = Target("codex", route.base_url, credential.access_token, account_id=credential.account_id)
         return Caller(credential.owner, target, credential)
+    if route.base_url != services.settings.openai_base_url:
+        await services.keys.check(key, route.base_url)
     return Caller(await owner_of(request, services), Target("chat", route.base_url, key))
 
 
@@ -74,7 +79,7 @@ class Page:
 def page_of(request: Request, default_order: str = "desc") -> Page:
     query = request.query_params
     limit_raw = query.get("limit", "20")
-    if not limit_raw.isdigit() or not 1 <= int(limit_raw) <= MAX_LIMIT:
+    if not _DIGITS.fullmatch(limit_raw) or not 1 <= int(limit_raw) <= MAX_LIMIT:
         raise invalid("limit", f"expected an integer from 1 to {MAX_LIMIT}")
     order = query.get("order", default_order)
     if order not in ("asc", "desc"):
