@@ -549,3 +549,37 @@ def test_sqlite_file_is_private(tmp_path: Path) -> None:
     assert folder.stat().st_mode & 0o777 == 0o700
     for path in folder.glob("conversations.db*"):
         assert path.stat().st_mode & 0o777 == 0o600, path
+
+
+def test_sqlite_shared_by_processes_loses_no_write(tmp_path: Path) -> None:
+    """Worker processes share one SQLite file: each waits for the other's write lock without failing."""
+    import subprocess
+    import sys
+
+    url = store_url("sqlite", tmp_path)
+    with_store(url, lambda s: s.ping())  # created and migrated once
+    code = f"""
+import asyncio, sys
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+from tests.test_stores import chain
+from chatgpt_server.stores import open_store
+
+async def main():
+    store = open_store({url!r}, 30)
+    await store.open()
+    await asyncio.gather(*(chain(store, 20, owner=sys.argv[1] + str(i)) for i in range(10)))
+    await store.close()
+
+asyncio.run(main())
+"""
+    writers = [subprocess.Popen([sys.executable, "-c", code, name]) for name in ("p1-", "p2-", "p3-")]
+    assert [w.wait(120) for w in writers] == [0, 0, 0]
+
+    async def count(store: Store) -> int:
+        total = 0
+        for name in ("p1-", "p2-", "p3-"):
+            for i in range(10):
+                total += len(await store.conversation_items(name + str(i), "conv-1", None, 1000, False))
+        return total
+
+    assert with_store(url, count) == 3 * 10 * 20 * 2

@@ -11,7 +11,7 @@ def open_store(url: str, retention_days: float, timeout_s: float = 2.0) -> Store
     if scheme == "sqlite":
         from .sqlite import SQLiteStore
 
-        return SQLiteStore(url)
+        return SQLiteStore(url, timeout_s)
     if scheme in ("redis", "rediss"):
         from .redis import RedisStore
 

@@ -53,6 +53,15 @@ _INSERT_ITEM = (
     "extra, chat, status, origin, response_id, created_at) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)"
 )
 _INSERT_RECORD = f"INSERT INTO records ({RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
+BUSY_RETRY_S = 0.0005
+READ_BUSY_MS = 1000  # readers in WAL mode wait only in rare moments (a checkpoint resetting the WAL)
+_BUSY = object()
+
+
+def _unavailable(exc: BaseException) -> StoreUnavailable:
+    error = StoreUnavailable(reason=f"{type(exc).__name__}: {exc}")
+    error.__cause__ = exc
+    return error
 
 
 def item_from_row(row: tuple[Any, ...] | Any) -> StoredItem:
@@ -92,7 +101,7 @@ def turn_rows(turn: TurnWrite, branch: str, end: int) -> list[tuple[Any, ...]]:
 class SQLiteStore(Store):
     kind = "sqlite"
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, timeout_s: float = 2.0):
         # sqlite:///relative/path or sqlite:////absolute/path, as SQLAlchemy spells them
         if not url.startswith("sqlite:///"):
             raise ValueError("an SQLite store URL looks like sqlite:///path/to/file.db")
@@ -102,7 +111,9 @@ class SQLiteStore(Store):
         if self.synchronous not in ("NORMAL", "FULL", "EXTRA"):
             raise ValueError("synchronous must be normal, full or extra")
         self._db: sqlite3.Connection | None = None
-        self._pending: list[tuple[TurnWrite, asyncio.Future[None]]] = []
+        self.timeout_s = timeout_s
+        self._pending: list[tuple[TurnWrite, asyncio.Future[None], float]] = []
+        self._scheduled = False
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
         self._history = history_query(lambda n: f"?{n}", "min")
@@ -130,12 +141,13 @@ class SQLiteStore(Store):
             db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
-            db.execute("PRAGMA busy_timeout=5000")
+            db.execute("PRAGMA busy_timeout=5000")  # migrations wait for another process's
             db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             # Checkpoints copy the WAL into the database and fsync it: milliseconds that would stall
             # every request if they ran on the event loop. A thread of ours runs them instead.
             db.execute("PRAGMA wal_autocheckpoint=0")
             self._migrate(db)
+            db.execute(f"PRAGMA busy_timeout={READ_BUSY_MS}")
         except (sqlite3.Error, OSError) as exc:
             raise StoreUnavailable(reason=f"{type(exc).__name__}: {exc} ({self.path})") from exc
         self._db = db
@@ -219,31 +231,50 @@ class SQLiteStore(Store):
         (one WAL append instead of one per turn), and each caller resumes only after the commit."""
         loop = asyncio.get_running_loop()
         done = loop.create_future()
-        self._pending.append((turn, done))
-        if len(self._pending) == 1:
+        self._pending.append((turn, done, time.monotonic()))
+        if not self._scheduled:
+            self._scheduled = True
             loop.call_soon(self._commit_pending)
         await done
 
     def _commit_pending(self) -> None:
-        batch, self._pending = self._pending, []
-        error = self._write([turn for turn, _ in batch])
-        outcomes = [error] * len(batch)
-        if error is not None and not isinstance(error, StoreUnavailable) and len(batch) > 1:
-            outcomes = [self._write([turn]) for turn, _ in batch]  # only the faulty turn fails
-        for (_, done), outcome in zip(batch, outcomes, strict=True):
-            if done.done():  # the caller was cancelled
+        self._scheduled = False
+        batch = [entry for entry in self._pending if not entry[1].done()]  # not the cancelled
+        self._pending = []
+        if not batch:
+            return
+        outcome = self._write([turn for turn, _, _ in batch])
+        if outcome is _BUSY:
+            # Another worker process holds the write lock: try again shortly, without ever blocking
+            # the event loop in SQLite's busy handler, until the store timeout has passed.
+            now = time.monotonic()
+            expired = [e for e in batch if now - e[2] > self.timeout_s]
+            for _, done, _ in expired:
+                done.set_exception(StoreUnavailable(reason="the database stayed locked by another process"))
+            self._pending = [e for e in batch if e not in expired] + self._pending
+            if self._pending and not self._scheduled:
+                self._scheduled = True
+                asyncio.get_running_loop().call_later(BUSY_RETRY_S, self._commit_pending)
+            return
+        for _, done, _ in batch:
+            if done.done():
                 continue
-            if outcome is None:
-                done.set_result(None)
-            else:
+            if isinstance(outcome, BaseException):
                 done.set_exception(outcome)
+            else:
+                done.set_result(None)
 
-    def _write(self, turns: list[TurnWrite]) -> Exception | None:
-        """Write turns in one transaction; the error a caller should see, if any. Never raises: it
-        runs as a loop callback, where an escaping exception would leave every caller waiting."""
+    def _write(self, turns: list[TurnWrite]) -> Exception | object | None:
+        """Write turns in one transaction; the error a caller should see, ``_BUSY`` if another
+        process holds the write lock, or None. Never raises: it runs as a loop callback, where an
+        escaping exception would leave every caller waiting."""
         try:
             db = self.db
-            db.execute("BEGIN IMMEDIATE")
+            db.execute("PRAGMA busy_timeout=0")
+            try:
+                db.execute("BEGIN IMMEDIATE")
+            finally:
+                db.execute(f"PRAGMA busy_timeout={READ_BUSY_MS}")
             try:
                 for turn in turns:
                     self._insert_turn(db, turn)
@@ -251,10 +282,12 @@ class SQLiteStore(Store):
             except BaseException:
                 db.execute("ROLLBACK")
                 raise
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorcode", None) == sqlite3.SQLITE_BUSY or "locked" in str(exc):
+                return _BUSY
+            return _unavailable(exc)
         except (sqlite3.Error, StoreUnavailable) as exc:
-            error = StoreUnavailable(reason=f"{type(exc).__name__}: {exc}")
-            error.__cause__ = exc
-            return error
+            return _unavailable(exc)
         return None
 
     @staticmethod
