@@ -1,14 +1,22 @@
-"""The pure stream parsers, fed whole, byte by byte, and in random chunk sizes."""
+"""The pure stream parsers, fed whole, byte by byte, and in random chunk sizes; and fed every hostile
+shape an upstream can send (issue 8 §4): each frame is read, or it is a ``BadGateway`` — never any
+other exception."""
 
 from __future__ import annotations
 
+import json
 import random
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
 import pytest
 
+from chatgpt_server.errors import BadGateway, BadRequest, Forbidden, ServiceError, TooManyRequests
+from chatgpt_server.upstreams.chat_completions import ChunkParser, parse_completion
+from chatgpt_server.upstreams.codex import CodexParser
+from chatgpt_server.upstreams.http import scrub
 from chatgpt_server.upstreams.sse import LineDecoder, SSEDecoder, SSEEvent
 from chatgpt_server.upstreams.web_reply import WebReplyError, WebReplyParser
 
@@ -160,3 +168,550 @@ def test_tool_and_system_messages_are_not_the_reply() -> None:
     assert parser.feed(SSEEvent("delta", orjson.dumps({"p": "", "o": "add", "v": tool}).decode())) == ""
     assert parser.feed(SSEEvent("delta", '{"p": "/message/content/parts/0", "o": "append", "v": "y"}')) == ""
     assert parser.text == "" and parser.message_id is None
+
+
+# -- hostile frames: every parser reads a frame or raises BadGateway, never anything else ---------
+HOST = "upstream.test"
+SECRET = "sk-parser-0123456789abcdefSECRET"
+TEN_KB = "i" * 10240
+
+
+def deep(levels: int, inner: str = "") -> str:
+    return "[" * levels + inner + "]" * levels
+
+
+def nested(levels: int) -> Any:
+    """A list nested ``levels`` deep, built without recursion."""
+    value: Any = []
+    for _ in range(levels - 1):
+        value = [value]
+    return value
+
+
+def outcome(read: Callable[[], Any]) -> str:
+    """ "ok" if ``read`` returned, "502" if it raised BadGateway; anything else propagates (and fails)."""
+    try:
+        read()
+    except BadGateway:
+        return "502"
+    return "ok"
+
+
+def primed_chunks() -> ChunkParser:
+    """A chat-completions stream parser that already holds text and a tool call at index 0."""
+    parser = ChunkParser(HOST, SECRET)
+    parser.feed('{"id": "chatcmpl-1", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "Hi"}}]}')
+    parser.feed('{"choices": [{"index": 0, "delta": {"tool_calls": [{"index": 0, "id": "c1", '
+                '"function": {"name": "f", "arguments": "{"}}]}}]}')  # fmt: skip
+    return parser
+
+
+def chunk(delta: Any = None, **fields: Any) -> str:
+    return json.dumps({"choices": [{"index": 0, "delta": {"content": "x"} if delta is None else delta}], **fields})
+
+
+# (frame, expected outcome) for a fresh parser and for one that already has text and a tool call.
+HOSTILE_CHUNKS: list[tuple[str, str]] = [
+    ('{"choices": {"0": {"delta": {"content": "x"}}}}', "502"),
+    ('{"choices": "all"}', "502"),
+    ('{"choices": 7}', "502"),
+    ('{"choices": [1, "two", null, []]}', "ok"),  # not choices of ours: nothing in them
+    ('{"choices": [{"index": [0], "delta": {"content": "x"}}]}', "ok"),
+    ('{"choices": [{"index": {"a": 1}, "delta": {"content": "x"}}]}', "ok"),
+    ('{"error": "the model fell over"}', "502"),
+    ('{"error": 500}', "502"),
+    ('{"error": ["a", "b"]}', "502"),
+    ('{"error": {"message": {"nested": true}}}', "502"),
+    ('{"error": {"message": "' + SECRET + '", "code": "' + SECRET.upper() + '"}}', "502"),
+    ('{"error": ' + deep(1000) + "}", "502"),
+    ('{"error": {"message": ' + deep(900) + "}}", "502"),
+    (chunk("more text"), "502"),
+    (chunk(["more", "text"]), "502"),
+    (chunk(7), "502"),
+    (chunk({"content": 42}), "502"),
+    (chunk({"content": ["a"]}), "502"),
+    (chunk({"content": {"text": "a"}}), "502"),
+    (chunk({"content": None}), "ok"),
+    (chunk({"tool_calls": {"0": {}}}), "502"),
+    (chunk({"tool_calls": [7]}), "502"),
+    (chunk({"tool_calls": [{"index": "0", "function": {"name": "f"}}]}), "502"),
+    (chunk({"tool_calls": [{"index": -1, "function": {"name": "f"}}]}), "502"),
+    (chunk({"tool_calls": [{"index": 2**62, "function": {"name": "f"}}]}), "502"),
+    (chunk({"tool_calls": [{"index": 1.0, "function": {"name": "f"}}]}), "502"),
+    (chunk({"tool_calls": [{"index": True, "function": {"name": "f"}}]}), "502"),
+    (chunk({"tool_calls": [{"index": 3, "function": ["f"]}]}), "502"),
+    (chunk({"tool_calls": [{"index": 3, "function": {"name": 5}}]}), "502"),
+    (chunk({"tool_calls": [{"index": 3, "function": {"arguments": "{}"}}]}), "502"),
+    (chunk({"tool_calls": [{"index": 3, "id": TEN_KB, "function": {"name": TEN_KB, "arguments": {"x": 1}}}]}), "ok"),
+    (chunk({"tool_calls": [{"index": 3, "function": {"name": "f", "arguments": nested(300)}}]}), "ok"),
+    (chunk(id=TEN_KB, model=TEN_KB, created=True), "ok"),
+    (chunk(id={"a": 1}, model=[1], created=2**63, usage={"prompt_tokens": "5", "completion_tokens": -1}), "ok"),
+    (chunk(usage=[1, 2]), "ok"),
+    ('{"choices": [{"index": 0, "finish_reason": ["stop"], "delta": {}}]}', "ok"),
+    ("[1, 2, 3]", "502"),
+    ('"a string"', "502"),
+    ("null", "502"),
+    ("42", "502"),
+    ("{not json", "502"),
+    ("", "502"),
+    ("[DONE", "502"),
+    ("NaN", "502"),
+    (deep(5000), "502"),
+    ('{"a": ' * 1100 + "1" + "}" * 1100, "502"),
+    ('{"id": "\\ud800", "choices": []}', "502"),  # a lone surrogate, escaped: not text orjson reads
+    ('{"choices": [{"delta": {"content": "\\u0000\\u2028"}}]}', "ok"),
+    ('{"choices": [{"delta": {"content": "x"}}], "created": 1e400}', "502"),  # no float: JSON orjson refuses
+]
+
+
+@pytest.mark.parametrize(("frame", "expected"), HOSTILE_CHUNKS, ids=range(len(HOSTILE_CHUNKS)))
+def test_hostile_chunks_are_read_or_a_bad_gateway(frame: str, expected: str) -> None:
+    for parser in (ChunkParser(HOST, SECRET), primed_chunks()):
+        assert outcome(lambda p=parser: p.feed(frame)) == expected  # type: ignore[misc]
+        assert SECRET.lower() not in repr(getattr(parser, "error", "")).lower()
+
+
+def test_chunk_parser_keeps_ids_as_short_labels_only() -> None:
+    parser = ChunkParser(HOST, SECRET)
+    parser.feed(chunk(id=TEN_KB, model=TEN_KB, created=True))
+    assert (parser.id, parser.model, parser.created) == (None, None, None)
+    parser.feed(chunk(id="chatcmpl-7", model="llama3", created=1700000000))
+    assert (parser.id, parser.model, parser.created) == ("chatcmpl-7", "llama3", 1700000000)
+
+
+def test_a_stream_error_never_carries_the_key() -> None:
+    for form in (SECRET, SECRET.upper(), SECRET.swapcase(), SECRET[-8:].swapcase()):
+        with pytest.raises(BadGateway) as caught:
+            ChunkParser(HOST, SECRET).feed(json.dumps({"error": {"message": f"bad key {form}", "code": form}}))
+        assert SECRET[-8:].lower() not in str(caught.value.params).lower()
+
+
+def completion(message: Any = None, **fields: Any) -> bytes:
+    message = {"role": "assistant", "content": "hi"} if message is None else message
+    return json.dumps({"id": "chatcmpl-1", "choices": [{"index": 0, "message": message, "finish_reason": "stop"}],
+                       **fields}).encode()  # fmt: skip
+
+
+HOSTILE_COMPLETIONS: list[tuple[bytes, str]] = [
+    (b'{"choices": {"0": {"message": {"content": "hi"}}}}', "502"),
+    (b'{"choices": []}', "502"),
+    (b'{"choices": [1]}', "502"),
+    (b'{"error": "the model fell over"}', "502"),
+    (b'{"error": {"message": "x"}}', "502"),
+    (completion("hi"), "502"),
+    (completion({"content": 42}), "502"),
+    (completion({"content": ["a"]}), "502"),
+    (completion({"content": None, "refusal": 5}), "ok"),
+    (completion({"content": None, "tool_calls": {"name": "f"}}), "502"),
+    (completion({"content": None, "tool_calls": [1]}), "502"),
+    (completion({"content": None, "tool_calls": [{"function": "f"}]}), "502"),
+    (completion({"content": None, "tool_calls": [{"function": {"name": 5}}]}), "502"),
+    (completion({"content": None, "tool_calls": [{"function": {"name": "f", "arguments": {"x": [1]}}}]}), "ok"),
+    (completion({"content": None, "tool_calls": [{"function": {"name": "f", "arguments": nested(200)}}]}), "ok"),
+    # Arguments should be text; an object is encoded, unless it is nested deeper than the encoder goes.
+    (
+        completion({"content": None, "tool_calls": [{"function": {"name": "f", "arguments": "ARGS"}}]}).replace(
+            b'"ARGS"', deep(400).encode()
+        ),
+        "502",
+    ),
+    (
+        completion({"content": None, "tool_calls": [{"function": {"name": "f", "arguments": "ARGS"}}]}).replace(
+            b'"ARGS"', deep(1000).encode()
+        ),
+        "502",
+    ),
+    (completion(id=TEN_KB, model=TEN_KB, created=True, usage={"prompt_tokens": 2**63}), "ok"),
+    (completion(id=[1], model={"a": 1}, created="now", usage="lots"), "ok"),
+    (b"[1, 2]", "502"),
+    (b"<html></html>", "502"),
+    (b"", "502"),
+    (b"\xff\xfe\x00", "502"),
+    (b'{"id": "\xff", "choices": []}', "502"),
+    (deep(5000).encode(), "502"),
+    (b'{"choices": [{"message": {"content": "hi"}}], "created": 1e400}', "502"),
+]
+
+
+@pytest.mark.parametrize(("raw", "expected"), HOSTILE_COMPLETIONS, ids=range(len(HOSTILE_COMPLETIONS)))
+def test_hostile_completions_are_read_or_a_bad_gateway(raw: bytes, expected: str) -> None:
+    assert outcome(lambda: parse_completion(raw, HOST)) == expected
+
+
+def test_completion_keeps_ids_as_short_labels_only() -> None:
+    parsed = parse_completion(completion(id=TEN_KB, model=TEN_KB, created=True), HOST)
+    assert (parsed["id"], parsed["model"], parsed["created"]) == (None, None, None)
+
+
+def web_envelope(message_id: Any = "m-1", conversation_id: Any = "c-1", parts: Any = None) -> dict[str, Any]:
+    message = {"id": message_id, "author": {"role": "assistant"},
+               "content": {"content_type": "text", "parts": [""] if parts is None else parts}}  # fmt: skip
+    return {"message": message, "conversation_id": conversation_id}
+
+
+def primed_web(classic: bool = False) -> WebReplyParser:
+    """A web reply parser that already holds "Hello there", in the delta or the classic form."""
+    parser = WebReplyParser()
+    if classic:
+        parser.feed(SSEEvent("message", json.dumps(web_envelope(parts=["Hello there"]))))
+    else:
+        parser.feed(SSEEvent("delta_encoding", '"v1"'))
+        parser.feed(SSEEvent("delta", json.dumps({"p": "", "o": "add", "v": web_envelope()})))
+        parser.feed(SSEEvent("delta", '{"p": "/message/content/parts/0", "o": "append", "v": "Hello"}'))
+        parser.feed(SSEEvent("delta", '{"v": " there"}'))
+    assert parser.text == "Hello there"
+    return parser
+
+
+def delta(op: Any) -> SSEEvent:
+    return SSEEvent("delta", op if isinstance(op, str) else json.dumps(op))
+
+
+TEXT = "/message/content/parts/0"
+HOSTILE_WEB: list[tuple[SSEEvent, str]] = [
+    (delta({"p": "", "o": "add", "v": web_envelope(parts={"0": "x"})}), "502"),
+    (delta({"p": "", "o": "add", "v": web_envelope(parts="all")}), "502"),
+    (SSEEvent("message", json.dumps(web_envelope(parts={"0": "x"}))), "502"),
+    (delta({"p": "/message", "o": "replace", "v": web_envelope(parts={"0": "x"})["message"]}), "502"),
+    (delta({"p": "", "o": "patch", "v": [1, "two", None]}), "502"),
+    (delta({"p": "", "o": "patch", "v": {"p": TEXT, "o": "append", "v": "!"}}), "502"),
+    (delta({"o": "patch", "v": "everything"}), "502"),
+    (delta({"p": "", "o": "patch", "v": [{"p": 5, "o": "append", "v": "!"}]}), "502"),
+    (delta({"p": 7, "o": "append", "v": "!"}), "502"),
+    (delta({"p": [TEXT], "o": "append", "v": "!"}), "502"),
+    (delta({"p": None, "o": "append", "v": "!"}), "502"),
+    (delta({"p": TEXT, "o": 1, "v": "!"}), "502"),
+    (delta({"p": "/conversation_id", "o": "replace", "v": 12345}), "502"),
+    (delta({"p": "/conversation_id", "o": "replace", "v": TEN_KB}), "502"),
+    (delta({"p": "", "o": "add", "v": web_envelope(conversation_id={"id": "c"})}), "502"),
+    (SSEEvent("message", json.dumps(web_envelope(conversation_id=["c"]))), "502"),
+    (delta({"p": "", "o": "add", "v": web_envelope(message_id=TEN_KB)}), "ok"),  # a label dropped, not an error
+    (delta({"p": "", "o": "add", "v": web_envelope(message_id={"a": 1})}), "ok"),
+    (SSEEvent("message", '{"message": null, "error": "Something went wrong"}'), "502"),
+    (SSEEvent("message", '{"error": {"code": 5, "message": ["x"]}}'), "502"),
+    (SSEEvent("message", '{"error": ' + deep(1000) + "}"), "502"),
+    (SSEEvent("message", '{"type": "error", "message": {"deep": true}}'), "502"),
+    (SSEEvent("message", '{"type": 5}'), "ok"),
+    (SSEEvent("message", '{"type": ["error"]}'), "ok"),
+    (delta("{not json"), "502"),
+    (delta(deep(5000)), "502"),
+    (delta("[1, 2]"), "ok"),
+    (delta("null"), "ok"),
+    (delta('"text"'), "ok"),
+    (SSEEvent("delta_encoding", '{"v": 1}'), "ok"),
+    (SSEEvent("delta_encoding", deep(900)), "ok"),
+    (delta({"p": TEXT, "o": "append", "v": 5}), "ok"),
+    (delta({"p": TEXT, "o": "append", "v": {"a": 1}}), "ok"),
+    (delta({"p": TEXT, "o": "replace", "v": None}), "ok"),
+    (delta({"p": TEXT, "o": "truncate", "v": -3}), "ok"),
+    (delta({"p": TEXT, "o": "truncate", "v": True}), "ok"),
+    (delta({"p": TEXT, "o": "remove"}), "ok"),
+    (delta({"p": TEXT, "o": "unheard-of", "v": "!"}), "ok"),
+    (delta({"p": "/message/content/parts/\u00b2", "o": "add", "v": "!"}), "ok"),
+    (delta({"p": "/message/content/parts/" + "9" * 5000, "o": "add", "v": "!"}), "ok"),
+    (delta({"p": "/message/content/parts/-", "o": "add", "v": "!"}), "ok"),
+    (delta({"p": "/message/content/parts/01", "o": "replace", "v": "!"}), "ok"),
+    (delta({"p": "/message/author/role", "o": "replace", "v": ["assistant"]}), "ok"),
+    (delta({"p": "/message", "o": "replace", "v": 5}), "ok"),
+    (delta({"p": "/message/content", "o": "replace", "v": "flat"}), "ok"),
+    (delta({"p": "/a/b/c", "o": "append", "v": "!"}), "ok"),
+    (delta({"p": "no-slash", "o": "add", "v": "!"}), "ok"),
+    (delta({"p": "/~", "o": "add", "v": "!"}), "ok"),
+    (delta({"v": {"a": 1}}), "ok"),
+    (delta({"v": None}), "ok"),
+    (delta({"p": "", "o": "add", "v": [1]}), "ok"),
+    (delta({"p": "", "o": "replace", "v": None}), "ok"),
+    (SSEEvent("message", json.dumps({"message": 5, "conversation_id": "c-1"})), "ok"),
+    (SSEEvent("message", json.dumps({"message": {"author": "assistant", "content": "x"}})), "ok"),
+    (SSEEvent("message", json.dumps(web_envelope(parts=[5]))), "ok"),
+    (SSEEvent("message", "[DONE]"), "ok"),
+    (SSEEvent("message", ""), "ok"),
+]
+
+
+@pytest.mark.parametrize(("event", "expected"), HOSTILE_WEB, ids=range(len(HOSTILE_WEB)))
+def test_hostile_web_frames_are_read_or_a_bad_gateway(event: SSEEvent, expected: str) -> None:
+    for parser in (WebReplyParser(), primed_web(), primed_web(classic=True)):
+        assert outcome(lambda p=parser: p.feed(event)) == expected  # type: ignore[misc]
+        if expected == "ok":  # a frame read is never a reason to lose or garble what arrived
+            assert isinstance(parser.text, str)
+            assert parser.conversation_id is None or len(parser.conversation_id) <= 200
+            assert parser.message_id is None or len(parser.message_id) <= 200
+
+
+def test_web_errors_name_the_host() -> None:
+    parser = WebReplyParser(host=HOST)
+    with pytest.raises(BadGateway) as caught:
+        parser.feed(SSEEvent("message", '{"error": "Something went wrong"}'))
+    assert caught.value.key == "upstream_bad_reply" and caught.value.params["host"] == HOST
+
+
+CODEX_OK = "response.output_text.delta"
+HOSTILE_CODEX: list[tuple[str, str, str]] = [
+    ("", '{"type": 5}', "502"),
+    ("", '{"type": ["x"]}', "502"),
+    ("", "[1]", "502"),
+    ("", "{not json", "502"),
+    ("", deep(5000), "502"),
+    ("", '{"type": "' + CODEX_OK + '", "delta": 5}', "502"),
+    ("", '{"type": "' + CODEX_OK + '", "delta": null}', "502"),
+    ("", '{"type": "' + CODEX_OK + '", "delta": ' + deep(900) + "}", "502"),
+    ("", '{"type": "response.output_item.added", "item": [1]}', "ok"),
+    ("", '{"type": "response.output_item.added", "item": {"type": "function_call", "name": 5}}', "502"),
+    ("", '{"type": "response.output_item.added", "item": {"type": "function_call", "name": "g", "id": ["x"]}}', "ok"),
+    (
+        "",
+        '{"type": "response.output_item.added", "item": {"type": "function_call", "name": "g", "id": '
+        + deep(900)
+        + "}}",
+        "ok",
+    ),
+    ("", '{"type": "response.function_call_arguments.delta", "item_id": {"a": 1}, "delta": "x"}', "502"),
+    ("", '{"type": "response.function_call_arguments.delta", "item_id": ' + deep(900) + ', "delta": "x"}', "502"),
+    ("", '{"type": "response.function_call_arguments.delta", "item_id": "fc-1", "delta": 5}', "502"),
+    (
+        "",
+        '{"type": "response.output_item.done", "item": {"type": "function_call", "id": "fc-1", "arguments": 5}}',
+        "ok",
+    ),
+    ("", '{"type": "response.created", "response": {"id": "' + TEN_KB + '", "model": [1]}}', "ok"),
+    ("", '{"type": "response.completed", "response": {"usage": {"input_tokens": "5"}}}', "ok"),
+    ("", '{"type": "response.completed", "response": [1]}', "ok"),
+    ("", '{"type": "response.incomplete"}', "ok"),
+    ("", '{"type": "response.failed", "response": {"error": "string"}}', "502"),
+    ("", '{"type": "response.failed", "response": 5}', "502"),
+    ("", '{"type": "response.failed", "response": {"error": {"code": ' + deep(900) + "}}}", "502"),
+    ("", '{"type": "response.failed", "response": {"error": {"code": "x", "message": "' + SECRET + '"}}}', "502"),
+    ("", '{"type": "error", "error": 5}', "502"),
+    ("", '{"type": "error", "code": {"a": 1}, "message": ' + deep(900) + "}", "502"),
+    ("response.output_text.delta", '{"delta": "x"}', "ok"),
+    ("x", '{"type": null}', "502"),
+    ("", "[DONE]", "ok"),
+]
+# Mid-stream failures the backend names precisely are the error tree's own (a 400, a 429).
+PRECISE_CODEX: list[tuple[str, type[ServiceError]]] = [
+    ('{"type": "response.failed", "response": {"error": {"code": "context_length_exceeded"}}}', BadRequest),
+    (
+        '{"type": "response.failed", "response": {"error": {"code": "usage_limit_reached", '
+        '"resets_in_seconds": 1e308}}}',
+        TooManyRequests,
+    ),
+    ('{"type": "error", "error": {"type": "usage_limit_reached", "resets_at": true}}', TooManyRequests),
+    ('{"type": "error", "error": {"code": "usage_not_included", "plan_type": ' + deep(900) + "}}", Forbidden),
+]
+
+
+def primed_codex() -> CodexParser:
+    parser = CodexParser(HOST, SECRET)
+    parser.feed("", '{"type": "response.output_item.added", "item": {"type": "function_call", "id": "fc-1", '
+                    '"call_id": "call-1", "name": "f"}}')  # fmt: skip
+    parser.feed("", '{"type": "response.output_text.delta", "delta": "Hi"}')
+    return parser
+
+
+@pytest.mark.parametrize(("name", "data", "expected"), HOSTILE_CODEX, ids=range(len(HOSTILE_CODEX)))
+def test_hostile_codex_events_are_read_or_a_bad_gateway(name: str, data: str, expected: str) -> None:
+    for parser in (CodexParser(HOST, SECRET), primed_codex()):
+        assert outcome(lambda p=parser: p.feed(name, data)) == expected  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(("data", "error"), PRECISE_CODEX, ids=range(len(PRECISE_CODEX)))
+def test_codex_failures_named_by_the_backend_stay_precise(data: str, error: type[ServiceError]) -> None:
+    with pytest.raises(error) as caught:
+        CodexParser(HOST, SECRET).feed("", data)
+    assert type(caught.value) is error
+
+
+HOSTILE_SSE: list[bytes] = [
+    b"\xff\xfe\xfd\n\n",
+    b"data: \xc3\n\n",
+    b"\x00\x00\x00",
+    b"\r\r\r\n\n\r",
+    b"data\n\n",
+    b"data:\n\n",
+    b":" * 10000,
+    b"event: " + b"e" * 100000 + b"\ndata: x\n\n",
+    b"data: " + b"x" * 200000,
+    b"\n".join([b"data: line"] * 10000) + b"\n\n",
+    b"id: 1\nretry: x\nfoo: bar\n\n",
+    b"\xef\xbb\xbfdata: after a BOM\n\n",
+]
+
+
+@pytest.mark.parametrize("data", HOSTILE_SSE, ids=range(len(HOSTILE_SSE)))
+def test_hostile_bytes_are_events_whatever_the_chunking(data: bytes) -> None:
+    results = [decode(pieces) for pieces in splits(data, 1)]
+    assert results[0] == results[1] == results[2]
+    assert all(isinstance(e.event, str) and isinstance(e.data, str) for e in results[0])
+
+
+def test_a_leading_byte_order_mark_is_ignored() -> None:
+    assert decode([b"\xef\xbb\xbfdata: x\n\n"]) == [SSEEvent("message", "x")]
+    assert decode([b"\xef", b"\xbb", b"\xbfdata: x\n\n"]) == [SSEEvent("message", "x")]
+    assert decode([b"data: \xef\xbb\xbfx\n\n"]) == [SSEEvent("message", "\ufeffx")]  # only a leading one
+
+
+# -- random JSON of every shape ------------------------------------------------------------------
+FIELDS = ["id", "object", "model", "created", "choices", "index", "delta", "message", "content", "role", "tool_calls",
+          "function", "name", "arguments", "finish_reason", "usage", "prompt_tokens", "completion_tokens", "error",
+          "refusal", "type", "p", "o", "v", "author", "parts", "content_type", "conversation_id", "status", "item",
+          "item_id", "response", "output", "code", "input_tokens", "output_tokens", "total_tokens", "call_id",
+          "resets_in_seconds", "resets_at", "plan_type", "detail", "end_turn", "metadata"]  # fmt: skip
+WORDS = ["", "assistant", "user", "tool", "text", "function_call", "message", "[DONE]", TEXT, "/message", "",
+         "/conversation_id", "/message/content/parts", "/message/content/parts/-", "/message/author/role", "append",
+         "replace", "add", "patch", "truncate", "remove", "response.output_text.delta", "response.output_item.added",
+         "response.function_call_arguments.delta", "response.output_item.done", "response.completed",
+         "response.failed", "response.incomplete", "response.created", "error", "usage_limit_reached",
+         "usage_not_included", "context_length_exceeded", "insufficient_quota", "stop", "length", "fc-1", "c-1",
+         "m-1", "\u00b2", "9" * 30, "~1~0", "\x00", "\u2028", "\ud800", TEN_KB, SECRET, "Bearer " + SECRET]  # fmt: skip
+SCALARS: list[Any] = [None, True, False, 0, 1, -1, 127, 128, 2**53, 2**63, 2**64, 2**70, -(2**70), 0.5, -0.0,
+                      1e308, float("inf"), float("nan")]  # fmt: skip
+
+
+def random_json(rng: random.Random, depth: int = 0) -> Any:
+    roll = rng.random()
+    if depth > 5 or roll < 0.35:
+        return rng.choice(SCALARS) if rng.random() < 0.4 else rng.choice(WORDS)
+    if roll < 0.7:
+        return {rng.choice(FIELDS): random_json(rng, depth + 1) for _ in range(rng.randint(0, 5))}
+    if roll < 0.97:
+        return [random_json(rng, depth + 1) for _ in range(rng.randint(0, 4))]
+    return nested(rng.choice([10, 300, 1100]))
+
+
+VALID: list[Any] = [
+    {"id": "chatcmpl-1", "model": "m", "created": 1, "choices": [{"index": 0, "delta": {"role": "assistant",
+     "content": "x", "tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": "{}"}}]},
+     "finish_reason": None}], "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}},
+    {"id": "chatcmpl-1", "choices": [{"index": 0, "message": {"role": "assistant", "content": "x", "tool_calls": [
+     {"id": "c", "type": "function", "function": {"name": "f", "arguments": "{}"}}]}, "finish_reason": "stop"}]},
+    {"p": "", "o": "add", "v": web_envelope()},
+    {"p": "", "o": "patch", "v": [{"p": TEXT, "o": "append", "v": "x"}, {"p": "/message/status", "o": "replace",
+     "v": "finished_successfully"}]},
+    web_envelope(parts=["x"]),
+    {"type": "response.output_item.added", "item": {"type": "function_call", "id": "fc-1", "name": "f"}},
+    {"type": "response.function_call_arguments.delta", "item_id": "fc-1", "delta": "{"},
+    {"type": "response.completed", "response": {"id": "r", "usage": {"input_tokens": 1, "output_tokens": 1,
+     "total_tokens": 2}}},
+    {"type": "response.failed", "response": {"error": {"code": "usage_limit_reached", "resets_in_seconds": 5}}},
+]  # fmt: skip
+
+
+def mutate(rng: random.Random, value: Any) -> Any:
+    """``value`` with one random subtree replaced by random JSON."""
+    value = json.loads(json.dumps(value))
+    if not isinstance(value, dict | list) or rng.random() < 0.1:
+        return random_json(rng)
+    node: Any = value
+    while True:
+        keys = list(node) if isinstance(node, dict) else list(range(len(node)))
+        if not keys:
+            return value
+        key = rng.choice(keys)
+        if isinstance(node[key], dict | list) and node[key] and rng.random() < 0.7:
+            node = node[key]
+            continue
+        node[key] = random_json(rng)
+        return value
+
+
+def serialised(value: Any) -> str:
+    try:
+        return json.dumps(value)
+    except RecursionError:
+        return deep(1100)
+
+
+def fuzz_outcome(read: Callable[..., Any], *args: Any, codex_failure: bool = False) -> str:
+    """ "ok" or "502" as ``outcome``; "precise" for the error tree's own answer to a Codex failure event."""
+    try:
+        read(*args)
+    except BadGateway:
+        return "502"
+    except ServiceError:
+        if codex_failure:  # a response.failed / error event the backend names precisely
+            return "precise"
+        raise
+    return "ok"
+
+
+def test_random_json_of_every_shape_is_read_or_a_bad_gateway() -> None:
+    rng = random.Random(8)
+    counts: dict[str, int] = {}
+    chunks, web, classic, codex = ChunkParser(HOST, SECRET), primed_web(), primed_web(classic=True), primed_codex()
+    started = time.perf_counter()
+    for n in range(4000):
+        value = mutate(rng, rng.choice(VALID)) if n % 2 else random_json(rng)
+        data = serialised(value)
+        failure = isinstance(value, dict) and value.get("type") in ("response.failed", "error")
+        name = rng.choice(["delta", "message", "delta_encoding"])
+        results = [
+            fuzz_outcome(chunks.feed, data),
+            fuzz_outcome(ChunkParser(HOST, SECRET).feed, data),
+            fuzz_outcome(parse_completion, data.encode(), HOST),
+            fuzz_outcome(web.feed, SSEEvent(name, data)),
+            fuzz_outcome(classic.feed, SSEEvent("message", data)),
+            fuzz_outcome(WebReplyParser().feed, SSEEvent("delta", data)),
+            fuzz_outcome(codex.feed, rng.choice(["", "response.output_text.delta"]), data, codex_failure=failure),
+        ]
+        for result in results:
+            counts[result] = counts.get(result, 0) + 1
+        # A parser that raised is done with; one that read on keeps its state for the next value.
+        chunks = chunks if results[0] == "ok" else ChunkParser(HOST, SECRET)
+        web = web if results[3] == "ok" else primed_web()
+        classic = classic if results[4] == "ok" else primed_web(classic=True)
+        codex = codex if results[6] == "ok" else primed_codex()
+        assert isinstance(web.text, str) and isinstance(classic.text, str)
+    assert counts.get("ok", 0) > 2000 and counts.get("502", 0) > 2000, counts  # both outcomes well exercised
+    assert time.perf_counter() - started < 20
+
+
+# -- cheap per event, linear in the input --------------------------------------------------------
+def test_tool_call_arguments_are_linear_in_their_length() -> None:
+    chunks, codex = ChunkParser(HOST, SECRET), primed_codex()
+    chunks.feed(chunk({"tool_calls": [{"index": 0, "id": "c", "function": {"name": "f", "arguments": ""}}]}))
+    piece = "a" * 200
+    frame = chunk({"tool_calls": [{"index": 0, "function": {"arguments": piece}}]})
+    codex_frame = json.dumps({"type": "response.function_call_arguments.delta", "item_id": "fc-1", "delta": piece})
+    started = time.perf_counter()
+    for _ in range(40_000):  # 8 MB of arguments each
+        chunks.feed(frame)
+        codex.feed("", codex_frame)
+    assert len(chunks.calls[0].arguments) == len(codex.tool_calls[0].arguments) == 40_000 * 200
+    assert time.perf_counter() - started < 3.0  # re-copying the arguments per delta takes minutes
+
+
+def test_web_appends_outside_the_text_are_linear() -> None:
+    parser = primed_web()
+    started = time.perf_counter()
+    for pointer in ("/message/metadata/notes", "/message/content/parts/1", "/elsewhere"):
+        parser.feed(delta({"p": pointer, "o": "add", "v": ""}))
+        for _ in range(20_000):
+            parser.feed(delta({"p": pointer, "o": "append", "v": "b" * 200}))
+    assert parser.text == "Hello there"
+    assert time.perf_counter() - started < 3.0
+
+
+def test_a_tool_message_streamed_before_the_reply_is_linear() -> None:
+    parser = WebReplyParser()
+    tool = {"message": {"id": "t", "author": {"role": "tool"}, "content": {"content_type": "text", "parts": [""]}}}
+    parser.feed(delta({"p": "", "o": "add", "v": tool}))
+    started = time.perf_counter()
+    for _ in range(40_000):
+        parser.feed(delta({"p": TEXT, "o": "append", "v": "t" * 200}))
+    parser.feed(delta({"p": "", "o": "add", "v": web_envelope(parts=["answer"])}))
+    assert parser.text == "answer"
+    assert time.perf_counter() - started < 3.0
+
+
+def test_scrub_never_shows_a_credential_or_a_piece_of_one() -> None:
+    """What parsers put in an error: no spelling of the credential, and no piece of it where a cut
+    falls (here a key in no known shape, so only the request's own credential gives it away)."""
+    key = "gsk_Zq3vT8xYw2LmN5pRk7HsAbCdEf"
+    texts: list[Any] = [f"bad key {form}!" for form in (key, key.upper(), key.lower(), key.swapcase(), key[-8:])]
+    texts += ["x " * n + key for n in range(1190, 1205)]  # the 2400-character window cuts it somewhere
+    texts += [" " * 3000 + key, "\x00" * 2398 + key, {"message": key}, [key.swapcase()], nested(5000)]
+    for text in texts:
+        shown = scrub(text, key).lower()
+        assert len(shown) <= 301
+        assert not any(key[i : i + 6].lower() in shown for i in range(len(key) - 5)), (text, shown)

@@ -64,13 +64,37 @@ class Prompt:
     web_parent: tuple[str, str] | None = None  # web backend: (its conversation id, its message id)
 
 
-@dataclass(slots=True)
 class ToolCall:
-    index: int  # its place among the reply's tool calls, as its events name it
-    call_id: str
-    name: str
-    arguments: str = ""
-    upstream_id: str | None = None
+    """A tool call of the reply: ``index`` is its place among the reply's tool calls, as its events
+    name it. Its arguments arrive in pieces and are kept as a list, joined when read, so a call whose
+    arguments come in n pieces costs O(n) (appending to a str attribute would copy it every time)."""
+
+    __slots__ = ("_pieces", "call_id", "index", "name", "upstream_id")
+
+    def __init__(self, index: int, call_id: str, name: str, arguments: str = "", upstream_id: str | None = None):
+        self.index = index
+        self.call_id = call_id
+        self.name = name
+        self._pieces: list[str] = [arguments] if arguments else []
+        self.upstream_id = upstream_id
+
+    @property
+    def arguments(self) -> str:
+        pieces = self._pieces
+        if len(pieces) > 1:
+            pieces[:] = ["".join(pieces)]
+        return pieces[0] if pieces else ""
+
+    @arguments.setter
+    def arguments(self, value: str) -> None:
+        self._pieces = [value] if value else []
+
+    def add(self, piece: str) -> None:
+        """More argument text."""
+        self._pieces.append(piece)
+
+    def __repr__(self) -> str:
+        return f"ToolCall({self.index}, {self.call_id!r}, {self.name!r}, {self.arguments!r}, {self.upstream_id!r})"
 
 
 @dataclass(slots=True)

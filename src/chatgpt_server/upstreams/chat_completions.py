@@ -28,6 +28,7 @@ from .http import (
     retry_after,
     scrub,
     transport_error,
+    under_limit,
 )
 from .sse import SSEDecoder
 
@@ -36,6 +37,24 @@ _JSON_ERRORS = (orjson.JSONDecodeError, TypeError, ValueError, KeyError, IndexEr
 
 def _bad(host: str, detail: str) -> BadGateway:
     return BadGateway("upstream_bad_reply", host=host, detail=detail)
+
+
+def timestamp(value: Any) -> int | None:
+    """A ``created`` time worth showing: whole seconds, not a bool, within JavaScript's safe range."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
+        return value
+    return None
+
+
+def arguments_text(value: Any) -> str | None:
+    """A tool call's arguments as text: a string as it is, any other JSON value encoded (None if it
+    cannot be: nested deeper than the encoder goes)."""
+    if isinstance(value, str):
+        return value
+    try:
+        return orjson.dumps(value).decode()
+    except orjson.JSONEncodeError:
+        return None
 
 
 # -- the request ---------------------------------------------------------------------------------
@@ -93,7 +112,7 @@ def api_error(status: int, raw: bytes, retry: str | None, host: str, key: str) -
         elif isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
             message = parsed["message"]
     except _JSON_ERRORS:
-        message = raw[:300].decode("utf-8", "replace")
+        message = raw.decode("utf-8", "replace")  # scrub cuts it, never inside a credential
     code = scrub(code, key, limit=60)
     detail = scrub(message or code or f"HTTP {status}", key)
     if status == 401:
@@ -149,8 +168,9 @@ def parse_completion(raw: bytes, host: str) -> dict[str, Any]:
             function = call.get("function") if isinstance(call, dict) else None
             if not isinstance(function, dict) or not isinstance(function.get("name"), str):
                 raise _bad(host, "a tool call has no function name")
-            arguments = function.get("arguments")
-            arguments = arguments if isinstance(arguments, str) else orjson.dumps(arguments).decode()
+            arguments = arguments_text(function.get("arguments"))
+            if arguments is None:
+                raise _bad(host, "a tool call's arguments are not JSON we can read")
             calls.append(ToolCall(len(calls), mint("call_"), function["name"][:256], arguments, label(call.get("id"))))
     finish = choices[0].get("finish_reason")
     return {
@@ -160,7 +180,7 @@ def parse_completion(raw: bytes, host: str) -> dict[str, Any]:
         "id": label(completion.get("id")),
         "model": label(completion.get("model")),
         "finish_reason": finish if isinstance(finish, str) and len(finish) <= 40 else None,
-        "created": completion.get("created") if isinstance(completion.get("created"), int) else None,
+        "created": timestamp(completion.get("created")),
     }
 
 
@@ -252,12 +272,12 @@ class ChunkParser:
             raise _bad(self.host, "a stream chunk is not an object")
         error = chunk.get("error")
         if error:
-            message = error.get("message", error) if isinstance(error, dict) else error
-            raise BadGateway("upstream_error", host=self.host, status=200, detail=scrub(message, self.key))
+            message = error.get("message") or error if isinstance(error, dict) else error
+            raise _bad(self.host, "the stream reported an error: " + scrub(message, self.key))
         self.id = self.id or label(chunk.get("id"))
         self.model = self.model or label(chunk.get("model"))
-        if self.created is None and isinstance(chunk.get("created"), int):
-            self.created = chunk["created"]
+        if self.created is None:
+            self.created = timestamp(chunk.get("created"))
         usage = usage_of(chunk.get("usage"))
         if usage:
             self.usage = usage
@@ -310,7 +330,7 @@ class ChunkParser:
                 known = self.calls[index] = ToolCall(index, mint("call_"), name[:256], "", label(call.get("id")))
                 events.append(Event(tool_index=index, tool_id=known.call_id, tool_name=known.name))
             if isinstance(arguments, str) and arguments:
-                known.arguments += arguments
+                known.add(arguments)
                 events.append(Event(tool_index=index, arguments=arguments))
         return events
 
@@ -363,13 +383,14 @@ class StreamReply(Reply):
         try:
             async for chunk in self.response.content.iter_any():
                 self.received += len(chunk)
-                if self.received > self.limit:
-                    self.truncated = True
-                    return
-                for event in decoder.feed(chunk):
+                over = self.received > self.limit
+                for event in decoder.feed(under_limit(chunk, self.received, self.limit) if over else chunk):
                     for out in parser.feed(event.data):
                         yield out
                 if parser.done:
+                    return
+                if over:  # cut at the cap: what arrived before it stands
+                    self.truncated = True
                     return
             for event in decoder.flush():
                 for out in parser.feed(event.data):

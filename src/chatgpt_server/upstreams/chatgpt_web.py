@@ -31,9 +31,10 @@ from .http import (
     retry_after,
     scrub,
     transport_error,
+    under_limit,
 )
 from .sse import SSEDecoder
-from .web_reply import WebReplyError, WebReplyParser
+from .web_reply import WebReplyParser
 
 
 def jwt_claims(token: str) -> dict[str, Any] | None:
@@ -78,13 +79,13 @@ def conversation_body(prompt: Prompt, message_id: str, parent_id: str) -> dict[s
 
 
 def web_error(status: int, raw: bytes, content_type: str, host: str, token: str, conv: str | None) -> ServiceError:
-    text = raw[:2000].decode("utf-8", "replace")
+    text = raw.decode("utf-8", "replace")  # scrub cuts it, never inside a credential
     detail: Any = text
     try:
         parsed = orjson.loads(raw)
         if isinstance(parsed, dict):
             inner = parsed.get("detail") or parsed.get("error") or parsed.get("message") or parsed
-            detail = inner.get("message", str(inner)) if isinstance(inner, dict) else str(inner)
+            detail = inner.get("message") or inner if isinstance(inner, dict) else inner
     except orjson.JSONDecodeError:
         pass
     detail = scrub(detail, token)
@@ -110,11 +111,11 @@ def web_error(status: int, raw: bytes, content_type: str, host: str, token: str,
 class WebReply(Reply):
     """A reply stream whose status was 200; ``parser`` holds the backend's ids and the text."""
 
-    def __init__(self, host: str, response: aiohttp.ClientResponse, limit: int):
+    def __init__(self, host: str, response: aiohttp.ClientResponse, limit: int, token: str = ""):
         self.host = host
         self.response = response
         self.limit = limit
-        self.parser = WebReplyParser()
+        self.parser = WebReplyParser(host=host, secret=token)
 
     @property
     def text(self) -> str:
@@ -152,27 +153,26 @@ class WebReply(Reply):
         return []
 
     async def events(self) -> AsyncIterator[Event]:
-        """Text as it arrives. A stream cut before any text raises 502; after text, it just ends with
-        ``complete`` false, so the caller keeps what arrived."""
+        """Text as it arrives. A connection cut before any text raises 502; after text, it just ends
+        with ``complete`` false, so the caller keeps what arrived. A frame that cannot be read, or that
+        reports an error, raises ``BadGateway("upstream_bad_reply")`` whenever it comes (the caller
+        keeps the text that arrived before it, as incomplete)."""
         decoder = SSEDecoder()
         try:
             async for chunk in self.response.content.iter_any():
                 self.received += len(chunk)
-                if self.received > self.limit:
-                    self.truncated = True
-                    return
-                for event in decoder.feed(chunk):
+                over = self.received > self.limit
+                for event in decoder.feed(under_limit(chunk, self.received, self.limit) if over else chunk):
                     added = self.parser.feed(event)
                     yield Event(added)
                 if self.parser.done:
                     break
+                if over:  # cut at the cap: what arrived before it stands
+                    self.truncated = True
+                    return
             else:
                 for event in decoder.flush():
                     yield Event(self.parser.feed(event))
-        except WebReplyError as exc:
-            if self.parser.text:
-                return
-            raise BadGateway("upstream_bad_reply", host=self.host, detail=scrub(str(exc))) from exc
         except TRANSPORT_ERRORS as exc:
             if self.parser.text:
                 return
@@ -232,7 +232,7 @@ class ChatGPTWeb:
             if isinstance(exc, TRANSPORT_ERRORS):
                 raise transport_error(exc, host, 0) from exc
             raise
-        return WebReply(host, response, self.limit)
+        return WebReply(host, response, self.limit, target.credential)
 
 
 def _fresh_id() -> str:

@@ -36,6 +36,7 @@ from .http import (
     redirect_error,
     scrub,
     transport_error,
+    under_limit,
 )
 from .sse import SSEDecoder
 
@@ -128,7 +129,7 @@ def _error_fields(raw: bytes) -> tuple[str, str, dict[str, Any]]:
     try:
         parsed = orjson.loads(raw)
     except _PARSE_ERRORS:
-        return "", raw[:300].decode("utf-8", "replace"), {}
+        return "", raw.decode("utf-8", "replace"), {}  # scrub cuts it, never inside a credential
     if not isinstance(parsed, dict):
         return "", "", {}
     error = parsed.get("error")
@@ -175,6 +176,8 @@ def codex_error(status: int, code: str, message: str, error: dict[str, Any], hos
         return BadRequest("upstream_bad_request", host=host, detail=detail, code=scrub(code, token, limit=60))
     if status == 503:
         return ServiceUnavailable("upstream_overloaded", host=host, detail=detail)
+    if status == 200:  # a failure the stream reported, in none of the forms named above
+        return BadGateway("upstream_bad_reply", host=host, detail="the stream reported an error: " + detail)
     return BadGateway("upstream_error", host=host, status=status, detail=detail)
 
 
@@ -221,12 +224,13 @@ class CodexParser:
         if kind == "response.output_item.added":
             return self._item_added(event.get("item"))
         if kind == "response.function_call_arguments.delta":
-            call = self.calls.get(str(event.get("item_id")))
+            item_id = event.get("item_id")
+            call = self.calls.get(item_id) if isinstance(item_id, str) else None
             delta = event.get("delta")
             if call is None or not isinstance(delta, str):
                 raise _bad(self.host, "function call arguments for an unknown call")
-            call.arguments += delta
-            return [Event(tool_index=self._order.index(str(event.get("item_id"))), arguments=delta)]
+            call.add(delta)
+            return [Event(tool_index=call.index, arguments=delta)]
         if kind == "response.output_item.done":
             return self._item_done(event.get("item"))
         if kind in ("response.created", "response.in_progress"):
@@ -261,7 +265,7 @@ class CodexParser:
         if not isinstance(item, dict) or item.get("type") != "function_call":
             return [ALIVE]
         name = item.get("name")
-        key = str(item.get("id") or item.get("call_id") or len(self._order))
+        key = _item_key(item) or f"#{len(self._order)}"
         if not isinstance(name, str) or not name or key in self.calls:
             raise _bad(self.host, "a function call without a name")
         call = ToolCall(len(self._order), mint("call_"), name[:256], "", label(item.get("call_id")))
@@ -272,12 +276,12 @@ class CodexParser:
     def _item_done(self, item: Any) -> list[Event]:
         if not isinstance(item, dict) or item.get("type") != "function_call":
             return [ALIVE]
-        key = str(item.get("id") or item.get("call_id"))
-        call = self.calls.get(key)
+        key = _item_key(item)
+        call = self.calls.get(key) if key is not None else None
         arguments = item.get("arguments")
         if call is not None and not call.arguments and isinstance(arguments, str) and arguments:
             call.arguments = arguments
-            return [Event(tool_index=self._order.index(key), arguments=arguments)]
+            return [Event(tool_index=call.index, arguments=arguments)]
         return [ALIVE]
 
     def _finish(self, response: Any) -> None:
@@ -295,6 +299,15 @@ class CodexParser:
     @property
     def tool_calls(self) -> list[ToolCall]:
         return [self.calls[k] for k in self._order]
+
+
+def _item_key(item: dict[str, Any]) -> str | None:
+    """The backend's id of an output item (its ``id``, else its ``call_id``), if it is a string."""
+    for name in ("id", "call_id"):
+        value = item.get(name)
+        if isinstance(value, str) and value:
+            return value
+    return None
 
 
 class CodexReply(Reply):
@@ -344,13 +357,14 @@ class CodexReply(Reply):
         try:
             async for chunk in self.response.content.iter_any():
                 self.received += len(chunk)
-                if self.received > self.limit:
-                    self.truncated = True
-                    return
-                for event in decoder.feed(chunk):
+                over = self.received > self.limit
+                for event in decoder.feed(under_limit(chunk, self.received, self.limit) if over else chunk):
                     for out in parser.feed(event.event, event.data):
                         yield out
                 if parser.done:
+                    return
+                if over:  # cut at the cap: what arrived before it stands
+                    self.truncated = True
                     return
             for event in decoder.flush():
                 for out in parser.feed(event.event, event.data):

@@ -9,6 +9,7 @@ host that is not allowed.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import email.utils
 import re
 from typing import Any
@@ -19,13 +20,14 @@ import aiohttp
 from ..errors import BadGateway, GatewayTimeout, ServiceError
 from ..settings import Settings, netloc_of
 
-# Anything shaped like a credential: OpenAI-style keys, JWTs, bearer values, long hex/base64 runs
-# following "key"/"token"-like words.
+# Anything shaped like a credential: OpenAI-style keys, JWTs (whole, or a header and payload without
+# their signature), bearer values, and the value after "key"/"token"-like words.
 _SECRETISH = re.compile(
-    r"(sk-[A-Za-z0-9_*\-]{4,}|eyJ[\w-]{6,}\.[\w-]{6,}\.[\w-]*|Bearer\s+\S+|"
+    r"((?<![A-Za-z0-9])sk-[A-Za-z0-9_*\-]{4,}|eyJ[\w-]{6,}\.[\w-]{6,}(?:\.[\w-]*)?|Bearer\s+\S+|"
     r"(?:api[_-]?key|token|secret|password|authorization)[\"']?\s*[:=]\s*[\"']?[^\s\"',;]{6,})",
     re.IGNORECASE,
 )
+_SPACE = re.compile(r"\s")
 
 
 def host_of(url: str) -> str:
@@ -40,43 +42,65 @@ def host_of(url: str) -> str:
 
 
 def secret_forms(secret: str) -> list[str]:
-    """The spellings of a credential a careless upstream might echo: as sent, upper- and lower-cased,
-    and its last 8 characters (what masked keys show)."""
-    if len(secret) < 8:
-        return [secret] if secret else []
-    tail = secret[-8:]
-    return [secret, secret.upper(), secret.lower(), tail, tail.upper(), tail.lower()]
+    """The spellings of a credential a careless upstream might echo, matched in any letter case: as
+    sent, and its last 8 characters (what masked keys show)."""
+    if not secret:
+        return []
+    return [secret, secret[-8:]] if len(secret) > 8 else [secret]
+
+
+def _text_of(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    try:
+        return str(value)
+    except (RecursionError, ValueError):  # nested past the interpreter's limit; an int too long to print
+        return "(unreadable)"
 
 
 def scrub(value: Any, *secrets: str, limit: int = 300) -> str:
-    """An upstream's words made safe to show: no credential (in any spelling we know), no control
-    characters, one line, bounded."""
-    text = str(value)[: limit * 8]
-    for secret in secrets:
-        for form in secret_forms(secret):
-            text = text.replace(form, "***")
+    """An upstream's words made safe to show: no credential (the request's own in any letter case,
+    whole or its last 8 characters, and anything shaped like a key or bearer token), no control
+    characters, one line, bounded. Total: any value gives a string, in time linear in its size."""
+    text = _text_of(value)
+    window = limit * 8
+    if len(text) > window:
+        # Cut where no credential is split (they hold no white space): before the run the cut falls in.
+        cut = text[:window]
+        if not text[window].isspace():
+            found = _SPACE.search(cut[::-1])
+            cut = cut[: len(cut) - found.end()] if found else ""
+        text = cut
+    forms = sorted({form for secret in secrets for form in secret_forms(secret)}, key=len, reverse=True)
+    if forms:
+        text = re.sub("|".join(re.escape(form) for form in forms), "***", text, flags=re.IGNORECASE)
     text = _SECRETISH.sub("***", text)
     text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return text if len(text) <= limit else text[:limit] + "…"
 
 
 def retry_after(value: str | None) -> dict[str, str] | None:
-    """A Retry-After header worth passing on: a number of seconds or an HTTP date, nothing else."""
+    """A Retry-After header worth passing on: a number of seconds (ASCII digits) or an HTTP date in
+    its one standard form (IMF-fixdate, as RFC 9110 has senders write it); nothing else."""
     if not value:
         return None
     value = value.strip()
-    if value.isdigit() and len(value) <= 10:
+    if value.isascii() and value.isdigit() and len(value) <= 10:
         return {"Retry-After": value}
-    if len(value) <= 64 and _is_http_date(value) and value.isprintable():
+    if value.isascii() and len(value) == 29 and _imf_fixdate(value) == value:
         return {"Retry-After": value}
     return None
 
 
-def _is_http_date(value: str) -> bool:
+def _imf_fixdate(value: str) -> str | None:
+    """``value`` read as a date and written back as IMF-fixdate (None if it is no date)."""
     try:
-        return email.utils.parsedate_to_datetime(value) is not None
-    except (TypeError, ValueError, IndexError):
-        return False
+        when = email.utils.parsedate_to_datetime(value)
+        if when.tzinfo is None:
+            when = when.replace(tzinfo=datetime.UTC)
+        return email.utils.format_datetime(when.astimezone(datetime.UTC), usegmt=True)
+    except (TypeError, ValueError, IndexError, OverflowError):
+        return None
 
 
 class HTTPClient:
@@ -184,6 +208,12 @@ async def read_limited(response: aiohttp.ClientResponse, limit: int, host: str) 
             raise BadGateway("upstream_too_large", host=host, limit=limit)
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+def under_limit(chunk: bytes, received: int, limit: int) -> bytes:
+    """The part of ``chunk`` (the last piece read; ``received`` counts it) that ends at ``limit``."""
+    over = received - limit
+    return chunk[: max(0, len(chunk) - over)] if over > 0 else chunk
 
 
 def finish_response(response: aiohttp.ClientResponse, *, complete: bool) -> None:

@@ -21,15 +21,21 @@ class SSEEvent:
 
 
 class LineDecoder:
-    """Bytes in, complete lines out; accepts \\n, \\r\\n and \\r endings (and only those)."""
+    """Bytes in, complete lines out; accepts \\n, \\r\\n and \\r endings (and only those), and drops
+    one leading byte order mark (U+FEFF), as the event-stream rules say."""
 
     def __init__(self) -> None:
         self._text = codecs.getincrementaldecoder("utf-8")(errors="replace")
         self._pending: list[str] = []  # pieces of an unfinished line, joined once it ends
         self._trailing_cr = False
+        self._started = False  # whether any text came yet (a leading byte order mark is dropped)
 
     def feed(self, chunk: bytes) -> list[str]:
         text = self._text.decode(chunk)
+        if not self._started and text:
+            self._started = True
+            if text[0] == "\ufeff":
+                text = text[1:]
         if self._trailing_cr and text:
             # A \r ended the last chunk: a \n starting this one is the same line break.
             self._trailing_cr = False

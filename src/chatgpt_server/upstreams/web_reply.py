@@ -8,7 +8,12 @@ Both forms are read:
   frames with a ``type`` are metadata.
 
 The text being written is kept as a list of pieces, so a reply of n characters costs O(n) however it
-is split (appending to a str held in a dict would copy it on every frame).
+is split (appending to a str held in a dict would copy it on every frame). Appends to any other string
+of the document (metadata, a tool's output) stop at ``MAX_SIDE_TEXT`` characters, which bounds their
+copies too.
+
+Total: whatever a frame holds, ``feed`` reads it or raises ``WebReplyError``, a
+``BadGateway("upstream_bad_reply")`` naming the host.
 """
 
 from __future__ import annotations
@@ -18,18 +23,27 @@ from typing import Any
 
 import orjson
 
+from ..errors import BadGateway
 from .base import label
+from .http import scrub
 from .sse import SSEEvent
 
 TEXT_POINTER = "/message/content/parts/0"
+MAX_SIDE_TEXT = 4096  # appends to strings other than the reply's text stop here
+MAX_INDEX_DIGITS = 9  # a list index in a pointer ("/parts/12"); longer runs of digits name nothing
 
 
-class WebReplyError(Exception):
-    """The stream reported an error, or a frame could not be read."""
+class WebReplyError(BadGateway):
+    """The stream reported an error, or a frame could not be read: a 502 naming the host."""
+
+    def __init__(self, detail: str, host: str = "upstream"):
+        super().__init__("upstream_bad_reply", host=host, detail=detail)
 
 
 @dataclass
 class WebReplyParser:
+    host: str = "upstream"
+    secret: str = field(default="", repr=False)  # the request's credential, never repeated in an error
     encoding: str = "classic"
     done: bool = False
     conversation_id: str | None = None
@@ -50,10 +64,11 @@ class WebReplyParser:
         this either reads it or raises WebReplyError."""
         try:
             return self._feed(event)
-        except WebReplyError:
+        except WebReplyError as exc:
+            exc.params["host"] = self.host
             raise
         except (TypeError, AttributeError, KeyError, IndexError, ValueError, RecursionError) as exc:
-            raise WebReplyError(f"unreadable frame ({type(exc).__name__})") from exc
+            raise WebReplyError(f"unreadable frame ({type(exc).__name__})", self.host) from exc
 
     def _feed(self, event: SSEEvent) -> str:
         data = event.data.strip()
@@ -65,17 +80,18 @@ class WebReplyParser:
         try:
             value = orjson.loads(data)
         except orjson.JSONDecodeError as exc:
-            raise WebReplyError(f"unreadable frame: {data[:80]!r}") from exc
+            raise WebReplyError(f"unreadable frame: {scrub(data[:80], self.secret)!r}") from exc
         if event.event == "delta_encoding":
-            self.encoding = str(value)
+            self.encoding = value if isinstance(value, str) and len(value) <= 16 else "unknown"
             return ""
         if not isinstance(value, dict):
             return ""
         if value.get("error"):
-            raise WebReplyError(str(value["error"])[:500])
+            raise WebReplyError("the stream reported an error: " + scrub(value["error"], self.secret))
         if "type" in value:  # metadata: title, stream complete, echoed input, ...
             if value["type"] == "error":
-                raise WebReplyError(str(value.get("message") or value)[:500])
+                raise WebReplyError("the stream reported an error: " + scrub(value.get("message") or value,
+                                                                                 self.secret))  # fmt: skip
             return ""
         if event.event == "delta" or ("v" in value and "message" not in value):
             return self._apply_delta(value)
@@ -193,7 +209,8 @@ def _apply(doc: dict[str, Any], pointer: str, op: str, value: Any) -> None:
     current = _child(parent, last)
     if op == "append":
         if isinstance(current, str) and isinstance(value, str):
-            _set(parent, last, current + value)
+            if len(current) < MAX_SIDE_TEXT:  # past it, the string is left as it stands
+                _set(parent, last, (current + value)[:MAX_SIDE_TEXT])
         elif isinstance(current, list):
             current.extend(value if isinstance(value, list) else [value])
         else:
@@ -205,15 +222,26 @@ def _apply(doc: dict[str, Any], pointer: str, op: str, value: Any) -> None:
     elif op == "remove":
         if isinstance(parent, dict):
             parent.pop(last, None)
-        elif isinstance(parent, list) and last.isdigit() and int(last) < len(parent):
-            parent.pop(int(last))
+        elif isinstance(parent, list):
+            index = _index(last)
+            if index is not None and index < len(parent):
+                parent.pop(index)
+
+
+def _index(token: str) -> int | None:
+    """A pointer token as a list index: ASCII digits only, and not absurdly many."""
+    if token.isascii() and token.isdigit() and len(token) <= MAX_INDEX_DIGITS:
+        return int(token)
+    return None
 
 
 def _child(node: Any, token: str) -> Any:
     if isinstance(node, dict):
         return node.get(token)
-    if isinstance(node, list) and token.isdigit() and int(token) < len(node):
-        return node[int(token)]
+    if isinstance(node, list):
+        index = _index(token)
+        if index is not None and index < len(node):
+            return node[index]
     return None
 
 
@@ -221,7 +249,8 @@ def _set(node: Any, token: str, value: Any) -> None:
     if isinstance(node, dict):
         node[token] = value
     elif isinstance(node, list):
-        if token == "-" or (token.isdigit() and int(token) == len(node)):
+        index = len(node) if token == "-" else _index(token)
+        if index == len(node):
             node.append(value)
-        elif token.isdigit() and int(token) < len(node):
-            node[int(token)] = value
+        elif index is not None and index < len(node):
+            node[index] = value

@@ -1,0 +1,568 @@
+"""Upstreams that misbehave (issue 8 §1-4), end to end: the gateway as a subprocess, real HTTP, the
+evil stand-ins of ``tests/standins/evil.py``.
+
+- Ids are ours: an upstream that repeats ids (Ollama), sends none, or echoes ours changes nothing.
+- A redirect is never followed: a 502 naming the upstream, and nothing reaches the target.
+- A reply of any wrong shape is a 502 (type 1) or an ``error`` event after which the text that
+  arrived is stored as incomplete (type 2).
+- A reply past ``CHATGPT_SERVER_MAX_REPLY_BYTES`` is cut, stored as incomplete, and the client told.
+- The caller's credential, in any spelling an upstream echoes, never reaches a response or the log;
+  ``Retry-After`` passes only as seconds or an HTTP date.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import re
+import secrets
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import Upstreams
+from .harness import ServerProcess
+from .standins.chatgpt_web import mint
+from .standins.evil import (
+    ODD_REPLIES,
+    OTHER_SECRETS,
+    STREAM_FRAMES,
+    TEN_KB,
+    WHOLE_REPLIES,
+    ChatHostile,
+    ChatIds,
+    ChatLeaky,
+    Endless,
+    Recording,
+    Redirector,
+    Trap,
+    WebHostile,
+    WebIds,
+    WebLeaky,
+    WebRecording,
+    echo_text,
+    echoed_ids,
+    empty_ids,
+    junk_retry_after,
+    ollama_ids,
+    spellings,
+    web_hostile_frames,
+)
+
+CAP = 65536  # CHATGPT_SERVER_MAX_REPLY_BYTES of the gateway under test
+OURS = re.compile(r"chatcmpl-[0-9a-f]{32}")  # a mode-1 reply id the gateway minted
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+BAD_REPLY = "answered with something other than the expected reply"
+WEB_PATH = "/backend-api/conversation"
+
+
+@dataclass
+class Evil:
+    ollama: ChatIds
+    empty: ChatIds
+    echo: ChatIds
+    web_tiny: WebIds
+    web_echo: WebIds
+    trap: Trap
+    redirector: Redirector
+    hostile: ChatHostile
+    web_hostile: WebHostile
+    endless: Endless
+    leaky: ChatLeaky
+    web_leaky: WebLeaky
+    urls: dict[str, str] = field(default_factory=dict)  # name -> apiBaseUrl / apiReverseProxyUrl
+
+    def host(self, name: str) -> str:
+        return self.urls[name].split("/")[2]
+
+
+@pytest.fixture(scope="module")
+def evil(upstreams: Upstreams) -> Evil:
+    trap = Trap()
+    trap_url = upstreams.apps.serve(trap.app())
+    found = Evil(ollama=ChatIds(ollama_ids), empty=ChatIds(empty_ids), echo=ChatIds(echoed_ids),
+                 web_tiny=WebIds("tiny"), web_echo=WebIds("echo"), trap=trap, redirector=Redirector(trap_url),
+                 hostile=ChatHostile(), web_hostile=WebHostile(), endless=Endless(), leaky=ChatLeaky(),
+                 web_leaky=WebLeaky())  # fmt: skip
+    found.urls["trap"] = trap_url
+    for name in ("ollama", "empty", "echo", "hostile", "leaky"):
+        found.urls[name] = upstreams.apps.serve(getattr(found, name).app()) + "/v1"
+    for name in ("web_tiny", "web_echo", "web_hostile", "web_leaky"):
+        found.urls[name] = upstreams.apps.serve(getattr(found, name).app()) + WEB_PATH
+    for name, app in (("redirector", found.redirector.app()), ("endless", found.endless.app())):
+        base = upstreams.apps.serve(app)
+        found.urls[name], found.urls["web_" + name] = base + "/v1", base + WEB_PATH
+    return found
+
+
+@pytest.fixture(scope="module")
+def gateway(upstreams: Upstreams, evil: Evil, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    allowed = ",".join(url for name, url in evil.urls.items() if name != "trap")
+    env = upstreams.env(CHATGPT_SERVER_ALLOWED_UPSTREAMS=allowed, CHATGPT_SERVER_MAX_REPLY_BYTES=str(CAP))
+    proc = ServerProcess(tmp_path_factory.mktemp("hostile"), env).start()
+    yield proc
+    proc.stop()
+    assert not re.search(r"unexpected \w+ on ", proc.log()), "the gateway met an error it did not map (a 500)"
+
+
+@pytest.fixture(scope="module")
+def http(gateway: ServerProcess) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=gateway.url, timeout=30) as c:
+        yield c
+
+
+def new_key() -> str:
+    """A mode-1 key of its own for each test (mixed case, so every spelling differs)."""
+    return "sk-evil-" + secrets.token_urlsafe(24).replace("-", "x").replace("_", "y")
+
+
+def new_token() -> str:
+    return mint(f"hostile-{uuid.uuid4().hex}@example.com")
+
+
+# -- calling the gateway and reading what it says -----------------------------------------------
+@dataclass
+class Answer:
+    status: int  # HTTP status; for a stream, the status of its final event (200 done, else the error's)
+    data: dict[str, Any] | None  # the reply's data (type 1: 201; type 2: the done event)
+    message: str  # the error's message, if it failed
+    deltas: list[dict[str, Any]]
+    response: httpx.Response
+
+    @property
+    def text(self) -> str:
+        return str(self.data["text"]) if self.data else "".join(d["delta"] for d in self.deltas)
+
+    @property
+    def reply_id(self) -> str:
+        return str(self.data["id"] if self.data else self.deltas[-1]["id"])
+
+
+def sse_events(text: str) -> list[tuple[str, Any]]:
+    """An independent, minimal event-stream reader: (event, parsed data) pairs; comments skipped."""
+    out: list[tuple[str, Any]] = []
+    for block in text.split("\n\n"):
+        name, data = "message", []
+        for line in block.split("\n"):
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                data.append(line[6:])
+        if data:
+            out.append((name, json.loads("\n".join(data))))
+    return out
+
+
+def call(client: httpx.Client, content: str, url: str, *, key: str, mode: str = "1", kind: str = "1",
+         parent: str | None = None, rid: str | None = None, **options: Any) -> Answer:  # fmt: skip
+    opts: dict[str, Any] = {"key": key, "content": content, "isFollow": parent is not None}
+    if parent:
+        opts["parentMessageId"] = parent
+    opts["opts"] = {"apiBaseUrl" if mode == "1" else "apiReverseProxyUrl": url, **options}
+    if mode == "1":
+        opts["opts"].setdefault("systemMessage", "")
+    headers = {"X-Request-Id": rid} if rid else None
+    response = client.post("/api/v1/gpt/getInfo", json={"mode": mode, "type": kind, "opts": opts}, headers=headers)
+    if not response.headers.get("content-type", "").startswith("text/event-stream"):
+        body = response.json()
+        if response.status_code == 201:
+            return Answer(201, body["data"], "", [], response)
+        assert set(body) == {"status", "success", "message", "data", "timestamp", "path"}, body
+        assert body["status"] == response.status_code and body["success"] is False
+        return Answer(response.status_code, None, body["message"], [], response)
+    assert response.status_code == 200
+    got = sse_events(response.text)
+    deltas = [d for name, d in got if name == "delta"]
+    assert got, "an empty stream"
+    name, last = got[-1]
+    assert name in ("done", "error"), got[-1]
+    assert [n for n, _ in got].count("done") + [n for n, _ in got].count("error") == 1
+    if name == "done":
+        return Answer(200, last["data"], "", deltas, response)
+    assert last["success"] is False and last["data"] == {}
+    return Answer(int(last["status"]), None, last["message"], deltas, response)
+
+
+def within(seconds: float, condition: Callable[[], bool]) -> bool:
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
+def seen(upstreams: Upstreams, app: Recording, question: str) -> dict[str, Any]:
+    """What reached ``app`` for ``question`` (read on the stand-ins' loop)."""
+    found: dict[str, Any] | None = upstreams.apps.call(lambda: app.seen.get(question))
+    assert found is not None, f"{question!r} never reached the upstream"
+    return found
+
+
+def given(upstreams: Upstreams, app: WebRecording | Endless, question: str) -> tuple[Any, Any]:
+    ids: tuple[Any, Any] = upstreams.apps.call(lambda: app.given[question])
+    return ids
+
+
+def user(text: str) -> dict[str, str]:
+    return {"role": "user", "content": text}
+
+
+def assistant(text: str) -> dict[str, str]:
+    return {"role": "assistant", "content": text}
+
+
+# -- 1. ids are ours ----------------------------------------------------------------------------
+def _chat_conversations(gateway: ServerProcess, upstreams: Upstreams, app: ChatIds, url: str, conversations: int,
+                        turns: int, detail_id: Callable[[str], bool]) -> list[str]:  # fmt: skip
+    """Conversations of ``turns`` replies each, several at once, types 1 and 2 mixed; every reply must
+    be a 201/done, every request must carry exactly the turns before it. Returns the reply ids."""
+    key = new_key()
+    run = uuid.uuid4().hex[:8]
+
+    def conversation(c: int) -> list[str]:
+        ids: list[str] = []
+        history: list[dict[str, str]] = []
+        parent: str | None = None
+        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+            for t in range(turns):
+                question = f"{run} c{c} t{t} after {parent} and {ids[-2:] if ids else ''}"  # ours, to echo
+                got = call(client, question, url, key=key, kind="1" if (c + t) % 2 else "2", parent=parent)
+                assert got.status in (200, 201) and got.data is not None, got.message
+                assert seen(upstreams, app, question)["body"]["messages"] == [*history, user(question)]
+                assert got.text == f"seen({len(history) + 1}): {question}"
+                assert OURS.fullmatch(got.data["id"]), got.data["id"]
+                assert detail_id(got.data["detail"]["id"]), got.data["detail"]["id"]
+                history += [user(question), assistant(got.text)]
+                ids.append(got.data["id"])
+                parent = got.data["id"]
+            # A branch from the second reply carries the first two turns only.
+            question = f"{run} c{c} branch"
+            got = call(client, question, url, key=key, parent=ids[1])
+            assert got.status == 201, got.message
+            assert seen(upstreams, app, question)["body"]["messages"] == [*history[:4], user(question)]
+        return ids
+
+    with ThreadPoolExecutor(8) as pool:
+        every = [i for ids in pool.map(conversation, range(conversations)) for i in ids]
+    assert len(set(every)) == len(every) == conversations * turns
+    return every
+
+
+def test_ollama_ids_hundreds_of_replies_no_error_histories_intact(
+    gateway: ServerProcess, upstreams: Upstreams, evil: Evil, http: httpx.Client
+) -> None:
+    tiny = re.compile(r"chatcmpl-[0-6]")
+    _chat_conversations(gateway, upstreams, evil.ollama, evil.urls["ollama"], 24, 10, lambda i: bool(tiny.fullmatch(i)))
+    # The upstream's ids are labels: none of them names anything here.
+    got = call(http, "follow chatcmpl-3", evil.urls["ollama"], key=new_key(), parent="chatcmpl-3")
+    assert got.status == 404 and "chatcmpl-3" in got.message
+
+
+def test_empty_and_missing_ids_change_nothing(gateway: ServerProcess, upstreams: Upstreams, evil: Evil) -> None:
+    _chat_conversations(gateway, upstreams, evil.empty, evil.urls["empty"], 6, 5,
+                        lambda i: bool(OURS.fullmatch(i)) or i.strip() == "")  # fmt: skip
+
+
+def test_an_upstream_echoing_our_ids_changes_nothing(gateway: ServerProcess, upstreams: Upstreams,
+                                                     evil: Evil) -> None:  # fmt: skip
+    # The detail shows the upstream's id, which was one of ours: a label, never a key.
+    echoed = re.compile(f"chatcmpl-nothing-to-echo|{OURS.pattern}|{UUID.pattern}")
+    _chat_conversations(gateway, upstreams, evil.echo, evil.urls["echo"], 6, 6, lambda i: bool(echoed.fullmatch(i)))
+
+
+def _web_conversations(gateway: ServerProcess, upstreams: Upstreams, app: WebIds, url: str, conversations: int,
+                       turns: int) -> list[str]:  # fmt: skip
+    """Mode-2 conversations (one account each, several at once): each follow-up must name the
+    conversation and message ids the upstream gave for the reply it follows."""
+    run = uuid.uuid4().hex[:8]
+
+    def conversation(c: int) -> list[str]:
+        token = new_token()
+        ids: list[str] = []
+        questions: list[str] = []
+        parent: str | None = None
+        with httpx.Client(base_url=gateway.url, timeout=30) as client:
+            for t in range(turns):
+                question = f"{run} c{c} t{t}"
+                got = call(client, question, url, key=token, mode="2", kind="1" if (c + t) % 2 else "2",
+                           parent=parent)  # fmt: skip
+                assert got.status in (200, 201) and got.data is not None, got.message
+                assert got.text == f"web: {question}"
+                assert UUID.fullmatch(got.data["id"]) and got.data["id"] != got.data["parentMessageId"]
+                body = seen(upstreams, app, question)["body"]
+                assert got.data["conversationId"] == given(upstreams, app, question)[0]
+                if questions:
+                    conversation_id, message_id = given(upstreams, app, questions[-1])
+                    assert (body["conversation_id"], body["parent_message_id"]) == (conversation_id, message_id)
+                else:
+                    assert "conversation_id" not in body
+                questions.append(question)
+                ids.append(got.data["id"])
+                parent = got.data["id"]
+            question = f"{run} c{c} branch"  # back to the first reply
+            assert call(client, question, url, key=token, mode="2", parent=ids[0]).status == 201
+            body = seen(upstreams, app, question)["body"]
+            assert (body["conversation_id"], body["parent_message_id"]) == given(upstreams, app, questions[0])
+        return ids
+
+    with ThreadPoolExecutor(8) as pool:
+        every = [i for ids in pool.map(conversation, range(conversations)) for i in ids]
+    assert len(set(every)) == len(every) == conversations * turns
+    return every
+
+
+def test_web_ids_from_a_tiny_range_change_nothing(gateway: ServerProcess, upstreams: Upstreams, evil: Evil) -> None:
+    _web_conversations(gateway, upstreams, evil.web_tiny, evil.urls["web_tiny"], 12, 6)
+
+
+def test_web_backend_echoing_the_user_message_id_changes_nothing(gateway: ServerProcess, upstreams: Upstreams,
+                                                                 evil: Evil) -> None:  # fmt: skip
+    _web_conversations(gateway, upstreams, evil.web_echo, evil.urls["web_echo"], 6, 6)
+
+
+# -- 2. redirects -------------------------------------------------------------------------------
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+@pytest.mark.parametrize(("mode", "kind"), [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")])
+def test_a_redirect_is_a_502_naming_only_the_upstream(http: httpx.Client, upstreams: Upstreams, evil: Evil,
+                                                      status: int, mode: str, kind: str) -> None:  # fmt: skip
+    url = evil.urls["redirector" if mode == "1" else "web_redirector"]
+    key = new_key() if mode == "1" else new_token()
+    question = f"{status} {uuid.uuid4().hex}"
+    extra: dict[str, Any] = {"headers": {"X-Extra": "kept-secret"}} if mode == "2" else {}
+    got = call(http, question, url, key=key, mode=mode, kind=kind, **extra)
+    assert got.status == 502
+    assert got.message == f"{evil.host('redirector')} answered with a redirect, which is never followed"
+    seen(upstreams, evil.redirector, question)  # the request did reach the allowed upstream...
+    assert upstreams.apps.call(lambda: list(evil.trap.hits)) == []  # ...and nothing went further
+    trap_host = evil.urls["trap"].split("/")[2]
+    everything = got.response.text + str(got.response.headers)
+    assert trap_host not in everything and "trap-secret" not in everything and "TRAPPED" not in everything
+
+
+# -- 4. hostile shapes --------------------------------------------------------------------------
+@pytest.mark.parametrize("name", sorted(WHOLE_REPLIES))
+def test_hostile_whole_reply_is_502(http: httpx.Client, evil: Evil, name: str) -> None:
+    got = call(http, f"{name} {uuid.uuid4().hex}", evil.urls["hostile"], key=new_key())
+    assert got.status == 502, got.response.text
+    assert got.message.startswith(f"{evil.host('hostile')} {BAD_REPLY}: "), got.message
+    assert len(got.response.content) < 2048
+
+
+@pytest.mark.parametrize("name", sorted(ODD_REPLIES))
+def test_odd_but_readable_whole_reply_is_ours(http: httpx.Client, evil: Evil, name: str) -> None:
+    got = call(http, f"{name} {uuid.uuid4().hex}", evil.urls["hostile"], key=new_key())
+    assert got.status == 201 and got.data is not None, got.message
+    assert got.text == "hi" and OURS.fullmatch(got.data["id"])
+    detail = got.data["detail"]
+    assert detail["id"] in (got.data["id"], "chatcmpl-1") and TEN_KB not in got.response.text
+    assert isinstance(detail["created"], int) and not isinstance(detail["created"], bool)
+    assert detail["choices"][0]["finish_reason"] in ("stop", None)
+
+
+def _follow_up_carries(http: httpx.Client, upstreams: Upstreams, app: Recording, url: str, key: str, parent: str,
+                       earlier: list[dict[str, str]]) -> None:  # fmt: skip
+    """A follow-up of ``parent`` sends ``earlier`` as its history (a budget that fits a whole capped reply)."""
+    question = f"good {uuid.uuid4().hex}"
+    got = call(http, question, url, key=key, parent=parent, maxModelTokens=200_000, maxResponseTokens=1000)
+    assert got.status == 201, got.message
+    assert seen(upstreams, app, question)["body"]["messages"] == [*earlier, user(question)]
+
+
+@pytest.mark.parametrize("name", [*sorted(STREAM_FRAMES), "quiet"])
+def test_hostile_stream_frame_is_an_error_event_and_the_text_is_kept(http: httpx.Client, upstreams: Upstreams,
+                                                                     evil: Evil, name: str) -> None:  # fmt: skip
+    key = new_key()
+    question = f"{name} {uuid.uuid4().hex}"
+    got = call(http, question, evil.urls["hostile"], key=key, kind="2")
+    assert got.status == 502, got.response.text
+    assert got.message.startswith(f"{evil.host('hostile')} {BAD_REPLY}: "), got.message
+    assert [d["delta"] for d in got.deltas] == ["Hello", " there"]
+    # What had arrived is stored (as incomplete) and is the history of a follow-up.
+    _follow_up_carries(http, upstreams, evil.hostile, evil.urls["hostile"], key, got.deltas[-1]["id"],
+                       [user(question), assistant("Hello there")])  # fmt: skip
+
+
+WEB_FRAMES = sorted(web_hostile_frames("c", "m"))
+
+
+@pytest.mark.parametrize("name", [*WEB_FRAMES, "ten_kb_message_id"])
+def test_hostile_web_frame_type1_is_502(http: httpx.Client, evil: Evil, name: str) -> None:
+    got = call(http, f"{name} {uuid.uuid4().hex}", evil.urls["web_hostile"], key=new_token(), mode="2")
+    assert got.status == 502, got.response.text
+    assert got.message.startswith(f"{evil.host('web_hostile')} {BAD_REPLY}: "), got.message
+
+
+@pytest.mark.parametrize("name", ["first-parts_object", "first-patch_not_objects", "first-pointer_integer",
+                                  "first-conversation_number", "first-error_frame", "first-not_json"])  # fmt: skip
+@pytest.mark.parametrize("kind", ["1", "2"])
+def test_hostile_web_frame_before_any_text_is_502(http: httpx.Client, evil: Evil, name: str, kind: str) -> None:
+    got = call(http, f"{name} {uuid.uuid4().hex}", evil.urls["web_hostile"], key=new_token(), mode="2", kind=kind)
+    assert got.status == 502 and got.deltas == [], got.response.text
+    assert got.message.startswith(f"{evil.host('web_hostile')} {BAD_REPLY}: "), got.message
+
+
+@pytest.mark.parametrize("name", [*WEB_FRAMES, "ten_kb_message_id"])
+def test_hostile_web_frame_type2_is_an_error_event_and_the_text_is_kept(http: httpx.Client, upstreams: Upstreams,
+                                                                        evil: Evil, name: str) -> None:  # fmt: skip
+    token = new_token()
+    url = evil.urls["web_hostile"]
+    question = f"{name} {uuid.uuid4().hex}"
+    got = call(http, question, url, key=token, mode="2", kind="2")
+    assert got.status == 502, got.response.text
+    assert got.message.startswith(f"{evil.host('web_hostile')} {BAD_REPLY}: "), got.message
+    assert "".join(d["delta"] for d in got.deltas) == "Hello there"
+    follow = f"good {uuid.uuid4().hex}"
+    again = call(http, follow, url, key=token, mode="2", parent=got.deltas[-1]["id"])
+    assert again.status == 201, again.message  # the partial reply was stored
+    body = seen(upstreams, evil.web_hostile, follow)["body"]
+    if name != "ten_kb_message_id":  # ...with the backend's ids, which the follow-up names
+        assert (body["conversation_id"], body["parent_message_id"]) == given(upstreams, evil.web_hostile, question)
+
+
+# -- 4. the size cap ----------------------------------------------------------------------------
+def _disconnected(upstreams: Upstreams, app: Endless, before: int) -> bool:
+    return within(5, lambda: upstreams.apps.call(lambda: app.disconnects) > before)
+
+
+@pytest.mark.parametrize("form", ["stream", "body", "declared"])
+def test_oversized_whole_reply_is_502_and_the_upstream_let_go(http: httpx.Client, upstreams: Upstreams, evil: Evil,
+                                                              form: str) -> None:  # fmt: skip
+    before = upstreams.apps.call(lambda: evil.endless.disconnects)
+    got = call(http, f"{form} {uuid.uuid4().hex}", evil.urls["endless"], key=new_key())
+    assert got.status == 502, got.response.text
+    limit = f"{CAP} bytes (CHATGPT_SERVER_MAX_REPLY_BYTES)"
+    assert got.message == f"{evil.host('endless')} sent a reply larger than {limit}"
+    if form != "declared":
+        assert _disconnected(upstreams, evil.endless, before)
+
+
+@pytest.mark.parametrize("form", ["stream", "line"])
+def test_oversized_stream_is_cut_stored_incomplete_and_told(http: httpx.Client, upstreams: Upstreams, evil: Evil,
+                                                            form: str) -> None:  # fmt: skip
+    key = new_key()
+    before = upstreams.apps.call(lambda: evil.endless.disconnects)
+    question = f"{form} {uuid.uuid4().hex}"
+    got = call(http, question, evil.urls["endless"], key=key, kind="2")
+    assert got.status == 200 and got.data is not None, got.message
+    assert got.data["incomplete"] is True and got.data["incompleteReason"] == "max_reply_bytes"
+    assert len(got.data["text"]) <= CAP and got.text == "".join(d["delta"] for d in got.deltas)
+    # Cut at the cap, not before: all the text that came within it stands (framing takes < 10%).
+    assert (len(got.text) > CAP * 0.85) == (form == "stream"), len(got.text)
+    assert _disconnected(upstreams, evil.endless, before)
+    if form == "stream":
+        _follow_up_carries(http, upstreams, evil.endless, evil.urls["endless"], key, got.data["id"],
+                           [user(question), assistant(got.text)])  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["stream", "line"])
+@pytest.mark.parametrize("kind", ["1", "2"])
+def test_oversized_web_stream_is_cut_stored_incomplete_and_told(http: httpx.Client, upstreams: Upstreams, evil: Evil,
+                                                                form: str, kind: str) -> None:  # fmt: skip
+    token = new_token()
+    url = evil.urls["web_endless"]
+    before = upstreams.apps.call(lambda: evil.endless.disconnects)
+    question = f"{form} {uuid.uuid4().hex}"
+    got = call(http, question, url, key=token, mode="2", kind=kind)
+    assert got.status in (200, 201) and got.data is not None, got.message
+    assert got.data["incomplete"] is True and got.data["incompleteReason"] == "max_reply_bytes"
+    assert len(got.data["text"]) <= CAP and (len(got.text) > CAP * 0.85) == (form == "stream"), len(got.text)
+    assert _disconnected(upstreams, evil.endless, before)
+    if form == "stream":
+        follow = f"good {uuid.uuid4().hex}"
+        again = call(http, follow, evil.urls["web_hostile"], key=token, mode="2", parent=got.data["id"])
+        assert again.status == 201, again.message
+        body = seen(upstreams, evil.web_hostile, follow)["body"]
+        assert (body["conversation_id"], body["parent_message_id"]) == given(upstreams, evil.endless, question)
+
+
+# -- 3. nothing secret comes back ---------------------------------------------------------------
+def _allowed_retry_after(value: str) -> bool:
+    if value.isascii() and value.isdigit():
+        return True
+    return value.isascii() and email.utils.parsedate_to_datetime(value) is not None
+
+
+def assert_nothing_secret(answer: Answer, secret: str) -> None:
+    """No spelling of ``secret`` (any case, whole or its last 8 characters), no other credential-shaped
+    text, in the body or any header; a Retry-After only as seconds or an HTTP date."""
+    response = answer.response
+    everything = (response.text + "\n" + "\n".join(f"{k}: {v}" for k, v in response.headers.items())).lower()
+    for form in (secret, secret[-8:]):
+        assert form.lower() not in everything, f"{form!r} came back: {response.text[:500]}"
+    for other in OTHER_SECRETS:
+        assert other.split()[-1].split("=")[-1][-12:].lower() not in everything, other
+    retry = response.headers.get("retry-after")
+    assert retry is None or _allowed_retry_after(retry), retry
+
+
+def assert_not_logged(gateway: ServerProcess, rid: str, secret: str) -> None:
+    assert within(5, lambda: rid in gateway.log()), "the request's access log line never came"
+    log = gateway.log().lower()
+    for form in (secret, secret[-8:]):
+        assert form.lower() not in log, f"{form!r} is in the server log"
+
+
+LEAKY_CHAT = ["400", "401", "403", "404", "409", "422", "500", "502", "503", "text 400", "text 500", "html 403",
+              "html 502", "whole", "code 401", "code 400", "code 403", "code 429", "code 500"]  # fmt: skip
+RETRY_NAMES = sorted(junk_retry_after("k"))
+
+
+@pytest.mark.parametrize("question", LEAKY_CHAT + [f"429 {name}" for name in RETRY_NAMES] + ["503 bearer"])
+@pytest.mark.parametrize("kind", ["1", "2"])
+def test_an_echoed_key_never_comes_back(gateway: ServerProcess, http: httpx.Client, evil: Evil, question: str,
+                                        kind: str) -> None:  # fmt: skip
+    key = new_key()
+    rid = uuid.uuid4().hex
+    got = call(http, f"{question} {uuid.uuid4().hex}", evil.urls["leaky"], key=key, kind=kind, rid=rid)
+    assert got.status >= 400, got.response.text
+    assert_nothing_secret(got, key)
+    retry = got.response.headers.get("retry-after")
+    name = question.split()[-1]
+    expected = {"digits": "120", "date": "Wed, 21 Oct 2037 07:28:00 GMT", "spaced": "30"}.get(name)
+    if question.startswith("429 "):
+        assert retry == expected, (question, retry)
+    assert_not_logged(gateway, rid, key)
+
+
+def test_an_error_chunk_echoing_the_key_never_comes_back(gateway: ServerProcess, http: httpx.Client,
+                                                         evil: Evil) -> None:  # fmt: skip
+    key = new_key()
+    rid = uuid.uuid4().hex
+    got = call(http, f"stream {uuid.uuid4().hex}", evil.urls["leaky"], key=key, kind="2", rid=rid)
+    assert got.status == 502 and [d["delta"] for d in got.deltas] == ["Hello"]
+    assert_nothing_secret(got, key)
+    assert_not_logged(gateway, rid, key)
+
+
+LEAKY_WEB = ["400", "401", "403", "403 obj", "404", "409", "500", "502", "503", "frame", "typed", "message", "429 obj"]
+
+
+@pytest.mark.parametrize("question", LEAKY_WEB + [f"429 {name}" for name in RETRY_NAMES])
+@pytest.mark.parametrize("kind", ["1", "2"])
+def test_an_echoed_access_token_never_comes_back(gateway: ServerProcess, http: httpx.Client, evil: Evil,
+                                                 question: str, kind: str) -> None:  # fmt: skip
+    token = new_token()
+    rid = uuid.uuid4().hex
+    got = call(http, f"{question} {uuid.uuid4().hex}", evil.urls["web_leaky"], key=token, mode="2", kind=kind,
+               rid=rid)  # fmt: skip
+    assert got.status >= 400, got.response.text
+    assert_nothing_secret(got, token)
+    name = question.split()[1] if len(question.split()) > 1 else ""
+    expected = {"digits": "120", "date": "Wed, 21 Oct 2037 07:28:00 GMT", "spaced": "30"}.get(name)
+    if question.startswith("429 "):
+        assert got.response.headers.get("retry-after") == expected, question
+    assert_not_logged(gateway, rid, token)
+
+
+def test_the_stand_in_echoes_every_spelling() -> None:
+    """The leaky stand-ins do echo what these tests say they do (a test of the test)."""
+    key = new_key()
+    for form in spellings(key):
+        assert form in echo_text(key)
