@@ -188,6 +188,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "parentMessageId {id} belongs to a conversation of another mode 2 backend than {backend}",
         "parentMessageId {id} 属于另一个模式2后端的对话 (当前为 {backend})",
     ),
+    "parent_web_ids_missing": (
+        "parentMessageId {id} cannot be continued: the web backend gave no ids for it (start a new conversation)",
+        "parentMessageId {id} 无法继续: 网页后端没有为它返回id (请开始新的对话)",
+    ),
     "parent_web_only": (
         "{id} belongs to a ChatGPT web conversation, which only mode 2 with the web backend can continue",
         "{id} 属于 ChatGPT 网页版对话, 只能通过模式2的web后端继续",

@@ -54,6 +54,9 @@ def _compatible(mode: str, backend: str) -> Any:
             if mode == "2" and _MODE_OF_ORIGIN.get(parent.origin) == "2":
                 raise BadRequest("parent_other_backend", id=parent.item.id, backend=backend)
             raise BadRequest("parent_wrong_mode", id=parent.item.id, mode=_MODE_OF_ORIGIN.get(parent.origin, "?"))
+        if backend == "web" and mode == "2" and not isinstance(parent.item.meta.get("web"), list):
+            # The web backend keeps the history: without its ids for this reply, it cannot go on.
+            raise BadRequest("parent_web_ids_missing", id=parent.item.id)
 
     return check
 

@@ -391,6 +391,7 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
     yield emit("response.in_progress", response=draft.shell("in_progress", []))
     message_index: int | None = None
     calls: dict[int, tuple[int, dict[str, Any]]] = {}  # upstream tool index -> (output index, item)
+    arguments: dict[int, list[str]] = {}  # output index -> argument pieces (joined once, not per piece)
     item: dict[str, Any]
     order: list[dict[str, Any]] = []  # items as added, in output order
     message_id = turn.reply_id
@@ -418,7 +419,7 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
                     calls[piece.tool_index] = known = (index, item)
                     yield emit("response.output_item.added", output_index=index, item=dict(item))
                 if piece.arguments:
-                    known[1]["arguments"] += piece.arguments
+                    arguments.setdefault(known[0], []).append(piece.arguments)
                     yield emit("response.function_call_arguments.delta", item_id=known[1]["id"],
                                output_index=known[0], delta=piece.arguments)  # fmt: skip
         result = await turn.finish()
@@ -428,6 +429,8 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
             with contextlib.suppress(ServiceError):
                 await turn.finish(incomplete="error")
         error = openai_error_body(exc)["error"]
+        for index, pieces in arguments.items():
+            order[index]["arguments"] = "".join(pieces)
         failed = draft.shell("failed", order, error={"code": error["code"], "message": error["message"]})
         yield emit("response.failed", response=failed)
         return
