@@ -180,3 +180,33 @@ def test_the_store_server_itself_stopped_and_restarted(
         assert_all_kept(server.url, load.acked)  # acknowledged before the stop or after the restart
     finally:
         server.stop()
+
+
+def test_one_account_one_reply_at_a_time_across_instances(
+    network_kind: str, tmp_path: Path, upstreams: Upstreams
+) -> None:
+    """The web backend allows one reply at a time per account: two instances queue as one."""
+    from .standins.chatgpt_web import mint
+
+    a, b = servers(tmp_path, upstreams, store_url(network_kind, tmp_path), 2)
+    token = mint("queued@example.com")
+    upstreams.chatgpt.chunk_delay = 0.05
+    upstreams.chatgpt.max_concurrent_seen = 0
+    statuses: list[int] = []
+
+    def one(url: str, i: int) -> None:
+        with httpx.Client(base_url=url, timeout=30) as c:
+            statuses.append(ask(c, f"parallel {i}", key=token, mode="2").status_code)
+
+    try:
+        threads = [threading.Thread(target=one, args=((a if i % 2 else b).url, i)) for i in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        upstreams.chatgpt.chunk_delay = 0.0
+        a.stop()
+        b.stop()
+    assert statuses == [201] * 6
+    assert upstreams.chatgpt.max_concurrent_seen == 1

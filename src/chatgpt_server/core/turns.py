@@ -25,7 +25,7 @@ from ..upstreams.base import Event, Prompt, Reply, Target, ToolCall, Upstream
 from .activity import Activity, current_log
 from .history import HistoryCache, Path, cut, path_from_store
 from .items import Item, mint
-from .locks import KeyedLocks
+from .leases import Leases
 from .tokens import REPLY_PRIMING, count, encoding_for, is_exact, message_cost
 
 ESTIMATE_MARGIN = 0.9  # budgets of models we count by estimate keep 10% in hand
@@ -103,7 +103,7 @@ class Turns:
         self.upstreams = upstreams
         self.cache = cache
         self.activity = activity
-        self.queues = KeyedLocks()
+        self.queues = Leases(store)
 
     # -- the store, timed for the access log --------------------------------------------------------
     async def _timed(self, operation: Any) -> Any:
@@ -270,7 +270,7 @@ class OpenTurn:
         try:
             async with asyncio.timeout_at(self._deadline) as self._timeout:
                 if spec.queue_key is not None:
-                    self._release = await self.turns.queues.acquire(spec.queue_key)
+                    self._release = await self.turns.queues.acquire(spec.queue_key, spec.timeout_s + 30)
                 self._check_abort()
                 upstream = self.turns.upstreams[spec.target.upstream]
                 self.reply = await upstream.open(self.prompt, spec.target)

@@ -325,7 +325,8 @@ class PostgresStore(Store):
     async def purge(self, before: float) -> int:
         rows = await self._fetch(
             """WITH a AS (DELETE FROM items WHERE created_at < $1 RETURNING 1),
-                    b AS (DELETE FROM records WHERE kind IN ('response', 'conversation') AND updated_at < $1
+                    b AS (DELETE FROM records WHERE kind IN ('response', 'conversation', 'device', 'lease')
+                          AND updated_at < $1
                           RETURNING 1)
                SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM b)""",
             before,

@@ -351,6 +351,8 @@ class RedisStore(Store):
 
     # -- records ------------------------------------------------------------------------------------
     def _ttl(self, kind: str) -> int:
+        if kind in ("device", "lease"):
+            return 3_600_000  # short-lived by nature: an hour bounds what a lost one costs
         return 0 if kind == "account" else self.ttl_ms
 
     async def put_record(self, record: Record, expect_version: int | None) -> bool:
