@@ -411,7 +411,8 @@ class SQLiteStore(Store):
                 self.db.execute("BEGIN IMMEDIATE")
                 items = self.db.execute("DELETE FROM items WHERE created_at < ?", (before,)).rowcount
                 records = self.db.execute(
-                    "DELETE FROM records WHERE kind IN ('response', 'conversation', 'device', 'lease') AND updated_at < ?",
+                    "DELETE FROM records WHERE kind IN ('response', 'conversation', 'device', 'lease') "
+                    "AND updated_at < ?",
                     (before,),
                 ).rowcount
         except sqlite3.Error as exc:
