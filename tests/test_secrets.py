@@ -60,3 +60,28 @@ def test_no_secret_in_any_log_line_response_or_stored_byte(tmp_path: Path, upstr
         assert secret.encode() not in stored, "secret in the store"
     # The issued access token goes to its caller only: not to the log, not to the store.
     assert issued not in log and issued.encode() not in stored
+
+
+def test_the_start_up_log_masks_credentials_in_every_url(tmp_path: Path, upstreams: Upstreams) -> None:
+    env = upstreams.env(
+        CHATGPT_SERVER_PROXY="http://SECRETTOKEN@127.0.0.1:9",
+        CHATGPT_SERVER_STORE_URL=f"sqlite:///{tmp_path / 'x.db'}?password=PWINQUERY&synchronous=normal",
+        CHATGPT_SERVER_ALLOWED_UPSTREAMS="http://127.0.0.1:9/v1",
+    )
+    server = ServerProcess(tmp_path, env).start()
+    server.stop()
+    log = server.log()
+    assert "settings:" in log and "SECRETTOKEN" not in log and "PWINQUERY" not in log
+    assert "***@127.0.0.1:9" in log and "password=***" in log
+
+
+def test_mask_url_covers_userinfo_and_query_secrets() -> None:
+    from chatgpt_server.settings import mask_url
+
+    assert mask_url("http://SECRETTOKEN@proxy:3128") == "http://***@proxy:3128"
+    assert mask_url("socks5://user:pass@proxy:1080") == "socks5://***@proxy:1080"
+    assert (
+        mask_url("postgresql://h/db?password=abc&sslmode=require") == "postgresql://h/db?password=***&sslmode=require"
+    )
+    assert mask_url("redis://:hunter2@[::1]:6379/0?prefix=x") == "redis://***@[::1]:6379/0?prefix=x"
+    assert mask_url("https://h/v1?api_key=SEKRIT&access_token=SEKRIT") == "https://h/v1?api_key=***&access_token=***"

@@ -230,3 +230,15 @@ def test_disconnects_leak_no_tasks_streams_or_memory(
     # No connection left behind: every upstream request was closed, no descriptor piles up.
     assert upstreams.openai.closed_streams - closed_before == 180
     assert len(os.listdir(f"/proc/{pid}/fd")) <= fds_warm + 3
+
+
+def test_delta_only_streams_carry_only_the_new_text(sclient: httpx.Client) -> None:
+    words = " ".join(f"w{i}" for i in range(20))
+    full = events(stream(sclient, words).text)
+    lean = events(stream(sclient, words, deltaOnly=True).text)
+    full_deltas = [e[1] for e in full if e[0] == "delta"]
+    lean_deltas = [e[1] for e in lean if e[0] == "delta"]
+    assert all("text" in d for d in full_deltas) and not any("text" in d for d in lean_deltas)
+    assert "".join(d["delta"] for d in lean_deltas) == lean[-1][1]["data"]["text"] == f"echo(1): {words}"
+    assert {"delta", "id", "parentMessageId", "conversationId"} == set(lean_deltas[0])
+    assert len(stream(sclient, words, deltaOnly=True).content) < len(stream(sclient, words).content)
