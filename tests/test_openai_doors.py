@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -430,3 +431,36 @@ def test_a_key_its_upstream_refuses_stores_nothing(v1_server: ServerProcess) -> 
             bad.responses.retrieve("resp_anything")
     with openai.OpenAI(base_url=v1_server.url + "/v1", api_key=KEY, max_retries=0) as good:
         assert good.conversations.create().id.startswith("conv_")
+
+
+def test_a_stream_client_that_leaves_cancels_and_keeps_the_partial(
+    sdk: openai.OpenAI, v1_server: ServerProcess, upstreams: Upstreams
+) -> None:
+    upstreams.openai.chunk_delay = 0.2
+    closed = upstreams.openai.closed_streams
+    words = " ".join(f"w{i}" for i in range(30))
+    response_id = None
+    try:
+        with httpx.stream("POST", v1_server.url + "/v1/responses", timeout=30,
+                          headers={"Authorization": f"Bearer {KEY}"},
+                          json={"model": "gpt-3.5-turbo", "input": words, "stream": True}) as stream:  # fmt: skip
+            for line in stream.iter_lines():
+                if line.startswith("data: ") and '"response.created"' in line:
+                    response_id = json.loads(line[6:])["response"]["id"]
+                if '"response.output_text.delta"' in line:
+                    break  # the client goes away after the first piece of text
+    finally:
+        upstreams.openai.chunk_delay = 0.0
+    assert response_id is not None
+    deadline = time.monotonic() + 3
+    while upstreams.openai.closed_streams == closed:  # the upstream request was cancelled
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    while True:  # and the partial response was stored, incomplete
+        try:
+            stored = sdk.responses.retrieve(response_id)
+            break
+        except openai.NotFoundError:
+            assert time.monotonic() < deadline
+            time.sleep(0.02)
+    assert stored.status == "incomplete" and stored.output_text and stored.output_text != f"echo(1): {words}"
