@@ -13,7 +13,15 @@ from typing import Any
 
 from .. import __version__
 from .openai_items import MAX_ITEMS, MAX_TEXT
-from .original_request import MAX_HEADER_NAME, MAX_HEADER_VALUE, MAX_HEADERS, RANGES, RESERVED_HEADERS, RESERVED_PARAMS
+from .original_request import (
+    MAX_HEADER_NAME,
+    MAX_HEADER_VALUE,
+    MAX_HEADERS,
+    OPTIONS,
+    RANGES,
+    RESERVED_HEADERS,
+    RESERVED_PARAMS,
+)
 from .responses import MAX_METADATA
 from .v1 import MAX_LIMIT
 
@@ -229,8 +237,8 @@ def _json_body(schema: Schema, required: bool = True, form: Schema | None = None
 # -- the original's door: POST /api/v1/gpt/getInfo -------------------------------------------------
 MODE_1 = {"anyOf": [{"type": "string", "pattern": r"^\s*1\s*$"}, {"const": 1}]}
 MODE_2 = {"anyOf": [{"type": "string", "pattern": r"^\s*2\s*$"}, {"const": 2}]}
-MODE_1_OPTIONS = ("completionParams", "maxModelTokens", "maxResponseTokens", "apiBaseUrl", "apiOrg")
-MODE_2_OPTIONS = ("apiReverseProxyUrl", "headers")
+MODE_1_OPTIONS = tuple(name for name, mode in OPTIONS.items() if mode == "1")
+MODE_2_OPTIONS = tuple(name for name, mode in OPTIONS.items() if mode == "2")
 RESERVED_HEADER_NAMES = "^(?:" + "|".join(sorted(_case_insensitive(h) for h in RESERVED_HEADERS)) + ")$"
 PREFIXED_HEADER_NAMES = "^(?:" + _case_insensitive("proxy-") + "|" + _case_insensitive("sec-") + ")"
 
@@ -257,10 +265,10 @@ GPT_OPTIONS = _object(
             "properties": {"model": {"type": "string"}},
             "propertyNames": {"not": {"enum": list(RESERVED_PARAMS)}},
         }),
-        "maxModelTokens": _or_null(_integer(1, RANGES["maxModelTokens"], "mode 1: the token budget of prompt and "
+        "maxModelTokens": _or_null(_integer(1, RANGES["maxModelTokens"], "the token budget of prompt and "
                                             "reply (default CHATGPT_SERVER_MAX_MODEL_TOKENS, 4000); it must exceed "
                                             "maxResponseTokens (given or default)", default=4000)),
-        "maxResponseTokens": _or_null(_integer(1, RANGES["maxResponseTokens"], "mode 1: the reply's share of the "
+        "maxResponseTokens": _or_null(_integer(1, RANGES["maxResponseTokens"], "the reply's share of the "
                                                "budget (default CHATGPT_SERVER_MAX_RESPONSE_TOKENS, 1000); it must "
                                                "be below maxModelTokens (given or default)", default=1000)),
         "apiBaseUrl": _upstream_url("1"),

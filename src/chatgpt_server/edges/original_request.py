@@ -16,8 +16,8 @@ Problems = list[tuple[str, dict[str, Any]]]
 OPTIONS: dict[str, str] = {
     "systemMessage": "",
     "completionParams": "1",
-    "maxModelTokens": "1",
-    "maxResponseTokens": "1",
+    "maxModelTokens": "",  # mode 2 too: the Codex backend gets the history from our store
+    "maxResponseTokens": "",
     "apiBaseUrl": "1",
     "apiOrg": "1",
     "apiReverseProxyUrl": "2",
@@ -110,6 +110,8 @@ def _bounded_int(options: dict[str, Any], name: str, problems: Problems) -> int 
     if value is None:
         return None
     field_name = f"opts.opts.{name}"
+    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:  # 2.0 is an integer in JSON
+        value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         problems.append(("field_not_positive_int", {"field": field_name}))
         return None
