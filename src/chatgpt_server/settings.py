@@ -133,7 +133,7 @@ class Settings(BaseSettings):
     header_timeout_seconds: float = Field(
         default=10.0, gt=0, le=600, description="time allowed for a request's headers"
     )
-    history_cache_mb: int = Field(default=64, ge=0, le=65536, description="memory for recent conversation histories")
+    history_cache_mb: int = Field(default=32, ge=0, le=65536, description="memory for recent conversation histories")
     token_margin_seconds: int = Field(
         default=300, ge=0, description="refresh access tokens this long before they expire"
     )

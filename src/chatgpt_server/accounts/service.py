@@ -19,7 +19,7 @@ import hashlib
 import secrets
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
@@ -32,9 +32,11 @@ from ..stores import Record, Store
 from ..upstreams.base import Target
 from ..upstreams.chatgpt_web import check_not_expired, jwt_claims
 from ..upstreams.http import HTTPClient
-from .crypto import Sealer
 from .oauth import DeviceCode, OAuth, RefreshRefused, TokenSet
 from .tokens import AUTH_CLAIM, Identity, Unverifiable, Verifier, identity_of
+
+if TYPE_CHECKING:
+    from .crypto import Sealer
 
 LEASE_S = 60.0  # longer than a refresh can take (its timeout is 20 s)
 WAIT_POLL_S = 0.05
@@ -60,8 +62,7 @@ class Accounts:
         self.owners = owners
         self.verifier = Verifier(http, settings.chatgpt_auth_issuer)
         self.oauth = OAuth(http, settings.chatgpt_auth_issuer, settings.chatgpt_client_id)
-        secret = settings.secret_bytes()
-        self.sealer = Sealer(secret) if secret else None
+        self._sealer_made: Sealer | None = None
         self.holder = secrets.token_hex(8)  # this process, as a lease holder
         self._refreshing = KeyedLocks()
         self._known: dict[str, tuple[float, str, float]] = {}  # key -> (until, access token, its exp)
@@ -126,9 +127,15 @@ class Accounts:
 
     # -- the stored tokens ---------------------------------------------------------------------
     def _sealer(self) -> Sealer:
-        if self.sealer is None:
-            raise BadRequest("accounts_need_secret_key")
-        return self.sealer
+        """Made when first needed (cryptography is ~10 MB a process that serves no account needs not load)."""
+        if self._sealer_made is None:
+            secret = self.settings.secret_bytes()
+            if secret is None:
+                raise BadRequest("accounts_need_secret_key")
+            from .crypto import Sealer
+
+            self._sealer_made = Sealer(secret)
+        return self._sealer_made
 
     def _open(self, key: str, body: dict[str, Any]) -> dict[str, str]:
         plain = self._sealer().open(str(body.get("sealed", "")), "account:" + key)

@@ -14,7 +14,6 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
 import orjson
 
 from ..upstreams.http import TRANSPORT_ERRORS, HTTPClient, read_limited
@@ -80,6 +79,8 @@ class Verifier:
         if cache_key in self._verified:
             self._verified.move_to_end(cache_key)
             return self._verified[cache_key]
+        import jwt  # here, not at the top: PyJWT brings cryptography (~10 MB) to processes that need it
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -126,6 +127,8 @@ class Verifier:
             raise Unverifiable(type(exc).__name__) from exc
         except Exception as exc:  # a BadGateway from read_limited
             raise Unverifiable(type(exc).__name__) from exc
+        import jwt
+
         self._fetched_at = time.monotonic()
         keys: dict[str, Any] = {}
         for jwk in document.get("keys", []) if isinstance(document, dict) else []:
