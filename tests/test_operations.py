@@ -364,3 +364,25 @@ def test_every_setting_is_in_env_example_and_readme() -> None:
     for name in Settings.model_fields:
         assert f"# {env_name(name)}=" in example, name
         assert env_name(name) in readme, name
+
+
+def test_several_workers_serve_one_port_and_share_conversations(tmp_path: Path, upstreams: Upstreams) -> None:
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_WORKERS="2",
+                                                   CHATGPT_SERVER_HEADER_TIMEOUT_SECONDS="1")).start()  # fmt: skip
+    try:
+        pids: set[int] = set()
+        deadline = time.monotonic() + 20
+        while len(pids) < 2:  # both workers answer (each says which one it is)
+            assert time.monotonic() < deadline, pids
+            with httpx.Client(base_url=server.url, timeout=10) as c:
+                pids.add(c.get("/healthz").json()["data"]["pid"])
+        parent = None
+        for i in range(6):  # new connections land on either worker; the conversation is one
+            with httpx.Client(base_url=server.url, timeout=10) as c:
+                reply = ask(c, f"turn {i}", parent=parent).json()["data"]
+            assert reply["text"] == f"echo({i + 1}): turn {i}"
+            parent = reply["id"]
+        big = httpx.get(server.url + "/healthz", headers={"X-Big": "a" * 40000})
+        assert big.status_code == 431  # the workers have the head limits too
+    finally:
+        server.stop()

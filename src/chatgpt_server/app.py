@@ -375,4 +375,8 @@ def create_app(settings: Settings, store: Store | None = None) -> ASGIApp:
 
 def app_from_environment() -> ASGIApp:
     """The factory worker processes call: settings from the environment the parent prepared."""
-    return create_app(Settings())
+    from .http_limits import configure
+
+    settings = Settings()
+    configure(settings.max_header_bytes, 100, settings.header_timeout_seconds)
+    return create_app(settings)

@@ -73,7 +73,7 @@ def serve(args: argparse.Namespace) -> int:
     from uvicorn.supervisors import Multiprocess
 
     from .app import create_app
-    from .http_limits import protocol_class
+    from .http_limits import configure
 
     overrides = {name: getattr(args, name) for name in SERVE_FLAGS}
     if args.check:
@@ -88,7 +88,7 @@ def serve(args: argparse.Namespace) -> int:
         log.info("store %s opens: ready to serve", settings.store_url.split(":", 1)[0])
         return 0
     log.info("Swagger UI: http://%s:%d/api", _shown_host(settings.host), settings.port)
-    http = protocol_class(settings.max_header_bytes, 100, settings.header_timeout_seconds)
+    http = configure(settings.max_header_bytes, 100, settings.header_timeout_seconds)
     common: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "http": http, "loop": "uvloop",
         "access_log": False,  # ours is written by the app: uvicorn's would write query strings

@@ -245,3 +245,14 @@ def protocol_class(
     Limited.max_headers = max_headers
     Limited.head_timeout_s = float(head_timeout_s)
     return Limited
+
+
+def configure(max_head_bytes: int, max_headers: int, head_timeout_s: float) -> type[LimitedHttpToolsProtocol]:
+    """Set this process's bounds on the module-level class itself and return it. Worker processes get
+    the class by name (uvicorn pickles its config to start them), so each one calls this from the
+    settings it reads; a class made inside a function could not be sent to them."""
+    configured = protocol_class(max_head_bytes, max_headers, head_timeout_s)
+    LimitedHttpToolsProtocol.max_head_bytes = configured.max_head_bytes
+    LimitedHttpToolsProtocol.max_headers = configured.max_headers
+    LimitedHttpToolsProtocol.head_timeout_s = configured.head_timeout_s
+    return LimitedHttpToolsProtocol

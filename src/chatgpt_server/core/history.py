@@ -16,7 +16,9 @@ from dataclasses import dataclass
 from ..stores import HistoryRow
 
 TTL_S = 600.0
-_ROW_OVERHEAD = 120  # bytes a row costs beyond its JSON (the tuple, the id, the ints)
+MIN_ROWS = 16  # a shorter history is one small read: not worth memory
+_ROW_OVERHEAD = 240  # bytes a row costs beyond its JSON: the tuple, its list slot, the id and parent strings
+_ENTRY_OVERHEAD = 400  # the Path, the dict entry and its key
 
 
 @dataclass(slots=True)
@@ -45,7 +47,7 @@ def path_from_store(owner: str, gen: int, newest_first: list[HistoryRow], budget
 
 
 def _size(rows: list[HistoryRow]) -> int:
-    return sum(len(r[2]) for r in rows) + _ROW_OVERHEAD * len(rows)
+    return sum(len(r[2]) for r in rows) + _ROW_OVERHEAD * len(rows) + _ENTRY_OVERHEAD
 
 
 def cut(rows: list[HistoryRow], budget: int) -> tuple[list[HistoryRow], bool]:
@@ -94,7 +96,7 @@ class HistoryCache:
         return entry
 
     def put(self, item_id: str, path: Path) -> None:
-        if self.max_bytes <= 0 or path.size > self.max_bytes // 4:
+        if self.max_bytes <= 0 or len(path.rows) < MIN_ROWS or path.size > self.max_bytes // 4:
             return
         old = self._entries.pop(item_id, None)
         if old is not None:
@@ -107,7 +109,8 @@ class HistoryCache:
 
     def extend(self, base: list[HistoryRow], base_complete: bool, coverage: int, new: list[HistoryRow],
                owner: str, gen: int) -> Path:  # fmt: skip
-        """The path of the newest of ``new``, which were just written after ``base``."""
+        """The path of the newest of ``new``, which were just written after ``base``. The rows' JSON
+        must be exactly sized (orjson's own results keep a 4 kB buffer each: copy them first)."""
         rows = base + new
         added = sum(r[3] for r in new)
         return Path(owner, gen, rows, coverage + added, base_complete, _size(rows), time.monotonic())

@@ -23,7 +23,7 @@ from ..errors import BadRequest, GatewayTimeout, NotFound, ServiceError, Shuttin
 from ..stores import HistoryRow, NewItem, Record, Store, StoredItem, TurnWrite
 from ..upstreams.base import Event, Prompt, Reply, Target, ToolCall, Upstream
 from .activity import Activity, current_log
-from .history import HistoryCache, Path, cut, path_from_store
+from .history import MIN_ROWS, HistoryCache, Path, cut, path_from_store
 from .items import Item, mint
 from .leases import Leases
 from .tokens import REPLY_PRIMING, count, encoding_for, is_exact, message_cost
@@ -402,12 +402,15 @@ class OpenTurn:
             record = spec.record(result)
             write.response, write.response_id = record, record.id
         await self.turns._timed(self.turns.store.add_turn(write))
+        base = self.base
+        if len(base.rows) + len(new) < MIN_ROWS:
+            return  # too short to keep in memory
         rows: list[HistoryRow] = []
         parent = result.parent_id
         for n in new:
-            rows.append((n.item.id, n.item.kind, n.chat, n.cost, parent))
+            # bytes(memoryview(...)): an exact-size copy; orjson's result holds a 4 kB buffer.
+            rows.append((n.item.id, n.item.kind, bytes(memoryview(n.chat)), n.cost, parent))
             parent = n.item.id
-        base = self.base
         path = self.turns.cache.extend(base.rows, base.complete, base.coverage, rows, spec.owner, base.gen)
         self.turns.cache.put(items[-1].id, path)
 
