@@ -153,10 +153,11 @@ class Turns:
         if parent is not None and spec.target.upstream != "web":  # the web backend keeps its own history
             source = await self._history(spec.owner, parent, budget - fixed)
             history, left_out = cut(source.rows, budget - fixed)
+            left_out = left_out or not source.complete  # older items exist, beyond what fits
             if left_out and not spec.budget.truncate:
-                total = fixed + sum(r[3] for r in source.rows)
-                raise BadRequest("context_length_exceeded", tokens=total, budget=budget)
-            base = Path(spec.owner, parent.gen, history, budget - fixed, source.complete and not left_out, 0, 0.0)
+                total = max(fixed + sum(r[3] for r in source.rows), budget + 1)  # a floor when not all was read
+                raise BadRequest("context_length_exceeded", tokens=total, budget=budget, code="context_length_exceeded")
+            base = Path(spec.owner, parent.gen, history, budget - fixed, not left_out, 0, 0.0)
         used = fixed + sum(r[3] for r in history)
         prompt = Prompt(
             model=spec.model,
