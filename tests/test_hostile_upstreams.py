@@ -57,7 +57,7 @@ from .standins.evil import (
 
 CAP = 65536  # CHATGPT_SERVER_MAX_REPLY_BYTES of the gateway under test
 OURS = re.compile(r"chatcmpl-[0-9a-f]{32}")  # a mode-1 reply id the gateway minted
-UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
+UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[47][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}")
 BAD_REPLY = "answered with something other than the expected reply"
 WEB_PATH = "/backend-api/conversation"
 

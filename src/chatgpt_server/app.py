@@ -13,7 +13,6 @@ import gc
 import logging
 import os
 import re
-import secrets
 import signal
 import threading
 import time
@@ -34,6 +33,7 @@ from .accounts.service import Accounts
 from .accounts.signin import TokenService
 from .core.activity import Activity, RequestLog, begin_log
 from .core.history import HistoryCache
+from .core.items import random_hex
 from .core.owners import Owners
 from .core.turns import Turns
 from .edges import access_token, chat_completions, conversations, docs, health, original, responses
@@ -184,27 +184,36 @@ class AccessLog:
     def __init__(self, form: str, enabled: bool):
         self.json = form == "json"
         self.enabled = enabled
+        self._second = -1
+        self._prefix = ""
 
     def write(self, entry: RequestLog, rid: str, method: str, path: str, status: int, started: float) -> None:
         if not self.enabled:
             return
         now = time.time()
-        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z"
+        second = int(now)
+        if second != self._second:  # the date and time to the second change once a second
+            self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        stamp = f"{self._prefix}.{int((now - second) * 1000):03d}Z"
         duration = round((time.perf_counter() - started) * 1000, 2)
-        fields = {
-            "time": stamp, "request_id": rid, "method": method, "path": path, "status": status,
-            "duration_ms": duration, "route": entry.route, "upstream": entry.upstream,
-            "upstream_ms": round(entry.upstream_ms, 2), "store_ms": round(entry.store_ms, 2),
-            "outcome": entry.outcome, "message": entry.message,
-        }  # fmt: skip
         if self.json:
+            fields = {
+                "time": stamp, "request_id": rid, "method": method, "path": path, "status": status,
+                "duration_ms": duration, "route": entry.route, "upstream": entry.upstream,
+                "upstream_ms": round(entry.upstream_ms, 2), "store_ms": round(entry.store_ms, 2),
+                "outcome": entry.outcome, "message": entry.message,
+            }  # fmt: skip
             line = orjson.dumps({k: v for k, v in fields.items() if v != ""}) + b"\n"
         else:
             text = f"{stamp} {rid} {method} {path} {status} {duration}ms"
-            for name in ("route", "upstream", "upstream_ms", "store_ms", "outcome"):
-                value = fields[name]
-                if value not in ("", 0, 0.0):
-                    text += f" {name}={value}" if name != "route" else f' route="{value}"'
+            if entry.route:
+                text += f' route="{entry.route}"'
+            if entry.upstream:
+                text += f" upstream={entry.upstream} upstream_ms={entry.upstream_ms:.2f}"
+            if entry.store_ms:
+                text += f" store_ms={entry.store_ms:.2f}"
+            if entry.outcome:
+                text += f" outcome={entry.outcome}"
             if entry.message:
                 text += f" message={orjson.dumps(entry.message).decode()}"
             line = (text + "\n").encode()
@@ -314,7 +323,7 @@ class App:
                 if _REQUEST_ID.match(text):
                     return text
                 break
-        return secrets.token_hex(8)
+        return random_hex(64)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:
         if path.startswith("/api/static/") and method in ("GET", "HEAD"):

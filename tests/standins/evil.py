@@ -37,7 +37,7 @@ MISSING = object()  # an id left out of the reply altogether
 TEN_KB = "i" * 10240
 # Ids the gateway mints: chatcmpl-<32 hex>, msg_/fc_/call_<32 hex>, and bare UUIDs.
 GATEWAY_ID = re.compile(
-    r"(?:chatcmpl-|msg_|fc_|call_)[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
+    r"(?:chatcmpl-|msg_|fc_|call_)[0-9a-f]{32}|[0-9a-f]{8}-[0-9a-f]{4}-[47][0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}"
 )
 
 

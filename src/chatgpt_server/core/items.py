@@ -11,7 +11,9 @@ building an upstream request from a long history is a join of bytes.
 
 from __future__ import annotations
 
-import secrets
+import os
+import random
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -26,11 +28,31 @@ ROLES = ("user", "assistant", "system", "developer")
 IMAGE_COST = 765  # a high-detail 512x512 image, as OpenAI prices one; an estimate for any image
 
 
+# Ids need to be unique, not secret: every lookup is also checked against its owner, so knowing an id
+# grants nothing. A generator seeded from the OS (again in every forked child) gives 128 random bits
+# for a fraction of a system call to os.urandom per id, which a turn would otherwise make four times.
+_random = random.Random(os.urandom(32))
+os.register_at_fork(after_in_child=lambda: _random.seed(os.urandom(32)))
+
+
+def random_hex(bits: int) -> str:
+    return f"{_random.getrandbits(bits):0{bits // 4}x}"
+
+
 def mint(prefix: str) -> str:
-    """A new id: ``prefix`` and 128 random bits (``uuid`` gives the bare UUID form the original used)."""
+    """A new id: ``prefix`` and 128 bits, the first 48 the time in milliseconds, then 80 random ones
+    (``uuid`` gives a UUID of version 7, the same layout in the UUID form the original used).
+
+    Ids that grow with time land at the end of the store's indexes instead of anywhere in them: a
+    write then touches the same few pages as the writes just before it, which keeps SQLite's WAL (and
+    so its checkpoints) several times smaller, as llm's ULIDs do."""
+    stamp = time.time_ns() // 1_000_000
     if prefix == "uuid":
-        return str(uuid.uuid4())
-    return prefix + secrets.token_hex(16)
+        bits = (stamp << 80) | _random.getrandbits(80)
+        bits = (bits & ~(0xF << 76)) | (0x7 << 76)  # version 7
+        bits = (bits & ~(0x3 << 62)) | (0x2 << 62)  # the RFC 4122 variant
+        return str(uuid.UUID(int=bits))
+    return f"{prefix}{stamp:012x}{_random.getrandbits(80):020x}"
 
 
 @dataclass(slots=True)

@@ -16,6 +16,9 @@ class Owners:
     def __init__(self, store: Store, key: bytes | None):
         self._store = store
         self._key = key
+        # The same few credentials come again and again: their hashes, kept (by the credential) for
+        # a dictionary lookup instead of an HMAC per request. Bounded; cleared when full.
+        self._known: dict[str, str] = {}
 
     async def key(self) -> bytes:
         if self._key is None:
@@ -23,5 +26,12 @@ class Owners:
         return self._key
 
     async def of(self, credential: str) -> str:
+        found = self._known.get(credential)
+        if found is not None:
+            return found
         key = self._key or await self.key()
-        return hmac.new(key, credential.encode(), hashlib.sha256).hexdigest()[:40]
+        owner = hmac.new(key, credential.encode(), hashlib.sha256).hexdigest()[:40]
+        if len(self._known) >= 4096:
+            self._known.clear()
+        self._known[credential] = owner
+        return owner

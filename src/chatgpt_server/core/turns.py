@@ -308,19 +308,26 @@ class OpenTurn:
         loop = asyncio.get_running_loop()
         source = self.reply.events().__aiter__()
         idle = self.spec.idle_s
+        instant = self.reply.instant
         while True:
             self._check_abort()
-            now = loop.time()
-            self._idle_hit = now + idle < self._deadline
-            try:
-                async with asyncio.timeout_at(min(self._deadline, now + idle)) as self._timeout:
+            if instant:  # it all arrived already: nothing to wait for
+                try:
                     event = await anext(source)
-            except StopAsyncIteration:
-                break
-            except TimeoutError as exc:
-                raise self._timed_out() from exc
-            finally:
-                self._timeout = None
+                except StopAsyncIteration:
+                    break
+            else:
+                now = loop.time()
+                self._idle_hit = now + idle < self._deadline
+                try:
+                    async with asyncio.timeout_at(min(self._deadline, now + idle)) as self._timeout:
+                        event = await anext(source)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as exc:
+                    raise self._timed_out() from exc
+                finally:
+                    self._timeout = None
             if event.text:
                 if not self._message_seen:
                     self._message_seen = True

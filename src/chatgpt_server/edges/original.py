@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import time
 from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
@@ -41,6 +42,11 @@ SAMPLING_DEFAULTS = {"temperature": 0.8, "top_p": 1.0, "presence_penalty": 1.0}
 _MODE_OF_ORIGIN = {"1": "1", "2": "2", "web": "2", "v1": "1"}
 
 
+@functools.lru_cache(maxsize=4)
+def default_system_message(date: str) -> str:
+    return DEFAULT_SYSTEM_MESSAGE.format(date=date)
+
+
 def language_of(request: Request, default: str) -> str:
     return pick_language(request.headers.get("accept-language"), default)
 
@@ -67,7 +73,7 @@ async def spec_for(chat: ChatRequest, services: Services) -> tuple[TurnSpec, Cre
     user = Item(mint("uuid"), "message", "user", chat.content)
     system = chat.system_message
     if system is None:
-        system = DEFAULT_SYSTEM_MESSAGE.format(date=time.strftime("%Y-%m-%d"))
+        system = default_system_message(time.strftime("%Y-%m-%d"))
     budget = Budget(chat.max_model_tokens - chat.max_response_tokens, True, None, chat.max_model_tokens,
                     chat.max_response_tokens)  # fmt: skip
     common: dict[str, Any] = {

@@ -22,6 +22,8 @@ from .base import HistoryRow, Record, Store, StoredItem, TurnWrite
 from .sql import (
     ITEM_COLUMNS,
     MIGRATIONS_TABLE,
+    PURGE_PROBE,
+    PURGE_RANGE,
     RECORD_COLUMNS,
     V1_INSERT_COLUMNS,
     V1_SELECT,
@@ -30,6 +32,7 @@ from .sql import (
     item_query,
     migrations,
     path_ids_query,
+    purge_cut,
 )
 from .sqlite import item_from_row, record_from_row
 
@@ -323,12 +326,17 @@ class PostgresStore(Store):
         return [record_from_row(r) for r in rows]
 
     async def purge(self, before: float) -> int:
+        async def created(n: int) -> float | None:
+            rows = await self._fetch(PURGE_PROBE.format(p="$1"), n)
+            return float(rows[0][0]) if rows else None
+
+        low, high = (await self._fetch(PURGE_RANGE))[0]
+        cut = await purge_cut(created, int(low), int(high), before) if low is not None else -1
         rows = await self._fetch(
-            """WITH a AS (DELETE FROM items WHERE created_at < $1 RETURNING 1),
+            """WITH a AS (DELETE FROM items WHERE seq <= $2 AND created_at < $1 RETURNING 1),
                     b AS (DELETE FROM records WHERE kind IN ('response', 'conversation', 'device', 'lease')
-                          AND updated_at < $1
-                          RETURNING 1)
+                          AND updated_at < $1 RETURNING 1)
                SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM b)""",
-            before,
-        )
+            before, cut,
+        )  # fmt: skip
         return int(rows[0][0])

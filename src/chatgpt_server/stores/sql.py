@@ -11,7 +11,7 @@ smaller running cost, so even a damaged store (a cycle of parents) cannot make a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 import orjson
@@ -31,7 +31,8 @@ def migrations(dialect: str) -> list[tuple[int, str, list[str]]]:
     """Numbered migrations, applied in order when a store opens; applied versions are recorded in
     schema_migrations. Append, never edit: a deployed database has already run the old ones."""
     pg = dialect == "postgresql"
-    seq = "seq BIGSERIAL PRIMARY KEY" if pg else "seq INTEGER PRIMARY KEY AUTOINCREMENT"
+    # The rowid itself in SQLite (no AUTOINCREMENT: that is one more table write per row).
+    seq = "seq BIGSERIAL PRIMARY KEY" if pg else "seq INTEGER PRIMARY KEY"
     blob = "BYTEA" if pg else "BLOB"
     return [
         (
@@ -76,8 +77,9 @@ def migrations(dialect: str) -> list[tuple[int, str, list[str]]]:
                 # One slot per running cost in a branch: the history index, and what makes two
                 # concurrent answers to one item fork instead of sharing a branch.
                 "CREATE UNIQUE INDEX items_branch_before ON items (branch, before)",
+                # No index on created_at: items arrive in time order, so retention finds its cut on
+                # seq by bisection (``PURGE_PROBE``), and a write updates one index fewer.
                 "CREATE INDEX items_conversation ON items (conversation_id, seq)",
-                "CREATE INDEX items_created ON items (created_at)",
                 """CREATE TABLE records (
                     kind TEXT NOT NULL, id TEXT NOT NULL, owner TEXT NOT NULL, body TEXT NOT NULL, tip TEXT,
                     created_at DOUBLE PRECISION NOT NULL, updated_at DOUBLE PRECISION NOT NULL,
@@ -89,6 +91,27 @@ def migrations(dialect: str) -> list[tuple[int, str, list[str]]]:
             ],
         ),
     ]
+
+
+PURGE_PROBE = "SELECT created_at FROM items WHERE seq >= {p} ORDER BY seq LIMIT 1"
+PURGE_RANGE = "SELECT min(seq), max(seq) FROM items"
+
+
+async def purge_cut(
+    created_at_from: Callable[[int], Awaitable[float | None]], low: int, high: int, before: float
+) -> int:
+    """The last seq whose item was created before ``before``, found by bisection over seq (items are
+    written in time order); ``low - 1`` if there is none. ``created_at_from(n)``: the creation time of
+    the first item at or after seq n."""
+    cut = low - 1
+    while low <= high:
+        middle = (low + high) // 2
+        created = await created_at_from(middle)
+        if created is not None and created < before:
+            cut, low = middle, middle + 1
+        else:
+            high = middle - 1
+    return cut
 
 
 MIGRATIONS_TABLE = (

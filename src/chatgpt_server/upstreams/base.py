@@ -120,6 +120,7 @@ class Reply(ABC):
     host: str = ""
     received: int = 0  # bytes read so far
     truncated: bool = False  # cut at the size cap
+    instant: bool = False  # everything already arrived (a whole reply): no waiting, so no timer needed
     created: int | None = None
     _meta: dict[str, Any] | None = None
 

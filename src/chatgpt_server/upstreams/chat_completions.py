@@ -199,6 +199,8 @@ def usage_of(value: Any) -> dict[str, Any] | None:
 class WholeReply(Reply):
     """A non-streamed completion, already read: one event with its text."""
 
+    instant = True
+
     def __init__(self, host: str, parsed: dict[str, Any], size: int):
         self.host = host
         self.parsed = parsed

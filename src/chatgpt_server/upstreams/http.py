@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime
 import email.utils
+import functools
 import re
 from typing import Any
 from urllib.parse import urlsplit
@@ -30,6 +31,7 @@ _SECRETISH = re.compile(
 _SPACE = re.compile(r"\s")
 
 
+@functools.lru_cache(maxsize=1024)  # the same few upstream URLs, on every request
 def host_of(url: str) -> str:
     """host[:port] of a URL (IPv6 in brackets); never its userinfo, path or query."""
     try:
