@@ -47,8 +47,8 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 header name (
 
 
 def header_safe(value: str) -> bool:
-    """Printable ASCII only: what may become (part of) an outgoing header value."""
-    return all(" " <= c <= "~" for c in value)
+    """Printable ASCII only (0x20-0x7E): what may become (part of) an outgoing header value."""
+    return value.isascii() and value.isprintable()
 
 
 @dataclass(frozen=True, slots=True)

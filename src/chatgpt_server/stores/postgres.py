@@ -184,9 +184,21 @@ class PostgresStore(Store):
         """The operation's result within the store timeout. On timeout the caller is answered at once:
         asyncpg, cancelled mid-query, first tries to reset the connection, which against a hung
         server takes as long again, so the operation is cancelled in the background instead."""
-        task = asyncio.ensure_future(operation)
-        done, _ = await asyncio.wait({task}, timeout=self.timeout_s)
-        if not done:
+        loop = asyncio.get_running_loop()
+        task: asyncio.Future[T] = asyncio.ensure_future(operation)
+        waiter: asyncio.Future[None] = loop.create_future()
+
+        def wake(_: object = None) -> None:
+            if not waiter.done():
+                waiter.set_result(None)
+
+        task.add_done_callback(wake)
+        timer = loop.call_later(self.timeout_s, wake)
+        try:
+            await waiter
+        finally:
+            timer.cancel()
+        if not task.done():
             task.cancel()
             task.add_done_callback(_swallow)
             raise TimeoutError
