@@ -169,6 +169,41 @@ class Reply(ABC):
         """Let go of the upstream (closing the connection if the reply did not complete)."""
 
 
+class ParsedStream(Protocol):
+    """What a stream parser keeps as it reads: the text in pieces, and the upstream's labels."""
+
+    pieces: list[str]
+    usage: dict[str, Any] | None
+    id: str | None
+    model: str | None
+
+
+class ParsedReply(Reply):
+    """A streamed reply whose parser keeps the text and the labels (chat completions, Codex)."""
+
+    parser: ParsedStream
+
+    @property
+    def text(self) -> str:
+        """The pieces joined once when asked (and kept joined): linear in the reply."""
+        pieces = self.parser.pieces
+        if len(pieces) > 1:
+            pieces[:] = ["".join(pieces)]
+        return pieces[0] if pieces else ""
+
+    @property
+    def usage(self) -> dict[str, Any] | None:
+        return self.parser.usage
+
+    @property
+    def upstream_id(self) -> str | None:
+        return self.parser.id
+
+    @property
+    def model(self) -> str | None:
+        return self.parser.model
+
+
 class Upstream(Protocol):
     name: str
 

@@ -17,7 +17,7 @@ import orjson
 from ..core.items import chat_messages, mint
 from ..core.tokens import uses_max_completion_tokens
 from ..errors import BadGateway, BadRequest, Forbidden, ServiceError, TooManyRequests, Unauthorized
-from .base import ALIVE, Event, Prompt, Reply, Target, ToolCall, label
+from .base import ALIVE, Event, ParsedReply, Prompt, Reply, Target, ToolCall, label
 from .http import (
     TRANSPORT_ERRORS,
     HTTPClient,
@@ -337,7 +337,9 @@ class ChunkParser:
         return events
 
 
-class StreamReply(Reply):
+class StreamReply(ParsedReply):
+    parser: ChunkParser
+
     def __init__(self, host: str, response: aiohttp.ClientResponse, key: str, limit: int):
         self.host = host
         self.response = response
@@ -345,27 +347,8 @@ class StreamReply(Reply):
         self.parser = ChunkParser(host, key)
 
     @property
-    def text(self) -> str:
-        pieces = self.parser.pieces
-        if len(pieces) > 1:
-            pieces[:] = ["".join(pieces)]
-        return pieces[0] if pieces else ""
-
-    @property
     def complete(self) -> bool:
         return self.parser.done
-
-    @property
-    def usage(self) -> dict[str, Any] | None:
-        return self.parser.usage
-
-    @property
-    def upstream_id(self) -> str | None:
-        return self.parser.id
-
-    @property
-    def model(self) -> str | None:
-        return self.parser.model
 
     @property
     def finish_reason(self) -> str | None:

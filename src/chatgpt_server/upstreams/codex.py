@@ -26,7 +26,7 @@ from ..errors import (
     TooManyRequests,
     Unauthorized,
 )
-from .base import ALIVE, Event, Prompt, Reply, Target, ToolCall, label
+from .base import ALIVE, Event, ParsedReply, Prompt, Reply, Target, ToolCall, label
 from .http import (
     TRANSPORT_ERRORS,
     HTTPClient,
@@ -310,7 +310,9 @@ def _item_key(item: dict[str, Any]) -> str | None:
     return None
 
 
-class CodexReply(Reply):
+class CodexReply(ParsedReply):
+    parser: CodexParser
+
     def __init__(self, host: str, response: aiohttp.ClientResponse, token: str, limit: int, meta: dict[str, Any]):
         self.host = host
         self.response = response
@@ -319,27 +321,8 @@ class CodexReply(Reply):
         self._meta = meta
 
     @property
-    def text(self) -> str:
-        pieces = self.parser.pieces
-        if len(pieces) > 1:
-            pieces[:] = ["".join(pieces)]
-        return pieces[0] if pieces else ""
-
-    @property
     def complete(self) -> bool:
         return self.parser.done and not self.parser.incomplete
-
-    @property
-    def usage(self) -> dict[str, Any] | None:
-        return self.parser.usage
-
-    @property
-    def upstream_id(self) -> str | None:
-        return self.parser.id
-
-    @property
-    def model(self) -> str | None:
-        return self.parser.model
 
     @property
     def finish_reason(self) -> str | None:
