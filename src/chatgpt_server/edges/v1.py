@@ -44,12 +44,13 @@ class Caller:
 
 async def owner_of(request: Request, services: Services) -> str:
     """The owner of a caller's records, whichever upstream their key is for: a verified account
-    token belongs to the account; any other key, once its upstream has not refused it, to itself."""
+    token belongs to the account; any other key, once one of the configured upstreams has not
+    refused it, to itself."""
     key = api_key(request)
     identity = await services.accounts.identify(key) if key.count(".") == 2 else None
     if identity is not None:
         return await services.owners.of("account\0" + identity.key)
-    await services.keys.check(key, services.settings.openai_base_url)
+    await services.keys.check_any(key, services.models.chat_bases())
     return await services.owners.of(key)
 
 
@@ -60,9 +61,13 @@ async def caller_for(request: Request, services: Services, model: str) -> Caller
         credential = await services.accounts.credential(key)
         target = Target("codex", route.base_url, credential.access_token, account_id=credential.account_id)
         return Caller(credential.owner, target, credential)
-    if route.base_url != services.settings.openai_base_url:
-        await services.keys.check(key, route.base_url)
-    return Caller(await owner_of(request, services), Target("chat", route.base_url, key))
+    identity = await services.accounts.identify(key) if key.count(".") == 2 else None
+    if identity is not None:
+        owner = await services.owners.of("account\0" + identity.key)
+    else:
+        await services.keys.check(key, route.base_url)  # only the upstream this model goes to
+        owner = await services.owners.of(key)
+    return Caller(owner, Target("chat", route.base_url, key))
 
 
 async def open_turn(services: Services, spec: TurnSpec, caller: Caller) -> OpenTurn:

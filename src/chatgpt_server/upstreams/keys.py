@@ -31,6 +31,28 @@ class KeyCheck:
         digest = hashlib.sha256(f"{base_url}\0{key}".encode()).digest()
         if self._until.get(digest, 0.0) > time.monotonic():
             return
+        await self._ask(key, base_url, digest)
+
+    async def check_any(self, key: str, base_urls: list[str]) -> None:
+        """For routes that name no model (Conversations, stored responses, the model list): the key
+        is good if one of the configured upstreams accepts it. Upstreams are asked in order, and
+        only until one says yes, so a key seen working anywhere is not sent elsewhere."""
+        if self._until.get(self._any(key), 0.0) > time.monotonic():
+            return
+        first: Unauthorized | None = None
+        for base_url in base_urls:
+            try:
+                return await self.check(key, base_url)
+            except Unauthorized as exc:
+                first = first or exc
+        if first is not None:
+            raise first
+
+    @staticmethod
+    def _any(key: str) -> bytes:
+        return hashlib.sha256(f"*\0{key}".encode()).digest()
+
+    async def _ask(self, key: str, base_url: str, digest: bytes) -> None:
         status = 0
         try:
             async with asyncio.timeout(self.timeout_s):
@@ -44,4 +66,6 @@ class KeyCheck:
             raise Unauthorized("upstream_unauthorized", host=host_of(base_url), detail="invalid_api_key")
         if len(self._until) >= MAX_KEYS:
             self._until.clear()
-        self._until[digest] = time.monotonic() + (GOOD_FOR_S if status == 200 else UNSURE_FOR_S)
+        until = time.monotonic() + (GOOD_FOR_S if status == 200 else UNSURE_FOR_S)
+        self._until[digest] = until
+        self._until[self._any(key)] = max(until, self._until.get(self._any(key), 0.0))

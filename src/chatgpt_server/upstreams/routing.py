@@ -13,7 +13,8 @@ first match wins::
     name = "gpt-5-codex"
     upstream = "codex"                        # served by a stored ChatGPT account
 
-The file is the operator's: its base URLs join the allow-list. Known OpenAI context windows are built
+The file is the operator's: its base URLs need no allow-list entry (the allow-list bounds what
+clients name, not what the operator configured). Known OpenAI context windows are built
 in; ``CHATGPT_SERVER_DEFAULT_CONTEXT_WINDOW`` covers the rest.
 """
 
@@ -108,6 +109,14 @@ class Models:
             if route.pattern == model or fnmatch.fnmatchcase(model, route.pattern):
                 return route
         return self.default
+
+    def chat_bases(self) -> list[str]:
+        """Every chat-completions upstream a key may be for, the default first."""
+        bases = [self.default.base_url]
+        for route in self.routes:
+            if route.upstream == "chat" and route.base_url not in bases:
+                bases.append(route.base_url)
+        return bases
 
     def window(self, model: str) -> int:
         route = self.route(model)
