@@ -512,3 +512,77 @@ def test_a_conversation_whose_oldest_turns_retention_removed_goes_on(tmp_path: P
         ]  # fmt: skip
     finally:
         server.stop()
+
+
+def test_one_writer_per_conversation(sdk: openai.OpenAI, v1_server: ServerProcess, upstreams: Upstreams) -> None:
+    """While a turn of a conversation is being answered, another turn (or added items) for the same
+    conversation is refused with OpenAI's ``conversation_locked``, not forked; once it ends, all goes on."""
+    conversation = sdk.conversations.create()
+    upstreams.openai.chunk_delay = 0.1
+    try:
+        with httpx.stream("POST", v1_server.url + "/v1/responses", timeout=30,
+                          headers={"Authorization": f"Bearer {KEY}"},
+                          json={"model": "gpt-3.5-turbo", "input": "first of all", "stream": True,
+                                "conversation": conversation.id}) as stream:  # fmt: skip
+            lines = stream.iter_lines()
+            for line in lines:
+                if '"response.output_text.delta"' in line:
+                    break  # the first turn is under way
+            with pytest.raises(openai.BadRequestError) as refused:
+                sdk.responses.create(model="gpt-3.5-turbo", input="meanwhile", conversation=conversation.id)
+            assert refused.value.code == "conversation_locked"
+            with pytest.raises(openai.BadRequestError) as also:
+                sdk.conversations.items.create(conversation.id, items=[
+                    {"type": "message", "role": "user", "content": "a note"}])  # fmt: skip
+            assert also.value.code == "conversation_locked"
+            rest = "".join(lines)
+    finally:
+        upstreams.openai.chunk_delay = 0.0
+    assert '"response.completed"' in rest
+    after = sdk.responses.create(model="gpt-3.5-turbo", input="then", conversation=conversation.id)
+    assert after.output_text == "echo(2): then"
+    texts = [m["content"] for m in sent(upstreams)["messages"]]
+    assert texts == ["first of all", "echo(1): first of all", "then"]
+    for i in range(5):  # a turn told about (streamed or not) has let go of its conversation: no retry needed
+        with sdk.responses.stream(model="gpt-3.5-turbo", input=f"s{i}", conversation=conversation.id) as events:
+            streamed = events.get_final_response()
+        items = sdk.conversations.items.create(conversation.id, items=[
+            {"type": "message", "role": "user", "content": f"n{i}"}])  # fmt: skip
+        assert streamed.output_text == f"echo({3 + 3 * i}): s{i}" and len(items.data) == 1
+        sdk.responses.create(model="gpt-3.5-turbo", input=f"r{i}", conversation=conversation.id)
+
+
+def test_a_conversation_tip_moves_with_turns_from_any_door(sdk: openai.OpenAI, v1_server: ServerProcess,
+                                                           upstreams: Upstreams) -> None:  # fmt: skip
+    """A ``previous_response_id`` turn from a conversation's last response continues the conversation;
+    one from an older response is a branch and leaves the conversation where it was."""
+    conversation = sdk.conversations.create()
+    one = sdk.responses.create(model="gpt-3.5-turbo", input="one", conversation=conversation.id)
+    two = sdk.responses.create(model="gpt-3.5-turbo", input="two", previous_response_id=one.id)
+    sdk.responses.create(model="gpt-3.5-turbo", input="three", conversation=conversation.id)
+    assert [m["content"] for m in sent(upstreams)["messages"]] == [
+        "one", "echo(1): one", "two", "echo(2): two", "three"
+    ]  # fmt: skip
+    sdk.responses.create(model="gpt-3.5-turbo", input="a branch", previous_response_id=two.id)
+    four = sdk.responses.create(model="gpt-3.5-turbo", input="four", conversation=conversation.id)
+    texts = [m["content"] for m in sent(upstreams)["messages"]]
+    assert "a branch" not in texts and texts[-3:] == ["three", "echo(3): three", "four"]
+    assert four.output_text == "echo(4): four"
+    with httpx.Client(base_url=v1_server.url, timeout=30) as c:  # and the original route from the tip
+        data = ask(c, "five", parent=four.output[0].id).json()["data"]
+    assert data["conversationId"] == conversation.id
+    items = list(sdk.conversations.items.list(conversation.id, order="asc"))
+    assert [text_of(i) for i in items][-2:] == ["five", "echo(5): five"]
+
+
+def test_a_conversation_begun_on_the_original_route_goes_on_by_its_id(
+    sdk: openai.OpenAI, v1_server: ServerProcess, upstreams: Upstreams
+) -> None:
+    with httpx.Client(base_url=v1_server.url, timeout=30) as c:
+        data = ask(c, "begun on the original route").json()["data"]
+    reply = sdk.responses.create(model="gpt-3.5-turbo", input="and on", conversation=data["conversationId"])
+    assert reply.output_text == "echo(2): and on"
+    assert sent(upstreams)["messages"][0]["content"] == "begun on the original route"
+    other = openai.OpenAI(base_url=v1_server.url + "/v1", api_key=OTHER_KEY, max_retries=0)
+    with other, pytest.raises(openai.NotFoundError):
+        other.responses.create(model="gpt-3.5-turbo", input="mine?", conversation=data["conversationId"])

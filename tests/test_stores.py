@@ -350,6 +350,90 @@ def test_a_turn_writes_its_response_and_moves_its_conversation(kind: str, tmp_pa
     with_store(store_url(kind, tmp_path), body)
 
 
+def test_the_conversation_tip_moves_only_from_the_tip_and_each_move_is_a_new_version(kind: str, tmp_path: Path) -> None:
+    """A turn through another door moves the tip when it continues from it (not from an older
+    item); every move, and every item deletion, changes the version, so a metadata update that read
+    the record before cannot put the old tip back."""
+
+    async def body(store: Store) -> None:
+        await store.put_record(Record("conversation", "conv-1", "owner-a", {"metadata": {}}, None, 1.0, 1.0), None)
+        await store.add_turn(turn(None, a := new("q1"), b := new("a1", "assistant"), conversation_tip="conv-1"))
+        first = await store.get_record("conversation", "conv-1")
+        assert first is not None and (first.tip, first.version) == (b.item.id, 2)
+        await store.add_turn(turn(b.item.id, new("q2"), c := new("a2", "assistant")))  # from the tip
+        moved = await store.get_record("conversation", "conv-1")
+        assert moved is not None and (moved.tip, moved.version) == (c.item.id, 3)
+        await store.add_turn(turn(a.item.id, new("fork"), new("fork a", "assistant")))  # from an older item
+        kept = await store.get_record("conversation", "conv-1")
+        assert kept is not None and (kept.tip, kept.version) == (c.item.id, 3)
+        stale = Record("conversation", "conv-1", "owner-a", {"metadata": {"k": "v"}}, b.item.id, 1.0, 9.0, 2, 0)
+        assert not await store.put_record(stale, 2)  # read before the move: refused
+        assert await store.delete_item("owner-a", "conv-1", a.item.id)
+        deleted = await store.get_record("conversation", "conv-1")
+        assert deleted is not None and (deleted.gen, deleted.version) == (1, 4)
+        assert not await store.put_record(stale, 3)
+
+    with_store(store_url(kind, tmp_path), body)
+
+
+def test_a_record_is_deleted_only_at_the_version_asked(kind: str, tmp_path: Path) -> None:
+    async def body(store: Store) -> None:
+        await store.put_record(Record("lease", "l1", "", {"holder": "a"}, None, 1.0, 1.0), None)
+        await store.put_record(Record("lease", "l1", "", {"holder": "b"}, None, 1.0, 2.0, 1), 1)  # taken over
+        assert not await store.delete_record("lease", "l1", 1)  # the first holder's version is gone
+        assert await store.get_record("lease", "l1") is not None
+        assert await store.delete_record("lease", "l1", 2)
+        assert await store.get_record("lease", "l1") is None
+
+    with_store(store_url(kind, tmp_path), body)
+
+
+@pytest.mark.parametrize("sql_kind", ["sqlite", "postgresql"])  # Redis gives them a TTL of their own
+def test_purge_removes_short_lived_records_whatever_the_retention(sql_kind: str, tmp_path: Path) -> None:
+    old = time.time() - 2 * 3600
+
+    async def body(store: Store) -> None:
+        for kind_ in ("device", "lease"):
+            await store.put_record(Record(kind_, "old", "", {}, None, old, old), None)
+            await store.put_record(Record(kind_, "new", "", {}, None, time.time(), time.time()), None)
+        await store.put_record(Record("conversation", "c", "o", {}, None, old, old), None)
+        assert await store.purge(0.0) == 2  # retention off: conversations stay
+        assert [await store.get_record(k, i) is None for k in ("device", "lease") for i in ("old", "new")] == [
+            True, False, True, False
+        ]  # fmt: skip
+        assert await store.get_record("conversation", "c") is not None
+
+    with_store(store_url(sql_kind, tmp_path), body)
+
+
+def test_sqlite_writes_wait_for_another_process_holding_the_lock(tmp_path: Path) -> None:
+    """A worker process holding the write lock for a moment: record writes wait for it (off the
+    event loop) instead of failing."""
+    import threading
+
+    url = store_url("sqlite", tmp_path)
+    with_store(url, lambda s: s.ping())
+    holder = sqlite3.connect(url.removeprefix("sqlite:///"), isolation_level=None, check_same_thread=False)
+    timer = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+
+    async def body(store: Store) -> tuple[bool, bool, bool]:
+        holder.execute("BEGIN IMMEDIATE")  # once the store is open: its writes meet the lock
+        timer.start()
+        put = await store.put_record(Record("conversation", "c", "o", {}, None, 1.0, 1.0), None)
+        return (
+            put,
+            await store.delete_record("conversation", "c"),
+            await store.put_record(Record("lease", "x", "", {}, None, 1.0, 1.0), None),
+        )
+
+    try:
+        assert with_store(url, body) == (True, True, True)
+    finally:
+        if timer.ident is not None:
+            timer.join()
+        holder.close()
+
+
 # -- the store itself --------------------------------------------------------------------------------
 def test_shared_secret_is_kept_once(kind: str, tmp_path: Path) -> None:
     url = store_url(kind, tmp_path)

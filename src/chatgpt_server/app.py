@@ -271,8 +271,7 @@ class App:
                 # Everything built so far lives as long as the process: keep the collector from rescanning it.
                 gc.collect()
                 gc.freeze()
-                if self.settings.retention_days:
-                    self._purge = asyncio.create_task(self._purge_forever())
+                self._purge = asyncio.create_task(self._purge_forever())
                 self._hook_sigterm()
                 await send({"type": "lifespan.startup.complete"})
             elif message["type"] == "lifespan.shutdown":
@@ -302,9 +301,10 @@ class App:
         days = self.settings.retention_days
         while True:
             with contextlib.suppress(ServiceError):
-                removed = await self.services.store.purge(time.time() - days * 86_400)
+                # RETENTION_DAYS=0 keeps conversations; short-lived records go all the same.
+                removed = await self.services.store.purge(time.time() - days * 86_400 if days else 0.0)
                 if removed:
-                    log.info("retention: removed %d items older than %d days", removed, days)
+                    log.info("retention: removed %d items and records", removed)
             await asyncio.sleep(PURGE_EVERY_S)
 
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:

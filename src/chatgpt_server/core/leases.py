@@ -19,6 +19,10 @@ from .locks import KeyedLocks
 
 POLL_S = 0.05
 
+# Lets go of a lease; the task it returns (None if already let go) ends once the store knows, for a
+# caller whose next request must find the key free.
+Release = Callable[[], "asyncio.Task[None] | None"]
+
 
 class Leases:
     def __init__(self, store: Store):
@@ -29,47 +33,71 @@ class Leases:
     def __len__(self) -> int:
         return len(self.local)
 
-    async def acquire(self, key: str, ttl_s: float) -> Callable[[], None]:
+    async def acquire(self, key: str, ttl_s: float) -> Release:
         """Wait for ``key``; return the function that releases it (safe to call twice)."""
         release_local = await self.local.acquire(key)
         ticket = secrets.token_hex(8)
         try:
-            await self._take(key, ticket, ttl_s)
+            while True:  # the holder may be another process: polling the store is the only way to know
+                version = await self._try_take(key, ticket, ttl_s)
+                if version is not None:
+                    break
+                await asyncio.sleep(POLL_S)
         except BaseException:
             release_local()
             raise
+        return self._releaser(key, version, release_local)
+
+    async def try_acquire(self, key: str, ttl_s: float) -> Release | None:
+        """Take ``key`` if nobody holds it; None if somebody does."""
+        if self.local.held(key):
+            return None
+        release_local = await self.local.acquire(key)  # free: taken without waiting
+        try:
+            version = await self._try_take(key, secrets.token_hex(8), ttl_s)
+        except BaseException:
+            release_local()
+            raise
+        if version is None:
+            release_local()
+            return None
+        return self._releaser(key, version, release_local)
+
+    def _releaser(self, key: str, version: int, release_local: Callable[[], None]) -> Release:
         released = False
 
-        def release() -> None:
+        def release() -> asyncio.Task[None] | None:
             nonlocal released
-            if not released:
-                released = True
-                # The store's lease goes first, then this process's next waiter may ask for it.
-                task = asyncio.get_running_loop().create_task(self._give_back(key, ticket, release_local))
-                _background.add(task)
-                task.add_done_callback(_background.discard)
+            if released:
+                return None
+            released = True
+            # The store's lease goes first, then this process's next waiter may ask for it.
+            task = asyncio.get_running_loop().create_task(self._give_back(key, version, release_local))
+            _background.add(task)
+            task.add_done_callback(_background.discard)
+            return task
 
         return release
 
-    async def _take(self, key: str, ticket: str, ttl_s: float) -> None:
-        while True:
-            now = time.time()
-            current = await self.store.get_record("lease", key)
-            body = {"holder": self.holder, "ticket": ticket, "until": now + ttl_s}
-            if current is None:
-                if await self.store.put_record(Record("lease", key, "", body, None, now, now), None):
-                    return
-            elif float(current.body.get("until", 0)) < now:  # its holder died, or overran its time
-                taken = Record("lease", key, "", body, None, current.created_at, now, current.version)
-                if await self.store.put_record(taken, current.version):
-                    return
-            await asyncio.sleep(POLL_S)
+    async def _try_take(self, key: str, ticket: str, ttl_s: float) -> int | None:
+        """The version of the lease record now ours, or None if another holder's is in force."""
+        now = time.time()
+        body = {"holder": self.holder, "ticket": ticket, "until": now + ttl_s}
+        if await self.store.put_record(Record("lease", key, "", body, None, now, now), None):
+            return 1
+        current = await self.store.get_record("lease", key)
+        if current is None:  # given back meanwhile: one more try
+            return 1 if await self.store.put_record(Record("lease", key, "", body, None, now, now), None) else None
+        if float(current.body.get("until", 0)) < now:  # its holder died, or overran its time
+            taken = Record("lease", key, "", body, None, current.created_at, now, current.version)
+            if await self.store.put_record(taken, current.version):
+                return current.version + 1
+        return None
 
-    async def _give_back(self, key: str, ticket: str, release_local: Callable[[], None]) -> None:
+    async def _give_back(self, key: str, version: int, release_local: Callable[[], None]) -> None:
         try:
-            current = await self.store.get_record("lease", key)
-            if current is not None and current.body.get("ticket") == ticket:
-                await self.store.delete_record("lease", key)
+            # Only the version we wrote: a lease that expired and was taken over is the new holder's.
+            await self.store.delete_record("lease", key, version)
         except StoreUnavailable:
             pass  # the lease names its expiry: it frees itself
         finally:

@@ -13,6 +13,10 @@ class KeyedLocks:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def held(self, key: str) -> bool:
+        entry = self._entries.get(key)
+        return entry is not None and entry[0].locked()
+
     async def acquire(self, key: str) -> Callable[[], None]:
         """Wait for ``key``; return the function that releases it (safe to call twice)."""
         lock, users = self._entries.setdefault(key, (asyncio.Lock(), [0]))

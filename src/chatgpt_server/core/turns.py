@@ -23,12 +23,14 @@ from ..errors import BadRequest, GatewayTimeout, NotFound, ServiceError, Shuttin
 from ..stores import HistoryRow, NewItem, Record, Store, StoredItem, TurnWrite
 from ..upstreams.base import Event, Prompt, Reply, Target, ToolCall, Upstream
 from .activity import Activity, current_log
+from .conversations import find
 from .history import MIN_ROWS, HistoryCache, Path, cut, path_from_store
 from .items import Item, mint
-from .leases import Leases
+from .leases import Leases, Release
 from .tokens import REPLY_PRIMING, count, encoding_for, is_exact, message_cost
 
 ESTIMATE_MARGIN = 0.9  # budgets of models we count by estimate keep 10% in hand
+APPEND_HOLD_S = 30.0  # the longest an append may hold its conversation (a lease a dead process left expires)
 
 
 @dataclass(slots=True)
@@ -124,19 +126,42 @@ class Turns:
         stored: StoredItem | None = await self._timed(self.store.get_item(owner, item_id))
         return stored
 
-    async def append(self, owner: str, conversation_id: str, parent_id: str | None, items: list[Item],
-                     encoding: str | None = None) -> None:  # fmt: skip
-        """Add items a client wrote (no upstream involved) after ``parent_id``, moving the
-        conversation's tip to the last of them."""
-        enc = encoding or "o200k_base"
-        new = [NewItem(item, item.chat(), item.cost(enc)) for item in items]
-        write = TurnWrite(owner=owner, conversation_id=conversation_id, parent_id=parent_id, enc=enc, origin="v1",
-                          created_at=time.time(), items=new, conversation_tip=conversation_id)  # fmt: skip
-        await self._timed(self.store.add_turn(write))
+    async def hold(self, conversation_id: str, ttl_s: float) -> Release:
+        """One writer at a time for a conversation named by id, on every instance: a second turn
+        meanwhile is refused, as OpenAI refuses it, rather than forking the conversation."""
+        release: Release | None = await self._timed(self.queues.try_acquire("conversation:" + conversation_id, ttl_s))
+        if release is None:
+            raise BadRequest("conversation_locked", id=conversation_id[:256], param="conversation")
+        return release
+
+    async def append(self, owner: str, conversation_id: str, items: list[Item]) -> None:
+        """Add items a client wrote (no upstream involved) after the conversation's tip, moving the
+        tip to the last of them."""
+        release = await self.hold(conversation_id, APPEND_HOLD_S)
+        try:
+            record = await self._timed(find(self.store, owner, conversation_id, make=True))
+            parent = await self.resolve(owner, record.tip) if record.tip else None
+            enc = parent.enc if parent is not None else "o200k_base"
+            new = [NewItem(item, item.chat(), item.cost(enc)) for item in items]
+            write = TurnWrite(owner=owner, conversation_id=conversation_id,
+                              parent_id=parent.item.id if parent is not None else None, enc=enc, origin="v1",
+                              created_at=time.time(), items=new, conversation_tip=conversation_id)  # fmt: skip
+            await self._timed(self.store.add_turn(write))
+        finally:
+            await let_go(release)
 
     # -- opening a turn ------------------------------------------------------------------------------
     async def open(self, spec: TurnSpec) -> OpenTurn:
         """Everything up to the upstream's first byte; failures up to here raise."""
+        hold = await self.hold(spec.conversation, spec.timeout_s + 30) if spec.conversation is not None else None
+        try:
+            return await self._open(spec, hold)
+        except BaseException:
+            if hold is not None:
+                hold()
+            raise
+
+    async def _open(self, spec: TurnSpec, hold: Release | None) -> OpenTurn:
         parent, conversation_id = await self._parent(spec)
         encoding = parent.enc if parent is not None else encoding_for(spec.model)
         input_chats = _encode(spec.inputs)
@@ -179,6 +204,7 @@ class Turns:
             web_parent=_web_ids(parent),
         )
         turn = OpenTurn(self, spec, prompt, parent, conversation_id, encoding, used, base, input_chats)
+        turn.hold = hold
         await turn.start()
         return turn
 
@@ -187,9 +213,7 @@ class Turns:
         reference = spec.parent
         conversation_id = spec.conversation
         if spec.conversation is not None:
-            record = await self._timed(self.store.get_record("conversation", spec.conversation))
-            if record is None or record.owner != spec.owner or record.body.get("deleted"):
-                raise NotFound("conversation_not_found_here", id=spec.conversation)
+            record = await self._timed(find(self.store, spec.owner, spec.conversation, make=True))
             reference = record.tip
         if reference is None:
             await self._timed(self.store.ping())  # the store must answer before anything is spent
@@ -246,7 +270,9 @@ class OpenTurn:
         self.reply_id = mint(spec.reply_prefix)
         self.created_at = time.time()
         self.reply: Reply | None = None
-        self._release: Callable[[], None] | None = None
+        self._release: Release | None = None
+        # The conversation's, for a turn asked by conversation id: let go once the turn is stored.
+        self.hold: Release | None = None
         self._result: TurnResult | None = None
         self._closed = False
         self._timeout: asyncio.Timeout | None = None
@@ -358,7 +384,13 @@ class OpenTurn:
             return self._result
         reply = self.reply
         assert reply is not None
-        await self.close()
+        await self.close(settle=False)
+        try:
+            return await self._finish(reply, incomplete)
+        finally:
+            await self.close()
+
+    async def _finish(self, reply: Reply, incomplete: str | None) -> TurnResult:
         if incomplete is None and getattr(reply, "truncated", False):
             incomplete = "max_reply_bytes"
         if incomplete is None and not reply.complete:
@@ -430,24 +462,37 @@ class OpenTurn:
         path = self.turns.cache.extend(base.rows, base.complete, base.coverage, rows, spec.owner, base.gen)
         self.turns.cache.put(items[-1].id, path)
 
-    async def close(self) -> None:
-        """Let go of the upstream and the account queue (safe to call twice)."""
-        if self._closed:
-            return
-        self._closed = True
-        current_log().upstream_ms += (time.perf_counter() - self._started) * 1000
-        if self.reply is not None:
-            self.turns.activity.open_streams -= 1
-        self._forget()
-        if self.reply is not None:
-            with contextlib.suppress(Exception):
-                await self.reply.aclose()
+    async def close(self, settle: bool = True) -> None:
+        """Let go of the upstream and the account queue (safe to call twice) and, when ``settle``,
+        of the conversation: not before what arrived is stored, or the next turn would miss it."""
+        if not self._closed:
+            self._closed = True
+            current_log().upstream_ms += (time.perf_counter() - self._started) * 1000
+            if self.reply is not None:
+                self.turns.activity.open_streams -= 1
+            self._forget(hold=False)
+            if self.reply is not None:
+                with contextlib.suppress(Exception):
+                    await self.reply.aclose()
+        if settle:
+            hold, self.hold = self.hold, None
+            await let_go(hold)
 
-    def _forget(self) -> None:
+    def _forget(self, hold: bool = True) -> None:
         self.turns.activity.turns.discard(self)
         if self._release is not None:
             self._release()
             self._release = None
+        if hold and self.hold is not None:
+            self.hold()
+            self.hold = None
+
+
+async def let_go(release: Release | None) -> None:
+    """Release a lease and wait until the store knows (so a client's next request finds it free)."""
+    task = release() if release is not None else None
+    if task is not None:
+        await asyncio.shield(task)  # cancelled meanwhile, it still goes back
 
 
 async def drain(turn: OpenTurn) -> None:

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..core.activity import current_log
+from ..core.conversations import find
 from ..core.items import Item, mint
 from ..errors import BadRequest, Conflict, NotFound
 from ..stores import Record
@@ -39,25 +40,7 @@ def conversation_json(record: Record) -> dict[str, Any]:
 
 
 async def _conversation(services: Services, owner: str, conversation_id: str, *, make: bool = False) -> Record:
-    """The caller's conversation; one started elsewhere (items, no record) is shown from its items
-    and, with ``make``, given a record."""
-    record = await services.store.get_record("conversation", conversation_id)
-    if record is not None:
-        if record.owner != owner or record.body.get("deleted"):
-            raise NotFound("conversation_not_found_here", id=conversation_id[:256])
-        return record
-    newest = await services.store.conversation_items(owner, conversation_id, None, 1, True)
-    if not newest:
-        raise NotFound("conversation_not_found_here", id=conversation_id[:256])
-    oldest = await services.store.conversation_items(owner, conversation_id, None, 1, False)
-    created = oldest[0].created_at if oldest else time.time()
-    record = Record("conversation", conversation_id, owner, {"metadata": {}}, newest[0].item.id, created, time.time())
-    if make and not await services.store.put_record(record, None):
-        again = await services.store.get_record("conversation", conversation_id)
-        if again is None or again.owner != owner:
-            raise Conflict("conversation_changed", id=conversation_id)
-        return again
-    return record
+    return await find(services.store, owner, conversation_id, make=make)
 
 
 async def _items_of(body: Any) -> list[Item]:
@@ -87,7 +70,7 @@ async def create(request: Request, services: Services) -> Response:
     record = Record("conversation", mint("conv_"), owner, {"metadata": metadata}, None, now, now)
     await services.store.put_record(record, None)
     if items:
-        await services.turns.append(owner, record.id, None, items)
+        await services.turns.append(owner, record.id, items)
     return JSONBody(conversation_json(record))
 
 
@@ -157,12 +140,7 @@ async def add_items(request: Request, services: Services) -> Response:
     items = await _items_of(body)
     if not items:
         raise invalid("items", "expected at least one item")
-    record = await _conversation(services, owner, request.path_params["id"], make=True)
-    encoding = None
-    if record.tip:
-        parent = await services.store.get_item(owner, record.tip)
-        encoding = parent.enc if parent is not None else None
-    await services.turns.append(owner, record.id, record.tip, items, encoding)
+    await services.turns.append(owner, request.path_params["id"], items)
     shown = [item_json(item) for item in items]
     return JSONBody(list_body(shown, False))
 

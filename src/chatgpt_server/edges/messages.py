@@ -226,6 +226,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "shutting_down": ("server shutting down", "服务器正在关闭"),
     "conversation_not_found_here": ("conversation {id} not found", "找不到对话 {id}"),
+    "conversation_locked": (
+        "another turn of conversation {id} is being answered; retry when it is done",
+        "对话 {id} 正在生成另一条回复, 请在其完成后重试",
+    ),
     "conversation_changed": ("conversation {id} changed meanwhile; try again", "对话 {id} 同时被修改, 请重试"),
     "item_not_found": ("item {id} not found", "找不到条目 {id}"),
     "response_not_found": ("response {id} not found", "找不到响应 {id}"),

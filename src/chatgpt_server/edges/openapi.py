@@ -984,8 +984,9 @@ def _openai_paths() -> dict[str, Schema]:
             {"200": {**created_response, "content": {**created_response["content"], **response_stream["content"]}},
              **_openai_errors({
                  "400": "a field is missing, unknown or invalid (param names it), previous_response_id and "
-                 "conversation are both given, the input is over the context window (without truncation auto), or "
-                 "the upstream refused the request",
+                 "conversation are both given, the input is over the context window (without truncation auto), "
+                 "the conversation is answering another response (code conversation_locked), or the upstream "
+                 "refused the request",
                  "404": "previous_response_id, conversation or an item_reference is unknown to this key",
                  **BODY_ERRORS, **UPSTREAM_ERRORS, **V1_STORE})},
             tag="openai", security=BEARER, body=_json_body(_ref("ResponseRequest")),
@@ -1042,8 +1043,9 @@ def _openai_paths() -> dict[str, Schema]:
                        **NOT_FOUND_CONVERSATION, **V1_STORE},
                       parameters=[CONVERSATION_ID, *_paging("the id of the item before the page")]),
             "post": op("addConversationItems", "Add items to a conversation", items_added,
-                       {"400": "items are missing, empty or invalid (param names it), or the body is not a JSON "
-                        "object", **NOT_FOUND_CONVERSATION, **CONFLICT, **BODY_ERRORS, **V1_STORE},
+                       {"400": "items are missing, empty or invalid (param names it), the body is not a JSON "
+                        "object, or the conversation is answering a response (code conversation_locked)",
+                        **NOT_FOUND_CONVERSATION, **BODY_ERRORS, **V1_STORE},
                        parameters=[CONVERSATION_ID], body=_json_body(ITEMS_ADD)),
         },
         "/v1/conversations/{id}/items/{item_id}": {
@@ -1052,7 +1054,7 @@ def _openai_paths() -> dict[str, Schema]:
                 parameters=[CONVERSATION_ID, ITEM_ID]),
             "delete": op("deleteConversationItem", "Take an item out of a conversation and out of the history of "
                          "every later turn", _answer("the conversation", {JSON: {"schema": _ref("Conversation")}}),
-                         {"404": "no such conversation or item for this key", **CONFLICT, **V1_STORE},
+                         {"404": "no such conversation or item for this key", **V1_STORE},
                          parameters=[CONVERSATION_ID, ITEM_ID]),
         },
     }  # fmt: skip

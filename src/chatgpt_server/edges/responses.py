@@ -10,6 +10,7 @@ turn is stored, so a follow-up sent the instant it arrives finds it.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator
@@ -395,6 +396,7 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
     item: dict[str, Any]
     order: list[dict[str, Any]] = []  # items as added, in output order
     message_id = turn.reply_id
+    settle = True
     try:
         async for piece in turn.events():
             if piece.text:
@@ -423,6 +425,9 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
                     yield emit("response.function_call_arguments.delta", item_id=known[1]["id"],
                                output_index=known[0], delta=piece.arguments)  # fmt: skip
         result = await turn.finish()
+    except (asyncio.CancelledError, GeneratorExit):
+        settle = False  # the client left: on_leave stores what arrived, then lets the conversation go
+        raise
     except ServiceError as exc:
         log.outcome, log.message = "error", error_message(exc, "en")
         if turn.text or (turn.reply is not None and turn.reply.tool_calls):
@@ -435,7 +440,7 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
         yield emit("response.failed", response=failed)
         return
     finally:
-        await turn.close()
+        await turn.close(settle)
     final = draft.final(result)  # the same items, ids and order as streamed
     for index, item in enumerate(final["output"]):
         if item["type"] == "message" and message_index is not None:

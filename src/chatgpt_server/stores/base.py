@@ -28,6 +28,8 @@ from ..core.items import Item
 # Tuples, not objects: a 128k-token history is thousands of rows, and building an object per row
 # costs more than reading it.
 HistoryRow = tuple[str, str, bytes, int, str | None]
+SHORT_LIVED_S = 3600.0  # device sign-ins (15 minutes) and leases: kept an hour at most, retention or not
+PURGE_BATCH = 5_000  # items per delete: a month of rows never holds a lock for long
 MAX_WALK = 100_000  # no history walk visits more items than this, whatever the data
 
 
@@ -81,7 +83,9 @@ class TurnWrite:
     items: list[NewItem]
     response_id: str | None = None
     response: Record | None = None  # inserted with the turn
-    conversation_tip: str | None = None  # this conversation record's tip moves to the last item
+    # Set (to the conversation's id) for a turn asked through ``conversation=``: the conversation
+    # record's tip moves to the last item. Without it the tip moves only if it was the turn's parent.
+    conversation_tip: str | None = None
 
 
 class Store(ABC):
@@ -106,7 +110,10 @@ class Store(ABC):
     @abstractmethod
     async def add_turn(self, turn: TurnWrite) -> None:
         """Store the turn atomically and durably. Writing the same turn twice (a retry after a lost
-        answer) is a success, not an error: item ids are ours and random, so a known id is ours."""
+        answer) is a success, not an error: item ids are ours and random, so a known id is ours.
+
+        In the same write, the turn's conversation record (if it has one) gets the last item as its
+        tip, and a new version, when ``conversation_tip`` is set or its tip was the turn's parent."""
 
     @abstractmethod
     async def get_item(self, owner: str, item_id: str) -> StoredItem | None:
@@ -138,7 +145,8 @@ class Store(ABC):
 
     @abstractmethod
     async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
-        """Tombstone an item of a conversation and count the deletion in the conversation's ``gen``."""
+        """Tombstone an item of a conversation and count the deletion in the conversation's ``gen``
+        (and its version)."""
 
     # -- records ----------------------------------------------------------------------------------
     @abstractmethod
@@ -151,7 +159,8 @@ class Store(ABC):
     async def get_record(self, kind: str, record_id: str) -> Record | None: ...
 
     @abstractmethod
-    async def delete_record(self, kind: str, record_id: str) -> bool: ...
+    async def delete_record(self, kind: str, record_id: str, expect_version: int | None = None) -> bool:
+        """Delete a record (only if its version is ``expect_version``, when given); whether it went."""
 
     @abstractmethod
     async def list_records(
@@ -161,5 +170,6 @@ class Store(ABC):
 
     @abstractmethod
     async def purge(self, before: float) -> int:
-        """Delete items, responses and conversations last written before ``before`` (epoch seconds);
-        return how many went. Accounts are never purged."""
+        """Delete items, responses and conversations last written before ``before`` (epoch seconds),
+        and device sign-ins and leases older than ``SHORT_LIVED_S``; return how many went. Accounts
+        are never purged."""

@@ -18,12 +18,14 @@ import orjson
 
 from ..errors import StoreUnavailable
 from ..settings import mask_url
-from .base import HistoryRow, Record, Store, StoredItem, TurnWrite
+from .base import PURGE_BATCH, SHORT_LIVED_S, HistoryRow, Record, Store, StoredItem, TurnWrite
 from .sql import (
     ITEM_COLUMNS,
     MIGRATIONS_TABLE,
+    PURGE_ITEMS,
     PURGE_PROBE,
     PURGE_RANGE,
+    PURGE_RECORDS,
     RECORD_COLUMNS,
     V1_INSERT_COLUMNS,
     V1_SELECT,
@@ -61,7 +63,8 @@ WITH par AS (
     SELECT 'response', $10::text, $2, $11::text, $12::text, $9, $9, 1, 0 WHERE $10::text IS NOT NULL
     ON CONFLICT DO NOTHING
 ), conv AS (
-    UPDATE records SET tip = $12::text, updated_at = $9 WHERE kind = 'conversation' AND id = $13::text
+    UPDATE records SET tip = $12::text, updated_at = $9, version = version + 1
+    WHERE kind = 'conversation' AND id = $5 AND ($13::boolean OR tip IS NOT DISTINCT FROM $1::text)
 )
 INSERT INTO items (id, owner, conversation_id, parent_id, branch, before, cost, enc, kind, role, text, extra,
                    chat, status, origin, response_id, created_at)
@@ -233,7 +236,7 @@ class PostgresStore(Store):
             turn.parent_id, turn.owner, False, items[0].id, turn.conversation_id, turn.enc, turn.origin,
             turn.response_id, turn.created_at,
             response.id if response else None, orjson.dumps(response.body).decode() if response else None,
-            items[-1].id, turn.conversation_tip,
+            items[-1].id, bool(turn.conversation_tip),
             [i.id for i in items], parents, offsets, [n.cost for n in turn.items], [i.kind for i in items],
             [i.role for i in items], [i.text for i in items], extras, [n.chat for n in turn.items],
             [i.status for i in items],
@@ -280,7 +283,7 @@ class PostgresStore(Store):
         rows = await self._fetch(
             """WITH del AS (UPDATE items SET deleted = TRUE
                             WHERE id = $1 AND owner = $2 AND conversation_id = $3 AND NOT deleted RETURNING id),
-                    bump AS (UPDATE records SET gen = gen + 1
+                    bump AS (UPDATE records SET gen = gen + 1, version = version + 1
                              WHERE kind = 'conversation' AND id = $3 AND EXISTS (SELECT 1 FROM del))
                SELECT count(*) FROM del""",
             item_id, owner, conversation_id,
@@ -309,10 +312,10 @@ class PostgresStore(Store):
         rows = await self._fetch(f"SELECT {RECORD_COLUMNS} FROM records WHERE kind = $1 AND id = $2", kind, record_id)
         return record_from_row(rows[0]) if rows else None
 
-    async def delete_record(self, kind: str, record_id: str) -> bool:
-        status = await self._call(
-            lambda pool: pool.execute("DELETE FROM records WHERE kind = $1 AND id = $2", kind, record_id)
-        )
+    async def delete_record(self, kind: str, record_id: str, expect_version: int | None = None) -> bool:
+        status = await self._call(lambda pool: pool.execute(
+            "DELETE FROM records WHERE kind = $1 AND id = $2 AND ($3::bigint IS NULL OR version = $3)",
+            kind, record_id, expect_version))  # fmt: skip
         return str(status).split()[-1] == "1"
 
     async def list_records(
@@ -344,11 +347,15 @@ class PostgresStore(Store):
 
         low, high = (await self._fetch(PURGE_RANGE))[0]
         cut = await purge_cut(created, int(low), int(high), before) if low is not None else -1
-        rows = await self._fetch(
-            """WITH a AS (DELETE FROM items WHERE seq <= $2 AND created_at < $1 RETURNING 1),
-                    b AS (DELETE FROM records WHERE kind IN ('response', 'conversation', 'device', 'lease')
-                          AND updated_at < $1 RETURNING 1)
-               SELECT (SELECT count(*) FROM a) + (SELECT count(*) FROM b)""",
-            before, cut,
-        )  # fmt: skip
-        return int(rows[0][0])
+
+        async def deleting(sql: str, *params: Any) -> int:
+            status = await self._call(lambda pool: pool.execute(sql, *params))
+            return int(str(status).split()[-1])
+
+        removed = 0
+        start = int(low) if low is not None else 0
+        while start <= cut:  # in batches, each its own short transaction
+            end = min(start + PURGE_BATCH - 1, cut)
+            removed += await deleting(PURGE_ITEMS.format(p="$"), start, end, before)
+            start = end + 1
+        return removed + await deleting(PURGE_RECORDS.format(p="$"), before, time.time() - SHORT_LIVED_S)

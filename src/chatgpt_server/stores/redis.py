@@ -35,7 +35,7 @@ from redis.exceptions import RedisError
 from ..core.items import Item
 from ..errors import StoreUnavailable
 from ..settings import mask_url
-from .base import MAX_WALK, HistoryRow, Record, Store, StoredItem, TurnWrite
+from .base import MAX_WALK, SHORT_LIVED_S, HistoryRow, Record, Store, StoredItem, TurnWrite
 
 T = TypeVar("T")
 DATA_VERSION = "2"
@@ -67,16 +67,15 @@ if rid ~= '' and body ~= '' then
   local rkey = p .. 'r:response:' .. rid
   if redis.call('EXISTS', rkey) == 0 then
     redis.call('HSET', rkey, 'o', owner, 'b', body, 't', parent, 'ca', created, 'ua', created, 'v', 1, 'g', 0)
-    redis.call('ZADD', p .. 'rx:response:' .. owner, created, rid)
     if ttl > 0 then redis.call('PEXPIRE', rkey, ttl) end
   end
 end
-if tipconv ~= '' then
-  local ckey2 = p .. 'r:conversation:' .. tipconv
-  if redis.call('EXISTS', ckey2) == 1 then
-    redis.call('HSET', ckey2, 't', parent, 'ua', created)
-    if ttl > 0 then redis.call('PEXPIRE', ckey2, ttl) end
-  end
+local ckey2 = p .. 'r:conversation:' .. conv
+local tip = redis.call('HGET', ckey2, 't')
+if tip and (tipconv ~= '' or tip == ARGV[4]) then
+  redis.call('HSET', ckey2, 't', parent, 'ua', created)
+  redis.call('HINCRBY', ckey2, 'v', 1)
+  if ttl > 0 then redis.call('PEXPIRE', ckey2, ttl) end
 end
 return 1
 """
@@ -130,7 +129,9 @@ if expect == '' then
   if redis.call('EXISTS', key) == 1 then return 0 end
   version = 1
   redis.call('HSET', key, 'ca', ARGV[7])
-  redis.call('ZADD', ARGV[1] .. 'rx:' .. ARGV[2] .. ':' .. ARGV[4], ARGV[7], ARGV[3])
+  if ARGV[2] == 'conversation' or ARGV[2] == 'account' then  -- the kinds that are ever listed
+    redis.call('ZADD', ARGV[1] .. 'rx:' .. ARGV[2] .. ':' .. ARGV[4], ARGV[7], ARGV[3])
+  end
 else
   if redis.call('HGET', key, 'v') ~= expect then return 0 end
   version = tonumber(expect) + 1
@@ -147,8 +148,21 @@ local f = redis.call('HMGET', key, 'o', 'c', 'd')
 if f[1] ~= ARGV[2] or f[2] ~= ARGV[3] or f[3] ~= '0' then return 0 end
 redis.call('HSET', key, 'd', '1')
 local ckey = ARGV[1] .. 'r:conversation:' .. ARGV[3]
-if redis.call('EXISTS', ckey) == 1 then redis.call('HINCRBY', ckey, 'g', 1) end
+if redis.call('EXISTS', ckey) == 1 then
+  redis.call('HINCRBY', ckey, 'g', 1)
+  redis.call('HINCRBY', ckey, 'v', 1)
+end
 return 1
+"""
+
+# ARGV: prefix, kind, id, expected version ('' any)
+_DELETE_RECORD = """
+local key = ARGV[1] .. 'r:' .. ARGV[2] .. ':' .. ARGV[3]
+local f = redis.call('HMGET', key, 'o', 'v')
+if not f[1] then return 0 end
+if ARGV[4] ~= '' and f[2] ~= ARGV[4] then return 0 end
+redis.call('ZREM', ARGV[1] .. 'rx:' .. ARGV[2] .. ':' .. f[1], ARGV[3])
+return redis.call('DEL', key)
 """
 
 
@@ -189,6 +203,7 @@ class RedisStore(Store):
         self._path = self.client.register_script(_PATH)
         self._put_record = self.client.register_script(_PUT_RECORD)
         self._delete_item = self.client.register_script(_DELETE_ITEM)
+        self._delete_record = self.client.register_script(_DELETE_RECORD)
         self._versioned = False
 
     def _key(self, item_id: str) -> str:
@@ -337,14 +352,23 @@ class RedisStore(Store):
                 ids = await self._call(self.client.zrangebyscore(key, low, "+inf", start=0, num=want))
             if not ids:
                 break
-            for stored in await self.get_items(owner, [_text(i) for i in ids]):
+            wanted = [_text(i) for i in ids]
+            found = await self.get_items(owner, wanted)
+            for stored in found:
                 if stored.conversation_id == conversation_id and not stored.deleted:
                     out.append(stored)
+            if len(found) < len(wanted):  # items retention expired: their ids leave the index too
+                await self._forget_expired(key, set(wanted) - {f.item.id for f in found})
             last = await self._call(self.client.zscore(key, _text(ids[-1])))
             if last is None:
                 break
             bound = int(last)
         return out[:limit]
+
+    async def _forget_expired(self, key: str, ids: set[str]) -> None:
+        for item_id in ids:
+            if not await self._call(self.client.exists(self._key(item_id))):
+                await self._call(self.client.zrem(key, item_id))
 
     async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
         return bool(await self._call(self._delete_item(args=[self.prefix, owner, conversation_id, item_id])))
@@ -352,7 +376,7 @@ class RedisStore(Store):
     # -- records ------------------------------------------------------------------------------------
     def _ttl(self, kind: str) -> int:
         if kind in ("device", "lease"):
-            return 3_600_000  # short-lived by nature: an hour bounds what a lost one costs
+            return int(SHORT_LIVED_S * 1000)  # short-lived by nature: an hour bounds what a lost one costs
         return 0 if kind == "account" else self.ttl_ms
 
     async def put_record(self, record: Record, expect_version: int | None) -> bool:
@@ -373,13 +397,9 @@ class RedisStore(Store):
         return Record(kind, record_id, _text(owner), orjson.loads(body), _text(tip) or None if tip else None,
                       float(created or 0), float(updated or 0), int(version or 0), int(gen or 0))  # fmt: skip
 
-    async def delete_record(self, kind: str, record_id: str) -> bool:
-        key = f"{self.prefix}r:{kind}:{record_id}"
-        owner = await self._call(self.client.hget(key, "o"))
-        if owner is None:
-            return False
-        await self._call(self.client.zrem(f"{self.prefix}rx:{kind}:{_text(owner)}", record_id))
-        return bool(await self._call(self.client.delete(key)))
+    async def delete_record(self, kind: str, record_id: str, expect_version: int | None = None) -> bool:
+        expected = "" if expect_version is None else str(expect_version)
+        return bool(await self._call(self._delete_record(args=[self.prefix, kind, record_id, expected])))
 
     async def list_records(
         self, kind: str, owner: str, after_id: str | None, limit: int, descending: bool

@@ -95,6 +95,12 @@ def migrations(dialect: str) -> list[tuple[int, str, list[str]]]:
 
 PURGE_PROBE = "SELECT created_at FROM items WHERE seq >= {p} ORDER BY seq LIMIT 1"
 PURGE_RANGE = "SELECT min(seq), max(seq) FROM items"
+# {p} is the placeholder prefix: "?" (SQLite's ?1) or "$" (PostgreSQL's $1).
+PURGE_ITEMS = "DELETE FROM items WHERE seq BETWEEN {p}1 AND {p}2 AND created_at < {p}3"
+PURGE_RECORDS = (
+    "DELETE FROM records WHERE (kind IN ('response', 'conversation') AND updated_at < {p}1) "
+    "OR (kind IN ('device', 'lease') AND updated_at < {p}2)"
+)
 
 
 async def purge_cut(

@@ -20,20 +20,23 @@ import os
 import sqlite3
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import parse_qs, urlsplit
 
 import orjson
 
 from ..core.items import Item
 from ..errors import StoreUnavailable
-from .base import HistoryRow, Record, Store, StoredItem, TurnWrite
+from .base import PURGE_BATCH, SHORT_LIVED_S, HistoryRow, Record, Store, StoredItem, TurnWrite
 from .sql import (
     ITEM_COLUMNS,
     MIGRATIONS_TABLE,
+    PURGE_ITEMS,
     PURGE_PROBE,
     PURGE_RANGE,
+    PURGE_RECORDS,
     RECORD_COLUMNS,
     V1_INSERT_COLUMNS,
     V1_SELECT,
@@ -63,9 +66,17 @@ _INSERT_ITEM = (
     "ON CONFLICT (id) DO NOTHING"
 )
 _INSERT_RECORD = f"INSERT INTO records ({RECORD_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
+# A turn moves its conversation's tip when it was asked for through ``conversation=`` (the flag), or
+# when it continues from the tip through another door; either way the record's version changes, so
+# an update that read the record before fails its compare-and-set instead of rewinding the tip.
+_MOVE_TIP = (
+    "UPDATE records SET tip = ?1, updated_at = ?2, version = version + 1 "
+    "WHERE kind = 'conversation' AND id = ?3 AND (?4 OR tip IS ?5)"
+)
 BUSY_RETRY_S = 0.0005
 READ_BUSY_TRIES = 50
 _BUSY = object()
+T = TypeVar("T")
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
@@ -239,11 +250,34 @@ class SQLiteStore(Store):
                 raise StoreUnavailable(reason=f"{type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
 
+    async def _write_one(self, work: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``work`` in a write transaction. Another process holding the write lock is waited
+        for off the event loop (a short sleep, then again) until the store timeout."""
+        deadline = time.monotonic() + self.timeout_s
+        while True:
+            try:
+                db = self.db
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    result = work(db)
+                    db.execute("COMMIT")
+                    return result
+                except BaseException:
+                    db.execute("ROLLBACK")
+                    raise
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() > deadline:
+                    raise _unavailable(exc) from exc
+            except sqlite3.Error as exc:
+                raise _unavailable(exc) from exc
+            await asyncio.sleep(BUSY_RETRY_S)
+
     async def ping(self) -> None:
         self._run("SELECT 1")
 
     async def shared_secret(self, candidate: bytes) -> bytes:
-        self._run("INSERT INTO meta (key, value) VALUES ('hmac_key', ?) ON CONFLICT DO NOTHING", (candidate.hex(),))
+        sql = "INSERT INTO meta (key, value) VALUES ('hmac_key', ?) ON CONFLICT DO NOTHING"
+        await self._write_one(lambda db: db.execute(sql, (candidate.hex(),)))
         return bytes.fromhex(self._run("SELECT value FROM meta WHERE key = 'hmac_key'")[0][0])
 
     # -- items --------------------------------------------------------------------------------------
@@ -320,11 +354,8 @@ class SQLiteStore(Store):
         db.executemany(_INSERT_ITEM, turn_rows(turn, branch, end))
         if turn.response is not None:
             db.execute(_INSERT_RECORD + " ON CONFLICT DO NOTHING", record_params(turn.response, 1))
-        if turn.conversation_tip:
-            db.execute(
-                "UPDATE records SET tip = ?, updated_at = ? WHERE kind = 'conversation' AND id = ?",
-                (turn.items[-1].item.id, turn.created_at, turn.conversation_tip),
-            )
+        db.execute(_MOVE_TIP, (turn.items[-1].item.id, turn.created_at, turn.conversation_id,
+                               bool(turn.conversation_tip), turn.parent_id))  # fmt: skip
 
     async def get_item(self, owner: str, item_id: str) -> StoredItem | None:
         rows = self._run(self._item, (item_id, owner))
@@ -360,47 +391,45 @@ class SQLiteStore(Store):
         return [item_from_row(r) for r in rows]
 
     async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
-        try:
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                cursor = self.db.execute(
-                    "UPDATE items SET deleted = 1 WHERE id = ? AND owner = ? AND conversation_id = ? AND NOT deleted",
-                    (item_id, owner, conversation_id),
-                )
-                if cursor.rowcount:
-                    self.db.execute(
-                        "UPDATE records SET gen = gen + 1 WHERE kind = 'conversation' AND id = ?", (conversation_id,)
-                    )
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(reason=f"{type(exc).__name__}: {exc}") from exc
-        return bool(cursor.rowcount)
+        def work(db: sqlite3.Connection) -> bool:
+            cursor = db.execute(
+                "UPDATE items SET deleted = 1 WHERE id = ? AND owner = ? AND conversation_id = ? AND NOT deleted",
+                (item_id, owner, conversation_id),
+            )
+            if cursor.rowcount:
+                db.execute("UPDATE records SET gen = gen + 1, version = version + 1 "
+                           "WHERE kind = 'conversation' AND id = ?", (conversation_id,))  # fmt: skip
+            return bool(cursor.rowcount)
+
+        return await self._write_one(work)
 
     # -- records ------------------------------------------------------------------------------------
     async def put_record(self, record: Record, expect_version: int | None) -> bool:
-        try:
+        def work(db: sqlite3.Connection) -> bool:
             if expect_version is None:
-                cursor = self.db.execute(_INSERT_RECORD + " ON CONFLICT DO NOTHING", record_params(record, 1))
+                cursor = db.execute(_INSERT_RECORD + " ON CONFLICT DO NOTHING", record_params(record, 1))
             else:
-                cursor = self.db.execute(
+                cursor = db.execute(
                     "UPDATE records SET owner = ?, body = ?, tip = ?, updated_at = ?, gen = ?, version = ? "
                     "WHERE kind = ? AND id = ? AND version = ?",
                     (record.owner, orjson.dumps(record.body).decode(), record.tip, record.updated_at, record.gen,
                      expect_version + 1, record.kind, record.id, expect_version),
                 )  # fmt: skip
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(reason=f"{type(exc).__name__}: {exc}") from exc
-        return cursor.rowcount == 1
+            return cursor.rowcount == 1
+
+        return await self._write_one(work)
 
     async def get_record(self, kind: str, record_id: str) -> Record | None:
         rows = self._run(f"SELECT {RECORD_COLUMNS} FROM records WHERE kind = ? AND id = ?", (kind, record_id))
         return record_from_row(rows[0]) if rows else None
 
-    async def delete_record(self, kind: str, record_id: str) -> bool:
-        try:
-            cursor = self.db.execute("DELETE FROM records WHERE kind = ? AND id = ?", (kind, record_id))
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(reason=f"{type(exc).__name__}: {exc}") from exc
-        return cursor.rowcount == 1
+    async def delete_record(self, kind: str, record_id: str, expect_version: int | None = None) -> bool:
+        def work(db: sqlite3.Connection) -> bool:
+            cursor = db.execute("DELETE FROM records WHERE kind = ? AND id = ? AND (? IS NULL OR version = ?)",
+                                (kind, record_id, expect_version, expect_version))  # fmt: skip
+            return cursor.rowcount == 1
+
+        return await self._write_one(work)
 
     async def list_records(
         self, kind: str, owner: str, after_id: str | None, limit: int, descending: bool
@@ -425,15 +454,16 @@ class SQLiteStore(Store):
 
         low, high = self._run(PURGE_RANGE)[0]
         cut = await purge_cut(created, int(low), int(high), before) if low is not None else -1
-        try:
-            with self.db:
-                self.db.execute("BEGIN IMMEDIATE")
-                items = self.db.execute("DELETE FROM items WHERE seq <= ? AND created_at < ?", (cut, before)).rowcount
-                records = self.db.execute(
-                    "DELETE FROM records WHERE kind IN ('response', 'conversation', 'device', 'lease') "
-                    "AND updated_at < ?",
-                    (before,),
-                ).rowcount
-        except sqlite3.Error as exc:
-            raise StoreUnavailable(reason=f"{type(exc).__name__}: {exc}") from exc
-        return int(items) + int(records)
+
+        def deleting(sql: str, params: tuple[Any, ...]) -> Callable[[sqlite3.Connection], int]:
+            return lambda db: int(db.execute(sql, params).rowcount)
+
+        removed = 0
+        start = int(low) if low is not None else 0
+        while start <= cut:  # in batches, each its own short transaction
+            end = min(start + PURGE_BATCH - 1, cut)
+            removed += await self._write_one(deleting(PURGE_ITEMS.format(p="?"), (start, end, before)))
+            start = end + 1
+        return removed + await self._write_one(
+            deleting(PURGE_RECORDS.format(p="?"), (before, time.time() - SHORT_LIVED_S))
+        )
