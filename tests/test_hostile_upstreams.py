@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
+import openai
 import pytest
 
 from .conftest import Upstreams
@@ -104,8 +105,11 @@ def evil(upstreams: Upstreams) -> Evil:
 @pytest.fixture(scope="module")
 def gateway(upstreams: Upstreams, evil: Evil, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     allowed = ",".join(url for name, url in evil.urls.items() if name != "trap")
-    env = upstreams.env(CHATGPT_SERVER_ALLOWED_UPSTREAMS=allowed, CHATGPT_SERVER_MAX_REPLY_BYTES=str(CAP))
-    proc = ServerProcess(tmp_path_factory.mktemp("hostile"), env).start()
+    workdir = tmp_path_factory.mktemp("hostile")
+    (workdir / "models.toml").write_text(f'[[models]]\nname = "hostile-*"\nbase_url = "{evil.urls["hostile"]}"\n')
+    env = upstreams.env(CHATGPT_SERVER_ALLOWED_UPSTREAMS=allowed, CHATGPT_SERVER_MAX_REPLY_BYTES=str(CAP),
+                        CHATGPT_SERVER_MODELS_FILE=str(workdir / "models.toml"))  # fmt: skip
+    proc = ServerProcess(workdir, env).start()
     yield proc
     proc.stop()
     assert not re.search(r"unexpected \w+ on ", proc.log()), "the gateway met an error it did not map (a 500)"
@@ -387,6 +391,21 @@ def test_hostile_stream_frame_is_an_error_event_and_the_text_is_kept(http: httpx
     # What had arrived is stored (as incomplete) and is the history of a follow-up.
     _follow_up_carries(http, upstreams, evil.hostile, evil.urls["hostile"], key, got.deltas[-1]["id"],
                        [user(question), assistant("Hello there")])  # fmt: skip
+
+
+def test_events_spread_over_several_data_lines_are_read_and_passed_on_whole(
+    gateway: ServerProcess, http: httpx.Client, evil: Evil
+) -> None:
+    """SSE lets one event's data span several ``data:`` lines: the original route reads them, and the
+    Chat Completions pass-through sends each on as valid SSE (the SDK parses every chunk)."""
+    got = call(http, f"spread {uuid.uuid4().hex}", evil.urls["hostile"], key=new_key(), kind="2")
+    assert got.status == 200 and "".join(d["delta"] for d in got.deltas) == "Hello there!", got.response.text
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
+        stream = sdk.chat.completions.create(model="hostile-1", stream=True,
+                                             messages=[{"role": "user", "content": "spread it"}])  # fmt: skip
+        chunks = list(stream)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello there!"
+    assert chunks[-1].usage is not None and chunks[-1].usage.total_tokens == 8
 
 
 WEB_FRAMES = sorted(web_hostile_frames("c", "m"))

@@ -9,6 +9,7 @@ import httpx
 import pytest
 
 from .conftest import Upstreams, ask
+from .harness import ServerProcess
 from .standins.chatgpt_web import mint
 from .test_api_contract import assert_error
 
@@ -150,3 +151,33 @@ def test_reverse_proxy_url_must_be_allowed(client: httpx.Client, upstreams: Upst
     message = assert_error(ask(client, "x", key=token, mode="2", apiReverseProxyUrl="http://127.0.0.1:9/conv"), 400)
     assert "apiReverseProxyUrl" in message and "CHATGPT_SERVER_ALLOWED_UPSTREAMS" in message
     assert not upstreams.chatgpt.requests
+
+
+def test_a_client_that_leaves_while_queued_is_logged_not_crashed(server: ServerProcess, upstreams: Upstreams) -> None:
+    """A turn waiting for its account's queue is given up when its client leaves: the access log says so
+    (499, "client left"), no traceback, and the upstream never hears of it."""
+    token = mint("leaver@example.com")
+    upstreams.chatgpt.chunk_delay = 0.1
+    first: list[int] = []
+
+    def hold_the_account() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            first.append(ask(c, "one two three four five six seven", key=token, mode="2").status_code)
+
+    holder = threading.Thread(target=hold_the_account)
+    holder.start()
+    deadline = time.monotonic() + 5
+    while not upstreams.chatgpt.requests:  # the first turn holds the account
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    with httpx.Client(base_url=server.url, timeout=0.3) as c, pytest.raises(httpx.ReadTimeout):
+        ask(c, "the queued question", key=token, mode="2")
+    holder.join()
+    assert first == [201]
+    while "client left" not in server.log():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    left = [line for line in server.log().splitlines() if "client left" in line]
+    assert len(left) == 1 and " 499 " in left[0], left
+    assert "Traceback" not in server.log() and "CancelledError" not in server.log()
+    assert all("the queued question" not in str(r) for r in upstreams.chatgpt.requests)

@@ -386,3 +386,36 @@ def test_several_workers_serve_one_port_and_share_conversations(tmp_path: Path, 
         assert big.status_code == 431  # the workers have the head limits too
     finally:
         server.stop()
+
+
+def test_access_log_lines_from_several_workers_stay_whole() -> None:
+    """Four writers (as worker processes do) share one pipe: every line read back is one of theirs,
+    whole, because each write is whole lines of at most PIPE_BUF bytes."""
+    import select
+
+    from chatgpt_server.app import write_lines
+
+    read_end, write_end = os.pipe()
+    lines = {w: [f"worker {w} line {i} {'x' * (i % 300)}\n".encode() for i in range(400)] for w in range(4)}
+    received: list[bytes] = []
+
+    def slow_reader() -> None:  # a terminal or a log shipper that keeps the pipe full, so writers wait mid-way
+        while piece := os.read(read_end, 4096):
+            received.append(piece)
+            time.sleep(0.0005)
+
+    reader = threading.Thread(target=slow_reader)
+    reader.start()
+    writers = [threading.Thread(target=write_lines, args=(write_end, lines[w])) for w in range(4)]
+    for t in writers:
+        t.start()
+    for t in writers:
+        t.join()
+    os.close(write_end)
+    reader.join()
+    os.close(read_end)
+    got = b"".join(received).splitlines(keepends=True)
+    assert sorted(got) == sorted(line for w in lines for line in lines[w])
+    for w in range(4):  # and each writer's lines in its order
+        assert [line for line in got if line.startswith(f"worker {w} ".encode())] == lines[w]
+    assert max(len(line) for w in lines for line in lines[w]) < select.PIPE_BUF

@@ -13,6 +13,7 @@ import gc
 import logging
 import os
 import re
+import select
 import signal
 import threading
 import time
@@ -177,6 +178,27 @@ def routes() -> Router:
     return r
 
 
+def write_lines(fd: int, lines: list[bytes]) -> None:
+    """Whole lines, at most PIPE_BUF bytes to a write where the lines allow: a write that small to a
+    pipe is atomic, so worker processes sharing stderr never cut into each other's lines."""
+    batch: list[bytes] = []
+    size = 0
+    for line in lines:
+        if batch and size + len(line) > select.PIPE_BUF:
+            _write_all(fd, b"".join(batch))
+            batch, size = [], 0
+        batch.append(line)
+        size += len(line)
+    if batch:
+        _write_all(fd, b"".join(batch))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:  # a write cut short (by a signal) goes on where it stopped
+        view = view[os.write(fd, view) :]
+
+
 class AccessLog:
     """One line per request: no logging lock, no formatting of anything the request sent beyond its
     method and path. Lines are gathered and written together every few milliseconds (one system call
@@ -199,7 +221,7 @@ class AccessLog:
         lines, self._lines, self._size = self._lines, [], 0
         if lines:
             with contextlib.suppress(OSError):
-                os.write(2, b"".join(lines))
+                write_lines(2, lines)
 
     def write(self, entry: RequestLog, rid: str, method: str, path: str, status: int, started: float) -> None:
         if not self.enabled:

@@ -377,6 +377,13 @@ STREAM_FRAMES: dict[str, bytes] = {
 }
 
 
+USAGE = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+
+
+def _spread(frame: bytes) -> bytes:
+    return orjson.dumps(orjson.loads(frame), option=orjson.OPT_INDENT_2).replace(b"\n", b"\ndata: ")
+
+
 async def _stream_frames(request: web.Request, frames: list[bytes]) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
@@ -392,7 +399,7 @@ class ChatHostile(Recording):
     """Chat completions answering ``WHOLE_REPLIES[name]``/``ODD_REPLIES[name]`` (a request that does not
     stream) or ``STREAM_FRAMES[name]`` after two good chunks (one that does), ``name`` being the
     question's first word. ``good ...`` is answered properly, ``quiet ...`` streams text and then
-    ends without ``[DONE]``."""
+    ends without ``[DONE]``, ``spread ...`` streams good chunks, each over several ``data:`` lines."""
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -410,6 +417,9 @@ class ChatHostile(Recording):
         if body.get("stream"):
             if name == "quiet":
                 return await _stream_frames(request, good)
+            if name == "spread":  # good chunks, each JSON spread over several data lines (as SSE allows)
+                spread = [_spread(frame) for frame in (*good, _chunk({"content": "!"}), _chunk({}, usage=USAGE))]
+                return await _stream_frames(request, [*spread, b"[DONE]"])
             return await _stream_frames(request, [*good, STREAM_FRAMES[name], _chunk({"content": "!"}), b"[DONE]"])
         raw = WHOLE_REPLIES[name] if name in WHOLE_REPLIES else ODD_REPLIES[name]
         return web.Response(status=200, body=raw, content_type="application/json")

@@ -114,6 +114,7 @@ class Verifier:
 
     async def _fetch(self) -> None:
         url = self.issuer + "/.well-known/jwks.json"
+        self._fetched_at = time.monotonic()  # a failed fetch counts too: an issuer that is down is not hammered
         try:
             async with asyncio.timeout(self.timeout_s):
                 response = await self.http.request("GET", url)
@@ -129,12 +130,12 @@ class Verifier:
             raise Unverifiable(type(exc).__name__) from exc
         import jwt
 
-        self._fetched_at = time.monotonic()
+        listed = document.get("keys") if isinstance(document, dict) else None
         keys: dict[str, Any] = {}
-        for jwk in document.get("keys", []) if isinstance(document, dict) else []:
+        for jwk in listed if isinstance(listed, list) else []:
             try:
                 if isinstance(jwk, dict) and jwk.get("kty") == "RSA" and isinstance(jwk.get("kid"), str):
                     keys[jwk["kid"]] = jwt.PyJWK(jwk, algorithm="RS256").key
-            except jwt.PyJWTError:
-                continue
+            except (jwt.PyJWTError, ValueError, TypeError, KeyError, OverflowError):
+                continue  # a key of the wrong shape is not a key
         self._keys = keys

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import contextvars
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from .turns import OpenTurn
@@ -19,7 +19,6 @@ class RequestLog:
     store_ms: float = 0.0
     outcome: str = ""
     message: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 _current: contextvars.ContextVar[RequestLog] = contextvars.ContextVar("request_log")

@@ -23,7 +23,6 @@ import orjson
 from .tokens import PER_MESSAGE, count
 
 Kind = Literal["message", "function_call", "function_call_output"]
-KINDS = ("message", "function_call", "function_call_output")
 ROLES = ("user", "assistant", "system", "developer")
 IMAGE_COST = 765  # a high-detail 512x512 image, as OpenAI prices one; an estimate for any image
 

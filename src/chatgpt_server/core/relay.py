@@ -47,11 +47,7 @@ async def relay_stream(relay: Relay, body: bytes, target: Target, timeout_s: flo
 
 async def _paced(source: AsyncIterator[str], deadline: float, idle_s: float, host: str) -> AsyncGenerator[str, None]:
     loop = asyncio.get_running_loop()
-    iterator = source.__aiter__()
-    try:
-        await_next = iterator.__anext__
-    finally:
-        pass
+    await_next = source.__aiter__().__anext__
     while True:
         now = loop.time()
         idle = now + idle_s < deadline

@@ -374,10 +374,6 @@ class OpenTurn:
                 event.item_id = known
             yield event
 
-    @property
-    def complete(self) -> bool:
-        return self.reply is not None and self.reply.complete and not getattr(self.reply, "truncated", False)
-
     async def finish(self, incomplete: str | None = None) -> TurnResult:
         """Store what arrived (once) and return it. Called when the reply ended or was cut."""
         if self._result is not None:
@@ -493,9 +489,3 @@ async def let_go(release: Release | None) -> None:
     task = release() if release is not None else None
     if task is not None:
         await asyncio.shield(task)  # cancelled meanwhile, it still goes back
-
-
-async def drain(turn: OpenTurn) -> None:
-    """Read a turn to its end without a client watching each event."""
-    async for _ in turn.events():
-        pass

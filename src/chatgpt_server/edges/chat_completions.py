@@ -79,6 +79,8 @@ async def _events(chunks: AsyncIterator[str], parser: ChunkParser) -> AsyncItera
     log = current_log()
     try:
         async for data in chunks:
+            if "\n" in data:  # it came over several data lines: so it goes on
+                data = data.replace("\n", "\ndata: ")
             yield b"data: " + data.encode() + b"\n\n"
         log.outcome = "done " + _usage_note(parser.usage)
     except ServiceError as exc:

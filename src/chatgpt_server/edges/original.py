@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
+from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from ..core.activity import current_log
@@ -28,6 +29,8 @@ from .http import read_json
 from .messages import error_message, pick_language
 from .original_request import ChatRequest, parse_chat
 from .sse import EventStream, event
+
+CLIENT_LEFT = 499
 
 if TYPE_CHECKING:
     from ..accounts.service import Credential
@@ -152,6 +155,8 @@ async def get_info(request: Request, services: Services) -> ASGIApp:
         whole = _whole(services, spec, credential)
         # A turn that waits in an account's queue is given up as soon as its client leaves.
         result = await (_unless_gone(whole, request) if spec.queue_key else whole)
+        if result is None:  # nobody to answer: nginx's 499 tells the access log why
+            return Response(status_code=CLIENT_LEFT)
         return ok(reply_data(chat, result, spec.model), status=201)
     turn = await services.accounts.open_turn(services.turns, spec, credential)
     language = language_of(request, settings.language)
@@ -179,7 +184,8 @@ async def _whole(services: Services, spec: TurnSpec, credential: Credential | No
         await turn.close()
 
 
-async def _unless_gone(work: Coroutine[Any, Any, TurnResult], request: Request) -> TurnResult:
+async def _unless_gone(work: Coroutine[Any, Any, TurnResult], request: Request) -> TurnResult | None:
+    """The result of ``work``, or None if the client left first (``work`` is then cancelled)."""
     task = asyncio.ensure_future(work)
     gone = asyncio.ensure_future(_disconnected(request))
     try:
@@ -191,7 +197,7 @@ async def _unless_gone(work: Coroutine[Any, Any, TurnResult], request: Request) 
             current_log().outcome = "client left"
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-    return task.result()
+    return None if task.cancelled() else task.result()
 
 
 async def _disconnected(request: Request) -> None:

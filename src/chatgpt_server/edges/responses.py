@@ -503,10 +503,8 @@ async def input_items(request: Request, services: Services) -> Response:
     ids: list[str] = []
     if anchor:
         ids = await services.store.path_ids(owner, anchor)
-        if first_output in ids:
+        if first_output in ids:  # newest first: the outputs, then the inputs (without outputs, the tip is an input)
             ids = ids[ids.index(first_output) + 1 :]
-        else:  # no output: the tip is the last input
-            ids = ids
     if not page.descending:
         ids.reverse()
     if page.after is not None:  # an id that is not in the list: nothing after it
