@@ -586,3 +586,17 @@ def test_a_conversation_begun_on_the_original_route_goes_on_by_its_id(
     other = openai.OpenAI(base_url=v1_server.url + "/v1", api_key=OTHER_KEY, max_retries=0)
     with other, pytest.raises(openai.NotFoundError):
         other.responses.create(model="gpt-3.5-turbo", input="mine?", conversation=data["conversationId"])
+
+
+def test_logprobs_are_refused_not_dropped_and_other_extras_are_accepted(
+    sdk: openai.OpenAI, upstreams: Upstreams
+) -> None:
+    calls = len(upstreams.openai.requests)
+    for extra in ({"include": ["message.output_text.logprobs"]}, {"top_logprobs": 3}, {"include": "all"}):
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.responses.create(model="gpt-3.5-turbo", input="with logprobs", **extra)  # type: ignore[call-overload]
+        assert refused.value.body["param"] in extra  # type: ignore[index]
+    assert len(upstreams.openai.requests) == calls  # nothing was sent upstream
+    fine = sdk.responses.create(model="gpt-3.5-turbo", input="as Codex asks", include=["reasoning.encrypted_content"],
+                                top_logprobs=0)  # fmt: skip
+    assert fine.status == "completed"

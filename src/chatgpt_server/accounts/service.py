@@ -163,10 +163,19 @@ class Accounts:
         """Exactly one refresh per account in flight, across instances; returns the new access token
         (or the one another refresher just saved)."""
         release = await self._refreshing.acquire(key)  # one coroutine per process goes to the store
-        try:
-            return await self._refresh(key, stale)
-        finally:
+        # A refresh spends the single-use refresh token: once begun it runs to the saving of the new
+        # one even if the request that asked for it is cancelled (its client left, shutdown).
+        task = asyncio.ensure_future(self._refresh(key, stale))
+        _refreshes.add(task)
+
+        def done(finished: asyncio.Future[str]) -> None:
             release()
+            _refreshes.discard(finished)
+            if not finished.cancelled():
+                finished.exception()  # retrieved: nobody may be waiting any more
+
+        task.add_done_callback(done)
+        return await asyncio.shield(task)
 
     async def _refresh(self, key: str, stale: str | None) -> str:
         deadline = time.monotonic() + LEASE_S
@@ -372,3 +381,6 @@ def _claimed_account(token: str) -> str | None:
 
 def _device_key(device_auth_id: str) -> str:
     return hashlib.sha256(device_auth_id.encode()).hexdigest()[:40]
+
+
+_refreshes: set[asyncio.Future[str]] = set()  # refreshes in flight, kept alive until saved

@@ -597,8 +597,12 @@ RESPONSE_REQUEST = {
             "reasoning": {"description": "effort minimal, low, medium or high is passed on to reasoning models; "
                                          "anything else is ignored"},
             "background": {"enum": [False, None], "description": "background mode is not supported"},
-            **{name: IGNORED for name in ("include", "stream_options", "prompt_cache_key", "service_tier",
-                                          "top_logprobs", "max_tool_calls")},
+            "include": _or_null({"type": "array", "items": {"type": "string", "maxLength": 128,
+                                 "not": {"const": "message.output_text.logprobs"}},
+                                 "description": "accepted; no extra applies to what this gateway returns, and "
+                                 "logprobs are refused"}),
+            "top_logprobs": {"enum": [0, None], "description": "logprobs are not available"},
+            **{name: IGNORED for name in ("stream_options", "prompt_cache_key", "service_tier", "max_tool_calls")},
         },
         ("model", "input"),
         description="An unknown field is refused (400). tool_choice's function must name one of tools.",

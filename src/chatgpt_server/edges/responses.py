@@ -141,6 +141,23 @@ def _reference(value: Any, name: str) -> str | None:
     return value
 
 
+LOGPROBS = "message.output_text.logprobs"
+
+
+def _no_logprobs(body: dict[str, Any]) -> None:
+    """Other ``include`` extras name items this gateway never produces (so there is nothing to add);
+    logprobs would change the answer, and the upstream's are not carried: refused, not dropped."""
+    include = body.get("include")
+    if include is not None:
+        if not isinstance(include, list) or not all(isinstance(v, str) and len(v) <= 128 for v in include):
+            raise invalid("include", "expected a list of strings")
+        if LOGPROBS in include:
+            raise invalid("include", "logprobs are not available")
+    top = body.get("top_logprobs")
+    if top is not None and (isinstance(top, bool) or top != 0):
+        raise invalid("top_logprobs", "logprobs are not available")
+
+
 def parse_ask(body: Any) -> Ask:
     if not isinstance(body, dict):
         raise BadRequest("body_not_object")
@@ -154,6 +171,7 @@ def parse_ask(body: Any) -> Ask:
         raise BadRequest("missing_param", param="input")
     if body.get("background") is not None and body["background"] is not False:
         raise invalid("background", "background mode is not supported")
+    _no_logprobs(body)
     ask = Ask(model=model, items=parse_input(body["input"]))
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
