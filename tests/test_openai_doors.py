@@ -594,7 +594,7 @@ def test_logprobs_are_refused_not_dropped_and_other_extras_are_accepted(
     calls = len(upstreams.openai.requests)
     for extra in ({"include": ["message.output_text.logprobs"]}, {"top_logprobs": 3}, {"include": "all"}):
         with pytest.raises(openai.BadRequestError) as refused:
-            sdk.responses.create(model="gpt-3.5-turbo", input="with logprobs", **extra)  # type: ignore[call-overload]
+            sdk.responses.create(model="gpt-3.5-turbo", input="with logprobs", **extra)
         assert refused.value.body["param"] in extra  # type: ignore[index]
     assert len(upstreams.openai.requests) == calls  # nothing was sent upstream
     fine = sdk.responses.create(model="gpt-3.5-turbo", input="as Codex asks", include=["reasoning.encrypted_content"],
