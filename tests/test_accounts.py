@@ -249,6 +249,7 @@ def test_an_expired_token_of_a_stored_account_is_honoured_for_the_grace_period(
         ("usage_not_included_403", 403, "plus plan does not include this use"),
         ("failed_context", 400, "exceeds the context window"),
         ("overloaded", 503, "overloaded"),
+        ("rate_limited", 429, "Rate limit reached"),
     ],
 )
 def test_backend_failures_are_precise(
@@ -262,6 +263,24 @@ def test_backend_failures_are_precise(
     assert words in message and token not in response.text
     if failure.startswith("usage_limit"):
         assert 0 < int(response.headers["Retry-After"]) <= 120
+    if failure == "rate_limited":  # the backend's own Retry-After is passed on
+        assert response.headers["Retry-After"] == "30"
+
+
+def test_a_clients_extra_headers_reach_the_codex_backend_under_the_protocols_own(
+    cx: httpx.Client, upstreams: Upstreams
+) -> None:
+    email, account = unique("headers")
+    token = sign_in(cx, upstreams, email, account)["accessToken"]
+    extra = {"X-Trace-Id": "trace-42", "ORIGINATOR": "someone-else", "Session_Id": "not-this-one"}
+    response = ask(cx, "with headers", key=token, mode="2", headers=extra)
+    assert response.status_code == 201, response.text
+    sent = upstreams.codex.requests[-1]["header_list"]  # each header as it came, repeats included
+    assert [v for k, v in sent if k.lower() == "x-trace-id"] == ["trace-42"]
+    assert [v for k, v in sent if k.lower() == "originator"] == ["chatgpt_server"]
+    assert [v for k, v in sent if k.lower() == "session_id"] == [response.json()["data"]["conversationId"]]
+    refused = ask(cx, "another account?", key=token, mode="2", headers={"ChatGPT-Account-Id": "acct-other"})
+    assert "chatgpt-account-id" in assert_error(refused, 400).lower()
 
 
 def test_a_token_the_backend_keeps_refusing_is_401_after_one_refresh(cx: httpx.Client, upstreams: Upstreams) -> None:

@@ -53,6 +53,7 @@ INCLUDABLE = {"reasoning.encrypted_content"}
 ROLE_PARTS = {"user": {"input_text", "input_image", "input_file"}, "system": {"input_text"},
               "developer": {"input_text"}, "assistant": {"output_text", "refusal"}}  # fmt: skip
 FAILURES = ("401", "usage_limit", "usage_limit_seconds", "usage_not_included", "usage_not_included_403", "overloaded",
+            "rate_limited",
             "failed_context", "failed_quota", "failed_usage_limit", "cut", "sleep:<s>", "keepalive:<s>")  # fmt: skip
 
 STREAM_KEY = web.RequestKey("codex_stream", web.StreamResponse)
@@ -262,7 +263,9 @@ class CodexStandIn:
         except orjson.JSONDecodeError:
             body = None
         if self.record:
-            self.requests.append({"headers": dict(request.headers), "body": body})
+            self.requests.append(
+                {"headers": dict(request.headers), "header_list": list(request.headers.items()), "body": body}
+            )
         auth, refusal = await self._authorize(request)
         if refusal is not None:
             return refusal
@@ -362,6 +365,11 @@ class CodexStandIn:
         if failure == "overloaded":
             return _error(503, "Our servers are currently overloaded. Please try again later.",
                           "server_is_overloaded", kind="server_error")  # fmt: skip
+        if failure == "rate_limited":  # too many requests, with the wait in the header only
+            response = _error(429, "Rate limit reached. Please try again later.", "rate_limit_exceeded",
+                              kind="rate_limit_error")  # fmt: skip
+            response.headers["Retry-After"] = "30"
+            return response
         if failure.startswith("sleep:"):
             await asyncio.sleep(float(failure.split(":", 1)[1]))
         return None

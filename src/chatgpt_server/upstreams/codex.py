@@ -34,6 +34,7 @@ from .http import (
     is_redirect,
     read_limited,
     redirect_error,
+    retry_after,
     scrub,
     transport_error,
     under_limit,
@@ -42,6 +43,9 @@ from .sse import SSEDecoder
 
 ORIGINATOR = "chatgpt_server"
 USER_AGENT = f"chatgpt-server/{__version__}"
+# Headers the protocol sets: a client's own of the same name (any spelling) gives way.
+OWN_HEADERS = frozenset({"authorization", "content-type", "accept", "originator", "user-agent", "chatgpt-account-id",
+                         "session_id"})  # fmt: skip
 _PARSE_ERRORS = (orjson.JSONDecodeError, TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError)
 RATE_HEADERS = {
     "x-codex-primary-used-percent": "primaryUsedPercent",
@@ -151,13 +155,16 @@ def _retry_seconds(error: dict[str, Any]) -> int | None:
     return None
 
 
-def codex_error(status: int, code: str, message: str, error: dict[str, Any], host: str, token: str) -> ServiceError:
+def codex_error(status: int, code: str, message: str, error: dict[str, Any], host: str, token: str,
+                retry: str | None = None) -> ServiceError:  # fmt: skip
+    """``retry``: the backend's Retry-After header, passed on (when it is seconds or a date) where
+    the error's own fields do not say when to try again."""
     detail = scrub(message or code or f"HTTP {status}", token)
     plan = error.get("plan_type") if isinstance(error.get("plan_type"), str) else ""
     plan = scrub(plan, limit=20) or "your"
     if code == "usage_limit_reached":
         seconds = _retry_seconds(error)
-        headers = {"Retry-After": str(seconds)} if seconds is not None else None
+        headers = {"Retry-After": str(seconds)} if seconds is not None else retry_after(retry)
         return TooManyRequests("usage_limit", headers=headers, host=host, plan=plan,
                                seconds=seconds if seconds is not None else "?")  # fmt: skip
     if code == "usage_not_included":
@@ -171,11 +178,11 @@ def codex_error(status: int, code: str, message: str, error: dict[str, Any], hos
     if status == 403:
         return Forbidden("upstream_forbidden", host=host, detail=detail)
     if status == 429:
-        return TooManyRequests("upstream_rate_limited", host=host, detail=detail)
+        return TooManyRequests("upstream_rate_limited", headers=retry_after(retry), host=host, detail=detail)
     if 400 <= status < 500:
         return BadRequest("upstream_bad_request", host=host, detail=detail, code=scrub(code, token, limit=60))
     if status == 503:
-        return ServiceUnavailable("upstream_overloaded", host=host, detail=detail)
+        return ServiceUnavailable("upstream_overloaded", headers=retry_after(retry), host=host, detail=detail)
     if status == 200:  # a failure the stream reported, in none of the forms named above
         return BadGateway("upstream_bad_reply", host=host, detail="the stream reported an error: " + detail)
     return BadGateway("upstream_error", host=host, status=status, detail=detail)
@@ -374,7 +381,9 @@ class Codex:
     async def open(self, prompt: Prompt, target: Target) -> Reply:
         host = target.host
         body = build_body(prompt, prompt.instructions or self.default_instructions)
-        headers = {
+        # The client's extra headers (mode 2's ``headers``, already checked), under the protocol's own.
+        headers = {name: value for name, value in target.headers if name.lower() not in OWN_HEADERS}
+        headers |= {
             "Authorization": f"Bearer {target.credential}",
             "Content-Type": "application/json",
             "Accept": "text/event-stream",
@@ -396,7 +405,8 @@ class Codex:
             if response.status != 200:
                 raw = await read_limited(response, 65536, host)
                 code, message, error = _error_fields(raw)
-                raise codex_error(response.status, code, message, error, host, target.credential)
+                raise codex_error(response.status, code, message, error, host, target.credential,
+                                  response.headers.get("Retry-After"))  # fmt: skip
             if "event-stream" not in response.headers.get("Content-Type", ""):
                 raise _bad(host, "the answer is not an event stream")
         except BaseException as exc:
