@@ -419,3 +419,36 @@ def test_access_log_lines_from_several_workers_stay_whole() -> None:
     for w in range(4):  # and each writer's lines in its order
         assert [line for line in got if line.startswith(f"worker {w} ".encode())] == lines[w]
     assert max(len(line) for w in lines for line in lines[w]) < select.PIPE_BUF
+
+
+def test_requests_never_queue_behind_connection_attempts_to_a_hanging_store(
+    tmp_path: Path, upstreams: Upstreams, network_kind: str, store_proxy: TCPProxy
+) -> None:
+    """The store hangs from the start (it accepts connections and never answers): each of several
+    requests at once is a 503 within the store timeout, not one connection attempt after another."""
+    url = store_url(network_kind, tmp_path, port=store_proxy.port)
+    store_proxy.freeze()
+    env = upstreams.env(CHATGPT_SERVER_STORE_URL=url, CHATGPT_SERVER_STORE_TIMEOUT_MS="500")
+    server = ServerProcess(tmp_path, env).start()
+    try:
+        took: list[tuple[int, float]] = []
+
+        def one() -> None:
+            started = time.monotonic()
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                status = ask(c, "while it hangs").status_code
+            took.append((status, time.monotonic() - started))
+
+        threads = [threading.Thread(target=one) for _ in range(4)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert [status for status, _ in took] == [503] * 4
+        assert max(seconds for _, seconds in took) < 1.5, took
+        store_proxy.thaw()  # and once it answers, the next attempt connects
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            wait_for(lambda: ask(c, "back").status_code == 201, timeout=20, what="the store to answer")
+    finally:
+        store_proxy.thaw()
+        server.stop()

@@ -113,38 +113,53 @@ class PostgresStore(Store):
         self.url = url.replace("postgres://", "postgresql://", 1)
         self.timeout_s = timeout_s
         self._pool: asyncpg.Pool | None = None
-        self._lock = asyncio.Lock()
+        self._connecting: asyncio.Future[asyncpg.Pool] | None = None
         self._history = history_query(lambda n: f"${n}", "LEAST")
         self._path_ids = path_ids_query(lambda n: f"${n}")
         self._item = item_query(lambda n: f"${n}")
 
     async def open(self) -> None:
-        await self._ready()
+        await self._connection_attempt()  # at start-up the whole attempt (a migration may take a while)
 
     async def _ready(self) -> asyncpg.Pool:
         """The pool, created (and the schema migrated) on first use, so a store that was down at
-        start-up is picked up as soon as it answers."""
+        start-up is picked up as soon as it answers. One attempt at a time runs in the background;
+        a request waits for it at most the store timeout, never behind the attempts of others."""
         if self._pool is not None:
             return self._pool
-        async with self._lock:
-            if self._pool is None:
-                pool: asyncpg.Pool | None = None
-                try:
-                    async with asyncio.timeout(max(self.timeout_s * 3, 5)):
-                        pool = await asyncpg.create_pool(
-                            self.url, min_size=0, max_size=16, timeout=self.timeout_s,
-                            command_timeout=self.timeout_s, max_inactive_connection_lifetime=60,
-                            reset=_keep_session,
-                        )  # fmt: skip
-                        async with pool.acquire() as conn, conn.transaction():
-                            await self._migrate(conn)
-                except (*_DOWN, ValueError) as exc:
-                    if pool is not None:
-                        pool.terminate()
-                    raise StoreUnavailable(reason=describe(exc, self.url)) from exc
-                self._pool = pool
-        assert self._pool is not None
-        return self._pool
+        try:
+            return await asyncio.wait_for(asyncio.shield(self._connection_attempt()), self.timeout_s)
+        except TimeoutError as exc:
+            raise StoreUnavailable(reason=f"no connection within {self.timeout_s} s ({mask_url(self.url)})") from exc
+
+    def _connection_attempt(self) -> asyncio.Future[asyncpg.Pool]:
+        if self._connecting is None or self._connecting.done():
+            self._connecting = asyncio.ensure_future(self._connect())
+            self._connecting.add_done_callback(_swallow)
+        return self._connecting
+
+    async def _connect(self) -> asyncpg.Pool:
+        pool: asyncpg.Pool | None = None
+        try:
+            async with asyncio.timeout(max(self.timeout_s * 3, 5)):
+                pool = await asyncpg.create_pool(
+                    self.url, min_size=0, max_size=16, timeout=self.timeout_s,
+                    command_timeout=self.timeout_s, max_inactive_connection_lifetime=60,
+                    reset=_keep_session,
+                )  # fmt: skip
+                async with pool.acquire() as conn, conn.transaction():
+                    await self._migrate(conn)
+        except (*_DOWN, ValueError) as exc:
+            if pool is not None:
+                pool.terminate()
+            raise StoreUnavailable(reason=describe(exc, self.url)) from exc
+        except BaseException:  # cancelled (the store is closing)
+            if pool is not None:
+                pool.terminate()
+            raise
+        assert pool is not None
+        self._pool = pool
+        return pool
 
     @staticmethod
     async def _migrate(conn: Any) -> None:
@@ -163,6 +178,8 @@ class PostgresStore(Store):
             await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, name, time.time())
 
     async def close(self) -> None:
+        if self._connecting is not None and not self._connecting.done():
+            self._connecting.cancel()
         if self._pool is not None:
             pool, self._pool = self._pool, None
             try:
