@@ -39,14 +39,15 @@ class Upstreams:
 
     def codex_env(self, **extra: str) -> dict[str, str]:
         """Mode 2 on the Codex backend with accounts: what the real service speaks today."""
-        return self.env(
-            CHATGPT_SERVER_CHATGPT_BACKEND="codex",
-            CHATGPT_SERVER_CODEX_URL=self.codex_url,
-            CHATGPT_SERVER_CHATGPT_AUTH_ISSUER=self.auth_url,
-            CHATGPT_SERVER_DEFAULT_CHATGPT_MODEL="gpt-5",
-            CHATGPT_SERVER_SECRET_KEY="test-secret-key-for-accounts",
-            **extra,
-        )
+        settings = {
+            "CHATGPT_SERVER_CHATGPT_BACKEND": "codex",
+            "CHATGPT_SERVER_CODEX_URL": self.codex_url,
+            "CHATGPT_SERVER_CHATGPT_AUTH_ISSUER": self.auth_url,
+            "CHATGPT_SERVER_DEFAULT_CHATGPT_MODEL": "gpt-5",
+            "CHATGPT_SERVER_SECRET_KEY": "test-secret-key-for-accounts",
+            "CHATGPT_SERVER_DEVICE_SIGN_INS_PER_HOUR": "1000",  # the suite signs many accounts in from one address
+        }
+        return self.env(**{**settings, **extra})
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {

@@ -44,18 +44,27 @@ def unique(name: str) -> tuple[str, str]:
     return f"{name}-{tag}@example.com", f"acct-{name}-{tag}"
 
 
-def sign_in(client: httpx.Client, upstreams: Upstreams, email: str, account: str, plan: str = "plus") -> dict[str, Any]:
-    """Device sign-in over HTTP, with the stand-in playing the person."""
+def sign_in(client: httpx.Client, upstreams: Upstreams, email: str, account: str, plan: str = "plus",
+            pending_first: bool = False) -> dict[str, Any]:  # fmt: skip
+    """Device sign-in over HTTP, with the stand-in playing the person (``pending_first``: a poll before
+    the person approves, which then makes the next poll wait out the issuer's interval)."""
     started = client.post(f"{TOKEN_PATH}/device", json={})
     assert started.status_code == 201, started.text
     device = started.json()["data"]
     assert set(device) == {"userCode", "verificationUri", "deviceAuthId", "interval", "expiresAt"}
     assert device["verificationUri"] == upstreams.auth_url + "/codex/device"
-    pending = client.post(f"{TOKEN_PATH}/device/poll", json={"deviceAuthId": device["deviceAuthId"]})
-    assert pending.status_code == 201 and pending.json()["data"]["status"] == "pending"
+    if pending_first:
+        pending = client.post(f"{TOKEN_PATH}/device/poll", json={"deviceAuthId": device["deviceAuthId"]})
+        assert pending.status_code == 201 and pending.json()["data"]["status"] == "pending"
     assert upstreams.apps.call(lambda: upstreams.auth.approve(device["userCode"], email, account, plan))
-    done = client.post(f"{TOKEN_PATH}/device/poll", json={"deviceAuthId": device["deviceAuthId"]})
-    assert done.status_code == 201, done.text
+    deadline = time.monotonic() + float(device["interval"]) + 5
+    while True:  # the gateway asks the issuer at most once per interval: a poll before then is pending
+        done = client.post(f"{TOKEN_PATH}/device/poll", json={"deviceAuthId": device["deviceAuthId"]})
+        assert done.status_code == 201, done.text
+        if done.json()["data"]["status"] != "pending":
+            break
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
     data: dict[str, Any] = done.json()["data"]
     assert data["status"] == "signed_in" and data["email"] == email and data["accountId"] == account
     return data
@@ -67,7 +76,7 @@ def grant_for(upstreams: Upstreams, email: str) -> Any:
 
 def test_device_sign_in_over_http_then_three_turns_on_codex(cx: httpx.Client, upstreams: Upstreams) -> None:
     email, account = unique("three")
-    signed = sign_in(cx, upstreams, email, account)
+    signed = sign_in(cx, upstreams, email, account, pending_first=True)
     token = signed["accessToken"]
     assert signed["plan"] == "plus" and signed["expiresAt"] > time.time()
     first = ask(cx, "one", key=token, mode="2").json()["data"]
@@ -308,6 +317,28 @@ def test_accounts_need_the_secret_key(tmp_path: Path, upstreams: Upstreams) -> N
         with httpx.Client(base_url=server.url, timeout=30) as c:
             message = assert_error(c.post(f"{TOKEN_PATH}/device", json={}), 400, f"{TOKEN_PATH}/device")
         assert "CHATGPT_SERVER_SECRET_KEY" in message
+    finally:
+        server.stop()
+
+
+def test_device_sign_ins_are_bounded_per_address_and_polls_paced(tmp_path: Path, upstreams: Upstreams) -> None:
+    """Nobody authenticated starting a device sign-in: each start calls the issuer, so one address
+    may start only so many an hour (then 429 with Retry-After); and however fast a client polls,
+    the issuer is asked at most once per the interval it gave."""
+    server = ServerProcess(tmp_path, upstreams.codex_env(CHATGPT_SERVER_DEVICE_SIGN_INS_PER_HOUR="3")).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            issued = upstreams.apps.call(lambda: len(upstreams.auth.devices))
+            started = [c.post(f"{TOKEN_PATH}/device", json={}) for _ in range(4)]
+            assert [r.status_code for r in started] == [201, 201, 201, 429]
+            assert 3000 < int(started[-1].headers["Retry-After"]) <= 3600
+            assert "too many device sign-ins" in started[-1].json()["message"]
+            assert upstreams.apps.call(lambda: len(upstreams.auth.devices)) == issued + 3
+            device = started[0].json()["data"]["deviceAuthId"]
+            polls = [c.post(f"{TOKEN_PATH}/device/poll", json={"deviceAuthId": device}) for _ in range(6)]
+            assert all(p.status_code == 201 and p.json()["data"]["status"] == "pending" for p in polls)
+            asked = upstreams.apps.call(lambda: [t for t, d in upstreams.auth.polls if d == device])
+            assert len(asked) == 1  # the first poll went to the issuer; the five within the interval did not
     finally:
         server.stop()
 

@@ -36,6 +36,7 @@ from .core.activity import Activity, RequestLog, begin_log
 from .core.history import HistoryCache
 from .core.items import random_hex
 from .core.owners import Owners
+from .core.rates import Window
 from .core.turns import Turns
 from .edges import access_token, chat_completions, conversations, docs, health, original, responses
 from .edges.envelope import error_response, is_openai_path
@@ -80,6 +81,7 @@ class Services:
         self.keys = KeyCheck(self.http)
         self.tokens = TokenService(settings, self.http)
         self.accounts = Accounts(settings, store, self.http, self.owners)
+        self.device_starts = Window(settings.device_sign_ins_per_hour, 3600.0)
         self.shutting_down = False
 
     async def start(self) -> None:

@@ -137,6 +137,9 @@ class Settings(BaseSettings):
     token_margin_seconds: int = Field(
         default=300, ge=0, description="refresh access tokens this long before they expire"
     )
+    device_sign_ins_per_hour: int = Field(
+        default=20, ge=1, le=100_000, description="device sign-ins one client address may start per hour (per process)"
+    )
     account_grace_days: int = Field(
         default=30, ge=0, le=3650, description="how long an expired token of a stored account works"
     )

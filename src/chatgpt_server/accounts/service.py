@@ -306,6 +306,13 @@ class Accounts:
         if code is None:
             raise NotFound("device_code_unknown")
         interval = float(record.body.get("interval", 5))
+        now = time.time()
+        if now - float(record.body.get("polledAt", 0)) < interval:  # never faster than the issuer allows
+            return {"status": "pending", "interval": interval}
+        polled = Record(record.kind, record.id, "", {**record.body, "polledAt": now}, None, record.created_at, now,
+                        record.version)  # fmt: skip
+        if not await self.store.put_record(polled, record.version):  # another poll of it just went
+            return {"status": "pending", "interval": interval}
         got = await self.oauth.poll_device(DeviceCode(device_auth_id, code.decode(), interval))
         if got is None:
             return {"status": "pending", "interval": interval}

@@ -12,13 +12,14 @@
 
 from __future__ import annotations
 
+import math
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from ..core.activity import current_log
-from ..errors import BadGateway, ValidationFailed
+from ..errors import BadGateway, TooManyRequests, ValidationFailed
 from .envelope import ok
 from .http import read_json
 from .original_request import header_safe, parse_token
@@ -68,6 +69,11 @@ async def get_info(request: Request, services: Services) -> Response:
 async def device_start(request: Request, services: Services) -> Response:
     current_log().route = "token device"
     await read_json(request, services.settings.max_body_bytes, form=True)
+    # Each start is a call to the issuer that nobody authenticated: bounded per client address.
+    wait = services.device_starts.take(request.client.host if request.client else "")
+    if wait:
+        seconds = math.ceil(wait)
+        raise TooManyRequests("device_sign_ins_limited", headers={"Retry-After": str(seconds)}, seconds=seconds)
     return ok(await services.accounts.start_device(), status=201)
 
 

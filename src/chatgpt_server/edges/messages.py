@@ -254,6 +254,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "模型 {model} 由 ChatGPT 账号提供: 请使用 /v1/responses",
     ),
     # Accounts (device sign-in, refresh).
+    "device_sign_ins_limited": (
+        "too many device sign-ins started from this address: try again in {seconds} s",
+        "此地址发起的设备登录过多: 请 {seconds} 秒后再试",
+    ),
     "accounts_need_secret_key": (
         "storing ChatGPT accounts needs CHATGPT_SERVER_SECRET_KEY (their tokens are encrypted with it)",
         "存储 ChatGPT 账号需要设置 CHATGPT_SERVER_SECRET_KEY (用于加密其token)",

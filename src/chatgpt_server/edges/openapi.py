@@ -920,6 +920,8 @@ def _original_paths() -> dict[str, Schema]:
         {"201": _ok("open verificationUri, enter userCode, then poll", DEVICE_START),
          **_envelope_errors({"400": "the body is not JSON, or storing accounts needs CHATGPT_SERVER_SECRET_KEY",
                              "404": "device sign-in is not enabled for the account (ChatGPT settings, security)",
+                             "429": "this client address started CHATGPT_SERVER_DEVICE_SIGN_INS_PER_HOUR sign-ins "
+                             "in the last hour (Retry-After says when it may start another)",
                              **FORM_BODY_ERRORS, **DEVICE_ERRORS})},
         tag="tokens", parameters=[LANGUAGE], description="For servers without a terminal: what "
         "`chatgpt-server login` does. The body, if any, is read (JSON or form) and ignored.",
