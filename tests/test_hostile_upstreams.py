@@ -401,7 +401,7 @@ def test_events_spread_over_several_data_lines_are_read_and_passed_on_whole(
     got = call(http, f"spread {uuid.uuid4().hex}", evil.urls["hostile"], key=new_key(), kind="2")
     assert got.status == 200 and "".join(d["delta"] for d in got.deltas) == "Hello there!", got.response.text
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
-        stream = sdk.chat.completions.create(model="hostile-1", stream=True,
+        stream = sdk.chat.completions.create(model="hostile-1", stream=True, stream_options={"include_usage": True},
                                              messages=[{"role": "user", "content": "spread it"}])  # fmt: skip
         chunks = list(stream)
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello there!"

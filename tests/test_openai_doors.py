@@ -227,6 +227,17 @@ def test_function_tool_round_trip(sdk: openai.OpenAI, upstreams: Upstreams) -> N
     messages = sent(upstreams)["messages"]
     assert messages[-2]["tool_calls"][0]["id"] == call.call_id == messages[-1]["tool_call_id"]
     assert messages[-1] == {"role": "tool", "tool_call_id": call.call_id, "content": "forty-two"}
+    # The tool's output without tools (OpenAI does not carry them over, and accepts this): the called
+    # tool is defined for the upstream (servers that require it refuse otherwise), and none may be called.
+    third = sdk.responses.create(
+        model="gpt-3.5-turbo", previous_response_id=first.id,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "no tools sent"}],
+    )  # fmt: skip
+    assert third.output_text == "echo(1): call:lookup [tool: no tools sent]"
+    assert sent(upstreams)["tools"] == [
+        {"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}
+    ]
+    assert sent(upstreams)["tool_choice"] == "none"
     # The same, streamed: the function-call events, and the same ids in the events and the stored object.
     kinds: list[str] = []
     with sdk.responses.stream(model="gpt-3.5-turbo", input="call:lookup", tools=tools) as s:
@@ -264,6 +275,9 @@ def test_truncation_auto_drops_exactly_the_oldest_and_disabled_refuses(
         sdk.responses.create(model="gpt-4", input="one more " + long, previous_response_id=response.id,
                              max_output_tokens=100)  # fmt: skip
     assert "context window" in str(raised.value) and raised.value.code == "context_length_exceeded"
+    with pytest.raises(openai.BadRequestError) as alone:  # the input alone is over the window
+        sdk.responses.create(model="gpt-4", input=long * 12, max_output_tokens=100)
+    assert "context window" in str(alone.value) and alone.value.code == "context_length_exceeded"
     assert len(upstreams.openai.requests) == before  # refused before the upstream was called
 
 
@@ -273,8 +287,10 @@ def test_another_key_sees_nothing(sdk: openai.OpenAI, v1_server: ServerProcess, 
     with openai.OpenAI(base_url=v1_server.url + "/v1", api_key=OTHER_KEY, max_retries=0) as other:
         with pytest.raises(openai.NotFoundError):
             other.responses.retrieve(mine.id)
-        with pytest.raises(openai.NotFoundError):
+        with pytest.raises(openai.NotFoundError) as previous:
             other.responses.create(model="gpt-3.5-turbo", input="steal", previous_response_id=mine.id)
+        assert (previous.value.code, previous.value.param) == ("previous_response_not_found", "previous_response_id")
+        assert previous.value.message.endswith(f" - Previous response with id '{mine.id}' not found.")
         with pytest.raises(openai.NotFoundError):
             other.responses.create(model="gpt-3.5-turbo", input="steal", previous_response_id=mine.output[0].id)
         with pytest.raises(openai.NotFoundError):
@@ -314,29 +330,32 @@ def test_chat_completions_pass_through(sdk: openai.OpenAI, upstreams: Upstreams)
     assert upstreams.openai.requests[-1]["headers"]["Authorization"] == f"Bearer {KEY}"
     chunks = list(sdk.chat.completions.create(model="gpt-3.5-turbo", stream=True,
                                               messages=[{"role": "user", "content": "streamed words"}]))  # fmt: skip
-    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
-    assert text == "echo(1): streamed words"
-    assert chunks[-1].usage is not None  # usage was asked for, and is recorded
+    assert all(c.choices for c in chunks)  # usage not asked for: no chunk without choices (as OpenAI does)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "echo(1): streamed words"
+    asked = list(sdk.chat.completions.create(model="gpt-3.5-turbo", stream=True, stream_options={"include_usage": True},
+                                             messages=[{"role": "user", "content": "with usage"}]))  # fmt: skip
+    assert asked[-1].usage is not None and not asked[-1].choices
     assert [m.id for m in sdk.models.list()]
 
 
 @pytest.mark.parametrize(
-    ("failure", "error"),
+    ("failure", "error", "code"),
     [
-        ("rate", openai.RateLimitError),
-        ("quota", openai.RateLimitError),
-        ("403", openai.PermissionDeniedError),
-        ("500", openai.InternalServerError),
-        ("html", openai.InternalServerError),
+        ("rate", openai.RateLimitError, "rate_limit_exceeded"),
+        ("quota", openai.RateLimitError, "insufficient_quota"),
+        ("403", openai.PermissionDeniedError, "model_not_found"),
+        ("500", openai.InternalServerError, "upstream_error"),
+        ("html", openai.InternalServerError, "upstream_bad_reply"),
     ],
 )
 def test_upstream_errors_map_to_the_sdk_exceptions(
-    sdk: openai.OpenAI, upstreams: Upstreams, failure: str, error: type[openai.APIStatusError]
+    sdk: openai.OpenAI, upstreams: Upstreams, failure: str, error: type[openai.APIStatusError], code: str
 ) -> None:
     upstreams.apps.call(lambda: upstreams.openai.fail_next.append(failure))
     with pytest.raises(error) as raised:
         sdk.responses.create(model="gpt-3.5-turbo", input="fail")
     assert "127.0.0.1:" in raised.value.message and KEY not in str(raised.value.body)
+    assert raised.value.code == code  # the upstream's own code, where it gave one, as OpenAI's clients branch on it
 
 
 def test_client_errors_map_to_the_sdk_exceptions(v1_server: ServerProcess, sdk: openai.OpenAI) -> None:
@@ -600,3 +619,25 @@ def test_logprobs_are_refused_not_dropped_and_other_extras_are_accepted(
     fine = sdk.responses.create(model="gpt-3.5-turbo", input="as Codex asks", include=["reasoning.encrypted_content"],
                                 top_logprobs=0)  # fmt: skip
     assert fine.status == "completed"
+
+
+def test_a_stream_the_upstream_cuts_fails_with_the_text_that_arrived(
+    sdk: openai.OpenAI, v1_server: ServerProcess, upstreams: Upstreams
+) -> None:
+    upstreams.apps.call(lambda: upstreams.openai.fail_next.append("cut"))
+    events = []
+    body = {"model": "gpt-3.5-turbo", "input": "one two three four", "stream": True}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.stream("POST", v1_server.url + "/v1/responses", timeout=30, headers=headers, json=body) as stream:
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    failed = events[-1]
+    assert failed["type"] == "response.failed"
+    streamed = "".join(e["delta"] for e in events if e["type"] == "response.output_text.delta")
+    assert streamed and failed["response"]["output"][0]["content"][0]["text"] == streamed
+    assert failed["response"]["output"][0]["status"] == "incomplete"
+    error = failed["response"]["error"]
+    assert error["code"] == "server_error" and error["type"] == "upstream_bad_reply" and "cut" in error["message"]
+    stored = sdk.responses.retrieve(failed["response"]["id"])  # what arrived is stored, incomplete
+    assert stored.status == "incomplete" and stored.output_text == streamed

@@ -172,7 +172,7 @@ class Turns:
         if not is_exact(spec.model):
             budget = int(budget * ESTIMATE_MARGIN)
         if fixed > budget:
-            raise BadRequest("prompt_too_long", tokens=fixed, budget=budget)
+            raise BadRequest("prompt_too_long", tokens=fixed, budget=budget, code="context_length_exceeded")
         history: list[HistoryRow] = []
         base = Path(spec.owner, 0, [], 0, True, 0, 0.0)
         if parent is not None and spec.target.upstream != "web":  # the web backend keeps its own history

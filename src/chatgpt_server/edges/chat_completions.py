@@ -59,7 +59,9 @@ async def create(request: Request, services: Services) -> ASGIApp:
     if stream:
         log.route = "chat.completions stream"
         options = body.get("stream_options")
-        if not isinstance(options, dict) or "include_usage" not in options:
+        # Usage is asked for, for the access log; a client that did not ask does not get it.
+        added = not isinstance(options, dict) or "include_usage" not in options
+        if added:
             body["stream_options"] = {**(options if isinstance(options, dict) else {}), "include_usage": True}
         parser = ChunkParser(target.host, key)
         chunks = await relay_stream(services.relay, orjson.dumps(body), target, settings.timeout_ms / 1000,
@@ -68,17 +70,19 @@ async def create(request: Request, services: Services) -> ASGIApp:
         async def on_leave() -> None:
             await chunks.aclose()  # closes the upstream response: the upstream stops writing
 
-        return EventStream(_events(chunks, parser), settings.heartbeat_seconds, on_leave)
+        return EventStream(_events(chunks, parser, added), settings.heartbeat_seconds, on_leave)
     log.route = "chat.completions"
     raw, usage = await relay_whole(services.relay, orjson.dumps(body), target, settings.timeout_ms / 1000)
     log.outcome = _usage_note(usage)
     return Response(raw, media_type="application/json")
 
 
-async def _events(chunks: AsyncIterator[str], parser: ChunkParser) -> AsyncIterator[bytes]:
+async def _events(chunks: AsyncIterator[str], parser: ChunkParser, usage_added: bool) -> AsyncIterator[bytes]:
     log = current_log()
     try:
         async for data in chunks:
+            if usage_added and parser.usage_only:
+                continue
             if "\n" in data:  # it came over several data lines: so it goes on
                 data = data.replace("\n", "\ndata: ")
             yield b"data: " + data.encode() + b"\n\n"

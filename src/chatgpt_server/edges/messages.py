@@ -196,6 +196,14 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "{id} belongs to a ChatGPT web conversation, which only mode 2 with the web backend can continue",
         "{id} 属于 ChatGPT 网页版对话, 只能通过模式2的web后端继续",
     ),
+    "input_too_long": (
+        "the instructions and input take {tokens} tokens, more than the {budget} the model's context window leaves",
+        "指令和输入共 {tokens} 个token, 超过上下文窗口允许的 {budget} 个",
+    ),
+    "previous_response_not_found": (
+        "Previous response with id '{id}' not found.",
+        "未找到 id 为 '{id}' 的上一个响应",
+    ),
     "context_length_exceeded": (
         "the conversation and input take {tokens} tokens, more than the {budget} the model's context window "
         'leaves; use truncation "auto" to drop the oldest items',

@@ -22,7 +22,7 @@ from .original_request import (
     RESERVED_HEADERS,
     RESERVED_PARAMS,
 )
-from .responses import MAX_METADATA
+from .responses import EFFORTS, MAX_METADATA
 from .v1 import MAX_LIMIT
 
 Schema = dict[str, Any]
@@ -594,7 +594,7 @@ RESPONSE_REQUEST = {
             "user": _or_null(_string(maxLength=ID_LENGTH)),
             "safety_identifier": _or_null(_string("used when user is not given", maxLength=ID_LENGTH)),
             "text": _or_null(_object({"format": TEXT_FORMAT}, closed=False)),
-            "reasoning": {"description": "effort minimal, low, medium or high is passed on to reasoning models; "
+            "reasoning": {"description": f"effort ({', '.join(EFFORTS)}) is passed on to reasoning models; "
                                          "anything else is ignored"},
             "background": {"enum": [False, None], "description": "background mode is not supported"},
             "include": _or_null({"type": "array", "items": {"type": "string", "maxLength": 128,
@@ -654,7 +654,7 @@ RESPONSE = _object(
         "parallel_tool_calls": {"type": "boolean"},
         "previous_response_id": _or_null(_string()),
         "conversation": _or_null(_object({"id": _string()}, ("id",))),
-        "reasoning": _object({"effort": {"enum": ["minimal", "low", "medium", "high", None]}, "summary": {}},
+        "reasoning": _object({"effort": {"enum": [*EFFORTS, None]}, "summary": {}},
                              ("effort", "summary")),
         "store": {"type": "boolean"},
         "temperature": _or_null({"type": "number"}),
@@ -667,7 +667,8 @@ RESPONSE = _object(
         "truncation": {"enum": ["auto", "disabled"]},
         "usage": _or_null(_object({
             "input_tokens": _integer(0), "output_tokens": _integer(0), "total_tokens": _integer(0),
-            "input_tokens_details": _object({"cached_tokens": _integer(0)}, ("cached_tokens",)),
+            "input_tokens_details": _object({"cached_tokens": _integer(0), "cache_write_tokens": _integer(0)},
+                                            ("cached_tokens", "cache_write_tokens")),
             "output_tokens_details": _object({"reasoning_tokens": _integer(0)}, ("reasoning_tokens",)),
         }, ("input_tokens", "input_tokens_details", "output_tokens", "output_tokens_details", "total_tokens"))),
         "user": _or_null(_string()),

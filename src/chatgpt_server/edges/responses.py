@@ -44,6 +44,7 @@ KNOWN = {
     "background", "top_logprobs", "max_tool_calls",
 }  # fmt: skip
 MAX_METADATA = 16
+EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")  # reasoning efforts passed on
 AUTO_RESERVE = 4096  # output room kept by truncation "auto" when max_output_tokens is not given
 
 
@@ -210,7 +211,7 @@ def parse_ask(body: Any) -> Ask:
     ask.user = body.get("user") or body.get("safety_identifier")
     ask.text_format = _text_format(body.get("text"))
     reasoning = body.get("reasoning")
-    if isinstance(reasoning, dict) and reasoning.get("effort") in ("minimal", "low", "medium", "high"):
+    if isinstance(reasoning, dict) and reasoning.get("effort") in EFFORTS:
         ask.effort = reasoning["effort"]
     return ask
 
@@ -239,11 +240,21 @@ def usage_json(usage: dict[str, Any]) -> dict[str, Any]:
     completion = int(usage.get("completion_tokens") or 0)
     return {
         "input_tokens": prompt,
-        "input_tokens_details": {"cached_tokens": 0},
+        "input_tokens_details": {
+            "cached_tokens": _detail(usage, "prompt_tokens_details", "cached_tokens"),
+            "cache_write_tokens": 0,
+        },
         "output_tokens": completion,
-        "output_tokens_details": {"reasoning_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": _detail(usage, "completion_tokens_details", "reasoning_tokens")},
         "total_tokens": int(usage.get("total_tokens") or prompt + completion),
     }
+
+
+def _detail(usage: dict[str, Any], group: str, name: str) -> int:
+    """A count from the upstream's usage details, if it gave one that is a count."""
+    details = usage.get(group)
+    value = details.get(name) if isinstance(details, dict) else None
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53 else 0
 
 
 @dataclass(slots=True)
@@ -315,7 +326,17 @@ async def create(request: Request, services: Services) -> ASGIApp:
         raise invalid("input", "no items to answer")
     draft = Draft(mint("resp_"), ask, int(time.time()))
     spec = _spec(services, ask, caller, inputs, draft)
-    turn = await open_turn(services, spec, caller)
+    try:
+        turn = await open_turn(services, spec, caller)
+    except BadRequest as exc:
+        if exc.key == "prompt_too_long":  # in this door's words, with OpenAI's code
+            raise BadRequest("input_too_long", **{**exc.params, "code": "context_length_exceeded"}) from exc
+        raise
+    except NotFound as exc:
+        if exc.key == "parent_not_found" and ask.previous:  # OpenAI's code and words (404: it is not yours)
+            raise NotFound("previous_response_not_found", id=ask.previous[:256], param="previous_response_id",
+                           code="previous_response_not_found") from exc  # fmt: skip
+        raise
     if not ask.stream:
         try:
             async for _ in turn.events():
@@ -454,7 +475,15 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
         error = openai_error_body(exc)["error"]
         for index, pieces in arguments.items():
             order[index]["arguments"] = "".join(pieces)
-        failed = draft.shell("failed", order, error={"code": error["code"], "message": error["message"]})
+        if message_index is not None:  # what was streamed stands in the final object too
+            order[message_index]["content"] = [{"type": "output_text", "text": turn.text, "annotations": [],
+                                                "logprobs": []}]  # fmt: skip
+        for item in order:
+            item["status"] = "incomplete"
+        # A response's error code is one of OpenAI's few; the precise one stays in the message and type.
+        code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
+        failed = draft.shell("failed", order, error={"code": code, "message": error["message"],
+                                                     "type": error["code"]})  # fmt: skip
         yield emit("response.failed", response=failed)
         return
     finally:

@@ -22,9 +22,8 @@ from .http import (
     TRANSPORT_ERRORS,
     HTTPClient,
     finish_response,
-    is_redirect,
+    post,
     read_limited,
-    redirect_error,
     retry_after,
     scrub,
     transport_error,
@@ -78,22 +77,37 @@ def build_body(prompt: Prompt) -> bytes:
     if prompt.max_output_tokens is not None:
         name = "max_completion_tokens" if uses_max_completion_tokens(prompt.model) else "max_tokens"
         fields.setdefault(name, prompt.max_output_tokens)
+    pairs = [(row[1], row[2]) for row in prompt.history]
+    pairs += [(item.kind, chat) for item, chat in zip(prompt.inputs, prompt.input_chats, strict=True)]
     if prompt.tools:
         fields["tools"] = chat_tools(prompt.tools)
         if prompt.tool_choice is not None:
             fields["tool_choice"] = chat_tool_choice(prompt.tool_choice)
         if prompt.parallel_tool_calls is not None:
             fields["parallel_tool_calls"] = prompt.parallel_tool_calls
+    elif called := _called_tools(pairs):
+        # A turn without tools (OpenAI does not carry them over) after calls were made: servers that
+        # want every called tool defined get them, and the model may call none of them.
+        fields["tools"], fields["tool_choice"] = called, "none"
     if prompt.stream:
         fields["stream"] = True
         fields["stream_options"] = {"include_usage": True}
-    pairs = [(row[1], row[2]) for row in prompt.history]
-    pairs += [(item.kind, chat) for item, chat in zip(prompt.inputs, prompt.input_chats, strict=True)]
     messages = chat_messages(pairs)
     if prompt.instructions:
         messages.insert(0, orjson.dumps({"role": "system", "content": prompt.instructions}))
     rest = orjson.dumps(fields)
     return b'{"messages":[' + b",".join(messages) + b"]," + rest[1:]
+
+
+def _called_tools(pairs: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
+    names: dict[str, None] = {}
+    for kind, chat in pairs:
+        if kind == "function_call":
+            function = orjson.loads(chat).get("function")
+            name = function.get("name") if isinstance(function, dict) else None
+            if isinstance(name, str) and name:
+                names[name] = None
+    return [{"type": "function", "function": {"name": name, "parameters": {"type": "object"}}} for name in names]
 
 
 def api_error(status: int, raw: bytes, retry: str | None, host: str, key: str) -> ServiceError:
@@ -115,19 +129,18 @@ def api_error(status: int, raw: bytes, retry: str | None, host: str, key: str) -
         message = raw.decode("utf-8", "replace")  # scrub cuts it, never inside a credential
     code = scrub(code, key, limit=60)
     detail = scrub(message or code or f"HTTP {status}", key)
+    # ``code`` (the upstream's own, scrubbed) is what OpenAI's SDK users branch on: it is passed on.
     if status == 401:
-        return Unauthorized("upstream_unauthorized", host=host, detail=code or "invalid_api_key")
+        return Unauthorized("upstream_unauthorized", host=host, detail=code or "invalid_api_key",
+                            code=code or "invalid_api_key")  # fmt: skip
     if status == 429:
-        kind = "upstream_quota" if code == "insufficient_quota" else "upstream_rate_limited"
-        return TooManyRequests(kind, headers=retry_after(retry), host=host, detail=detail)
+        quota = code == "insufficient_quota"
+        return TooManyRequests("upstream_quota" if quota else "upstream_rate_limited", headers=retry_after(retry),
+                               host=host, detail=detail, code=code or "rate_limit_exceeded")  # fmt: skip
     if status == 403:
-        return Forbidden("upstream_forbidden", host=host, detail=detail)
-    if status == 404:
-        return BadRequest("upstream_bad_request", host=host, detail=detail)
+        return Forbidden("upstream_forbidden", host=host, detail=detail, code=code or "upstream_forbidden")
     if 400 <= status < 500:
-        error = BadRequest("upstream_bad_request", host=host, detail=detail)
-        error.params["code"] = code
-        return error
+        return BadRequest("upstream_bad_request", host=host, detail=detail, code=code or "upstream_bad_request")
     return BadGateway("upstream_error", host=host, status=status, detail=detail)
 
 
@@ -261,8 +274,10 @@ class ChunkParser:
         self.usage: dict[str, Any] | None = None
         self.pieces: list[str] = []
         self.calls: dict[int, ToolCall] = {}
+        self.usage_only = False  # the last chunk fed carried usage and no choices
 
     def feed(self, data: str) -> list[Event]:
+        self.usage_only = False
         if data.strip() == "[DONE]":
             self.done = True
             return []
@@ -281,9 +296,10 @@ class ChunkParser:
         if self.created is None:
             self.created = timestamp(chunk.get("created"))
         usage = usage_of(chunk.get("usage"))
+        choices = chunk.get("choices")
         if usage:
             self.usage = usage
-        choices = chunk.get("choices")
+            self.usage_only = not choices
         if choices is None:
             return [ALIVE]
         if not isinstance(choices, list):
@@ -401,15 +417,8 @@ class ChatCompletions:
     async def open(self, prompt: Prompt, target: Target) -> Reply:
         host = target.host
         body = build_body(prompt)
+        response = await post(self.http, target.url + "/chat/completions", body, _headers(target), host)
         try:
-            response = await self.http.request(
-                "POST", target.url + "/chat/completions", data=body, headers=_headers(target)
-            )
-        except TRANSPORT_ERRORS as exc:
-            raise transport_error(exc, host, 0) from exc
-        try:
-            if is_redirect(response.status):
-                raise redirect_error(host)
             if response.status != 200:
                 raw = await read_limited(response, 65536, host)
                 raise api_error(response.status, raw, response.headers.get("Retry-After"), host, target.credential)
@@ -435,17 +444,10 @@ class Relay:
 
     async def open(self, body: bytes, target: Target) -> aiohttp.ClientResponse:
         host = target.host
-        try:
-            response = await self.http.request(
-                "POST", target.url + "/chat/completions", data=body, headers=_headers(target)
-            )
-        except TRANSPORT_ERRORS as exc:
-            raise transport_error(exc, host, 0) from exc
+        response = await post(self.http, target.url + "/chat/completions", body, _headers(target), host)
         if response.status == 200:
             return response  # type: ignore[no-any-return]
         try:
-            if is_redirect(response.status):
-                raise redirect_error(host)
             raw = await read_limited(response, 65536, host)
             raise api_error(response.status, raw, response.headers.get("Retry-After"), host, target.credential)
         except TRANSPORT_ERRORS as exc:

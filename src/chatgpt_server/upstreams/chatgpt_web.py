@@ -25,9 +25,8 @@ from .http import (
     TRANSPORT_ERRORS,
     HTTPClient,
     finish_response,
-    is_redirect,
+    post,
     read_limited,
-    redirect_error,
     retry_after,
     scrub,
     transport_error,
@@ -209,14 +208,9 @@ class ChatGPTWeb:
             "Accept": "text/event-stream",
             "Content-Type": "application/json",
         }
-        try:
-            response = await self.http.request("POST", target.url, data=orjson.dumps(body), headers=headers)
-        except TRANSPORT_ERRORS as exc:
-            raise transport_error(exc, host, 0) from exc
+        response = await post(self.http, target.url, orjson.dumps(body), headers, host)
         try:
             content_type = response.headers.get("Content-Type", "")
-            if is_redirect(response.status):
-                raise redirect_error(host)
             if response.status != 200 or "event-stream" not in content_type:
                 raw = await read_limited(response, 65536, host)
                 if response.status == 200:

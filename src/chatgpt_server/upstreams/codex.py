@@ -31,9 +31,8 @@ from .http import (
     TRANSPORT_ERRORS,
     HTTPClient,
     finish_response,
-    is_redirect,
+    post,
     read_limited,
-    redirect_error,
     retry_after,
     scrub,
     transport_error,
@@ -394,14 +393,8 @@ class Codex:
             headers["ChatGPT-Account-Id"] = target.account_id
         if prompt.session_id:
             headers["session_id"] = prompt.session_id
+        response = await post(self.http, target.url + "/responses", orjson.dumps(body), headers, host)
         try:
-            response = await self.http.request("POST", target.url + "/responses", data=orjson.dumps(body),
-                                               headers=headers)  # fmt: skip
-        except TRANSPORT_ERRORS as exc:
-            raise transport_error(exc, host, 0) from exc
-        try:
-            if is_redirect(response.status):
-                raise redirect_error(host)
             if response.status != 200:
                 raw = await read_limited(response, 65536, host)
                 code, message, error = _error_fields(raw)

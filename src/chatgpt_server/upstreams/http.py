@@ -164,6 +164,20 @@ class HTTPClient:
             self._session = None
 
 
+async def post(http: HTTPClient, url: str, data: bytes, headers: dict[str, str], host: str) -> Any:
+    """POST to an upstream. A failure below HTTP, and a redirect (never followed: it could send the
+    prompt and the caller's headers anywhere), come back as our errors; any other answer is the
+    caller's to read and release."""
+    try:
+        response = await http.request("POST", url, data=data, headers=headers)
+    except TRANSPORT_ERRORS as exc:
+        raise transport_error(exc, host, 0) from exc
+    if is_redirect(response.status):
+        response.release()
+        raise redirect_error(host)
+    return response
+
+
 def is_redirect(status: int) -> bool:
     return 300 <= status < 400
 
