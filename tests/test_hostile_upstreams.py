@@ -36,6 +36,7 @@ from .standins.evil import (
     STREAM_FRAMES,
     TEN_KB,
     WHOLE_REPLIES,
+    AnyRedirector,
     ChatHostile,
     ChatIds,
     ChatLeaky,
@@ -348,6 +349,33 @@ def test_a_redirect_is_a_502_naming_only_the_upstream(http: httpx.Client, upstre
     trap_host = evil.urls["trap"].split("/")[2]
     everything = got.response.text + str(got.response.headers)
     assert trap_host not in everything and "trap-secret" not in everything and "TRAPPED" not in everything
+
+
+def test_no_sign_in_step_follows_a_redirect(tmp_path_factory: pytest.TempPathFactory, upstreams: Upstreams,
+                                            evil: Evil) -> None:  # fmt: skip
+    """Device sign-in, its polls and the legacy email/password flow, against an issuer and identity
+    service that redirect everything elsewhere: a 502 naming the host, and nothing reaches the target."""
+    redirector = AnyRedirector(evil.urls["trap"])
+    base = upstreams.apps.serve(redirector.app())
+    env = upstreams.codex_env(CHATGPT_SERVER_CHATGPT_AUTH_ISSUER=base, CHATGPT_SERVER_AUTH_URL=base,
+                              CHATGPT_SERVER_CHATGPT_WEB_URL=base)  # fmt: skip
+    server = ServerProcess(tmp_path_factory.mktemp("signin-redirect"), env).start()
+    host = base.split("/")[2]
+    trap_host = evil.urls["trap"].split("/")[2]
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            answers = [
+                c.post("/api/v1/token/device", json={}),
+                c.post("/api/v1/token/getInfo", json={"email": "a@example.com", "password": "pw-secret", "type": "1"}),
+            ]
+        for answer in answers:
+            assert answer.status_code == 502, answer.text
+            assert answer.json()["message"].startswith(host), answer.text
+            assert trap_host not in answer.text and "trap-secret" not in answer.text
+        assert redirector.paths  # the calls did reach the allowed host...
+        assert upstreams.apps.call(lambda: list(evil.trap.hits)) == []  # ...and went no further
+    finally:
+        server.stop()
 
 
 # -- 4. hostile shapes --------------------------------------------------------------------------

@@ -36,6 +36,33 @@ def test_upstream_calls_go_through_the_proxy(tmp_path: Path, upstreams: Upstream
     ]
 
 
+def test_sign_in_and_codex_calls_go_through_the_proxy(tmp_path: Path, upstreams: Upstreams) -> None:
+    """Device sign-in (issuer calls, the JWKS) and mode 2 on the Codex backend, all via the proxy."""
+    from .test_accounts import sign_in, unique
+
+    proxy = ForwardProxy()
+
+    async def start() -> int:
+        server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
+        return int(server.sockets[0].getsockname()[1])
+
+    port = asyncio.run_coroutine_threadsafe(start(), upstreams.apps.loop).result(10)
+    env = upstreams.codex_env(CHATGPT_SERVER_PROXY=f"http://127.0.0.1:{port}")
+    server = ServerProcess(tmp_path, env).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            email, account = unique("proxied")
+            token = sign_in(c, upstreams, email, account)["accessToken"]
+            assert ask(c, "codex via proxy", key=token, mode="2").status_code == 201
+    finally:
+        server.stop()
+    paths = [line.split(" ", 1)[1].split("?")[0] for line in proxy.seen]
+    auth, codex = upstreams.auth_url, upstreams.codex_url
+    for expected in (f"{auth}/api/accounts/deviceauth/usercode", f"{auth}/api/accounts/deviceauth/token",
+                     f"{auth}/oauth/token", f"{auth}/.well-known/jwks.json", f"{codex}/responses"):  # fmt: skip
+        assert expected in paths, (expected, proxy.seen)
+
+
 def test_invalid_proxy_is_refused_at_start_up(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "chatgpt_server", "serve", "--port", "1"],

@@ -275,6 +275,24 @@ class Redirector(Recording):
         return web.Response(status=status, headers={"Location": location}, text="moved")
 
 
+class AnyRedirector(Recording):
+    """Answers every request, on any path and method, with a 307 towards the trap (same path)."""
+
+    def __init__(self, target: str):
+        super().__init__()
+        self.target = target
+        self.paths: list[str] = []
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        return app
+
+    async def handle(self, request: web.Request) -> web.Response:
+        self.paths.append(f"{request.method} {request.path}")
+        return web.Response(status=307, headers={"Location": f"{self.target}{request.path}?token=trap-secret"})
+
+
 # -- hostile shapes -----------------------------------------------------------------------------
 def _deep(levels: int) -> bytes:
     return b"[" * levels + b"]" * levels

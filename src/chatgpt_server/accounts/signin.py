@@ -63,6 +63,14 @@ class Page:
         return urljoin(self.url, where) if where else None
 
 
+def _decode(raw: bytes, charset: str | None) -> str:
+    """A page's text in the charset it names, else UTF-8 (a name Python does not know is not an error)."""
+    try:
+        return raw.decode(charset or "utf-8", "replace")
+    except LookupError:
+        return raw.decode("utf-8", "replace")
+
+
 class SignIn:
     """One run of the flow with its own cookie jar."""
 
@@ -86,7 +94,7 @@ class SignIn:
             async with asyncio.timeout(self.timeout_s):
                 for _ in range(MAX_HOPS):
                     async with self.session.request(method, url, allow_redirects=False, **kw) as resp:
-                        text = (await resp.content.read(1 << 20)).decode(resp.get_encoding(), "replace")
+                        text = _decode(await resp.content.read(1 << 20), resp.charset)
                         page = Page(resp.status, str(resp.url), resp.headers, text)
                     where = page.location()
                     if not follow or page.status not in (301, 302, 303, 307, 308) or where is None:
