@@ -245,3 +245,79 @@ def test_a_json_client_that_leaves_frees_the_account(slow_web: tuple[ServerProce
             break
         assert time.monotonic() < deadline, health
         time.sleep(0.05)
+
+
+def _deep(levels: int) -> Any:
+    value: Any = 0
+    for _ in range(levels):
+        value = {"a": [value]} if levels % 2 else [value]
+    return value
+
+
+DEEP = 240  # orjson reads 1,024 levels but writes only 254: readable, and not something we could pass on
+
+
+@pytest.mark.parametrize(
+    ("path", "body"),
+    [
+        (
+            "/api/v1/gpt/getInfo",
+            {
+                "mode": "1",
+                "type": "1",
+                "opts": {
+                    "key": KEY,
+                    "content": "x",
+                    "isFollow": False,
+                    "opts": {"completionParams": {"logit_bias": _deep(DEEP)}},
+                },
+            },
+        ),
+        ("/api/v1/gpt/getInfo", {"mode": "1", "type": "2", "opts": {"key": KEY, "content": _deep(DEEP)}}),
+        (
+            "/v1/chat/completions",
+            {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "x"}], "metadata": _deep(DEEP)},
+        ),
+        (
+            "/v1/chat/completions",
+            {
+                "model": "gpt-3.5-turbo",
+                "stream": True,
+                "response_format": _deep(DEEP),
+                "messages": [{"role": "user", "content": "x"}],
+            },
+        ),
+        (
+            "/v1/responses",
+            {
+                "model": "gpt-3.5-turbo",
+                "input": "x",
+                "tools": [{"type": "function", "name": "f", "parameters": _deep(DEEP)}],
+            },
+        ),
+        (
+            "/v1/responses",
+            {
+                "model": "gpt-3.5-turbo",
+                "input": "x",
+                "text": {"format": {"type": "json_schema", "name": "s", "schema": _deep(DEEP)}},
+            },
+        ),
+        ("/v1/conversations", {"metadata": _deep(DEEP)}),
+    ],
+)
+def test_a_body_nested_deeper_than_can_be_passed_on_is_a_400(client: httpx.Client, upstreams: Upstreams, path: str,
+                                                              body: dict[str, Any]) -> None:  # fmt: skip
+    calls = len(upstreams.openai.requests)
+    response = client.post(path, json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 400, response.text
+    assert "nested more than 200 levels deep" in response.text
+    assert len(upstreams.openai.requests) == calls
+
+
+def test_a_body_nested_as_deep_as_allowed_goes_through(client: httpx.Client, upstreams: Upstreams) -> None:
+    schema = _deep(190)
+    body = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "deep but fine"}], "metadata": schema}
+    response = client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code != 500 and "nested more than" not in response.text
+    assert upstreams.openai.requests and upstreams.openai.requests[-1]["body"]["metadata"] == schema

@@ -222,8 +222,12 @@ def test_one_access_line_per_request(tmp_path: Path, upstreams: Upstreams) -> No
             ask(c, "stream me", kind="2")
             c.get("/api/v1/token/getInfo?type=9&email=a@b.c&password=hunter2-secret")
             assert_error(ask(c, "x", parent="chatcmpl-none"), 404)
+            forged = "/x%0a2026-11-28T06:28:31.241Z%20deadbeefdeadbeef%20POST%20/api/v1/gpt/getInfo%20201%201.0ms"
+            c.get(forged)  # a path that decodes to a line break and a made-up request line
+            c.get("/v1/responses/resp_%0d%0aforged%20line", headers={"Authorization": f"Bearer {KEY}"})
     finally:
         server.stop()
+    assert not any(line.startswith(("2026-11-28T06:28:31.241Z", "forged")) for line in server.log().splitlines())
     lines = access_lines(server.log())
     by_rid = {m["rid"]: m for m in lines}
     first = by_rid[mine.headers["x-request-id"]]

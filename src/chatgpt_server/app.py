@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import FrameType
+from urllib.parse import quote
 
 import orjson
 from starlette.exceptions import HTTPException
@@ -201,6 +202,9 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
+PATH_SAFE = "/:@!$&'()*+,;=-._~%"
+
+
 class AccessLog:
     """One line per request: no logging lock, no formatting of anything the request sent beyond its
     method and path. Lines are gathered and written together every few milliseconds (one system call
@@ -243,6 +247,8 @@ class AccessLog:
             }  # fmt: skip
             line = orjson.dumps({k: v for k, v in fields.items() if v != ""}) + b"\n"
         else:
+            if " " in path or not path.isprintable():  # decoded from %0A, %20...: one line, one field
+                path = quote(path, safe=PATH_SAFE)
             text = f"{stamp} {rid} {method} {path} {status} {duration}ms"
             if entry.route:
                 text += f' route="{entry.route}"'

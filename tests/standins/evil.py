@@ -354,6 +354,9 @@ WHOLE_REPLIES: dict[str, bytes] = {
 ODD_REPLIES: dict[str, bytes] = {
     "ten_kb_id": orjson.dumps(_completion(id=TEN_KB, model=TEN_KB, created=True, usage={"prompt_tokens": "5"})),
     "id_object": orjson.dumps(_completion(id={"a": 1}, model=[1], created=-1, usage=[1])),
+    # readable (under 1,024 levels), but deeper than orjson writes (254): never passed on whole
+    "deep_field": orjson.dumps(_completion())[:-1] + b', "system_fingerprint": ' + _deep(400) + b"}",
+    "deep_usage": orjson.dumps(_completion())[:-1] + b', "usage": {"prompt_tokens_details": ' + _deep(400) + b"}}",
     "finish_object": orjson.dumps(
         {
             "id": 7,

@@ -66,6 +66,26 @@ async def read_json(request: Request, limit: int, *, form: bool = False) -> Any:
     if not raw.strip():
         return {}
     try:
-        return orjson.loads(raw)
+        value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BadRequest("bad_json", reason=str(exc).split(":", 1)[0][:100]) from exc
+    if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and not _shallow(value):
+        raise BadRequest("bad_json", reason=f"nested more than {MAX_DEPTH} levels deep")
+    return value
+
+
+# orjson reads 1,024 levels but writes 254: a body we pass on (inside a few levels of our own) must be
+# writable, so deeper ones are refused here rather than failing later as a 500.
+MAX_DEPTH = 200
+_MARGIN = 254 - MAX_DEPTH
+
+
+def _shallow(value: Any) -> bool:
+    wrapped = value
+    for _ in range(_MARGIN):
+        wrapped = [wrapped]
+    try:
+        orjson.dumps(wrapped)
+    except TypeError:  # orjson's JSONEncodeError, or "Recursion limit reached"
+        return False
+    return True

@@ -57,7 +57,7 @@ def expiry(token: str) -> float | None:
 def check_not_expired(token: str) -> None:
     exp = expiry(token)
     if exp is not None and exp <= time.time():
-        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(min(exp, 253402300799)))
+        when = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(min(max(exp, 0), 253402300799)))
         raise Unauthorized("token_expired", when=when)
 
 
