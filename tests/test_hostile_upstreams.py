@@ -564,6 +564,15 @@ LEAKY_CHAT = ["400", "401", "403", "404", "409", "422", "500", "502", "503", "te
 RETRY_NAMES = sorted(junk_retry_after("k"))
 
 
+@pytest.mark.parametrize("kind", ["1", "2"])
+def test_a_reply_whose_id_and_model_are_the_key_shows_neither(gateway: ServerProcess, http: httpx.Client,
+                                                              evil: Evil, kind: str) -> None:  # fmt: skip
+    key = new_key()
+    got = call(http, f"labels {uuid.uuid4().hex}", evil.urls["leaky"], key=key, kind=kind)
+    assert got.status in (200, 201) and got.text == "Hello there", got.response.text
+    assert_nothing_secret(got, key)
+
+
 @pytest.mark.parametrize("question", LEAKY_CHAT + [f"429 {name}" for name in RETRY_NAMES] + ["503 bearer"])
 @pytest.mark.parametrize("kind", ["1", "2"])
 def test_an_echoed_key_never_comes_back(gateway: ServerProcess, http: httpx.Client, evil: Evil, question: str,
@@ -616,3 +625,38 @@ def test_the_stand_in_echoes_every_spelling() -> None:
     key = new_key()
     for form in spellings(key):
         assert form in echo_text(key)
+
+
+def test_nothing_after_done_is_part_of_the_reply(gateway: ServerProcess, http: httpx.Client, upstreams: Upstreams,
+                                                 evil: Evil) -> None:  # fmt: skip
+    """An upstream that goes on after [DONE] (in the same write): the reply is what came before it,
+    complete, through every door."""
+    key = new_key()
+    question = f"afterdone {uuid.uuid4().hex}"
+    got = call(http, question, evil.urls["hostile"], key=key, kind="2")
+    assert got.status == 200 and got.text == "Hello there", got.response.text
+    assert got.data is not None and "incomplete" not in got.data
+    _follow_up_carries(http, upstreams, evil.hostile, evil.urls["hostile"], key, got.reply_id,
+                       [user(question), assistant("Hello there")])  # fmt: skip
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
+        chunks = list(sdk.chat.completions.create(model="hostile-1", stream=True,
+                                                  messages=[{"role": "user", "content": "afterdone"}]))  # fmt: skip
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello there"
+        response = sdk.responses.create(model="hostile-1", input="afterdone via responses", stream=True)
+        final = [e for e in response if e.type in ("response.completed", "response.failed")][-1]
+        assert final.type == "response.completed" and final.response.output_text == "Hello there"
+
+
+def test_an_error_event_fails_the_stream_and_its_words_are_scrubbed(gateway: ServerProcess, http: httpx.Client,
+                                                                    evil: Evil) -> None:  # fmt: skip
+    key = new_key()
+    got = call(http, f"errorevent {uuid.uuid4().hex}", evil.urls["hostile"], key=key, kind="2")
+    assert got.status == 502 and "overloaded" in got.message, got.response.text
+    assert [d["delta"] for d in got.deltas] == ["Hello", " there"]
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0) as sdk:
+        messages: Any = [{"role": "user", "content": "errorevent"}]
+        raw = sdk.chat.completions.with_raw_response.create(model="hostile-1", stream=True, messages=messages)
+        body = raw.http_response.read().decode()
+    assert "overloaded" in body and '"error"' in body
+    for text in (got.response.text, body, gateway.log()):
+        assert key not in text and key[-8:] not in text

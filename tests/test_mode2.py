@@ -181,3 +181,19 @@ def test_a_client_that_leaves_while_queued_is_logged_not_crashed(server: ServerP
     assert len(left) == 1 and " 499 " in left[0], left
     assert "Traceback" not in server.log() and "CancelledError" not in server.log()
     assert all("the queued question" not in str(r) for r in upstreams.chatgpt.requests)
+
+
+@pytest.mark.parametrize("exp", [-1e20, -1, 1e300, 0])
+def test_a_token_that_expired_at_any_time_is_a_401(client: httpx.Client, upstreams: Upstreams, exp: float) -> None:
+    import base64
+    import json
+
+    def part(value: dict[str, object]) -> str:
+        return base64.urlsafe_b64encode(json.dumps(value).encode()).decode().rstrip("=")
+
+    token = f"{part({'alg': 'RS256'})}.{part({'exp': exp})}.AAAA"
+    response = ask(client, "x", key=token, mode="2")
+    if exp > 1e10:  # not expired: the backend is asked (and refuses a token it did not sign)
+        assert response.status_code != 500, response.text
+    else:
+        assert "expired" in assert_error(response, 401)

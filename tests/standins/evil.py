@@ -22,6 +22,7 @@ never step on each other; a question starting with ``good`` is always answered p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import re
 import uuid
@@ -405,6 +406,14 @@ def _spread(frame: bytes) -> bytes:
     return orjson.dumps(orjson.loads(frame), option=orjson.OPT_INDENT_2).replace(b"\n", b"\ndata: ")
 
 
+async def _stream_raw(request: web.Request, raw: bytes) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
+    await response.prepare(request)
+    with contextlib.suppress(ConnectionError):
+        await response.write(raw)
+    return response
+
+
 async def _stream_frames(request: web.Request, frames: list[bytes]) -> web.StreamResponse:
     response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await response.prepare(request)
@@ -438,6 +447,15 @@ class ChatHostile(Recording):
         if body.get("stream"):
             if name == "quiet":
                 return await _stream_frames(request, good)
+            if name == "afterdone":  # more after [DONE], in the same write: never part of the reply
+                extra = _chunk({"content": " INJECTED"})
+                raw = b"".join(b"data: " + f + b"\n\n" for f in (*good, b"[DONE]", extra, b"{not json"))
+                return await _stream_raw(request, raw)
+            if name == "errorevent":  # an SSE error event, echoing the caller's key
+                key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+                error = b"event: error\ndata: " + orjson.dumps({"message": f"overloaded for {key}"}) + b"\n\n"
+                raw = b"".join(b"data: " + f + b"\n\n" for f in good) + error + b"data: [DONE]\n\n"
+                return await _stream_raw(request, raw)
             if name == "spread":  # good chunks, each JSON spread over several data lines (as SSE allows)
                 spread = [_spread(frame) for frame in (*good, _chunk({"content": "!"}), _chunk({}, usage=USAGE))]
                 return await _stream_frames(request, [*spread, b"[DONE]"])
@@ -656,6 +674,15 @@ class ChatLeaky(Recording):
                                                   orjson.dumps(error)])  # fmt: skip
         if words[0] == "whole":
             return _json(200, error, headers)
+        if words[0] == "labels":  # a good reply whose id and model are the key, in other spellings
+            if body.get("stream"):
+                first = _chunk({"role": "assistant", "content": "Hello"}, id=secret, model=secret.upper())
+                frames = [first, _chunk({"content": " there"}, id=secret, model="model-" + secret[-8:]), b"[DONE]"]
+                return await _stream_frames(request, frames)
+            reply = {"id": secret, "object": "chat.completion", "model": "model-" + secret[-8:],
+                     "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"},
+                                  "finish_reason": "stop"}]}  # fmt: skip
+            return _json(200, reply, {})
         if words[0] == "code":  # the key as the code alone, as a 401 would carry it
             return _json(int(words[1]), {"error": {"message": "no", "code": secret}}, headers)
         return _json(int(words[0]), error, headers)

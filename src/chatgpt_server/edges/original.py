@@ -24,6 +24,7 @@ from ..core.turns import Budget, OpenTurn, TurnResult, TurnSpec
 from ..errors import BadRequest, ServiceError
 from ..stores import StoredItem
 from ..upstreams.base import Target
+from ..upstreams.http import shown_label
 from .envelope import error_body, ok, success
 from .http import read_json
 from .messages import error_message, pick_language
@@ -128,17 +129,18 @@ def reply_data(chat: ChatRequest, result: TurnResult, model: str) -> dict[str, A
     if chat.mode == "1":
         finish = reply.finish_reason or ("stop" if not result.incomplete else None)
         data["detail"] = {
-            "id": reply.upstream_id or result.reply_id,
+            "id": shown_label(reply.upstream_id, chat.key) or result.reply_id,
             "object": "chat.completion",
             "created": getattr(reply, "created", None) or int(result.created_at),
-            "model": reply.model or model,
+            "model": shown_label(reply.model, chat.key) or model,
             "choices": [
                 {"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": finish}
             ],
             "usage": result.usage,
         }
     elif reply.meta.get("rateLimits") is not None:
-        data["detail"] = {"model": reply.model or model, "usage": result.usage, "rateLimits": reply.meta["rateLimits"]}
+        data["detail"] = {"model": shown_label(reply.model, chat.key) or model, "usage": result.usage,
+                          "rateLimits": reply.meta["rateLimits"]}  # fmt: skip
     if result.incomplete:
         data["incomplete"] = True
         data["incompleteReason"] = result.incomplete

@@ -261,6 +261,20 @@ class WholeReply(Reply):
 
 
 # -- streamed replies ----------------------------------------------------------------------------
+def _error_text(data: str) -> str:
+    """What an error event says: its message if it is JSON that has one, else its data."""
+    try:
+        value = orjson.loads(data)
+    except _JSON_ERRORS:
+        return data
+    if isinstance(value, dict):
+        inner = value.get("error")
+        found = inner.get("message") if isinstance(inner, dict) else inner if inner else value.get("message")
+        if isinstance(found, str):
+            return found
+    return data
+
+
 class ChunkParser:
     """Pure: chat-completion chunks (the ``data`` of each event) in, events out."""
 
@@ -276,8 +290,13 @@ class ChunkParser:
         self.calls: dict[int, ToolCall] = {}
         self.usage_only = False  # the last chunk fed carried usage and no choices
 
-    def feed(self, data: str) -> list[Event]:
+    def feed(self, data: str, event: str = "message") -> list[Event]:
+        """One event's ``data`` (and its name: an ``error`` event is the upstream reporting a failure)."""
         self.usage_only = False
+        if self.done:  # nothing after [DONE] counts, however the bytes happened to arrive
+            return []
+        if event == "error":
+            raise _bad(self.host, "the stream reported an error: " + scrub(_error_text(data), self.key))
         if data.strip() == "[DONE]":
             self.done = True
             return []
@@ -386,7 +405,7 @@ class StreamReply(ParsedReply):
                 self.received += len(chunk)
                 over = self.received > self.limit
                 for event in decoder.feed(under_limit(chunk, self.received, self.limit) if over else chunk):
-                    for out in parser.feed(event.data):
+                    for out in parser.feed(event.data, event.event):
                         yield out
                 if parser.done:
                     return
@@ -394,7 +413,7 @@ class StreamReply(ParsedReply):
                     self.truncated = True
                     return
             for event in decoder.flush():
-                for out in parser.feed(event.data):
+                for out in parser.feed(event.data, event.event):
                     yield out
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, self.host, 0, idle=True) from exc
@@ -474,7 +493,9 @@ class Relay:
                 if received > self.limit:
                     raise BadGateway("upstream_too_large", host=target.host, limit=self.limit)
                 for event in decoder.feed(chunk):
-                    parser.feed(event.data)
+                    if parser.done:
+                        break  # nothing after [DONE] is passed on
+                    parser.feed(event.data, event.event)
                     yield event.data
                 if parser.done:
                     return

@@ -211,6 +211,8 @@ class CodexParser:
             raise _bad(self.host, f"unreadable event ({type(exc).__name__})") from exc
 
     def _feed(self, name: str, data: str) -> list[Event]:
+        if self.done:  # nothing after the response completed counts
+            return []
         if data.strip() == "[DONE]":
             return []
         event = orjson.loads(data)

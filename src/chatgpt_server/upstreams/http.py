@@ -81,6 +81,14 @@ def scrub(value: Any, *secrets: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
+def shown_label(value: str | None, secret: str) -> str | None:
+    """An upstream's id or model name, as shown to the client: scrubbed if it looks like (or holds)
+    the credential; the common case is one search of a short string."""
+    if value and ((len(secret) >= 8 and secret[-8:].lower() in value.lower()) or _SECRETISH.search(value)):
+        return scrub(value, secret, limit=len(value))
+    return value
+
+
 def retry_after(value: str | None) -> dict[str, str] | None:
     """A Retry-After header worth passing on: a number of seconds (ASCII digits) or an HTTP date in
     its one standard form (IMF-fixdate, as RFC 9110 has senders write it); nothing else."""

@@ -71,6 +71,8 @@ class WebReplyParser:
             raise WebReplyError(f"unreadable frame ({type(exc).__name__})", self.host) from exc
 
     def _feed(self, event: SSEEvent) -> str:
+        if self.done:  # nothing after [DONE] counts, however the bytes happened to arrive
+            return ""
         data = event.data.strip()
         if data == "[DONE]":
             self.done = True
