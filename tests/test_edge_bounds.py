@@ -321,3 +321,22 @@ def test_a_body_nested_as_deep_as_allowed_goes_through(client: httpx.Client, ups
     response = client.post("/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {KEY}"})
     assert response.status_code != 500 and "nested more than" not in response.text
     assert upstreams.openai.requests and upstreams.openai.requests[-1]["body"]["metadata"] == schema
+
+
+def test_names_and_keys_past_their_bounds_are_named(client: httpx.Client, upstreams: Upstreams) -> None:
+    calls = len(upstreams.openai.requests)
+    cases: list[tuple[dict[str, Any], str]] = [
+        ({"model": "m" * 300}, "opts.opts.model"),
+        ({"apiOrg": "o" * 300}, "opts.opts.apiOrg"),
+        ({"completionParams": {"model": "m" * 300}}, "opts.opts.completionParams.model"),
+    ]
+    for options, field in cases:
+        message = assert_error(ask(client, "x", **options), 400)
+        assert f"{field} must be at most 256 characters" in message
+    assert len(upstreams.openai.requests) == calls
+    for header in ("Content-Encoding", "accept-encoding"):
+        message = assert_error(ask(client, "x", key=mint("h@example.com"), mode="2", headers={header: "gzip"}), 400)
+        assert header.lower() in message.lower()
+    response = client.post("/v1/responses", json={"model": "gpt-3.5-turbo", "input": "x"},
+                           headers={"Authorization": "Bearer sk-" + "k" * 17000})  # fmt: skip
+    assert response.status_code == 401 and "at most 16384 characters" in response.json()["error"]["message"]

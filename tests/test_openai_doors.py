@@ -641,3 +641,32 @@ def test_a_stream_the_upstream_cuts_fails_with_the_text_that_arrived(
     assert error["code"] == "server_error" and error["type"] == "upstream_bad_reply" and "cut" in error["message"]
     stored = sdk.responses.retrieve(failed["response"]["id"])  # what arrived is stored, incomplete
     assert stored.status == "incomplete" and stored.output_text == streamed
+
+
+def test_a_turn_from_another_door_while_the_conversation_answers_is_kept(
+    sdk: openai.OpenAI, v1_server: ServerProcess, upstreams: Upstreams
+) -> None:
+    """Only ``conversation=`` turns hold the conversation. A follow-up of its tip through the original
+    route, answered while a ``conversation=`` turn streams, stays in the conversation: the streaming
+    turn is written after it, and the next turn's history holds both."""
+    conversation = sdk.conversations.create()
+    first = sdk.responses.create(model="gpt-3.5-turbo", input="first", conversation=conversation.id)
+    upstreams.openai.chunk_delay = 0.1
+    try:
+        body = {"model": "gpt-3.5-turbo", "input": "slow one", "stream": True, "conversation": conversation.id}
+        headers = {"Authorization": f"Bearer {KEY}"}
+        with httpx.stream("POST", v1_server.url + "/v1/responses", timeout=30, headers=headers, json=body) as stream:
+            lines = stream.iter_lines()
+            for line in lines:
+                if '"response.output_text.delta"' in line:
+                    break
+            with httpx.Client(base_url=v1_server.url, timeout=30) as c:
+                side = ask(c, "side", parent=first.output[0].id)
+            assert side.status_code == 201, side.text
+            rest = "".join(lines)
+    finally:
+        upstreams.openai.chunk_delay = 0.0
+    assert '"response.completed"' in rest
+    sdk.responses.create(model="gpt-3.5-turbo", input="next", conversation=conversation.id)
+    texts = [m["content"] for m in sent(upstreams)["messages"]]
+    assert [t for t in texts if not t.startswith("echo")] == ["first", "side", "slow one", "next"]

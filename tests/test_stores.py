@@ -434,6 +434,28 @@ def test_sqlite_writes_wait_for_another_process_holding_the_lock(tmp_path: Path)
         holder.close()
 
 
+def test_nul_characters_are_kept_or_stand_in_and_never_break_a_store(kind: str, tmp_path: Path) -> None:
+    """A question or reply holding NUL (PostgreSQL text cannot) is stored, its prompt JSON exact; an id
+    holding NUL (none of ours does) is simply not found, on every store."""
+
+    async def body(store: Store) -> None:
+        user, reply = new("before\x00after"), new("answer\x00", "assistant")
+        await store.add_turn(turn(None, user, reply))
+        got = await store.get_item("owner-a", reply.item.id)
+        assert got is not None and got.item.text in ("answer\x00", "answer\ufffd")
+        rows = await store.history("owner-a", reply.item.id, 10_000)
+        assert sorted(orjson.loads(r[2])["content"] for r in rows) == ["answer\x00", "before\x00after"]
+        bad = "x\x00y"
+        assert await store.get_item("owner-a", bad) is None and await store.get_items("owner-a", [bad]) == []
+        assert await store.history("owner-a", bad, 100) == [] and await store.path_ids("owner-a", bad) == []
+        assert await store.conversation_items("owner-a", bad, None, 10, False) == []
+        assert not await store.delete_item("owner-a", bad, bad)
+        assert await store.get_record("conversation", bad) is None
+        assert not await store.delete_record("conversation", bad)
+
+    with_store(store_url(kind, tmp_path), body)
+
+
 # -- the store itself --------------------------------------------------------------------------------
 def test_shared_secret_is_kept_once(kind: str, tmp_path: Path) -> None:
     url = store_url(kind, tmp_path)

@@ -437,8 +437,9 @@ class OpenTurn:
         items = [*result.inputs, *result.outputs]
         chats = [*self.input_chats, *_encode(result.outputs)]
         new = [NewItem(item, chat, item.cost(self.encoding)) for item, chat in zip(items, chats, strict=True)]
+        parent_id = await self._current_tip(result.parent_id)
         write = TurnWrite(
-            owner=spec.owner, conversation_id=self.conversation_id, parent_id=result.parent_id, enc=self.encoding,
+            owner=spec.owner, conversation_id=self.conversation_id, parent_id=parent_id, enc=self.encoding,
             origin=spec.origin, created_at=self.created_at, items=new,
             response_id=None, conversation_tip=spec.conversation,
         )  # fmt: skip
@@ -447,7 +448,7 @@ class OpenTurn:
             write.response, write.response_id = record, record.id
         await self.turns._timed(self.turns.store.add_turn(write))
         base = self.base
-        if len(base.rows) + len(new) < MIN_ROWS:
+        if parent_id != result.parent_id or len(base.rows) + len(new) < MIN_ROWS:
             return  # too short to keep in memory
         rows: list[HistoryRow] = []
         parent = result.parent_id
@@ -457,6 +458,21 @@ class OpenTurn:
             parent = n.item.id
         path = self.turns.cache.extend(base.rows, base.complete, base.coverage, rows, spec.owner, base.gen)
         self.turns.cache.put(items[-1].id, path)
+
+    async def _current_tip(self, began_at: str | None) -> str | None:
+        """Where a turn asked by conversation id is written: after the conversation's tip as it is now.
+        Only such turns hold the conversation; a turn through another door (from the tip, by its id) may
+        have continued it meanwhile, and goes before this one rather than being dropped from it."""
+        conversation = self.spec.conversation
+        if conversation is None or began_at is None:
+            return began_at
+        record = await self.turns._timed(self.turns.store.get_record("conversation", conversation))
+        if record is None or not record.tip or record.tip == began_at:
+            return began_at
+        moved = await self.turns.resolve(self.spec.owner, record.tip)
+        if moved is None or moved.conversation_id != self.conversation_id:
+            return began_at
+        return moved.item.id
 
     async def close(self, settle: bool = True) -> None:
         """Let go of the upstream and the account queue (safe to call twice) and, when ``settle``,

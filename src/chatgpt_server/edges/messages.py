@@ -256,7 +256,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "no API key: send it as Authorization: Bearer <key>",
         "缺少API key: 请以 Authorization: Bearer <key> 发送",
     ),
-    "malformed_api_key": ("the API key is not printable ASCII", "API key 必须是可打印ASCII"),
+    "malformed_api_key": (
+        "the API key is not printable ASCII of at most 16384 characters",
+        "API key 必须是不超过 16384 个字符的可打印ASCII",
+    ),
     "model_not_chat": (
         "model {model} is served by a ChatGPT account: use /v1/responses",
         "模型 {model} 由 ChatGPT 账号提供: 请使用 /v1/responses",

@@ -17,6 +17,7 @@ from .original_request import (
     MAX_HEADER_NAME,
     MAX_HEADER_VALUE,
     MAX_HEADERS,
+    MAX_MODEL,
     OPTIONS,
     RANGES,
     RESERVED_HEADERS,
@@ -262,7 +263,7 @@ GPT_OPTIONS = _object(
             "description": "mode 1: any chat-completions body field (model, temperature, top_p, presence_penalty, "
             "max_tokens, stop, ...), passed to the upstream as given, which may refuse what it does not know "
             f"(400); {', '.join(RESERVED_PARAMS)} are set by the server and refused here",
-            "properties": {"model": {"type": "string"}},
+            "properties": {"model": {"type": "string", "maxLength": MAX_MODEL}},
             "propertyNames": {"not": {"enum": list(RESERVED_PARAMS)}},
         }),
         "maxModelTokens": _or_null(_integer(1, RANGES["maxModelTokens"], "the token budget of prompt and "
@@ -272,9 +273,11 @@ GPT_OPTIONS = _object(
                                                "budget (default CHATGPT_SERVER_MAX_RESPONSE_TOKENS, 1000); it must "
                                                "be below maxModelTokens (given or default)", default=1000)),
         "apiBaseUrl": _upstream_url("1"),
-        "apiOrg": _or_null(_string("mode 1: sent as OpenAI-Organization", pattern=PRINTABLE_ASCII)),
+        "apiOrg": _or_null(_string("mode 1: sent as OpenAI-Organization", pattern=PRINTABLE_ASCII,
+                                   maxLength=MAX_MODEL)),
         "model": _or_null(_string("mode 2: the ChatGPT model (default CHATGPT_SERVER_DEFAULT_CHATGPT_MODEL); "
-                                  "mode 1: shorthand for completionParams.model", pattern=PRINTABLE_ASCII)),
+                                  "mode 1: shorthand for completionParams.model", pattern=PRINTABLE_ASCII,
+                                  maxLength=MAX_MODEL)),
         "apiReverseProxyUrl": _upstream_url("2"),
         "headers": _or_null({
             "type": "object",

@@ -40,9 +40,11 @@ RESERVED_PARAMS = ("messages", "stream", "stream_options")
 # connection-level headers would let a client reshape the request itself.
 RESERVED_HEADERS = frozenset(
     ("authorization", "host", "connection", "upgrade", "te", "expect", "transfer-encoding", "content-length",
-     "keep-alive", "cookie", "trailer", "content-type", "accept", "chatgpt-account-id")
+     "keep-alive", "cookie", "trailer", "content-type", "accept", "chatgpt-account-id", "content-encoding",
+     "accept-encoding")
 )  # fmt: skip
 MAX_HEADERS, MAX_HEADER_NAME, MAX_HEADER_VALUE, MAX_HEADER_TOTAL = 32, 64, 4096, 16384
+MAX_MODEL = 256  # a model name, or an organization id (as /v1 bounds model names)
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 header name (fullmatch: no newline)
 
 
@@ -192,6 +194,8 @@ def _options(mode: str | None, raw: Any, settings: Settings, problems: Problems)
             problems.append(("completion_param_reserved", {"name": name}))
     if "model" in params and not isinstance(params["model"], str):
         problems.append(("field_not_string", {"field": "opts.opts.completionParams.model"}))
+    elif isinstance(params.get("model"), str) and len(params["model"]) > MAX_MODEL:
+        problems.append(("field_too_long", {"field": "opts.opts.completionParams.model", "max": MAX_MODEL}))
     out["completion_params"] = params
     for name in ("model", "apiOrg"):
         value = raw.get(name)
@@ -199,6 +203,8 @@ def _options(mode: str | None, raw: Any, settings: Settings, problems: Problems)
             problems.append(("field_not_string", {"field": f"opts.opts.{name}"}))
         elif isinstance(value, str) and not header_safe(value):
             problems.append(("field_not_header_safe", {"field": f"opts.opts.{name}"}))
+        elif isinstance(value, str) and len(value) > MAX_MODEL:
+            problems.append(("field_too_long", {"field": f"opts.opts.{name}", "max": MAX_MODEL}))
     out["model"] = raw.get("model") if isinstance(raw.get("model"), str) else None
     out["organization"] = raw.get("apiOrg") if isinstance(raw.get("apiOrg"), str) else None
     model_tokens = _bounded_int(raw, "maxModelTokens", problems)

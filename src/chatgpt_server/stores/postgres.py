@@ -77,6 +77,15 @@ ON CONFLICT (id) DO NOTHING
 """
 
 
+NUL = "\x00"
+
+
+def _storable(text: str) -> str:
+    """PostgreSQL text cannot hold NUL: it is kept as U+FFFD in the shown text (the item's exact chat
+    JSON, which prompts are built from, keeps it escaped)."""
+    return text.replace(NUL, "\ufffd") if NUL in text else text
+
+
 async def _keep_session(conn: Any) -> None:
     """A connection going back to the pool needs no reset query (a round trip per operation, ~10% of
     the CPU of a new conversation): this store never changes session settings, listens, or takes
@@ -262,7 +271,7 @@ class PostgresStore(Store):
             response.id if response else None, orjson.dumps(response.body).decode() if response else None,
             items[-1].id, bool(turn.conversation_tip),
             [i.id for i in items], parents, offsets, [n.cost for n in turn.items], [i.kind for i in items],
-            [i.role for i in items], [i.text for i in items], extras, [n.chat for n in turn.items],
+            [i.role for i in items], [_storable(i.text) for i in items], extras, [n.chat for n in turn.items],
             [i.status for i in items],
         )  # fmt: skip
         try:
@@ -276,24 +285,33 @@ class PostgresStore(Store):
                 raise StoreUnavailable(reason=describe(exc, self.url)) from exc
 
     async def get_item(self, owner: str, item_id: str) -> StoredItem | None:
+        if NUL in item_id:  # no id of ours holds one (and PostgreSQL text cannot)
+            return None
         rows = await self._fetch(self._item, item_id, owner)
         return item_from_row(rows[0]) if rows else None
 
     async def get_items(self, owner: str, item_ids: list[str]) -> list[StoredItem]:
+        item_ids = [i for i in item_ids if NUL not in i]
         rows = await self._fetch(f"SELECT {ITEM_COLUMNS} FROM items WHERE owner = $1 AND id = ANY($2)", owner, item_ids)
         found = {r[0]: item_from_row(r) for r in rows}
         return [found[i] for i in item_ids if i in found]
 
     async def history(self, owner: str, item_id: str, budget: int) -> list[HistoryRow]:
+        if NUL in item_id:
+            return []
         rows = await self._fetch(self._history, item_id, owner, budget)
         return [(r[0], r[1], r[2], r[3], r[4]) for r in rows]
 
     async def path_ids(self, owner: str, item_id: str) -> list[str]:
+        if NUL in item_id:
+            return []
         return [r[0] for r in await self._fetch(self._path_ids, item_id, owner)]
 
     async def conversation_items(
         self, owner: str, conversation_id: str, after_seq: int | None, limit: int, descending: bool
     ) -> list[StoredItem]:
+        if NUL in conversation_id:
+            return []
         order, compare = ("DESC", "<") if descending else ("ASC", ">")
         bound = after_seq if after_seq is not None else (2**62 if descending else -1)
         rows = await self._fetch(
@@ -304,6 +322,8 @@ class PostgresStore(Store):
         return [item_from_row(r) for r in rows]
 
     async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
+        if NUL in conversation_id or NUL in item_id:
+            return False
         rows = await self._fetch(
             """WITH del AS (UPDATE items SET deleted = TRUE
                             WHERE id = $1 AND owner = $2 AND conversation_id = $3 AND NOT deleted RETURNING id),
@@ -333,10 +353,14 @@ class PostgresStore(Store):
         return str(status).split()[-1] == "1"
 
     async def get_record(self, kind: str, record_id: str) -> Record | None:
+        if NUL in record_id:
+            return None
         rows = await self._fetch(f"SELECT {RECORD_COLUMNS} FROM records WHERE kind = $1 AND id = $2", kind, record_id)
         return record_from_row(rows[0]) if rows else None
 
     async def delete_record(self, kind: str, record_id: str, expect_version: int | None = None) -> bool:
+        if NUL in record_id:
+            return False
         status = await self._call(lambda pool: pool.execute(
             "DELETE FROM records WHERE kind = $1 AND id = $2 AND ($3::bigint IS NULL OR version = $3)",
             kind, record_id, expect_version))  # fmt: skip
@@ -347,7 +371,7 @@ class PostgresStore(Store):
     ) -> list[Record]:
         order, compare = ("DESC", "<") if descending else ("ASC", ">")
         anchor = None
-        if after_id is not None:
+        if after_id is not None and NUL not in after_id:
             found = await self._fetch("SELECT created_at FROM records WHERE kind = $1 AND id = $2", kind, after_id)
             anchor = found[0][0] if found else None
         if anchor is None:
