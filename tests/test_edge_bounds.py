@@ -340,3 +340,31 @@ def test_names_and_keys_past_their_bounds_are_named(client: httpx.Client, upstre
     response = client.post("/v1/responses", json={"model": "gpt-3.5-turbo", "input": "x"},
                            headers={"Authorization": "Bearer sk-" + "k" * 17000})  # fmt: skip
     assert response.status_code == 401 and "at most 16384 characters" in response.json()["error"]["message"]
+
+
+def test_a_body_that_stalls_is_a_408_and_one_cut_short_is_no_500(tmp_path: Path, upstreams: Upstreams) -> None:
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_HEADER_TIMEOUT_SECONDS="1")).start()
+    head = (f"POST /v1/responses HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {KEY}\r\n"
+            "Content-Type: application/json\r\nContent-Length: {n}\r\n\r\n")  # fmt: skip
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:  # stalls after one byte
+            s.sendall(head.replace("{n}", "10").encode() + b"{")
+            started = time.monotonic()
+            answer = s.recv(200)
+            assert answer.startswith(b"HTTP/1.1 408") and 0.9 < time.monotonic() - started < 5, answer
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:  # slow, but never idle 1 s
+            body = b'{"model": "gpt-3.5-turbo", "input": "slowly"}'
+            s.sendall(head.replace("{n}", str(len(body))).encode())
+            for i in range(0, len(body), 12):
+                time.sleep(0.3)
+                s.sendall(body[i : i + 12])
+            assert s.recv(200).startswith(b"HTTP/1.1 200")
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:  # leaves mid-body
+            s.sendall(head.replace("{n}", "100").encode() + b'{"mo')
+        deadline = time.monotonic() + 5
+        while "POST /v1/responses 499" not in server.log():
+            assert time.monotonic() < deadline, server.log()[-2000:]
+            time.sleep(0.05)
+    finally:
+        server.stop()
+    assert "unexpected" not in server.log() and "Traceback" not in server.log()

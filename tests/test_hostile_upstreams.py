@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import openai
@@ -107,7 +108,10 @@ def evil(upstreams: Upstreams) -> Evil:
 def gateway(upstreams: Upstreams, evil: Evil, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     allowed = ",".join(url for name, url in evil.urls.items() if name != "trap")
     workdir = tmp_path_factory.mktemp("hostile")
-    (workdir / "models.toml").write_text(f'[[models]]\nname = "hostile-*"\nbase_url = "{evil.urls["hostile"]}"\n')
+    (workdir / "models.toml").write_text(
+        f'[[models]]\nname = "hostile-*"\nbase_url = "{evil.urls["hostile"]}"\n'
+        f'[[models]]\nname = "leaky-*"\nbase_url = "{evil.urls["leaky"]}"\n'
+    )
     env = upstreams.env(CHATGPT_SERVER_ALLOWED_UPSTREAMS=allowed, CHATGPT_SERVER_MAX_REPLY_BYTES=str(CAP),
                         CHATGPT_SERVER_MODELS_FILE=str(workdir / "models.toml"))  # fmt: skip
     proc = ServerProcess(workdir, env).start()
@@ -544,7 +548,7 @@ def assert_nothing_secret(answer: Answer, secret: str) -> None:
     text, in the body or any header; a Retry-After only as seconds or an HTTP date."""
     response = answer.response
     everything = (response.text + "\n" + "\n".join(f"{k}: {v}" for k, v in response.headers.items())).lower()
-    for form in (secret, secret[-8:]):
+    for form in (secret, secret[-8:], quote(secret, safe="")):
         assert form.lower() not in everything, f"{form!r} came back: {response.text[:500]}"
     for other in OTHER_SECRETS:
         assert other.split()[-1].split("=")[-1][-12:].lower() not in everything, other
@@ -571,6 +575,22 @@ def test_a_reply_whose_id_and_model_are_the_key_shows_neither(gateway: ServerPro
     got = call(http, f"labels {uuid.uuid4().hex}", evil.urls["leaky"], key=key, kind=kind)
     assert got.status in (200, 201) and got.text == "Hello there", got.response.text
     assert_nothing_secret(got, key)
+    # The Chat Completions pass-through passes the reply on as written, but for the caller's key.
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0) as sdk:
+        messages: Any = [{"role": "user", "content": "labels"}]
+        raw = sdk.chat.completions.with_raw_response.create(model="leaky-1", messages=messages, stream=kind == "2")
+        body = raw.http_response.read().decode()
+    assert "Hello" in body and key.lower() not in body.lower() and key[-8:].lower() not in body.lower()
+
+
+def test_a_key_echoed_url_encoded_never_comes_back(gateway: ServerProcess, http: httpx.Client, evil: Evil) -> None:
+    key = "evil" + secrets.token_hex(12) + "/x+y=="  # not key-shaped, with characters a URL would encode
+    rid = uuid.uuid4().hex
+    got = call(http, f"400 {uuid.uuid4().hex}", evil.urls["leaky"], key=key, rid=rid)
+    assert got.status == 400 and "in a URL" in got.message, got.message
+    assert_nothing_secret(got, key)
+    assert_not_logged(gateway, rid, key)
+    assert quote(key, safe="").lower() not in gateway.log().lower()
 
 
 @pytest.mark.parametrize("question", LEAKY_CHAT + [f"429 {name}" for name in RETRY_NAMES] + ["503 bearer"])

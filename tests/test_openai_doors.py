@@ -670,3 +670,34 @@ def test_a_turn_from_another_door_while_the_conversation_answers_is_kept(
     sdk.responses.create(model="gpt-3.5-turbo", input="next", conversation=conversation.id)
     texts = [m["content"] for m in sent(upstreams)["messages"]]
     assert [t for t in texts if not t.startswith("echo")] == ["first", "side", "slow one", "next"]
+
+
+def test_a_deleted_item_cannot_be_referenced(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    conversation = sdk.conversations.create(items=[{"type": "message", "role": "user", "content": "forget me"}])
+    item = next(iter(sdk.conversations.items.list(conversation.id)))
+    sdk.conversations.items.delete(str(item.id), conversation_id=conversation.id)
+    calls = len(upstreams.openai.requests)
+    with pytest.raises(openai.NotFoundError):
+        sdk.responses.create(model="gpt-3.5-turbo", input=[{"type": "item_reference", "id": str(item.id)}])
+    assert len(upstreams.openai.requests) == calls  # its text went nowhere
+
+
+def test_what_cannot_be_a_conversation_id_is_a_404_on_every_store(
+    tmp_path: Path, upstreams: Upstreams, network_kind: str
+) -> None:
+    from .shared_stores import store_url
+
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_STORE_URL=store_url(network_kind, tmp_path))).start()
+    try:
+        headers = {"Authorization": f"Bearer {KEY}"}
+        item = {"items": [{"type": "message", "role": "user", "content": "x"}]}
+        for bad in ("conv_%00x", "%00", "c" * 3000):
+            ask = {"model": "gpt-3.5-turbo", "input": "x", "conversation": bad.replace("%00", "\x00")}
+            cases = [("POST", f"/v1/conversations/{bad}/items", item), ("GET", f"/v1/conversations/{bad}", None),
+                     ("POST", "/v1/responses", ask)]  # fmt: skip
+            for method, path, body in cases:
+                response = httpx.request(method, server.url + path, json=body, headers=headers, timeout=30)
+                assert response.status_code in (400, 404), (bad[:20], path[:40], response.text[:200])
+    finally:
+        server.stop()
+    assert "unexpected" not in server.log() and "store unavailable" not in server.log()

@@ -515,6 +515,15 @@ def test_hostile_codex_events_are_read_or_a_bad_gateway(name: str, data: str, ex
         assert outcome(lambda p=parser: p.feed(name, data)) == expected  # type: ignore[misc]
 
 
+def test_a_codex_stream_of_more_tool_calls_than_a_model_makes_is_a_bad_gateway() -> None:
+    parser = CodexParser(HOST, SECRET)
+    added = '{"type": "response.output_item.added", "item": {"type": "function_call", "id": "fc-%d", "name": "f"}}'
+    for i in range(128):
+        parser.feed("", added % i)
+    with pytest.raises(BadGateway):
+        parser.feed("", added % 128)
+
+
 @pytest.mark.parametrize(("data", "error"), PRECISE_CODEX, ids=range(len(PRECISE_CODEX)))
 def test_codex_failures_named_by_the_backend_stay_precise(data: str, error: type[ServiceError]) -> None:
     with pytest.raises(error) as caught:
@@ -715,3 +724,12 @@ def test_scrub_never_shows_a_credential_or_a_piece_of_one() -> None:
         shown = scrub(text, key).lower()
         assert len(shown) <= 301
         assert not any(key[i : i + 6].lower() in shown for i in range(len(key) - 5)), (text, shown)
+
+
+def test_a_plan_type_holding_the_token_is_scrubbed() -> None:
+    token = "plain-tok-A1B2C3D4"  # nothing key-shaped about it: only knowing the token finds it
+    for code in ("usage_limit_reached", "usage_not_included"):
+        data = orjson.dumps({"type": "error", "error": {"code": code, "plan_type": token}}).decode()
+        with pytest.raises(ServiceError) as caught:
+            CodexParser(HOST, token).feed("", data)
+        assert token[-8:] not in str(caught.value.params)

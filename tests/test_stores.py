@@ -434,6 +434,26 @@ def test_sqlite_writes_wait_for_another_process_holding_the_lock(tmp_path: Path)
         holder.close()
 
 
+def test_a_conversation_write_goes_after_the_tip_as_it_is_at_the_write(kind: str, tmp_path: Path) -> None:
+    """A turn (or added items) of a conversation is written after its tip as it is when written, even if
+    another door moved the tip since the turn read it: both stay in the conversation's line."""
+
+    async def body(store: Store) -> None:
+        await store.put_record(Record("conversation", "conv-1", "owner-a", {}, None, 1.0, 1.0), None)
+        a, b, c = new("a"), new("b"), new("c", "assistant")
+        await store.add_turn(turn(None, a, conversation_tip="conv-1"))
+        await store.add_turn(turn(a.item.id, b))  # another door, from the tip: the tip moves to b
+        await store.add_turn(turn(a.item.id, c, conversation_tip="conv-1"))  # it read the tip when it was a
+        record = await store.get_record("conversation", "conv-1")
+        assert record is not None and record.tip == c.item.id
+        assert ids_of(await store.history("owner-a", c.item.id, 10_000)) == [c.item.id, b.item.id, a.item.id]
+        d = new("d")  # a stale parent that is not the owner's item of this conversation changes nothing
+        await store.add_turn(turn(c.item.id, d, conversation_tip="conv-1"))
+        assert ids_of(await store.history("owner-a", d.item.id, 10_000))[:2] == [d.item.id, c.item.id]
+
+    with_store(store_url(kind, tmp_path), body)
+
+
 def test_nul_characters_are_kept_or_stand_in_and_never_break_a_store(kind: str, tmp_path: Path) -> None:
     """A question or reply holding NUL (PostgreSQL text cannot) is stored, its prompt JSON exact; an id
     holding NUL (none of ours does) is simply not found, on every store."""

@@ -105,5 +105,15 @@ class ShuttingDown(ServiceUnavailable):
         super().__init__("shutting_down")
 
 
+class RequestTimeout(ServiceError):
+    status = 408
+
+
+class ClientGone(ServiceError):
+    """The client closed the connection before its request was read: nobody to answer (nginx's 499)."""
+
+    status = 499
+
+
 class GatewayTimeout(ServiceError):
     status = 504

@@ -131,7 +131,7 @@ class Settings(BaseSettings):
         default=32 * 1024, ge=1024, le=1024 * 1024, description="request line + headers limit"
     )
     header_timeout_seconds: float = Field(
-        default=10.0, gt=0, le=600, description="time allowed for a request's headers"
+        default=10.0, gt=0, le=600, description="time allowed for a request's headers; and a body may not stall longer"
     )
     history_cache_mb: int = Field(default=32, ge=0, le=65536, description="memory for recent conversation histories")
     token_margin_seconds: int = Field(

@@ -28,6 +28,7 @@ import re
 import uuid
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import quote
 
 import orjson
 from aiohttp import web
@@ -321,6 +322,19 @@ def _completion(message: Any = None, **fields: Any) -> dict[str, Any]:
 WHOLE_REPLIES: dict[str, bytes] = {
     "choices_object": orjson.dumps({"id": "x", "choices": {"0": {"message": {"role": "assistant", "content": "hi"}}}}),
     "choices_empty": orjson.dumps({"id": "x", "choices": []}),
+    # more calls than any model makes (each is cheap; tens of thousands once took seconds to order)
+    "tool_calls_200": orjson.dumps(
+        _completion(
+            {
+                "role": "assistant",
+                "content": None,
+                "tool_calls": [
+                    {"id": f"c{i}", "type": "function", "function": {"name": "f", "arguments": "{}"}}
+                    for i in range(200)
+                ],
+            }
+        )
+    ),
     "choices_numbers": orjson.dumps({"id": "x", "choices": [1, 2]}),
     "error_string": orjson.dumps({"error": "the model fell over"}),
     "error_number": orjson.dumps({"error": 500}),
@@ -596,10 +610,11 @@ class Endless(Recording):
 
 # -- credentials echoed -------------------------------------------------------------------------
 def spellings(secret: str) -> list[str]:
-    """How a careless upstream echoes a credential: as sent, upper-, lower- and swapped-case, and its
-    last 8 characters in each case."""
+    """How a careless upstream echoes a credential: as sent, upper-, lower- and swapped-case, its
+    last 8 characters in each case, and URL-encoded (as a query string carries it)."""
     tail = secret[-8:]
-    return [secret, secret.upper(), secret.lower(), secret.swapcase(), tail, tail.upper(), tail.swapcase()]
+    return [secret, secret.upper(), secret.lower(), secret.swapcase(), tail, tail.upper(), tail.swapcase(),
+            quote(secret, safe="")]  # fmt: skip
 
 
 OTHER_SECRETS = ["sk-proj-Zq3vT8xYw2LmN5pRk7Hs", "Bearer abc.def-ghi_jkl", "api_key=Q9w8E7r6T5y4U3i2",
@@ -611,6 +626,7 @@ def echo_text(secret: str) -> str:
     forms = spellings(secret)
     return (f"Incorrect API key provided: {forms[0]}. Shouted: {forms[1]}; quiet: {forms[2]}; odd: {forms[3]}; "
             f"masked: ...{forms[4]} ({forms[5]}, {forms[6]}); in a header: Authorization: Bearer {secret}; "
+            f"in a URL: https://example.com/v1?key={forms[7]}; "
             f"also seen: {', '.join(OTHER_SECRETS)}")  # fmt: skip
 
 
@@ -677,11 +693,13 @@ class ChatLeaky(Recording):
         if words[0] == "labels":  # a good reply whose id and model are the key, in other spellings
             if body.get("stream"):
                 first = _chunk({"role": "assistant", "content": "Hello"}, id=secret, model=secret.upper())
-                frames = [first, _chunk({"content": " there"}, id=secret, model="model-" + secret[-8:]), b"[DONE]"]
+                last = {"index": 0, "delta": {"content": " there"}, "finish_reason": secret.lower()}
+                frames = [first, orjson.dumps({"id": secret, "model": "model-" + secret[-8:], "choices": [last]}),
+                          b"[DONE]"]  # fmt: skip
                 return await _stream_frames(request, frames)
             reply = {"id": secret, "object": "chat.completion", "model": "model-" + secret[-8:],
                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"},
-                                  "finish_reason": "stop"}]}  # fmt: skip
+                                  "finish_reason": secret}]}  # fmt: skip
             return _json(200, reply, {})
         if words[0] == "code":  # the key as the code alone, as a 401 would carry it
             return _json(int(words[1]), {"error": {"message": "no", "code": secret}}, headers)

@@ -11,10 +11,19 @@ import time
 from ..errors import Conflict, NotFound
 from ..stores import Record, Store
 
+MAX_ID = 256  # no id of ours is longer, and none holds a control character
+
+
+def check_id(conversation_id: str) -> None:
+    """404 at once for what cannot be a conversation id (before it reaches a store key or an index)."""
+    if len(conversation_id) > MAX_ID or not conversation_id.isprintable():
+        raise NotFound("conversation_not_found_here", id=conversation_id[:MAX_ID].encode("unicode_escape").decode())
+
 
 async def find(store: Store, owner: str, conversation_id: str, *, make: bool = False) -> Record:
     """The caller's conversation (404 if it is not theirs, or deleted); one that has only items is
     shown from them and, with ``make``, given a record."""
+    check_id(conversation_id)
     record = await store.get_record("conversation", conversation_id)
     if record is not None:
         if record.owner != owner or record.body.get("deleted"):

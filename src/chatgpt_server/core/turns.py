@@ -23,7 +23,7 @@ from ..errors import BadRequest, GatewayTimeout, NotFound, ServiceError, Shuttin
 from ..stores import HistoryRow, NewItem, Record, Store, StoredItem, TurnWrite
 from ..upstreams.base import Event, Prompt, Reply, Target, ToolCall, Upstream
 from .activity import Activity, current_log
-from .conversations import find
+from .conversations import check_id, find
 from .history import MIN_ROWS, HistoryCache, Path, cut, path_from_store
 from .items import Item, mint
 from .leases import Leases, Release
@@ -129,6 +129,7 @@ class Turns:
     async def hold(self, conversation_id: str, ttl_s: float) -> Release:
         """One writer at a time for a conversation named by id, on every instance: a second turn
         meanwhile is refused, as OpenAI refuses it, rather than forking the conversation."""
+        check_id(conversation_id)
         release: Release | None = await self._timed(self.queues.try_acquire("conversation:" + conversation_id, ttl_s))
         if release is None:
             raise BadRequest("conversation_locked", id=conversation_id[:256], param="conversation")
@@ -400,7 +401,8 @@ class OpenTurn:
         order = list(self._order)
         if ("message", -1) not in order and (text or not calls):
             order.append(("message", -1))
-        order += [("tool", index) for index in calls if ("tool", index) not in order]
+        placed = set(order)  # a set: a reply may carry very many calls, and a list scan per call is quadratic
+        order += [("tool", index) for index in calls if ("tool", index) not in placed]
         outputs: list[Item] = []
         for kind, index in order:
             if kind == "message":
@@ -437,9 +439,8 @@ class OpenTurn:
         items = [*result.inputs, *result.outputs]
         chats = [*self.input_chats, *_encode(result.outputs)]
         new = [NewItem(item, chat, item.cost(self.encoding)) for item, chat in zip(items, chats, strict=True)]
-        parent_id = await self._current_tip(result.parent_id)
         write = TurnWrite(
-            owner=spec.owner, conversation_id=self.conversation_id, parent_id=parent_id, enc=self.encoding,
+            owner=spec.owner, conversation_id=self.conversation_id, parent_id=result.parent_id, enc=self.encoding,
             origin=spec.origin, created_at=self.created_at, items=new,
             response_id=None, conversation_tip=spec.conversation,
         )  # fmt: skip
@@ -448,7 +449,9 @@ class OpenTurn:
             write.response, write.response_id = record, record.id
         await self.turns._timed(self.turns.store.add_turn(write))
         base = self.base
-        if parent_id != result.parent_id or len(base.rows) + len(new) < MIN_ROWS:
+        # A conversation's turn goes after its tip as the store finds it (another door may have moved it
+        # meanwhile): the path read before is not certain to be its history, so it is not kept.
+        if spec.conversation is not None or len(base.rows) + len(new) < MIN_ROWS:
             return  # too short to keep in memory
         rows: list[HistoryRow] = []
         parent = result.parent_id
@@ -458,21 +461,6 @@ class OpenTurn:
             parent = n.item.id
         path = self.turns.cache.extend(base.rows, base.complete, base.coverage, rows, spec.owner, base.gen)
         self.turns.cache.put(items[-1].id, path)
-
-    async def _current_tip(self, began_at: str | None) -> str | None:
-        """Where a turn asked by conversation id is written: after the conversation's tip as it is now.
-        Only such turns hold the conversation; a turn through another door (from the tip, by its id) may
-        have continued it meanwhile, and goes before this one rather than being dropped from it."""
-        conversation = self.spec.conversation
-        if conversation is None or began_at is None:
-            return began_at
-        record = await self.turns._timed(self.turns.store.get_record("conversation", conversation))
-        if record is None or not record.tip or record.tip == began_at:
-            return began_at
-        moved = await self.turns.resolve(self.spec.owner, record.tip)
-        if moved is None or moved.conversation_id != self.conversation_id:
-            return began_at
-        return moved.item.id
 
     async def close(self, settle: bool = True) -> None:
         """Let go of the upstream and the account queue (safe to call twice) and, when ``settle``,

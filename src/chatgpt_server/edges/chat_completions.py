@@ -7,6 +7,7 @@ oversized passes), and its usage goes to the access log. Nothing is stored.
 
 from __future__ import annotations
 
+import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -20,6 +21,7 @@ from ..core.relay import relay_stream, relay_whole
 from ..errors import BadRequest, ServiceError
 from ..upstreams.base import Target
 from ..upstreams.chat_completions import ChunkParser
+from ..upstreams.http import masking
 from .envelope import openai_error_body
 from .http import JSONBody, read_json
 from .messages import error_message
@@ -70,14 +72,17 @@ async def create(request: Request, services: Services) -> ASGIApp:
         async def on_leave() -> None:
             await chunks.aclose()  # closes the upstream response: the upstream stops writing
 
-        return EventStream(_events(chunks, parser, added), settings.heartbeat_seconds, on_leave)
+        return EventStream(_events(chunks, parser, added, masking(key)), settings.heartbeat_seconds, on_leave)
     log.route = "chat.completions"
     raw, usage = await relay_whole(services.relay, orjson.dumps(body), target, settings.timeout_ms / 1000)
     log.outcome = _usage_note(usage)
-    return Response(raw, media_type="application/json")
+    # Passed on as written, but never with the caller's key in it (an upstream that echoes it as an id).
+    secret = masking(key)
+    return Response(secret.sub(b"***", raw) if secret.search(raw) else raw, media_type="application/json")
 
 
-async def _events(chunks: AsyncIterator[str], parser: ChunkParser, usage_added: bool) -> AsyncIterator[bytes]:
+async def _events(chunks: AsyncIterator[str], parser: ChunkParser, usage_added: bool,
+                  secret: re.Pattern[bytes]) -> AsyncIterator[bytes]:  # fmt: skip
     log = current_log()
     try:
         async for data in chunks:
@@ -85,7 +90,10 @@ async def _events(chunks: AsyncIterator[str], parser: ChunkParser, usage_added: 
                 continue
             if "\n" in data:  # it came over several data lines: so it goes on
                 data = data.replace("\n", "\ndata: ")
-            yield b"data: " + data.encode() + b"\n\n"
+            line = data.encode()
+            if secret.search(line):
+                line = secret.sub(b"***", line)
+            yield b"data: " + line + b"\n\n"
         log.outcome = "done " + _usage_note(parser.usage)
     except ServiceError as exc:
         log.outcome, log.message = "error", error_message(exc, "en")

@@ -118,7 +118,7 @@ def reply_data(chat: ChatRequest, result: TurnResult, model: str) -> dict[str, A
     conversation_id = result.conversation_id
     web = result.outputs[0].meta.get("web") if result.outputs else None
     if isinstance(web, list) and web:
-        conversation_id = web[0]
+        conversation_id = shown_label(web[0], chat.key) or conversation_id
     data: dict[str, Any] = {
         "role": "assistant",
         "id": result.reply_id,
@@ -127,7 +127,7 @@ def reply_data(chat: ChatRequest, result: TurnResult, model: str) -> dict[str, A
         "text": result.text,
     }
     if chat.mode == "1":
-        finish = reply.finish_reason or ("stop" if not result.incomplete else None)
+        finish = shown_label(reply.finish_reason, chat.key) or ("stop" if not result.incomplete else None)
         data["detail"] = {
             "id": shown_label(reply.upstream_id, chat.key) or result.reply_id,
             "object": "chat.completion",

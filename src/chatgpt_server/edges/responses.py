@@ -362,7 +362,7 @@ async def _resolve_references(services: Services, owner: str, items: list[Item |
             out.append(entry)
             continue
         found = await services.turns.resolve(owner, entry)
-        if found is None:
+        if found is None or found.deleted:  # a deleted item is gone for every door
             raise NotFound("item_not_found", id=entry)
         out.append(copy_of(found.item))
     return out

@@ -83,8 +83,10 @@ class TurnWrite:
     items: list[NewItem]
     response_id: str | None = None
     response: Record | None = None  # inserted with the turn
-    # Set (to the conversation's id) for a turn asked through ``conversation=``: the conversation
-    # record's tip moves to the last item. Without it the tip moves only if it was the turn's parent.
+    # Set (to the conversation's id) for a turn asked through ``conversation=`` (or items added to
+    # it): the turn is written after the conversation's tip as it is at the write, atomically, whatever
+    # ``parent_id`` says (a turn through another door may have continued it meanwhile), and the tip
+    # moves to its last item. Without it the tip moves only if it was the turn's parent.
     conversation_tip: str | None = None
 
 

@@ -92,6 +92,15 @@ async def _keep_session(conn: Any) -> None:
     session-level locks, and asyncpg still rolls back a transaction left open."""
 
 
+# The conversation's tip (locked until the turn is written), if it is an item of the caller's in it.
+_LOCK_TIP = """
+SELECT r.tip FROM records r
+WHERE r.kind = 'conversation' AND r.id = $1
+  AND EXISTS (SELECT 1 FROM items i WHERE i.id = r.tip AND i.owner = $2 AND i.conversation_id = $1)
+FOR UPDATE
+"""
+
+
 def _swallow(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
@@ -275,14 +284,32 @@ class PostgresStore(Store):
             [i.status for i in items],
         )  # fmt: skip
         try:
-            await self._call(lambda pool: pool.execute(_ADD_TURN, *args))
+            if turn.conversation_tip:
+                await self._call(lambda pool: self._add_after_tip(pool, turn, args))
+            else:
+                await self._call(lambda pool: pool.execute(_ADD_TURN, *args))
         except asyncpg.UniqueViolationError:
             # Another turn took the parent's next slot between our read and write: fork instead.
             forced = (*args[:2], True, *args[3:])
             try:
-                await self._call(lambda pool: pool.execute(_ADD_TURN, *forced))
+                if turn.conversation_tip:
+                    await self._call(lambda pool: self._add_after_tip(pool, turn, forced))
+                else:
+                    await self._call(lambda pool: pool.execute(_ADD_TURN, *forced))
             except asyncpg.UniqueViolationError as exc:
                 raise StoreUnavailable(reason=describe(exc, self.url)) from exc
+
+    @staticmethod
+    async def _add_after_tip(pool: asyncpg.Pool, turn: TurnWrite, args: tuple[Any, ...]) -> None:
+        """A conversation's turn, after its tip as it is now: the tip is read under a row lock, and the
+        turn written in the same transaction (by a later statement, which sees a turn another door
+        committed while we waited for the lock)."""
+        async with pool.acquire() as conn, conn.transaction():
+            tip = await conn.fetchval(_LOCK_TIP, turn.conversation_id, turn.owner)
+            if tip is not None and tip != turn.parent_id:
+                first_parents = [tip, *args[14][1:]]
+                args = (tip, *args[1:14], first_parents, *args[15:])
+            await conn.execute(_ADD_TURN, *args)
 
     async def get_item(self, owner: str, item_id: str) -> StoredItem | None:
         if NUL in item_id:  # no id of ours holds one (and PostgreSQL text cannot)

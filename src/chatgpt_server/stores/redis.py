@@ -48,6 +48,15 @@ local p, owner, conv, parent = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local enc, origin, created, rid, ttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 local n, body, tipconv = tonumber(ARGV[10]), ARGV[11], ARGV[12]
 if redis.call('EXISTS', p .. 'i:' .. ARGV[13]) == 1 then return 1 end
+local ckey2 = p .. 'r:conversation:' .. conv
+if tipconv ~= '' then  -- after the conversation's tip as it is now, if it is the caller's item of it
+  local now = redis.call('HGET', ckey2, 't')
+  if now and now ~= '' and now ~= parent then
+    local f = redis.call('HMGET', p .. 'i:' .. now, 'o', 'c')
+    if f[1] == owner and f[2] == conv then parent = now end
+  end
+end
+local first_parent = parent
 local seq = redis.call('INCRBY', p .. 'seq', n) - n
 local ckey = p .. 'c:' .. conv
 for i = 0, n - 1 do
@@ -70,9 +79,8 @@ if rid ~= '' and body ~= '' then
     if ttl > 0 then redis.call('PEXPIRE', rkey, ttl) end
   end
 end
-local ckey2 = p .. 'r:conversation:' .. conv
 local tip = redis.call('HGET', ckey2, 't')
-if tip and (tipconv ~= '' or tip == ARGV[4]) then
+if tip and (tipconv ~= '' or tip == first_parent) then
   redis.call('HSET', ckey2, 't', parent, 'ua', created)
   redis.call('HINCRBY', ckey2, 'v', 1)
   if ttl > 0 then redis.call('PEXPIRE', ckey2, ttl) end

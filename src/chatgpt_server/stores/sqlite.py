@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import fcntl
 import os
 import sqlite3
@@ -107,6 +108,13 @@ def record_from_row(row: tuple[Any, ...] | Any) -> Record:
 
 def record_params(r: Record, version: int) -> tuple[Any, ...]:
     return (r.kind, r.id, r.owner, orjson.dumps(r.body).decode(), r.tip, r.created_at, r.updated_at, version, r.gen)
+
+
+# The conversation's tip, if it is an item of the caller's in that conversation.
+_CURRENT_TIP = (
+    "SELECT r.tip FROM records r JOIN items i ON i.id = r.tip "
+    "WHERE r.kind = 'conversation' AND r.id = ?1 AND i.owner = ?2 AND i.conversation_id = ?1"
+)
 
 
 def turn_rows(turn: TurnWrite, branch: str, end: int) -> list[tuple[Any, ...]]:
@@ -341,6 +349,10 @@ class SQLiteStore(Store):
 
     @staticmethod
     def _insert_turn(db: sqlite3.Connection, turn: TurnWrite) -> None:
+        if turn.conversation_tip:
+            row = db.execute(_CURRENT_TIP, (turn.conversation_id, turn.owner)).fetchone()
+            if row and row[0] != turn.parent_id:
+                turn = dataclasses.replace(turn, parent_id=row[0])
         first = turn.items[0].item.id
         branch, end = first, 0
         if turn.parent_id:

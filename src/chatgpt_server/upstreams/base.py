@@ -20,6 +20,7 @@ from ..core.items import Item
 from ..stores import HistoryRow
 
 MAX_LABEL = 200  # an upstream id longer than this is not kept (it is a label, never a key)
+MAX_TOOL_CALLS = 128  # tool calls in one reply: more is a hostile reply, not a model's answer
 
 
 def label(value: Any) -> str | None:

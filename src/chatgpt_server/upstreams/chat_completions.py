@@ -17,7 +17,7 @@ import orjson
 from ..core.items import chat_messages, mint
 from ..core.tokens import uses_max_completion_tokens
 from ..errors import BadGateway, BadRequest, Forbidden, ServiceError, TooManyRequests, Unauthorized
-from .base import ALIVE, Event, ParsedReply, Prompt, Reply, Target, ToolCall, label
+from .base import ALIVE, MAX_TOOL_CALLS, Event, ParsedReply, Prompt, Reply, Target, ToolCall, label
 from .http import (
     TRANSPORT_ERRORS,
     HTTPClient,
@@ -177,6 +177,8 @@ def parse_completion(raw: bytes, host: str) -> dict[str, Any]:
     if raw_calls is not None:
         if not isinstance(raw_calls, list):
             raise _bad(host, "choices[0].message.tool_calls is not a list")
+        if len(raw_calls) > MAX_TOOL_CALLS:
+            raise _bad(host, f"more than {MAX_TOOL_CALLS} tool calls")
         for call in raw_calls:
             function = call.get("function") if isinstance(call, dict) else None
             if not isinstance(function, dict) or not isinstance(function.get("name"), str):
@@ -354,7 +356,7 @@ class ChunkParser:
             if not isinstance(call, dict):
                 raise _bad(self.host, "a tool call delta is not an object")
             index = call.get("index", 0)
-            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < 128:
+            if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_TOOL_CALLS:
                 raise _bad(self.host, "a tool call delta has no valid index")
             function = call.get("function") or {}
             if not isinstance(function, dict):

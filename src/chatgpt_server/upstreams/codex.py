@@ -26,7 +26,7 @@ from ..errors import (
     TooManyRequests,
     Unauthorized,
 )
-from .base import ALIVE, Event, ParsedReply, Prompt, Reply, Target, ToolCall, label
+from .base import ALIVE, MAX_TOOL_CALLS, Event, ParsedReply, Prompt, Reply, Target, ToolCall, label
 from .http import (
     TRANSPORT_ERRORS,
     HTTPClient,
@@ -160,7 +160,7 @@ def codex_error(status: int, code: str, message: str, error: dict[str, Any], hos
     the error's own fields do not say when to try again."""
     detail = scrub(message or code or f"HTTP {status}", token)
     plan = error.get("plan_type") if isinstance(error.get("plan_type"), str) else ""
-    plan = scrub(plan, limit=20) or "your"
+    plan = scrub(plan, token, limit=20) or "your"
     if code == "usage_limit_reached":
         seconds = _retry_seconds(error)
         headers = {"Retry-After": str(seconds)} if seconds is not None else retry_after(retry)
@@ -276,6 +276,8 @@ class CodexParser:
         key = _item_key(item) or f"#{len(self._order)}"
         if not isinstance(name, str) or not name or key in self.calls:
             raise _bad(self.host, "a function call without a name")
+        if len(self._order) >= MAX_TOOL_CALLS:
+            raise _bad(self.host, f"more than {MAX_TOOL_CALLS} tool calls")
         call = ToolCall(len(self._order), mint("call_"), name[:256], "", label(item.get("call_id")))
         self.calls[key] = call
         self._order.append(key)

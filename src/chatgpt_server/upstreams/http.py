@@ -14,7 +14,7 @@ import email.utils
 import functools
 import re
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urlsplit
 
 import aiohttp
 
@@ -45,10 +45,21 @@ def host_of(url: str) -> str:
 
 def secret_forms(secret: str) -> list[str]:
     """The spellings of a credential a careless upstream might echo, matched in any letter case: as
-    sent, and its last 8 characters (what masked keys show)."""
+    sent, URL-encoded (as a query string would carry it), and its last 8 characters (what masked keys
+    show)."""
     if not secret:
         return []
-    return [secret, secret[-8:]] if len(secret) > 8 else [secret]
+    forms = {secret, quote(secret, safe=""), quote_plus(secret, safe="")}
+    if len(secret) > 8:
+        forms.add(secret[-8:])
+    return sorted(forms)
+
+
+def masking(secret: str) -> re.Pattern[bytes]:
+    """The credential in every spelling ``secret_forms`` gives, for text passed on untouched (the
+    Chat Completions pass-through): compiled once per credential (``re`` keeps recent patterns)."""
+    forms = sorted((re.escape(f.encode()) for f in secret_forms(secret)), key=len, reverse=True)
+    return re.compile(b"|".join(forms) or b"(?!)", re.IGNORECASE)
 
 
 def _text_of(value: Any) -> str:
