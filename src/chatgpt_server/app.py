@@ -40,7 +40,6 @@ from .core.owners import Owners
 from .core.rates import Window
 from .core.turns import Turns
 from .edges import access_token, chat_completions, conversations, docs, health, original, responses
-from .edges import http as http_edge
 from .edges.envelope import error_response, is_openai_path
 from .edges.messages import error_message, pick_language
 from .errors import MethodNotAllowed, NotFound, ServiceError, ShuttingDown, StoreUnavailable
@@ -419,7 +418,6 @@ class CORS(CORSMiddleware):
 
 
 def create_app(settings: Settings, store: Store | None = None) -> ASGIApp:
-    http_edge.BODY_IDLE_S = settings.header_timeout_seconds  # one process, one setting (as http_limits)
     app = App(settings, store)
     if not settings.cors_origins:  # only when asked for: it costs every request a look at its headers
         return app

@@ -105,10 +105,6 @@ class ShuttingDown(ServiceUnavailable):
         super().__init__("shutting_down")
 
 
-class RequestTimeout(ServiceError):
-    status = 408
-
-
 class ClientGone(ServiceError):
     """The client closed the connection before its request was read: nobody to answer (nginx's 499)."""
 

@@ -62,7 +62,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # Per-connection state, in slots: uvicorn's instance has 28 attributes already, and past 29 or so CPython 3.11
     # stops sharing the keys of instance dicts; attribute access, all of uvicorn's included, is then ~15 % slower.
-    __slots__ = ("_head_bytes", "_head_timer", "_message_ended", "_phase", "_reject_status", "_rejected")
+    __slots__ = ("_body_fed", "_head_bytes", "_head_timer", "_message_ended", "_phase", "_reject_status", "_rejected")
+    _body_fed: int  # reads that brought body bytes (a stalled body is one that stops bringing any)
     _phase: int
     _head_bytes: int  # bytes fed while the current head is incomplete
     _message_ended: bool  # a request ended during the current feed
@@ -77,6 +78,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._message_ended = self._rejected = False
         self._reject_status = 0
+        self._body_fed = 0
         super().connection_made(transport)
         self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
@@ -85,6 +87,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._phase == _BODY:
+            self._body_fed += 1
+        self._feed(data)
+        # A body that is not all here (the common request comes whole: nothing to do) may not stall
+        # longer than a head may take; checked by one timer, not per read.
+        if self._phase == _BODY and self._head_timer is None and not self._rejected:
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._body_stalled, self._body_fed)
+
+    def _feed(self, data: bytes) -> None:
         if self._rejected:
             return
         if self.timeout_keep_alive_task is not None:
@@ -162,6 +173,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         HttpToolsProtocol.on_message_complete(self)
+        self._cancel_head_timer()  # a body timer, if the body came in pieces
         self._phase = _IDLE
         self._head_bytes = 0
         self._message_ended = True
@@ -200,15 +212,21 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.close()
         # else blank lines came while a response is owed: its end arms uvicorn's keep-alive timeout
 
-    def _reject(self, status: int) -> None:
-        self._rejected = True
-        self._cancel_head_timer()
-        self.logger.info("Request head refused: %d", status)
-        if self.cycle is not None and not self.cycle.response_complete:
-            # A response (or a pipelined request) is still owed on this connection: let it finish, then close.
-            self.cycle.keep_alive = False
-            self.flow.pause_reading()
+    def _body_stalled(self, fed: int) -> None:
+        self._head_timer = None
+        if self._phase != _BODY or self.transport.is_closing():
             return
+        if self._body_fed != fed:  # more came meanwhile: look again a timeout from now
+            self._head_timer = self.loop.call_later(self.head_timeout_s, self._body_stalled, self._body_fed)
+            return
+        # Nothing for a whole timeout: 408, and the connection closes; the app reading the body sees its
+        # client gone (it cannot answer: the answer is this one).
+        self._rejected = True
+        self.logger.info("Request body stalled: 408")
+        self.transport.write(self._plain_response(408))
+        self.transport.close()
+
+    def _plain_response(self, status: int) -> bytes:
         body = STATUS_LINE[status][13:-2]  # the reason phrase
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
@@ -221,7 +239,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 body,
             ]
         )
-        self.transport.write(b"".join(content))
+        return b"".join(content)
+
+    def _reject(self, status: int) -> None:
+        self._rejected = True
+        self._cancel_head_timer()
+        self.logger.info("Request head refused: %d", status)
+        if self.cycle is not None and not self.cycle.response_complete:
+            # A response (or a pipelined request) is still owed on this connection: let it finish, then close.
+            self.cycle.keep_alive = False
+            self.flow.pause_reading()
+            return
+        self.transport.write(self._plain_response(status))
         self.transport.close()
 
 

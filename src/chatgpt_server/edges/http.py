@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -10,7 +9,7 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from ..errors import BadRequest, ClientGone, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from ..errors import BadRequest, ClientGone, PayloadTooLarge, UnsupportedMediaType
 
 FORM = "application/x-www-form-urlencoded"
 
@@ -32,32 +31,18 @@ def _is_json(kind: str) -> bool:
     return kind == "application/json" or (kind.startswith("application/") and kind.endswith("+json"))
 
 
-# A body that stops arriving for this long is given up (a slow-loris on the body); set from
-# CHATGPT_SERVER_HEADER_TIMEOUT_SECONDS at start-up.
-BODY_IDLE_S = 10.0
-
-
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise PayloadTooLarge("body_too_large", limit=limit)
     chunks: list[bytes] = []
     size = 0
-    stream = request.stream().__aiter__()
-    loop = asyncio.get_running_loop()
     try:
-        while True:
-            async with asyncio.timeout_at(loop.time() + BODY_IDLE_S):
-                try:
-                    chunk = await anext(stream)
-                except StopAsyncIteration:
-                    break
+        async for chunk in request.stream():  # a body that stalls is ended by http_limits (408)
             size += len(chunk)
             if size > limit:
                 raise PayloadTooLarge("body_too_large", limit=limit)
             chunks.append(chunk)
-    except TimeoutError as exc:
-        raise RequestTimeout("body_stalled", seconds=BODY_IDLE_S) from exc
     except ClientDisconnect as exc:
         raise ClientGone("client_gone") from exc
     return b"".join(chunks)

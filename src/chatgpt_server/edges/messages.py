@@ -265,10 +265,6 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "模型 {model} 由 ChatGPT 账号提供: 请使用 /v1/responses",
     ),
     # Accounts (device sign-in, refresh).
-    "body_stalled": (
-        "the request body stopped arriving for {seconds} s",
-        "请求体超过 {seconds} 秒没有继续到达",
-    ),
     "client_gone": ("the client closed the connection before its request was read", "客户端在请求读完前关闭了连接"),
     "device_sign_ins_limited": (
         "too many device sign-ins started from this address: try again in {seconds} s",
