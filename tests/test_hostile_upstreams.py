@@ -13,6 +13,7 @@ evil stand-ins of ``tests/standins/evil.py``.
 from __future__ import annotations
 
 import email.utils
+import html
 import json
 import re
 import secrets
@@ -547,7 +548,8 @@ def assert_nothing_secret(answer: Answer, secret: str) -> None:
     """No spelling of ``secret`` (any case, whole or its last 8 characters), no other credential-shaped
     text, in the body or any header; a Retry-After only as seconds or an HTTP date."""
     response = answer.response
-    everything = (response.text + "\n" + "\n".join(f"{k}: {v}" for k, v in response.headers.items())).lower()
+    everything = response.text + "\n" + "\n".join(f"{k}: {v}" for k, v in response.headers.items())
+    everything = (everything + "\n" + html.unescape(everything)).lower()  # as a browser showing it would read it
     for form in (secret, secret[-8:], quote(secret, safe="")):
         assert form.lower() not in everything, f"{form!r} came back: {response.text[:500]}"
     for other in OTHER_SECRETS:
@@ -558,13 +560,15 @@ def assert_nothing_secret(answer: Answer, secret: str) -> None:
 
 def assert_not_logged(gateway: ServerProcess, rid: str, secret: str) -> None:
     assert within(5, lambda: rid in gateway.log()), "the request's access log line never came"
-    log = gateway.log().lower()
+    log = gateway.log()
+    log = (log + html.unescape(log)).lower()
     for form in (secret, secret[-8:]):
         assert form.lower() not in log, f"{form!r} is in the server log"
 
 
 LEAKY_CHAT = ["400", "401", "403", "404", "409", "422", "500", "502", "503", "text 400", "text 500", "html 403",
-              "html 502", "whole", "code 401", "code 400", "code 403", "code 429", "code 500"]  # fmt: skip
+              "html 502", "entities 502", "entities 400", "whole", "code 401", "code 400", "code 403", "code 429",
+              "code 500"]  # fmt: skip
 RETRY_NAMES = sorted(junk_retry_after("k"))
 
 
@@ -581,6 +585,19 @@ def test_a_reply_whose_id_and_model_are_the_key_shows_neither(gateway: ServerPro
         raw = sdk.chat.completions.with_raw_response.create(model="leaky-1", messages=messages, stream=kind == "2")
         body = raw.http_response.read().decode()
     assert "Hello" in body and key.lower() not in body.lower() and key[-8:].lower() not in body.lower()
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_the_pass_through_masks_a_key_spelled_in_json_escapes(gateway: ServerProcess, stream: bool) -> None:
+    key = new_key()
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0) as sdk:
+        messages: Any = [{"role": "user", "content": "escaped"}]
+        if stream:
+            chunks = list(sdk.chat.completions.create(model="leaky-1", messages=messages, stream=True))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            text = sdk.chat.completions.create(model="leaky-1", messages=messages).choices[0].message.content or ""
+    assert text.startswith("E:") and key not in text and key[-8:] not in text
 
 
 def test_a_key_echoed_url_encoded_never_comes_back(gateway: ServerProcess, http: httpx.Client, evil: Evil) -> None:

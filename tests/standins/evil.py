@@ -690,6 +690,17 @@ class ChatLeaky(Recording):
                                                   orjson.dumps(error)])  # fmt: skip
         if words[0] == "whole":
             return _json(200, error, headers)
+        if words[0] == "entities":  # an HTML error page spelling the key as character references
+            spelled = "".join(f"&#{ord(c)};" for c in secret)
+            return web.Response(status=int(words[1]), text=f"<p>bad key {spelled}</p>", content_type="text/html")
+        if words[0] == "escaped":  # a good reply whose text spells the key in JSON \u escapes
+            escaped = "".join(f"\\u{ord(c):04x}" for c in secret)
+            raw = ('{"id": "x", "object": "chat.completion", "model": "m", "choices": [{"index": 0, "message": '
+                   '{"role": "assistant", "content": "E:' + escaped + '"}, "finish_reason": "stop"}]}')  # fmt: skip
+            if body.get("stream"):
+                chunk = '{"id": "x", "choices": [{"index": 0, "delta": {"content": "E:' + escaped + '"}}]}'
+                return await _stream_frames(request, [chunk.encode(), b"[DONE]"])
+            return web.Response(status=200, body=raw.encode(), content_type="application/json")
         if words[0] == "labels":  # a good reply whose id and model are the key, in other spellings
             if body.get("stream"):
                 first = _chunk({"role": "assistant", "content": "Hello"}, id=secret, model=secret.upper())

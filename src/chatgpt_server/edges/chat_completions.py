@@ -7,6 +7,7 @@ oversized passes), and its usage goes to the access log. Nothing is stored.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -77,8 +78,7 @@ async def create(request: Request, services: Services) -> ASGIApp:
     raw, usage = await relay_whole(services.relay, orjson.dumps(body), target, settings.timeout_ms / 1000)
     log.outcome = _usage_note(usage)
     # Passed on as written, but never with the caller's key in it (an upstream that echoes it as an id).
-    secret = masking(key)
-    return Response(secret.sub(b"***", raw) if secret.search(raw) else raw, media_type="application/json")
+    return Response(_masked(raw, masking(key)), media_type="application/json")
 
 
 async def _events(chunks: AsyncIterator[str], parser: ChunkParser, usage_added: bool,
@@ -90,14 +90,21 @@ async def _events(chunks: AsyncIterator[str], parser: ChunkParser, usage_added: 
                 continue
             if "\n" in data:  # it came over several data lines: so it goes on
                 data = data.replace("\n", "\ndata: ")
-            line = data.encode()
-            if secret.search(line):
-                line = secret.sub(b"***", line)
-            yield b"data: " + line + b"\n\n"
+            yield b"data: " + _masked(data.encode(), secret) + b"\n\n"
         log.outcome = "done " + _usage_note(parser.usage)
     except ServiceError as exc:
         log.outcome, log.message = "error", error_message(exc, "en")
         yield b"data: " + orjson.dumps(openai_error_body(exc)) + b"\n\n"
+
+
+def _masked(raw: bytes, secret: re.Pattern[bytes]) -> bytes:
+    """``raw`` with the caller's key masked, also where the JSON spells it in \\u escapes (then it is
+    written again, escapes decoded, which any JSON reader reads the same). A key split across stream
+    events is not seen: each event is passed on as it comes."""
+    if b"\\u" in raw:
+        with contextlib.suppress(ValueError, TypeError):  # not JSON, or too deep to write: as it came
+            raw = orjson.dumps(orjson.loads(raw))
+    return secret.sub(b"***", raw) if secret.search(raw) else raw
 
 
 async def list_models(request: Request, services: Services) -> Response:

@@ -12,6 +12,7 @@ import asyncio
 import datetime
 import email.utils
 import functools
+import html
 import re
 from typing import Any
 from urllib.parse import quote, quote_plus, urlsplit
@@ -76,6 +77,8 @@ def scrub(value: Any, *secrets: str, limit: int = 300) -> str:
     whole or its last 8 characters, and anything shaped like a key or bearer token), no control
     characters, one line, bounded. Total: any value gives a string, in time linear in its size."""
     text = _text_of(value)
+    if "&" in text:  # an HTML error page may spell the key as character references (&#115;&#107;...)
+        text = html.unescape(text)
     window = limit * 8
     if len(text) > window:
         # Cut where no credential is split (they hold no white space): before the run the cut falls in.
