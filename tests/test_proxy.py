@@ -15,14 +15,19 @@ from .standins.chatgpt_web import mint
 from .standins.http_proxy import ForwardProxy
 
 
-def test_upstream_calls_go_through_the_proxy(tmp_path: Path, upstreams: Upstreams) -> None:
+def forward_proxy(upstreams: Upstreams) -> tuple[ForwardProxy, int]:
+    """A forward proxy on the stand-ins' loop, and its port."""
     proxy = ForwardProxy()
 
     async def start() -> int:
         server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
         return int(server.sockets[0].getsockname()[1])
 
-    port = asyncio.run_coroutine_threadsafe(start(), upstreams.apps.loop).result(10)
+    return proxy, asyncio.run_coroutine_threadsafe(start(), upstreams.apps.loop).result(10)
+
+
+def test_upstream_calls_go_through_the_proxy(tmp_path: Path, upstreams: Upstreams) -> None:
+    proxy, port = forward_proxy(upstreams)
     server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_PROXY=f"http://127.0.0.1:{port}")).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
@@ -40,13 +45,7 @@ def test_sign_in_and_codex_calls_go_through_the_proxy(tmp_path: Path, upstreams:
     """Device sign-in (issuer calls, the JWKS) and mode 2 on the Codex backend, all via the proxy."""
     from .test_accounts import sign_in, unique
 
-    proxy = ForwardProxy()
-
-    async def start() -> int:
-        server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
-        return int(server.sockets[0].getsockname()[1])
-
-    port = asyncio.run_coroutine_threadsafe(start(), upstreams.apps.loop).result(10)
+    proxy, port = forward_proxy(upstreams)
     env = upstreams.codex_env(CHATGPT_SERVER_PROXY=f"http://127.0.0.1:{port}")
     server = ServerProcess(tmp_path, env).start()
     try:
