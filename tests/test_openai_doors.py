@@ -701,3 +701,15 @@ def test_what_cannot_be_a_conversation_id_is_a_404_on_every_store(
     finally:
         server.stop()
     assert "unexpected" not in server.log() and "store unavailable" not in server.log()
+
+
+def test_a_turn_that_fails_lets_its_conversation_go_before_the_error_is_told(
+    sdk: openai.OpenAI, upstreams: Upstreams
+) -> None:
+    conversation = sdk.conversations.create()
+    for _ in range(5):  # the retry comes the instant the error arrives: it never meets the lock
+        upstreams.apps.call(lambda: upstreams.openai.fail_next.append("500"))
+        with pytest.raises(openai.InternalServerError):
+            sdk.responses.create(model="gpt-3.5-turbo", input="fails", conversation=conversation.id)
+        reply = sdk.responses.create(model="gpt-3.5-turbo", input="retried", conversation=conversation.id)
+        assert reply.status == "completed"

@@ -216,14 +216,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_timer = None
         if self._phase != _BODY or self.transport.is_closing():
             return
-        if self._body_fed != fed:  # more came meanwhile: look again a timeout from now
+        if self._body_fed != fed or self.flow.read_paused:  # more came, or we stopped reading (the app has not
+            # read what is buffered yet): look again a timeout from now
             self._head_timer = self.loop.call_later(self.head_timeout_s, self._body_stalled, self._body_fed)
             return
         # Nothing for a whole timeout: 408, and the connection closes; the app reading the body sees its
         # client gone (it cannot answer: the answer is this one).
         self._rejected = True
         self.logger.info("Request body stalled: 408")
-        self.transport.write(self._plain_response(408))
+        if self.cycle is None or not self.cycle.response_started:  # else the app answered already
+            self.transport.write(self._plain_response(408))
         self.transport.close()
 
     def _plain_response(self, status: int) -> bytes:

@@ -158,8 +158,7 @@ class Turns:
         try:
             return await self._open(spec, hold)
         except BaseException:
-            if hold is not None:
-                hold()
+            await let_go(hold)  # before the error is told, so a retry does not meet the lock
             raise
 
     async def _open(self, spec: TurnSpec, hold: Release | None) -> OpenTurn:
@@ -470,7 +469,7 @@ class OpenTurn:
             current_log().upstream_ms += (time.perf_counter() - self._started) * 1000
             if self.reply is not None:
                 self.turns.activity.open_streams -= 1
-            self._forget(hold=False)
+            self._forget()
             if self.reply is not None:
                 with contextlib.suppress(Exception):
                     await self.reply.aclose()
@@ -478,14 +477,12 @@ class OpenTurn:
             hold, self.hold = self.hold, None
             await let_go(hold)
 
-    def _forget(self, hold: bool = True) -> None:
+    def _forget(self) -> None:
+        """Let go of the account queue; the conversation is let go of by ``close`` or ``Turns.open``."""
         self.turns.activity.turns.discard(self)
         if self._release is not None:
             self._release()
             self._release = None
-        if hold and self.hold is not None:
-            self.hold()
-            self.hold = None
 
 
 async def let_go(release: Release | None) -> None:

@@ -97,11 +97,14 @@ async def _events(chunks: AsyncIterator[str], parser: ChunkParser, usage_added: 
         yield b"data: " + orjson.dumps(openai_error_body(exc)) + b"\n\n"
 
 
+_ASCII_ESCAPE = re.compile(rb"\\u00[2-7][0-9a-fA-F]")
+
+
 def _masked(raw: bytes, secret: re.Pattern[bytes]) -> bytes:
     """``raw`` with the caller's key masked, also where the JSON spells it in \\u escapes (then it is
     written again, escapes decoded, which any JSON reader reads the same). A key split across stream
     events is not seen: each event is passed on as it comes."""
-    if b"\\u" in raw:
+    if _ASCII_ESCAPE.search(raw):  # a key is ASCII: only an escaped ASCII character can hide one
         with contextlib.suppress(ValueError, TypeError):  # not JSON, or too deep to write: as it came
             raw = orjson.dumps(orjson.loads(raw))
     return secret.sub(b"***", raw) if secret.search(raw) else raw

@@ -647,7 +647,8 @@ RESPONSE = _object(
         "created_at": {"type": "integer"},
         "status": {"enum": ["completed", "incomplete", "in_progress", "failed"]},
         "background": {"const": False},
-        "error": _or_null(_object({"code": _string(), "message": _string()}, ("code", "message"))),
+        "error": _or_null(_object({"code": _string(), "message": _string(), "type": _string("the precise code")},
+                                  ("code", "message"))),
         "incomplete_details": _or_null(_object({"reason": _string()}, ("reason",))),
         "instructions": _or_null(_string()),
         "max_output_tokens": _or_null({"type": "integer"}),
@@ -1055,7 +1056,7 @@ def _openai_paths() -> dict[str, Schema]:
             "post": op("addConversationItems", "Add items to a conversation", items_added,
                        {"400": "items are missing, empty or invalid (param names it), the body is not a JSON "
                         "object, or the conversation is answering a response (code conversation_locked)",
-                        **NOT_FOUND_CONVERSATION, **BODY_ERRORS, **V1_STORE},
+                        **NOT_FOUND_CONVERSATION, **CONFLICT, **BODY_ERRORS, **V1_STORE},
                        parameters=[CONVERSATION_ID], body=_json_body(ITEMS_ADD)),
         },
         "/v1/conversations/{id}/items/{item_id}": {

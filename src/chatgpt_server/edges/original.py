@@ -238,4 +238,4 @@ async def _events(turn: OpenTurn, chat: ChatRequest, model: str, path: str, lang
 def _conversation_shown(turn: OpenTurn) -> str:
     reply = turn.reply
     web = reply.meta.get("web") if reply is not None else None
-    return str(web[0]) if web else turn.conversation_id
+    return (shown_label(str(web[0]), turn.spec.target.credential) if web else None) or turn.conversation_id

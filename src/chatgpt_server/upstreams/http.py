@@ -56,9 +56,10 @@ def secret_forms(secret: str) -> list[str]:
     return sorted(forms)
 
 
+@functools.lru_cache(maxsize=256)  # the same few keys on every request
 def masking(secret: str) -> re.Pattern[bytes]:
     """The credential in every spelling ``secret_forms`` gives, for text passed on untouched (the
-    Chat Completions pass-through): compiled once per credential (``re`` keeps recent patterns)."""
+    Chat Completions pass-through)."""
     forms = sorted((re.escape(f.encode()) for f in secret_forms(secret)), key=len, reverse=True)
     return re.compile(b"|".join(forms) or b"(?!)", re.IGNORECASE)
 
