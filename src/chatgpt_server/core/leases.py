@@ -36,10 +36,9 @@ class Leases:
     async def acquire(self, key: str, ttl_s: float) -> Release:
         """Wait for ``key``; return the function that releases it (safe to call twice)."""
         release_local = await self.local.acquire(key)
-        ticket = secrets.token_hex(8)
         try:
             while True:  # the holder may be another process: polling the store is the only way to know
-                version = await self._try_take(key, ticket, ttl_s)
+                version = await self._try_take(key, ttl_s)
                 if version is not None:
                     break
                 await asyncio.sleep(POLL_S)
@@ -54,7 +53,7 @@ class Leases:
             return None
         release_local = await self.local.acquire(key)  # free: taken without waiting
         try:
-            version = await self._try_take(key, secrets.token_hex(8), ttl_s)
+            version = await self._try_take(key, ttl_s)
         except BaseException:
             release_local()
             raise
@@ -79,10 +78,10 @@ class Leases:
 
         return release
 
-    async def _try_take(self, key: str, ticket: str, ttl_s: float) -> int | None:
+    async def _try_take(self, key: str, ttl_s: float) -> int | None:
         """The version of the lease record now ours, or None if another holder's is in force."""
         now = time.time()
-        body = {"holder": self.holder, "ticket": ticket, "until": now + ttl_s}
+        body = {"holder": self.holder, "until": now + ttl_s}  # given back by version, not by who holds it
         if await self.store.put_record(Record("lease", key, "", body, None, now, now), None):
             return 1
         current = await self.store.get_record("lease", key)
