@@ -142,14 +142,23 @@ class Turns:
         try:
             record = await self._timed(find(self.store, owner, conversation_id, make=True))
             parent = await self.resolve(owner, record.tip) if record.tip else None
-            enc = parent.enc if parent is not None else "o200k_base"
-            new = [NewItem(item, item.chat(), item.cost(enc)) for item in items]
-            write = TurnWrite(owner=owner, conversation_id=conversation_id,
-                              parent_id=parent.item.id if parent is not None else None, enc=enc, origin="v1",
-                              created_at=time.time(), items=new, conversation_tip=conversation_id)  # fmt: skip
-            await self._timed(self.store.add_turn(write))
+            await self._write_items(owner, conversation_id, parent, items)
         finally:
             await let_go(release)
+
+    async def seed(self, owner: str, conversation_id: str, items: list[Item]) -> None:
+        """The first items of a conversation just made: nobody else knows its id yet, so there is no
+        writer to keep out and no tip to read."""
+        await self._write_items(owner, conversation_id, None, items)
+
+    async def _write_items(self, owner: str, conversation_id: str, parent: StoredItem | None,
+                           items: list[Item]) -> None:  # fmt: skip
+        enc = parent.enc if parent is not None else "o200k_base"
+        new = [NewItem(item, item.chat(), item.cost(enc)) for item in items]
+        write = TurnWrite(owner=owner, conversation_id=conversation_id,
+                          parent_id=parent.item.id if parent is not None else None, enc=enc, origin="v1",
+                          created_at=time.time(), items=new, conversation_tip=conversation_id)  # fmt: skip
+        await self._timed(self.store.add_turn(write))
 
     # -- opening a turn ------------------------------------------------------------------------------
     async def open(self, spec: TurnSpec) -> OpenTurn:

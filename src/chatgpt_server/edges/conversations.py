@@ -70,7 +70,7 @@ async def create(request: Request, services: Services) -> Response:
     record = Record("conversation", mint("conv_"), owner, {"metadata": metadata}, None, now, now)
     await services.store.put_record(record, None)
     if items:
-        await services.turns.append(owner, record.id, items)
+        await services.turns.seed(owner, record.id, items)
     return JSONBody(conversation_json(record))
 
 
