@@ -567,6 +567,7 @@ def test_retention_expires_old_items(kind: str, tmp_path: Path) -> None:
         while with_store(url, lambda s: s.get_item("owner-a", ids[-1])) is not None:
             assert time.monotonic() < deadline, "the keys did not expire"
             time.sleep(0.2)
+        assert with_store(url, lambda s: s.conversation_items("owner-a", "conv-1", None, 10, False)) == []
         return
     old = time.time() - 40 * 86400
 

@@ -19,9 +19,8 @@ from ..upstreams.http import (
     TRANSPORT_ERRORS,
     HTTPClient,
     host_of,
-    is_redirect,
+    post,
     read_limited,
-    redirect_error,
     scrub,
     transport_error,
 )
@@ -68,12 +67,8 @@ class OAuth:
     async def _post(self, path: str, body: bytes, content_type: str) -> tuple[int, Any]:
         try:
             async with asyncio.timeout(self.timeout_s):
-                response = await self.http.request(
-                    "POST", self.issuer + path, data=body, headers={"Content-Type": content_type}
-                )
+                response = await post(self.http, self.issuer + path, body, {"Content-Type": content_type}, self.host)
                 try:
-                    if is_redirect(response.status):
-                        raise redirect_error(self.host)
                     raw = await read_limited(response, 1 << 20, self.host)
                 finally:
                     response.release()

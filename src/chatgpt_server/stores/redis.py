@@ -374,9 +374,15 @@ class RedisStore(Store):
         return out[:limit]
 
     async def _forget_expired(self, key: str, ids: set[str]) -> None:
-        for item_id in ids:
-            if not await self._call(self.client.exists(self._key(item_id))):
-                await self._call(self.client.zrem(key, item_id))
+        """Drop from a conversation's index the items whose keys expired: two round trips in all."""
+        listed = sorted(ids)
+        pipe = self.client.pipeline(transaction=False)
+        for item_id in listed:
+            pipe.exists(self._key(item_id))
+        alive = await self._call(pipe.execute())
+        gone = [item_id for item_id, there in zip(listed, alive, strict=True) if not there]
+        if gone:
+            await self._call(self.client.zrem(key, *gone))
 
     async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
         return bool(await self._call(self._delete_item(args=[self.prefix, owner, conversation_id, item_id])))
