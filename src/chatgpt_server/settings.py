@@ -203,6 +203,13 @@ class Settings(BaseSettings):
             raise ValueError("must start with sqlite:///, redis://, rediss:// or postgresql://")
         if scheme == "sqlite" and (not value.startswith("sqlite:///") or len(value) <= len("sqlite:///")):
             raise ValueError("an SQLite store looks like sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        if scheme in ("redis", "rediss"):
+            parts = urlsplit(value)
+            unknown = sorted({name for name, _ in parse_qsl(parts.query)} - {"prefix"})
+            if unknown:
+                raise ValueError(f"a Redis URL takes one option, prefix (not {', '.join(unknown)})")
+            if parts.path.strip("/") and not parts.path.strip("/").isdigit():
+                raise ValueError("a Redis URL looks like redis://[user:password@]host:port/<database number>")
         return value
 
     @model_validator(mode="after")

@@ -13,12 +13,11 @@ and stops at the token budget: one round trip, work proportional to what it retu
 than ``MAX_WALK`` steps whatever the data. Scripts touch keys they do not declare, so use a single
 Redis server (or a primary with replicas), not Redis Cluster. For durability run Redis with
 ``appendonly yes``. A connection found dead (Redis restarted) is reconnected and the command
-retried once; every script is idempotent, so that is safe.
+retried once; every script is idempotent, so that is safe. The client is ``resp.Resp``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 from collections.abc import Awaitable
@@ -26,16 +25,12 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import orjson
-import redis.asyncio as aioredis
-from redis.asyncio.retry import Retry
-from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import RedisError
 
 from ..core.items import Item
 from ..errors import StoreUnavailable
 from ..settings import mask_url
 from .base import MAX_WALK, SHORT_LIVED_S, HistoryRow, Record, Store, StoredItem, TurnWrite
+from .resp import Resp, RespError, Script
 
 T = TypeVar("T")
 DATA_VERSION = "2"
@@ -43,7 +38,7 @@ DATA_VERSION = "2"
 # ARGV: prefix, owner, conversation, parent ('' none), enc, origin, created, response id ('' none), ttl ms,
 # item count, response body ('' none), conversation tip ('' none), then 8 fields per item:
 # id, kind, role, text, extra, chat, cost, status.
-_ADD_TURN = """
+_ADD_TURN = Script("""
 local p, owner, conv, parent = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local enc, origin, created, rid, ttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 local n, body, tipconv = tonumber(ARGV[10]), ARGV[11], ARGV[12]
@@ -86,11 +81,11 @@ if tip and (tipconv ~= '' or tip == first_parent) then
   if ttl > 0 then redis.call('PEXPIRE', ckey2, ttl) end
 end
 return 1
-"""
+""")
 
 # ARGV: prefix, item id, owner, budget, max steps. Returns id, kind ('deleted' for a tombstone), chat, cost,
 # parent ('' for a root) for each item, newest first.
-_HISTORY = """
+_HISTORY = Script("""
 local p, id, owner = ARGV[1], ARGV[2], ARGV[3]
 local budget, steps = tonumber(ARGV[4]), tonumber(ARGV[5])
 local out, total, first, seen = {}, 0, true, {}
@@ -111,10 +106,10 @@ while id and id ~= '' and steps > 0 and not seen[id] do
   id = f[2]
 end
 return out
-"""
+""")
 
 # ARGV: prefix, item id, owner, max steps. Returns the ids of the item and its ancestors (not deleted).
-_PATH = """
+_PATH = Script("""
 local p, id, owner, steps = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local out, seen = {}, {}
 while id and id ~= '' and steps > 0 and not seen[id] do
@@ -126,10 +121,10 @@ while id and id ~= '' and steps > 0 and not seen[id] do
   id = f[2]
 end
 return out
-"""
+""")
 
 # ARGV: prefix, kind, id, owner, body, tip, created, updated, gen, expected version ('' insert), ttl ms
-_PUT_RECORD = """
+_PUT_RECORD = Script("""
 local key = ARGV[1] .. 'r:' .. ARGV[2] .. ':' .. ARGV[3]
 local expect, ttl = ARGV[10], tonumber(ARGV[11])
 local version
@@ -147,10 +142,10 @@ end
 redis.call('HSET', key, 'o', ARGV[4], 'b', ARGV[5], 't', ARGV[6], 'ua', ARGV[8], 'g', ARGV[9], 'v', version)
 if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) end
 return 1
-"""
+""")
 
 # ARGV: prefix, owner, conversation, item id
-_DELETE_ITEM = """
+_DELETE_ITEM = Script("""
 local key = ARGV[1] .. 'i:' .. ARGV[4]
 local f = redis.call('HMGET', key, 'o', 'c', 'd')
 if f[1] ~= ARGV[2] or f[2] ~= ARGV[3] or f[3] ~= '0' then return 0 end
@@ -161,17 +156,17 @@ if redis.call('EXISTS', ckey) == 1 then
   redis.call('HINCRBY', ckey, 'v', 1)
 end
 return 1
-"""
+""")
 
 # ARGV: prefix, kind, id, expected version ('' any)
-_DELETE_RECORD = """
+_DELETE_RECORD = Script("""
 local key = ARGV[1] .. 'r:' .. ARGV[2] .. ':' .. ARGV[3]
 local f = redis.call('HMGET', key, 'o', 'v')
 if not f[1] then return 0 end
 if ARGV[4] ~= '' and f[2] ~= ARGV[4] then return 0 end
 redis.call('ZREM', ARGV[1] .. 'rx:' .. ARGV[2] .. ':' .. f[1], ARGV[3])
 return redis.call('DEL', key)
-"""
+""")
 
 
 def _text(value: Any) -> str:
@@ -201,17 +196,10 @@ class RedisStore(Store):
         clean = parts._replace(query=urlencode(query)).geturl()
         self.url = url
         self.timeout_s = timeout_s
-        self.client: aioredis.Redis = aioredis.from_url(
-            clean, socket_timeout=timeout_s, socket_connect_timeout=min(timeout_s, 2.0),
-            retry=Retry(NoBackoff(), 1), retry_on_error=[RedisConnectionError], health_check_interval=0,
-        )  # fmt: skip
+        if query:
+            raise ValueError(f"unknown option(s) in the Redis URL: {', '.join(sorted(query))} (only prefix)")
+        self.client = Resp(clean, timeout_s, min(timeout_s, 2.0))
         self.ttl_ms = int(retention_days * 86_400_000)
-        self._add_turn = self.client.register_script(_ADD_TURN)
-        self._history = self.client.register_script(_HISTORY)
-        self._path = self.client.register_script(_PATH)
-        self._put_record = self.client.register_script(_PUT_RECORD)
-        self._delete_item = self.client.register_script(_DELETE_ITEM)
-        self._delete_record = self.client.register_script(_DELETE_RECORD)
         self._versioned = False
 
     def _key(self, item_id: str) -> str:
@@ -223,8 +211,8 @@ class RedisStore(Store):
     async def _check_version(self) -> None:
         if self._versioned:
             return
-        await self._call(self.client.set(self.prefix + "version", DATA_VERSION, nx=True))
-        found = await self._call(self.client.get(self.prefix + "version"))
+        await self._call(self.client.call("SET", self.prefix + "version", DATA_VERSION, "NX"))
+        found = await self._call(self.client.call("GET", self.prefix + "version"))
         version = _text(found) if found is not None else None
         if version == "1":
             await self._migrate_v1()
@@ -237,8 +225,8 @@ class RedisStore(Store):
         from .sql import convert_v1
 
         rows = []
-        async for key in self.client.scan_iter(match=f"{self.prefix}m:*", count=1000):
-            raw = await self.client.get(key)
+        for key in await self._scan(f"{self.prefix}m:*"):
+            raw = await self._call(self.client.call("GET", key))
             if raw:
                 mid, parent, conv, owner, mode, role, text, _cl, o200k, incomplete, created = orjson.loads(raw)
                 rows.append((mid, parent, conv, owner, mode, role, text, o200k, incomplete, created))
@@ -246,8 +234,9 @@ class RedisStore(Store):
             (mid, owner, conv, parent, _b, _before, cost, enc, kind, role, text, extra, chat, status, origin, _r,
              created) = row  # fmt: skip
             item = NewItemArgs(mid, kind, role, text, extra or "", chat, cost, status)
-            await self._add_turn(
-                args=[
+            await self._script(
+                _ADD_TURN,
+                [
                     self.prefix,
                     owner,
                     conv,
@@ -261,41 +250,53 @@ class RedisStore(Store):
                     "",
                     "",
                     *item.args(),
-                ]
+                ],
             )
-            await self.client.delete(f"{self.prefix}m:{mid}")
-        await self.client.set(self.prefix + "version", DATA_VERSION)
+            await self._call(self.client.call("DEL", f"{self.prefix}m:{mid}"))
+        await self._call(self.client.call("SET", self.prefix + "version", DATA_VERSION))
+
+    async def _scan(self, pattern: str) -> list[bytes]:
+        keys: list[bytes] = []
+        cursor: bytes | int = 0
+        while True:
+            cursor, found = await self._call(self.client.call("SCAN", cursor, "MATCH", pattern, "COUNT", 1000))
+            keys += found
+            if cursor in (b"0", 0):
+                return keys
+
+    async def _script(self, script: Script, args: list[Any]) -> Any:
+        return await self._call(self.client.run(script, args))
 
     async def close(self) -> None:
-        await self.client.aclose()
+        await self.client.close()
 
     async def _call(self, operation: Awaitable[T]) -> T:
         try:
-            async with asyncio.timeout(self.timeout_s):
-                return await operation
-        except (RedisError, OSError, TimeoutError) as exc:
+            return await operation  # the client times every command out itself
+        except (RespError, OSError, TimeoutError) as exc:
             raise StoreUnavailable(reason=self._describe(exc)) from exc
 
     def _describe(self, exc: BaseException) -> str:
         """Why, for the log: the error class, its message and, for a socket error, its plain name
         ("Connection refused"), credentials masked."""
         text = str(exc) or type(exc).__name__
-        found = re.search(r"Error (\d+)", text)
-        if found and int(found.group(1)) < 200:
-            text += f" [{os.strerror(int(found.group(1)))}]"
+        found = re.search(r"Errno (\d+)|Error (\d+)", text)
+        number = int(found.group(1) or found.group(2)) if found else 0
+        if 0 < number < 200 and os.strerror(number) not in text:
+            text += f" [{os.strerror(number)}]"
         password = urlsplit(self.url).password
         if password:
             text = text.replace(password, "***")
         return f"{type(exc).__name__}: {text} ({mask_url(self.url)})"
 
     async def ping(self) -> None:
-        await self._call(self.client.ping())
+        await self._call(self.client.call("PING"))
         await self._check_version()
 
     async def shared_secret(self, candidate: bytes) -> bytes:
         key = self.prefix + "hmac_key"
-        await self._call(self.client.set(key, candidate.hex(), nx=True))
-        found = await self._call(self.client.get(key))
+        await self._call(self.client.call("SET", key, candidate.hex(), "NX"))
+        found = await self._call(self.client.call("GET", key))
         return bytes.fromhex(_text(found))
 
     # -- items --------------------------------------------------------------------------------------
@@ -313,36 +314,34 @@ class RedisStore(Store):
             args += NewItemArgs(item.id, item.kind, item.role, item.text,
                                 orjson.dumps(extra).decode() if extra else "", new.chat, new.cost,
                                 item.status).args()  # fmt: skip
-        await self._call(self._add_turn(args=args))
+        await self._script(_ADD_TURN, args)
 
     async def get_item(self, owner: str, item_id: str) -> StoredItem | None:
-        fields = await self._call(self.client.hmget(self._key(item_id), _ITEM_FIELDS))
+        fields = await self._call(self.client.call("HMGET", self._key(item_id), *_ITEM_FIELDS))
         stored = _item(item_id, fields)
         if stored is None or stored.owner != owner:
             return None
-        gen = await self._call(self.client.hget(f"{self.prefix}r:conversation:{stored.conversation_id}", "g"))
+        conversation = f"{self.prefix}r:conversation:{stored.conversation_id}"
+        gen = await self._call(self.client.call("HGET", conversation, "g"))
         stored.gen = int(gen) if gen is not None else 0
         return stored
 
     async def get_items(self, owner: str, item_ids: list[str]) -> list[StoredItem]:
         if not item_ids:
             return []
-        pipe = self.client.pipeline(transaction=False)
-        for item_id in item_ids:
-            pipe.hmget(self._key(item_id), _ITEM_FIELDS)
-        results = await self._call(pipe.execute())
+        results = await self._call(self.client.many([("HMGET", self._key(i), *_ITEM_FIELDS) for i in item_ids]))
         found = [_item(i, f) for i, f in zip(item_ids, results, strict=True)]
         return [s for s in found if s is not None and s.owner == owner]
 
     async def history(self, owner: str, item_id: str, budget: int) -> list[HistoryRow]:
-        flat = await self._call(self._history(args=[self.prefix, item_id, owner, budget, MAX_WALK]))
+        flat = await self._script(_HISTORY, [self.prefix, item_id, owner, budget, MAX_WALK])
         return [
             (_text(flat[i]), _text(flat[i + 1]), flat[i + 2], int(flat[i + 3]), _text(flat[i + 4]) or None)
             for i in range(0, len(flat), 5)
         ]
 
     async def path_ids(self, owner: str, item_id: str) -> list[str]:
-        return [_text(i) for i in await self._call(self._path(args=[self.prefix, item_id, owner, MAX_WALK]))]
+        return [_text(i) for i in await self._script(_PATH, [self.prefix, item_id, owner, MAX_WALK])]
 
     async def conversation_items(
         self, owner: str, conversation_id: str, after_seq: int | None, limit: int, descending: bool
@@ -354,10 +353,10 @@ class RedisStore(Store):
             want = limit - len(out)
             if descending:
                 top = f"({bound}" if bound is not None else "+inf"
-                ids = await self._call(self.client.zrevrangebyscore(key, top, "-inf", start=0, num=want))
+                ids = await self._call(self.client.call("ZREVRANGEBYSCORE", key, top, "-inf", "LIMIT", 0, want))
             else:
                 low = f"({bound}" if bound is not None else "-inf"
-                ids = await self._call(self.client.zrangebyscore(key, low, "+inf", start=0, num=want))
+                ids = await self._call(self.client.call("ZRANGEBYSCORE", key, low, "+inf", "LIMIT", 0, want))
             if not ids:
                 break
             wanted = [_text(i) for i in ids]
@@ -367,25 +366,22 @@ class RedisStore(Store):
                     out.append(stored)
             if len(found) < len(wanted):  # items retention expired: their ids leave the index too
                 await self._forget_expired(key, set(wanted) - {f.item.id for f in found})
-            last = await self._call(self.client.zscore(key, _text(ids[-1])))
+            last = await self._call(self.client.call("ZSCORE", key, ids[-1]))
             if last is None:
                 break
-            bound = int(last)
+            bound = int(float(last))
         return out[:limit]
 
     async def _forget_expired(self, key: str, ids: set[str]) -> None:
         """Drop from a conversation's index the items whose keys expired: two round trips in all."""
         listed = sorted(ids)
-        pipe = self.client.pipeline(transaction=False)
-        for item_id in listed:
-            pipe.exists(self._key(item_id))
-        alive = await self._call(pipe.execute())
+        alive = await self._call(self.client.many([("EXISTS", self._key(i)) for i in listed]))
         gone = [item_id for item_id, there in zip(listed, alive, strict=True) if not there]
         if gone:
-            await self._call(self.client.zrem(key, *gone))
+            await self._call(self.client.call("ZREM", key, *gone))
 
     async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
-        return bool(await self._call(self._delete_item(args=[self.prefix, owner, conversation_id, item_id])))
+        return bool(await self._script(_DELETE_ITEM, [self.prefix, owner, conversation_id, item_id]))
 
     # -- records ------------------------------------------------------------------------------------
     def _ttl(self, kind: str) -> int:
@@ -399,11 +395,11 @@ class RedisStore(Store):
             record.created_at, record.updated_at, record.gen, "" if expect_version is None else expect_version,
             self._ttl(record.kind),
         ]  # fmt: skip
-        return bool(await self._call(self._put_record(args=args)))
+        return bool(await self._script(_PUT_RECORD, args))
 
     async def get_record(self, kind: str, record_id: str) -> Record | None:
         fields = await self._call(
-            self.client.hmget(f"{self.prefix}r:{kind}:{record_id}", ("o", "b", "t", "ca", "ua", "v", "g"))
+            self.client.call("HMGET", f"{self.prefix}r:{kind}:{record_id}", "o", "b", "t", "ca", "ua", "v", "g")
         )
         owner, body, tip, created, updated, version, gen = fields
         if owner is None or body is None:
@@ -413,7 +409,7 @@ class RedisStore(Store):
 
     async def delete_record(self, kind: str, record_id: str, expect_version: int | None = None) -> bool:
         expected = "" if expect_version is None else str(expect_version)
-        return bool(await self._call(self._delete_record(args=[self.prefix, kind, record_id, expected])))
+        return bool(await self._script(_DELETE_RECORD, [self.prefix, kind, record_id, expected]))
 
     async def list_records(
         self, kind: str, owner: str, after_id: str | None, limit: int, descending: bool
@@ -421,21 +417,19 @@ class RedisStore(Store):
         index = f"{self.prefix}rx:{kind}:{owner}"
         start = 0
         if after_id is not None:
-            rank = await self._call(
-                self.client.zrevrank(index, after_id) if descending else self.client.zrank(index, after_id)
-            )
+            rank = await self._call(self.client.call("ZREVRANK" if descending else "ZRANK", index, after_id))
             start = int(rank) + 1 if isinstance(rank, int) else 0
-        ranged = self.client.zrevrange if descending else self.client.zrange
+        ranged = "ZREVRANGE" if descending else "ZRANGE"
         out: list[Record] = []
         while len(out) < limit:
-            ids = await self._call(ranged(index, start, start + limit - len(out) - 1))
+            ids = await self._call(self.client.call(ranged, index, start, start + limit - len(out) - 1))
             if not ids:
                 break
             start += len(ids)
             for record_id in ids:
                 record = await self.get_record(kind, _text(record_id))
                 if record is None:  # expired: drop it from the index too
-                    await self._call(self.client.zrem(index, _text(record_id)))
+                    await self._call(self.client.call("ZREM", index, record_id))
                     start -= 1
                 elif record.owner == owner:
                     out.append(record)
