@@ -710,3 +710,28 @@ asyncio.run(main())
         return total
 
     assert with_store(url, count) == 3 * 10 * 20 * 2
+
+
+def test_network_stores_serve_more_callers_than_connections_and_survive_a_burst_of_timeouts(
+    network_kind: str, store_proxy: TCPProxy, tmp_path: Path
+) -> None:
+    """Hundreds of operations at once (PostgreSQL queues them for its 16 connections; Redis pipelines
+    them on one), then a burst that times out on a frozen store: once it thaws, every operation lands
+    again (no connection is leaked or left mid-reply by the ones that timed out)."""
+    url = store_url(network_kind, tmp_path, port=store_proxy.port)
+
+    async def body(store: Store) -> None:
+        roots = [new(f"q{i}") for i in range(300)]
+        await asyncio.gather(*(store.add_turn(turn(None, r, owner=f"o{i}")) for i, r in enumerate(roots)))
+        store_proxy.freeze()
+        try:
+            burst = await asyncio.gather(*(store.get_item(f"o{i}", r.item.id) for i, r in enumerate(roots[:40])),
+                                         return_exceptions=True)  # fmt: skip
+            assert all(isinstance(b, StoreUnavailable) for b in burst), burst
+        finally:
+            store_proxy.thaw()
+        for _ in range(3):
+            found = await asyncio.gather(*(store.get_item(f"o{i}", r.item.id) for i, r in enumerate(roots)))
+            assert [f.item.id if f else None for f in found] == [r.item.id for r in roots]
+
+    with_store(url, body, timeout=0.5)

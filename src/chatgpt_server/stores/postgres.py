@@ -19,6 +19,7 @@ import orjson
 from ..errors import StoreUnavailable
 from ..settings import mask_url
 from .base import PURGE_BATCH, SHORT_LIVED_S, HistoryRow, Record, Store, StoredItem, TurnWrite
+from .pg_pool import Connection, Conns
 from .sql import (
     ITEM_COLUMNS,
     MIGRATIONS_TABLE,
@@ -86,12 +87,6 @@ def _storable(text: str) -> str:
     return text.replace(NUL, "\ufffd") if NUL in text else text
 
 
-async def _keep_session(conn: Any) -> None:
-    """A connection going back to the pool needs no reset query (a round trip per operation, ~10% of
-    the CPU of a new conversation): this store never changes session settings, listens, or takes
-    session-level locks, and asyncpg still rolls back a transaction left open."""
-
-
 # The conversation's tip (locked until the turn is written), if it is an item of the caller's in it.
 _LOCK_TIP = """
 SELECT r.tip FROM records r
@@ -104,6 +99,21 @@ FOR UPDATE
 def _swallow(task: asyncio.Future[Any]) -> None:
     if not task.cancelled():
         task.exception()
+
+
+async def _on(pool: Conns, operation: Callable[[Connection], Awaitable[T]]) -> T:
+    """``operation`` on a connection of ``pool``; the connection goes back unless it may be broken."""
+    conn = await pool.acquire()
+    healthy = False
+    try:
+        result = await operation(conn)
+        healthy = True
+        return result
+    except asyncpg.PostgresError:  # the server refused a statement: the connection itself is fine
+        healthy = not conn.is_in_transaction()
+        raise
+    finally:
+        pool.release(conn, healthy)
 
 
 def describe(exc: BaseException, url: str) -> str:
@@ -130,8 +140,8 @@ class PostgresStore(Store):
     def __init__(self, url: str, timeout_s: float = 2.0):
         self.url = url.replace("postgres://", "postgresql://", 1)
         self.timeout_s = timeout_s
-        self._pool: asyncpg.Pool | None = None
-        self._connecting: asyncio.Future[asyncpg.Pool] | None = None
+        self._pool: Conns | None = None
+        self._connecting: asyncio.Future[Conns] | None = None
         self._history = history_query(lambda n: f"${n}", "LEAST")
         self._path_ids = path_ids_query(lambda n: f"${n}")
         self._item = item_query(lambda n: f"${n}")
@@ -139,7 +149,7 @@ class PostgresStore(Store):
     async def open(self) -> None:
         await self._connection_attempt()  # at start-up the whole attempt (a migration may take a while)
 
-    async def _ready(self) -> asyncpg.Pool:
+    async def _ready(self) -> Conns:
         """The pool, created (and the schema migrated) on first use, so a store that was down at
         start-up is picked up as soon as it answers. One attempt at a time runs in the background;
         a request waits for it at most the store timeout, never behind the attempts of others."""
@@ -150,32 +160,29 @@ class PostgresStore(Store):
         except TimeoutError as exc:
             raise StoreUnavailable(reason=f"no connection within {self.timeout_s} s ({mask_url(self.url)})") from exc
 
-    def _connection_attempt(self) -> asyncio.Future[asyncpg.Pool]:
+    def _connection_attempt(self) -> asyncio.Future[Conns]:
         if self._connecting is None or self._connecting.done():
             self._connecting = asyncio.ensure_future(self._connect())
             self._connecting.add_done_callback(_swallow)
         return self._connecting
 
-    async def _connect(self) -> asyncpg.Pool:
-        pool: asyncpg.Pool | None = None
+    async def _connect(self) -> Conns:
+        # Operations are timed by ``_within``, not by asyncpg (no timer per query).
+        pool = Conns(lambda: asyncpg.connect(self.url, timeout=self.timeout_s), max_size=16, idle_s=60)
         try:
             async with asyncio.timeout(max(self.timeout_s * 3, 5)):
-                pool = await asyncpg.create_pool(
-                    self.url, min_size=0, max_size=16, timeout=self.timeout_s,
-                    command_timeout=self.timeout_s, max_inactive_connection_lifetime=60,
-                    reset=_keep_session,
-                )  # fmt: skip
-                async with pool.acquire() as conn, conn.transaction():
-                    await self._migrate(conn)
+                conn = await pool.acquire()
+                try:
+                    async with conn.transaction():
+                        await self._migrate(conn)
+                finally:
+                    pool.release(conn, not conn.is_in_transaction())
         except (*_DOWN, ValueError) as exc:
-            if pool is not None:
-                pool.terminate()
+            await pool.close(0)
             raise StoreUnavailable(reason=describe(exc, self.url)) from exc
         except BaseException:  # cancelled (the store is closing)
-            if pool is not None:
-                pool.terminate()
+            await pool.close(0)
             raise
-        assert pool is not None
         self._pool = pool
         return pool
 
@@ -200,23 +207,19 @@ class PostgresStore(Store):
             self._connecting.cancel()
         if self._pool is not None:
             pool, self._pool = self._pool, None
-            try:
-                async with asyncio.timeout(self.timeout_s):
-                    await pool.close()
-            except (*_DOWN, TimeoutError):
-                pool.terminate()
+            await pool.close(self.timeout_s)
 
-    async def _call(self, operation: Callable[[asyncpg.Pool], Awaitable[T]]) -> T:
-        """Run ``operation`` on the pool within the store timeout; a dead connection is replaced and
-        the operation retried once."""
+    async def _call(self, operation: Callable[[Connection], Awaitable[T]]) -> T:
+        """Run ``operation`` on a pooled connection within the store timeout; a dead connection is
+        replaced and the operation retried once."""
         for attempt in (1, 2):
             pool = await self._ready()
             try:
-                return await self._within(operation(pool))
+                return await self._within(_on(pool, operation))
             except TimeoutError as exc:  # a store that hangs: waiting again would only double the wait
                 raise StoreUnavailable(reason=f"no answer within {self.timeout_s} s ({mask_url(self.url)})") from exc
             except _GONE as exc:
-                await pool.expire_connections()  # every pooled connection may be as dead as this one
+                pool.expire()  # every pooled connection may be as dead as this one
                 if attempt == 2:
                     raise StoreUnavailable(reason=describe(exc, self.url)) from exc
             except asyncpg.UniqueViolationError:
@@ -250,10 +253,10 @@ class PostgresStore(Store):
         return task.result()
 
     async def _fetch(self, query: str, *args: Any) -> list[Any]:
-        return await self._call(lambda pool: pool.fetch(query, *args))
+        return await self._call(lambda conn: conn.fetch(query, *args))
 
     async def ping(self) -> None:
-        await self._fetch("SELECT 1")
+        await self._call(lambda conn: conn.execute("SELECT 1"))  # the simple protocol: least work on both sides
 
     async def shared_secret(self, candidate: bytes) -> bytes:
         rows = await self._fetch(
@@ -285,26 +288,26 @@ class PostgresStore(Store):
         )  # fmt: skip
         try:
             if turn.conversation_tip:
-                await self._call(lambda pool: self._add_after_tip(pool, turn, args))
+                await self._call(lambda conn: self._add_after_tip(conn, turn, args))
             else:
-                await self._call(lambda pool: pool.execute(_ADD_TURN, *args))
+                await self._call(lambda conn: conn.execute(_ADD_TURN, *args))
         except asyncpg.UniqueViolationError:
             # Another turn took the parent's next slot between our read and write: fork instead.
             forced = (*args[:2], True, *args[3:])
             try:
                 if turn.conversation_tip:
-                    await self._call(lambda pool: self._add_after_tip(pool, turn, forced))
+                    await self._call(lambda conn: self._add_after_tip(conn, turn, forced))
                 else:
-                    await self._call(lambda pool: pool.execute(_ADD_TURN, *forced))
+                    await self._call(lambda conn: conn.execute(_ADD_TURN, *forced))
             except asyncpg.UniqueViolationError as exc:
                 raise StoreUnavailable(reason=describe(exc, self.url)) from exc
 
     @staticmethod
-    async def _add_after_tip(pool: asyncpg.Pool, turn: TurnWrite, args: tuple[Any, ...]) -> None:
+    async def _add_after_tip(conn: Connection, turn: TurnWrite, args: tuple[Any, ...]) -> None:
         """A conversation's turn, after its tip as it is now: the tip is read under a row lock, and the
         turn written in the same transaction (by a later statement, which sees a turn another door
         committed while we waited for the lock)."""
-        async with pool.acquire() as conn, conn.transaction():
+        async with conn.transaction():
             tip = await conn.fetchval(_LOCK_TIP, turn.conversation_id, turn.owner)
             if tip is not None and tip != turn.parent_id:
                 first_parents = [tip, *args[14][1:]]
@@ -365,13 +368,13 @@ class PostgresStore(Store):
     async def put_record(self, record: Record, expect_version: int | None) -> bool:
         body = orjson.dumps(record.body).decode()
         if expect_version is None:
-            status = await self._call(lambda pool: pool.execute(
+            status = await self._call(lambda conn: conn.execute(
                 f"INSERT INTO records ({RECORD_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,1,$8) ON CONFLICT DO NOTHING",
                 record.kind, record.id, record.owner, body, record.tip, record.created_at, record.updated_at,
                 record.gen,
             ))  # fmt: skip
         else:
-            status = await self._call(lambda pool: pool.execute(
+            status = await self._call(lambda conn: conn.execute(
                 "UPDATE records SET owner = $1, body = $2, tip = $3, updated_at = $4, gen = $5, version = $6 "
                 "WHERE kind = $7 AND id = $8 AND version = $9",
                 record.owner, body, record.tip, record.updated_at, record.gen, expect_version + 1, record.kind,
@@ -388,7 +391,7 @@ class PostgresStore(Store):
     async def delete_record(self, kind: str, record_id: str, expect_version: int | None = None) -> bool:
         if NUL in record_id:
             return False
-        status = await self._call(lambda pool: pool.execute(
+        status = await self._call(lambda conn: conn.execute(
             "DELETE FROM records WHERE kind = $1 AND id = $2 AND ($3::bigint IS NULL OR version = $3)",
             kind, record_id, expect_version))  # fmt: skip
         return str(status).split()[-1] == "1"
@@ -424,7 +427,7 @@ class PostgresStore(Store):
         cut = await purge_cut(created, int(low), int(high), before) if low is not None else -1
 
         async def deleting(sql: str, *params: Any) -> int:
-            status = await self._call(lambda pool: pool.execute(sql, *params))
+            status = await self._call(lambda conn: conn.execute(sql, *params))
             return int(str(status).split()[-1])
 
         removed = 0
