@@ -108,6 +108,15 @@ end
 return out
 """)
 
+# ARGV: prefix, item id, owner. An item's fields but its chat JSON (o c p n d k x), and its conversation's
+# deletion counter; nil unless the item is the owner's. One round trip where two were.
+_GET_ITEM = Script("""
+local f = redis.call('HMGET', ARGV[1] .. 'i:' .. ARGV[2], 'o', 'c', 'p', 'n', 'd', 'k', 'x')
+if f[1] ~= ARGV[3] or not f[7] then return nil end
+f[8] = redis.call('HGET', ARGV[1] .. 'r:conversation:' .. f[2], 'g') or '0'
+return f
+""")
+
 # ARGV: prefix, item id, owner, max steps. Returns the ids of the item and its ancestors (not deleted).
 _PATH = Script("""
 local p, id, owner, steps = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -317,14 +326,11 @@ class RedisStore(Store):
         await self._script(_ADD_TURN, args)
 
     async def get_item(self, owner: str, item_id: str) -> StoredItem | None:
-        fields = await self._call(self.client.call("HMGET", self._key(item_id), *_ITEM_FIELDS))
-        stored = _item(item_id, fields)
-        if stored is None or stored.owner != owner:
+        found = await self._script(_GET_ITEM, [self.prefix, item_id, owner])
+        if not found:
             return None
-        conversation = f"{self.prefix}r:conversation:{stored.conversation_id}"
-        gen = await self._call(self.client.call("HGET", conversation, "g"))
-        stored.gen = int(gen) if gen is not None else 0
-        return stored
+        owner_, conversation, parent, cost, deleted, kind, rest, gen = found
+        return _item(item_id, [owner_, conversation, parent, cost, deleted, kind, None, rest], int(gen))
 
     async def get_items(self, owner: str, item_ids: list[str]) -> list[StoredItem]:
         if not item_ids:
