@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..core.items import chat_messages, mint
@@ -20,6 +19,7 @@ from ..errors import BadGateway, BadRequest, Forbidden, ServiceError, TooManyReq
 from .base import ALIVE, MAX_TOOL_CALLS, Event, ParsedReply, Prompt, Reply, Target, ToolCall, label
 from .http import (
     TRANSPORT_ERRORS,
+    Answer,
     HTTPClient,
     finish_response,
     post,
@@ -377,7 +377,7 @@ class ChunkParser:
 class StreamReply(ParsedReply):
     parser: ChunkParser
 
-    def __init__(self, host: str, response: aiohttp.ClientResponse, key: str, limit: int):
+    def __init__(self, host: str, response: Answer, key: str, limit: int):
         self.host = host
         self.response = response
         self.limit = limit
@@ -463,7 +463,7 @@ class Relay:
         self.http = http
         self.limit = max_reply_bytes
 
-    async def open(self, body: bytes, target: Target) -> aiohttp.ClientResponse:
+    async def open(self, body: bytes, target: Target) -> Answer:
         host = target.host
         response = await post(self.http, target.url + "/chat/completions", body, _headers(target), host)
         if response.status == 200:
@@ -476,7 +476,7 @@ class Relay:
         finally:
             response.release()
 
-    async def whole(self, response: aiohttp.ClientResponse, target: Target) -> tuple[bytes, dict[str, Any] | None]:
+    async def whole(self, response: Answer, target: Target) -> tuple[bytes, dict[str, Any] | None]:
         try:
             raw = await read_limited(response, self.limit, target.host)
         except TRANSPORT_ERRORS as exc:
@@ -485,7 +485,7 @@ class Relay:
             response.release()
         return raw, parse_completion(raw, target.host)["usage"]
 
-    async def chunks(self, response: aiohttp.ClientResponse, target: Target, parser: ChunkParser) -> AsyncIterator[str]:
+    async def chunks(self, response: Answer, target: Target, parser: ChunkParser) -> AsyncIterator[str]:
         """The ``data`` of each event, each one read by ``parser`` first; ends after ``[DONE]``."""
         decoder = SSEDecoder()
         received = 0

@@ -16,13 +16,14 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from ..errors import BadGateway, BadRequest, Forbidden, NotFound, ServiceError, TooManyRequests, Unauthorized
 from .base import Event, Prompt, Reply, Target, ToolCall
 from .http import (
+    STREAM_CUT,
     TRANSPORT_ERRORS,
+    Answer,
     HTTPClient,
     finish_response,
     post,
@@ -110,7 +111,7 @@ def web_error(status: int, raw: bytes, content_type: str, host: str, token: str,
 class WebReply(Reply):
     """A reply stream whose status was 200; ``parser`` holds the backend's ids and the text."""
 
-    def __init__(self, host: str, response: aiohttp.ClientResponse, limit: int, token: str = ""):
+    def __init__(self, host: str, response: Answer, limit: int, token: str = ""):
         self.host = host
         self.response = response
         self.limit = limit
@@ -175,7 +176,7 @@ class WebReply(Reply):
         except TRANSPORT_ERRORS as exc:
             if self.parser.text:
                 return
-            if isinstance(exc, aiohttp.ClientPayloadError | aiohttp.ServerDisconnectedError):
+            if isinstance(exc, STREAM_CUT):
                 raise BadGateway("stream_cut", host=self.host) from exc
             raise transport_error(exc, self.host, 0, idle=True) from exc
         if not self.parser.text:

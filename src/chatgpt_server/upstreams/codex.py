@@ -12,7 +12,6 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-import aiohttp
 import orjson
 
 from .. import __version__
@@ -29,6 +28,7 @@ from ..errors import (
 from .base import ALIVE, MAX_TOOL_CALLS, Event, ParsedReply, Prompt, Reply, Target, ToolCall, label
 from .http import (
     TRANSPORT_ERRORS,
+    Answer,
     HTTPClient,
     finish_response,
     post,
@@ -323,7 +323,7 @@ def _item_key(item: dict[str, Any]) -> str | None:
 class CodexReply(ParsedReply):
     parser: CodexParser
 
-    def __init__(self, host: str, response: aiohttp.ClientResponse, token: str, limit: int, meta: dict[str, Any]):
+    def __init__(self, host: str, response: Answer, token: str, limit: int, meta: dict[str, Any]):
         self.host = host
         self.response = response
         self.limit = limit

@@ -1,5 +1,7 @@
-"""The one outbound HTTP client (aiohttp), shared by every upstream call, and its error mapping.
+"""Outbound HTTP, shared by every upstream call, and its error mapping.
 
+Upstream POSTs (every turn) go through ``wire.Wire``, a lean HTTP/1.1 client, unless a proxy is set;
+aiohttp serves proxied calls, the few GETs (keys, JWKS) and the legacy sign-in with its cookies.
 aiohttp rather than httpx: with 32 concurrent requests httpx's pool was the bottleneck in our
 measurements, aiohttp's was not. Redirects are never followed: an upstream that answers 3xx is a 502
 naming that upstream, so an allowed host can never send a prompt (or a user's extra headers) to a
@@ -21,6 +23,9 @@ import aiohttp
 
 from ..errors import BadGateway, GatewayTimeout, ServiceError
 from ..settings import Settings, netloc_of
+from .wire import ConnectFailed, CutOff, Disconnected, NotHTTP, Wire, WireResponse
+
+Answer = aiohttp.ClientResponse | WireResponse  # an upstream's answer, from either client
 
 # Anything shaped like a credential: OpenAI-style keys, JWTs (whole, or a header and payload without
 # their signature), bearer values, and the value after "key"/"token"-like words.
@@ -139,6 +144,8 @@ class HTTPClient:
         self.proxy: str | None = None if socks else proxy
         self._socks: str | None = proxy if socks else None
         self._session: aiohttp.ClientSession | None = None
+        # Upstream POSTs go through the lean client unless a proxy is set (aiohttp speaks to proxies).
+        self.wire: Wire | None = None if proxy else Wire()
 
     @property
     def session(self) -> aiohttp.ClientSession:
@@ -182,6 +189,8 @@ class HTTPClient:
         return self.session.request(method, url, **kwargs)
 
     async def close(self) -> None:
+        if self.wire is not None:
+            self.wire.close()
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -192,7 +201,10 @@ async def post(http: HTTPClient, url: str, data: bytes, headers: dict[str, str],
     prompt and the caller's headers anywhere), come back as our errors; any other answer is the
     caller's to read and release."""
     try:
-        response = await http.request("POST", url, data=data, headers=headers)
+        if http.wire is not None:
+            response = await http.wire.post(url, data, headers)
+        else:
+            response = await http.request("POST", url, data=data, headers=headers)
     except TRANSPORT_ERRORS as exc:
         raise transport_error(exc, host, 0) from exc
     if is_redirect(response.status):
@@ -214,10 +226,16 @@ def transport_error(exc: BaseException, host: str, seconds: float, *, idle: bool
     if isinstance(exc, asyncio.TimeoutError | aiohttp.ServerTimeoutError):
         key = "upstream_idle_timeout" if idle else "upstream_timeout"
         return GatewayTimeout(key, host=host, seconds=round(seconds, 3))
-    if isinstance(exc, aiohttp.ClientPayloadError):
+    if isinstance(exc, aiohttp.ClientPayloadError | CutOff):
         return BadGateway("upstream_bad_reply", host=host, detail="the reply was cut off")
     detail = type(exc).__name__
-    if isinstance(exc, aiohttp.ClientConnectorError):
+    if isinstance(exc, ConnectFailed):
+        detail = f"connection failed ({exc.strerror or 'refused'})"
+    elif isinstance(exc, Disconnected):
+        detail = "the server closed the connection"
+    elif isinstance(exc, NotHTTP):
+        detail = "the answer is not valid HTTP"
+    elif isinstance(exc, aiohttp.ClientConnectorError):
         detail = f"connection failed ({exc.os_error.strerror or type(exc.os_error).__name__})"
     elif isinstance(exc, aiohttp.ServerDisconnectedError):
         detail = "the server closed the connection"
@@ -228,11 +246,12 @@ def transport_error(exc: BaseException, host: str, seconds: float, *, idle: bool
     return BadGateway("upstream_unreachable", host=host, detail=detail)
 
 
-TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError)
+TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError, CutOff)
+STREAM_CUT = (aiohttp.ClientPayloadError, aiohttp.ServerDisconnectedError, CutOff, Disconnected)  # cut mid-answer
 _draining: set[asyncio.Task[None]] = set()
 
 
-async def read_limited(response: aiohttp.ClientResponse, limit: int, host: str) -> bytes:
+async def read_limited(response: Answer, limit: int, host: str) -> bytes:
     """A whole (non-streamed) body, refusing one larger than ``limit``."""
     declared = response.content_length
     if declared is not None and declared > limit:
@@ -255,7 +274,7 @@ def under_limit(chunk: bytes, received: int, limit: int) -> bytes:
     return chunk[: max(0, len(chunk) - over)] if over > 0 else chunk
 
 
-def finish_response(response: aiohttp.ClientResponse, *, complete: bool) -> None:
+def finish_response(response: Answer, *, complete: bool) -> None:
     """Let go of a streamed response without waiting on it.
 
     Given up on: close the connection, which is what tells the upstream to stop writing. Read to its
@@ -273,7 +292,7 @@ def finish_response(response: aiohttp.ClientResponse, *, complete: bool) -> None
         task.add_done_callback(_draining.discard)
 
 
-async def _drain(response: aiohttp.ClientResponse) -> None:
+async def _drain(response: Answer) -> None:
     try:
         async with asyncio.timeout(5):
             await response.content.read()

@@ -1,0 +1,218 @@
+"""The lean upstream HTTP client (upstreams/wire.py) against a raw TCP server that sends exactly the
+bytes each test gives it: what well-behaved servers send, and what hostile or broken ones do."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+
+from chatgpt_server.errors import BadGateway, ServiceError
+from chatgpt_server.upstreams.http import read_limited, transport_error
+from chatgpt_server.upstreams.wire import MAX_HEAD, ConnectFailed, CutOff, Disconnected, NotHTTP, Wire
+
+Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: application/json\r\n\r\nhello"
+
+
+class Raw:
+    """A TCP server running ``script`` for each connection; counts connections and requests."""
+
+    def __init__(self, script: Script):
+        self.script = script
+        self.connections = 0
+        self.requests: list[bytes] = []
+        self.closed_by_client = asyncio.Event()
+        self.server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"http://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/v1/chat/completions"
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.server is not None
+        self.server.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError):
+            await self.script(reader, writer)
+
+    async def request(self, reader: asyncio.StreamReader) -> bytes:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length = next(
+            int(line.split(b":")[1]) for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")
+        )
+        body = await reader.readexactly(length)
+        self.requests.append(head + body)
+        return head + body
+
+
+def run(script: Callable[[Raw], Script], body: Callable[[Wire, str, Raw], Awaitable[Any]]) -> Any:
+    async def go() -> Any:
+        holder: list[Raw] = []
+        raw = Raw(lambda r, w: script(holder[0])(r, w))
+        holder.append(raw)
+        wire = Wire()
+        async with raw as url:
+            try:
+                return await body(wire, url, raw)
+            finally:
+                wire.close()
+
+    return asyncio.run(go())
+
+
+def test_a_request_is_one_well_formed_write_and_the_connection_is_reused() -> None:
+    def script(raw: Raw) -> Script:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await raw.request(reader)
+                writer.write(OK)
+
+        return serve
+
+    async def body(wire: Wire, url: str, raw: Raw) -> None:
+        for i in range(3):
+            response = await wire.post(url, b'{"n": %d}' % i, {"Authorization": "Bearer k", "X-A": "b"})
+            assert response.status == 200 and response.headers["content-type"] == "application/json"
+            assert await response.content.read() == b"hello"
+            response.release()
+        assert raw.connections == 1
+        first = raw.requests[0]
+        assert first.startswith(b"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1:")
+        assert b"\r\nContent-Length: 8\r\n" in first and b"\r\nAuthorization: Bearer k\r\n" in first
+        assert first.endswith(b'\r\n\r\n{"n": 0}')
+
+    run(script, body)
+
+
+def test_a_chunked_stream_arrives_piece_by_piece_and_a_close_tells_the_server() -> None:
+    more = asyncio.Event()
+
+    def script(raw: Raw) -> Script:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await raw.request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nfirst\r\n")
+            await more.wait()
+            writer.write(b"6\r\nsecond\r\n")
+            await writer.drain()
+            await reader.read()  # until the client closes
+            raw.closed_by_client.set()
+
+        return serve
+
+    async def body(wire: Wire, url: str, raw: Raw) -> None:
+        response = await wire.post(url, b"{}", {})
+        pieces = response.content.iter_any()
+        assert await anext(pieces) == b"first"  # before the rest was even written
+        more.set()
+        assert await anext(pieces) == b"second"
+        response.close()  # given up before the end
+        await asyncio.wait_for(raw.closed_by_client.wait(), 2)
+
+    run(script, body)
+
+
+@pytest.mark.parametrize(
+    ("answer", "error", "detail"),
+    [
+        (b"HTTP/1.1 200 OK\r\nX-Endless: " + b"a" * (MAX_HEAD + 10), NotHTTP, "the answer is not valid HTTP"),
+        (b"SSH-2.0-OpenSSH_9.6\r\n\r\n", NotHTTP, "the answer is not valid HTTP"),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 2\r\n\r\nxx",
+            NotHTTP,
+            "the answer is not valid HTTP",
+        ),
+        (
+            b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n",
+            NotHTTP,
+            "the answer is not valid HTTP",
+        ),
+        (b"", Disconnected, "the server closed the connection"),
+        (b"HTTP/1.1 200 OK\r\nCont", Disconnected, "the server closed the connection"),
+    ],
+    ids=["endless-head", "not-http", "content-coding", "length-and-chunked", "closed", "closed-in-head"],
+)
+def test_a_broken_head_is_a_precise_error(answer: bytes, error: type[Exception], detail: str) -> None:
+    def script(raw: Raw) -> Script:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await raw.request(reader)
+            writer.write(answer)
+            await writer.drain()
+            writer.close()
+
+        return serve
+
+    async def body(wire: Wire, url: str, raw: Raw) -> None:
+        with pytest.raises(error) as raised:
+            await wire.post(url, b"{}", {})
+        shown = transport_error(raised.value, "upstream.test", 0)
+        assert isinstance(shown, BadGateway) and detail == shown.params["detail"], shown.params
+
+    run(script, body)
+
+
+def test_a_body_cut_short_is_an_error_and_a_body_until_close_is_whole() -> None:
+    answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nonly5", b"HTTP/1.1 200 OK\r\n\r\nuntil the end"]
+
+    def script(raw: Raw) -> Script:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await raw.request(reader)
+            writer.write(answers[raw.connections - 1])
+            await writer.drain()
+            writer.close()
+
+        return serve
+
+    async def body(wire: Wire, url: str, raw: Raw) -> None:
+        cut = await wire.post(url, b"{}", {})
+        with pytest.raises(CutOff):
+            await read_limited(cut, 1000, "upstream.test")
+        whole = await wire.post(url, b"{}", {})
+        assert await read_limited(whole, 1000, "upstream.test") == b"until the end"
+        whole.release()
+        assert raw.connections == 2
+
+    run(script, body)
+
+
+def test_a_second_answer_to_one_request_is_never_read() -> None:
+    smuggled = b"HTTP/1.1 500 Smuggled\r\nContent-Length: 3\r\n\r\nbad"
+
+    def script(raw: Raw) -> Script:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                await raw.request(reader)
+                writer.write(OK + smuggled)
+
+        return serve
+
+    async def body(wire: Wire, url: str, raw: Raw) -> None:
+        for _ in range(2):
+            response = await wire.post(url, b"{}", {})
+            assert response.status == 200 and await response.content.read() == b"hello"
+            response.release()
+        assert raw.connections == 2  # the connection that carried more was not used again
+
+    run(script, body)
+
+
+def test_connect_failure_and_header_injection_are_refused() -> None:
+    async def go() -> None:
+        wire = Wire()
+        probe = await asyncio.start_server(lambda r, w: None, "127.0.0.1", 0)
+        port = probe.sockets[0].getsockname()[1]
+        probe.close()
+        await probe.wait_closed()
+        with pytest.raises(ConnectFailed) as raised:
+            await wire.post(f"http://127.0.0.1:{port}/v1", b"{}", {})
+        shown: ServiceError = transport_error(raised.value, "upstream.test", 0)
+        assert shown.params["detail"] == "connection failed (Connection refused)"
+        with pytest.raises(ValueError, match="line break"):
+            await wire.post(f"http://127.0.0.1:{port}/v1", b"{}", {"X-A": "v\r\nInjected: yes"})
+
+    asyncio.run(go())
