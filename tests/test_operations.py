@@ -301,6 +301,8 @@ def test_a_missing_schema_is_named(tmp_path: Path) -> None:
         (["--log-level", "loud"], {}, "--log-level (CHATGPT_SERVER_LOG_LEVEL): must be one of"),
         (["--store-url", "sqlite:/x"], {}, "--store-url (CHATGPT_SERVER_STORE_URL): an SQLite store looks like"),
         (["--store-url", "foo://x"], {}, "--store-url (CHATGPT_SERVER_STORE_URL): must start with"),
+        (["--store-url", "redis://:9f8e7d#Qq1@127.0.0.1:6379/0"], {}, "percent-encode special characters"),
+        ([], {"CHATGPT_SERVER_STORE_URL": "redis://u:abc?9f8e7d@127.0.0.1:6379"}, "percent-encode special characters"),
         ([], {"CHATGPT_SERVER_PROXY": "not a url"}, "CHATGPT_SERVER_PROXY: must be one of"),
         ([], {"CHATGPT_SERVER_PORT": "seventy"}, "CHATGPT_SERVER_PORT"),
         (["--workers", "0"], {}, "--workers (CHATGPT_SERVER_WORKERS)"),
@@ -314,6 +316,7 @@ def test_bad_settings_are_one_line_and_exit_2(tmp_path: Path, args: list[str], e
     assert result.returncode == 2, result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert words in result.stderr
+    assert "9f8e7d" not in result.stderr  # a password in a URL that cannot be read is never shown
 
 
 def test_help_version_and_the_way_to_the_docs(tmp_path: Path, upstreams: Upstreams) -> None:

@@ -197,3 +197,10 @@ def test_a_silent_server_fails_every_waiting_command_within_the_timeout() -> Non
 def test_a_redis_url_with_what_the_client_does_not_take_is_a_settings_error(url: str) -> None:
     with pytest.raises(ValueError, match="Redis URL"):
         Settings(store_url=url)
+
+
+@pytest.mark.parametrize("url", ["redis://:9f8e7d#Qq1@127.0.0.1:6379/0", "redis://default:abc?9f8e7d@127.0.0.1:6379"])
+def test_a_redis_url_that_cannot_be_read_is_refused_by_the_client_without_the_password(url: str) -> None:
+    with pytest.raises(ValueError) as direct:  # the settings' own check: tests/test_operations.py
+        Resp(url, 1.0, 1.0)
+    assert "9f8e7d" not in str(direct.value)

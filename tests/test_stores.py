@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import time
 import uuid
@@ -728,10 +729,53 @@ def test_network_stores_serve_more_callers_than_connections_and_survive_a_burst_
             burst = await asyncio.gather(*(store.get_item(f"o{i}", r.item.id) for i, r in enumerate(roots[:40])),
                                          return_exceptions=True)  # fmt: skip
             assert all(isinstance(b, StoreUnavailable) for b in burst), burst
+            # Callers who give up before the store timeout (a readiness probe's shorter limit)
+            for i, r in enumerate(roots[:40]):
+                with contextlib.suppress(TimeoutError, StoreUnavailable):
+                    await asyncio.wait_for(store.get_item(f"o{i}", r.item.id), 0.05)
         finally:
             store_proxy.thaw()
         for _ in range(3):
             found = await asyncio.gather(*(store.get_item(f"o{i}", r.item.id) for i, r in enumerate(roots)))
             assert [f.item.id if f else None for f in found] == [r.item.id for r in roots]
+
+    with_store(url, body, timeout=0.5)
+
+
+def test_postgresql_ends_on_the_server_what_it_stopped_waiting_for(tmp_path: Path) -> None:
+    """A turn write stuck behind another session's row lock times out for its caller, and the server
+    ends it too: no backend of ours is left waiting on the lock, however many tries there were."""
+    base = store_url("postgresql", tmp_path)
+    app = f"{uuid.uuid4().hex[:12]}"
+    url = f"{base}&application_name={app}"
+    schema = base.rsplit("search_path=", 1)[1]
+
+    async def body(store: Store) -> None:
+        root = new("q")
+        await store.put_record(Record("conversation", "conv-1", "owner-a", {}, None, 1.0, 1.0), None)
+        await store.add_turn(turn(None, root, conversation_tip="conv-1"))
+        admin = await asyncpg.connect(f"postgresql://127.0.0.1:{POSTGRES_PORT}/test")
+        try:
+            await admin.execute("BEGIN")
+            await admin.execute(f"SELECT 1 FROM {schema}.records WHERE id = 'conv-1' FOR UPDATE")  # noqa: S608 (ours)
+            await admin.execute(f"SELECT 1 FROM {schema}.items FOR UPDATE")  # noqa: S608 (ours)
+            for _ in range(3):  # in a transaction of ours, and a statement of its own
+                with pytest.raises(StoreUnavailable):
+                    await store.add_turn(turn(root.item.id, new("q2"), conversation_tip="conv-1"))
+                with pytest.raises(StoreUnavailable):
+                    await store.delete_item("owner-a", "conv-1", root.item.id)
+            deadline = time.monotonic() + 5
+            while True:
+                waiting = await admin.fetchval(
+                    "SELECT count(*) FROM pg_stat_activity WHERE application_name = $1 AND wait_event_type = 'Lock'",
+                    app,
+                )
+                if waiting == 0:
+                    break
+                assert time.monotonic() < deadline, f"{waiting} statements still waiting on the server"
+                await asyncio.sleep(0.1)
+        finally:
+            await admin.execute("ROLLBACK")
+            await admin.close()
 
     with_store(url, body, timeout=0.5)

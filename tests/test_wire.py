@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from chatgpt_server.errors import BadGateway, ServiceError
-from chatgpt_server.upstreams.http import read_limited, transport_error
+from chatgpt_server.upstreams.http import finish_response, read_limited, transport_error
 from chatgpt_server.upstreams.wire import MAX_HEAD, ConnectFailed, CutOff, Disconnected, NotHTTP, Wire
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]
@@ -59,7 +59,7 @@ def run(script: Callable[[Raw], Script], body: Callable[[Wire, str, Raw], Awaita
         wire = Wire()
         async with raw as url:
             try:
-                return await body(wire, url, raw)
+                return await asyncio.wait_for(body(wire, url, raw), 10)  # a regression fails, never hangs
             finally:
                 wire.close()
 
@@ -216,3 +216,105 @@ def test_connect_failure_and_header_injection_are_refused() -> None:
             await wire.post(f"http://127.0.0.1:{port}/v1", b"{}", {"X-A": "v\r\nInjected: yes"})
 
     asyncio.run(go())
+
+
+@pytest.mark.parametrize(
+    "interim", [b"HTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n", b"HTTP/1.1 100 Continue\r\n\r\n"]
+)
+def test_an_informational_answer_is_skipped_and_never_taken_for_the_answer(interim: bytes) -> None:
+    def script(raw: Raw) -> Script:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while True:
+                request = await raw.request(reader)
+                writer.write(interim)
+                await writer.drain()
+                await asyncio.sleep(0.02)
+                answer = request[request.index(b"\r\n\r\n") + 4 :]
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n%s" % (len(answer), answer))
+
+        return serve
+
+    async def body(wire: Wire, url: str, raw: Raw) -> None:
+        for mine in (b"for A", b"for B"):
+            response = await wire.post(url, mine, {})
+            assert response.status == 200 and "link" not in response.headers
+            assert await response.content.read() == mine
+            response.release()
+
+    run(script, body)
+
+
+def test_endless_trailers_and_a_switch_of_protocols_are_refused() -> None:
+    trailer = b"X-T: " + b"a" * 1000 + b"\r\n"
+    answers = [b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nhi\r\n0\r\n" + trailer,
+               b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: h2c\r\nConnection: Upgrade\r\n\r\n"]  # fmt: skip
+
+    def script(raw: Raw) -> Script:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await raw.request(reader)
+            answer = answers[raw.connections - 1]
+            writer.write(answer)
+            for _ in range(MAX_HEAD // 1000 + 10 if raw.connections == 1 else 0):  # trailer lines, no end
+                writer.write(b"X-T: " + b"a" * 1000 + b"\r\n")
+                await writer.drain()
+            await reader.read()
+
+        return serve
+
+    async def body(wire: Wire, url: str, raw: Raw) -> None:
+        trailing = await wire.post(url, b"{}", {})
+        with pytest.raises(NotHTTP, match="not valid HTTP"):
+            await trailing.content.read()
+        with pytest.raises(NotHTTP):
+            await wire.post(url, b"{}", {})
+
+    run(script, body)
+
+
+def test_what_follows_the_end_of_a_stream_is_drained_within_bounds() -> None:
+    """A stream that keeps sending after its last event: the connection is given up, not read forever."""
+
+    def script(raw: Raw) -> Script:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await raw.request(reader)
+            writer.write(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n")
+            try:
+                while True:
+                    writer.write(b"4000\r\n" + b"x" * 0x4000 + b"\r\n")
+                    await writer.drain()
+            except ConnectionError:
+                raw.closed_by_client.set()
+
+        return serve
+
+    async def body(wire: Wire, url: str, raw: Raw) -> None:
+        response = await wire.post(url, b"{}", {})
+        await anext(response.content.iter_any())
+        finish_response(response, complete=True)  # read to its end, as far as the caller knows
+        await asyncio.wait_for(raw.closed_by_client.wait(), 3)
+
+    run(script, body)
+
+
+def test_a_connection_whose_request_was_answered_before_it_was_sent_is_not_reused() -> None:
+    def script(raw: Raw) -> Script:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            await reader.readuntil(b"\r\n\r\n")  # the head only: answered at once, the body read later
+            writer.write(b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 2\r\n\r\nno")
+            await writer.drain()
+            await asyncio.sleep(1)
+            while await reader.read(1 << 20):
+                pass
+
+        return serve
+
+    async def body(wire: Wire, url: str, raw: Raw) -> None:
+        first = await wire.post(url, b"x" * (20 << 20), {})
+        assert first.status == 401 and await first.content.read() == b"no"
+        first.release()
+        second = await asyncio.wait_for(wire.post(url, b"{}", {}), 0.5)  # not queued behind 20 MB
+        assert second.status == 401
+        second.close()
+        assert raw.connections == 2
+
+    run(script, body)

@@ -205,6 +205,14 @@ class Settings(BaseSettings):
             raise ValueError("an SQLite store looks like sqlite:///relative/path.db or sqlite:////absolute/path.db")
         if scheme in ("redis", "rediss"):
             parts = urlsplit(value)
+            try:
+                host, _ = parts.hostname, parts.port
+            except ValueError:  # the message would quote part of the URL (a password, maybe)
+                raise ValueError(
+                    "a Redis URL that cannot be read: percent-encode special characters in the password"
+                ) from None
+            if not host:
+                raise ValueError("a Redis URL names its host: redis://[user:password@]host:port/<database number>")
             unknown = sorted({name for name, _ in parse_qsl(parts.query)} - {"prefix"})
             if unknown:
                 raise ValueError(f"a Redis URL takes one option, prefix (not {', '.join(unknown)})")

@@ -17,6 +17,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
+from operator import itemgetter
 from typing import Any
 
 from ..errors import BadRequest, GatewayTimeout, NotFound, ServiceError, ShuttingDown
@@ -29,6 +30,7 @@ from .items import Item, mint
 from .leases import Leases, Release
 from .tokens import REPLY_PRIMING, count, encoding_for, is_exact, message_cost
 
+_COST = itemgetter(3)  # a history row's cost (summed in C: a long history is thousands of rows)
 ESTIMATE_MARGIN = 0.9  # budgets of models we count by estimate keep 10% in hand
 APPEND_HOLD_S = 30.0  # the longest an append may hold its conversation (a lease a dead process left expires)
 
@@ -196,7 +198,7 @@ class Turns:
                 total = max(fixed + sum(r[3] for r in source.rows), budget + 1)  # a floor when not all was read
                 raise BadRequest("context_length_exceeded", tokens=total, budget=budget, code="context_length_exceeded")
             base = Path(spec.owner, parent.gen, history, budget - fixed, not left_out, 0, 0.0)
-        used = fixed + sum(r[3] for r in history)
+        used = fixed + sum(map(_COST, history))
         prompt = Prompt(
             model=spec.model,
             instructions=spec.instructions,

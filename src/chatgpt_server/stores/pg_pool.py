@@ -50,8 +50,12 @@ class Conns:
             try:
                 conn = await waiter
             except asyncio.CancelledError:
-                if waiter.done() and not waiter.cancelled() and waiter.result() is not None:
-                    self.release(waiter.result(), True)  # handed over just as we gave up: pass it on
+                if waiter.done() and not waiter.cancelled():  # handed over just as we gave up: pass it on
+                    handed = waiter.result()
+                    if handed is not None:
+                        self.release(handed, True)
+                    else:
+                        self._wake(None)
                 raise
             if conn is not None:
                 return conn

@@ -168,12 +168,23 @@ class PostgresStore(Store):
 
     async def _connect(self) -> Conns:
         # Operations are timed by ``_within``, not by asyncpg (no timer per query).
-        pool = Conns(lambda: asyncpg.connect(self.url, timeout=self.timeout_s), max_size=16, idle_s=60)
+        # The server ends a statement shortly after we stop waiting for it, so one we gave up on (its
+        # connection closed under it) does not run on, holding locks and a backend.
+        limit_ms = str(int(self.timeout_s * 1000) + 500)
+        settings = {
+            "statement_timeout": limit_ms,
+            "lock_timeout": limit_ms,
+            "idle_in_transaction_session_timeout": "60000",
+        }
+        pool = Conns(lambda: asyncpg.connect(self.url, timeout=self.timeout_s, server_settings=settings),
+                     max_size=16, idle_s=60)  # fmt: skip
         try:
             async with asyncio.timeout(max(self.timeout_s * 3, 5)):
                 conn = await pool.acquire()
                 try:
                     async with conn.transaction():
+                        await conn.execute("SET LOCAL statement_timeout = 0")  # a migration takes what it takes
+                        await conn.execute("SET LOCAL lock_timeout = 0")
                         await self._migrate(conn)
                 finally:
                     pool.release(conn, not conn.is_in_transaction())
@@ -234,21 +245,24 @@ class PostgresStore(Store):
         server takes as long again, so the operation is cancelled in the background instead."""
         loop = asyncio.get_running_loop()
         task: asyncio.Future[T] = asyncio.ensure_future(operation)
+        task.add_done_callback(_swallow)
         waiter: asyncio.Future[None] = loop.create_future()
 
         def wake(_: object = None) -> None:
             if not waiter.done():
                 waiter.set_result(None)
 
-        task.add_done_callback(wake)
-        timer = loop.call_later(self.timeout_s, wake)
-        try:
-            await waiter
-        finally:
-            timer.cancel()
-        if not task.done():
+        def expire() -> None:
+            # At the deadline the operation is cancelled, whether its caller still waits or was
+            # itself cancelled meanwhile (a readiness probe's shorter limit): it never outlives it.
+            wake()
             task.cancel()
-            task.add_done_callback(_swallow)
+
+        timer = loop.call_later(self.timeout_s, expire)
+        task.add_done_callback(lambda _: timer.cancel())
+        task.add_done_callback(wake)
+        await waiter
+        if not task.done() or task.cancelled():
             raise TimeoutError
         return task.result()
 

@@ -115,8 +115,16 @@ class Resp:
 
     def __init__(self, url: str, timeout_s: float, connect_timeout_s: float):
         parts = urlsplit(url)
-        self.host = parts.hostname or "127.0.0.1"
-        self.port = parts.port or 6379
+        try:
+            host, port = parts.hostname, parts.port
+        except ValueError:  # never shown: the message would hold part of the password
+            raise ValueError(
+                "the Redis URL cannot be read (percent-encode special characters in the password)"
+            ) from None
+        if not host:
+            raise ValueError("the Redis URL names no host")
+        self.host = host
+        self.port = port or 6379
         self.username = unquote(parts.username) if parts.username else None
         self.password = unquote(parts.password) if parts.password else None
         path = parts.path.strip("/")
@@ -134,13 +142,15 @@ class Resp:
         if conn is not None and conn.usable:
             return conn
         if self._connecting is None:
-            self._connecting = asyncio.ensure_future(self._connect())
-        task = self._connecting
-        try:
-            return await asyncio.shield(task)  # one caller cancelled does not cancel the others' connect
-        finally:
-            if task.done() and self._connecting is task:
-                self._connecting = None
+            task = self._connecting = asyncio.ensure_future(self._connect())
+            task.add_done_callback(self._connected)  # forgotten when done, whether anyone still waits
+        return await asyncio.shield(self._connecting)  # one caller cancelled does not cancel the others'
+
+    def _connected(self, task: asyncio.Future[_Connection]) -> None:
+        if self._connecting is task:
+            self._connecting = None
+        if not task.cancelled():
+            task.exception()  # retrieved: nobody may be left to
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()

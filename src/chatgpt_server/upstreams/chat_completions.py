@@ -9,6 +9,7 @@ parsers that accept any JSON at all and either find a reply in it or raise
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from operator import itemgetter
 from typing import Any
 
 import orjson
@@ -72,13 +73,22 @@ def chat_tool_choice(choice: Any) -> Any:
     return choice
 
 
+_KIND, _CHAT = itemgetter(1), itemgetter(2)
+
+
 def build_body(prompt: Prompt) -> bytes:
     fields: dict[str, Any] = {"model": prompt.model, **prompt.params}
     if prompt.max_output_tokens is not None:
         name = "max_completion_tokens" if uses_max_completion_tokens(prompt.model) else "max_tokens"
         fields.setdefault(name, prompt.max_output_tokens)
-    pairs = [(row[1], row[2]) for row in prompt.history]
-    pairs += [(item.kind, chat) for item, chat in zip(prompt.inputs, prompt.input_chats, strict=True)]
+    history = prompt.history
+    inputs = [(item.kind, chat) for item, chat in zip(prompt.inputs, prompt.input_chats, strict=True)]
+    if "function_call" in map(_KIND, history) or any(kind == "function_call" for kind, _ in inputs):
+        pairs = [(row[1], row[2]) for row in history] + inputs
+        messages = chat_messages(pairs)
+    else:  # plain messages (the common case): their stored JSON as it is, without a pass in Python
+        pairs = []
+        messages = [*map(_CHAT, history), *(chat for _, chat in inputs)]
     if prompt.tools:
         fields["tools"] = chat_tools(prompt.tools)
         if prompt.tool_choice is not None:
@@ -92,7 +102,6 @@ def build_body(prompt: Prompt) -> bytes:
     if prompt.stream:
         fields["stream"] = True
         fields["stream_options"] = {"include_usage": True}
-    messages = chat_messages(pairs)
     if prompt.instructions:
         messages.insert(0, orjson.dumps({"role": "system", "content": prompt.instructions}))
     rest = orjson.dumps(fields)

@@ -292,10 +292,20 @@ def finish_response(response: Answer, *, complete: bool) -> None:
         task.add_done_callback(_draining.discard)
 
 
+DRAIN_LIMIT = 64 * 1024  # what may follow the end of a stream before its connection is given up
+
+
 async def _drain(response: Answer) -> None:
+    """Read (and drop) what follows the end of a stream, so the connection can be reused; an upstream
+    that keeps sending past ``DRAIN_LIMIT`` or 5 s loses the connection instead."""
     try:
+        left = DRAIN_LIMIT
         async with asyncio.timeout(5):
-            await response.content.read()
+            async for chunk in response.content.iter_any():
+                left -= len(chunk)
+                if left < 0:
+                    response.close()
+                    return
         response.release()
     except (*TRANSPORT_ERRORS, asyncio.CancelledError):
         response.close()

@@ -151,6 +151,8 @@ class _Connection(asyncio.Protocol):
         self.headers: list[tuple[str, str]] = []
         self.until_close = False  # a body without a length: it ends when the connection does
         self.complete = False  # the answer has ended: anything more on this connection is refused
+        self.interim = False  # an informational (1xx) answer is being read: the real one follows
+        self.trailer_bytes = 0
         self.closed = False
         self.paused = False
         self.idle_since = 0.0
@@ -192,12 +194,23 @@ class _Connection(asyncio.Protocol):
             raise NotHTTP("more than one answer to a request")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if self.head is not None and self.head.done():  # a trailer: counted against the bound, not kept
+            self.trailer_bytes += len(name) + len(value) + 4
+            if self.trailer_bytes > MAX_HEAD:
+                raise NotHTTP(f"the trailers of the answer exceed {MAX_HEAD} bytes")
+            return
         self.headers.append((name.decode("latin-1"), value.decode("latin-1")))
 
     def on_headers_complete(self) -> None:
         response = self.response
         assert response is not None and self.head is not None
-        response.status = self.parser.get_status_code()
+        status = self.parser.get_status_code()
+        if status < 200:  # informational (103 Early Hints, a stray 100): skipped; 101 is not HTTP anymore
+            if status == 101:
+                raise NotHTTP("the upstream switched protocols")
+            self.headers, self.interim = [], True
+            return
+        response.status = status
         response.headers = CIMultiDict(self.headers)
         response.keep_alive = bool(self.parser.should_keep_alive())
         length = response.headers.get("Content-Length")
@@ -215,6 +228,9 @@ class _Connection(asyncio.Protocol):
             self.response._feed(body)
 
     def on_message_complete(self) -> None:
+        if self.interim:  # the end of an informational answer: the real one comes next
+            self.interim = False
+            return
         self.complete = True
         if self.response is not None:
             self.response._end()
@@ -226,7 +242,8 @@ class _Connection(asyncio.Protocol):
         self.head = asyncio.get_running_loop().create_future()
         self.head_bytes = 0
         self.headers = []
-        self.until_close = self.complete = False
+        self.until_close = self.complete = self.interim = False
+        self.trailer_bytes = 0
         self.parser = httptools.HttpResponseParser(self)
         self.transport.write(head + body)
         return self.response
@@ -242,7 +259,10 @@ class _Connection(asyncio.Protocol):
         if response is not self.response:
             return
         self.response, self.head = None, None
-        if reusable and not self.closed and not self.paused:
+        # Not reused while our request is still being sent (the answer came early): the next request
+        # would wait behind the rest of it.
+        unsent = self.transport is not None and self.transport.get_write_buffer_size() > 0
+        if reusable and not self.closed and not self.paused and not unsent:
             self.pool.put_back(self)
         else:
             self.close()
