@@ -200,6 +200,33 @@ def test_two_answers_written_at_once_to_one_item_both_land(kind: str, tmp_path: 
     with_store(store_url(kind, tmp_path), body)
 
 
+def test_answers_to_one_item_from_two_instances_at_once_all_land(kind: str, tmp_path: Path) -> None:
+    """Two instances (two store objects), each writing a group of answers to the same item at once:
+    the groups collide on the item's next place, and every answer still lands, on a branch of its own."""
+    url = store_url(kind, tmp_path)
+
+    async def body(store: Store) -> None:
+        other = open_store(url, 30, 2)
+        await other.open()
+        try:
+            tip = (await chain(store, 1))[-1]
+            await other.get_item("owner-a", tip)  # both connected before the race
+            for _ in range(8):
+                ids = await chain(store, 1, parent=tip)
+                tip = ids[-1]  # an item nobody answered yet
+                racers = [turn(tip, new(f"q{i}"), new(f"a{i}", "assistant")) for i in range(12)]
+                writes = [(store if i % 2 else other).add_turn(t) for i, t in enumerate(racers)]
+                assert await asyncio.gather(*writes) == [None] * 12
+                for racer in racers:
+                    end = racer.items[-1].item.id
+                    got = ids_of(await store.history("owner-a", end, 10_000))
+                    assert got[:4] == [end, racer.items[0].item.id, ids[1], ids[0]]
+        finally:
+            await other.close()
+
+    with_store(url, body)
+
+
 def test_history_never_crosses_into_another_owner(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
         theirs = await chain(store, 1, owner="owner-b")

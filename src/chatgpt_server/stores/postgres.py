@@ -101,6 +101,27 @@ def _swallow(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
+async def _execute_turn(conn: Connection, args: tuple[Any, ...]) -> None:
+    await conn.execute(_ADD_TURN, *args)
+
+
+async def _outcome(work: Awaitable[None]) -> Exception | None:
+    try:
+        await work
+    except Exception as exc:
+        return exc
+    return None
+
+
+def _settle(waiter: asyncio.Future[None], error: BaseException | None) -> None:
+    if waiter.done():  # its caller gave up
+        return
+    if error is None:
+        waiter.set_result(None)
+    else:
+        waiter.set_exception(error)
+
+
 async def _on(pool: Conns, operation: Callable[[Connection], Awaitable[T]]) -> T:
     """``operation`` on a connection of ``pool``; the connection goes back unless it may be broken."""
     conn = await pool.acquire()
@@ -142,6 +163,9 @@ class PostgresStore(Store):
         self.timeout_s = timeout_s
         self._pool: Conns | None = None
         self._connecting: asyncio.Future[Conns] | None = None
+        self._turns: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []  # waiting for the next group write
+        self._pings: list[asyncio.Future[None]] = []
+        self._writing: set[asyncio.Future[Any]] = set()
         self._history = history_query(lambda n: f"${n}", "LEAST")
         self._path_ids = path_ids_query(lambda n: f"${n}")
         self._item = item_query(lambda n: f"${n}")
@@ -214,6 +238,8 @@ class PostgresStore(Store):
             await conn.execute("INSERT INTO schema_migrations VALUES ($1, $2, $3)", version, name, time.time())
 
     async def close(self) -> None:
+        if self._writing:  # turns being written finish first
+            await asyncio.wait(list(self._writing), timeout=self.timeout_s * 2)
         if self._connecting is not None and not self._connecting.done():
             self._connecting.cancel()
         if self._pool is not None:
@@ -270,7 +296,28 @@ class PostgresStore(Store):
         return await self._call(lambda conn: conn.fetch(query, *args))
 
     async def ping(self) -> None:
-        await self._call(lambda conn: conn.execute("SELECT 1"))  # the simple protocol: least work on both sides
+        """One ``SELECT 1`` answers every check asked in the same pass of the event loop: it is sent
+        after each of them was asked, so the store answered for each turn."""
+        loop = asyncio.get_running_loop()
+        mine: asyncio.Future[None] = loop.create_future()
+        self._pings.append(mine)
+        if len(self._pings) == 1:
+            loop.call_soon(self._send_ping)
+        await mine
+
+    def _send_ping(self) -> None:
+        waiting, self._pings = self._pings, []
+        # The simple protocol: least work on both sides.
+        task = asyncio.ensure_future(self._call(lambda conn: conn.execute("SELECT 1")))
+
+        def told(task: asyncio.Future[Any]) -> None:
+            error = StoreUnavailable(reason="the store is closing") if task.cancelled() else task.exception()
+            for waiter in waiting:
+                _settle(waiter, error)
+
+        task.add_done_callback(told)
+        self._writing.add(task)
+        task.add_done_callback(self._writing.discard)
 
     async def shared_secret(self, candidate: bytes) -> bytes:
         rows = await self._fetch(
@@ -300,19 +347,53 @@ class PostgresStore(Store):
             [i.role for i in items], [_storable(i.text) for i in items], extras, [n.chat for n in turn.items],
             [i.status for i in items],
         )  # fmt: skip
+        if turn.conversation_tip:
+            await self._single(args, lambda conn, a: self._add_after_tip(conn, turn, a))
+            return
+        # Group commit: the turns written in one pass of the event loop go in one round trip and one
+        # transaction (asyncpg's executemany is atomic), a fraction of the server's work per turn.
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._turns.append((args, done))
+        if len(self._turns) == 1:
+            loop.call_soon(self._write_turns)
+        await done
+
+    def _write_turns(self) -> None:
+        batch, self._turns = [entry for entry in self._turns if not entry[1].done()], []  # not the cancelled
+        if batch:
+            task = asyncio.ensure_future(self._write_batch(batch))
+            self._writing.add(task)
+            task.add_done_callback(self._writing.discard)
+
+    async def _write_batch(self, batch: list[tuple[tuple[Any, ...], asyncio.Future[None]]]) -> None:
         try:
-            if turn.conversation_tip:
-                await self._call(lambda conn: self._add_after_tip(conn, turn, args))
+            if len(batch) == 1:
+                await self._single(batch[0][0], _execute_turn)
             else:
-                await self._call(lambda conn: conn.execute(_ADD_TURN, *args))
+                try:
+                    await self._call(lambda conn: conn.executemany(_ADD_TURN, [args for args, _ in batch]))
+                except asyncpg.UniqueViolationError:  # a slot taken meanwhile: each on its own, as one would
+                    for args, done in batch:
+                        _settle(done, await _outcome(self._single(args, _execute_turn)))
+                    return
+        except Exception as exc:  # each caller raises it
+            for _, done in batch:
+                _settle(done, exc)
+            return
+        for _, done in batch:
+            _settle(done, None)
+
+    async def _single(
+        self, args: tuple[Any, ...], write: Callable[[Connection, tuple[Any, ...]], Awaitable[Any]]
+    ) -> None:
+        try:
+            await self._call(lambda conn: write(conn, args))
         except asyncpg.UniqueViolationError:
             # Another turn took the parent's next slot between our read and write: fork instead.
             forced = (*args[:2], True, *args[3:])
             try:
-                if turn.conversation_tip:
-                    await self._call(lambda conn: self._add_after_tip(conn, turn, forced))
-                else:
-                    await self._call(lambda conn: conn.execute(_ADD_TURN, *forced))
+                await self._call(lambda conn: write(conn, forced))
             except asyncpg.UniqueViolationError as exc:
                 raise StoreUnavailable(reason=describe(exc, self.url)) from exc
 
