@@ -245,7 +245,10 @@ class _Connection(asyncio.Protocol):
         self.until_close = self.complete = self.interim = False
         self.trailer_bytes = 0
         self.parser = httptools.HttpResponseParser(self)
-        self.transport.write(head + body)
+        if len(body) < 65536:
+            self.transport.write(head + body)  # one system call
+        else:
+            self.transport.writelines((head, body))  # a large body is not copied to be joined
         return self.response
 
     def fail(self, error: BaseException) -> None:
