@@ -374,6 +374,14 @@ def test_a_turn_writes_its_response_and_moves_its_conversation(kind: str, tmp_pa
         assert got is not None and got.tip == reply.item.id and got.body == {"status": "completed"}
         conversation = await store.get_record("conversation", "conv-1")
         assert conversation is not None and conversation.tip == reply.item.id
+        # The response's last item, as get_item gives it (with the conversation's deletion counter).
+        assert await store.delete_item("owner-a", "conv-1", user.item.id)
+        last = await store.response_item("owner-a", "resp_1")
+        assert last is not None and last.item.id == reply.item.id and last.item.text == "a" and last.gen == 1
+        assert last == await store.get_item("owner-a", reply.item.id)
+        assert await store.response_item("owner-b", "resp_1") is None  # someone else's
+        assert await store.response_item("owner-a", "resp_unknown") is None
+        assert await store.response_item("owner-a", "resp_\x00") is None
 
     with_store(store_url(kind, tmp_path), body)
 

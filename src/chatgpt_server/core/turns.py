@@ -119,14 +119,11 @@ class Turns:
 
     async def resolve(self, owner: str, reference: str) -> StoredItem | None:
         """An item id, or a response id (its last item), as the stored item it names."""
-        item_id: str | None = reference
         if reference.startswith("resp_"):
-            record = await self._timed(self.store.get_record("response", reference))
-            item_id = record.tip if record is not None and record.owner == owner else None
-        if item_id is None:
-            return None
-        stored: StoredItem | None = await self._timed(self.store.get_item(owner, item_id))
-        return stored
+            found: StoredItem | None = await self._timed(self.store.response_item(owner, reference))
+        else:
+            found = await self._timed(self.store.get_item(owner, reference))
+        return found
 
     async def hold(self, conversation_id: str, ttl_s: float) -> Release:
         """One writer at a time for a conversation named by id, on every instance: a second turn

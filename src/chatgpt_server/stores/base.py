@@ -121,6 +121,14 @@ class Store(ABC):
     async def get_item(self, owner: str, item_id: str) -> StoredItem | None:
         """The item, with its conversation's deletion counter in ``gen``; None if unknown to ``owner``."""
 
+    async def response_item(self, owner: str, response_id: str) -> StoredItem | None:
+        """The last item of ``owner``'s stored response (None if unknown to them), in one round trip
+        where the store can (``previous_response_id`` on every Responses follow-up)."""
+        record = await self.get_record("response", response_id)
+        if record is None or record.owner != owner or not record.tip:
+            return None
+        return await self.get_item(owner, record.tip)
+
     @abstractmethod
     async def get_items(self, owner: str, item_ids: list[str]) -> list[StoredItem]:
         """Those of the items that exist for ``owner``, in the order asked."""

@@ -36,6 +36,7 @@ from .sql import (
     migrations,
     path_ids_query,
     purge_cut,
+    response_item_query,
 )
 from .sqlite import item_from_row, record_from_row
 
@@ -169,6 +170,7 @@ class PostgresStore(Store):
         self._history = history_query(lambda n: f"${n}", "LEAST")
         self._path_ids = path_ids_query(lambda n: f"${n}")
         self._item = item_query(lambda n: f"${n}")
+        self._response_item = response_item_query(lambda n: f"${n}")
 
     async def open(self) -> None:
         await self._connection_attempt()  # at start-up the whole attempt (a migration may take a while)
@@ -413,6 +415,12 @@ class PostgresStore(Store):
         if NUL in item_id:  # no id of ours holds one (and PostgreSQL text cannot)
             return None
         rows = await self._fetch(self._item, item_id, owner)
+        return item_from_row(rows[0]) if rows else None
+
+    async def response_item(self, owner: str, response_id: str) -> StoredItem | None:
+        if NUL in response_id:
+            return None
+        rows = await self._fetch(self._response_item, response_id, owner)
         return item_from_row(rows[0]) if rows else None
 
     async def get_items(self, owner: str, item_ids: list[str]) -> list[StoredItem]:

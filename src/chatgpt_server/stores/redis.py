@@ -117,6 +117,17 @@ f[8] = redis.call('HGET', ARGV[1] .. 'r:conversation:' .. f[2], 'g') or '0'
 return f
 """)
 
+# ARGV: prefix, response id, owner. As _GET_ITEM, for the last item of the owner's response.
+_RESPONSE_ITEM = Script("""
+local r = redis.call('HMGET', ARGV[1] .. 'r:response:' .. ARGV[2], 'o', 't')
+if r[1] ~= ARGV[3] or not r[2] or r[2] == '' then return nil end
+local f = redis.call('HMGET', ARGV[1] .. 'i:' .. r[2], 'o', 'c', 'p', 'n', 'd', 'k', 'x')
+if f[1] ~= ARGV[3] or not f[7] then return nil end
+f[8] = redis.call('HGET', ARGV[1] .. 'r:conversation:' .. f[2], 'g') or '0'
+f[9] = r[2]
+return f
+""")
+
 # ARGV: prefix, item id, owner, max steps. Returns the ids of the item and its ancestors (not deleted).
 _PATH = Script("""
 local p, id, owner, steps = ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -331,6 +342,13 @@ class RedisStore(Store):
             return None
         owner_, conversation, parent, cost, deleted, kind, rest, gen = found
         return _item(item_id, [owner_, conversation, parent, cost, deleted, kind, None, rest], int(gen))
+
+    async def response_item(self, owner: str, response_id: str) -> StoredItem | None:
+        found = await self._script(_RESPONSE_ITEM, [self.prefix, response_id, owner])
+        if not found:
+            return None
+        owner_, conversation, parent, cost, deleted, kind, rest, gen, item_id = found
+        return _item(_text(item_id), [owner_, conversation, parent, cost, deleted, kind, None, rest], int(gen))
 
     async def get_items(self, owner: str, item_ids: list[str]) -> list[StoredItem]:
         if not item_ids:

@@ -218,6 +218,16 @@ def path_ids_query(p: Placeholder) -> str:
         LIMIT {MAX_WALK}"""
 
 
+def response_item_query(p: Placeholder) -> str:
+    """Parameters: 1 response id, 2 owner. One row: the response's last item (as ``item_query``)."""
+    columns = ", ".join(f"i.{c.strip()}" for c in ITEM_COLUMNS.split(","))
+    return f"""
+        SELECT {columns}, COALESCE(r.gen, 0)
+        FROM records resp JOIN items i ON i.id = resp.tip AND i.owner = {p(2)}
+        LEFT JOIN records r ON r.kind = 'conversation' AND r.id = i.conversation_id
+        WHERE resp.kind = 'response' AND resp.id = {p(1)} AND resp.owner = {p(2)}"""
+
+
 def item_query(p: Placeholder) -> str:
     """Parameters: 1 item id, 2 owner. One row: the item's columns and its conversation's gen."""
     columns = ", ".join(f"i.{c.strip()}" for c in ITEM_COLUMNS.split(","))

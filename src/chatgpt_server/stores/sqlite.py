@@ -47,6 +47,7 @@ from .sql import (
     migrations,
     path_ids_query,
     purge_cut,
+    response_item_query,
 )
 
 # The WAL is checkpointed (copied into the database) by a thread of ours, every 0.2 s, PASSIVE: that
@@ -153,6 +154,7 @@ class SQLiteStore(Store):
         self._history = history_query(lambda n: f"?{n}", "min")
         self._path_ids = path_ids_query(lambda n: f"?{n}")
         self._item = item_query(lambda n: f"?{n}")
+        self._response_item = response_item_query(lambda n: f"?{n}")
 
     @property
     def db(self) -> sqlite3.Connection:
@@ -371,6 +373,10 @@ class SQLiteStore(Store):
 
     async def get_item(self, owner: str, item_id: str) -> StoredItem | None:
         rows = self._run(self._item, (item_id, owner))
+        return item_from_row(rows[0]) if rows else None
+
+    async def response_item(self, owner: str, response_id: str) -> StoredItem | None:
+        rows = self._run(self._response_item, (response_id, owner))
         return item_from_row(rows[0]) if rows else None
 
     async def get_items(self, owner: str, item_ids: list[str]) -> list[StoredItem]:
