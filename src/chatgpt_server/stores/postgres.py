@@ -193,9 +193,9 @@ class PostgresStore(Store):
         return self._connecting
 
     async def _connect(self) -> Conns:
-        # Operations are timed by ``_within``, not by asyncpg (no timer per query).
-        # The server ends a statement shortly after we stop waiting for it, so one we gave up on (its
-        # connection closed under it) does not run on, holding locks and a backend.
+        # Operations are timed by ``_within``, not by asyncpg (no timer per query). The server ends a
+        # statement shortly after we stop waiting for it, so one we gave up on (its connection closed
+        # under it) does not run on, holding locks and a backend.
         limit_ms = str(int(self.timeout_s * 1000) + 500)
         settings = {
             "statement_timeout": limit_ms,
@@ -268,9 +268,11 @@ class PostgresStore(Store):
         raise AssertionError("unreachable")
 
     async def _within(self, operation: Awaitable[T]) -> T:
-        """The operation's result within the store timeout. On timeout the caller is answered at once:
-        asyncpg, cancelled mid-query, first tries to reset the connection, which against a hung
-        server takes as long again, so the operation is cancelled in the background instead."""
+        """The operation's result within the store timeout. It runs as a task of its own, timed by
+        one timer: at the deadline the caller is answered at once and the operation cancelled (its
+        connection closed by ``_on``); a caller cancelled sooner leaves it to finish, or to meet the
+        same deadline, so no operation outlives it. An inline ``asyncio.timeout`` measured no faster
+        and made asyncpg log every connection closed under a cancelled query."""
         loop = asyncio.get_running_loop()
         task: asyncio.Future[T] = asyncio.ensure_future(operation)
         task.add_done_callback(_swallow)
