@@ -5,10 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime
+import ipaddress
+import ssl
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from chatgpt_server.errors import BadGateway, ServiceError
 from chatgpt_server.upstreams.http import finish_response, read_limited, transport_error
@@ -318,3 +326,66 @@ def test_a_connection_whose_request_was_answered_before_it_was_sent_is_not_reuse
         assert raw.connections == 2
 
     run(script, body)
+
+
+def _authority_and_server_context(tmp_path: Path, name: str) -> tuple[ssl.SSLContext, ssl.SSLContext]:
+    """A throw-away certificate authority, and a server context holding a certificate it signed for
+    ``name`` (127.0.0.1 as an IP address, or a DNS name)."""
+    now = datetime.datetime.now(datetime.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "test authority")])
+    ca = (x509.CertificateBuilder().subject_name(ca_name).issuer_name(ca_name).public_key(ca_key.public_key())
+          .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(days=1))
+          .not_valid_after(now + datetime.timedelta(days=1))
+          .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+          .sign(ca_key, hashes.SHA256()))  # fmt: skip
+    key = ec.generate_private_key(ec.SECP256R1())
+    alt = x509.IPAddress(ipaddress.ip_address(name)) if name[0].isdigit() else x509.DNSName(name)
+    cert = (x509.CertificateBuilder().subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)]))
+            .issuer_name(ca_name).public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=1))
+            .add_extension(x509.SubjectAlternativeName([alt]), critical=False)
+            .sign(ca_key, hashes.SHA256()))  # fmt: skip
+    pem = serialization.Encoding.PEM
+    (tmp_path / "server.pem").write_bytes(
+        cert.public_bytes(pem) + key.private_bytes(pem, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    server = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server.load_cert_chain(tmp_path / "server.pem")
+    client = ssl.create_default_context(cadata=ca.public_bytes(pem).decode())
+    return client, server
+
+
+@pytest.mark.parametrize("name", ["127.0.0.1", "upstream.invalid"])
+def test_https_is_verified_against_the_authority_and_the_host_name(tmp_path: Path, name: str) -> None:
+    """Over TLS the answer is read as over plain TCP when the certificate is the host's; a certificate
+    for another name fails the connection, never falls back."""
+    client, server = _authority_and_server_context(tmp_path, name)
+
+    async def go() -> None:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionError, asyncio.IncompleteReadError, ssl.SSLError):
+                while True:
+                    await reader.readuntil(b"\r\n\r\n")
+                    await reader.readexactly(2)
+                    writer.write(OK)
+
+        tls_server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server)
+        port = tls_server.sockets[0].getsockname()[1]
+        wire = Wire(client)
+        try:
+            url = f"https://127.0.0.1:{port}/v1/chat/completions"
+            if name == "127.0.0.1":
+                for _ in range(2):
+                    response = await asyncio.wait_for(wire.post(url, b"{}", {}), 5)
+                    assert response.status == 200 and await response.content.read() == b"hello"
+                    response.release()
+            else:
+                with pytest.raises(ConnectFailed) as raised:
+                    await asyncio.wait_for(wire.post(url, b"{}", {}), 5)
+                assert "TLS" in str(transport_error(raised.value, "upstream.test", 0).params["detail"])
+        finally:
+            wire.close()
+            tls_server.close()
+
+    asyncio.run(go())

@@ -298,9 +298,9 @@ def _why(exc: OSError) -> str:
 class Wire:
     """The connections to upstreams, and the one call they serve: ``post``."""
 
-    def __init__(self) -> None:
+    def __init__(self, tls: ssl.SSLContext | None = None) -> None:
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
-        self._tls: ssl.SSLContext | None = None
+        self._tls = tls  # the system's trust store unless given (tests bring their own authority)
 
     def _ssl(self) -> ssl.SSLContext:
         if self._tls is None:
