@@ -142,55 +142,52 @@ class FakeRedis:
             pass
 
 
-def test_a_dropped_connection_is_reconnected_and_the_command_retried_once() -> None:
+def with_fake(body: Callable[[FakeRedis, Resp], Awaitable[None]], timeout: float = 2.0) -> None:
     async def go() -> None:
         fake = FakeRedis()
-        client = Resp(await fake.start(), 2.0, 2.0)
+        client = Resp(await fake.start(), timeout, 2.0)
         try:
-            assert await client.call("PING") == b"OK"
-            fake.cut_after = 0  # the next command's connection is cut before it is answered
-            assert await client.call("PING") == b"OK"  # retried on a new connection
-            assert fake.connections == 2
+            await body(fake, client)
         finally:
             await client.close()
 
     asyncio.run(go())
+
+
+def test_a_dropped_connection_is_reconnected_and_the_command_retried_once() -> None:
+    async def body(fake: FakeRedis, client: Resp) -> None:
+        assert await client.call("PING") == b"OK"
+        fake.cut_after = 0  # the next command's connection is cut before it is answered
+        assert await client.call("PING") == b"OK"  # retried on a new connection
+        assert fake.connections == 2
+
+    with_fake(body)
 
 
 def test_a_reply_nobody_asked_for_drops_the_connection() -> None:
-    async def go() -> None:
-        fake = FakeRedis()
-        client = Resp(await fake.start(), 2.0, 2.0)
-        try:
-            fake.extra = True  # the answer and a surprise, in one write
-            assert await client.call("PING") == b"OK"
-            fake.extra = False
-            assert await client.call("PING") == b"OK"
-            assert fake.connections == 2  # a connection whose replies cannot be matched is not used again
-        finally:
-            await client.close()
+    async def body(fake: FakeRedis, client: Resp) -> None:
+        fake.extra = True  # the answer and a surprise, in one write
+        assert await client.call("PING") == b"OK"
+        fake.extra = False
+        assert await client.call("PING") == b"OK"
+        assert fake.connections == 2  # a connection whose replies cannot be matched is not used again
 
-    asyncio.run(go())
+    with_fake(body)
 
 
 def test_a_silent_server_fails_every_waiting_command_within_the_timeout() -> None:
-    async def go() -> None:
-        fake = FakeRedis()
-        client = Resp(await fake.start(), 0.3, 2.0)
-        try:
-            await client.call("PING")
-            fake.silent = True
-            loop = asyncio.get_running_loop()
-            started = loop.time()
-            results = await asyncio.gather(*(client.call("PING") for _ in range(20)), return_exceptions=True)
-            assert all(isinstance(r, TimeoutError) for r in results), results
-            assert loop.time() - started < 0.3 + 0.3
-            fake.silent = False
-            assert await client.call("PING") == b"OK"  # a new connection
-        finally:
-            await client.close()
+    async def body(fake: FakeRedis, client: Resp) -> None:
+        await client.call("PING")
+        fake.silent = True
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        results = await asyncio.gather(*(client.call("PING") for _ in range(20)), return_exceptions=True)
+        assert all(isinstance(r, TimeoutError) for r in results), results
+        assert loop.time() - started < 0.3 + 0.3
+        fake.silent = False
+        assert await client.call("PING") == b"OK"  # a new connection
 
-    asyncio.run(go())
+    with_fake(body, timeout=0.3)
 
 
 @pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/0?prefix=a:&ssl_cert_reqs=none", "redis://127.0.0.1/db"])

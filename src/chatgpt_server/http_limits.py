@@ -25,10 +25,12 @@ by less than one read (uvloop reads 256,000 bytes at most); memory stays bounded
 from __future__ import annotations
 
 import asyncio
-from typing import Any, ClassVar, cast
+from typing import ClassVar, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+
+from .one_send import OneSend
 
 __all__ = [
     "DEFAULT_HEAD_TIMEOUT_S",
@@ -49,46 +51,6 @@ _BODY = 2  # the head is complete, the body (if any) is not
 
 # When the bound is crossed with no more than this many bytes besides the URL, the crossing is in the request line.
 _REQUEST_LINE_SLACK = 32
-
-
-class _OneSend:
-    """A connection's transport that sends what one pass of the event loop wrote as one write: uvicorn
-    writes a response's head and its body separately (two system calls per response, ~9% of the CPU
-    of a new conversation); here they leave together, at the end of the pass."""
-
-    __slots__ = ("_loop", "_out", "_transport")
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop):
-        self._transport = transport
-        self._loop = loop
-        self._out: list[bytes] = []
-
-    def write(self, data: bytes) -> None:
-        if not self._out:
-            self._loop.call_soon(self.flush)
-        self._out.append(data)
-
-    def flush(self) -> None:
-        out = self._out
-        if out:
-            self._out = []
-            if not self._transport.is_closing():
-                self._transport.write(out[0] if len(out) == 1 else b"".join(out))
-
-    def close(self) -> None:
-        self.flush()
-        self._transport.close()
-
-    def write_eof(self) -> None:
-        self.flush()
-        self._transport.write_eof()
-
-    def abort(self) -> None:
-        self._out = []
-        self._transport.abort()
-
-    def __getattr__(self, name: str) -> Any:  # everything else is the transport's own
-        return getattr(self._transport, name)
 
 
 class _HeadRejected(Exception):
@@ -119,7 +81,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._message_ended = self._rejected = False
         self._reject_status = 0
         self._body_fed = 0
-        super().connection_made(cast(asyncio.Transport, _OneSend(transport, asyncio.get_running_loop())))
+        super().connection_made(cast(asyncio.Transport, OneSend(transport, asyncio.get_running_loop())))
         self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
     def connection_lost(self, exc: Exception | None) -> None:

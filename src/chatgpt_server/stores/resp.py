@@ -23,6 +23,8 @@ from urllib.parse import unquote, urlsplit
 
 import hiredis
 
+from ..one_send import OneSend
+
 Reply = Any  # bytes, int, None, a list of replies, or a ReplyError (an error reply)
 
 
@@ -36,13 +38,13 @@ class _Connection(asyncio.Protocol):
         self.timeout_s = timeout_s
         self.reader = hiredis.Reader()
         self.waiting: deque[tuple[asyncio.Future[Reply], asyncio.TimerHandle]] = deque()
-        self.transport: asyncio.Transport | None = None
-        self.out: list[bytes] = []
+        self.transport: OneSend | None = None  # the commands of one loop pass leave in one write
         self.lost: BaseException | None = None
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)  # uvloop's transports do not subclass asyncio's
+        # uvloop's transports do not subclass asyncio's
+        self.transport = OneSend(cast(asyncio.Transport, transport), self.loop)
 
     def data_received(self, data: bytes) -> None:
         reader = self.reader
@@ -68,21 +70,14 @@ class _Connection(asyncio.Protocol):
 
     def send(self, packed: bytes) -> asyncio.Future[Reply]:
         future: asyncio.Future[Reply] = self.loop.create_future()
-        if self.lost is not None:
-            future.set_exception(self.lost)
+        if self.lost is not None or self.transport is None:
+            future.set_exception(self.lost or ConnectionError("not connected to Redis"))
             return future
-        if not self.out:
-            self.loop.call_soon(self._flush)  # what else is sent in this iteration goes in the same write
-        self.out.append(packed)
-        self.waiting.append((future, self.loop.call_later(self.timeout_s, self._expired, future)))
+        self.transport.write(packed)
+        self.waiting.append((future, self.loop.call_later(self.timeout_s, self._expired)))
         return future
 
-    def _flush(self) -> None:
-        out, self.out = self.out, []
-        if out and self.transport is not None and self.lost is None:
-            self.transport.write(b"".join(out) if len(out) > 1 else out[0])
-
-    def _expired(self, future: asyncio.Future[Reply]) -> None:
+    def _expired(self) -> None:
         # Everything behind it waits on the same stalled server: it all fails now, none of it retried.
         self.fail(TimeoutError(f"Redis did not answer within {self.timeout_s:g} s"))
 
@@ -95,9 +90,8 @@ class _Connection(asyncio.Protocol):
             timer.cancel()
             if not future.done():
                 future.set_exception(error)
-        self.out.clear()
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.close()
+            self.transport.abort()  # what was not sent yet is not sent
 
 
 class Script:

@@ -144,18 +144,22 @@ class _Connection(asyncio.Protocol):
         self.pool = pool
         self.key = key
         self.transport: asyncio.Transport | None = None
-        self.parser = httptools.HttpResponseParser(self)
         self.response: WireResponse | None = None
         self.head: asyncio.Future[None] | None = None
+        self._expect()
+        self.closed = False
+        self.paused = False
+        self.idle_since = 0.0
+
+    def _expect(self) -> None:
+        """Ready to read a new answer."""
+        self.parser = httptools.HttpResponseParser(self)
         self.head_bytes = 0
         self.headers: list[tuple[str, str]] = []
         self.until_close = False  # a body without a length: it ends when the connection does
         self.complete = False  # the answer has ended: anything more on this connection is refused
         self.interim = False  # an informational (1xx) answer is being read: the real one follows
         self.trailer_bytes = 0
-        self.closed = False
-        self.paused = False
-        self.idle_since = 0.0
 
     # -- asyncio.Protocol -------------------------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -240,11 +244,7 @@ class _Connection(asyncio.Protocol):
         assert self.transport is not None
         self.response = WireResponse(self, url)
         self.head = asyncio.get_running_loop().create_future()
-        self.head_bytes = 0
-        self.headers = []
-        self.until_close = self.complete = self.interim = False
-        self.trailer_bytes = 0
-        self.parser = httptools.HttpResponseParser(self)
+        self._expect()
         if len(body) < 65536:
             self.transport.write(head + body)  # one system call
         else:
