@@ -1,26 +1,30 @@
-"""The budget cut of a history, against its definition written as a plain loop, on random histories."""
+"""The budget cut of a history and the growth of a cached path, against their definitions written as
+plain loops, on random histories."""
 
 from __future__ import annotations
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatgpt_server.core.history import cut, path_from_store
+from chatgpt_server.core.history import HistoryCache, Path, Window, path_from_store, visible
 from chatgpt_server.stores import HistoryRow
 
 KINDS = ["message", "deleted", "function_call", "function_call_output"]
 
 
-def _rows(spec: list[tuple[str, int]]) -> list[HistoryRow]:
+def _rows(spec: list[tuple[str, int]], first: int = 0) -> list[HistoryRow]:
     chat = b'{"role":"user","content":"x"}'
-    return [(f"i{n}", kind, chat, cost, f"i{n - 1}" if n else None) for n, (kind, cost) in enumerate(spec)]
+    return [(f"i{n}", kind, chat * (1 + n % 3), cost, f"i{n - 1}" if n else None)
+            for n, (kind, cost) in enumerate(spec, first)]  # fmt: skip
 
 
-rows_strategy = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 50)), max_size=60).map(_rows)
+specs = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 50)), max_size=60)
+rows_strategy = specs.map(_rows)
 
 
-def reference(rows: list[HistoryRow], budget: int) -> tuple[list[HistoryRow], bool]:
-    """The newest rows whose costs fit, deleted ones counted but left out, no leading tool output."""
+def reference(rows: list[HistoryRow], budget: int) -> tuple[list[HistoryRow], bool, int]:
+    """The newest rows whose costs fit, deleted ones counted but left out, no leading tool output;
+    whether any row was left out; the cost of what is kept."""
     used, start = 0, len(rows)
     while start > 0 and used + rows[start - 1][3] <= budget:
         start -= 1
@@ -28,16 +32,25 @@ def reference(rows: list[HistoryRow], budget: int) -> tuple[list[HistoryRow], bo
     kept = [r for r in rows[start:] if r[1] != "deleted"]
     while kept and kept[0][1] == "function_call_output":
         kept.pop(0)
-    return kept, start > 0
+    return kept, start > 0, sum(r[3] for r in kept)
+
+
+def window(path: Path, budget: int) -> tuple[list[HistoryRow], bool, int]:
+    """What a turn takes of ``path`` (as ``Turns._open`` does)."""
+    start = path.fit(budget)
+    kept = path.rows[start:]
+    if path.plain:
+        return kept, start > 0, path.cost(start)
+    kept = visible(kept)
+    return kept, start > 0, sum(r[3] for r in kept)
 
 
 @settings(max_examples=500, deadline=None)
 @given(rows=rows_strategy, budget=st.integers(0, 400))
-def test_cut_keeps_exactly_the_newest_rows_that_fit(rows: list[HistoryRow], budget: int) -> None:
-    kept, left_out = cut(rows, budget)
-    assert (kept, left_out) == reference(rows, budget)
-    kept.append(("extra", "message", b"", 0, None))  # the caller's own list: the input is untouched
-    assert all(r[0] != "extra" for r in rows)
+def test_the_cut_keeps_exactly_the_newest_rows_that_fit(rows: list[HistoryRow], budget: int) -> None:
+    path = path_from_store("owner", 0, rows[::-1], budget)
+    assert window(path, budget) == reference(rows, budget)
+    assert path.plain == all(r[1] == "message" for r in rows)
 
 
 @settings(max_examples=200, deadline=None)
@@ -48,3 +61,27 @@ def test_a_path_from_the_store_counts_what_it_holds(rows: list[HistoryRow], budg
     assert path.coverage == max(budget, sum(r[3] for r in rows))
     assert path.complete == (not rows or rows[0][4] is None)
     assert path.size >= sum(len(r[2]) for r in rows)
+
+
+@settings(max_examples=300, deadline=None)
+@given(old=specs, new=specs.filter(bool), budget=st.integers(0, 400), later=st.integers(0, 400))
+def test_a_grown_path_is_the_path_of_its_rows(
+    old: list[tuple[str, int]], new: list[tuple[str, int]], budget: int, later: int
+) -> None:
+    """A turn's path, grown from the window its prompt was cut from, cuts later budgets as a path
+    read from the store with the same rows would, and counts the same bytes."""
+    rows = _rows(old)
+    path = path_from_store("owner", 3, rows[::-1], budget)
+    start = path.fit(budget)
+    added = _rows(new, len(rows))
+    grown = HistoryCache(1 << 30).extend(Window(path, start, budget, start == 0), added)
+    expected = rows[start:] + added
+    fresh = path_from_store("owner", 3, expected[::-1], 0)
+    assert grown.rows == expected
+    assert (grown.owner, grown.gen, grown.complete) == ("owner", 3, start == 0)
+    assert grown.coverage == budget + sum(r[3] for r in added)
+    assert grown.plain == (path.plain and fresh.plain)  # never plain unless it is; a window cut from a path
+    # that was not may be (a deleted row fell out of it), and is still scanned
+    assert grown.size == fresh.size
+    assert window(grown, later) == window(fresh, later) == reference(expected, later)
+    assert path.rows == rows  # the path it grew from is untouched (it may still be cached)

@@ -10,8 +10,9 @@ cached), and retention (entries live ``TTL_S``, far less than any retention peri
 from __future__ import annotations
 
 import time
-from bisect import bisect_right
+from bisect import bisect_left
 from collections import OrderedDict
+from collections.abc import Iterable
 from dataclasses import dataclass
 from itertools import accumulate
 from operator import itemgetter
@@ -27,26 +28,47 @@ _ENTRY_OVERHEAD = 400  # the Path, the dict entry and its key
 @dataclass(slots=True)
 class Path:
     """An item's ancestors (oldest first, the item last): all of them when ``complete``, else every
-    one within ``coverage`` tokens of the item."""
+    one within ``coverage`` tokens of the item.
+
+    ``totals`` and ``sizes`` are running sums (one more entry than ``rows``; only their differences
+    mean anything) of the rows' costs and JSON bytes: the budget cut is a binary search and a path
+    grows by a turn without a pass over the thousands of rows a 128k-token history holds."""
 
     owner: str
     gen: int
     rows: list[HistoryRow]
+    totals: list[int]
+    sizes: list[int]
     coverage: int
     complete: bool
+    plain: bool  # every row a message: nothing to leave out of a prompt, nothing to convert
     size: int
     at: float
 
     def covers(self, budget: int) -> bool:
         return self.complete or self.coverage >= budget
 
+    def fit(self, budget: int) -> int:
+        """Where the newest rows whose costs fit ``budget`` start (0: every row fits)."""
+        totals = self.totals
+        return bisect_left(totals, totals[-1] - budget)
+
+    def cost(self, start: int) -> int:
+        return self.totals[-1] - self.totals[start]
+
+
+def empty_path(owner: str) -> Path:
+    return Path(owner, 0, [], [0], [0], 0, True, True, _ENTRY_OVERHEAD, 0.0)
+
 
 def path_from_store(owner: str, gen: int, newest_first: list[HistoryRow], budget: int) -> Path:
     """What a store read returned, as a path: complete if it reached the root within ``budget``."""
     rows = newest_first[::-1]
     complete = not rows or rows[0][4] is None
-    total = sum(map(_COST, rows))
-    return Path(owner, gen, rows, max(budget, total), complete, _size(rows), time.monotonic())
+    totals = [0, *accumulate(map(_COST, rows))]
+    sizes = [0, *accumulate(map(len, map(_CHAT, rows)))]
+    return Path(owner, gen, rows, totals, sizes, max(budget, totals[-1]), complete, _plain(rows),
+                _size(sizes, len(rows)), time.monotonic())  # fmt: skip
 
 
 # Rows are read with C-level helpers (map, itemgetter, accumulate): a 128k-token history is over a
@@ -54,26 +76,45 @@ def path_from_store(owner: str, gen: int, newest_first: list[HistoryRow], budget
 _KIND, _CHAT, _COST = itemgetter(1), itemgetter(2), itemgetter(3)
 
 
-def _size(rows: list[HistoryRow]) -> int:
-    return sum(map(len, map(_CHAT, rows))) + _ROW_OVERHEAD * len(rows) + _ENTRY_OVERHEAD
+def _plain(rows: list[HistoryRow]) -> bool:
+    return all(map("message".__eq__, map(_KIND, rows)))
 
 
-def cut(rows: list[HistoryRow], budget: int) -> tuple[list[HistoryRow], bool]:
-    """The newest rows (oldest first) whose costs fit ``budget``, and whether any row was left out.
+def _size(sizes: list[int], count: int) -> int:
+    return sizes[-1] - sizes[0] + _ROW_OVERHEAD * count + _ENTRY_OVERHEAD
 
-    Deleted rows (kind "deleted") count toward the budget, as their place in the stored running
-    totals does, but are left out of what is returned. A function call's output never starts a
-    history without the call before it.
-    """
-    # Running totals from the newest row back: the rows that fit are the longest such run within budget.
-    fits = bisect_right(list(accumulate(map(_COST, reversed(rows)))), budget)
-    start = len(rows) - fits
-    kept = rows[start:] if start else list(rows)
-    if "deleted" in map(_KIND, kept):
-        kept = [r for r in kept if r[1] != "deleted"]
-    while kept and kept[0][1] == "function_call_output":
-        kept.pop(0)
-    return kept, start > 0
+
+def visible(rows: list[HistoryRow]) -> list[HistoryRow]:
+    """What of a window of rows a prompt holds: deleted rows (which count toward the budget, as their
+    place in the stored running totals does) are left out, and a function call's output never starts
+    a history without the call before it."""
+    kept = [r for r in rows if r[1] != "deleted"] if "deleted" in map(_KIND, rows) else rows
+    start = 0
+    while start < len(kept) and kept[start][1] == "function_call_output":
+        start += 1
+    return kept[start:] if start else kept
+
+
+def _grow(sums: list[int], start: int, values: Iterable[int]) -> list[int]:
+    """Running sums from ``start`` on, followed by those of ``values`` (a turn's few new rows)."""
+    grown = sums[start:]
+    for value in values:
+        grown.append(grown[-1] + value)
+    return grown
+
+
+@dataclass(slots=True)
+class Window:
+    """The part of a path a turn's prompt was built from, ``path.rows[start:]``, deleted rows included:
+    the history of the turn's own items once they are stored."""
+
+    path: Path
+    start: int
+    coverage: int
+    complete: bool
+
+    def __len__(self) -> int:
+        return len(self.path.rows) - self.start
 
 
 class HistoryCache:
@@ -116,10 +157,14 @@ class HistoryCache:
             _, evicted = self._entries.popitem(last=False)
             self.size -= evicted.size
 
-    def extend(self, base: list[HistoryRow], base_complete: bool, coverage: int, new: list[HistoryRow],
-               owner: str, gen: int) -> Path:  # fmt: skip
+    def extend(self, base: Window, new: list[HistoryRow]) -> Path:
         """The path of the newest of ``new``, which were just written after ``base``. The rows' JSON
         must be exactly sized (orjson's own results keep a 4 kB buffer each: copy them first)."""
-        rows = base + new
-        added = sum(r[3] for r in new)
-        return Path(owner, gen, rows, coverage + added, base_complete, _size(rows), time.monotonic())
+        path, start = base.path, base.start
+        rows = path.rows[start:] + new
+        totals = _grow(path.totals, start, map(_COST, new))
+        sizes = _grow(path.sizes, start, map(len, map(_CHAT, new)))
+        plain = path.plain and _plain(new)
+        coverage = base.coverage + sum(map(_COST, new))
+        return Path(path.owner, path.gen, rows, totals, sizes, coverage, base.complete, plain,
+                    _size(sizes, len(rows)), time.monotonic())  # fmt: skip

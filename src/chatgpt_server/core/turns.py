@@ -25,7 +25,7 @@ from ..stores import HistoryRow, NewItem, Record, Store, StoredItem, TurnWrite
 from ..upstreams.base import Event, Prompt, Reply, Target, ToolCall, Upstream
 from .activity import Activity, current_log
 from .conversations import check_id, find
-from .history import MIN_ROWS, HistoryCache, Path, cut, path_from_store
+from .history import MIN_ROWS, HistoryCache, Path, Window, empty_path, path_from_store, visible
 from .items import Item, mint
 from .leases import Leases, Release
 from .tokens import REPLY_PRIMING, count, encoding_for, is_exact, message_cost
@@ -182,24 +182,32 @@ class Turns:
         if fixed > budget:
             raise BadRequest("prompt_too_long", tokens=fixed, budget=budget, code="context_length_exceeded")
         history: list[HistoryRow] = []
-        base = Path(spec.owner, 0, [], 0, True, 0, 0.0)
+        base = Window(empty_path(spec.owner), 0, 0, True)
+        used = fixed
         if parent is not None and spec.target.upstream != "web":  # the web backend keeps its own history
-            source = await self._history(spec.owner, parent, budget - fixed)
-            history, cut_off = cut(source.rows, budget - fixed)
-            left_out = cut_off or not source.complete  # older items exist, beyond what fits
-            if not cut_off and left_out and not spec.budget.truncate:
+            room = budget - fixed
+            source = await self._history(spec.owner, parent, room)
+            start = source.fit(room)
+            window = source.rows[start:]
+            left_out = start > 0 or not source.complete  # older items exist, beyond what fits
+            if not start and left_out and not spec.budget.truncate:
                 # Everything read fits: the read stopped either at the budget or at an ancestor
                 # retention already removed. Only the first is a reason to refuse.
                 left_out = await self._older_exists(spec.owner, source.rows)
             if left_out and not spec.budget.truncate:
-                total = max(fixed + sum(r[3] for r in source.rows), budget + 1)  # a floor when not all was read
+                total = max(fixed + source.cost(0), budget + 1)  # a floor when not all was read
                 raise BadRequest("context_length_exceeded", tokens=total, budget=budget, code="context_length_exceeded")
-            base = Path(spec.owner, parent.gen, history, budget - fixed, not left_out, 0, 0.0)
-        used = fixed + sum(map(_COST, history))
+            if source.plain:  # nothing to leave out: the window's cost is known without a pass over it
+                history, used = window, fixed + source.cost(start)
+            else:
+                history = visible(window)
+                used = fixed + sum(map(_COST, history))
+            base = Window(source, start, room, not left_out)
         prompt = Prompt(
             model=spec.model,
             instructions=spec.instructions,
             history=history,
+            plain=base.path.plain,
             inputs=spec.inputs,
             input_chats=input_chats,
             params=spec.params,
@@ -264,7 +272,7 @@ class OpenTurn:
     (once) and returns the result; ``close()`` gives up without storing."""
 
     def __init__(self, turns: Turns, spec: TurnSpec, prompt: Prompt, parent: StoredItem | None,
-                 conversation_id: str, encoding: str, prompt_tokens: int, base: Path,
+                 conversation_id: str, encoding: str, prompt_tokens: int, base: Window,
                  input_chats: list[bytes]):  # fmt: skip
         self.turns = turns
         self.spec = spec
@@ -458,7 +466,7 @@ class OpenTurn:
         base = self.base
         # A conversation's turn goes after its tip as the store finds it (another door may have moved it
         # meanwhile): the path read before is not certain to be its history, so it is not kept.
-        if spec.conversation is not None or len(base.rows) + len(new) < MIN_ROWS:
+        if spec.conversation is not None or len(base) + len(new) < MIN_ROWS:
             return  # too short to keep in memory
         rows: list[HistoryRow] = []
         parent = result.parent_id
@@ -466,7 +474,7 @@ class OpenTurn:
             # bytes(memoryview(...)): an exact-size copy; orjson's result holds a 4 kB buffer.
             rows.append((n.item.id, n.item.kind, bytes(memoryview(n.chat)), n.cost, parent))
             parent = n.item.id
-        path = self.turns.cache.extend(base.rows, base.complete, base.coverage, rows, spec.owner, base.gen)
+        path = self.turns.cache.extend(base, rows)
         self.turns.cache.put(items[-1].id, path)
 
     async def close(self, settle: bool = True) -> None:

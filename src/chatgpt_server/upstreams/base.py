@@ -63,6 +63,7 @@ class Prompt:
     stream: bool = False  # whether the client reads a stream (some upstreams always stream)
     session_id: str = ""
     web_parent: tuple[str, str] | None = None  # web backend: (its conversation id, its message id)
+    plain: bool = False  # every history row is a message (known from the history cache): no scan needed
 
 
 class ToolCall:

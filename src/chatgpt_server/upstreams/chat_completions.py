@@ -83,7 +83,8 @@ def build_body(prompt: Prompt) -> bytes:
         fields.setdefault(name, prompt.max_output_tokens)
     history = prompt.history
     inputs = [(item.kind, chat) for item, chat in zip(prompt.inputs, prompt.input_chats, strict=True)]
-    if "function_call" in map(_KIND, history) or any(kind == "function_call" for kind, _ in inputs):
+    calls = not prompt.plain and "function_call" in map(_KIND, history)
+    if calls or any(kind == "function_call" for kind, _ in inputs):
         pairs = [(row[1], row[2]) for row in history] + inputs
         messages = chat_messages(pairs)
     else:  # plain messages (the common case): their stored JSON as it is, without a pass in Python
@@ -104,9 +105,14 @@ def build_body(prompt: Prompt) -> bytes:
         fields["stream_options"] = {"include_usage": True}
     if prompt.instructions:
         messages.insert(0, orjson.dumps({"role": "system", "content": prompt.instructions}))
-    rest = orjson.dumps(fields)
-    # One join: a 128k-token prompt is ~500 kB, and each ``+`` would copy all of it again.
-    return b"".join((b'{"messages":[', b",".join(messages), b"],", memoryview(rest)[1:]))
+    rest = b"]," + orjson.dumps(fields)[1:]
+    if not messages:
+        return b'{"messages":[' + rest
+    # One copy of the messages: a 128k-token prompt is ~500 kB, so the body's head and tail join the
+    # first and last message (small) rather than the whole being joined twice.
+    messages[0] = b'{"messages":[' + messages[0]
+    messages[-1] = messages[-1] + rest
+    return b",".join(messages)
 
 
 def _called_tools(pairs: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
