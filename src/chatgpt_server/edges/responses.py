@@ -264,6 +264,7 @@ class Draft:
     id: str
     ask: Ask
     created_at: int
+    _final: tuple[TurnResult, dict[str, Any]] | None = None
 
     def shell(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
               error: dict[str, Any] | None = None, incomplete: str | None = None) -> dict[str, Any]:  # fmt: skip
@@ -298,6 +299,14 @@ class Draft:
         }
 
     def final(self, result: TurnResult) -> dict[str, Any]:
+        """The response object of ``result``: built once, for the stored record and the client both."""
+        if self._final is not None and self._final[0] is result:
+            return self._final[1]
+        body = self._build(result)
+        self._final = (result, body)
+        return body
+
+    def _build(self, result: TurnResult) -> dict[str, Any]:
         status = "incomplete" if result.incomplete else "completed"
         output = [item_json(item) for item in result.outputs]
         reason = None
@@ -404,9 +413,8 @@ def _compatible(parent: StoredItem) -> None:
 
 
 def _record(draft: Draft, result: TurnResult, owner: str) -> Record:
-    body = draft.final(result)
     first_output = result.outputs[0].id if result.outputs else None
-    body["_first_output"] = first_output
+    body = {**draft.final(result), "_first_output": first_output}  # a copy: the client's has no such field
     last = result.outputs[-1].id if result.outputs else result.inputs[-1].id
     return Record("response", draft.id, owner, body, last, result.created_at, result.created_at)
 
@@ -427,8 +435,10 @@ class Sequencer:
 async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
     log = current_log()
     emit = Sequencer()
-    yield emit("response.created", response=draft.shell("in_progress", []))
-    yield emit("response.in_progress", response=draft.shell("in_progress", []))
+    # Events ready at the same moment leave as one chunk: one send and one write, not one per event.
+    yield emit("response.created", response=draft.shell("in_progress", [])) + emit(
+        "response.in_progress", response=draft.shell("in_progress", [])
+    )
     message_index: int | None = None
     calls: dict[int, tuple[int, dict[str, Any]]] = {}  # upstream tool index -> (output index, item)
     arguments: dict[int, list[str]] = {}  # output index -> argument pieces (joined once, not per piece)
@@ -438,18 +448,19 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
     settle = True
     try:
         async for piece in turn.events():
+            ready: list[bytes] = []
             if piece.text:
                 if message_index is None:
                     message_index = len(order)
                     item = {"id": message_id, "type": "message", "status": "in_progress", "role": "assistant",
                             "content": []}  # fmt: skip
                     order.append(item)
-                    yield emit("response.output_item.added", output_index=message_index, item=item)
+                    ready.append(emit("response.output_item.added", output_index=message_index, item=item))
                     part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
-                    yield emit("response.content_part.added", item_id=message_id, output_index=message_index,
-                               content_index=0, part=part)  # fmt: skip
-                yield emit("response.output_text.delta", item_id=message_id, output_index=message_index,
-                           content_index=0, delta=piece.text, logprobs=[])  # fmt: skip
+                    ready.append(emit("response.content_part.added", item_id=message_id, output_index=message_index,
+                                      content_index=0, part=part))  # fmt: skip
+                ready.append(emit("response.output_text.delta", item_id=message_id, output_index=message_index,
+                                  content_index=0, delta=piece.text, logprobs=[]))  # fmt: skip
             elif piece.tool_index >= 0:
                 known = calls.get(piece.tool_index)
                 if known is None:
@@ -458,11 +469,13 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
                             "call_id": piece.tool_id, "name": piece.tool_name, "arguments": ""}  # fmt: skip
                     order.append(item)
                     calls[piece.tool_index] = known = (index, item)
-                    yield emit("response.output_item.added", output_index=index, item=dict(item))
+                    ready.append(emit("response.output_item.added", output_index=index, item=dict(item)))
                 if piece.arguments:
                     arguments.setdefault(known[0], []).append(piece.arguments)
-                    yield emit("response.function_call_arguments.delta", item_id=known[1]["id"],
-                               output_index=known[0], delta=piece.arguments)  # fmt: skip
+                    ready.append(emit("response.function_call_arguments.delta", item_id=known[1]["id"],
+                                      output_index=known[0], delta=piece.arguments))  # fmt: skip
+            if ready:
+                yield b"".join(ready)
         result = await turn.finish()
     except (asyncio.CancelledError, GeneratorExit):
         settle = False  # the client left: on_leave stores what arrived, then lets the conversation go
@@ -489,21 +502,23 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
     finally:
         await turn.close(settle)
     final = draft.final(result)  # the same items, ids and order as streamed
+    ready = []
     for index, item in enumerate(final["output"]):
         if item["type"] == "message" and message_index is not None:
             text = item["content"][0]["text"]
-            yield emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                       text=text, logprobs=[])  # fmt: skip
-            yield emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
-                       part=item["content"][0])  # fmt: skip
+            ready.append(emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
+                              text=text, logprobs=[]))  # fmt: skip
+            ready.append(emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
+                              part=item["content"][0]))  # fmt: skip
         elif item["type"] == "function_call":
-            yield emit("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                       name=item["name"], arguments=item["arguments"])  # fmt: skip
+            ready.append(emit("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                              name=item["name"], arguments=item["arguments"]))  # fmt: skip
         if index < len(order):
-            yield emit("response.output_item.done", output_index=index, item=item)
+            ready.append(emit("response.output_item.done", output_index=index, item=item))
     log.outcome = "done"
     kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
-    yield emit(kind, response=final)
+    ready.append(emit(kind, response=final))
+    yield b"".join(ready)
 
 
 # -- the rest of the API ---------------------------------------------------------------------------
