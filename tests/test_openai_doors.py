@@ -713,3 +713,50 @@ def test_a_turn_that_fails_lets_its_conversation_go_before_the_error_is_told(
             sdk.responses.create(model="gpt-3.5-turbo", input="fails", conversation=conversation.id)
         reply = sdk.responses.create(model="gpt-3.5-turbo", input="retried", conversation=conversation.id)
         assert reply.status == "completed"
+
+
+def test_a_follow_up_from_memory_sends_what_a_read_from_the_store_sends(tmp_path: Path, upstreams: Upstreams) -> None:
+    """The history cache against the store, after a deletion (the deleted item still counts toward the
+    budget, as its place in the stored running totals does) and at budgets that cut inside the
+    history: follow-ups served from memory send the very prompts the same follow-ups send after a
+    restart, when each is read from the store."""
+    server = ServerProcess(tmp_path, upstreams.env()).start()
+    budgets = (150, 200, 300, 4000)  # growing: after a restart, none is covered by an earlier partial read
+
+    def follow_ups(url: str, tip: str) -> tuple[list[Any], dict[str, int]]:
+        prompts: list[Any] = []
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for budget in budgets:
+                response = ask(client, "and now?", parent=tip, maxModelTokens=budget, maxResponseTokens=50)
+                assert response.status_code == 201, response.text
+                prompts.append(sent(upstreams)["messages"])
+            return prompts, client.get("/healthz").json()["data"]["historyCache"]
+
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as client:
+            conversation = client.conversations.create()
+            for i in range(10):
+                question = f"turn {i}: " + "lorem ipsum " * (2 + i % 4)
+                reply = client.responses.create(model="gpt-3.5-turbo", input=question, conversation=conversation.id)
+            items = list(client.conversations.items.list(conversation.id, order="asc", limit=100))
+            doomed = items[16]  # the user message of turn 8: inside every window below
+            gone = text_of(doomed)
+            assert gone.startswith("turn 8:")
+            client.conversations.items.delete(str(doomed.id), conversation_id=conversation.id)
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            # Read from the store (the deletion changed the conversation); its path is kept in memory.
+            first = ask(c, "after the deletion", parent=reply.output[0].id)
+            assert first.status_code == 201, first.text
+        tip = first.json()["data"]["id"]
+        before = follow_ups(server.url, tip)[1]
+        remembered, after = follow_ups(server.url, tip)
+        assert after["hits"] - before["hits"] == len(budgets)  # every one of them from memory
+        server.stop()
+        server.start()
+        read, counters = follow_ups(server.url, tip)
+        assert counters["hits"] == 0 and counters["misses"] == len(budgets)  # every one of them from the store
+    finally:
+        server.stop()
+    assert remembered == read
+    assert len({len(prompt) for prompt in read}) == len(budgets)  # each budget cut the history elsewhere
+    assert all(message["content"] != gone for prompt in read for message in prompt)

@@ -21,7 +21,8 @@ from ..stores import HistoryRow
 
 TTL_S = 600.0
 MIN_ROWS = 16  # a shorter history is one small read: not worth memory
-_ROW_OVERHEAD = 240  # bytes a row costs beyond its JSON: the tuple, its list slot, the id and parent strings
+_ROW_OVERHEAD = 310  # bytes a row costs beyond its JSON: the tuple, its list slot, the id and parent strings,
+# its two running sums
 _ENTRY_OVERHEAD = 400  # the Path, the dict entry and its key
 
 
