@@ -129,6 +129,20 @@ def test_timeout_bounds_the_whole_stream_and_idle_the_gaps(sclient: httpx.Client
     assert last[1]["status"] == 504 and "sent nothing for 0.3 s" in last[1]["message"]
 
 
+def test_a_stream_that_keeps_sending_outlives_its_idle_limit(sclient: httpx.Client, upstreams: Upstreams) -> None:
+    """The idle limit is per gap: a stream whose chunks come 0.15 s apart runs past a 0.4 s idle limit
+    many times over, and ends well."""
+    upstreams.openai.chunk_delay = 0.15
+    try:
+        started = time.monotonic()
+        got = events(stream(sclient, "one two three four five six seven", idleTimeoutMs=400).text)
+        took = time.monotonic() - started
+    finally:
+        upstreams.openai.chunk_delay = 0.0
+    assert got[-1][0] == "done", got[-1]
+    assert took > 1.0  # the whole stream lasted longer than two idle limits
+
+
 def _health(client: httpx.Client) -> dict[str, Any]:
     data: dict[str, Any] = client.get("/healthz").json()["data"]
     return data

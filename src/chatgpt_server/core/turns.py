@@ -29,6 +29,7 @@ from .history import MIN_ROWS, HistoryCache, Path, Window, empty_path, path_from
 from .items import Item, mint
 from .leases import Leases, Release
 from .tokens import REPLY_PRIMING, count, encoding_for, is_exact, message_cost
+from .watchdog import Watchdog
 
 _COST = itemgetter(3)  # a history row's cost (summed in C: a long history is thousands of rows)
 ESTIMATE_MARGIN = 0.9  # budgets of models we count by estimate keep 10% in hand
@@ -291,7 +292,8 @@ class OpenTurn:
         self.hold: Release | None = None
         self._result: TurnResult | None = None
         self._closed = False
-        self._timeout: asyncio.Timeout | None = None
+        self._timeout: asyncio.Timeout | None = None  # while the upstream is being opened
+        self._watch: Watchdog | None = None  # while its events are read
         self._aborted: ServiceError | None = None
         self._deadline = 0.0
         self._idle_hit = False
@@ -351,44 +353,52 @@ class OpenTurn:
         self._aborted = error or ShuttingDown()
         if self._timeout is not None and not self._timeout.expired():
             self._timeout.reschedule(asyncio.get_running_loop().time())
+        if self._watch is not None:
+            self._watch.expire()
 
     async def events(self) -> AsyncIterator[Event]:
         """What the upstream sends, within the turn's deadline and idle limit."""
         assert self.reply is not None
-        loop = asyncio.get_running_loop()
         source = self.reply.events().__aiter__()
-        idle = self.spec.idle_s
-        instant = self.reply.instant
-        while True:
-            self._check_abort()
-            if instant:  # it all arrived already: nothing to wait for
-                try:
-                    event = await anext(source)
-                except StopAsyncIteration:
-                    break
-            else:
-                now = loop.time()
-                self._idle_hit = now + idle < self._deadline
-                try:
-                    async with asyncio.timeout_at(min(self._deadline, now + idle)) as self._timeout:
+        # None when it all arrived already: nothing to wait for.
+        watch = None if self.reply.instant else Watchdog(self._deadline, self.spec.idle_s)
+        self._watch = watch
+        try:
+            while True:
+                self._check_abort()
+                if watch is None:
+                    try:
                         event = await anext(source)
-                except StopAsyncIteration:
-                    break
-                except TimeoutError as exc:
-                    raise self._timed_out() from exc
-                finally:
-                    self._timeout = None
-            if event.text:
-                if not self._message_seen:
-                    self._message_seen = True
-                    self._order.append(("message", -1))
-            elif event.tool_index >= 0:
-                known = self._tool_items.get(event.tool_index)
-                if known is None:
-                    known = self._tool_items[event.tool_index] = mint("fc_")
-                    self._order.append(("tool", event.tool_index))
-                event.item_id = known
-            yield event
+                    except StopAsyncIteration:
+                        break
+                else:
+                    watch.begin()
+                    try:
+                        event = await anext(source)
+                    except StopAsyncIteration:
+                        break
+                    except asyncio.CancelledError as exc:
+                        if watch.timed_out():
+                            self._idle_hit = watch.idle_hit
+                            raise self._timed_out() from exc
+                        raise
+                    finally:
+                        watch.end()
+                if event.text:
+                    if not self._message_seen:
+                        self._message_seen = True
+                        self._order.append(("message", -1))
+                elif event.tool_index >= 0:
+                    known = self._tool_items.get(event.tool_index)
+                    if known is None:
+                        known = self._tool_items[event.tool_index] = mint("fc_")
+                        self._order.append(("tool", event.tool_index))
+                    event.item_id = known
+                yield event
+        finally:
+            self._watch = None
+            if watch is not None:
+                watch.close()
 
     async def finish(self, incomplete: str | None = None) -> TurnResult:
         """Store what arrived (once) and return it. Called when the reply ended or was cut."""
