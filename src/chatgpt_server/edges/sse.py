@@ -42,48 +42,62 @@ class EventStream:
         self.on_leave = on_leave
         self.heartbeat = heartbeat
         self._last_sent = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._beating: asyncio.Future[None] | None = None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # The events go out from this task. A watcher task cancels it when the client leaves, and a
+        # timer (not a task: most streams end long before a heartbeat is due) sends the heartbeats.
         await send({"type": "http.response.start", "status": 200, "headers": list(HEADERS)})
-        pump = asyncio.create_task(self._pump(send))
-        watcher = asyncio.create_task(_wait_disconnect(receive))
-        try:
-            await asyncio.wait({pump, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            watcher.cancel()
-            if not pump.done():  # the client left: stop the upstream, keep what arrived
-                current_log().outcome = "client left"
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await pump
-                await self.on_leave()
-            else:
-                pump.result()
-
-    async def _pump(self, send: Send) -> None:
         loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        assert task is not None
+        left = over = False
+
+        def gone(watcher: asyncio.Task[None]) -> None:
+            nonlocal left
+            # ``over``: this call has ended, so the task (the server's) is no longer ours to cancel.
+            if not over and not watcher.cancelled():
+                left = True
+                task.cancel()
+
+        watcher = asyncio.create_task(_wait_disconnect(receive))
+        watcher.add_done_callback(gone)
         self._last_sent = loop.time()
-        # Heartbeats come from a task of their own, so the event path stays a plain loop (a task and
-        # a timer per event, to interleave pings, cost more than the event itself).
-        heartbeat = asyncio.create_task(self._beat(send))
+        self._timer = loop.call_at(self._last_sent + self.heartbeat_s, self._beat, send)
         try:
             async for chunk in self.produce:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self._last_sent = loop.time()
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+        except (asyncio.CancelledError, Exception):
+            # Cancelled by anyone but (or besides) the client leaving, or failed while it was there.
+            if not left or task.uncancel() > 0:
+                raise
+            # The client left: the producer (and so the upstream request) was cancelled; keep what arrived.
+            current_log().outcome = "client left"
+            await self.on_leave()
         finally:
-            heartbeat.cancel()
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+            over = True
+            watcher.cancel()
+            self._timer.cancel()
+            if self._beating is not None:
+                self._beating.cancel()
 
-    async def _beat(self, send: Send) -> None:
+    def _beat(self, send: Send) -> None:
         loop = asyncio.get_running_loop()
-        with contextlib.suppress(OSError):  # the client is gone: the pump learns it from the disconnect
-            while True:
-                quiet_for = loop.time() - self._last_sent
-                if quiet_for >= self.heartbeat_s:
-                    await send({"type": "http.response.body", "body": self.heartbeat, "more_body": True})
-                    self._last_sent = loop.time()
-                    quiet_for = 0.0
-                await asyncio.sleep(self.heartbeat_s - quiet_for)
+        due = self._last_sent + self.heartbeat_s
+        now = loop.time()
+        if now >= due:
+            if self._beating is None or self._beating.done():
+                self._beating = asyncio.ensure_future(self._send_beat(send))
+            due = now + self.heartbeat_s
+        self._timer = loop.call_at(due, self._beat, send)
+
+    async def _send_beat(self, send: Send) -> None:
+        with contextlib.suppress(OSError):  # the client is gone: the watcher learns it from the disconnect
+            await send({"type": "http.response.body", "body": self.heartbeat, "more_body": True})
+            self._last_sent = asyncio.get_running_loop().time()
 
 
 async def _wait_disconnect(receive: Receive) -> None:
