@@ -3,6 +3,7 @@ plain loops, on random histories."""
 
 from __future__ import annotations
 
+import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -12,26 +13,39 @@ from chatgpt_server.stores import HistoryRow
 KINDS = ["message", "deleted", "function_call", "function_call_output"]
 
 
-def _rows(spec: list[tuple[str, int]], first: int = 0) -> list[HistoryRow]:
-    chat = b'{"role":"user","content":"x"}'
-    return [(f"i{n}", kind, chat * (1 + n % 3), cost, f"i{n - 1}" if n else None)
-            for n, (kind, cost) in enumerate(spec, first)]  # fmt: skip
+def _chat(n: int, kind: str, answers: int) -> bytes:
+    if kind == "function_call":  # call n; an output answers the call ``answers`` rows before it
+        return orjson.dumps({"id": f"c{n}", "type": "function", "function": {"name": "f", "arguments": "{}"}})
+    if kind == "function_call_output":
+        return orjson.dumps({"role": "tool", "tool_call_id": f"c{n - answers}", "content": "x"})
+    return orjson.dumps({"role": "user", "content": "x" * (1 + n % 3)})
 
 
-specs = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 50)), max_size=60)
+def _rows(spec: list[tuple[str, int, int]], first: int = 0) -> list[HistoryRow]:
+    return [(f"i{n}", kind, _chat(n, kind, answers), cost, f"i{n - 1}" if n else None)
+            for n, (kind, cost, answers) in enumerate(spec, first)]  # fmt: skip
+
+
+specs = st.lists(st.tuples(st.sampled_from(KINDS), st.integers(0, 50), st.integers(1, 4)), max_size=60)
 rows_strategy = specs.map(_rows)
 
 
 def reference(rows: list[HistoryRow], budget: int) -> tuple[list[HistoryRow], bool, int]:
-    """The newest rows whose costs fit, deleted ones counted but left out, no leading tool output;
-    whether any row was left out; the cost of what is kept."""
+    """The newest rows whose costs fit, deleted ones counted but left out, and no tool output without
+    its call before it; whether any row was left out; the cost of what is kept."""
     used, start = 0, len(rows)
     while start > 0 and used + rows[start - 1][3] <= budget:
         start -= 1
         used += rows[start][3]
-    kept = [r for r in rows[start:] if r[1] != "deleted"]
-    while kept and kept[0][1] == "function_call_output":
-        kept.pop(0)
+    kept: list[HistoryRow] = []
+    for row in rows[start:]:
+        if row[1] == "deleted":
+            continue
+        if row[1] == "function_call_output":
+            answered = orjson.loads(row[2])["tool_call_id"]
+            if not any(r[1] == "function_call" and orjson.loads(r[2])["id"] == answered for r in kept):
+                continue
+        kept.append(row)
     return kept, start > 0, sum(r[3] for r in kept)
 
 
@@ -66,7 +80,7 @@ def test_a_path_from_the_store_counts_what_it_holds(rows: list[HistoryRow], budg
 @settings(max_examples=300, deadline=None)
 @given(old=specs, new=specs.filter(bool), budget=st.integers(0, 400), later=st.integers(0, 400))
 def test_a_grown_path_is_the_path_of_its_rows(
-    old: list[tuple[str, int]], new: list[tuple[str, int]], budget: int, later: int
+    old: list[tuple[str, int, int]], new: list[tuple[str, int, int]], budget: int, later: int
 ) -> None:
     """A turn's path, grown from the window its prompt was cut from, cuts later budgets as a path
     read from the store with the same rows would, and counts the same bytes."""

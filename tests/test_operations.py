@@ -7,6 +7,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -194,6 +195,51 @@ def test_sigterm_ends_what_outlives_the_grace_period_cleanly(tmp_path: Path, ups
             assert follow.json()["data"]["text"] == "echo(3): after"
             history = upstreams.openai.requests[-1]["body"]["messages"]
             assert history[-2]["content"] == partial[-1]["text"]
+    finally:
+        server.stop()
+
+
+def test_a_stream_stuck_on_a_client_that_stopped_reading_keeps_its_partial_at_shutdown(
+    tmp_path: Path, upstreams: Upstreams
+) -> None:
+    """A stream whose client stopped reading is blocked in a send (within milliseconds; the grace period
+    is a second): the grace period's abort cannot reach it, and the server's last resort (it cancels
+    what still runs, 5 s after the grace period) does. What had arrived is still stored, and the turn
+    let go, as when the client leaves; no traceback is logged."""
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_SHUTDOWN_GRACE_SECONDS="1")).start()
+    # Each delta event of the original route carries the text so far: ~10 MB in all, far more than the
+    # socket buffers hold, so the server blocks in a send once the client stops reading.
+    words = " ".join(f"w{i}" for i in range(2000))
+    budget = {"maxModelTokens": 16000, "maxResponseTokens": 4000}
+    payload = json.dumps({"mode": "1", "type": "2", "opts": {"key": KEY, "content": words, "isFollow": False,
+                                                             "opts": budget}})  # fmt: skip
+    try:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", server.port))
+            s.sendall(b"POST /api/v1/gpt/getInfo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                      + f"Content-Length: {len(payload)}\r\n\r\n{payload}".encode())  # fmt: skip
+            buffer = b""
+            marker = b"event: delta\ndata: "
+            while marker not in buffer or b"\n" not in buffer.split(marker, 1)[1]:
+                chunk = s.recv(4096)
+                assert chunk, "the server closed the stream before the first delta"
+                buffer += chunk
+            first = json.loads(buffer.split(marker, 1)[1].split(b"\n", 1)[0])
+            # From here on nothing is read.
+            assert server.proc is not None
+            server.proc.send_signal(signal.SIGTERM)
+            assert server.proc.wait(30) in (0, -signal.SIGTERM)
+    finally:
+        server.stop()
+    assert "Traceback" not in server.log()
+    server.start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            follow = ask(c, "after", parent=first["id"], maxModelTokens=16000, maxResponseTokens=4000)
+            assert follow.status_code == 201, follow.text  # the partial reply was stored
+            stored = upstreams.openai.requests[-1]["body"]["messages"][-2]
+            assert stored["role"] == "assistant" and stored["content"].startswith(first["text"])
     finally:
         server.stop()
 

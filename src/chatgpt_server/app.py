@@ -97,6 +97,9 @@ class Services:
                 raise
 
     async def close(self) -> None:
+        # The server cancels the requests still running just before it closes us, without waiting
+        # for them: the turns they were storing (what a stream had received) finish first.
+        await self.activity.quiet(2 * self.settings.store_timeout_ms / 1000)
         await self.http.close()
         await self.store.close()
 
@@ -307,8 +310,8 @@ class App:
             elif message["type"] == "lifespan.shutdown":
                 if self._purge is not None:
                     self._purge.cancel()
-                self.access.flush()
                 await self.services.close()
+                self.access.flush()  # after: requests the server cancelled end while the services close
                 await send({"type": "lifespan.shutdown.complete"})
                 return
 

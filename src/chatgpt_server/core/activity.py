@@ -3,6 +3,8 @@ facts its access-log line reports (filled in wherever they become known)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import contextvars
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -40,3 +42,19 @@ def begin_log() -> RequestLog:
 class Activity:
     turns: set[OpenTurn] = field(default_factory=set)
     open_streams: int = 0
+    storing: int = 0  # turns being finished (stored); they may have left ``turns`` already
+    _quiet: asyncio.Event | None = field(default=None, repr=False)
+
+    def changed(self) -> None:
+        """A turn left ``turns`` or finished storing: wake whoever waits for quiet."""
+        if self._quiet is not None and not self.turns and not self.storing:
+            self._quiet.set()
+
+    async def quiet(self, timeout_s: float) -> None:
+        """Wait, at most ``timeout_s``, until no turn is open or being stored."""
+        if not self.turns and not self.storing:
+            return
+        self._quiet = asyncio.Event()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                await self._quiet.wait()

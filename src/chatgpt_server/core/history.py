@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from itertools import accumulate
 from operator import itemgetter
 
+import orjson
+
 from ..stores import HistoryRow
 
 TTL_S = 600.0
@@ -87,13 +89,29 @@ def _size(sizes: list[int], count: int) -> int:
 
 def visible(rows: list[HistoryRow]) -> list[HistoryRow]:
     """What of a window of rows a prompt holds: deleted rows (which count toward the budget, as their
-    place in the stored running totals does) are left out, and a function call's output never starts
-    a history without the call before it."""
+    place in the stored running totals does) are left out, and so is a function call's output whose
+    call is not before it in the window (cut off, or deleted): upstreams refuse an answer to no call."""
     kept = [r for r in rows if r[1] != "deleted"] if "deleted" in map(_KIND, rows) else rows
-    start = 0
-    while start < len(kept) and kept[start][1] == "function_call_output":
-        start += 1
-    return kept[start:] if start else kept
+    if "function_call_output" not in map(_KIND, kept):
+        return kept
+    calls: set[str] = set()
+    shown: list[HistoryRow] = []
+    for row in kept:
+        if row[1] == "function_call":
+            calls.add(_call_id(row[2], "id"))
+        elif row[1] == "function_call_output" and _call_id(row[2], "tool_call_id") not in calls:
+            continue
+        shown.append(row)
+    return shown
+
+
+def _call_id(chat: bytes, key: str) -> str:
+    """The call id in a stored call's or output's chat JSON ("" if it has none)."""
+    try:
+        found = orjson.loads(chat).get(key)
+    except (orjson.JSONDecodeError, AttributeError):
+        return ""
+    return found if isinstance(found, str) else ""
 
 
 def _grow(sums: list[int], start: int, values: Iterable[int]) -> list[int]:

@@ -406,11 +406,17 @@ class OpenTurn:
             return self._result
         reply = self.reply
         assert reply is not None
-        await self.close(settle=False)
+        activity = self.turns.activity
+        activity.storing += 1
         try:
-            return await self._finish(reply, incomplete)
+            await self.close(settle=False)
+            try:
+                return await self._finish(reply, incomplete)
+            finally:
+                await self.close()
         finally:
-            await self.close()
+            activity.storing -= 1
+            activity.changed()
 
     async def _finish(self, reply: Reply, incomplete: str | None) -> TurnResult:
         if incomplete is None and getattr(reply, "truncated", False):
@@ -506,6 +512,7 @@ class OpenTurn:
     def _forget(self) -> None:
         """Let go of the account queue; the conversation is let go of by ``close`` or ``Turns.open``."""
         self.turns.activity.turns.discard(self)
+        self.turns.activity.changed()
         if self._release is not None:
             self._release()
             self._release = None

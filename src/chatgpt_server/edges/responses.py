@@ -483,8 +483,12 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
     except ServiceError as exc:
         log.outcome, log.message = "error", error_message(exc, "en")
         if turn.text or (turn.reply is not None and turn.reply.tool_calls):
-            with contextlib.suppress(ServiceError):
-                await turn.finish(incomplete="error")
+            try:
+                with contextlib.suppress(ServiceError):
+                    await turn.finish(incomplete="error")
+            except (asyncio.CancelledError, GeneratorExit):
+                settle = False  # the client left meanwhile: on_leave stores, then lets the conversation go
+                raise
         error = openai_error_body(exc)["error"]
         for index, pieces in arguments.items():
             order[index]["arguments"] = "".join(pieces)

@@ -70,12 +70,21 @@ class EventStream:
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self._last_sent = loop.time()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
-        except (asyncio.CancelledError, Exception):
-            # Cancelled by anyone but (or besides) the client leaving, or failed while it was there.
-            if not left or task.uncancel() > 0:
-                raise
-            # The client left: the producer (and so the upstream request) was cancelled; keep what arrived.
-            current_log().outcome = "client left"
+        except (asyncio.CancelledError, Exception) as exc:
+            if not left and not isinstance(exc, asyncio.CancelledError):
+                raise  # the producer failed while its client was there
+            # The client left, or the server cancelled what still ran at the end of its shutdown (a
+            # stream blocked on a client that stopped reading, which the grace period's abort cannot
+            # reach): either way the producer, and so the upstream request, stopped. What arrived is
+            # kept and the turn let go; the cancellation ends here, as the response has nothing more
+            # to say (passed on, the server would only log it as a traceback).
+            while task.uncancel():
+                pass
+            log = current_log()
+            if left:
+                log.outcome = "client left"
+            else:
+                log.outcome, log.message = "error", "cancelled at shutdown"
             await self.on_leave()
         finally:
             over = True
