@@ -760,3 +760,32 @@ def test_a_follow_up_from_memory_sends_what_a_read_from_the_store_sends(tmp_path
     assert remembered == read
     assert len({len(prompt) for prompt in read}) == len(budgets)  # each budget cut the history elsewhere
     assert all(message["content"] != gone for prompt in read for message in prompt)
+
+
+def test_a_cut_between_parallel_calls_never_sends_an_output_without_its_call(
+    sdk: openai.OpenAI, v1_server: ServerProcess, upstreams: Upstreams
+) -> None:
+    """Two calls made together, then their two outputs: a budget that keeps the second call but not
+    the first must not send the first one's output (the upstream, like OpenAI, refuses a tool message
+    that answers no call before it). Every budget from nothing to everything is tried."""
+    tools: list[Any] = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
+    made = sdk.responses.create(model="gpt-3.5-turbo", tools=tools, input=[
+        {"type": "message", "role": "user", "content": "look both up"},
+        {"type": "function_call", "call_id": "call_a", "name": "f", "arguments": '{"q": "first thing"}'},
+        {"type": "function_call", "call_id": "call_b", "name": "f", "arguments": '{"q": "second thing"}'},
+        {"type": "function_call_output", "call_id": "call_a", "output": "the first answer, at some length"},
+        {"type": "function_call_output", "call_id": "call_b", "output": "the second answer, at some length"},
+    ])  # fmt: skip
+    sizes = set()
+    with httpx.Client(base_url=v1_server.url, timeout=30) as client:
+        for budget in range(60, 260, 2):
+            response = ask(client, "and?", parent=made.output[0].id, maxModelTokens=budget, maxResponseTokens=10,
+                           model="gpt-3.5-turbo")  # fmt: skip
+            if response.status_code == 400 and "maxModelTokens" in response.text:
+                continue  # the question alone does not fit
+            assert response.status_code == 201, (budget, response.text)
+            messages = sent(upstreams)["messages"]
+            sizes.add(len(messages))
+            answered = {c["id"] for m in messages for c in m.get("tool_calls") or []}
+            assert all(m["tool_call_id"] in answered for m in messages if m["role"] == "tool")
+    assert len(sizes) >= 5  # the budgets cut the history in many places, between the two calls among them
