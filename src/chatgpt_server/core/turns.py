@@ -366,23 +366,19 @@ class OpenTurn:
         try:
             while True:
                 self._check_abort()
-                if watch is None:
-                    try:
-                        event = await anext(source)
-                    except StopAsyncIteration:
-                        break
-                else:
+                if watch is not None:
                     watch.begin()
-                    try:
-                        event = await anext(source)
-                    except StopAsyncIteration:
-                        break
-                    except asyncio.CancelledError as exc:
-                        if watch.timed_out():
-                            self._idle_hit = watch.idle_hit
-                            raise self._timed_out() from exc
-                        raise
-                    finally:
+                try:
+                    event = await anext(source)
+                except StopAsyncIteration:
+                    break
+                except asyncio.CancelledError as exc:
+                    if watch is not None and watch.timed_out():
+                        self._idle_hit = watch.idle_hit
+                        raise self._timed_out() from exc
+                    raise
+                finally:
+                    if watch is not None:
                         watch.end()
                 if event.text:
                     if not self._message_seen:
