@@ -24,7 +24,7 @@ from .harness import ServerProcess
 from .shared_stores import store_url
 from .tcp_proxy import TCPProxy
 from .test_api_contract import assert_error
-from .test_streaming import events
+from .test_streaming import events, first_delta
 
 
 def wait_for(condition: Any, timeout: float = 10.0, what: str = "the condition") -> None:
@@ -211,21 +211,12 @@ def test_a_stream_stuck_on_a_client_that_stopped_reading_keeps_its_partial_at_sh
     # socket buffers hold, so the server blocks in a send once the client stops reading.
     words = " ".join(f"w{i}" for i in range(2000))
     budget = {"maxModelTokens": 16000, "maxResponseTokens": 4000}
-    payload = json.dumps({"mode": "1", "type": "2", "opts": {"key": KEY, "content": words, "isFollow": False,
-                                                             "opts": budget}})  # fmt: skip
+    body = {"mode": "1", "type": "2", "opts": {"key": KEY, "content": words, "isFollow": False, "opts": budget}}
     try:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
             s.connect(("127.0.0.1", server.port))
-            s.sendall(b"POST /api/v1/gpt/getInfo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-                      + f"Content-Length: {len(payload)}\r\n\r\n{payload}".encode())  # fmt: skip
-            buffer = b""
-            marker = b"event: delta\ndata: "
-            while marker not in buffer or b"\n" not in buffer.split(marker, 1)[1]:
-                chunk = s.recv(4096)
-                assert chunk, "the server closed the stream before the first delta"
-                buffer += chunk
-            first = json.loads(buffer.split(marker, 1)[1].split(b"\n", 1)[0])
+            first = first_delta(s, body)
             # From here on nothing is read.
             assert server.proc is not None
             server.proc.send_signal(signal.SIGTERM)

@@ -148,23 +148,28 @@ def _health(client: httpx.Client) -> dict[str, Any]:
     return data
 
 
-def _leave_after_first_delta(server: ServerProcess, body: dict[str, Any]) -> dict[str, Any]:
-    """Read until the first delta event, then drop the connection."""
+def first_delta(s: socket.socket, body: dict[str, Any]) -> dict[str, Any]:
+    """Ask for a stream of the original route on ``s`` and read until its first delta event."""
     payload = json.dumps(body).encode()
-    with socket.create_connection(("127.0.0.1", server.port)) as s:
-        s.sendall(
-            b"POST /api/v1/gpt/getInfo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            + f"Content-Length: {len(payload)}\r\n\r\n".encode()
-            + payload
-        )
-        buffer = b""
-        marker = b"event: delta\ndata: "
-        while marker not in buffer or b"\n" not in buffer.split(marker, 1)[1]:
-            chunk = s.recv(65536)
-            assert chunk, "the server closed the stream before the first delta"
-            buffer += chunk
+    s.sendall(
+        b"POST /api/v1/gpt/getInfo HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        + f"Content-Length: {len(payload)}\r\n\r\n".encode()
+        + payload
+    )
+    buffer = b""
+    marker = b"event: delta\ndata: "
+    while marker not in buffer or b"\n" not in buffer.split(marker, 1)[1]:
+        chunk = s.recv(4096)
+        assert chunk, "the server closed the stream before the first delta"
+        buffer += chunk
     line = buffer.split(marker, 1)[1].split(b"\n", 1)[0]
     return dict(json.loads(line))
+
+
+def _leave_after_first_delta(server: ServerProcess, body: dict[str, Any]) -> dict[str, Any]:
+    """Read until the first delta event, then drop the connection."""
+    with socket.create_connection(("127.0.0.1", server.port)) as s:
+        return first_delta(s, body)
 
 
 def test_client_disconnect_cancels_upstream_and_keeps_the_partial(
