@@ -436,9 +436,8 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
     log = current_log()
     emit = Sequencer()
     # Events ready at the same moment leave as one chunk: one send and one write, not one per event.
-    yield emit("response.created", response=draft.shell("in_progress", [])) + emit(
-        "response.in_progress", response=draft.shell("in_progress", [])
-    )
+    started = draft.shell("in_progress", [])
+    yield emit("response.created", response=started) + emit("response.in_progress", response=started)
     message_index: int | None = None
     calls: dict[int, tuple[int, dict[str, Any]]] = {}  # upstream tool index -> (output index, item)
     arguments: dict[int, list[str]] = {}  # output index -> argument pieces (joined once, not per piece)
