@@ -7,7 +7,7 @@ import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatgpt_server.core.history import HistoryCache, Path, Window, path_from_store, visible
+from chatgpt_server.core.history import Path, Window, path_from_store, visible
 from chatgpt_server.stores import HistoryRow
 
 KINDS = ["message", "deleted", "function_call", "function_call_output"]
@@ -88,7 +88,7 @@ def test_a_grown_path_is_the_path_of_its_rows(
     path = path_from_store("owner", 3, rows[::-1], budget)
     start = path.fit(budget)
     added = _rows(new, len(rows))
-    grown = HistoryCache(1 << 30).extend(Window(path, start, budget, start == 0), added)
+    grown = Window(path, start, budget, start == 0).grown(added)
     expected = rows[start:] + added
     fresh = path_from_store("owner", 3, expected[::-1], 0)
     assert grown.rows == expected

@@ -45,8 +45,12 @@ class Path:
     coverage: int
     complete: bool
     plain: bool  # every row a message: nothing to leave out of a prompt, nothing to convert
-    size: int
     at: float
+
+    @property
+    def size(self) -> int:
+        """What the path costs in memory, in bytes (the cache's measure)."""
+        return self.sizes[-1] - self.sizes[0] + _ROW_OVERHEAD * len(self.rows) + _ENTRY_OVERHEAD
 
     def covers(self, budget: int) -> bool:
         return self.complete or self.coverage >= budget
@@ -61,7 +65,7 @@ class Path:
 
 
 def empty_path(owner: str) -> Path:
-    return Path(owner, 0, [], [0], [0], 0, True, True, _ENTRY_OVERHEAD, 0.0)
+    return Path(owner, 0, [], [0], [0], 0, True, True, 0.0)
 
 
 def path_from_store(owner: str, gen: int, newest_first: list[HistoryRow], budget: int) -> Path:
@@ -70,8 +74,7 @@ def path_from_store(owner: str, gen: int, newest_first: list[HistoryRow], budget
     complete = not rows or rows[0][4] is None
     totals = [0, *accumulate(map(_COST, rows))]
     sizes = [0, *accumulate(map(len, map(_CHAT, rows)))]
-    return Path(owner, gen, rows, totals, sizes, max(budget, totals[-1]), complete, _plain(rows),
-                _size(sizes, len(rows)), time.monotonic())  # fmt: skip
+    return Path(owner, gen, rows, totals, sizes, max(budget, totals[-1]), complete, _plain(rows), time.monotonic())
 
 
 # Rows are read with C-level helpers (map, itemgetter, accumulate): a 128k-token history is over a
@@ -81,10 +84,6 @@ _KIND, _CHAT, _COST = itemgetter(1), itemgetter(2), itemgetter(3)
 
 def _plain(rows: list[HistoryRow]) -> bool:
     return all(map("message".__eq__, map(_KIND, rows)))
-
-
-def _size(sizes: list[int], count: int) -> int:
-    return sizes[-1] - sizes[0] + _ROW_OVERHEAD * count + _ENTRY_OVERHEAD
 
 
 def visible(rows: list[HistoryRow]) -> list[HistoryRow]:
@@ -135,6 +134,16 @@ class Window:
     def __len__(self) -> int:
         return len(self.path.rows) - self.start
 
+    def grown(self, new: list[HistoryRow]) -> Path:
+        """The path of the newest of ``new``, which were just written after this window. The rows' JSON
+        must be exactly sized (orjson's own results keep a 4 kB buffer each: copy them first)."""
+        path, start = self.path, self.start
+        totals = _grow(path.totals, start, map(_COST, new))
+        sizes = _grow(path.sizes, start, map(len, map(_CHAT, new)))
+        return Path(path.owner, path.gen, path.rows[start:] + new, totals, sizes,
+                    self.coverage + sum(map(_COST, new)), self.complete, path.plain and _plain(new),
+                    time.monotonic())  # fmt: skip
+
 
 class HistoryCache:
     """LRU by bytes: entries keyed by item id."""
@@ -175,15 +184,3 @@ class HistoryCache:
         while self.size > self.max_bytes and self._entries:
             _, evicted = self._entries.popitem(last=False)
             self.size -= evicted.size
-
-    def extend(self, base: Window, new: list[HistoryRow]) -> Path:
-        """The path of the newest of ``new``, which were just written after ``base``. The rows' JSON
-        must be exactly sized (orjson's own results keep a 4 kB buffer each: copy them first)."""
-        path, start = base.path, base.start
-        rows = path.rows[start:] + new
-        totals = _grow(path.totals, start, map(_COST, new))
-        sizes = _grow(path.sizes, start, map(len, map(_CHAT, new)))
-        plain = path.plain and _plain(new)
-        coverage = base.coverage + sum(map(_COST, new))
-        return Path(path.owner, path.gen, rows, totals, sizes, coverage, base.complete, plain,
-                    _size(sizes, len(rows)), time.monotonic())  # fmt: skip

@@ -486,8 +486,7 @@ class OpenTurn:
             # bytes(memoryview(...)): an exact-size copy; orjson's result holds a 4 kB buffer.
             rows.append((n.item.id, n.item.kind, bytes(memoryview(n.chat)), n.cost, parent))
             parent = n.item.id
-        path = self.turns.cache.extend(base, rows)
-        self.turns.cache.put(items[-1].id, path)
+        self.turns.cache.put(items[-1].id, base.grown(rows))
 
     async def close(self, settle: bool = True) -> None:
         """Let go of the upstream and the account queue (safe to call twice) and, when ``settle``,
