@@ -7,7 +7,9 @@ import asyncio
 import contextlib
 import datetime
 import ipaddress
+import socket
 import ssl
+import struct
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -19,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from chatgpt_server.errors import BadGateway, ServiceError
+from chatgpt_server.upstreams import wire as wire_module
 from chatgpt_server.upstreams.http import finish_response, read_limited, transport_error
 from chatgpt_server.upstreams.wire import MAX_HEAD, ConnectFailed, CutOff, Disconnected, NotHTTP, Wire
 
@@ -324,6 +327,79 @@ def test_a_connection_whose_request_was_answered_before_it_was_sent_is_not_reuse
         assert second.status == 401
         second.close()
         assert raw.connections == 2
+
+    run(script, body)
+
+
+def _end_connection(writer: asyncio.StreamWriter, how: str) -> None:
+    if how == "reset":  # an abortive close: the client reads a reset, not an end of stream
+        writer.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    writer.close()
+
+
+@pytest.mark.parametrize("how", ["end", "reset"])
+def test_a_kept_alive_connection_closed_as_our_request_went_out_is_retried_once_on_a_new_one(how: str) -> None:
+    """The upstream closes a connection it kept alive just as the next request arrives on it (its idle
+    timer fired): that request is sent again on a new connection instead of failing the turn."""
+
+    def script(raw: Raw) -> Script:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            first = raw.connections == 1
+            await raw.request(reader)
+            writer.write(OK)
+            await writer.drain()
+            await raw.request(reader)
+            if first:
+                _end_connection(writer, how)
+                return
+            writer.write(OK)
+            await writer.drain()
+
+        return serve
+
+    async def body(wire: Wire, url: str, raw: Raw) -> None:
+        for n in range(2):
+            response = await wire.post(url, b'{"n": %d}' % n, {})
+            assert response.status == 200 and await response.content.read() == b"hello"
+            response.release()
+        assert raw.connections == 2
+        assert [r.rsplit(b"\r\n", 1)[1] for r in raw.requests] == [b'{"n": 0}', b'{"n": 1}', b'{"n": 1}']
+
+    run(script, body)
+
+
+@pytest.mark.parametrize("case", ["new connection", "part of a head", "too late", "reset late"])
+def test_a_request_the_upstream_may_have_acted_on_is_never_sent_twice(case: str, monkeypatch: Any) -> None:
+    """Only a reused connection that ended at once, before any byte of an answer, is retried: an end on
+    a new connection, after part of an answer, or a while after the request is a failure of the
+    upstream, and the request (which may have been acted on, and paid for) is not sent again."""
+    monkeypatch.setattr(wire_module, "STALE_S", 0.2)
+
+    def script(raw: Raw) -> Script:
+        async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            if case != "new connection":
+                await raw.request(reader)
+                writer.write(OK)
+                await writer.drain()
+            await raw.request(reader)
+            if case == "part of a head":
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-")
+                await writer.drain()
+            elif case in ("too late", "reset late"):
+                await asyncio.sleep(0.4)
+            _end_connection(writer, "reset" if case == "reset late" else "end")
+
+        return serve
+
+    async def body(wire: Wire, url: str, raw: Raw) -> None:
+        if case != "new connection":
+            response = await wire.post(url, b"{}", {})
+            assert await response.content.read() == b"hello"
+            response.release()
+        with pytest.raises(Disconnected):
+            await wire.post(url, b'{"last": 1}', {})
+        assert raw.connections == 1
+        assert sum(r.endswith(b'{"last": 1}') for r in raw.requests) == 1
 
     run(script, body)
 

@@ -8,7 +8,8 @@ into a response that offers the part of aiohttp's response the upstreams use: ``
 and ``close()``.
 
 Connections are kept per scheme, host and port (the most recently used first, 30 s at most idle) and
-reused only after an answer that was read to its end and allowed keep-alive. A connection whose
+reused only after an answer that was read to its end and allowed keep-alive; a reused connection the
+upstream closed as idle just as our request went out is retried once on a new one. A connection whose
 answer is given up on (cancelled, closed early) is closed: that is what tells the upstream to stop.
 Bounds: the head of an answer at most ``MAX_HEAD`` bytes; reading pauses while ``READ_AHEAD`` bytes
 wait unread. Bodies are asked for and accepted without content coding.
@@ -35,6 +36,9 @@ from ..settings import netloc_of
 MAX_HEAD = 256 * 1024
 READ_AHEAD = 256 * 1024
 IDLE_S = 30.0
+# A reused connection closed within this long of our request, before any byte of an answer, was
+# closed as idle by the upstream (its close crossed our request): the request is sent again.
+STALE_S = 1.0
 
 
 class ConnectFailed(OSError):
@@ -317,7 +321,21 @@ class Wire:
             lines.append(f"{name}: {value}\r\n")
         lines.append("\r\n")
         head = "".join(lines).encode("latin-1")
-        conn = self._take(key) or await self._connect(key)
+        conn = self._take(key)
+        if conn is not None:
+            sent = time.monotonic()
+            try:
+                return await self._ask(conn, head, data, url)
+            except Disconnected:
+                # A kept-alive connection the upstream closed as idle while our request was on its
+                # way: nothing of an answer came, at once. Sent again, once, on a new connection.
+                # A later or partial end is a real failure: the request may have been acted on.
+                if conn.head_bytes or time.monotonic() - sent > STALE_S:
+                    raise
+        return await self._ask(await self._connect(key), head, data, url)
+
+    @staticmethod
+    async def _ask(conn: _Connection, head: bytes, data: bytes, url: str) -> WireResponse:
         response = conn.send(head, data, url)
         assert conn.head is not None
         try:
