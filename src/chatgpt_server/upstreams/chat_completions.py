@@ -17,7 +17,7 @@ import orjson
 from ..core.items import chat_messages, mint
 from ..core.tokens import uses_max_completion_tokens
 from ..errors import BadGateway, BadRequest, Forbidden, ServiceError, TooManyRequests, Unauthorized
-from .base import ALIVE, MAX_TOOL_CALLS, Event, ParsedReply, Prompt, Reply, Target, ToolCall, label
+from .base import ALIVE, MAX_TOOL_CALLS, Event, Prompt, Reply, Target, ToolCall, label
 from .http import (
     TRANSPORT_ERRORS,
     Answer,
@@ -28,9 +28,9 @@ from .http import (
     retry_after,
     scrub,
     transport_error,
-    under_limit,
 )
-from .sse import SSEDecoder
+from .sse import SSEDecoder, SSEEvent
+from .streamed import StreamedReply
 
 _JSON_ERRORS = (orjson.JSONDecodeError, TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError)
 
@@ -308,6 +308,9 @@ class ChunkParser:
         self.calls: dict[int, ToolCall] = {}
         self.usage_only = False  # the last chunk fed carried usage and no choices
 
+    def step(self, event: SSEEvent) -> list[Event]:
+        return self.feed(event.data, event.event)
+
     def feed(self, data: str, event: str = "message") -> list[Event]:
         """One event's ``data`` (and its name: an ``error`` event is the upstream reporting a failure)."""
         self.usage_only = False
@@ -390,8 +393,9 @@ class ChunkParser:
         return events
 
 
-class StreamReply(ParsedReply):
+class StreamReply(StreamedReply):
     parser: ChunkParser
+    unfinished = "the stream ended without [DONE]"
 
     def __init__(self, host: str, response: Answer, key: str, limit: int):
         self.host = host
@@ -414,32 +418,6 @@ class StreamReply(ParsedReply):
     @property
     def tool_calls(self) -> list[ToolCall]:
         return [self.parser.calls[i] for i in sorted(self.parser.calls)]
-
-    async def events(self) -> AsyncIterator[Event]:
-        decoder = SSEDecoder()
-        parser = self.parser
-        try:
-            async for chunk in self.response.content.iter_any():
-                self.received += len(chunk)
-                over = self.received > self.limit
-                for event in decoder.feed(under_limit(chunk, self.received, self.limit) if over else chunk):
-                    for out in parser.feed(event.data, event.event):
-                        yield out
-                if parser.done:
-                    return
-                if over:  # cut at the cap: what arrived before it stands
-                    self.truncated = True
-                    return
-            for event in decoder.flush():
-                for out in parser.feed(event.data, event.event):
-                    yield out
-        except TRANSPORT_ERRORS as exc:
-            raise transport_error(exc, self.host, 0, idle=True) from exc
-        if not parser.done:
-            raise _bad(self.host, "the stream ended without [DONE]")
-
-    async def aclose(self) -> None:
-        finish_response(self.response, complete=self.parser.done)
 
 
 class ChatCompletions:

@@ -9,7 +9,6 @@ total: any frame is read or becomes ``BadGateway("upstream_bad_reply")``.
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import orjson
@@ -25,20 +24,19 @@ from ..errors import (
     TooManyRequests,
     Unauthorized,
 )
-from .base import ALIVE, MAX_TOOL_CALLS, Event, ParsedReply, Prompt, Reply, Target, ToolCall, label
+from .base import ALIVE, MAX_TOOL_CALLS, Event, Prompt, Reply, Target, ToolCall, label
 from .http import (
     TRANSPORT_ERRORS,
     Answer,
     HTTPClient,
-    finish_response,
     post,
     read_limited,
     retry_after,
     scrub,
     transport_error,
-    under_limit,
 )
-from .sse import SSEDecoder
+from .sse import SSEEvent
+from .streamed import StreamedReply
 
 ORIGINATOR = "chatgpt_server"
 USER_AGENT = f"chatgpt-server/{__version__}"
@@ -202,6 +200,9 @@ class CodexParser:
         self.calls: dict[str, ToolCall] = {}  # by the backend's item id
         self._order: list[str] = []
 
+    def step(self, event: SSEEvent) -> list[Event]:
+        return self.feed(event.event, event.data)
+
     def feed(self, name: str, data: str) -> list[Event]:
         try:
             return self._feed(name, data)
@@ -320,8 +321,9 @@ def _item_key(item: dict[str, Any]) -> str | None:
     return None
 
 
-class CodexReply(ParsedReply):
+class CodexReply(StreamedReply):
     parser: CodexParser
+    unfinished = "the stream ended before response.completed"
 
     def __init__(self, host: str, response: Answer, token: str, limit: int, meta: dict[str, Any]):
         self.host = host
@@ -343,32 +345,6 @@ class CodexReply(ParsedReply):
     @property
     def tool_calls(self) -> list[ToolCall]:
         return self.parser.tool_calls
-
-    async def events(self) -> AsyncIterator[Event]:
-        decoder = SSEDecoder()
-        parser = self.parser
-        try:
-            async for chunk in self.response.content.iter_any():
-                self.received += len(chunk)
-                over = self.received > self.limit
-                for event in decoder.feed(under_limit(chunk, self.received, self.limit) if over else chunk):
-                    for out in parser.feed(event.event, event.data):
-                        yield out
-                if parser.done:
-                    return
-                if over:  # cut at the cap: what arrived before it stands
-                    self.truncated = True
-                    return
-            for event in decoder.flush():
-                for out in parser.feed(event.event, event.data):
-                    yield out
-        except TRANSPORT_ERRORS as exc:
-            raise transport_error(exc, self.host, 0, idle=True) from exc
-        if not parser.done:
-            raise _bad(self.host, "the stream ended before response.completed")
-
-    async def aclose(self) -> None:
-        finish_response(self.response, complete=self.parser.done)
 
 
 class Codex:
