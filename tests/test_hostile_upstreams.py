@@ -600,6 +600,24 @@ def test_the_pass_through_masks_a_key_spelled_in_json_escapes(gateway: ServerPro
     assert text.startswith("E:") and key not in text and key[-8:] not in text
 
 
+@pytest.mark.parametrize("key", ["EMPTY", "ollama", "x", "none", "sk-no-key"])
+@pytest.mark.parametrize("stream", [False, True])
+def test_a_placeholder_key_masks_no_word_of_the_reply(gateway: ServerProcess, key: str, stream: bool) -> None:
+    """Servers that check no key are sent a placeholder ("EMPTY" for vLLM, "ollama"): it is not a
+    secret, and the words it spells stay in the reply, on every door."""
+    question = "good The list is EMPTY, empty means nothing; x marks ollama running, none left, sk-no-key"
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0) as sdk:
+        messages: Any = [{"role": "user", "content": question}]
+        if stream:
+            chunks = list(sdk.chat.completions.create(model="hostile-1", messages=messages, stream=True))
+            text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        else:
+            text = sdk.chat.completions.create(model="hostile-1", messages=messages).choices[0].message.content or ""
+        answered = sdk.responses.create(model="hostile-1", input=question, stream=False).output_text
+    assert text.endswith(question) and "***" not in text
+    assert answered.endswith(question) and "***" not in answered
+
+
 def test_a_key_echoed_url_encoded_never_comes_back(gateway: ServerProcess, http: httpx.Client, evil: Evil) -> None:
     key = "evil" + secrets.token_hex(12) + "/x+y=="  # not key-shaped, with characters a URL would encode
     rid = uuid.uuid4().hex

@@ -49,14 +49,22 @@ def host_of(url: str) -> str:
     return "upstream"
 
 
+# Shorter "keys" are placeholders for servers that check none ("EMPTY" for vLLM, "ollama"), not
+# secrets: masked, they would cut ordinary words out of replies. Every real key is far longer.
+MIN_SECRET = 12
+# A key's last 8 characters are masked too (what masked keys show), once the key is long enough for
+# them to be its random part.
+TAIL_FROM = 20
+
+
 def secret_forms(secret: str) -> list[str]:
     """The spellings of a credential a careless upstream might echo, matched in any letter case: as
     sent, URL-encoded (as a query string would carry it), and its last 8 characters (what masked keys
-    show)."""
-    if not secret:
+    show). None for a placeholder shorter than ``MIN_SECRET``."""
+    if len(secret) < MIN_SECRET:
         return []
     forms = {secret, quote(secret, safe=""), quote_plus(secret, safe="")}
-    if len(secret) > 8:
+    if len(secret) >= TAIL_FROM:
         forms.add(secret[-8:])
     return sorted(forms)
 
@@ -104,7 +112,7 @@ def scrub(value: Any, *secrets: str, limit: int = 300) -> str:
 def shown_label(value: str | None, secret: str) -> str | None:
     """An upstream's id or model name, as shown to the client: scrubbed if it looks like (or holds)
     the credential; the common case is one search of a short string."""
-    if value and ((len(secret) >= 8 and secret[-8:].lower() in value.lower()) or _SECRETISH.search(value)):
+    if value and ((len(secret) >= MIN_SECRET and secret[-8:].lower() in value.lower()) or _SECRETISH.search(value)):
         return scrub(value, secret, limit=len(value))
     return value
 
