@@ -618,6 +618,28 @@ def test_a_placeholder_key_masks_no_word_of_the_reply(gateway: ServerProcess, ke
     assert answered.endswith(question) and "***" not in answered
 
 
+def test_an_error_answer_past_64_kb_keeps_its_status_and_retry_after(http: httpx.Client, gateway: ServerProcess,
+                                                                      evil: Evil) -> None:  # fmt: skip
+    """A long error page is still that error: a 429 is a 429 (with its Retry-After), a 401 a 401, never
+    a 502 blaming the reply size."""
+    key = new_key()
+    for kind in ("1", "2"):
+        limited = call(http, "big 429", evil.urls["leaky"], key=key, kind=kind)
+        assert limited.status == 429 and "larger than" not in limited.message, limited.message
+        if kind == "1":
+            assert limited.response.headers["Retry-After"] == "7"
+        refused = call(http, "bightml 401", evil.urls["leaky"], key=key, kind=kind)
+        assert refused.status == 401, refused.message
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0) as sdk:
+        with pytest.raises(openai.RateLimitError) as raised:
+            sdk.responses.create(model="leaky-1", input="big 429")
+        assert raised.value.response.headers["Retry-After"] == "7"
+        with pytest.raises(openai.AuthenticationError):
+            sdk.chat.completions.create(model="leaky-1", messages=[{"role": "user", "content": "bightml 401"}])
+        with pytest.raises(openai.RateLimitError):
+            sdk.chat.completions.create(model="leaky-1", messages=[{"role": "user", "content": "big 429"}], stream=True)
+
+
 def test_a_key_echoed_url_encoded_never_comes_back(gateway: ServerProcess, http: httpx.Client, evil: Evil) -> None:
     key = "evil" + secrets.token_hex(12) + "/x+y=="  # not key-shaped, with characters a URL would encode
     rid = uuid.uuid4().hex

@@ -663,7 +663,8 @@ class ChatLeaky(Recording):
     """Chat completions that answer with the caller's key everywhere. The question picks the answer:
     ``<status> [retry-name]`` (an error of that status whose message, code and type echo the key,
     ``junk_retry_after()[retry-name]`` as Retry-After), ``text <status>`` (a text/plain body),
-    ``html <status>``, ``stream`` (a 200 stream: text, then an error chunk echoing the key), ``whole``
+    ``html <status>``, ``big <status>`` and ``bightml <status>`` (error answers past 64 kB),
+    ``stream`` (a 200 stream: text, then an error chunk echoing the key), ``whole``
     (a 200 body holding only such an error)."""
 
     def app(self) -> web.Application:
@@ -681,6 +682,11 @@ class ChatLeaky(Recording):
         headers = _leaky_headers(secret, retry)
         error = {"error": {"message": echo_text(secret), "type": secret.swapcase(), "param": secret[-8:],
                            "code": secret}}  # fmt: skip
+        if words[0] == "big":  # an error answer past 64 kB: its status and Retry-After still count
+            huge = {"error": {"message": "Rate limit reached " + "x" * 100_000, "code": "rate_limit_exceeded"}}
+            return _json(int(words[1]), huge, {"Retry-After": "7"})
+        if words[0] == "bightml":
+            return web.Response(status=int(words[1]), text="<p>" + "no " * 40_000 + "</p>", content_type="text/html")
         if words[0] in ("text", "html"):
             kind = "text/plain" if words[0] == "text" else "text/html"
             return web.Response(status=int(words[1]), text=f"<p>{echo_text(secret)}</p>", content_type=kind,

@@ -24,6 +24,7 @@ from .http import (
     HTTPClient,
     finish_response,
     post,
+    read_error,
     read_limited,
     retry_after,
     scrub,
@@ -435,7 +436,7 @@ class ChatCompletions:
         response = await post(self.http, target.url + "/chat/completions", body, _headers(target), host)
         try:
             if response.status != 200:
-                raw = await read_limited(response, 65536, host)
+                raw = await read_error(response)
                 raise api_error(response.status, raw, response.headers.get("Retry-After"), host, target.credential)
             if prompt.stream:
                 return StreamReply(host, response, target.credential, self.limit)
@@ -463,7 +464,7 @@ class Relay:
         if response.status == 200:
             return response  # type: ignore[no-any-return]
         try:
-            raw = await read_limited(response, 65536, host)
+            raw = await read_error(response)
             raise api_error(response.status, raw, response.headers.get("Retry-After"), host, target.credential)
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, host, 0) from exc

@@ -27,7 +27,7 @@ from .http import (
     HTTPClient,
     finish_response,
     post,
-    read_limited,
+    read_error,
     retry_after,
     scrub,
     transport_error,
@@ -213,7 +213,7 @@ class ChatGPTWeb:
         try:
             content_type = response.headers.get("Content-Type", "")
             if response.status != 200 or "event-stream" not in content_type:
-                raw = await read_limited(response, 65536, host)
+                raw = await read_error(response)
                 if response.status == 200:
                     detail = f"content type {scrub(content_type, limit=60)!r}"
                     raise BadGateway("upstream_bad_reply", host=host, detail=detail)

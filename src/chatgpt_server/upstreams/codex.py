@@ -30,7 +30,7 @@ from .http import (
     Answer,
     HTTPClient,
     post,
-    read_limited,
+    read_error,
     retry_after,
     scrub,
     transport_error,
@@ -376,7 +376,7 @@ class Codex:
         response = await post(self.http, target.url + "/responses", orjson.dumps(body), headers, host)
         try:
             if response.status != 200:
-                raw = await read_limited(response, 65536, host)
+                raw = await read_error(response)
                 code, message, error = _error_fields(raw)
                 raise codex_error(response.status, code, message, error, host, target.credential,
                                   response.headers.get("Retry-After"))  # fmt: skip

@@ -276,6 +276,24 @@ async def read_limited(response: Answer, limit: int, host: str) -> bytes:
     return b"".join(chunks)
 
 
+ERROR_BODY = 65536  # what is read of an error answer: its words and code are at its start
+
+
+async def read_error(response: Answer) -> bytes:
+    """The first ``ERROR_BODY`` bytes of an answer read for its error (a status other than success, a
+    wrong content type); the rest is not waited for. A long error page still says what went wrong:
+    its status decides, never its size."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_any():
+        chunks.append(chunk)
+        size += len(chunk)
+        if size >= ERROR_BODY:
+            response.close()
+            break
+    return b"".join(chunks)[:ERROR_BODY]
+
+
 def under_limit(chunk: bytes, received: int, limit: int) -> bytes:
     """The part of ``chunk`` (the last piece read; ``received`` counts it) that ends at ``limit``."""
     over = received - limit
