@@ -426,6 +426,29 @@ def test_hostile_stream_frame_is_an_error_event_and_the_text_is_kept(http: httpx
                        [user(question), assistant("Hello there")])  # fmt: skip
 
 
+def test_parallel_tool_calls_without_an_index_stay_two_calls(gateway: ServerProcess, evil: Evil) -> None:
+    """Gemini's OpenAI layer streams parallel calls without ``index``: the client is told two calls, and
+    the follow-up with both outputs sends the upstream both calls, each with its own arguments."""
+    tools: Any = [
+        {"type": "function", "name": n, "parameters": {"type": "object"}} for n in ("get_weather", "get_time")
+    ]
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
+        with sdk.responses.stream(model="hostile-1", input="gemini " + uuid.uuid4().hex, tools=tools) as stream:
+            response = stream.get_final_response()
+        calls = [o for o in response.output if o.type == "function_call"]
+        assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"}),
+                                                                      ("get_time", {})]  # fmt: skip
+        question = "good " + uuid.uuid4().hex
+        outputs: Any = [{"type": "function_call_output", "call_id": c.call_id, "output": c.name} for c in calls]
+        sdk.responses.create(model="hostile-1", previous_response_id=response.id,
+                             input=[*outputs, {"role": "user", "content": question}], tools=tools)  # fmt: skip
+    sent = evil.hostile.seen[question]["body"]["messages"]
+    asked = next(m for m in sent if m.get("tool_calls"))
+    assert [(c["function"]["name"], c["function"]["arguments"]) for c in asked["tool_calls"]] == [
+        ("get_weather", '{"city": "Paris"}'), ("get_time", "{}")]  # fmt: skip
+    assert [m["content"] for m in sent if m["role"] == "tool"] == ["get_weather", "get_time"]
+
+
 def test_events_spread_over_several_data_lines_are_read_and_passed_on_whole(
     gateway: ServerProcess, http: httpx.Client, evil: Evil
 ) -> None:

@@ -206,6 +206,31 @@ def primed_chunks() -> ChunkParser:
     return parser
 
 
+def calls_of(*deltas: list[dict[str, Any]]) -> list[tuple[int, str, str, str | None]]:
+    parser = ChunkParser(HOST, SECRET)
+    for calls in deltas:
+        parser.feed(json.dumps({"choices": [{"index": 0, "delta": {"tool_calls": calls}}]}))
+    return [(c.index, c.name, c.arguments, c.upstream_id) for c in parser.calls.values()]
+
+
+def test_tool_call_deltas_without_an_index_are_told_apart_by_their_ids() -> None:
+    """Gemini's OpenAI layer sends parallel calls without ``index``: a delta naming a new id starts the
+    next call, one without an id (or with the same one) goes on with the last, never one call whose
+    arguments are two calls' run together."""
+    a = {"id": "call_A", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'}}
+    b = {"id": "call_B", "type": "function", "function": {"name": "get_time", "arguments": '{"tz": "CET"}'}}
+    assert calls_of([a], [b]) == [(0, "get_weather", '{"city": "Paris"}', "call_A"),
+                                  (1, "get_time", '{"tz": "CET"}', "call_B")]  # fmt: skip
+    assert calls_of([a, b]) == calls_of([a], [b])
+    first = {"id": "call_A", "function": {"name": "f", "arguments": '{"a"'}}
+    assert calls_of([first], [{"function": {"arguments": ": 1}"}}], [{"id": "call_A", "function": {"arguments": ""}}]) \
+        == [(0, "f", '{"a": 1}', "call_A")]  # fmt: skip
+    # Indexed deltas are placed by their index, as before.
+    assert calls_of([{**a, "index": 3}], [{"index": 3, "function": {"arguments": " "}}]) == [
+        (3, "get_weather", '{"city": "Paris"} ', "call_A")
+    ]
+
+
 def chunk(delta: Any = None, **fields: Any) -> str:
     return json.dumps({"choices": [{"index": 0, "delta": {"content": "x"} if delta is None else delta}], **fields})
 

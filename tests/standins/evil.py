@@ -470,6 +470,17 @@ class ChatHostile(Recording):
                 error = b"event: error\ndata: " + orjson.dumps({"message": f"overloaded for {key}"}) + b"\n\n"
                 raw = b"".join(b"data: " + f + b"\n\n" for f in good) + error + b"data: [DONE]\n\n"
                 return await _stream_raw(request, raw)
+            if name == "gemini":  # parallel tool calls without index, each in a chunk of its own
+                calls = [
+                    {
+                        "id": "call_A",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+                    },
+                    {"id": "call_B", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
+                ]
+                frames = [_chunk({"role": "assistant", "tool_calls": [call]}) for call in calls]
+                return await _stream_frames(request, [*frames, _chunk({}, finish_reason="tool_calls"), b"[DONE]"])
             if name == "spread":  # good chunks, each JSON spread over several data lines (as SSE allows)
                 spread = [_spread(frame) for frame in (*good, _chunk({"content": "!"}), _chunk({}, usage=USAGE))]
                 return await _stream_frames(request, [*spread, b"[DONE]"])

@@ -307,6 +307,7 @@ class ChunkParser:
         self.usage: dict[str, Any] | None = None
         self.pieces: list[str] = []
         self.calls: dict[int, ToolCall] = {}
+        self._last = 0  # the index of the tool call the last delta added to
         self.usage_only = False  # the last chunk fed carried usage and no choices
 
     def step(self, event: SSEEvent) -> list[Event]:
@@ -375,7 +376,7 @@ class ChunkParser:
         for call in calls:
             if not isinstance(call, dict):
                 raise _bad(self.host, "a tool call delta is not an object")
-            index = call.get("index", 0)
+            index = call["index"] if "index" in call else self._unindexed(call)
             if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_TOOL_CALLS:
                 raise _bad(self.host, "a tool call delta has no valid index")
             function = call.get("function") or {}
@@ -391,7 +392,19 @@ class ChunkParser:
             if isinstance(arguments, str) and arguments:
                 known.add(arguments)
                 events.append(Event(tool_index=index, arguments=arguments))
+            self._last = index
         return events
+
+    def _unindexed(self, call: dict[str, Any]) -> int:
+        """The place of a tool call delta without ``index`` (Gemini's OpenAI layer sends parallel calls
+        so): one naming a new id starts the next call; one without an id goes on with the last."""
+        if not self.calls:
+            return 0
+        last = self.calls[self._last]
+        upstream_id = call.get("id")
+        if upstream_id is None or label(upstream_id) == last.upstream_id:
+            return self._last
+        return max(self.calls) + 1
 
 
 class StreamReply(StreamedReply):
