@@ -426,6 +426,18 @@ def test_hostile_stream_frame_is_an_error_event_and_the_text_is_kept(http: httpx
                        [user(question), assistant("Hello there")])  # fmt: skip
 
 
+def test_the_pass_through_ends_as_openai_does_whatever_the_upstream_wrote(gateway: ServerProcess) -> None:
+    """A usage chunk the client did not ask for is not passed on even when its counts are not integers
+    (code reading ``choices[0]`` would fail on it), and a padded ``[DONE]`` goes on as ``data: [DONE]``."""
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
+        messages: Any = [{"role": "user", "content": "oddend " + uuid.uuid4().hex}]
+        raw = sdk.chat.completions.with_raw_response.create(model="hostile-1", messages=messages, stream=True)
+        body = raw.http_response.read().decode()
+        chunks = list(sdk.chat.completions.create(model="hostile-1", messages=messages, stream=True))
+    assert body.endswith("data: [DONE]\n\n") and '"choices":[]' not in body
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello there"
+
+
 def test_parallel_tool_calls_without_an_index_stay_two_calls(gateway: ServerProcess, evil: Evil) -> None:
     """Gemini's OpenAI layer streams parallel calls without ``index``: the client is told two calls, and
     the follow-up with both outputs sends the upstream both calls, each with its own arguments."""

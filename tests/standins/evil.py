@@ -407,6 +407,7 @@ STREAM_FRAMES: dict[str, bytes] = {
     "tool_call_index_bool": _chunk({"tool_calls": [{"index": True, "function": {"name": "f"}}]}),
     "tool_call_function_list": _chunk({"tool_calls": [{"index": 0, "function": ["f"]}]}),
     "tool_call_no_name": _chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
+    "choices_not_objects": orjson.dumps({"id": "x", "choices": [None, 5]}),
     "not_an_object": b"[1, 2, 3]",
     "not_json": b"{not json",
     "deep": _deep(5000),
@@ -481,6 +482,10 @@ class ChatHostile(Recording):
                 ]
                 frames = [_chunk({"role": "assistant", "tool_calls": [call]}) for call in calls]
                 return await _stream_frames(request, [*frames, _chunk({}, finish_reason="tool_calls"), b"[DONE]"])
+            if name == "oddend":  # a usage chunk with float counts, then a padded [DONE]
+                usage = orjson.dumps({"id": "x", "choices": [], "usage": {k: float(v) for k, v in USAGE.items()}})
+                raw = b"".join(b"data: " + f + b"\n\n" for f in (*good, usage)) + b"data:  [DONE] \n\n"
+                return await _stream_raw(request, raw)
             if name == "spread":  # good chunks, each JSON spread over several data lines (as SSE allows)
                 spread = [_spread(frame) for frame in (*good, _chunk({"content": "!"}), _chunk({}, usage=USAGE))]
                 return await _stream_frames(request, [*spread, b"[DONE]"])

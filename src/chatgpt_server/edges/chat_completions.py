@@ -88,6 +88,9 @@ async def _events(chunks: AsyncIterator[str], parser: ChunkParser, usage_added: 
         async for data in chunks:
             if usage_added and parser.usage_only:
                 continue
+            if parser.done:  # as OpenAI writes it, however the upstream padded it
+                yield b"data: [DONE]\n\n"
+                break
             if "\n" in data:  # it came over several data lines: so it goes on
                 data = data.replace("\n", "\ndata: ")
             yield b"data: " + _masked(data.encode(), secret) + b"\n\n"

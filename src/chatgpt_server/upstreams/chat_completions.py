@@ -341,14 +341,17 @@ class ChunkParser:
         choices = chunk.get("choices")
         if usage:
             self.usage = usage
-            self.usage_only = not choices
+        # The usage chunk, whatever its numbers: no choices (so no client code indexes into them).
+        self.usage_only = not choices and "usage" in chunk
         if choices is None:
             return [ALIVE]
         if not isinstance(choices, list):
             raise _bad(self.host, "choices is not a list")
         events: list[Event] = []
         for choice in choices:
-            if not isinstance(choice, dict) or choice.get("index", 0) != 0:
+            if not isinstance(choice, dict):  # passed on, it would break a client reading choices[0].delta
+                raise _bad(self.host, "a choice is not an object")
+            if choice.get("index", 0) != 0:
                 continue
             finish = choice.get("finish_reason")
             if isinstance(finish, str) and len(finish) <= 40:
