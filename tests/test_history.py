@@ -10,10 +10,12 @@ from hypothesis import strategies as st
 from chatgpt_server.core.history import Path, Window, path_from_store, visible
 from chatgpt_server.stores import HistoryRow
 
-KINDS = ["message", "deleted", "function_call", "function_call_output"]
+KINDS = ["message", "deleted", "function_call", "function_call_output", "incomplete_call"]
 
 
 def _chat(n: int, kind: str, answers: int) -> bytes:
+    if kind == "incomplete_call":  # a call that never completed is stored without chat JSON
+        return b""
     if kind == "function_call":  # call n; an output answers the call ``answers`` rows before it
         return orjson.dumps({"id": f"c{n}", "type": "function", "function": {"name": "f", "arguments": "{}"}})
     if kind == "function_call_output":
@@ -22,7 +24,8 @@ def _chat(n: int, kind: str, answers: int) -> bytes:
 
 
 def _rows(spec: list[tuple[str, int, int]], first: int = 0) -> list[HistoryRow]:
-    return [(f"i{n}", kind, _chat(n, kind, answers), cost, f"i{n - 1}" if n else None)
+    return [(f"i{n}", kind.replace("incomplete_call", "function_call"), _chat(n, kind, answers), cost,
+             f"i{n - 1}" if n else None)
             for n, (kind, cost, answers) in enumerate(spec, first)]  # fmt: skip
 
 
@@ -31,15 +34,15 @@ rows_strategy = specs.map(_rows)
 
 
 def reference(rows: list[HistoryRow], budget: int) -> tuple[list[HistoryRow], bool, int]:
-    """The newest rows whose costs fit, deleted ones counted but left out, and no tool output without
-    its call before it; whether any row was left out; the cost of what is kept."""
+    """The newest rows whose costs fit, deleted ones and calls that never completed counted but left
+    out, and no tool output without its call before it; whether any row was left out; the cost of what is kept."""
     used, start = 0, len(rows)
     while start > 0 and used + rows[start - 1][3] <= budget:
         start -= 1
         used += rows[start][3]
     kept: list[HistoryRow] = []
     for row in rows[start:]:
-        if row[1] == "deleted":
+        if row[1] == "deleted" or (row[1] == "function_call" and not row[2]):
             continue
         if row[1] == "function_call_output":
             answered = orjson.loads(row[2])["tool_call_id"]

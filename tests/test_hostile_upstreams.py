@@ -426,6 +426,27 @@ def test_hostile_stream_frame_is_an_error_event_and_the_text_is_kept(http: httpx
                        [user(question), assistant("Hello there")])  # fmt: skip
 
 
+def test_a_tool_call_cut_mid_way_is_never_sent_again(gateway: ServerProcess, evil: Evil) -> None:
+    """A stream cut inside a tool call's arguments fails, and what arrived is kept, but the call (which
+    no output will ever answer, and whose arguments end mid-way) stays out of every later prompt:
+    upstreams refuse an unanswered call, so it would break the conversation for good."""
+    tools: Any = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
+        conversation = sdk.conversations.create()
+        events = list(sdk.responses.create(model="hostile-1", conversation=conversation.id, tools=tools, stream=True,
+                                           input="cutcall " + uuid.uuid4().hex))  # fmt: skip
+        assert events[-1].type == "response.failed"
+        question = "good " + uuid.uuid4().hex
+        sdk.responses.create(model="hostile-1", conversation=conversation.id, input=question)
+        items = sdk.conversations.items.list(conversation.id, order="asc").data
+    sent = evil.hostile.seen[question]["body"]["messages"]
+    assert [(m["role"], m.get("content")) for m in sent if m["role"] == "assistant"] == [("assistant", "Hello")]
+    assert not any(m.get("tool_calls") or m["role"] == "tool" for m in sent), sent
+    # Kept all the same, as it arrived: the conversation shows the call, incomplete.
+    cut = [i for i in items if i.type == "function_call"]
+    assert len(cut) == 1 and cut[0].status == "incomplete" and cut[0].arguments == '{"city": "Pa'
+
+
 def test_the_pass_through_ends_as_openai_does_whatever_the_upstream_wrote(gateway: ServerProcess) -> None:
     """A usage chunk the client did not ask for is not passed on even when its counts are not integers
     (code reading ``choices[0]`` would fail on it), and a padded ``[DONE]`` goes on as ``data: [DONE]``."""

@@ -482,6 +482,14 @@ class ChatHostile(Recording):
                 ]
                 frames = [_chunk({"role": "assistant", "tool_calls": [call]}) for call in calls]
                 return await _stream_frames(request, [*frames, _chunk({}, finish_reason="tool_calls"), b"[DONE]"])
+            if name == "cutcall":  # text, then a tool call whose arguments stop mid-way: the stream ends there
+                call = {
+                    "index": 0,
+                    "id": "call_C",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Pa'},
+                }
+                return await _stream_frames(request, [good[0], _chunk({"tool_calls": [call]})])
             if name == "oddend":  # a usage chunk with float counts, then a padded [DONE]
                 usage = orjson.dumps({"id": "x", "choices": [], "usage": {k: float(v) for k, v in USAGE.items()}})
                 raw = b"".join(b"data: " + f + b"\n\n" for f in (*good, usage)) + b"data:  [DONE] \n\n"

@@ -88,15 +88,18 @@ def _plain(rows: list[HistoryRow]) -> bool:
 
 def visible(rows: list[HistoryRow]) -> list[HistoryRow]:
     """What of a window of rows a prompt holds: deleted rows (which count toward the budget, as their
-    place in the stored running totals does) are left out, and so is a function call's output whose
-    call is not before it in the window (cut off, or deleted): upstreams refuse an answer to no call."""
+    place in the stored running totals does) are left out, and so are a function call that never
+    completed (stored without chat JSON) and a call's output whose call is not before it in the window
+    (cut off, deleted, incomplete): upstreams refuse an answer to no call."""
     kept = [r for r in rows if r[1] != "deleted"] if "deleted" in map(_KIND, rows) else rows
-    if "function_call_output" not in map(_KIND, kept):
+    if "function_call_output" not in map(_KIND, kept) and all(r[2] for r in kept if r[1] == "function_call"):
         return kept
     calls: set[str] = set()
     shown: list[HistoryRow] = []
     for row in kept:
         if row[1] == "function_call":
+            if not row[2]:
+                continue
             calls.add(_call_id(row[2], "id"))
         elif row[1] == "function_call_output" and _call_id(row[2], "tool_call_id") not in calls:
             continue

@@ -100,6 +100,15 @@ def _encode(items: list[Item]) -> list[bytes]:
     return [item.chat() for item in items]
 
 
+def _stored_chat(item: Item) -> bytes:
+    """An output's chat JSON as later prompts hold it; none (b"") for a function call that never
+    completed (the stream was cut, or hit its length): its arguments may end mid-way, no output will
+    answer it, and upstreams refuse a call left unanswered, so it would break every later turn."""
+    if item.kind == "function_call" and item.status == "incomplete":
+        return b""
+    return item.chat()
+
+
 class Turns:
     """The conversation core: turns in, events and stored results out."""
 
@@ -464,7 +473,7 @@ class OpenTurn:
     async def _store(self, result: TurnResult) -> None:
         spec = self.spec
         items = [*result.inputs, *result.outputs]
-        chats = [*self.input_chats, *_encode(result.outputs)]
+        chats = [*self.input_chats, *map(_stored_chat, result.outputs)]
         new = [NewItem(item, chat, item.cost(self.encoding)) for item, chat in zip(items, chats, strict=True)]
         write = TurnWrite(
             owner=spec.owner, conversation_id=self.conversation_id, parent_id=result.parent_id, enc=self.encoding,
