@@ -447,6 +447,22 @@ def test_a_tool_call_cut_mid_way_is_never_sent_again(gateway: ServerProcess, evi
     assert len(cut) == 1 and cut[0].status == "incomplete" and cut[0].arguments == '{"city": "Pa'
 
 
+def test_a_reply_the_upstream_filtered_is_incomplete_for_content_filter(gateway: ServerProcess, http: httpx.Client,
+                                                                       evil: Evil) -> None:  # fmt: skip
+    """``finish_reason: content_filter`` is the upstream withholding the rest: the response is
+    ``incomplete`` for ``content_filter``, as OpenAI says it, and the original route says so too."""
+    key = new_key()
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0) as sdk:
+        events = list(sdk.responses.create(model="hostile-1", input="filtered " + uuid.uuid4().hex, stream=True))
+        assert events[-1].type == "response.incomplete"
+        response = events[-1].response
+        assert response.status == "incomplete" and response.incomplete_details is not None
+        assert response.incomplete_details.reason == "content_filter" and response.output_text == "Hello there"
+        assert sdk.responses.retrieve(response.id).incomplete_details.reason == "content_filter"  # type: ignore[union-attr]
+    got = call(http, "filtered " + uuid.uuid4().hex, evil.urls["hostile"], key=key, kind="2")
+    assert got.data is not None and got.data["incompleteReason"] == "content_filter"
+
+
 def test_the_pass_through_ends_as_openai_does_whatever_the_upstream_wrote(gateway: ServerProcess) -> None:
     """A usage chunk the client did not ask for is not passed on even when its counts are not integers
     (code reading ``choices[0]`` would fail on it), and a padded ``[DONE]`` goes on as ``data: [DONE]``."""

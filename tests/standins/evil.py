@@ -481,7 +481,8 @@ class ChatHostile(Recording):
                     {"id": "call_B", "type": "function", "function": {"name": "get_time", "arguments": "{}"}},
                 ]
                 frames = [_chunk({"role": "assistant", "tool_calls": [call]}) for call in calls]
-                return await _stream_frames(request, [*frames, _chunk({}, finish_reason="tool_calls"), b"[DONE]"])
+                stop = orjson.dumps({"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+                return await _stream_frames(request, [*frames, stop, b"[DONE]"])
             if name == "cutcall":  # text, then a tool call whose arguments stop mid-way: the stream ends there
                 call = {
                     "index": 0,
@@ -490,6 +491,11 @@ class ChatHostile(Recording):
                     "function": {"name": "get_weather", "arguments": '{"city": "Pa'},
                 }
                 return await _stream_frames(request, [good[0], _chunk({"tool_calls": [call]})])
+            if name == "filtered":  # the upstream's filter stopped the reply
+                stop = orjson.dumps(
+                    {"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter"}]}
+                )
+                return await _stream_frames(request, [*good, stop, b"[DONE]"])
             if name == "oddend":  # a usage chunk with float counts, then a padded [DONE]
                 usage = orjson.dumps({"id": "x", "choices": [], "usage": {k: float(v) for k, v in USAGE.items()}})
                 raw = b"".join(b"data: " + f + b"\n\n" for f in (*good, usage)) + b"data:  [DONE] \n\n"

@@ -430,6 +430,8 @@ class OpenTurn:
             incomplete = "interrupted"
         if incomplete is None and reply.finish_reason == "length":
             incomplete = "max_output_tokens"
+        if incomplete is None and reply.finish_reason == "content_filter":  # the upstream withheld the rest
+            incomplete = "content_filter"
         spec = self.spec
         status = "incomplete" if incomplete else "completed"
         text = reply.text
