@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import KEY
+from .conftest import KEY, Upstreams
 
 WRONG: list[Any] = [None, 0, -1, 1.5, True, "", "x", [], [1], {}, {"a": 1}, "9" * 30]
 VALID = {
@@ -80,3 +80,25 @@ def test_token_endpoint_odd_bodies(client: httpx.Client) -> None:
     for body in ([1], "x", {"type": [], "email": {}, "password": 5}, {"type": 1, "email": "a", "password": ""}):
         response = client.post("/api/v1/token/getInfo", json=body)
         assert response.status_code == 400, response.text
+
+
+def test_a_key_past_16384_characters_is_refused_before_any_upstream_call(client: httpx.Client,
+                                                                          upstreams: Upstreams) -> None:  # fmt: skip
+    """As on the /v1 doors: a key no upstream has, 200 kB as a header, is a 400 naming ``opts.key``."""
+    before = len(upstreams.openai.requests)
+    for kind in ("1", "2"):
+        body = with_value(("opts", "key"), KEY + "x" * 200_000, "1", kind)
+        response = client.post("/api/v1/gpt/getInfo", json=body)
+        assert response.status_code == 400 and response.json()["message"] == "opts.key must be at most 16384 characters"
+    assert len(upstreams.openai.requests) == before
+
+
+def test_two_authorization_headers_are_refused_not_guessed_between(client: httpx.Client) -> None:
+    """Which key is meant? A proxy in front may have checked the other one: a 400, never the first."""
+    body = {"model": "gpt-4o-mini", "input": "hi"}
+    for path in ("/v1/responses", "/v1/chat/completions", "/v1/models"):
+        headers = [("Authorization", "Bearer sk-test-first-0000000000"), ("Authorization", f"Bearer {KEY}")]
+        response = client.request("GET" if path == "/v1/models" else "POST", path, headers=headers,
+                                  json=None if path == "/v1/models" else body)  # fmt: skip
+        assert response.status_code == 400, response.text
+        assert "more than one Authorization header" in response.json()["error"]["message"]

@@ -256,6 +256,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "no API key: send it as Authorization: Bearer <key>",
         "缺少API key: 请以 Authorization: Bearer <key> 发送",
     ),
+    "duplicate_authorization": (
+        "more than one Authorization header: send the key once",
+        "Authorization 头不止一个: 请只发送一次 key",
+    ),
     "malformed_api_key": (
         "the API key is not printable ASCII of at most 16384 characters",
         "API key 必须是不超过 16384 个字符的可打印ASCII",

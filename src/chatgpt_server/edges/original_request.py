@@ -44,6 +44,7 @@ RESERVED_HEADERS = frozenset(
      "accept-encoding")
 )  # fmt: skip
 MAX_HEADERS, MAX_HEADER_NAME, MAX_HEADER_VALUE, MAX_HEADER_TOTAL = 32, 64, 4096, 16384
+MAX_KEY = 16384  # an API key or access token, on every door (the longest real ones are a few kB)
 MAX_MODEL = 256  # a model name, or an organization id (as /v1 bounds model names)
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 header name (fullmatch: no newline)
 
@@ -250,7 +251,9 @@ def parse_chat(body: Any, settings: Settings) -> ChatRequest:
         problems.append(("opts_not_object", {}))
         raise ValidationFailed(problems)
     key = _text(opts, "key", problems)
-    if key and not header_safe(key):
+    if len(key) > MAX_KEY:
+        problems.append(("field_too_long", {"field": "opts.key", "max": MAX_KEY}))
+    elif key and not header_safe(key):
         problems.append(("field_not_header_safe", {"field": "opts.key"}))
     content = _text(opts, "content", problems)
     follow = _flag(opts.get("isFollow"))

@@ -10,10 +10,10 @@ from typing import TYPE_CHECKING, Any
 from starlette.requests import Request
 
 from ..core.turns import OpenTurn, TurnSpec
-from ..errors import Unauthorized
+from ..errors import BadRequest, Unauthorized
 from ..upstreams.base import Target
 from .openai_items import invalid
-from .original_request import header_safe
+from .original_request import MAX_KEY, header_safe
 
 if TYPE_CHECKING:
     from ..accounts.service import Credential
@@ -26,11 +26,14 @@ _DIGITS = re.compile(r"[0-9]{1,4}")
 def api_key(request: Request) -> str:
     """The caller's credential, from ``Authorization: Bearer``: it is what the upstream gets, and
     what every stored response and conversation belongs to."""
-    auth = request.headers.get("authorization", "")
+    found = request.headers.getlist("authorization")
+    if len(found) > 1:  # which one is meant? A proxy in front may have checked the other
+        raise BadRequest("duplicate_authorization")
+    auth = found[0] if found else ""
     if auth[:7].lower() != "bearer " or not auth[7:].strip():
         raise Unauthorized("missing_api_key")
     key = auth[7:].strip()
-    if not header_safe(key) or len(key) > 16384:
+    if not header_safe(key) or len(key) > MAX_KEY:
         raise Unauthorized("malformed_api_key")
     return key
 
