@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import openai
 import pytest
 from aiohttp import web
 
@@ -46,8 +47,19 @@ def test_a_trailing_slash_is_the_same_route_and_nothing_redirects(client: httpx.
 def test_wrong_method_lists_the_allowed_ones(client: httpx.Client) -> None:
     response = client.delete("/api/v1/token/getInfo")
     assert_error(response, 405, "/api/v1/token/getInfo")
-    assert response.headers["allow"] == "GET, POST"
+    assert response.headers["allow"] == "GET, HEAD, POST"
     assert client.put("/v1/responses", headers={"Authorization": f"Bearer {KEY}"}).headers["allow"] == "POST"
+
+
+@pytest.mark.parametrize("path", ["/healthz", "/readyz", "/v1/models", "/api", "/api-json", "/", "/v1/models/gpt-4o"])
+def test_head_answers_wherever_get_does(client: httpx.Client, path: str) -> None:
+    """RFC 9110: HEAD wherever GET works, with GET's status and headers and no body (load balancers
+    check health with it)."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    got, head = client.get(path, headers=auth), client.head(path, headers=auth)
+    assert head.status_code == got.status_code and got.status_code in (200, 302), (path, head.status_code)
+    assert head.content == b"" and head.headers.get("content-type") == got.headers.get("content-type")
+    assert head.headers.get("location") == got.headers.get("location")
 
 
 @pytest.mark.parametrize(
@@ -368,3 +380,11 @@ def test_a_body_that_stalls_is_a_408_and_one_cut_short_is_no_500(tmp_path: Path,
     finally:
         server.stop()
     assert "unexpected" not in server.log() and "Traceback" not in server.log()
+
+
+def test_the_sdk_retrieves_a_model(client: httpx.Client) -> None:
+    with openai.OpenAI(base_url=f"{client.base_url}/v1", api_key=KEY, max_retries=0) as sdk:
+        model = sdk.models.retrieve("gpt-4o-mini")
+        assert (model.id, model.owned_by) == ("gpt-4o-mini", "chat")
+        with pytest.raises(openai.NotFoundError):
+            sdk.models.retrieve("x" * 300)

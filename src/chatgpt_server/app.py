@@ -41,6 +41,7 @@ from .core.rates import Window
 from .core.turns import Turns
 from .edges import access_token, chat_completions, conversations, docs, health, original, responses
 from .edges.envelope import error_response, is_openai_path
+from .edges.http import allowed
 from .edges.messages import error_message, pick_language
 from .errors import MethodNotAllowed, NotFound, ServiceError, ShuttingDown, StoreUnavailable
 from .settings import Settings
@@ -132,7 +133,7 @@ class Router:
 
     def add(self, path: str, **handlers: Handler) -> None:
         methods = {m.upper(): h for m, h in handlers.items()}
-        route = Route(methods, ", ".join(sorted(methods)))
+        route = Route(methods, allowed(methods))
         if "{" in path:
             self.patterns.append((path.strip("/").split("/"), route))
         else:
@@ -171,6 +172,7 @@ def routes() -> Router:
     r.add("/api/v1/token/device", post=access_token.device_start)
     r.add("/api/v1/token/device/poll", post=access_token.device_poll)
     r.add("/v1/models", get=chat_completions.list_models)
+    r.add("/v1/models/{id}", get=chat_completions.retrieve_model)
     r.add("/v1/chat/completions", post=chat_completions.create)
     r.add("/v1/responses", post=responses.create)
     r.add("/v1/responses/{id}", get=responses.retrieve, delete=responses.delete)
@@ -391,6 +393,8 @@ class App:
             raise NotFound("not_found", method=method, path=path)
         route, params = found
         handler = route.handlers.get(method)
+        if handler is None and method == "HEAD":  # wherever GET works (RFC 9110); the server sends no body
+            handler = route.handlers.get("GET")
         if handler is None:
             raise MethodNotAllowed("method_not_allowed", method=method, path=path, headers={"Allow": route.allow})
         scope["path_params"] = params

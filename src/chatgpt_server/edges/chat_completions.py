@@ -19,7 +19,7 @@ from starlette.types import ASGIApp
 
 from ..core.activity import current_log
 from ..core.relay import relay_stream, relay_whole
-from ..errors import BadRequest, ServiceError
+from ..errors import BadRequest, NotFound, ServiceError
 from ..upstreams.base import Target
 from ..upstreams.chat_completions import ChunkParser
 from ..upstreams.http import masking
@@ -117,3 +117,14 @@ async def list_models(request: Request, services: Services) -> Response:
     current_log().route = "models"
     await owner_of(request, services)  # a key its upstream refuses gets 401
     return JSONBody({"object": "list", "data": services.models.listed()})
+
+
+async def retrieve_model(request: Request, services: Services) -> Response:
+    """One model, as ``GET /v1/models`` lists it: any model name is served (by the routes file's
+    upstream for it, else the default upstream), so any well-formed name is found."""
+    current_log().route = "models"
+    await owner_of(request, services)
+    model = request.path_params["id"]
+    if len(model) > 256 or not model.isprintable():
+        raise NotFound("model_not_found", model=model[:256])
+    return JSONBody(services.models.described(model))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -92,3 +93,11 @@ def _shallow(value: Any) -> bool:
     except TypeError:  # orjson's JSONEncodeError, or "Recursion limit reached"
         return False
     return True
+
+
+def allowed(methods: Iterable[str]) -> str:
+    """The ``Allow`` header of a path serving ``methods`` (HEAD too, where GET is served)."""
+    found = {m.upper() for m in methods}
+    if "GET" in found:
+        found.add("HEAD")
+    return ", ".join(sorted(found))

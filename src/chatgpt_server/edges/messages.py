@@ -264,6 +264,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "the API key is not printable ASCII of at most 16384 characters",
         "API key 必须是不超过 16384 个字符的可打印ASCII",
     ),
+    "model_not_found": ("The model '{model}' does not exist", "模型 '{model}' 不存在"),
     "model_not_chat": (
         "model {model} is served by a ChatGPT account: use /v1/responses",
         "模型 {model} 由 ChatGPT 账号提供: 请使用 /v1/responses",

@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any
 
 from .. import __version__
+from .http import allowed
 from .openai_items import MAX_ITEMS, MAX_TEXT
 from .original_request import (
     MAX_HEADER_NAME,
@@ -771,16 +772,11 @@ CHAT_CHUNK_EVENT = _object(
     "stream began is one `data:` event with OpenAI's error object",
 )  # fmt: skip
 
-MODEL_LIST = _object(
-    {
-        "object": {"const": "list"},
-        "data": {"type": "array", "items": _object({
-            "id": _string(), "object": {"const": "model"}, "created": {"type": "integer"},
-            "owned_by": {"enum": ["chat", "codex"]}, "context_window": _integer(1),
-        }, ("id", "object", "created", "owned_by", "context_window"))},
-    },
-    ("object", "data"),
-)  # fmt: skip
+MODEL = _object({
+    "id": _string(), "object": {"const": "model"}, "created": {"type": "integer"},
+    "owned_by": {"enum": ["chat", "codex"]}, "context_window": _integer(1),
+}, ("id", "object", "created", "owned_by", "context_window"))  # fmt: skip
+MODEL_LIST = _object({"object": {"const": "list"}, "data": {"type": "array", "items": MODEL}}, ("object", "data"))
 CONVERSATION = _object(
     {
         "id": _string(),
@@ -982,6 +978,10 @@ def _openai_paths() -> dict[str, Schema]:
     return {
         "/v1/models": {"get": op("listModels", "The models this gateway routes", _answer(
             "the models the routes file names, then the default model", {JSON: {"schema": MODEL_LIST}}), {})},
+        "/v1/models/{id}": {"get": op("retrieveModel", "A model, and the upstream that serves it", _answer(
+            "the model: any name is served (by its route in the routes file, else by the default upstream)",
+            {JSON: {"schema": MODEL}}), {"404": "a name longer than 256 characters or not printable"},
+            parameters=[_path_id("id", "a model name")])},
         "/v1/chat/completions": {"post": op(
             "createChatCompletion", "OpenAI's Chat Completions, passed through (nothing is stored)",
             _answer("the completion (stream false), or server-sent chunks (stream true)",
@@ -1121,7 +1121,7 @@ def _with_405(paths: dict[str, Schema]) -> dict[str, Schema]:
     for path, item in paths.items():
         if path.startswith("/api/static/"):
             continue
-        allow = ", ".join(sorted(method.upper() for method in item))
+        allow = allowed(item)
         for operation in item.values():
             operation["responses"]["405"] = _method_not_allowed(allow, path.startswith("/v1/"))
             operation["responses"] = dict(sorted(operation["responses"].items()))

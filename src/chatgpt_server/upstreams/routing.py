@@ -129,10 +129,15 @@ class Models:
     def listed(self) -> list[dict[str, Any]]:
         """What GET /v1/models shows: the models the routes file names (patterns included, as they
         are), then the default upstream."""
-        out = [{"id": r.pattern, "object": "model", "created": 0, "owned_by": r.upstream,
-                "context_window": self.window(r.pattern)} for r in self.routes]  # fmt: skip
+        out = [self._model(r.pattern, r.upstream) for r in self.routes]
         default = self.settings.default_model
         if all(item["id"] != default for item in out):
-            out.append({"id": default, "object": "model", "created": 0, "owned_by": "chat",
-                        "context_window": self.window(default)})  # fmt: skip
+            out.append(self._model(default, "chat"))
         return out
+
+    def described(self, model: str) -> dict[str, Any]:
+        """What GET /v1/models/{model} shows: the model, owned by the upstream that serves it."""
+        return self._model(model, self.route(model).upstream)
+
+    def _model(self, name: str, upstream: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": 0, "owned_by": upstream, "context_window": self.window(name)}
