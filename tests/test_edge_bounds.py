@@ -4,6 +4,7 @@ headers, URLs, redirects we never build from request headers, request heads, one
 from __future__ import annotations
 
 import asyncio
+import gzip
 import socket
 import threading
 import time
@@ -60,6 +61,21 @@ def test_head_answers_wherever_get_does(client: httpx.Client, path: str) -> None
     assert head.status_code == got.status_code and got.status_code in (200, 302), (path, head.status_code)
     assert head.content == b"" and head.headers.get("content-type") == got.headers.get("content-type")
     assert head.headers.get("location") == got.headers.get("location")
+
+
+@pytest.mark.parametrize("coding", ["gzip", "br", "deflate, gzip", "x-nonsense"])
+def test_a_body_under_a_content_coding_is_refused_by_name(client: httpx.Client, coding: str) -> None:
+    """Read as it is, a gzip body is noise (and a false claim of one would be honoured silently): a 415
+    naming the coding, on every door, before anything is done."""
+    raw = gzip.compress(b'{"model": "gpt-4o-mini", "input": "hi"}') if coding == "gzip" else b'{"input": "hi"}'
+    headers = {"Content-Type": "application/json", "Content-Encoding": coding, "Authorization": f"Bearer {KEY}"}
+    for path in ("/v1/responses", "/v1/chat/completions", "/v1/conversations", "/api/v1/gpt/getInfo"):
+        response = client.post(path, content=raw, headers=headers)
+        assert response.status_code == 415, (path, response.text)
+        assert f"without a content coding, not {coding}" in response.text
+    plain = client.post("/v1/conversations", json={}, headers={"Content-Encoding": "identity", **headers} | {
+        "Content-Encoding": "identity"})  # fmt: skip
+    assert plain.status_code == 200, plain.text
 
 
 @pytest.mark.parametrize(

@@ -53,6 +53,9 @@ def _check_type(request: Request, form: bool) -> str:
     """JSON (or, where ``form``, a url-encoded form). Anything else is 415: a cross-site page can send
     text/plain or a form without asking first, and must not reach a JSON route that way. A request
     without a content type (curl --data-binary) is read as JSON."""
+    coding = request.headers.get("content-encoding", "").strip().lower()
+    if coding not in ("", "identity"):  # read as it is, a gzip body is noise; so is a false claim of one
+        raise UnsupportedMediaType("unsupported_encoding", coding=coding[:40])
     kind = media_type(request)
     if kind and not _is_json(kind) and not (form and kind == FORM):
         accepted = "application/json" + (" or " + FORM if form else "")

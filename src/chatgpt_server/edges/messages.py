@@ -160,6 +160,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "sign-in flow changed at step {step}: {detail}",
     ),
     # Added with the OpenAI-shaped doors, accounts and the hardening of every door.
+    "unsupported_encoding": (
+        "the request body must be sent without a content coding, not {coding}",
+        "请求体不能经过编码 (收到 {coding}), 请直接发送",
+    ),
     "unsupported_media_type": (
         "the request body must be {accepted}, not {type}",
         "请求体必须是 {accepted}, 而不是 {type}",

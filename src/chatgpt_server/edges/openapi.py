@@ -220,9 +220,13 @@ def _method_not_allowed(allow: str, openai: bool) -> Schema:
 
 BODY_ERRORS = {
     "413": "the body is larger than CHATGPT_SERVER_MAX_BODY_BYTES",
-    "415": "the body is not JSON (`application/json` or `application/*+json`; no Content-Type reads as JSON)",
+    "415": "the body is not JSON (`application/json` or `application/*+json`; no Content-Type reads as JSON), "
+    "or it is sent under a Content-Encoding",
 }
-FORM_BODY_ERRORS = {**BODY_ERRORS, "415": "the body is neither JSON nor a url-encoded form"}
+FORM_BODY_ERRORS = {
+    **BODY_ERRORS,
+    "415": "the body is neither JSON nor a url-encoded form, or it is sent under a Content-Encoding",
+}
 STORE_DOWN = "the conversation store is unavailable (the upstream was not called), or the server is shutting down"
 
 
