@@ -11,6 +11,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
 import httpx
 import openai
@@ -404,3 +405,21 @@ def test_the_sdk_retrieves_a_model(client: httpx.Client) -> None:
         assert (model.id, model.owned_by) == ("gpt-4o-mini", "chat")
         with pytest.raises(openai.NotFoundError):
             sdk.models.retrieve("x" * 300)
+
+
+@pytest.mark.parametrize("odd", ["\r\nX-Injected: 1", "\u202egnp.exe", "\x00nul", "x" * 3_000])
+def test_an_id_or_path_a_message_quotes_is_escaped_and_bounded(client: httpx.Client, odd: str) -> None:
+    """Every door quotes what it could not find the same way: no line break, control or bidirectional
+    override as it came (a log or page showing the message cannot be forged), and no longer than 300
+    characters, however long the path."""
+    auth = {"Authorization": f"Bearer {KEY}"}
+    quoted = quote(odd, safe="")
+    for path in (f"/v1/responses/resp_{quoted}", f"/v1/conversations/conv_{quoted}",
+                 f"/v1/conversations/conv_{quoted}/items/msg_{quoted}", f"/{quoted}"):  # fmt: skip
+        response = client.get(path, headers=auth)
+        assert response.status_code == 404, (path, response.status_code)
+        body = response.json()
+        message = body["error"]["message"] if "error" in body else body["message"]
+        shown = [message, body.get("path", "")]
+        assert all(text.isprintable() and len(text) <= 400 for text in shown), shown
+        assert len(response.content) < 2_000

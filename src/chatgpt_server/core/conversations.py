@@ -17,7 +17,7 @@ MAX_ID = 256  # no id of ours is longer, and none holds a control character
 def check_id(conversation_id: str) -> None:
     """404 at once for what cannot be a conversation id (before it reaches a store key or an index)."""
     if len(conversation_id) > MAX_ID or not conversation_id.isprintable():
-        raise NotFound("conversation_not_found_here", id=conversation_id[:MAX_ID].encode("unicode_escape").decode())
+        raise NotFound("conversation_not_found_here", id=conversation_id[:MAX_ID])
 
 
 async def find(store: Store, owner: str, conversation_id: str, *, make: bool = False) -> Record:

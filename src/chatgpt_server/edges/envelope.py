@@ -13,7 +13,7 @@ from typing import Any
 
 from ..errors import ServiceError, ValidationFailed
 from .http import JSONBody
-from .messages import error_message
+from .messages import error_message, shown
 
 OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -50,7 +50,7 @@ def error_body(error: ServiceError, path: str, language: str) -> dict[str, Any]:
         "message": error_message(error, language),
         "data": {},
         "timestamp": now_ms(),
-        "path": path,  # scope["path"] never carries the query string (the original echoed passwords)
+        "path": shown(path),  # scope["path"] never carries the query string (the original echoed passwords)
     }
 
 

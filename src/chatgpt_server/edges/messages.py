@@ -311,11 +311,24 @@ MESSAGES: dict[str, tuple[str, str]] = {
 }
 
 
+SHOWN = 300  # characters of a value a message quotes (an id, a path, a model name)
+
+
+def shown(value: str) -> str:
+    """A client's or upstream's words as a message quotes them: bounded, and every character that is
+    not printable (controls, line breaks, bidirectional overrides) written as its escape."""
+    if value.isprintable() and len(value) <= SHOWN:
+        return value
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in value[:SHOWN])
+
+
 def render(key: str, language: Language, params: dict[str, Any] | None = None) -> str:
     english, chinese = MESSAGES.get(key, MESSAGES["internal"])
     template = chinese if language == "zh" else english
+    if not params:
+        return template
     try:
-        return template.format(**params) if params else template
+        return template.format(**{k: shown(v) if isinstance(v, str) else v for k, v in params.items()})
     except (KeyError, IndexError, ValueError):
         return template
 
