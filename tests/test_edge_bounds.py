@@ -423,3 +423,19 @@ def test_an_id_or_path_a_message_quotes_is_escaped_and_bounded(client: httpx.Cli
         shown = [message, body.get("path", "")]
         assert all(text.isprintable() and len(text) <= 400 for text in shown), shown
         assert len(response.content) < 2_000
+
+
+def test_a_key_the_upstream_refuses_has_one_code_on_every_door(client: httpx.Client) -> None:
+    """``invalid_api_key``, as OpenAI says it, whichever door found out (the key check before a stored
+    conversation is touched, or the upstream's own 401 passed on)."""
+    with openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="sk-refused-" + "0" * 40, max_retries=0) as sdk:
+        calls = [
+            lambda: sdk.responses.create(model="gpt-4o-mini", input="hi"),
+            lambda: sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]),
+            lambda: sdk.conversations.create(),
+            lambda: sdk.models.list(),
+        ]
+        for make in calls:
+            with pytest.raises(openai.AuthenticationError) as raised:
+                make()
+            assert raised.value.code == "invalid_api_key", raised.value.body
