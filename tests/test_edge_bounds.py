@@ -8,7 +8,7 @@ import gzip
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -429,7 +429,7 @@ def test_a_key_the_upstream_refuses_has_one_code_on_every_door(client: httpx.Cli
     """``invalid_api_key``, as OpenAI says it, whichever door found out (the key check before a stored
     conversation is touched, or the upstream's own 401 passed on)."""
     with openai.OpenAI(base_url=f"{client.base_url}/v1", api_key="sk-refused-" + "0" * 40, max_retries=0) as sdk:
-        calls = [
+        calls: list[Callable[[], object]] = [
             lambda: sdk.responses.create(model="gpt-4o-mini", input="hi"),
             lambda: sdk.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "hi"}]),
             lambda: sdk.conversations.create(),
