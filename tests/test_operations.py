@@ -281,14 +281,23 @@ def test_one_access_line_per_request(tmp_path: Path, upstreams: Upstreams) -> No
     assert KEY not in server.log() and KEY[-8:] not in server.log()
 
 
-def test_the_access_log_as_json(tmp_path: Path, upstreams: Upstreams) -> None:
-    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_LOG_FORMAT="json")).start()
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_the_access_log_as_json(tmp_path: Path, upstreams: Upstreams, workers: str) -> None:
+    """With ``LOG_FORMAT=json`` every line is JSON, the server's own (a request that is not HTTP, start
+    and stop) included, in one process as in workers."""
+    env = upstreams.env(CHATGPT_SERVER_LOG_FORMAT="json", CHATGPT_SERVER_WORKERS=workers)
+    server = ServerProcess(tmp_path, env).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             rid = ask(c, "json line").headers["x-request-id"]
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as raw:
+            raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+            assert raw.recv(100).startswith(b"HTTP/1.1 400")
     finally:
         server.stop()
-    entries = [json.loads(line) for line in server.log().splitlines() if line.startswith('{"time"')]
+    lines = [line for line in server.log().splitlines() if line.strip()]
+    entries = [json.loads(line) for line in lines]  # every one: a plain-text line fails here
+    assert any(e.get("logger") == "uvicorn.error" and "Invalid HTTP request" in e["message"] for e in entries)
     entry = next(e for e in entries if e.get("request_id") == rid)
     assert entry["method"] == "POST" and entry["status"] == 201 and entry["route"] == "gpt mode1 type1"
     assert entry["duration_ms"] >= entry["upstream_ms"] >= 0 and "store_ms" in entry

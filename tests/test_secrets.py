@@ -85,3 +85,6 @@ def test_mask_url_covers_userinfo_and_query_secrets() -> None:
     )
     assert mask_url("redis://:hunter2@[::1]:6379/0?prefix=x") == "redis://***@[::1]:6379/0?prefix=x"
     assert mask_url("https://h/v1?api_key=SEKRIT&access_token=SEKRIT") == "https://h/v1?api_key=***&access_token=***"
+    # An absolute SQLite path stays absolute (the empty authority is kept), a relative one relative.
+    assert mask_url("sqlite:////srv/data/x.db") == "sqlite:////srv/data/x.db"
+    assert mask_url("sqlite:///data/x.db?synchronous=full") == "sqlite:///data/x.db?synchronous=full"

@@ -440,8 +440,10 @@ def create_app(settings: Settings, store: Store | None = None) -> ASGIApp:
 
 def app_from_environment() -> ASGIApp:
     """The factory worker processes call: settings from the environment the parent prepared."""
+    from .cli import setup_logging
     from .http_limits import configure
 
     settings = Settings()
+    setup_logging(settings)  # a spawned worker starts with no logging set up
     configure(settings.max_header_bytes, 100, settings.header_timeout_seconds)
     return create_app(settings)

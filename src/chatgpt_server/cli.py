@@ -60,7 +60,9 @@ class JSONFormatter(logging.Formatter):
                              "message": record.getMessage()}).decode()  # fmt: skip
 
 
-def _logging(settings: Settings) -> None:
+def setup_logging(settings: Settings) -> None:
+    """Every log line in the one format, uvicorn's own included (it is given no logging config of its
+    own, so its loggers reach this handler): a JSON log holds no plain-text line."""
     handler = logging.StreamHandler()
     if settings.log_format == "json":
         handler.setFormatter(JSONFormatter())
@@ -79,7 +81,7 @@ def serve(args: argparse.Namespace) -> int:
     if args.check:
         overrides["require_store"] = True
     settings = load_settings(overrides)
-    _logging(settings)
+    setup_logging(settings)
     log = logging.getLogger("chatgpt_server")
     log.info("settings: %s", json.dumps(settings.masked(), default=str))
     if settings.require_store and not asyncio.run(_check_store(settings)):
@@ -92,6 +94,7 @@ def serve(args: argparse.Namespace) -> int:
     common: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "http": http, "loop": "uvloop",
         "access_log": False,  # ours is written by the app: uvicorn's would write query strings
+        "log_config": None,
         "log_level": settings.log_level.lower(), "proxy_headers": False, "server_header": False,
         "timeout_graceful_shutdown": int(settings.shutdown_grace_seconds) + 5,
         "timeout_keep_alive": 30,

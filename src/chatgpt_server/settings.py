@@ -70,7 +70,9 @@ def mask_url(url: str) -> str:
     if query:
         pairs = parse_qsl(query, keep_blank_values=True)
         query = urlencode([(k, "***" if _SECRET_PARAMS.search(k) else v) for k, v in pairs], safe="*/:")
-    return parts._replace(netloc=netloc, query=query).geturl()
+    # Written out here: urlunsplit drops the empty authority of sqlite:////abs/path (a relative path then).
+    masked = f"{parts.scheme}://{netloc}{parts.path}" if parts.scheme else parts.path
+    return masked + (f"?{query}" if query else "") + (f"#{parts.fragment}" if parts.fragment else "")
 
 
 class Settings(BaseSettings):
