@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from pathlib import Path
 from typing import Any
@@ -207,3 +208,25 @@ def test_completion_params_pass_through_and_the_upstream_judges_them(client: htt
     assert ok.status_code == 201, ok.text
     refused = assert_error(ask(client, "x", completionParams={"temprature": 0.3}), 400)
     assert "Unrecognized request argument supplied: temprature" in refused
+
+
+@pytest.mark.parametrize("kind", ["1", "2"])
+def test_a_reply_of_tool_calls_only_shows_them_and_its_id_continues(client: httpx.Client, kind: str) -> None:
+    """A model that answers with a tool call only: the client sees the call in ``detail`` (as the
+    upstream's completion carries it), and the ``id`` it is told is stored, so a follow-up reaches the
+    upstream (which here, strict as OpenAI, asks for the call's output), never a 404."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]
+    first = ask(client, "call:get_weather", kind=kind, completionParams={"tools": tools})
+    if kind == "2":
+        done = [json.loads(line[6:]) for line in first.text.splitlines() if line.startswith("data: ")][-1]
+        data = done["data"]
+    else:
+        assert first.status_code == 201, first.text
+        data = first.json()["data"]
+    message = data["detail"]["choices"][0]["message"]
+    assert message["content"] is None and data["text"] == ""
+    assert [c["function"]["name"] for c in message["tool_calls"]] == ["get_weather"]
+    assert data["detail"]["choices"][0]["finish_reason"] == "tool_calls"
+    follow = ask(client, "and?", parent=data["id"], completionParams={"tools": tools})
+    assert follow.status_code == 400, follow.text
+    assert "must be followed by tool messages" in follow.json()["message"]

@@ -77,6 +77,9 @@ class TurnSpec:
     queue_key: str | None = None  # one turn at a time per key (an account that allows one reply at once)
     record: Callable[[TurnResult], Record] | None = None  # a record written with the turn (a response)
     compatible: Callable[[StoredItem], None] | None = None  # raises if the parent cannot be continued here
+    # A message item under the reply's id even when the reply is only tool calls (the original route
+    # tells that id to the client, who continues from it).
+    reply_message: bool = False
 
 
 @dataclass(slots=True)
@@ -437,7 +440,7 @@ class OpenTurn:
         text = reply.text
         calls = {call.index: call for call in reply.tool_calls}
         order = list(self._order)
-        if ("message", -1) not in order and (text or not calls):
+        if ("message", -1) not in order and (text or not calls or spec.reply_message):
             order.append(("message", -1))
         placed = set(order)  # a set: a reply may carry very many calls, and a list scan per call is quadratic
         order += [("tool", index) for index in calls if ("tool", index) not in placed]

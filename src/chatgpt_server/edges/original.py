@@ -83,6 +83,7 @@ async def spec_for(chat: ChatRequest, services: Services) -> tuple[TurnSpec, Cre
     common: dict[str, Any] = {
         "inputs": [user], "budget": budget, "parent": chat.parent_message_id, "stream": chat.stream,
         "timeout_s": chat.timeout_s, "idle_s": chat.idle_timeout_s,
+        "reply_message": True,  # the reply's id is told, and continued from, even for tool calls only
     }  # fmt: skip
     if chat.mode == "1":
         params = dict(chat.completion_params)
@@ -112,6 +113,16 @@ async def spec_for(chat: ChatRequest, services: Services) -> tuple[TurnSpec, Cre
     return spec, account
 
 
+def _message(result: TurnResult) -> dict[str, Any]:
+    """The completion's message, tool calls included (content null beside them when there is no
+    text, as OpenAI writes it)."""
+    if not result.tool_calls:
+        return {"role": "assistant", "content": result.text}
+    calls = [{"id": call.call_id, "type": "function", "function": {"name": call.name, "arguments": call.arguments}}
+             for call in result.tool_calls]  # fmt: skip
+    return {"role": "assistant", "content": result.text or None, "tool_calls": calls}
+
+
 def reply_data(chat: ChatRequest, result: TurnResult, model: str) -> dict[str, Any]:
     """The ``data`` of the envelope, shaped as the original library's chat message."""
     reply = result.reply
@@ -133,9 +144,7 @@ def reply_data(chat: ChatRequest, result: TurnResult, model: str) -> dict[str, A
             "object": "chat.completion",
             "created": getattr(reply, "created", None) or int(result.created_at),
             "model": shown_label(reply.model, chat.key) or model,
-            "choices": [
-                {"index": 0, "message": {"role": "assistant", "content": result.text}, "finish_reason": finish}
-            ],
+            "choices": [{"index": 0, "message": _message(result), "finish_reason": finish}],
             "usage": result.usage,
         }
     elif reply.meta.get("rateLimits") is not None:

@@ -63,8 +63,9 @@ class KeyCheck:
         except (*TRANSPORT_ERRORS, TimeoutError):
             status = 0
         if status in (401, 403):
-            raise Unauthorized("upstream_unauthorized", host=host_of(base_url), detail="invalid_api_key",
-                               code="invalid_api_key")  # as the upstream's own 401 is passed on
+            raise Unauthorized(
+                "upstream_unauthorized", host=host_of(base_url), detail="invalid_api_key", code="invalid_api_key"
+            )  # as the upstream's own 401 is passed on
         if len(self._until) >= MAX_KEYS:
             self._until.clear()
         until = time.monotonic() + (GOOD_FOR_S if status == 200 else UNSURE_FOR_S)
