@@ -639,8 +639,13 @@ def test_a_stream_the_upstream_cuts_fails_with_the_text_that_arrived(
     assert failed["response"]["output"][0]["status"] == "incomplete"
     error = failed["response"]["error"]
     assert error["code"] == "server_error" and error["type"] == "upstream_bad_reply" and "cut" in error["message"]
-    stored = sdk.responses.retrieve(failed["response"]["id"])  # what arrived is stored, incomplete
-    assert stored.status == "incomplete" and stored.output_text == streamed
+    stored = sdk.responses.retrieve(failed["response"]["id"])  # what arrived is stored, as it was told
+    assert stored.status == "failed" and stored.output_text == streamed and stored.incomplete_details is None
+    assert stored.error is not None and stored.model_dump(exclude_none=True)["error"] == error
+    assert stored.model_dump()["output"][0]["status"] == "incomplete"
+    # ... and continued from, as any stored response is
+    follow = sdk.responses.create(model="gpt-3.5-turbo", input="go on", previous_response_id=stored.id)
+    assert follow.status == "completed"
 
 
 def test_a_turn_from_another_door_while_the_conversation_answers_is_kept(

@@ -265,6 +265,8 @@ class Draft:
     ask: Ask
     created_at: int
     _final: tuple[TurnResult, dict[str, Any]] | None = None
+    # The error a failed stream was told: what arrived is stored as that failed response, as it was told.
+    failure: dict[str, Any] | None = None
 
     def shell(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
               error: dict[str, Any] | None = None, incomplete: str | None = None) -> dict[str, Any]:  # fmt: skip
@@ -307,8 +309,10 @@ class Draft:
         return body
 
     def _build(self, result: TurnResult) -> dict[str, Any]:
-        status = "incomplete" if result.incomplete else "completed"
         output = [item_json(item) for item in result.outputs]
+        if self.failure is not None and result.incomplete == "error":
+            return self.shell("failed", output, result.usage, error=self.failure)
+        status = "incomplete" if result.incomplete else "completed"
         reason = None
         if result.incomplete:
             reason = "max_output_tokens" if result.incomplete == "max_output_tokens" else result.incomplete
@@ -481,6 +485,10 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
         raise
     except ServiceError as exc:
         log.outcome, log.message = "error", error_message(exc, "en")
+        error = openai_error_body(exc)["error"]
+        # A response's error code is one of OpenAI's few; the precise one stays in the message and type.
+        code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
+        draft.failure = {"code": code, "message": error["message"], "type": error["code"]}
         if turn.text or (turn.reply is not None and turn.reply.tool_calls):
             try:
                 with contextlib.suppress(ServiceError):
@@ -488,7 +496,6 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
             except (asyncio.CancelledError, GeneratorExit):
                 settle = False  # the client left meanwhile: on_leave stores, then lets the conversation go
                 raise
-        error = openai_error_body(exc)["error"]
         for index, pieces in arguments.items():
             order[index]["arguments"] = "".join(pieces)
         if message_index is not None:  # what was streamed stands in the final object too
@@ -496,11 +503,7 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
                                                 "logprobs": []}]  # fmt: skip
         for item in order:
             item["status"] = "incomplete"
-        # A response's error code is one of OpenAI's few; the precise one stays in the message and type.
-        code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
-        failed = draft.shell("failed", order, error={"code": code, "message": error["message"],
-                                                     "type": error["code"]})  # fmt: skip
-        yield emit("response.failed", response=failed)
+        yield emit("response.failed", response=draft.shell("failed", order, error=draft.failure))
         return
     finally:
         await turn.close(settle)
