@@ -591,7 +591,11 @@ def test_a_conversation_tip_moves_with_turns_from_any_door(sdk: openai.OpenAI, v
         data = ask(c, "five", parent=four.output[0].id).json()["data"]
     assert data["conversationId"] == conversation.id
     items = list(sdk.conversations.items.list(conversation.id, order="asc"))
-    assert [text_of(i) for i in items][-2:] == ["five", "echo(5): five"]
+    line = [f"{word}" if n % 2 == 0 else f"echo({n // 2 + 1}): {word}" for n, word in
+            enumerate(w for w in ("one", "two", "three", "four", "five") for _ in (0, 1))]  # fmt: skip
+    assert [text_of(i) for i in items] == line  # the branch is not the conversation's
+    paged = list(sdk.conversations.items.list(conversation.id, order="desc", limit=3))  # every page filled
+    assert [text_of(i) for i in paged] == line[::-1]
 
 
 def test_a_conversation_begun_on_the_original_route_goes_on_by_its_id(

@@ -20,7 +20,7 @@ from ..core.activity import current_log
 from ..core.conversations import find
 from ..core.items import Item, mint
 from ..errors import BadRequest, Conflict, NotFound
-from ..stores import Record
+from ..stores import Record, StoredItem
 from .http import JSONBody, read_json
 from .openai_items import MAX_ITEMS, invalid, item_json, parse_input
 from .responses import _metadata
@@ -149,7 +149,7 @@ async def list_items(request: Request, services: Services) -> Response:
     current_log().route = "conversations items"
     owner = await owner_of(request, services)
     conversation_id = request.path_params["id"]
-    await _conversation(services, owner, conversation_id)
+    record = await _conversation(services, owner, conversation_id)
     page = page_of(request)
     after_seq = None
     if page.after is not None:
@@ -157,8 +157,18 @@ async def list_items(request: Request, services: Services) -> Response:
         if anchor is None or anchor.conversation_id != conversation_id:  # nothing after an unknown id
             return JSONBody(list_body([], False))
         after_seq = anchor.seq
-    items = await services.store.conversation_items(owner, conversation_id, after_seq, page.limit + 1,
-                                                    page.descending)  # fmt: skip
+    # The conversation is the line that ends at its tip: a branch from an older turn (a
+    # previous_response_id turn that left the conversation where it was) is reachable by its own id,
+    # not listed here.
+    line = set(await services.store.path_ids(owner, record.tip)) if record.tip else set()
+    items: list[StoredItem] = []
+    while len(items) <= page.limit:
+        batch = await services.store.conversation_items(owner, conversation_id, after_seq, page.limit + 1,
+                                                        page.descending)  # fmt: skip
+        items += [s for s in batch if s.item.id in line]
+        if len(batch) <= page.limit:
+            break
+        after_seq = batch[-1].seq
     shown = [item_json(s.item) for s in items[: page.limit]]
     return JSONBody(list_body(shown, len(items) > page.limit))
 
