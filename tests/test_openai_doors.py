@@ -798,3 +798,51 @@ def test_a_cut_between_parallel_calls_never_sends_an_output_without_its_call(
             answered = {c["id"] for m in messages for c in m.get("tool_calls") or []}
             assert all(m["tool_call_id"] in answered for m in messages if m["role"] == "tool")
     assert len(sizes) >= 5  # the budgets cut the history in many places, between the two calls among them
+
+
+FN: Any = {"type": "function", "name": "f", "parameters": {"type": "object"}}
+
+
+@pytest.mark.parametrize(
+    ("extra", "param", "words"),
+    [
+        ({"model": "x" * 300}, "model", "Invalid 'model'"),
+        ({"model": "gpt-4o-mini\n"}, "model", "Invalid 'model'"),
+        ({"reasoning": -1}, "reasoning", "expected an object"),
+        ({"reasoning": {"effort": "bogus"}}, "reasoning.effort", "expected one of"),
+        ({"text": {"a": 1}}, "text.a", "text.a"),
+        ({"text": {"verbosity": "loud"}}, "text.verbosity", "low, medium or high"),
+        ({"max_tool_calls": -1}, "max_tool_calls", "positive integer"),
+        ({"max_tool_calls": "x"}, "max_tool_calls", "positive integer"),
+        ({"prompt_cache_key": 5}, "prompt_cache_key", "string"),
+        ({"service_tier": "gold"}, "service_tier", "expected one of"),
+        ({"stream_options": "yes"}, "stream_options", "include_obfuscation"),
+        ({"tools": [{**FN, "name": "a b/\u0000"}]}, "tools[0].name", "letters, digits"),
+        ({"tools": [{**FN, "strict": "yes"}]}, "tools[0].strict", "true or false"),
+        ({"tool_choice": "required"}, "tool_choice", "needs tools"),
+    ],
+)
+def test_a_field_in_a_shape_openai_refuses_is_refused_by_name(
+    v1_server: ServerProcess, upstreams: Upstreams, extra: dict[str, Any], param: str, words: str
+) -> None:
+    """Fields taken for compatibility are still only taken in the shapes OpenAI takes, and the 400
+    names the field, before any upstream call."""
+    before = len(upstreams.openai.requests)
+    body = {"model": "gpt-4o-mini", "input": "hi", **extra}
+    response = httpx.post(v1_server.url + "/v1/responses", json=body, headers={"Authorization": f"Bearer {KEY}"})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == param and words in error["message"], error
+    assert len(upstreams.openai.requests) == before
+
+
+def test_chat_completions_says_which_field_is_wrong(v1_server: ServerProcess) -> None:
+    auth = {"Authorization": f"Bearer {KEY}"}
+    hi = [{"role": "user", "content": "hi"}]
+    for body, words in (({"model": "x" * 300, "messages": hi}, "Invalid 'model'"),
+                        ({"model": "gpt-4o-mini", "messages": []}, "Invalid 'messages'"),
+                        ({"model": "gpt-4o-mini", "messages": "hi"}, "Invalid 'messages'"),
+                        ({"model": "gpt-4o-mini"}, "Missing required parameter: 'messages'"),
+                        ({"messages": hi}, "Missing required parameter: 'model'")):  # fmt: skip
+        response = httpx.post(v1_server.url + "/v1/chat/completions", json=body, headers=auth)
+        assert response.status_code == 400 and words in response.json()["error"]["message"], response.text

@@ -28,7 +28,7 @@ from .http import JSONBody, read_json
 from .messages import error_message
 from .openai_items import invalid
 from .sse import EventStream
-from .v1 import api_key, owner_of
+from .v1 import api_key, model_name, owner_of
 
 if TYPE_CHECKING:
     from ..app import Services
@@ -46,11 +46,12 @@ async def create(request: Request, services: Services) -> ASGIApp:
     body = await read_json(request, services.settings.max_body_bytes)
     if not isinstance(body, dict):
         raise BadRequest("body_not_object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model or len(model) > 256 or not model.isprintable():
-        raise BadRequest("missing_param", param="model")
-    if not isinstance(body.get("messages"), list) or not body["messages"]:
+    model = model_name(body)
+    messages = body.get("messages")
+    if messages is None:
         raise BadRequest("missing_param", param="messages")
+    if not isinstance(messages, list) or not messages:
+        raise invalid("messages", "expected a list of at least one message")
     stream = body.get("stream")
     if stream is not None and not isinstance(stream, bool):
         raise invalid("stream", "expected true or false")

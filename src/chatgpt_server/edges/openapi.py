@@ -24,7 +24,7 @@ from .original_request import (
     RESERVED_HEADERS,
     RESERVED_PARAMS,
 )
-from .responses import EFFORTS, MAX_METADATA
+from .responses import EFFORTS, MAX_METADATA, SERVICE_TIERS, SUMMARIES
 from .v1 import MAX_LIMIT
 
 Schema = dict[str, Any]
@@ -552,10 +552,10 @@ METADATA = _or_null({
 FUNCTION_TOOL = _object(
     {
         "type": {"const": "function"},
-        "name": _string(minLength=1, maxLength=64),
+        "name": _string("letters, digits, underscores and dashes (OpenAI's rule)", pattern="^[A-Za-z0-9_-]{1,64}$"),
         "description": _or_null(_string()),
         "parameters": _or_null({"type": "object", "description": "a JSON schema"}),
-        "strict": {"description": "passed on"},
+        "strict": _or_null({"type": "boolean", "description": "passed on"}),
     },
     ("type", "name"),
     closed=False,
@@ -575,7 +575,6 @@ TEXT_FORMAT = {
                 ("type", "schema"), closed=False),
     ]
 }  # fmt: skip
-IGNORED = {"description": "accepted and ignored"}
 
 RESPONSE_REQUEST = {
     **_object(
@@ -601,16 +600,21 @@ RESPONSE_REQUEST = {
             "metadata": METADATA,
             "user": _or_null(_string(maxLength=ID_LENGTH)),
             "safety_identifier": _or_null(_string("used when user is not given", maxLength=ID_LENGTH)),
-            "text": _or_null(_object({"format": TEXT_FORMAT}, closed=False)),
-            "reasoning": {"description": f"effort ({', '.join(EFFORTS)}) is passed on to reasoning models; "
-                                         "anything else is ignored"},
+            "text": _or_null(_object({"format": TEXT_FORMAT, "verbosity": {"enum": ["low", "medium", "high", None]}})),
+            "reasoning": _or_null(_object(
+                {"effort": {"enum": [*EFFORTS, None]}, "summary": {"enum": [*SUMMARIES, None]}}, closed=False,
+                description=f"effort ({', '.join(EFFORTS)}) is passed on to reasoning models; the rest is ignored")),
             "background": {"enum": [False, None], "description": "background mode is not supported"},
             "include": _or_null({"type": "array", "items": {"type": "string", "maxLength": 128,
                                  "not": {"const": "message.output_text.logprobs"}},
                                  "description": "accepted; no extra applies to what this gateway returns, and "
                                  "logprobs are refused"}),
             "top_logprobs": {"enum": [0, None], "description": "logprobs are not available"},
-            **{name: IGNORED for name in ("stream_options", "prompt_cache_key", "service_tier", "max_tool_calls")},
+            "stream_options": _or_null(_object({"include_obfuscation": {"type": "boolean"}},
+                                               description="accepted and ignored")),
+            "prompt_cache_key": _or_null(_string("accepted and ignored", maxLength=1024)),
+            "service_tier": {"enum": [*SERVICE_TIERS, None], "description": "accepted and ignored"},
+            "max_tool_calls": _or_null(_integer(1, description="accepted and ignored")),
         },
         ("model", "input"),
         description="An unknown field is refused (400). tool_choice's function must name one of tools.",
@@ -620,6 +624,8 @@ RESPONSE_REQUEST = {
             "previous_response_id": {"not": {"type": "null"}}, "conversation": {"not": {"type": "null"}}}}},
         {"if": {"required": ["conversation"], "properties": {"conversation": {"not": {"type": "null"}}}},
          "then": {"properties": {"store": {"not": {"const": False}}}}},
+        {"if": {"required": ["tool_choice"], "properties": {"tool_choice": {"const": "required"}}},
+         "then": {"required": ["tools"], "properties": {"tools": {"type": "array", "minItems": 1}}}},
     ],
 }  # fmt: skip
 
@@ -776,11 +782,13 @@ CHAT_CHUNK_EVENT = _object(
     "stream began is one `data:` event with OpenAI's error object",
 )  # fmt: skip
 
-MODEL = _object({
+MODEL_OBJECT = _object({
     "id": _string(), "object": {"const": "model"}, "created": {"type": "integer"},
     "owned_by": {"enum": ["chat", "codex"]}, "context_window": _integer(1),
 }, ("id", "object", "created", "owned_by", "context_window"))  # fmt: skip
-MODEL_LIST = _object({"object": {"const": "list"}, "data": {"type": "array", "items": MODEL}}, ("object", "data"))
+MODEL_LIST = _object(
+    {"object": {"const": "list"}, "data": {"type": "array", "items": MODEL_OBJECT}}, ("object", "data")
+)
 CONVERSATION = _object(
     {
         "id": _string(),
@@ -984,7 +992,7 @@ def _openai_paths() -> dict[str, Schema]:
             "the models the routes file names, then the default model", {JSON: {"schema": MODEL_LIST}}), {})},
         "/v1/models/{id}": {"get": op("retrieveModel", "A model, and the upstream that serves it", _answer(
             "the model: any name is served (by its route in the routes file, else by the default upstream)",
-            {JSON: {"schema": MODEL}}), {"404": "a name longer than 256 characters or not printable"},
+            {JSON: {"schema": MODEL_OBJECT}}), {"404": "a name longer than 256 characters or not printable"},
             parameters=[_path_id("id", "a model name")])},
         "/v1/chat/completions": {"post": op(
             "createChatCompletion", "OpenAI's Chat Completions, passed through (nothing is stored)",

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import re
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -32,7 +33,7 @@ from .http import JSONBody, read_json
 from .messages import error_message
 from .openai_items import copy_of, invalid, item_json, parse_input
 from .sse import EventStream, event
-from .v1 import Caller, api_key, caller_for, list_body, open_turn, owner_of, page_of
+from .v1 import Caller, api_key, caller_for, list_body, model_name, open_turn, owner_of, page_of
 
 if TYPE_CHECKING:
     from ..app import Services
@@ -45,6 +46,9 @@ KNOWN = {
 }  # fmt: skip
 MAX_METADATA = 16
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")  # reasoning efforts passed on
+SUMMARIES = ("auto", "concise", "detailed")
+SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")
+TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for a function's name
 AUTO_RESERVE = 4096  # output room kept by truncation "auto" when max_output_tokens is not given
 
 
@@ -86,15 +90,17 @@ def _tools(value: Any) -> list[dict[str, Any]]:
         return []
     if not isinstance(value, list) or len(value) > 128:
         raise invalid("tools", "expected a list of at most 128 tools")
-    tools = []
+    tools: list[dict[str, Any]] = []
     for index, tool in enumerate(value):
         where = f"tools[{index}]"
         if not isinstance(tool, dict) or tool.get("type") != "function":
             kind = tool.get("type") if isinstance(tool, dict) else None
             raise invalid(where + ".type", f"only function tools are supported, not {str(kind)[:40]!r}")
         name = tool.get("name")
-        if not isinstance(name, str) or not name or len(name) > 64:
-            raise invalid(where + ".name", "expected a function name of 1 to 64 characters")
+        if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
+            raise invalid(where + ".name", "expected 1 to 64 letters, digits, underscores or dashes")
+        if tool.get("strict") is not None and not isinstance(tool["strict"], bool):
+            raise invalid(where + ".strict", "expected true or false")
         parameters = tool.get("parameters")
         if parameters is not None and not isinstance(parameters, dict):
             raise invalid(where + ".parameters", "expected a JSON schema object")
@@ -112,6 +118,8 @@ def _tools(value: Any) -> list[dict[str, Any]]:
 def _tool_choice(value: Any, tools: list[dict[str, Any]]) -> Any:
     if value is None:
         return "auto"
+    if value == "required" and not tools:
+        raise invalid("tool_choice", "required needs tools: this request has none")
     if value in ("auto", "none", "required"):
         return value
     if isinstance(value, dict) and value.get("type") == "function" and isinstance(value.get("name"), str):
@@ -165,9 +173,7 @@ def parse_ask(body: Any) -> Ask:
     for name in body:
         if name not in KNOWN:
             raise BadRequest("unknown_param", param=str(name)[:64])
-    model = body.get("model")
-    if not isinstance(model, str) or not model or len(model) > 256 or not model.isprintable():
-        raise BadRequest("missing_param", param="model")
+    model = model_name(body)
     if body.get("input") is None:
         raise BadRequest("missing_param", param="input")
     if body.get("background") is not None and body["background"] is not False:
@@ -210,10 +216,39 @@ def parse_ask(body: Any) -> Ask:
             raise invalid(name, "expected a string of at most 256 characters")
     ask.user = body.get("user") or body.get("safety_identifier")
     ask.text_format = _text_format(body.get("text"))
-    reasoning = body.get("reasoning")
-    if isinstance(reasoning, dict) and reasoning.get("effort") in EFFORTS:
-        ask.effort = reasoning["effort"]
+    ask.effort = _effort(body.get("reasoning"))
+    _accepted_unused(body)
     return ask
+
+
+def _effort(value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise invalid("reasoning", "expected an object")
+    effort, summary = value.get("effort"), value.get("summary")
+    if effort is not None and effort not in EFFORTS:
+        raise invalid("reasoning.effort", "expected one of " + ", ".join(EFFORTS))
+    if summary is not None and summary not in SUMMARIES:
+        raise invalid("reasoning.summary", "expected one of " + ", ".join(SUMMARIES))
+    return effort if isinstance(effort, str) else None
+
+
+def _accepted_unused(body: dict[str, Any]) -> None:
+    """Fields taken for compatibility and not acted on: still only in the shapes OpenAI takes."""
+    calls = body.get("max_tool_calls")
+    if calls is not None and (isinstance(calls, bool) or not isinstance(calls, int) or calls < 1):
+        raise invalid("max_tool_calls", "expected a positive integer")
+    key = body.get("prompt_cache_key")
+    if key is not None and (not isinstance(key, str) or len(key) > 1024):
+        raise invalid("prompt_cache_key", "expected a string of at most 1024 characters")
+    tier = body.get("service_tier")
+    if tier is not None and tier not in SERVICE_TIERS:
+        raise invalid("service_tier", "expected one of " + ", ".join(SERVICE_TIERS))
+    options = body.get("stream_options")
+    if options is not None and (not isinstance(options, dict) or any(not isinstance(v, bool) for v in options.values())
+                                or set(options) - {"include_obfuscation"}):  # fmt: skip
+        raise invalid("stream_options", "expected an object with include_obfuscation: true or false")
 
 
 def _text_format(value: Any) -> dict[str, Any] | None:
@@ -221,6 +256,11 @@ def _text_format(value: Any) -> dict[str, Any] | None:
         return None
     if not isinstance(value, dict):
         raise invalid("text", "expected an object")
+    for name in value:
+        if name not in ("format", "verbosity"):
+            raise BadRequest("unknown_param", param="text." + str(name)[:64])
+    if value.get("verbosity") not in (None, "low", "medium", "high"):
+        raise invalid("text.verbosity", "expected low, medium or high")
     fmt = value.get("format")
     if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text"):
         return None

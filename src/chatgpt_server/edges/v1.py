@@ -23,6 +23,16 @@ MAX_LIMIT = 100
 _DIGITS = re.compile(r"[0-9]{1,4}")
 
 
+def model_name(body: dict[str, Any]) -> str:
+    """The request's model: missing, or present and not a name, each said as such."""
+    model = body.get("model")
+    if model is None or model == "":
+        raise BadRequest("missing_param", param="model")
+    if not isinstance(model, str) or len(model) > 256 or not model.isprintable():
+        raise invalid("model", "expected a model name of at most 256 printable characters")
+    return model
+
+
 def api_key(request: Request) -> str:
     """The caller's credential, from ``Authorization: Bearer``: it is what the upstream gets, and
     what every stored response and conversation belongs to."""
