@@ -102,3 +102,11 @@ def test_two_authorization_headers_are_refused_not_guessed_between(client: httpx
                                   json=None if path == "/v1/models" else body)  # fmt: skip
         assert response.status_code == 400, response.text
         assert "more than one Authorization header" in response.json()["error"]["message"]
+
+
+@pytest.mark.parametrize("name", ["maxModelTokens", "maxResponseTokens", "timeoutMs", "idleTimeoutMs"])
+@pytest.mark.parametrize("value", [1e30, 10**30])
+def test_a_huge_whole_number_is_too_large_not_a_non_integer(client: httpx.Client, name: str, value: Any) -> None:
+    response = client.post("/api/v1/gpt/getInfo", json=with_value(("opts", "opts", name), value, "1", "1"))
+    assert response.status_code == 400
+    assert f"opts.opts.{name} must be at most" in response.json()["message"], response.text

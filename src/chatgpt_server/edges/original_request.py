@@ -113,7 +113,7 @@ def _bounded_int(options: dict[str, Any], name: str, problems: Problems) -> int 
     if value is None:
         return None
     field_name = f"opts.opts.{name}"
-    if isinstance(value, float) and value.is_integer() and abs(value) < 2**63:  # 2.0 is an integer in JSON
+    if isinstance(value, float) and value.is_integer():  # 2.0 (and 1e30) are integers in JSON
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
         problems.append(("field_not_positive_int", {"field": field_name}))
