@@ -110,3 +110,21 @@ def test_a_huge_whole_number_is_too_large_not_a_non_integer(client: httpx.Client
     response = client.post("/api/v1/gpt/getInfo", json=with_value(("opts", "opts", name), value, "1", "1"))
     assert response.status_code == 400
     assert f"opts.opts.{name} must be at most" in response.json()["message"], response.text
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "words"),
+    [
+        ("/api/v1/token/getInfo", {"type": "1", "email": "a" * 400 + "@x.com", "password": "p"},
+         "email must be at most 320 characters"),
+        ("/api/v1/token/getInfo", {"type": "1", "email": {"a": 1}, "password": 123},
+         "email must be a string,password must be a string"),
+        ("/api/v1/token/device/poll", {"deviceAuthId": ["x"]}, "deviceAuthId must be a string"),
+        ("/api/v1/token/device/poll", {"deviceAuthId": "x" * 10_000}, "deviceAuthId must be at most 512 characters"),
+        ("/api/v1/token/device/poll", {"deviceAuthId": "a\u0000b"}, "deviceAuthId"),
+        ("/api/v1/token/device/poll", {}, "deviceAuthId is required"),
+    ],
+)  # fmt: skip
+def test_token_routes_say_what_is_wrong_with_a_field(client: httpx.Client, path: str, body: Any, words: str) -> None:
+    response = client.post(path, json=body)
+    assert response.status_code == 400 and words in response.json()["message"], response.text

@@ -19,10 +19,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..core.activity import current_log
-from ..errors import BadGateway, TooManyRequests, ValidationFailed
+from ..errors import BadGateway, TooManyRequests
 from .envelope import ok
 from .http import read_json
-from .original_request import header_safe, parse_token
+from .original_request import device_id, header_safe, parse_token
 
 if TYPE_CHECKING:
     from ..app import Services
@@ -80,7 +80,4 @@ async def device_start(request: Request, services: Services) -> Response:
 async def device_poll(request: Request, services: Services) -> Response:
     current_log().route = "token device poll"
     values = await read_json(request, services.settings.max_body_bytes, form=True)
-    device = values.get("deviceAuthId") if isinstance(values, dict) else None
-    if not isinstance(device, str) or not device or len(device) > 512 or not header_safe(device):
-        raise ValidationFailed([("field_required", {"field": "deviceAuthId"})])
-    return ok(await services.accounts.poll_device(device), status=201)
+    return ok(await services.accounts.poll_device(device_id(values)), status=201)

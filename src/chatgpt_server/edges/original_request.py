@@ -291,18 +291,44 @@ class TokenQuery:
     password: str
 
 
+def _short_text(value: Any, name: str, limit: int, problems: Problems) -> None:
+    """A value that goes into a header or a form: each way it can be wrong, said as such."""
+    if not isinstance(value, str):
+        problems.append(("field_not_string", {"field": name}))
+    elif len(value) > limit:
+        problems.append(("field_too_long", {"field": name, "max": limit}))
+    elif not header_safe(value.strip()):
+        problems.append(("field_not_header_safe", {"field": name}))
+
+
+def device_id(values: Any) -> str:
+    """The ``deviceAuthId`` of a device sign-in poll."""
+    device = values.get("deviceAuthId") if isinstance(values, dict) else None
+    problems: Problems = []
+    if device is None or device == "":
+        problems.append(("field_required", {"field": "deviceAuthId"}))
+    else:
+        _short_text(device, "deviceAuthId", 512, problems)
+    if problems:
+        raise ValidationFailed(problems)
+    assert isinstance(device, str)
+    return device
+
+
 def parse_token(values: dict[str, Any]) -> TokenQuery:
     problems: Problems = []
     kind = _code(values.get("type"), ("1", "2"))
     if not kind:
         problems.append(("token_type_invalid", {}))
     email, password = values.get("email"), values.get("password")
-    if not isinstance(email, str) or not email.strip():
+    if email is None or (isinstance(email, str) and not email.strip()):
         problems.append(("email_required", {}))
-    elif len(email) > 320 or not header_safe(email.strip()):
-        problems.append(("field_not_header_safe", {"field": "email"}))
-    if not isinstance(password, str) or not password:
+    else:
+        _short_text(email, "email", 320, problems)
+    if password is None or password == "":
         problems.append(("password_required", {}))
+    elif not isinstance(password, str):
+        problems.append(("field_not_string", {"field": "password"}))
     elif len(password) > 1024:
         problems.append(("field_too_long", {"field": "password", "max": 1024}))
     if problems:
