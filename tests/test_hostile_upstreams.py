@@ -463,6 +463,18 @@ def test_a_reply_the_upstream_filtered_is_incomplete_for_content_filter(gateway:
     assert got.data is not None and got.data["incompleteReason"] == "content_filter"
 
 
+@pytest.mark.parametrize("kind", ["1", "2"])
+def test_a_whole_json_answer_is_read_as_one_even_to_a_stream_request(http: httpx.Client, evil: Evil, kind: str) -> None:
+    """Some servers answer a stream request with a whole completion: it is the reply (one delta), and an
+    error object sent with a success status is a 502 that says the upstream's words (key masked)."""
+    key = new_key()
+    whole = call(http, "wholejson " + uuid.uuid4().hex, evil.urls["hostile"], key=key, kind=kind)
+    assert whole.status in (200, 201) and whole.text == "Hello there", whole.message
+    failed = call(http, "jsonerror " + uuid.uuid4().hex, evil.urls["hostile"], key=key, kind=kind)
+    assert failed.status == 502 and "reported an error: overloaded for ***" in failed.message, failed.message
+    assert key not in failed.response.text
+
+
 def test_the_pass_through_ends_as_openai_does_whatever_the_upstream_wrote(gateway: ServerProcess) -> None:
     """A usage chunk the client did not ask for is not passed on even when its counts are not integers
     (code reading ``choices[0]`` would fail on it), and a padded ``[DONE]`` goes on as ``data: [DONE]``."""

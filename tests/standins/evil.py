@@ -459,6 +459,11 @@ class ChatHostile(Recording):
         if name == "good":
             return await chat_reply(request, body, chat_text(body))
         good = [_chunk({"role": "assistant", "content": "Hello"}), _chunk({"content": " there"})]
+        if name == "wholejson":  # a whole completion, asked for a stream or not
+            return await chat_reply(request, {**body, "stream": False}, "Hello there")
+        if name == "jsonerror":  # an error object with a success status, echoing the caller's key
+            key = request.headers.get("Authorization", "").removeprefix("Bearer ")
+            return _json(200, {"error": {"message": f"overloaded for {key}", "type": "server_error"}})
         if body.get("stream"):
             if name == "quiet":
                 return await _stream_frames(request, good)

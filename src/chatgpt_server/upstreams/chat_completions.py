@@ -169,7 +169,7 @@ def _headers(target: Target) -> dict[str, str]:
 
 
 # -- whole replies -------------------------------------------------------------------------------
-def parse_completion(raw: bytes, host: str) -> dict[str, Any]:
+def parse_completion(raw: bytes, host: str, key: str = "") -> dict[str, Any]:
     """A chat completion as {"text", "tool_calls", "usage", "id", "model", "finish_reason"}."""
     try:
         completion = orjson.loads(raw)
@@ -178,6 +178,10 @@ def parse_completion(raw: bytes, host: str) -> dict[str, Any]:
     if not isinstance(completion, dict):
         raise _bad(host, "the reply is not a JSON object")
     choices = completion.get("choices")
+    error = completion.get("error")
+    if error and not choices:  # an error said with a success status: its words are the news
+        message = error.get("message") or error if isinstance(error, dict) else error
+        raise _bad(host, "the reply reported an error: " + scrub(message, key))
     if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
         raise _bad(host, "no choices[0] in the reply")
     message = choices[0].get("message")
@@ -280,6 +284,10 @@ class WholeReply(Reply):
 
 
 # -- streamed replies ----------------------------------------------------------------------------
+def _is_json(response: Answer) -> bool:
+    return response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower() == "application/json"
+
+
 def _error_text(data: str) -> str:
     """What an error event says: its message if it is JSON that has one, else its data."""
     try:
@@ -454,10 +462,11 @@ class ChatCompletions:
             if response.status != 200:
                 raw = await read_error(response)
                 raise api_error(response.status, raw, response.headers.get("Retry-After"), host, target.credential)
-            if prompt.stream:
+            if prompt.stream and not _is_json(response):
                 return StreamReply(host, response, target.credential, self.limit)
+            # Some servers answer a stream request with a whole completion (or an error): read as one.
             raw = await read_limited(response, self.limit, host)
-            return WholeReply(host, parse_completion(raw, host), len(raw))
+            return WholeReply(host, parse_completion(raw, host, target.credential), len(raw))
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, host, 0) from exc
         finally:
@@ -494,7 +503,7 @@ class Relay:
             raise transport_error(exc, target.host, 0) from exc
         finally:
             response.release()
-        return raw, parse_completion(raw, target.host)["usage"]
+        return raw, parse_completion(raw, target.host, target.credential)["usage"]
 
     async def chunks(self, response: Answer, target: Target, parser: ChunkParser) -> AsyncIterator[str]:
         """The ``data`` of each event, each one read by ``parser`` first; ends after ``[DONE]``."""
