@@ -14,11 +14,12 @@ import orjson
 import pytest
 
 from chatgpt_server.errors import BadGateway, BadRequest, Forbidden, ServiceError, TooManyRequests
-from chatgpt_server.upstreams.chat_completions import ChunkParser, parse_completion
+from chatgpt_server.upstreams.chat_completions import ChunkParser, parse_completion, usage_of
 from chatgpt_server.upstreams.codex import CodexParser
-from chatgpt_server.upstreams.http import scrub
+from chatgpt_server.upstreams.http import scrub, transport_error
 from chatgpt_server.upstreams.sse import LineDecoder, SSEDecoder, SSEEvent
 from chatgpt_server.upstreams.web_reply import WebReplyError, WebReplyParser
+from chatgpt_server.upstreams.wire import NotHTTP
 
 
 def splits(data: bytes, seed: int) -> list[list[bytes]]:
@@ -758,3 +759,17 @@ def test_a_plan_type_holding_the_token_is_scrubbed() -> None:
         with pytest.raises(ServiceError) as caught:
             CodexParser(HOST, token).feed("", data)
         assert token[-8:] not in str(caught.value.params)
+
+
+def test_usage_with_a_bad_total_is_whole_again() -> None:
+    """An upstream total that is not a count is the sum of the counts, never left out of ``usage``."""
+    assert usage_of({"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": "8"}) == {
+        "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}  # fmt: skip
+    assert usage_of({"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 9}) == {
+        "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 9}  # fmt: skip
+
+
+def test_an_answer_that_breaks_off_mid_stream_is_a_bad_reply_not_an_unreachable_host() -> None:
+    broke = transport_error(NotHTTP("bad chunk"), HOST, 0, idle=True)
+    assert broke.key == "upstream_bad_reply" and "not valid HTTP" in broke.params["detail"]
+    assert transport_error(NotHTTP("bad head"), HOST, 0).key == "upstream_unreachable"  # before any answer

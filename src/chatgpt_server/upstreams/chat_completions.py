@@ -229,6 +229,8 @@ def usage_of(value: Any) -> dict[str, Any] | None:
         number = value.get(name)
         if isinstance(number, int) and not isinstance(number, bool) and 0 <= number < 2**53:
             out[name] = number
+    if "total_tokens" not in out and "prompt_tokens" in out and "completion_tokens" in out:
+        out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
     return out if "prompt_tokens" in out or "completion_tokens" in out else None
 
 

@@ -236,6 +236,8 @@ def transport_error(exc: BaseException, host: str, seconds: float, *, idle: bool
         return GatewayTimeout(key, host=host, seconds=round(seconds, 3))
     if isinstance(exc, aiohttp.ClientPayloadError | CutOff):
         return BadGateway("upstream_bad_reply", host=host, detail="the reply was cut off")
+    if idle and isinstance(exc, NotHTTP | aiohttp.ClientResponseError):  # reached: its answer broke off
+        return BadGateway("upstream_bad_reply", host=host, detail="the rest of the answer is not valid HTTP")
     detail = type(exc).__name__
     if isinstance(exc, ConnectFailed):
         detail = f"connection failed ({exc.strerror or 'refused'})"
