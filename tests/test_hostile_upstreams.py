@@ -427,24 +427,36 @@ def test_hostile_stream_frame_is_an_error_event_and_the_text_is_kept(http: httpx
 
 
 def test_a_tool_call_cut_mid_way_is_never_sent_again(gateway: ServerProcess, evil: Evil) -> None:
-    """A stream cut inside a tool call's arguments fails, and what arrived is kept, but the call (which
-    no output will ever answer, and whose arguments end mid-way) stays out of every later prompt:
-    upstreams refuse an unanswered call, so it would break the conversation for good."""
+    """A stream cut inside its second tool call's arguments fails, and what arrived is kept: the first
+    call, which had ended, as completed; the cut one as incomplete, and it stays out of every later
+    prompt (no output will ever answer it, its arguments end mid-way, and upstreams refuse an
+    unanswered call). An output for it is refused by name; the first call can be answered."""
     tools: Any = [{"type": "function", "name": "get_weather", "parameters": {"type": "object"}}]
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
         conversation = sdk.conversations.create()
         events = list(sdk.responses.create(model="hostile-1", conversation=conversation.id, tools=tools, stream=True,
                                            input="cutcall " + uuid.uuid4().hex))  # fmt: skip
         assert events[-1].type == "response.failed"
+        told = [(o["type"], o["status"]) for o in events[-1].response.model_dump()["output"]]
+        assert told == [("message", "incomplete"), ("function_call", "completed"), ("function_call", "incomplete")]
+        stored = sdk.responses.retrieve(events[-1].response.id).model_dump()
+        assert [(o["type"], o["status"]) for o in stored["output"]] == told
+        whole, cut = stored["output"][1:]
+        assert cut["arguments"] == '{"city": "Pa' and whole["arguments"] == '{"city": "Rome"}'
+        before = evil.hostile.count
+        answer_cut: Any = [{"type": "function_call_output", "call_id": cut["call_id"], "output": "sunny"}]
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.responses.create(model="hostile-1", conversation=conversation.id, tools=tools, input=answer_cut)
+        assert cut["call_id"] in refused.value.message and evil.hostile.count == before
         question = "good " + uuid.uuid4().hex
-        sdk.responses.create(model="hostile-1", conversation=conversation.id, input=question)
-        items = sdk.conversations.items.list(conversation.id, order="asc").data
+        answer: Any = [{"type": "function_call_output", "call_id": whole["call_id"], "output": "sunny"},
+                       {"role": "user", "content": question}]  # fmt: skip
+        sdk.responses.create(model="hostile-1", conversation=conversation.id, tools=tools, input=answer)
     sent = evil.hostile.seen[question]["body"]["messages"]
-    assert [(m["role"], m.get("content")) for m in sent if m["role"] == "assistant"] == [("assistant", "Hello")]
-    assert not any(m.get("tool_calls") or m["role"] == "tool" for m in sent), sent
-    # Kept all the same, as it arrived: the conversation shows the call, incomplete.
-    cut = [i for i in items if i.type == "function_call"]
-    assert len(cut) == 1 and cut[0].status == "incomplete" and cut[0].arguments == '{"city": "Pa'
+    assistant = next(m for m in sent if m["role"] == "assistant")
+    assert assistant["content"] == "Hello"
+    assert [c["function"]["arguments"] for c in assistant["tool_calls"]] == ['{"city": "Rome"}']
+    assert [m["content"] for m in sent if m["role"] == "tool"] == ["sunny"]
 
 
 def test_a_reply_the_upstream_filtered_is_incomplete_for_content_filter(gateway: ServerProcess, http: httpx.Client,

@@ -488,14 +488,21 @@ class ChatHostile(Recording):
                 frames = [_chunk({"role": "assistant", "tool_calls": [call]}) for call in calls]
                 stop = orjson.dumps({"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
                 return await _stream_frames(request, [*frames, stop, b"[DONE]"])
-            if name == "cutcall":  # text, then a tool call whose arguments stop mid-way: the stream ends there
-                call = {
+            if name == "cutcall":  # text, a whole call, then one whose arguments stop mid-way: the stream ends
+                whole = {
                     "index": 0,
+                    "id": "call_W",
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+                }
+                cut = {
+                    "index": 1,
                     "id": "call_C",
                     "type": "function",
                     "function": {"name": "get_weather", "arguments": '{"city": "Pa'},
                 }
-                return await _stream_frames(request, [good[0], _chunk({"tool_calls": [call]})])
+                frames = [good[0], _chunk({"tool_calls": [whole]}), _chunk({"tool_calls": [cut]})]
+                return await _stream_frames(request, frames)
             if name == "filtered":  # the upstream's filter stopped the reply
                 stop = orjson.dumps(
                     {"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "content_filter"}]}

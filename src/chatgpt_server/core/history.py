@@ -107,6 +107,11 @@ def visible(rows: list[HistoryRow]) -> list[HistoryRow]:
     return shown
 
 
+def calls_in(rows: list[HistoryRow]) -> set[str]:
+    """The ids of the function calls a prompt's history holds (a call that never completed has none)."""
+    return {_call_id(r[2], "id") for r in rows if r[1] == "function_call" and r[2]}
+
+
 def _call_id(chat: bytes, key: str) -> str:
     """The call id in a stored call's or output's chat JSON ("" if it has none)."""
     try:

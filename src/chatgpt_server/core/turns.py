@@ -25,7 +25,7 @@ from ..stores import HistoryRow, NewItem, Record, Store, StoredItem, TurnWrite
 from ..upstreams.base import Event, Prompt, Reply, Target, ToolCall, Upstream
 from .activity import Activity, current_log
 from .conversations import check_id, find
-from .history import MIN_ROWS, HistoryCache, Path, Window, empty_path, path_from_store, visible
+from .history import MIN_ROWS, HistoryCache, Path, Window, calls_in, empty_path, path_from_store, visible
 from .items import Item, mint
 from .leases import Leases, Release
 from .tokens import REPLY_PRIMING, count, encoding_for, is_exact, message_cost
@@ -101,6 +101,18 @@ class TurnResult:
 
 def _encode(items: list[Item]) -> list[bytes]:
     return [item.chat() for item in items]
+
+
+def _answers_have_calls(inputs: list[Item], history: list[HistoryRow]) -> None:
+    """Every function call output the turn sends answers a call its prompt holds: upstreams refuse one
+    that does not, and a call that never completed (cut mid-way) is held by no prompt."""
+    outputs = [item for item in inputs if item.kind == "function_call_output"]
+    if not outputs:
+        return
+    known = calls_in(history) | {item.call_id for item in inputs if item.kind == "function_call"}
+    for item in outputs:
+        if item.call_id not in known:
+            raise BadRequest("no_call_to_answer", id=item.call_id or "", param="input")
 
 
 def _stored_chat(item: Item) -> bytes:
@@ -216,6 +228,8 @@ class Turns:
                 history = visible(window)
                 used = fixed + sum(map(_COST, history))
             base = Window(source, start, room, not left_out)
+        if spec.target.upstream != "web":
+            _answers_have_calls(spec.inputs, history)
         prompt = Prompt(
             model=spec.model,
             instructions=spec.instructions,
@@ -313,6 +327,9 @@ class OpenTurn:
         # Output items in the order they first appeared: ("message", -1) or ("tool", its index), and
         # the ids tool calls' items get (minted when they appear, so a stream can show them).
         self._order: list[tuple[str, int]] = []
+        # The tool call (its index) the last event added to: the one a reply that stops short may have cut
+        # mid-way (calls arrive one after another; an earlier one ended when the next began). -1: none.
+        self.open_call = -1
         self._tool_items: dict[int, str] = {}
         self._message_seen = False
 
@@ -393,10 +410,12 @@ class OpenTurn:
                     if watch is not None:
                         watch.end()
                 if event.text:
+                    self.open_call = -1  # text after a call: the call had ended
                     if not self._message_seen:
                         self._message_seen = True
                         self._order.append(("message", -1))
                 elif event.tool_index >= 0:
+                    self.open_call = event.tool_index
                     known = self._tool_items.get(event.tool_index)
                     if known is None:
                         known = self._tool_items[event.tool_index] = mint("fc_")
@@ -451,8 +470,9 @@ class OpenTurn:
             elif index in calls:
                 call = calls[index]
                 item_id = self._tool_items.get(index) or mint("fc_")
+                cut = incomplete is not None and index == self.open_call
                 outputs.append(Item(item_id, "function_call", "assistant", call.arguments, call_id=call.call_id,
-                                    name=call.name, status=status))  # fmt: skip
+                                    name=call.name, status="incomplete" if cut else "completed"))  # fmt: skip
         calls_list = list(calls.values())
         usage = dict(reply.usage) if reply.usage else self._estimated_usage(text, calls_list)
         result = TurnResult(

@@ -268,6 +268,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "the API key is not printable ASCII of at most 16384 characters",
         "API key 必须是不超过 16384 个字符的可打印ASCII",
     ),
+    "no_call_to_answer": (
+        "No tool call found for function call output with call_id {id} (a call that never completed, or one "
+        "the prompt left out, cannot be answered)",
+        "找不到 call_id 为 {id} 的函数调用 (未完成的调用, 或不在提示中的调用, 无法回答)",
+    ),
     "model_not_found": ("The model '{model}' does not exist", "模型 '{model}' 不存在"),
     "model_not_chat": (
         "model {model} is served by a ChatGPT account: use /v1/responses",

@@ -541,8 +541,10 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
         if message_index is not None:  # what was streamed stands in the final object too
             order[message_index]["content"] = [{"type": "output_text", "text": turn.text, "annotations": [],
                                                 "logprobs": []}]  # fmt: skip
-        for item in order:
-            item["status"] = "incomplete"
+        for item in order:  # the message, and the call that was open, stopped short; earlier calls had ended
+            item["status"] = "completed" if item["type"] == "function_call" else "incomplete"
+        if turn.open_call in calls:
+            calls[turn.open_call][1]["status"] = "incomplete"
         yield emit("response.failed", response=draft.shell("failed", order, error=draft.failure))
         return
     finally:
