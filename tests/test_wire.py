@@ -338,9 +338,12 @@ def _end_connection(writer: asyncio.StreamWriter, how: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["end", "reset"])
-def test_a_kept_alive_connection_closed_as_our_request_went_out_is_retried_once_on_a_new_one(how: str) -> None:
+def test_a_kept_alive_connection_closed_as_our_request_went_out_is_retried_once_on_a_new_one(
+    how: str, monkeypatch: Any
+) -> None:
     """The upstream closes a connection it kept alive just as the next request arrives on it (its idle
     timer fired): that request is sent again on a new connection instead of failing the turn."""
+    monkeypatch.setattr(wire_module, "STALE_IDLE_S", 0.1)
 
     def script(raw: Raw) -> Script:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -362,18 +365,21 @@ def test_a_kept_alive_connection_closed_as_our_request_went_out_is_retried_once_
             response = await wire.post(url, b'{"n": %d}' % n, {})
             assert response.status == 200 and await response.content.read() == b"hello"
             response.release()
+            await asyncio.sleep(0.15)  # idle, as a connection an upstream's idle timer closes has been
         assert raw.connections == 2
         assert [r.rsplit(b"\r\n", 1)[1] for r in raw.requests] == [b'{"n": 0}', b'{"n": 1}', b'{"n": 1}']
 
     run(script, body)
 
 
-@pytest.mark.parametrize("case", ["new connection", "part of a head", "too late", "reset late"])
+@pytest.mark.parametrize("case", ["new connection", "part of a head", "too late", "reset late", "busy connection"])
 def test_a_request_the_upstream_may_have_acted_on_is_never_sent_twice(case: str, monkeypatch: Any) -> None:
-    """Only a reused connection that ended at once, before any byte of an answer, is retried: an end on
-    a new connection, after part of an answer, or a while after the request is a failure of the
-    upstream, and the request (which may have been acted on, and paid for) is not sent again."""
+    """Only a reused connection that had been idle, and ended at once before any byte of an answer, is
+    retried: an end on a new connection or on one in use moments before, after part of an answer, or
+    a while after the request is a failure of the upstream, and the request (which may have been
+    acted on, and paid for) is not sent again."""
     monkeypatch.setattr(wire_module, "STALE_S", 0.2)
+    monkeypatch.setattr(wire_module, "STALE_IDLE_S", 0.0 if case != "busy connection" else 10.0)
 
     def script(raw: Raw) -> Script:
         async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -8,8 +8,9 @@ into a response that offers the part of aiohttp's response the upstreams use: ``
 and ``close()``.
 
 Connections are kept per scheme, host and port (the most recently used first, 30 s at most idle) and
-reused only after an answer that was read to its end and allowed keep-alive; a reused connection the
-upstream closed as idle just as our request went out is retried once on a new one. A connection whose
+reused only after an answer that was read to its end and allowed keep-alive; a request on a connection
+the upstream closed as idle just as the request went out is sent again once on a new one (the upstream
+may, rarely, have read it: OpenAI's SDK takes the same risk on any connection error). A connection whose
 answer is given up on (cancelled, closed early) is closed: that is what tells the upstream to stop.
 Bounds: the head of an answer at most ``MAX_HEAD`` bytes; reading pauses while ``READ_AHEAD`` bytes
 wait unread. Bodies are asked for and accepted without content coding.
@@ -36,8 +37,10 @@ from ..settings import netloc_of
 MAX_HEAD = 256 * 1024
 READ_AHEAD = 256 * 1024
 IDLE_S = 30.0
-# A reused connection closed within this long of our request, before any byte of an answer, was
-# closed as idle by the upstream (its close crossed our request): the request is sent again.
+# A reused connection that had been idle this long, and that closes within STALE_S of our request
+# before any byte of an answer, was closed as idle by the upstream (its close crossed our request):
+# the request is sent again. Servers close idle connections after seconds, never at once.
+STALE_IDLE_S = 1.0
 STALE_S = 1.0
 
 
@@ -324,13 +327,15 @@ class Wire:
         conn = self._take(key)
         if conn is not None:
             sent = time.monotonic()
+            idle = sent - conn.idle_since
             try:
                 return await self._ask(conn, head, data, url)
             except Disconnected:
-                # A kept-alive connection the upstream closed as idle while our request was on its
-                # way: nothing of an answer came, at once. Sent again, once, on a new connection.
-                # A later or partial end is a real failure: the request may have been acted on.
-                if conn.head_bytes or time.monotonic() - sent > STALE_S:
+                # A kept-alive connection that sat idle, closed at once with nothing of an answer: the
+                # upstream's idle timer fired as our request went out (uvicorn's is 5 s). Sent again,
+                # once, on a new connection, as OpenAI's SDK would. A connection in use moments ago, a
+                # later end, or part of an answer is a failure that may have acted on the request.
+                if conn.head_bytes or idle < STALE_IDLE_S or time.monotonic() - sent > STALE_S:
                     raise
         return await self._ask(await self._connect(key), head, data, url)
 
