@@ -122,6 +122,7 @@ class Services:
 class Route:
     handlers: dict[str, Handler]
     allow: str
+    rest: bool = False  # its last ``{name}`` takes the rest of the path, slashes included
 
 
 class Router:
@@ -131,9 +132,9 @@ class Router:
         self.exact: dict[str, Route] = {}
         self.patterns: list[tuple[list[str], Route]] = []
 
-    def add(self, path: str, **handlers: Handler) -> None:
+    def add(self, path: str, rest: bool = False, **handlers: Handler) -> None:
         methods = {m.upper(): h for m, h in handlers.items()}
-        route = Route(methods, allowed(methods))
+        route = Route(methods, allowed(methods), rest)
         if "{" in path:
             self.patterns.append((path.strip("/").split("/"), route))
         else:
@@ -145,10 +146,12 @@ class Router:
             return found, {}
         parts = path.strip("/").split("/")
         for pattern, route in self.patterns:
-            if len(pattern) != len(parts):
+            if len(pattern) != len(parts) and not (route.rest and len(parts) > len(pattern)):
                 continue
             params: dict[str, str] = {}
-            for want, got in zip(pattern, parts, strict=True):
+            shown = parts if len(parts) == len(pattern) else [*parts[: len(pattern) - 1],
+                                                              "/".join(parts[len(pattern) - 1 :])]  # fmt: skip
+            for want, got in zip(pattern, shown, strict=True):
                 if want.startswith("{"):
                     if not got:
                         break
@@ -172,7 +175,7 @@ def routes() -> Router:
     r.add("/api/v1/token/device", post=access_token.device_start)
     r.add("/api/v1/token/device/poll", post=access_token.device_poll)
     r.add("/v1/models", get=chat_completions.list_models)
-    r.add("/v1/models/{id}", get=chat_completions.retrieve_model)
+    r.add("/v1/models/{id}", rest=True, get=chat_completions.retrieve_model)  # vLLM's names hold slashes
     r.add("/v1/chat/completions", post=chat_completions.create)
     r.add("/v1/responses", post=responses.create)
     r.add("/v1/responses/{id}", get=responses.retrieve, delete=responses.delete)

@@ -40,7 +40,7 @@ def _presented(request: Request, values: dict[str, Any]) -> str | None:
 
 async def get_info(request: Request, services: Services) -> Response:
     log = current_log()
-    if request.method == "GET":
+    if request.method in ("GET", "HEAD"):
         values: Any = dict(request.query_params)
         status = 200
     else:
