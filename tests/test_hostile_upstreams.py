@@ -487,6 +487,22 @@ def test_a_whole_json_answer_is_read_as_one_even_to_a_stream_request(http: httpx
     assert key not in failed.response.text
 
 
+def test_the_pass_through_streams_a_whole_json_answer_as_chunks(gateway: ServerProcess) -> None:
+    """A server that answers a stream request with a whole completion: the client asked for a stream and
+    gets one (the message, then [DONE]); an error object in a success status comes as the error, in the
+    upstream's words with the key masked."""
+    key = new_key()
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=key, max_retries=0) as sdk:
+        messages: Any = [{"role": "user", "content": "wholejson " + uuid.uuid4().hex}]
+        chunks = list(sdk.chat.completions.create(model="hostile-1", messages=messages, stream=True))
+        assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello there"
+        assert chunks[-1].choices[0].finish_reason == "stop"
+        messages = [{"role": "user", "content": "jsonerror " + uuid.uuid4().hex}]
+        with pytest.raises(openai.APIError) as failed:
+            list(sdk.chat.completions.create(model="hostile-1", messages=messages, stream=True))
+        assert "overloaded for ***" in failed.value.message and key not in failed.value.message
+
+
 def test_the_pass_through_ends_as_openai_does_whatever_the_upstream_wrote(gateway: ServerProcess) -> None:
     """A usage chunk the client did not ask for is not passed on even when its counts are not integers
     (code reading ``choices[0]`` would fail on it), and a padded ``[DONE]`` goes on as ``data: [DONE]``."""

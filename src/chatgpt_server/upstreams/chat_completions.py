@@ -476,6 +476,24 @@ class ChatCompletions:
                 response.release()
 
 
+def _as_chunks(raw: bytes, target: Target) -> list[str]:
+    """A whole completion, checked, as the stream a client asked for: one chunk with the message, the
+    usage chunk, [DONE]. An error object raises in the upstream's words."""
+    parse_completion(raw, target.host, target.credential)
+    completion = orjson.loads(raw)
+    choice = completion["choices"][0]
+    message = choice["message"]
+    delta: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+    if message.get("tool_calls"):
+        delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
+    head = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint") if k in completion}
+    head["object"] = "chat.completion.chunk"
+    chunks = [{**head, "choices": [{"index": 0, "delta": delta, "finish_reason": choice.get("finish_reason")}]}]
+    if completion.get("usage") is not None:
+        chunks.append({**head, "choices": [], "usage": completion["usage"]})
+    return [*(orjson.dumps(c).decode() for c in chunks), "[DONE]"]
+
+
 class Relay:
     """A chat-completions request passed through as the client wrote it (``/v1/chat/completions``):
     only the model's upstream and the credential are ours. What comes back is checked by the same
@@ -512,6 +530,11 @@ class Relay:
         decoder = SSEDecoder()
         received = 0
         try:
+            if _is_json(response):  # a whole completion (or an error) for a stream request: as one chunk
+                for data in _as_chunks(await read_limited(response, self.limit, target.host), target):
+                    parser.feed(data)
+                    yield data
+                return
             async for chunk in response.content.iter_any():
                 received += len(chunk)
                 if received > self.limit:
