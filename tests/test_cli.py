@@ -35,3 +35,20 @@ def test_ask_reports_errors(tmp_path: Path, upstreams: Upstreams) -> None:
     failed = run_cli(tmp_path, upstreams, "x", "--follow", "nope")
     assert failed.returncode == 1
     assert "error 404" in failed.stderr and KEY not in failed.stderr + failed.stdout
+
+
+def test_a_json_log_line_keeps_the_traceback_of_an_error() -> None:
+    """uvicorn's own records reach our formatter: "Exception in ASGI application" keeps its stack."""
+    import json
+    import logging
+    import sys
+
+    from chatgpt_server.cli import JSONFormatter
+
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        record = logging.LogRecord("uvicorn.error", logging.ERROR, __file__, 1, "Exception in ASGI application",
+                                   None, sys.exc_info())  # fmt: skip
+    entry = json.loads(JSONFormatter().format(record))
+    assert entry["message"] == "Exception in ASGI application" and "ValueError: boom" in entry["traceback"]

@@ -56,8 +56,10 @@ class JSONFormatter(logging.Formatter):
         import orjson
 
         when = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created)) + f".{int(record.msecs):03d}Z"
-        return orjson.dumps({"time": when, "level": record.levelname, "logger": record.name,
-                             "message": record.getMessage()}).decode()  # fmt: skip
+        entry = {"time": when, "level": record.levelname, "logger": record.name, "message": record.getMessage()}
+        if record.exc_info:  # uvicorn's "Exception in ASGI application" and the like keep their traceback
+            entry["traceback"] = self.formatException(record.exc_info)
+        return orjson.dumps(entry).decode()
 
 
 def setup_logging(settings: Settings) -> None:

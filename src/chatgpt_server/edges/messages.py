@@ -324,7 +324,8 @@ def shown(value: str) -> str:
     not printable (controls, line breaks, bidirectional overrides) written as its escape."""
     if value.isprintable() and len(value) <= SHOWN:
         return value
-    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in value[:SHOWN])
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in value[:SHOWN])
+    return escaped + ("…" if len(value) > SHOWN else "")
 
 
 def render(key: str, language: Language, params: dict[str, Any] | None = None) -> str:

@@ -18,6 +18,7 @@ from .original_request import (
     MAX_HEADER_NAME,
     MAX_HEADER_VALUE,
     MAX_HEADERS,
+    MAX_KEY,
     MAX_MODEL,
     OPTIONS,
     RANGES,
@@ -325,7 +326,7 @@ GPT_REQUEST = {
                 "type": "object",
                 "required": ["key", "content", "isFollow"],
                 "properties": {
-                    "key": _string("the API key (mode 1) or access token (mode 2)", minLength=1,
+                    "key": _string("the API key (mode 1) or access token (mode 2)", minLength=1, maxLength=MAX_KEY,
                                    pattern=NON_EMPTY_PRINTABLE_ASCII),
                     "content": _string("the question", minLength=1),
                     "isFollow": {"anyOf": [{"type": "boolean"}, {"enum": ["true", "false"]}],
@@ -552,7 +553,9 @@ METADATA = _or_null({
 FUNCTION_TOOL = _object(
     {
         "type": {"const": "function"},
-        "name": _string("letters, digits, underscores and dashes (OpenAI's rule)", pattern="^[A-Za-z0-9_-]{1,64}$"),
+        "name": _string(
+            "letters, digits, underscores, dashes (OpenAI's rule), dots and colons", pattern="^[A-Za-z0-9_.:-]{1,64}$"
+        ),
         "description": _or_null(_string()),
         "parameters": _or_null({"type": "object", "description": "a JSON schema"}),
         "strict": _or_null({"type": "boolean", "description": "passed on"}),
@@ -849,7 +852,11 @@ CONVERSATION_ID = _path_id("id", "a conversation id (one the original route or t
 RESPONSE_ID = _path_id("id", "a response id")
 ITEM_ID = _path_id("item_id", "an item id")
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
-V1_AUTH = {"401": "no `Authorization: Bearer` key, or one that is not printable ASCII (or the upstream refused it)"}
+V1_AUTH = {
+    "401": "no `Authorization: Bearer` key, or one that is not printable ASCII of at most 16384 characters "
+    "(or the upstream refused it: code invalid_api_key)",
+    "400": "more than one Authorization header",
+}
 V1_STORE = {"503": STORE_DOWN}
 NOT_FOUND_RESPONSE = {"404": "no response with this id belongs to this key"}
 NOT_FOUND_CONVERSATION = {"404": "no conversation with this id belongs to this key"}
@@ -1061,8 +1068,10 @@ def _openai_paths() -> dict[str, Schema]:
         },
         "/v1/conversations/{id}/items": {
             "get": op("listConversationItems", "A conversation's items, in the order they were added (newest first "
-                      "by default)", _answer("a page of items", {JSON: {"schema": _list_of(_ref("Item"))}}),
-                      {"400": "limit or order is invalid, or after is not an item of this conversation",
+                      "by default): the line that ends at its last turn (a branch from an older turn is reachable "
+                      "by its own id, not listed)", _answer("a page of items (none after an id that is not one "
+                      "of this conversation's items)", {JSON: {"schema": _list_of(_ref("Item"))}}),
+                      {"400": "limit or order is invalid",
                        **NOT_FOUND_CONVERSATION, **V1_STORE},
                       parameters=[CONVERSATION_ID, *_paging("the id of the item before the page")]),
             "post": op("addConversationItems", "Add items to a conversation", items_added,

@@ -155,7 +155,7 @@ def check_headers(value: Any, problems: Problems, field_name: str = "opts.opts.h
         return {}
     total = 0
     for name, text in value.items():
-        shown = name[:MAX_HEADER_NAME].encode("unicode_escape").decode()
+        shown = name[:MAX_HEADER_NAME]  # escaped where the message is rendered
         bare = name.strip().lower()
         total += len(name) + len(text)
         if bare in RESERVED_HEADERS or bare.startswith("proxy-") or bare.startswith("sec-"):
@@ -297,7 +297,7 @@ def _short_text(value: Any, name: str, limit: int, problems: Problems) -> None:
         problems.append(("field_not_string", {"field": name}))
     elif len(value) > limit:
         problems.append(("field_too_long", {"field": name, "max": limit}))
-    elif not header_safe(value.strip()):
+    elif not header_safe(value.strip() if name == "email" else value):  # an email is read stripped
         problems.append(("field_not_header_safe", {"field": name}))
 
 

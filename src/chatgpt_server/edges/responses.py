@@ -48,7 +48,8 @@ MAX_METADATA = 16
 EFFORTS = ("none", "minimal", "low", "medium", "high", "xhigh", "max")  # reasoning efforts passed on
 SUMMARIES = ("auto", "concise", "detailed")
 SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")
-TOOL_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")  # OpenAI's rule for a function's name
+# OpenAI's rule for a function's name, and the dots and colons other upstreams take (MCP-style names).
+TOOL_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
 AUTO_RESERVE = 4096  # output room kept by truncation "auto" when max_output_tokens is not given
 
 
@@ -98,7 +99,7 @@ def _tools(value: Any) -> list[dict[str, Any]]:
             raise invalid(where + ".type", f"only function tools are supported, not {str(kind)[:40]!r}")
         name = tool.get("name")
         if not isinstance(name, str) or not TOOL_NAME.fullmatch(name):
-            raise invalid(where + ".name", "expected 1 to 64 letters, digits, underscores or dashes")
+            raise invalid(where + ".name", "expected 1 to 64 letters, digits, underscores, dashes, dots or colons")
         if tool.get("strict") is not None and not isinstance(tool["strict"], bool):
             raise invalid(where + ".strict", "expected true or false")
         parameters = tool.get("parameters")

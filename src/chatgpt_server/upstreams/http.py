@@ -112,7 +112,8 @@ def scrub(value: Any, *secrets: str, limit: int = 300) -> str:
 def shown_label(value: str | None, secret: str) -> str | None:
     """An upstream's id or model name, as shown to the client: scrubbed if it looks like (or holds)
     the credential; the common case is one search of a short string."""
-    if value and ((len(secret) >= MIN_SECRET and secret[-8:].lower() in value.lower()) or _SECRETISH.search(value)):
+    if value and ((len(secret) >= TAIL_FROM and secret[-8:].lower() in value.lower()) or _SECRETISH.search(value)
+                  or (len(secret) >= MIN_SECRET and secret.lower() in value.lower())):  # fmt: skip
         return scrub(value, secret, limit=len(value))
     return value
 
