@@ -411,9 +411,9 @@ class ChunkParser:
     def _unindexed(self, call: dict[str, Any]) -> int:
         """The place of a tool call delta without ``index`` (Gemini's OpenAI layer sends parallel calls
         so): one naming a new id starts the next call; one without an id goes on with the last."""
-        if not self.calls:
+        last = self.calls.get(self._last)
+        if last is None:
             return 0
-        last = self.calls[self._last]
         upstream_id = call.get("id")
         if upstream_id is None or label(upstream_id) == last.upstream_id:
             return self._last
@@ -484,6 +484,8 @@ def _as_chunks(raw: bytes, target: Target) -> list[str]:
     choice = completion["choices"][0]
     message = choice["message"]
     delta: dict[str, Any] = {"role": "assistant", "content": message.get("content")}
+    if message.get("refusal") is not None:
+        delta["refusal"] = message["refusal"]
     if message.get("tool_calls"):
         delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(message["tool_calls"])]
     head = {k: completion[k] for k in ("id", "created", "model", "system_fingerprint") if k in completion}
