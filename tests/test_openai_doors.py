@@ -487,7 +487,9 @@ def test_a_stream_client_that_leaves_cancels_and_keeps_the_partial(
         except openai.NotFoundError:
             assert time.monotonic() < deadline
             time.sleep(0.02)
-    assert stored.status == "incomplete" and stored.output_text and stored.output_text != f"echo(1): {words}"
+    # cancelled, as OpenAI calls a response stopped before its end; what had arrived is kept
+    assert stored.status == "cancelled" and stored.incomplete_details is None
+    assert stored.output_text and stored.output_text != f"echo(1): {words}"
 
 
 def test_a_routed_models_key_is_checked_and_sent_only_where_the_model_goes(
@@ -846,3 +848,16 @@ def test_chat_completions_says_which_field_is_wrong(v1_server: ServerProcess) ->
                         ({"messages": hi}, "Missing required parameter: 'model'")):  # fmt: skip
         response = httpx.post(v1_server.url + "/v1/chat/completions", json=body, headers=auth)
         assert response.status_code == 400 and words in response.json()["error"]["message"], response.text
+
+
+def test_a_response_says_when_it_completed_and_is_never_streamed_again(sdk: openai.OpenAI) -> None:
+    """``completed_at`` on a completed response (null on any other); retrieving one as a stream is
+    OpenAI's resume of a background response, which this gateway does not run: a 400, not a JSON body
+    the SDK would read as an empty stream."""
+    before = int(time.time())
+    response = sdk.responses.create(model="gpt-3.5-turbo", input="when")
+    assert response.completed_at is not None and before <= response.completed_at <= time.time() + 1
+    assert sdk.responses.retrieve(response.id).completed_at == response.completed_at
+    with pytest.raises(openai.BadRequestError) as refused:
+        list(sdk.responses.retrieve(response.id, stream=True))
+    assert refused.value.param == "stream"

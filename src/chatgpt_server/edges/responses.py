@@ -50,6 +50,10 @@ SUMMARIES = ("auto", "concise", "detailed")
 SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")
 # OpenAI's rule for a function's name, and the dots and colons other upstreams take (MCP-style names).
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+# The turn's reasons for an incomplete reply that OpenAI has words for (a reply cut at the gateway's size
+# cap is one cut at a length); the others are told as cancelled (the client left) or failed.
+INCOMPLETE_REASONS = {"max_output_tokens": "max_output_tokens", "content_filter": "content_filter",
+                      "max_reply_bytes": "max_output_tokens"}  # fmt: skip
 AUTO_RESERVE = 4096  # output room kept by truncation "auto" when max_output_tokens is not given
 
 
@@ -310,12 +314,14 @@ class Draft:
     failure: dict[str, Any] | None = None
 
     def shell(self, status: str, output: list[dict[str, Any]], usage: dict[str, Any] | None = None,
-              error: dict[str, Any] | None = None, incomplete: str | None = None) -> dict[str, Any]:  # fmt: skip
+              error: dict[str, Any] | None = None, incomplete: str | None = None,
+              completed_at: int | None = None) -> dict[str, Any]:  # fmt: skip
         ask = self.ask
         return {
             "id": self.id,
             "object": "response",
             "created_at": self.created_at,
+            "completed_at": completed_at,
             "status": status,
             "background": False,
             "error": error,
@@ -350,14 +356,21 @@ class Draft:
         return body
 
     def _build(self, result: TurnResult) -> dict[str, Any]:
+        """The turn's outcome in OpenAI's words: its statuses, and only its reasons for incomplete."""
         output = [item_json(item) for item in result.outputs]
-        if self.failure is not None and result.incomplete == "error":
-            return self.shell("failed", output, result.usage, error=self.failure)
-        status = "incomplete" if result.incomplete else "completed"
-        reason = None
-        if result.incomplete:
-            reason = "max_output_tokens" if result.incomplete == "max_output_tokens" else result.incomplete
-        return self.shell(status, output, result.usage, incomplete=reason)
+        why = result.incomplete
+        if why is None:
+            return self.shell("completed", output, result.usage, completed_at=int(time.time()))
+        if why in INCOMPLETE_REASONS:
+            return self.shell("incomplete", output, result.usage, incomplete=INCOMPLETE_REASONS[why])
+        if why == "client_left":  # the client stopped it: what had arrived is kept
+            return self.shell("cancelled", output, result.usage)
+        failure = (
+            self.failure
+            if self.failure is not None and why == "error"
+            else {"code": "server_error", "message": "the upstream's reply stopped before its end", "type": why}
+        )
+        return self.shell("failed", output, result.usage, error=failure)
 
 
 def _format_json(fmt: dict[str, Any] | None) -> dict[str, Any]:
@@ -565,7 +578,7 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
         if index < len(order):
             ready.append(emit("response.output_item.done", output_index=index, item=item))
     log.outcome = "done"
-    kind = "response.incomplete" if final["status"] == "incomplete" else "response.completed"
+    kind = {"incomplete": "response.incomplete", "failed": "response.failed"}.get(final["status"], "response.completed")
     ready.append(emit(kind, response=final))
     yield b"".join(ready)
 
@@ -587,6 +600,12 @@ def _public(body: dict[str, Any]) -> dict[str, Any]:
 async def retrieve(request: Request, services: Services) -> Response:
     current_log().route = "responses get"
     _, record = await _owned(request, services)
+    if request.query_params.get("stream", "false").lower() != "false":  # OpenAI resumes background ones only
+        raise invalid(
+            "stream",
+            "a stored response is retrieved whole: streaming one is for background "
+            "responses, which this gateway does not run",
+        )
     return JSONBody(_public(record.body))
 
 
