@@ -88,6 +88,33 @@ def test_a_hanging_store_costs_at_most_the_store_timeout(
         server.stop()
 
 
+def test_a_conversation_frozen_in_the_middle_of_taking_its_lock_is_free_once_the_store_thaws(
+    tmp_path: Path, upstreams: Upstreams, network_kind: str, store_proxy: TCPProxy
+) -> None:
+    """A conversation's lock asked for while the store hangs times out for its turn (503), but the
+    write still lands when the store answers again: that lease is this process's own and nobody holds
+    it, so the next turn takes it over at once instead of meeting conversation_locked for ten minutes."""
+    url = store_url(network_kind, tmp_path, port=store_proxy.port)
+    env = upstreams.env(CHATGPT_SERVER_STORE_URL=url, CHATGPT_SERVER_STORE_TIMEOUT_MS="500")
+    server = ServerProcess(tmp_path, env).start()
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as sdk:
+            conversation = sdk.conversations.create()
+            sdk.responses.create(model="gpt-3.5-turbo", input="one", conversation=conversation.id)
+            store_proxy.freeze()
+            try:
+                with pytest.raises(openai.InternalServerError) as frozen:
+                    sdk.responses.create(model="gpt-3.5-turbo", input="frozen", conversation=conversation.id)
+                assert frozen.value.status_code == 503
+            finally:
+                store_proxy.thaw()
+            after = sdk.responses.create(model="gpt-3.5-turbo", input="two", conversation=conversation.id)
+            assert after.output_text == "echo(2): two"
+            sdk.conversations.items.create(conversation.id, items=[{"role": "user", "content": "three"}])
+    finally:
+        server.stop()
+
+
 def test_coming_back_after_a_restart_loses_no_request(
     tmp_path: Path, upstreams: Upstreams, network_kind: str, store_proxy: TCPProxy
 ) -> None:

@@ -87,7 +87,11 @@ class Leases:
         current = await self.store.get_record("lease", key)
         if current is None:  # given back meanwhile: one more try
             return 1 if await self.store.put_record(Record("lease", key, "", body, None, now, now), None) else None
-        if float(current.body.get("until", 0)) < now:  # its holder died, or overran its time
+        # Its holder died or overran its time; or it is this process's, although this process holds it
+        # not (the caller holds the key's local lock, which a live lease of ours keeps): a write that
+        # timed out here and landed later, or a give-back that failed. Either way it is taken over.
+        orphan = current.body.get("holder") == self.holder
+        if orphan or float(current.body.get("until", 0)) < now:
             taken = Record("lease", key, "", body, None, current.created_at, now, current.version)
             if await self.store.put_record(taken, current.version):
                 return current.version + 1
