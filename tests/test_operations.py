@@ -115,6 +115,35 @@ def test_a_conversation_frozen_in_the_middle_of_taking_its_lock_is_free_once_the
         server.stop()
 
 
+def test_a_store_that_hangs_at_the_end_of_a_stream_costs_it_the_store_timeout_once(
+    tmp_path: Path, upstreams: Upstreams, network_kind: str, store_proxy: TCPProxy
+) -> None:
+    """The store hangs while a conversation's reply streams: the write that ends the turn times out and
+    the client is told (response.failed) once the store timeout has passed, not after a second write of
+    the partial and a wait for the conversation's lock to be given back (3x the timeout before)."""
+    url = store_url(network_kind, tmp_path, port=store_proxy.port)
+    env = upstreams.env(CHATGPT_SERVER_STORE_URL=url, CHATGPT_SERVER_STORE_TIMEOUT_MS="600")
+    server = ServerProcess(tmp_path, env).start()
+    upstreams.openai.chunk_delay = 0.05
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as sdk:
+            conversation = sdk.conversations.create()
+            stream = sdk.responses.create(model="gpt-3.5-turbo", input="a b c d e f", conversation=conversation.id,
+                                          stream=True)  # fmt: skip
+            last = time.monotonic()
+            for event in stream:
+                if event.type == "response.output_text.delta":
+                    store_proxy.freeze()
+                    last = time.monotonic()
+            told = time.monotonic() - last
+            assert event.type == "response.failed", event.type
+            assert told < 0.6 * 1.6, f"told {told:.2f} s after the last piece of text"
+    finally:
+        upstreams.openai.chunk_delay = 0.0
+        store_proxy.thaw()
+        server.stop()
+
+
 def test_coming_back_after_a_restart_loses_no_request(
     tmp_path: Path, upstreams: Upstreams, network_kind: str, store_proxy: TCPProxy
 ) -> None:

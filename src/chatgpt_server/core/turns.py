@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from ..errors import BadRequest, GatewayTimeout, NotFound, ServiceError, ShuttingDown
+from ..errors import BadRequest, GatewayTimeout, NotFound, ServiceError, ShuttingDown, StoreUnavailable
 from ..stores import HistoryRow, NewItem, Record, Store, StoredItem, TurnWrite
 from ..upstreams.base import Event, Prompt, Reply, Target, ToolCall, Upstream
 from .activity import Activity, current_log
@@ -163,12 +163,16 @@ class Turns:
         """Add items a client wrote (no upstream involved) after the conversation's tip, moving the
         tip to the last of them."""
         release = await self.hold(conversation_id, APPEND_HOLD_S)
+        failed = False
         try:
             record = await self._timed(find(self.store, owner, conversation_id, make=True))
             parent = await self.resolve(owner, record.tip) if record.tip else None
             await self._write_items(owner, conversation_id, parent, items)
+        except StoreUnavailable:
+            failed = True
+            raise
         finally:
-            await let_go(release)
+            await let_go(release, wait=not failed)
 
     async def seed(self, owner: str, conversation_id: str, items: list[Item]) -> None:
         """The first items of a conversation just made: nobody else knows its id yet, so there is no
@@ -190,8 +194,10 @@ class Turns:
         hold = await self.hold(spec.conversation, spec.timeout_s + 30) if spec.conversation is not None else None
         try:
             return await self._open(spec, hold)
-        except BaseException:
-            await let_go(hold)  # before the error is told, so a retry does not meet the lock
+        except BaseException as exc:
+            # Before the error is told, so a retry does not meet the lock; not waited for when the
+            # store is what failed (it would cost the caller the store timeout once more).
+            await let_go(hold, wait=not isinstance(exc, StoreUnavailable))
             raise
 
     async def _open(self, spec: TurnSpec, hold: Release | None) -> OpenTurn:
@@ -317,6 +323,7 @@ class OpenTurn:
         # The conversation's, for a turn asked by conversation id: let go once the turn is stored.
         self.hold: Release | None = None
         self._result: TurnResult | None = None
+        self._store_failed: StoreUnavailable | None = None  # the store failed this turn's write
         self._closed = False
         self._timeout: asyncio.Timeout | None = None  # while the upstream is being opened
         self._watch: Watchdog | None = None  # while its events are read
@@ -431,6 +438,8 @@ class OpenTurn:
         """Store what arrived (once) and return it. Called when the reply ended or was cut."""
         if self._result is not None:
             return self._result
+        if self._store_failed is not None:  # once per turn: another try would cost the store timeout again
+            raise self._store_failed
         reply = self.reply
         assert reply is not None
         activity = self.turns.activity
@@ -482,7 +491,11 @@ class OpenTurn:
             created_at=self.created_at, stored=spec.store,
         )  # fmt: skip
         if spec.store:
-            await self._store(result)
+            try:
+                await self._store(result)
+            except StoreUnavailable as exc:
+                self._store_failed = exc
+                raise
         self._result = result
         return result
 
@@ -536,7 +549,7 @@ class OpenTurn:
                     await self.reply.aclose()
         if settle:
             hold, self.hold = self.hold, None
-            await let_go(hold)
+            await let_go(hold, wait=self._store_failed is None)
 
     def _forget(self) -> None:
         """Let go of the account queue; the conversation is let go of by ``close`` or ``Turns.open``."""
@@ -547,8 +560,10 @@ class OpenTurn:
             self._release = None
 
 
-async def let_go(release: Release | None) -> None:
-    """Release a lease and wait until the store knows (so a client's next request finds it free)."""
+async def let_go(release: Release | None, wait: bool = True) -> None:
+    """Release a lease and, with ``wait``, wait until the store knows (so a client's next request finds
+    it free). Without: a store that just failed would cost the caller its timeout again; the lease is
+    given back when the store answers, or taken over as this process's own (see ``Leases``)."""
     task = release() if release is not None else None
-    if task is not None:
+    if task is not None and wait:
         await asyncio.shield(task)  # cancelled meanwhile, it still goes back
