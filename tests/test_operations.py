@@ -142,6 +142,9 @@ def test_a_store_that_hangs_at_the_end_of_a_stream_costs_it_the_store_timeout_on
         upstreams.openai.chunk_delay = 0.0
         store_proxy.thaw()
         server.stop()
+    # and the log says why, as it does for a failure before a stream begins
+    why = re.search(r"store unavailable: .*(did not answer|no answer) within 0.6 s", server.log())
+    assert why, server.log()[-2000:]
 
 
 def test_coming_back_after_a_restart_loses_no_request(

@@ -23,9 +23,8 @@ from ..errors import BadRequest, NotFound, ServiceError
 from ..upstreams.base import Target
 from ..upstreams.chat_completions import ChunkParser
 from ..upstreams.http import masking
-from .envelope import openai_error_body
+from .envelope import log_stream_failure, openai_error_body
 from .http import JSONBody, read_json
-from .messages import error_message
 from .openai_items import invalid
 from .sse import EventStream
 from .v1 import api_key, model_name, owner_of
@@ -97,7 +96,7 @@ async def _events(chunks: AsyncIterator[str], parser: ChunkParser, usage_added: 
             yield b"data: " + _masked(data.encode(), secret) + b"\n\n"
         log.outcome = "done " + _usage_note(parser.usage)
     except ServiceError as exc:
-        log.outcome, log.message = "error", error_message(exc, "en")
+        log_stream_failure(exc)
         yield b"data: " + orjson.dumps(openai_error_body(exc)) + b"\n\n"
 
 

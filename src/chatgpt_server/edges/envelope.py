@@ -8,12 +8,16 @@ exception classes.
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
-from ..errors import ServiceError, ValidationFailed
+from ..core.activity import current_log
+from ..errors import ServiceError, StoreUnavailable, ValidationFailed
 from .http import JSONBody
 from .messages import error_message, shown
+
+log = logging.getLogger("chatgpt_server")
 
 OPENAI_TYPES = {
     400: "invalid_request_error",
@@ -74,3 +78,12 @@ def error_response(error: ServiceError, path: str, language: str) -> JSONBody:
     if is_openai_path(path):
         return JSONBody(openai_error_body(error), status_code=error.status, headers=headers)
     return JSONBody(error_body(error, path, language), status_code=error.status, headers=headers)
+
+
+def log_stream_failure(error: ServiceError, message: str | None = None) -> None:
+    """A failure after a stream began, for the access log (``message``, else the error's own words) and,
+    when the store is why, the operator's log with its reason, as a failure before the stream would."""
+    entry = current_log()
+    entry.outcome, entry.message = "error", message or error_message(error, "en")
+    if isinstance(error, StoreUnavailable) and error.reason:
+        log.warning("store unavailable: %s", error.reason)

@@ -25,9 +25,9 @@ from ..errors import BadRequest, ServiceError
 from ..stores import StoredItem
 from ..upstreams.base import Target
 from ..upstreams.http import shown_label
-from .envelope import error_body, ok, success
+from .envelope import error_body, log_stream_failure, ok, success
 from .http import read_json
-from .messages import error_message, pick_language
+from .messages import pick_language
 from .original_request import ChatRequest, parse_chat
 from .sse import EventStream, event
 
@@ -177,7 +177,8 @@ async def get_info(request: Request, services: Services) -> ASGIApp:
             try:
                 await turn.finish(incomplete="client_left")
             except ServiceError as exc:
-                current_log().message = f"the partial reply was not stored: {exc.key}"
+                log_stream_failure(exc, f"the partial reply was not stored: {exc.key}")
+                current_log().outcome = "client left"
         else:
             await turn.close()
 
@@ -234,8 +235,7 @@ async def _events(turn: OpenTurn, chat: ChatRequest, model: str, path: str, lang
         log.outcome = "done"
         yield event("done", success(reply_data(chat, result, model)))
     except ServiceError as exc:
-        log.outcome = "error"
-        log.message = error_message(exc, "en")
+        log_stream_failure(exc)
         if turn.text:
             with contextlib.suppress(ServiceError):
                 await turn.finish(incomplete="error")

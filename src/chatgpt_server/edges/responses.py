@@ -28,9 +28,8 @@ from ..core.tokens import uses_max_completion_tokens
 from ..core.turns import Budget, OpenTurn, TurnResult, TurnSpec
 from ..errors import BadRequest, NotFound, ServiceError
 from ..stores import Record, StoredItem
-from .envelope import openai_error_body
+from .envelope import log_stream_failure, openai_error_body
 from .http import JSONBody, read_json
-from .messages import error_message
 from .openai_items import copy_of, invalid, item_json, parse_input
 from .sse import EventStream, event
 from .v1 import Caller, api_key, caller_for, list_body, model_name, open_turn, owner_of, page_of
@@ -417,7 +416,8 @@ async def create(request: Request, services: Services) -> ASGIApp:
         try:
             await turn.finish(incomplete="client_left")
         except ServiceError as exc:
-            current_log().message = f"the partial response was not stored: {exc.key}"
+            log_stream_failure(exc, f"the partial response was not stored: {exc.key}")
+            current_log().outcome = "client left"
 
     return EventStream(_stream(turn, draft), services.settings.heartbeat_seconds, on_leave)
 
@@ -538,7 +538,7 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
         settle = False  # the client left: on_leave stores what arrived, then lets the conversation go
         raise
     except ServiceError as exc:
-        log.outcome, log.message = "error", error_message(exc, "en")
+        log_stream_failure(exc)
         error = openai_error_body(exc)["error"]
         # A response's error code is one of OpenAI's few; the precise one stays in the message and type.
         code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
