@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -145,6 +146,35 @@ def test_a_store_that_hangs_at_the_end_of_a_stream_costs_it_the_store_timeout_on
     # and the log says why, as it does for a failure before a stream begins
     why = re.search(r"store unavailable: .*(did not answer|no answer) within 0.6 s", server.log())
     assert why, server.log()[-2000:]
+
+
+def test_sqlite_locked_by_another_process_buys_no_reply(tmp_path: Path, upstreams: Upstreams) -> None:
+    """Another process holds SQLite's write lock (a backup, the sqlite3 shell): reads still work, but no
+    turn's write could land, so no turn calls the upstream (503 within the store timeout, new and
+    follow-up, JSON and stream) and /readyz says not ready, until the lock is let go."""
+    db = tmp_path / "x.db"
+    env = upstreams.env(CHATGPT_SERVER_STORE_URL=f"sqlite:///{db}", CHATGPT_SERVER_STORE_TIMEOUT_MS="500")
+    server = ServerProcess(tmp_path, env).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            first = ask(c, "before").json()["data"]
+            other = sqlite3.connect(db, isolation_level=None)
+            other.execute("BEGIN EXCLUSIVE")
+            try:
+                before = len(upstreams.openai.requests)
+                for options in ({}, {"parent": first["id"]}, {"kind": "2"}, {"parent": first["id"], "kind": "2"}):
+                    started = time.monotonic()
+                    assert_error(ask(c, "locked", **options), 503)
+                    assert time.monotonic() - started < 1.5
+                assert c.get("/readyz").status_code == 503
+                assert len(upstreams.openai.requests) == before
+            finally:
+                other.execute("ROLLBACK")
+                other.close()
+            assert ask(c, "after", parent=first["id"]).status_code == 201
+            assert c.get("/readyz").status_code == 200
+    finally:
+        server.stop()
 
 
 def test_coming_back_after_a_restart_loses_no_request(

@@ -268,6 +268,7 @@ class Turns:
             await self._timed(self.store.ping())  # the store must answer before anything is spent
             return None, conversation_id or mint("conv_")
         parent = await self.resolve(spec.owner, reference)
+        await self._timed(self.store.writable())  # the read answered; SQLite may still refuse the write
         if parent is None:
             if spec.conversation is not None:  # the tip went (retention): start the conversation over
                 return None, spec.conversation

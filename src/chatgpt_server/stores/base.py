@@ -102,7 +102,13 @@ class Store(ABC):
 
     @abstractmethod
     async def ping(self) -> None:
-        """Return if the store answers, else raise StoreUnavailable."""
+        """Return if the store answers (and could take a turn's write), else raise StoreUnavailable."""
+
+    async def writable(self) -> None:
+        """Return if a turn's write could be made now, else raise StoreUnavailable. A network store that
+        answered a read for the turn answers its write: nothing to do. SQLite reads while another
+        process holds the write lock, so it checks the lock."""
+        return None
 
     @abstractmethod
     async def shared_secret(self, candidate: bytes) -> bytes:
