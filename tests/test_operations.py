@@ -22,7 +22,7 @@ import pytest
 
 from .conftest import KEY, Upstreams, ask
 from .harness import ServerProcess
-from .shared_stores import store_url
+from .shared_stores import POSTGRES_PORT, store_url
 from .tcp_proxy import TCPProxy
 from .test_api_contract import assert_error
 from .test_streaming import events, first_delta
@@ -411,6 +411,25 @@ def test_serve_check_says_why_the_store_cannot_open(tmp_path: Path, url: str, wo
     reason = result.stderr.splitlines()[-1]
     assert "store cannot be opened" in reason and words.lower() in reason.lower()
     assert "s3cretpw" not in result.stderr + result.stdout and "Traceback" not in result.stderr
+
+
+def test_serve_check_says_a_postgresql_that_hangs_did_not_answer(tmp_path: Path) -> None:
+    """A server that takes the connection and then says nothing: the reason names the wait, not a bare
+    "TimeoutError: TimeoutError"."""
+    proxy = TCPProxy(POSTGRES_PORT).start()
+    proxy.freeze()
+    try:
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGPT_SERVER_")}
+        env["CHATGPT_SERVER_STORE_TIMEOUT_MS"] = "300"
+        url = f"postgresql://127.0.0.1:{proxy.port}/test"
+        result = subprocess.run([sys.executable, "-m", "chatgpt_server", "serve", "--check", "--store-url", url],
+                                env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    finally:
+        proxy.thaw()
+        proxy.stop()
+    assert result.returncode == 1
+    reason = result.stderr.splitlines()[-1]
+    assert re.search(r"no answer within \d+\.\d s", reason) and f"127.0.0.1:{proxy.port}" in reason, reason
 
 
 def test_serve_check_passes_with_a_store_that_opens(tmp_path: Path) -> None:

@@ -204,6 +204,7 @@ class PostgresStore(Store):
         }
         pool = Conns(lambda: asyncpg.connect(self.url, timeout=self.timeout_s, server_settings=settings),
                      max_size=16, idle_s=60)  # fmt: skip
+        started = time.monotonic()
         try:
             async with asyncio.timeout(max(self.timeout_s * 3, 5)):
                 conn = await pool.acquire()
@@ -214,6 +215,10 @@ class PostgresStore(Store):
                         await self._migrate(conn)
                 finally:
                     pool.release(conn, not conn.is_in_transaction())
+        except TimeoutError as exc:  # a server that accepts connections and then says nothing
+            await pool.close(0)
+            waited = time.monotonic() - started
+            raise StoreUnavailable(reason=f"no answer within {waited:.1f} s ({mask_url(self.url)})") from exc
         except (*_DOWN, ValueError) as exc:
             await pool.close(0)
             raise StoreUnavailable(reason=describe(exc, self.url)) from exc
