@@ -276,6 +276,9 @@ def test_sigterm_ends_what_outlives_the_grace_period_cleanly(tmp_path: Path, ups
     assert partial, "some text was streamed before the end"
     log = server.log()
     assert "Traceback" not in log
+    # the answer that never came still counts as time spent upstream in the access log
+    waited = re.search(r'POST /api/v1/gpt/getInfo 503 .*route="gpt mode1 type1" .*upstream_ms=([0-9.]+)', log)
+    assert waited and float(waited.group(1)) >= 500, log[-3000:]
     server.start()  # the partial reply was stored, incomplete: a follow-up sees it
     try:
         upstreams.openai.chunk_delay = 0.0

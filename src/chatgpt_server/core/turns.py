@@ -365,14 +365,20 @@ class OpenTurn:
                 upstream = self.turns.upstreams[spec.target.upstream]
                 self.reply = await upstream.open(self.prompt, spec.target)
         except TimeoutError as exc:
-            self._forget()
+            self._gave_up()
             raise self._timed_out() from exc
         except BaseException:
-            self._forget()
+            self._gave_up()
             raise
         finally:
             self._timeout = None
         self.turns.activity.open_streams += 1
+
+    def _gave_up(self) -> None:
+        """The upstream never answered: the wait still counts as the upstream's time in the log."""
+        self._closed = True
+        current_log().upstream_ms += (time.perf_counter() - self._started) * 1000
+        self._forget()
 
     def _check_abort(self) -> None:
         if self._aborted is not None:
