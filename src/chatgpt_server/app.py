@@ -149,9 +149,9 @@ class Router:
             if len(pattern) != len(parts) and not (route.rest and len(parts) > len(pattern)):
                 continue
             params: dict[str, str] = {}
-            shown = parts if len(parts) == len(pattern) else [*parts[: len(pattern) - 1],
-                                                              "/".join(parts[len(pattern) - 1 :])]  # fmt: skip
-            for want, got in zip(pattern, shown, strict=True):
+            segments = parts if len(parts) == len(pattern) else [*parts[: len(pattern) - 1],
+                                                                 "/".join(parts[len(pattern) - 1 :])]  # fmt: skip
+            for want, got in zip(pattern, segments, strict=True):
                 if want.startswith("{"):
                     if not got:
                         break
