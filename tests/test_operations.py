@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -424,7 +425,7 @@ def test_serve_check_says_a_postgresql_that_hangs_did_not_answer(tmp_path: Path)
     try:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGPT_SERVER_")}
         env["CHATGPT_SERVER_STORE_TIMEOUT_MS"] = "300"
-        url = f"postgresql://127.0.0.1:{proxy.port}/test"
+        url = f"postgresql://127.0.0.1:{proxy.port}/test?search_path=no_such_schema_{uuid.uuid4().hex[:8]}"
         result = subprocess.run([sys.executable, "-m", "chatgpt_server", "serve", "--check", "--store-url", url],
                                 env=env, capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
     finally:

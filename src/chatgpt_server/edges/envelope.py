@@ -80,10 +80,10 @@ def error_response(error: ServiceError, path: str, language: str) -> JSONBody:
     return JSONBody(error_body(error, path, language), status_code=error.status, headers=headers)
 
 
-def log_stream_failure(error: ServiceError, message: str | None = None) -> None:
+def log_stream_failure(error: ServiceError, message: str | None = None, outcome: str = "error") -> None:
     """A failure after a stream began, for the access log (``message``, else the error's own words) and,
     when the store is why, the operator's log with its reason, as a failure before the stream would."""
     entry = current_log()
-    entry.outcome, entry.message = "error", message or error_message(error, "en")
+    entry.outcome, entry.message = outcome, message or error_message(error, "en")
     if isinstance(error, StoreUnavailable) and error.reason:
         log.warning("store unavailable: %s", error.reason)

@@ -1018,7 +1018,8 @@ def _openai_paths() -> dict[str, Schema]:
              **_openai_errors({
                  "400": "a field is missing, unknown or invalid (param names it), previous_response_id and "
                  "conversation are both given, the input is over the context window (without truncation auto), "
-                 "the conversation is answering another response (code conversation_locked), or the upstream "
+                 "the conversation is answering another response (code conversation_locked), a "
+                 "function_call_output answers no call the prompt holds (code no_call_to_answer), or the upstream "
                  "refused the request",
                  "404": "previous_response_id, conversation or an item_reference is unknown to this key",
                  **BODY_ERRORS, **UPSTREAM_ERRORS, **V1_STORE})},
@@ -1030,7 +1031,10 @@ def _openai_paths() -> dict[str, Schema]:
         )},
         "/v1/responses/{id}": {
             "get": op("getResponse", "A stored response", _answer("the response", {JSON: {"schema": _ref(
-                "Response")}}), {**NOT_FOUND_RESPONSE, **V1_STORE}, parameters=[RESPONSE_ID]),
+                "Response")}}), {**NOT_FOUND_RESPONSE, **V1_STORE, "400": "stream is not false: streaming a stored "
+                "response is OpenAI's resume of a background one, which this gateway does not run"},
+                parameters=[RESPONSE_ID, {"name": "stream", "in": "query", "required": False,
+                                          "schema": {"enum": ["false"]}, "description": "only false"}]),
             "delete": op("deleteResponse", "Delete a stored response (its items stay for the responses that follow)",
                          _answer("deleted", {JSON: {"schema": _deleted("response")}}),
                          {**NOT_FOUND_RESPONSE, **V1_STORE}, parameters=[RESPONSE_ID]),

@@ -177,8 +177,7 @@ async def get_info(request: Request, services: Services) -> ASGIApp:
             try:
                 await turn.finish(incomplete="client_left")
             except ServiceError as exc:
-                log_stream_failure(exc, f"the partial reply was not stored: {exc.key}")
-                current_log().outcome = "client left"
+                log_stream_failure(exc, f"the partial reply was not stored: {exc.key}", "client left")
         else:
             await turn.close()
 

@@ -416,8 +416,7 @@ async def create(request: Request, services: Services) -> ASGIApp:
         try:
             await turn.finish(incomplete="client_left")
         except ServiceError as exc:
-            log_stream_failure(exc, f"the partial response was not stored: {exc.key}")
-            current_log().outcome = "client left"
+            log_stream_failure(exc, f"the partial response was not stored: {exc.key}", "client left")
 
     return EventStream(_stream(turn, draft), services.settings.heartbeat_seconds, on_leave)
 
