@@ -654,6 +654,51 @@ def test_a_stream_the_upstream_cuts_fails_with_the_text_that_arrived(
     assert follow.status == "completed"
 
 
+def _failed_stream(v1_server: ServerProcess, body: dict[str, Any]) -> list[dict[str, Any]]:
+    events = []
+    headers = {"Authorization": f"Bearer {KEY}"}
+    with httpx.stream("POST", v1_server.url + "/v1/responses", timeout=30, headers=headers,
+                      json={"model": "gpt-3.5-turbo", "stream": True, **body}) as stream:  # fmt: skip
+        for line in stream.iter_lines():
+            if line.startswith("data: "):
+                events.append(json.loads(line[6:]))
+    return events
+
+
+def test_a_stream_cut_before_its_first_word_is_kept_as_failed_and_leaves_its_conversation_as_it_was(
+    sdk: openai.OpenAI, v1_server: ServerProcess, upstreams: Upstreams
+) -> None:
+    """The client has the response's id from response.created: a reply that failed before any output
+    is stored as failed, as told, with no output; its input is listed and can be continued from. In a
+    conversation the tip stays where it was, so the client's retry is not doubled there."""
+    upstreams.apps.call(lambda: upstreams.openai.fail_next.append("cut0"))
+    events = _failed_stream(v1_server, {"input": "lost question"})
+    assert [e["type"] for e in events] == ["response.created", "response.in_progress", "response.failed"]
+    failed = events[-1]["response"]
+    assert failed["output"] == [] and failed["error"]["code"] == "server_error"
+    stored = sdk.responses.retrieve(failed["id"])
+    assert stored.status == "failed" and stored.output == []
+    assert stored.model_dump(exclude_none=True)["error"] == failed["error"]
+    assert [i.model_dump()["content"][0]["text"] for i in sdk.responses.input_items.list(failed["id"])] == [
+        "lost question"
+    ]
+    follow = sdk.responses.create(model="gpt-3.5-turbo", input="again", previous_response_id=failed["id"])
+    assert follow.output_text == "echo(2): again"  # the unanswered question is history, no empty answer
+    assert [m["role"] for m in sent(upstreams)["messages"]] == ["user", "user"]
+
+    conversation = sdk.conversations.create()
+    first = sdk.responses.create(model="gpt-3.5-turbo", input="first", conversation=conversation.id)
+    before = [item.id for item in sdk.conversations.items.list(conversation.id)]
+    upstreams.apps.call(lambda: upstreams.openai.fail_next.append("cut0"))
+    events = _failed_stream(v1_server, {"input": "retried", "conversation": conversation.id})
+    assert events[-1]["type"] == "response.failed"
+    assert sdk.responses.retrieve(events[-1]["response"]["id"]).status == "failed"
+    assert [item.id for item in sdk.conversations.items.list(conversation.id)] == before
+    retry = sdk.responses.create(model="gpt-3.5-turbo", input="retried", conversation=conversation.id)
+    assert retry.output_text == "echo(2): retried"  # "first" and the retry: the failed try is not in it
+    assert [m["content"] for m in sent(upstreams)["messages"]] == ["first", first.output_text, "retried"]
+
+
 def test_a_turn_from_another_door_while_the_conversation_answers_is_kept(
     sdk: openai.OpenAI, v1_server: ServerProcess, upstreams: Upstreams
 ) -> None:

@@ -412,6 +412,24 @@ def test_the_conversation_tip_moves_only_from_the_tip_and_each_move_is_a_new_ver
     with_store(store_url(kind, tmp_path), body)
 
 
+def test_a_turn_that_keeps_the_tip_is_stored_and_moves_nothing(kind: str, tmp_path: Path) -> None:
+    """A reply that failed before any output is stored (its input, its response) without moving its
+    conversation's tip, even when it continued from the tip."""
+
+    async def body(store: Store) -> None:
+        await store.put_record(Record("conversation", "conv-1", "owner-a", {"metadata": {}}, None, 1.0, 1.0), None)
+        await store.add_turn(turn(None, new("q1"), b := new("a1", "assistant"), conversation_tip="conv-1"))
+        response = Record("response", "resp-kept", "owner-a", {"status": "failed"}, None, 2.0, 2.0)
+        lost = new("lost")
+        await store.add_turn(turn(b.item.id, lost, keep_tip=True, response=response, response_id="resp-kept"))
+        record = await store.get_record("conversation", "conv-1")
+        assert record is not None and (record.tip, record.version) == (b.item.id, 2)
+        assert ids_of(await store.history("owner-a", lost.item.id, 10_000))[:2] == [lost.item.id, b.item.id]
+        assert await store.get_record("response", "resp-kept") is not None
+
+    with_store(store_url(kind, tmp_path), body)
+
+
 def test_a_record_is_deleted_only_at_the_version_asked(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
         await store.put_record(Record("lease", "l1", "", {"holder": "a"}, None, 1.0, 1.0), None)

@@ -196,7 +196,7 @@ class OpenAIStandIn:
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return await self._stream(request, completion_id, model, text, usage if include_usage else None,
-                                      failure == "cut", call)  # fmt: skip
+                                      {"cut": 1, "cut0": -1}.get(failure or ""), call)  # fmt: skip
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if call is not None:
             message = {"role": "assistant", "content": None, "tool_calls": [call]}
@@ -238,8 +238,9 @@ class OpenAIStandIn:
         return None
 
     async def _stream(self, request: web.Request, completion_id: str, model: str, text: str,
-                      usage: dict[str, Any] | None, cut: bool,
+                      usage: dict[str, Any] | None, cut: int | None,
                       call: dict[str, Any] | None = None) -> web.StreamResponse:  # fmt: skip
+        """``cut``: the connection is closed after that word (-1: before the first)."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
         base = {"id": completion_id, "object": "chat.completion.chunk", "created": int(time.time()), "model": model}
@@ -263,13 +264,16 @@ class OpenAIStandIn:
                     await send({"choices": [], "usage": usage})
                 await response.write(b"data: [DONE]\n\n")
                 return response
+            if cut == -1:
+                request.transport.close()  # type: ignore[union-attr]
+                return response
             words = text.split(" ")
             for i, word in enumerate(words):
                 if self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
                 piece = word if i == 0 else " " + word
                 await send({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
-                if cut and i == 1:
+                if cut == i:
                     request.transport.close()  # type: ignore[union-attr]
                     return response
             await send({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})

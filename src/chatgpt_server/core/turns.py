@@ -475,7 +475,10 @@ class OpenTurn:
         text = reply.text
         calls = {call.index: call for call in reply.tool_calls}
         order = list(self._order)
-        if ("message", -1) not in order and (text or not calls or spec.reply_message):
+        # A reply that failed before its first word or call is stored without output: its id was told
+        # (a Responses stream's first event), so it is kept as failed, and no empty answer joins the history.
+        failed_bare = incomplete == "error" and not text and not calls
+        if ("message", -1) not in order and (text or not calls or spec.reply_message) and not failed_bare:
             order.append(("message", -1))
         placed = set(order)  # a set: a reply may carry very many calls, and a list scan per call is quadratic
         order += [("tool", index) for index in calls if ("tool", index) not in placed]
@@ -523,7 +526,8 @@ class OpenTurn:
         write = TurnWrite(
             owner=spec.owner, conversation_id=self.conversation_id, parent_id=result.parent_id, enc=self.encoding,
             origin=spec.origin, created_at=self.created_at, items=new,
-            response_id=None, conversation_tip=spec.conversation,
+            response_id=None, conversation_tip=spec.conversation if result.outputs else None,
+            keep_tip=not result.outputs,
         )  # fmt: skip
         if spec.record is not None:
             record = spec.record(result)

@@ -542,13 +542,13 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
         # A response's error code is one of OpenAI's few; the precise one stays in the message and type.
         code = "rate_limit_exceeded" if exc.status == 429 else "server_error"
         draft.failure = {"code": code, "message": error["message"], "type": error["code"]}
-        if turn.text or (turn.reply is not None and turn.reply.tool_calls):
-            try:
-                with contextlib.suppress(ServiceError):
-                    await turn.finish(incomplete="error")
-            except (asyncio.CancelledError, GeneratorExit):
-                settle = False  # the client left meanwhile: on_leave stores, then lets the conversation go
-                raise
+        # Stored as it was told, output or none: the client has its id since response.created.
+        try:
+            with contextlib.suppress(ServiceError):
+                await turn.finish(incomplete="error")
+        except (asyncio.CancelledError, GeneratorExit):
+            settle = False  # the client left meanwhile: on_leave stores, then lets the conversation go
+            raise
         for index, pieces in arguments.items():
             order[index]["arguments"] = "".join(pieces)
         if message_index is not None:  # what was streamed stands in the final object too

@@ -88,6 +88,9 @@ class TurnWrite:
     # ``parent_id`` says (a turn through another door may have continued it meanwhile), and the tip
     # moves to its last item. Without it the tip moves only if it was the turn's parent.
     conversation_tip: str | None = None
+    # The turn never moves its conversation's tip (a reply that failed before any output: the
+    # conversation stays as it was, so the client's retry is not doubled in it).
+    keep_tip: bool = False
 
 
 class Store(ABC):
@@ -121,7 +124,8 @@ class Store(ABC):
         answer) is a success, not an error: item ids are ours and random, so a known id is ours.
 
         In the same write, the turn's conversation record (if it has one) gets the last item as its
-        tip, and a new version, when ``conversation_tip`` is set or its tip was the turn's parent."""
+        tip, and a new version, when ``conversation_tip`` is set or its tip was the turn's parent;
+        never when ``keep_tip`` is set."""
 
     @abstractmethod
     async def get_item(self, owner: str, item_id: str) -> StoredItem | None:

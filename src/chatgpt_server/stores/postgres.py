@@ -66,7 +66,8 @@ WITH par AS (
     ON CONFLICT DO NOTHING
 ), conv AS (
     UPDATE records SET tip = $12::text, updated_at = $9, version = version + 1
-    WHERE kind = 'conversation' AND id = $5 AND ($13::boolean OR tip IS NOT DISTINCT FROM $1::text)
+    WHERE kind = 'conversation' AND id = $5 AND NOT $24::boolean
+      AND ($13::boolean OR tip IS NOT DISTINCT FROM $1::text)
 )
 INSERT INTO items (id, owner, conversation_id, parent_id, branch, before, cost, enc, kind, role, text, extra,
                    chat, status, origin, response_id, created_at)
@@ -354,7 +355,7 @@ class PostgresStore(Store):
             items[-1].id, bool(turn.conversation_tip),
             [i.id for i in items], parents, offsets, [n.cost for n in turn.items], [i.kind for i in items],
             [i.role for i in items], [_storable(i.text) for i in items], extras, [n.chat for n in turn.items],
-            [i.status for i in items],
+            [i.status for i in items], turn.keep_tip,
         )  # fmt: skip
         if turn.conversation_tip:
             await self._single(args, lambda conn, a: self._add_after_tip(conn, turn, a))

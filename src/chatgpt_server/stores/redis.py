@@ -36,7 +36,7 @@ T = TypeVar("T")
 DATA_VERSION = "2"
 
 # ARGV: prefix, owner, conversation, parent ('' none), enc, origin, created, response id ('' none), ttl ms,
-# item count, response body ('' none), conversation tip ('' none), then 8 fields per item:
+# item count, response body ('' none), conversation tip ('' none, '-' the tip stays), then 8 fields per item:
 # id, kind, role, text, extra, chat, cost, status.
 _ADD_TURN = Script("""
 local p, owner, conv, parent = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
@@ -44,7 +44,7 @@ local enc, origin, created, rid, ttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonum
 local n, body, tipconv = tonumber(ARGV[10]), ARGV[11], ARGV[12]
 if redis.call('EXISTS', p .. 'i:' .. ARGV[13]) == 1 then return 1 end
 local ckey2 = p .. 'r:conversation:' .. conv
-if tipconv ~= '' then  -- after the conversation's tip as it is now, if it is the caller's item of it
+if tipconv ~= '' and tipconv ~= '-' then  -- after the conversation's tip as it is now, if the caller's item
   local now = redis.call('HGET', ckey2, 't')
   if now and now ~= '' and now ~= parent then
     local f = redis.call('HMGET', p .. 'i:' .. now, 'o', 'c')
@@ -75,7 +75,7 @@ if rid ~= '' and body ~= '' then
   end
 end
 local tip = redis.call('HGET', ckey2, 't')
-if tip and (tipconv ~= '' or tip == first_parent) then
+if tip and tipconv ~= '-' and (tipconv ~= '' or tip == first_parent) then
   redis.call('HSET', ckey2, 't', parent, 'ua', created)
   redis.call('HINCRBY', ckey2, 'v', 1)
   if ttl > 0 then redis.call('PEXPIRE', ckey2, ttl) end
@@ -326,7 +326,7 @@ class RedisStore(Store):
         args: list[Any] = [
             self.prefix, turn.owner, turn.conversation_id, turn.parent_id or "", turn.enc, turn.origin,
             turn.created_at, turn.response_id or "", self.ttl_ms, len(turn.items),
-            orjson.dumps(response.body) if response else "", turn.conversation_tip or "",
+            orjson.dumps(response.body) if response else "", "-" if turn.keep_tip else turn.conversation_tip or "",
         ]  # fmt: skip
         for new in turn.items:
             item = new.item

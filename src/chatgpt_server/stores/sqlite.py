@@ -388,8 +388,9 @@ class SQLiteStore(Store):
         db.executemany(_INSERT_ITEM, turn_rows(turn, branch, end))
         if turn.response is not None:
             db.execute(_INSERT_RECORD + " ON CONFLICT DO NOTHING", record_params(turn.response, 1))
-        db.execute(_MOVE_TIP, (turn.items[-1].item.id, turn.created_at, turn.conversation_id,
-                               bool(turn.conversation_tip), turn.parent_id))  # fmt: skip
+        if not turn.keep_tip:
+            db.execute(_MOVE_TIP, (turn.items[-1].item.id, turn.created_at, turn.conversation_id,
+                                   bool(turn.conversation_tip), turn.parent_id))  # fmt: skip
 
     async def get_item(self, owner: str, item_id: str) -> StoredItem | None:
         rows = self._run(self._item, (item_id, owner))
