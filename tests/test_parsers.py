@@ -12,11 +12,13 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
 
 from chatgpt_server.errors import BadGateway, BadRequest, Forbidden, ServiceError, TooManyRequests
 from chatgpt_server.upstreams.chat_completions import ChunkParser, parse_completion, usage_of
 from chatgpt_server.upstreams.codex import CodexParser
-from chatgpt_server.upstreams.http import scrub, transport_error
+from chatgpt_server.upstreams.http import _SECRETISH, _has_secretish_word, scrub, shown_label, transport_error
 from chatgpt_server.upstreams.sse import LineDecoder, SSEDecoder, SSEEvent
 from chatgpt_server.upstreams.web_reply import WebReplyError, WebReplyParser
 from chatgpt_server.upstreams.wire import NotHTTP
@@ -750,6 +752,23 @@ def test_scrub_never_shows_a_credential_or_a_piece_of_one() -> None:
         shown = scrub(text, key).lower()
         assert len(shown) <= 301
         assert not any(key[i : i + 6].lower() in shown for i in range(len(key) - 5)), (text, shown)
+
+
+SECRETISH_PIECES = ["sk-", "SK-", "ſk-", "eyJ", "EYJ", "bearer ", "BEARER\t", "apı_key", "api-key", "Token", "secret",
+                    "PASSWORD", "authorization", "=", ": ", "'", '"', "abcdefgh", "12345678", ".", "-", " ", "K"]  # fmt: skip
+
+
+@given(st.lists(st.sampled_from(SECRETISH_PIECES) | st.text(max_size=6), max_size=12).map("".join))
+@example("apı_key: abcdefgh")
+@example("x ſk-abcd")
+@example("eyJabcdef.ghijklmn")
+@example("Bearer  x")
+def test_the_quick_look_for_a_credential_word_misses_no_credential_shape(value: str) -> None:
+    """shown_label runs the credential regex only on labels holding one of its words: that look must
+    never pass a label the regex would catch, whatever the case or Unicode spelling."""
+    if _SECRETISH.search(value):
+        assert _has_secretish_word(value), value
+        assert shown_label(value, "sk-unrelated-key-0000000000") != value
 
 
 def test_a_plan_type_holding_the_token_is_scrubbed() -> None:

@@ -112,10 +112,23 @@ def scrub(value: Any, *secrets: str, limit: int = 300) -> str:
 def shown_label(value: str | None, secret: str) -> str | None:
     """An upstream's id or model name, as shown to the client: scrubbed if it looks like (or holds)
     the credential; the common case is one search of a short string."""
-    if value and ((len(secret) >= TAIL_FROM and secret[-8:].lower() in value.lower()) or _SECRETISH.search(value)
-                  or (len(secret) >= MIN_SECRET and secret.lower() in value.lower())):  # fmt: skip
+    if not value:
+        return value
+    low = value.lower()
+    if ((len(secret) >= TAIL_FROM and secret[-8:].lower() in low)
+            or (len(secret) >= MIN_SECRET and secret.lower() in low)
+            or (_has_secretish_word(value) and _SECRETISH.search(value))):  # fmt: skip
         return scrub(value, secret, limit=len(value))
     return value
+
+
+def _has_secretish_word(value: str) -> bool:
+    """Whether ``value`` holds a word every match of _SECRETISH holds (case folded; "ı" is the one letter
+    IGNORECASE matches to "i" that casefold keeps). Most labels hold none, and this costs 0.2-0.4 µs
+    where the regex costs 3 µs for a 33-character id."""
+    f = value.casefold().replace("ı", "i")
+    return ("sk-" in f or "eyj" in f or "bearer" in f or "api" in f or "token" in f or "secret" in f
+            or "password" in f or "authorization" in f)  # fmt: skip
 
 
 def retry_after(value: str | None) -> dict[str, str] | None:
