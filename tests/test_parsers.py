@@ -16,9 +16,10 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from chatgpt_server.errors import BadGateway, BadRequest, Forbidden, ServiceError, TooManyRequests
+from chatgpt_server.redact import SECRETISH, has_secretish_word
 from chatgpt_server.upstreams.chat_completions import ChunkParser, parse_completion, usage_of
 from chatgpt_server.upstreams.codex import CodexParser
-from chatgpt_server.upstreams.http import _SECRETISH, _has_secretish_word, scrub, shown_label, transport_error
+from chatgpt_server.upstreams.http import scrub, shown_label, transport_error
 from chatgpt_server.upstreams.sse import LineDecoder, SSEDecoder, SSEEvent
 from chatgpt_server.upstreams.web_reply import WebReplyError, WebReplyParser
 from chatgpt_server.upstreams.wire import NotHTTP
@@ -767,8 +768,8 @@ SECRETISH_PIECES += ["BEARER\t"]
 def test_the_quick_look_for_a_credential_word_misses_no_credential_shape(value: str) -> None:
     """shown_label runs the credential regex only on labels holding one of its words: that look must
     never pass a label the regex would catch, whatever the case or Unicode spelling."""
-    if _SECRETISH.search(value):
-        assert _has_secretish_word(value), value
+    if SECRETISH.search(value):
+        assert has_secretish_word(value), value
         assert shown_label(value, "sk-unrelated-key-0000000000") != value
 
 

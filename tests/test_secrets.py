@@ -62,6 +62,41 @@ def test_no_secret_in_any_log_line_response_or_stored_byte(tmp_path: Path, upstr
     assert issued not in log and issued.encode() not in stored
 
 
+def test_a_secret_sent_in_the_wrong_field_is_never_quoted_back(tmp_path: Path, upstreams: Upstreams) -> None:
+    """A message that quotes what the client sent (an unknown id, a bad field) quotes neither the
+    request's own credential, in any spelling, nor anything shaped like one, on any door or log."""
+    key = f"sk-test-{uuid.uuid4().hex}"
+    other = "gsk_" + uuid.uuid4().hex  # no known shape: only knowing it is the request's key finds it
+    token = mint("wrong-field@example.com")
+    password = f"pw-{uuid.uuid4().hex}"
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_LOG_LEVEL="DEBUG")).start()
+    seen: list[str] = []
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            for parent in (key, key.upper(), key[-8:], f"x{key}y", "see " + token):
+                seen.append(ask(c, "hi", parent=parent, key=key).text)
+            seen.append(ask(c, "hi", parent=other, key=other).text)
+            seen.append(ask(c, "hi", parent=other.upper(), key=other, maxModelTokens=other).text)
+            seen.append(ask(c, "hi", key=key, systemMessage=5, model=key).text)
+            headers = {"Authorization": f"Bearer {key}"}
+            for body in ({"model": "gpt-3.5-turbo", "input": "x", "previous_response_id": key.upper()},
+                         {"model": "gpt-3.5-turbo", "input": "x", "conversation": "conv_" + key[-8:]},
+                         {"model": "gpt-3.5-turbo", "input": "x", "previous_response_id": "resp_" + key}):  # fmt: skip
+                seen.append(c.post("/v1/responses", json=body, headers=headers).text)
+            seen.append(c.get(f"/v1/responses/{key}", headers=headers).text)
+            seen.append(c.get(f"/v1/conversations/{token}", headers=headers).text)
+            signin = {"type": "1", "email": password, "password": password}
+            seen.append(c.post("/api/v1/token/getInfo", json=signin).text)
+            seen.append(c.get("/api/v1/token/getInfo", params={"type": "9", "token": token}).text)
+    finally:
+        server.stop()
+    log = server.log()
+    assert all(len(text) > 20 for text in seen), seen  # every request was answered (with an error)
+    for secret in (key, key[-8:], other, token, token.split(".")[1], password):
+        assert secret.lower() not in log.lower(), f"{secret} in the server log"
+        assert all(secret.lower() not in text.lower() for text in seen), (secret, seen)
+
+
 def test_the_start_up_log_masks_credentials_in_every_url(tmp_path: Path, upstreams: Upstreams) -> None:
     env = upstreams.env(
         CHATGPT_SERVER_PROXY="http://SECRETTOKEN@127.0.0.1:9",
@@ -88,3 +123,21 @@ def test_mask_url_covers_userinfo_and_query_secrets() -> None:
     # An absolute SQLite path stays absolute (the empty authority is kept), a relative one relative.
     assert mask_url("sqlite:////srv/data/x.db") == "sqlite:////srv/data/x.db"
     assert mask_url("sqlite:///data/x.db?synchronous=full") == "sqlite:///data/x.db?synchronous=full"
+
+
+def test_a_refused_base_url_is_quoted_without_its_credentials(tmp_path: Path) -> None:
+    """The start-up error that refuses a base URL quotes it masked: userinfo, credential-like query
+    values and key-shaped text, and never its fragment."""
+    import os
+    import subprocess
+    import sys
+
+    for url in ("http://bob:an0therSecret@127.0.0.1:9/v1", "https://h.example/v1?api-key=an0therSecret",
+                "http://127.0.0.1:9/v1?x=sk-an0therSecret", "ftp://u:an0therSecret@h/x",
+                "http://h/v1#an0therSecret", "http://h/v1 Bearer an0therSecret"):  # fmt: skip
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGPT_SERVER_")}
+        env.update(CHATGPT_SERVER_OPENAI_BASE_URL=url, CHATGPT_SERVER_DATA_DIR=str(tmp_path))
+        done = subprocess.run([sys.executable, "-m", "chatgpt_server", "serve", "--port", "9"], env=env,
+                              capture_output=True, text=True, timeout=60)  # fmt: skip
+        assert done.returncode != 0 and "CHATGPT_SERVER_OPENAI_BASE_URL" in done.stderr, done.stderr
+        assert "an0therSecret" not in done.stdout + done.stderr, done.stderr

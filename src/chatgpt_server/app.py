@@ -44,6 +44,7 @@ from .edges.envelope import error_response, is_openai_path
 from .edges.http import allowed
 from .edges.messages import error_message, pick_language
 from .errors import MethodNotAllowed, NotFound, ServiceError, ShuttingDown, StoreUnavailable
+from .redact import holds_secret, masked
 from .settings import Settings
 from .stores import Store, open_store
 from .upstreams.base import Upstream
@@ -246,6 +247,8 @@ class AccessLog:
             self._second, self._prefix = second, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
         stamp = f"{self._prefix}.{int((now - second) * 1000):03d}Z"
         duration = round((time.perf_counter() - started) * 1000, 2)
+        if holds_secret(path, *entry.secrets):  # a key sent as an id in the path
+            path = masked(path, *entry.secrets)
         if self.json:
             fields = {
                 "time": stamp, "request_id": rid, "method": method, "path": path, "status": status,

@@ -17,6 +17,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from .redact import masked
+
 ENV_PREFIX = "CHATGPT_SERVER_"
 PROXY_SCHEMES = ("http", "https", "socks5", "socks5h")
 STORE_SCHEMES = ("sqlite", "redis", "rediss", "postgresql", "postgres")
@@ -46,14 +48,19 @@ def normalise_base_url(url: str) -> str:
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"not an http(s) URL: {url!r}") from None
+        raise ValueError(f"not an http(s) URL: {_shown_url(url)!r}") from None
     if parts.scheme.lower() not in ("http", "https") or not parts.hostname:
-        raise ValueError(f"not an http(s) URL: {url!r}")
+        raise ValueError(f"not an http(s) URL: {_shown_url(url)!r}")
     if parts.query or parts.fragment or parts.username or parts.password:
-        raise ValueError(f"a base URL takes no query, fragment or credentials: {url!r}")
+        raise ValueError(f"a base URL takes no query, fragment or credentials: {_shown_url(url)!r}")
     if any(ord(c) < 0x21 or ord(c) > 0x7E for c in url.strip()):
-        raise ValueError(f"a base URL is printable ASCII without spaces: {url!r}")
+        raise ValueError(f"a base URL is printable ASCII without spaces: {_shown_url(url)!r}")
     return f"{parts.scheme.lower()}://{netloc_of(parts.scheme, parts.hostname.lower(), port)}{parts.path.rstrip('/')}"
+
+
+def _shown_url(url: str) -> str:
+    """A refused URL as its error quotes it: credentials masked, the fragment left out."""
+    return masked(mask_url(url.split("#", 1)[0]))
 
 
 def mask_url(url: str) -> str:

@@ -21,6 +21,8 @@ class RequestLog:
     store_ms: float = 0.0
     outcome: str = ""
     message: str = ""
+    # The request's credentials (its key, token, password): masked wherever a message quotes the client.
+    secrets: tuple[str, ...] = ()
 
 
 _current: contextvars.ContextVar[RequestLog] = contextvars.ContextVar("request_log")

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..core.activity import current_log
 from ..errors import ServiceError, ValidationFailed
+from ..redact import holds_secret, masked
 
 Language = str
 
@@ -320,8 +322,12 @@ SHOWN = 300  # characters of a value a message quotes (an id, a path, a model na
 
 
 def shown(value: str) -> str:
-    """A client's or upstream's words as a message quotes them: bounded, and every character that is
-    not printable (controls, line breaks, bidirectional overrides) written as its escape."""
+    """A client's or upstream's words as a message quotes them: bounded, every character that is not
+    printable (controls, line breaks, bidirectional overrides) written as its escape, and no
+    credential (the request's own, or anything shaped like one: a key sent in the wrong field)."""
+    secrets = current_log().secrets
+    if holds_secret(value, *secrets):
+        value = masked(value, *secrets)
     if value.isprintable() and len(value) <= SHOWN:
         return value
     escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode() for c in value[:SHOWN])

@@ -156,10 +156,18 @@ def reply_data(chat: ChatRequest, result: TurnResult, model: str) -> dict[str, A
     return data
 
 
+def _secrets_in(body: Any) -> tuple[str, ...]:
+    opts = body.get("opts") if isinstance(body, dict) else None
+    key = opts.get("key") if isinstance(opts, dict) else None
+    return (key,) if isinstance(key, str) else ()
+
+
 async def get_info(request: Request, services: Services) -> ASGIApp:
     settings = services.settings
-    chat = parse_chat(await read_json(request, settings.max_body_bytes), settings)
+    body = await read_json(request, settings.max_body_bytes)
     log = current_log()
+    log.secrets = _secrets_in(body)  # before the checks: a message about a field must not quote the key
+    chat = parse_chat(body, settings)
     log.route = f"gpt mode{chat.mode} type{2 if chat.stream else 1}"
     spec, credential = await spec_for(chat, services)
     if not chat.stream:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
 
+from ..core.activity import current_log
 from ..core.turns import OpenTurn, TurnSpec
 from ..errors import BadRequest, Unauthorized
 from ..upstreams.base import Target
@@ -45,6 +46,7 @@ def api_key(request: Request) -> str:
     key = auth[7:].strip()
     if not header_safe(key) or len(key) > MAX_KEY:
         raise Unauthorized("malformed_api_key")
+    current_log().secrets = (key,)  # a message that quotes the client never quotes its key
     return key
 
 

@@ -17,23 +17,17 @@ import functools
 import html
 import re
 from typing import Any
-from urllib.parse import quote, quote_plus, urlsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 
 from ..errors import BadGateway, GatewayTimeout, ServiceError
+from ..redact import MIN_SECRET, SECRETISH, TAIL_FROM, has_secretish_word, masked, secret_forms
 from ..settings import Settings, netloc_of
 from .wire import ConnectFailed, CutOff, Disconnected, NotHTTP, Wire, WireResponse
 
 Answer = aiohttp.ClientResponse | WireResponse  # an upstream's answer, from either client
 
-# Anything shaped like a credential: OpenAI-style keys, JWTs (whole, or a header and payload without
-# their signature), bearer values, and the value after "key"/"token"-like words.
-_SECRETISH = re.compile(
-    r"((?<![A-Za-z0-9])sk-[A-Za-z0-9_*\-]{4,}|eyJ[\w-]{6,}\.[\w-]{6,}(?:\.[\w-]*)?|Bearer\s+\S+|"
-    r"(?:api[_-]?key|token|secret|password|authorization)[\"']?\s*[:=]\s*[\"']?[^\s\"',;]{6,})",
-    re.IGNORECASE,
-)
 _SPACE = re.compile(r"\s")
 
 
@@ -47,26 +41,6 @@ def host_of(url: str) -> str:
     except ValueError:
         pass
     return "upstream"
-
-
-# Shorter "keys" are placeholders for servers that check none ("EMPTY" for vLLM, "ollama"), not
-# secrets: masked, they would cut ordinary words out of replies. Every real key is far longer.
-MIN_SECRET = 12
-# A key's last 8 characters are masked too (what masked keys show), once the key is long enough for
-# them to be its random part.
-TAIL_FROM = 20
-
-
-def secret_forms(secret: str) -> list[str]:
-    """The spellings of a credential a careless upstream might echo, matched in any letter case: as
-    sent, URL-encoded (as a query string would carry it), and its last 8 characters (what masked keys
-    show). None for a placeholder shorter than ``MIN_SECRET``."""
-    if len(secret) < MIN_SECRET:
-        return []
-    forms = {secret, quote(secret, safe=""), quote_plus(secret, safe="")}
-    if len(secret) >= TAIL_FROM:
-        forms.add(secret[-8:])
-    return sorted(forms)
 
 
 @functools.lru_cache(maxsize=256)  # the same few keys on every request
@@ -101,10 +75,7 @@ def scrub(value: Any, *secrets: str, limit: int = 300) -> str:
             found = _SPACE.search(cut[::-1])
             cut = cut[: len(cut) - found.end()] if found else ""
         text = cut
-    forms = sorted({form for secret in secrets for form in secret_forms(secret)}, key=len, reverse=True)
-    if forms:
-        text = re.sub("|".join(re.escape(form) for form in forms), "***", text, flags=re.IGNORECASE)
-    text = _SECRETISH.sub("***", text)
+    text = masked(text, *secrets)
     text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return text if len(text) <= limit else text[:limit] + "…"
 
@@ -117,18 +88,9 @@ def shown_label(value: str | None, secret: str) -> str | None:
     low = value.lower()
     if ((len(secret) >= TAIL_FROM and secret[-8:].lower() in low)
             or (len(secret) >= MIN_SECRET and secret.lower() in low)
-            or (_has_secretish_word(value) and _SECRETISH.search(value))):  # fmt: skip
+            or (has_secretish_word(value) and SECRETISH.search(value))):  # fmt: skip
         return scrub(value, secret, limit=len(value))
     return value
-
-
-def _has_secretish_word(value: str) -> bool:
-    """Whether ``value`` holds a word every match of _SECRETISH holds (case folded; "ı" is the one letter
-    IGNORECASE matches to "i" that casefold keeps). Most labels hold none, and this costs 0.2-0.4 µs
-    where the regex costs 3 µs for a 33-character id."""
-    f = value.casefold().replace("ı", "i")
-    return ("sk-" in f or "eyj" in f or "bearer" in f or "api" in f or "token" in f or "secret" in f
-            or "password" in f or "authorization" in f)  # fmt: skip
 
 
 def retry_after(value: str | None) -> dict[str, str] | None:
