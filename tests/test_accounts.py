@@ -99,6 +99,27 @@ def test_device_sign_in_over_http_then_three_turns_on_codex(cx: httpx.Client, up
     assert "event: done" in streamed.text and "echo(4): four" in streamed.text
 
 
+def test_mode_2_budgets_by_the_models_window_unless_the_client_sets_one(cx: httpx.Client, upstreams: Upstreams) -> None:
+    """The original's mode 2 counted no tokens (its 4000 was the API library's, for mode 1): a long
+    question is sent, and a long conversation's whole history, within the ChatGPT model's window. A
+    maxModelTokens the client sets still bounds it."""
+    email, account = unique("window")
+    token = sign_in(cx, upstreams, email, account)["accessToken"]
+    long = " ".join(f"word{i}" for i in range(5000))  # about 10,000 tokens
+    parent = None
+    for turn in range(4):
+        answered = ask(cx, f"{turn} {long}", parent=parent, key=token, mode="2")
+        assert answered.status_code == 201, answered.text
+        parent = answered.json()["data"]["id"]
+    said = [i["role"] for i in upstreams.codex.requests[-1]["body"]["input"]]
+    assert said == ["user", "assistant"] * 3 + ["user"]  # every turn, none cut
+    bounded = ask(cx, "more", parent=parent, key=token, mode="2", maxModelTokens=30_000)
+    assert bounded.status_code == 201, bounded.text
+    assert len(upstreams.codex.requests[-1]["body"]["input"]) < 7
+    refused = ask(cx, long, key=token, mode="2", maxModelTokens=4000)
+    assert refused.status_code == 400 and "maxModelTokens" in refused.json()["message"]
+
+
 def test_device_sign_in_from_the_command_line(tmp_path: Path, upstreams: Upstreams) -> None:
     email, account = unique("cli")
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGPT_SERVER_")}

@@ -197,3 +197,12 @@ def test_a_token_that_expired_at_any_time_is_a_401(client: httpx.Client, upstrea
         assert response.status_code != 500, response.text
     else:
         assert "expired" in assert_error(response, 401)
+
+
+def test_a_long_question_is_sent_to_the_web_backend(client: httpx.Client, token: str) -> None:
+    """The web backend keeps the history itself; the original's mode 2 counted no tokens, and neither
+    does the default here beyond the model's own window."""
+    long = " ".join(f"word{i}" for i in range(5000))
+    answered = ask(client, long, key=token, mode="2")
+    assert answered.status_code == 201, answered.text
+    assert answered.json()["data"]["text"].startswith("echo(1): word0 word1")

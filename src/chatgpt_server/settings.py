@@ -129,7 +129,7 @@ class Settings(BaseSettings):
     language: Literal["en", "zh"] = Field(default="en", description="language of messages (Accept-Language overrides)")
     default_model: str = Field(default="gpt-4o-mini", description="mode 1 model when the request names none")
     default_chatgpt_model: str = Field(default="gpt-5", description="mode 2 model when the request names none")
-    max_model_tokens: int = Field(default=4000, ge=1, le=10_000_000, description="default maxModelTokens")
+    max_model_tokens: int = Field(default=4000, ge=1, le=10_000_000, description="default maxModelTokens, mode 1")
     max_response_tokens: int = Field(default=1000, ge=1, le=1_000_000, description="default maxResponseTokens")
     timeout_ms: int = Field(default=600_000, ge=1, le=3_600_000, description="longest a whole reply may take")
     idle_timeout_ms: int = Field(default=120_000, ge=1, le=3_600_000, description="longest silence in a streamed reply")

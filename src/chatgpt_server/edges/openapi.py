@@ -273,8 +273,9 @@ GPT_OPTIONS = _object(
             "propertyNames": {"not": {"enum": list(RESERVED_PARAMS)}},
         }),
         "maxModelTokens": _or_null(_integer(1, RANGES["maxModelTokens"], "the token budget of prompt and "
-                                            "reply (default CHATGPT_SERVER_MAX_MODEL_TOKENS, 4000); it must exceed "
-                                            "maxResponseTokens (given or default)", default=4000)),
+                                            "reply (default in mode 1 CHATGPT_SERVER_MAX_MODEL_TOKENS, 4000; in "
+                                            "mode 2 the model's context window); it must exceed maxResponseTokens "
+                                            "(given or default)", default=4000)),
         "maxResponseTokens": _or_null(_integer(1, RANGES["maxResponseTokens"], "the reply's share of the "
                                                "budget (default CHATGPT_SERVER_MAX_RESPONSE_TOKENS, 1000); it must "
                                                "be below maxModelTokens (given or default)", default=1000)),

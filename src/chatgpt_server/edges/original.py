@@ -78,10 +78,8 @@ async def spec_for(chat: ChatRequest, services: Services) -> tuple[TurnSpec, Cre
     system = chat.system_message
     if system is None:
         system = default_system_message(time.strftime("%Y-%m-%d"))
-    budget = Budget(chat.max_model_tokens - chat.max_response_tokens, True, None, chat.max_model_tokens,
-                    chat.max_response_tokens)  # fmt: skip
     common: dict[str, Any] = {
-        "inputs": [user], "budget": budget, "parent": chat.parent_message_id, "stream": chat.stream,
+        "inputs": [user], "parent": chat.parent_message_id, "stream": chat.stream,
         "timeout_s": chat.timeout_s, "idle_s": chat.idle_timeout_s,
         "reply_message": True,  # the reply's id is told, and continued from, even for tool calls only
     }  # fmt: skip
@@ -94,9 +92,14 @@ async def spec_for(chat: ChatRequest, services: Services) -> tuple[TurnSpec, Cre
         owner = await services.owners.of(chat.key)
         spec = TurnSpec(owner=owner, origin="1", target=target, model=model, instructions=system or None,
                         params=params, reply_prefix="chatcmpl-", compatible=_compatible("1", "chat"),
-                        **common)  # fmt: skip
+                        budget=_budget(chat, chat.max_model_tokens), **common)  # fmt: skip
         return spec, None
     model = chat.model or settings.default_chatgpt_model
+    # The original's mode 2 counted no tokens: its 4000 was the API library's. A ChatGPT model's own
+    # window bounds the history unless the client set one.
+    common["budget"] = _budget(
+        chat, chat.max_model_tokens if chat.model_tokens_given else services.models.window(model)
+    )
     backend = settings.chatgpt_backend
     if backend == "web":
         target = Target("web", chat.conversation_url, chat.key, headers=tuple(chat.headers.items()))
@@ -111,6 +114,11 @@ async def spec_for(chat: ChatRequest, services: Services) -> tuple[TurnSpec, Cre
     spec = TurnSpec(owner=account.owner, origin="2", target=target, model=model, instructions=system or None,
                     reply_prefix="uuid", compatible=_compatible("2", "codex"), **common)  # fmt: skip
     return spec, account
+
+
+def _budget(chat: ChatRequest, model_tokens: int) -> Budget:
+    response_tokens = min(chat.max_response_tokens, model_tokens - 1)
+    return Budget(model_tokens - response_tokens, True, None, model_tokens, response_tokens)
 
 
 def _message(result: TurnResult) -> dict[str, Any]:

@@ -66,6 +66,7 @@ class ChatRequest:
     completion_params: dict[str, Any] = field(default_factory=dict)
     max_model_tokens: int = 4000
     max_response_tokens: int = 1000
+    model_tokens_given: bool = False  # without it, mode 2's budget is the model's context window
     base_url: str = ""
     organization: str | None = None
     model: str | None = None
@@ -213,6 +214,7 @@ def _options(mode: str | None, raw: Any, settings: Settings, problems: Problems)
     timeout_ms = _bounded_int(raw, "timeoutMs", problems)
     idle_ms = _bounded_int(raw, "idleTimeoutMs", problems)
     out["max_model_tokens"] = model_tokens or settings.max_model_tokens
+    out["model_tokens_given"] = bool(model_tokens)
     out["max_response_tokens"] = response_tokens or settings.max_response_tokens
     if out["max_response_tokens"] >= out["max_model_tokens"] and (model_tokens or response_tokens):
         problems.append(("response_tokens_too_large", {}))
