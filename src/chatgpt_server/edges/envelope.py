@@ -47,9 +47,14 @@ def success(data: Any) -> dict[str, Any]:
     return {"status": 200, "success": True, "message": "ok", "data": data, "timestamp": now_ms()}
 
 
+def original_status(error: ServiceError) -> int:
+    """The status the original's routes answer: its contract says a body that is not JSON gets 400."""
+    return 400 if error.status == 415 else error.status
+
+
 def error_body(error: ServiceError, path: str, language: str) -> dict[str, Any]:
     return {
-        "status": error.status,
+        "status": original_status(error),
         "success": False,
         "message": error_message(error, language),
         "data": {},
@@ -77,7 +82,7 @@ def error_response(error: ServiceError, path: str, language: str) -> JSONBody:
     headers = dict(error.headers) if error.headers else None
     if is_openai_path(path):
         return JSONBody(openai_error_body(error), status_code=error.status, headers=headers)
-    return JSONBody(error_body(error, path, language), status_code=error.status, headers=headers)
+    return JSONBody(error_body(error, path, language), status_code=original_status(error), headers=headers)
 
 
 def log_stream_failure(error: ServiceError, message: str | None = None, outcome: str = "error") -> None:

@@ -180,7 +180,12 @@ def _retry_after(status: str) -> dict[str, Schema]:
 
 
 def _envelope_errors(errors: dict[str, str]) -> dict[str, Schema]:
-    """Error answers of the original's door: status -> when."""
+    """Error answers of the original's door: status -> when. What the /v1 routes answer with 415 is a
+    400 here, as the original's contract has it."""
+    errors = dict(errors)
+    if "415" in errors:
+        media = errors.pop("415")
+        errors["400"] = f"{errors['400']}; {media}" if "400" in errors else media
     out: dict[str, Schema] = {}
     for status, description in errors.items():
         schema = {"allOf": [_ref("ErrorEnvelope"), {"properties": {"status": {"const": int(status)}}}]}
