@@ -287,11 +287,11 @@ def test_another_key_sees_nothing(sdk: openai.OpenAI, v1_server: ServerProcess, 
     with openai.OpenAI(base_url=v1_server.url + "/v1", api_key=OTHER_KEY, max_retries=0) as other:
         with pytest.raises(openai.NotFoundError):
             other.responses.retrieve(mine.id)
-        with pytest.raises(openai.NotFoundError) as previous:
+        with pytest.raises(openai.BadRequestError) as previous:  # OpenAI's status for it: 400
             other.responses.create(model="gpt-3.5-turbo", input="steal", previous_response_id=mine.id)
         assert (previous.value.code, previous.value.param) == ("previous_response_not_found", "previous_response_id")
         assert previous.value.message.endswith(f" - Previous response with id '{mine.id}' not found.")
-        with pytest.raises(openai.NotFoundError):
+        with pytest.raises(openai.BadRequestError):
             other.responses.create(model="gpt-3.5-turbo", input="steal", previous_response_id=mine.output[0].id)
         with pytest.raises(openai.NotFoundError):
             other.conversations.retrieve(conversation.id)
@@ -319,7 +319,7 @@ def test_store_false_keeps_nothing(sdk: openai.OpenAI) -> None:
     assert response.output_text == "echo(1): forget me" and response.to_dict()["store"] is False
     with pytest.raises(openai.NotFoundError):
         sdk.responses.retrieve(response.id)
-    with pytest.raises(openai.NotFoundError):
+    with pytest.raises(openai.BadRequestError):
         sdk.responses.create(model="gpt-3.5-turbo", input="x", previous_response_id=response.id)
 
 

@@ -399,9 +399,9 @@ async def create(request: Request, services: Services) -> ASGIApp:
             raise BadRequest("input_too_long", **{**exc.params, "code": "context_length_exceeded"}) from exc
         raise
     except NotFound as exc:
-        if exc.key == "parent_not_found" and ask.previous:  # OpenAI's code and words (404: it is not yours)
-            raise NotFound("previous_response_not_found", id=ask.previous[:256], param="previous_response_id",
-                           code="previous_response_not_found") from exc  # fmt: skip
+        if exc.key == "parent_not_found" and ask.previous:  # OpenAI's status, code and words
+            raise BadRequest("previous_response_not_found", id=ask.previous[:256], param="previous_response_id",
+                             code="previous_response_not_found") from exc  # fmt: skip
         raise
     if not ask.stream:
         try:
