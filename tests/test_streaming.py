@@ -261,3 +261,14 @@ def test_delta_only_streams_carry_only_the_new_text(sclient: httpx.Client) -> No
     assert "".join(d["delta"] for d in lean_deltas) == lean[-1][1]["data"]["text"] == f"echo(1): {words}"
     assert {"delta", "id", "parentMessageId", "conversationId"} == set(lean_deltas[0])
     assert len(stream(sclient, words, deltaOnly=True).content) < len(stream(sclient, words).content)
+
+
+def test_a_javascript_line_end_in_a_reply_is_escaped_in_the_stream(client: httpx.Client) -> None:
+    """U+2028 and U+2029 are valid raw in JSON but end a line for JavaScript's regex ``.`` and ``$``: a
+    client written like the README's splits the data line there. They go as \\u escapes."""
+    streamed = ask(client, "line one\u2028line two\u2029end", kind="2")
+    assert streamed.status_code == 200
+    raw = streamed.content
+    assert "\u2028".encode() not in raw and "\u2029".encode() not in raw and b"\\u2028" in raw
+    done = [data for name, data in events(streamed.text) if name == "done"]
+    assert done[0]["data"]["text"] == "echo(1): line one\u2028line two\u2029end"

@@ -25,8 +25,14 @@ HEADERS = [
 ]
 
 
+LS, PS = "\u2028".encode(), "\u2029".encode()
+
+
 def event(name: str, data: Any) -> bytes:
-    return b"event: " + name.encode() + b"\ndata: " + orjson.dumps(data) + b"\n\n"
+    body = orjson.dumps(data)
+    if LS in body or PS in body:  # a line end to JavaScript's regex . and $: a naive client splits on it
+        body = body.replace(LS, b"\\u2028").replace(PS, b"\\u2029")
+    return b"event: " + name.encode() + b"\ndata: " + body + b"\n\n"
 
 
 class EventStream:
