@@ -278,7 +278,7 @@ def test_an_expired_token_of_a_stored_account_is_honoured_for_the_grace_period(
         ("usage_not_included", 403, "plus plan does not include this use"),
         ("usage_not_included_403", 403, "plus plan does not include this use"),
         ("failed_context", 400, "exceeds the context window"),
-        ("overloaded", 503, "overloaded"),
+        ("overloaded", 502, "overloaded"),
         ("rate_limited", 429, "Rate limit reached"),
     ],
 )

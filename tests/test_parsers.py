@@ -794,3 +794,15 @@ def test_an_answer_that_breaks_off_mid_stream_is_a_bad_reply_not_an_unreachable_
     broke = transport_error(NotHTTP("bad chunk"), HOST, 0, idle=True)
     assert broke.key == "upstream_bad_reply" and "not valid HTTP" in broke.params["detail"]
     assert transport_error(NotHTTP("bad head"), HOST, 0).key == "upstream_unreachable"  # before any answer
+
+
+def test_a_usage_limit_without_a_plan_name_still_reads_right() -> None:
+    from chatgpt_server.edges.messages import error_message
+    from chatgpt_server.upstreams.codex import codex_error
+
+    limit = codex_error(429, "usage_limit_reached", "", {"resets_in_seconds": 9}, HOST, "tok-0123456789abcdef")
+    assert error_message(limit, "en") == f"{HOST}: the usage limit of the ChatGPT plan is reached; it resets in 9 s"
+    excluded = codex_error(403, "usage_not_included", "", {"plan_type": 7}, HOST, "tok-0123456789abcdef")
+    assert error_message(excluded, "en") == f"{HOST}: the ChatGPT plan does not include this use"
+    overloaded = codex_error(503, "server_is_overloaded", "busy", {}, HOST, "tok-0123456789abcdef", retry="3")
+    assert overloaded.status == 502 and overloaded.headers == {"Retry-After": "3"}

@@ -20,7 +20,6 @@ from ..errors import (
     BadRequest,
     Forbidden,
     ServiceError,
-    ServiceUnavailable,
     TooManyRequests,
     Unauthorized,
 )
@@ -158,7 +157,7 @@ def codex_error(status: int, code: str, message: str, error: dict[str, Any], hos
     the error's own fields do not say when to try again."""
     detail = scrub(message or code or f"HTTP {status}", token)
     plan = error.get("plan_type") if isinstance(error.get("plan_type"), str) else ""
-    plan = scrub(plan, token, limit=20) or "your"
+    plan = scrub(plan, token, limit=20) or "ChatGPT"  # "the ChatGPT plan" when the backend names none
     if code == "usage_limit_reached":
         seconds = _retry_seconds(error)
         headers = {"Retry-After": str(seconds)} if seconds is not None else retry_after(retry)
@@ -178,8 +177,8 @@ def codex_error(status: int, code: str, message: str, error: dict[str, Any], hos
         return TooManyRequests("upstream_rate_limited", headers=retry_after(retry), host=host, detail=detail)
     if 400 <= status < 500:
         return BadRequest("upstream_bad_request", host=host, detail=detail, code=scrub(code, token, limit=60))
-    if status == 503:
-        return ServiceUnavailable("upstream_overloaded", headers=retry_after(retry), host=host, detail=detail)
+    if status == 503:  # an upstream's 5xx is a 502, as in mode 1; 503 means our store or a shutdown
+        return BadGateway("upstream_overloaded", headers=retry_after(retry), host=host, detail=detail)
     if status == 200:  # a failure the stream reported, in none of the forms named above
         return BadGateway("upstream_bad_reply", host=host, detail="the stream reported an error: " + detail)
     return BadGateway("upstream_error", host=host, status=status, detail=detail)
