@@ -117,6 +117,73 @@ def test_a_conversation_frozen_in_the_middle_of_taking_its_lock_is_free_once_the
         server.stop()
 
 
+def test_a_conversation_an_instance_died_holding_is_free_within_the_lock_lease(
+    tmp_path: Path, upstreams: Upstreams, network_kind: str
+) -> None:
+    """Instance A dies (SIGKILL) in the middle of a conversation's streamed turn. While A lived, its
+    lock outlived the lease time (renewed); once A is gone, instance B may go on within the lease time,
+    not after the turn's whole timeout plus 30 s (630 s by default)."""
+    url = store_url(network_kind, tmp_path)
+    env = upstreams.env(CHATGPT_SERVER_STORE_URL=url, CHATGPT_SERVER_LOCK_LEASE_MS="900")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    a, b = ServerProcess(tmp_path / "a", env).start(), ServerProcess(tmp_path / "b", env).start()
+    upstreams.openai.chunk_delay = 0.25
+    try:
+        with openai.OpenAI(base_url=b.url + "/v1", api_key=KEY, max_retries=0) as sdk:
+            conversation = sdk.conversations.create()
+            body = {"model": "gpt-3.5-turbo", "input": "a b c d e f g h i j k l", "conversation": conversation.id,
+                    "stream": True}  # fmt: skip
+            headers = {"Authorization": f"Bearer {KEY}"}
+            with httpx.stream("POST", a.url + "/v1/responses", json=body, headers=headers, timeout=30) as stream:
+                lines = stream.iter_lines()
+                while "output_text.delta" not in next(lines):
+                    pass
+                time.sleep(1.5)  # past the lease time: A renews its lock
+                with pytest.raises(openai.BadRequestError) as locked:
+                    sdk.responses.create(model="gpt-3.5-turbo", input="meanwhile", conversation=conversation.id)
+                assert locked.value.code == "conversation_locked"
+                a.kill()
+                died = time.monotonic()
+            while True:
+                try:
+                    after = sdk.responses.create(model="gpt-3.5-turbo", input="after", conversation=conversation.id)
+                    break
+                except openai.BadRequestError as exc:
+                    assert exc.code == "conversation_locked" and time.monotonic() - died < 5, exc
+                    time.sleep(0.1)
+            assert after.output_text == "echo(1): after"  # A's turn never landed; B's stands alone
+    finally:
+        upstreams.openai.chunk_delay = 0.0
+        a.stop()
+        b.stop()
+
+
+def test_a_lock_renewed_through_a_long_turn_is_given_back_at_its_end(tmp_path: Path, upstreams: Upstreams) -> None:
+    """A turn longer than the lease time renews its lock (a new version each time); at its end the lock
+    given back is the version last written, so the next turn, on another instance, never meets it."""
+    env = upstreams.env(CHATGPT_SERVER_LOCK_LEASE_MS="300", CHATGPT_SERVER_STORE_URL=f"sqlite:///{tmp_path}/c.db")
+    (tmp_path / "b").mkdir()
+    server, other = ServerProcess(tmp_path, env).start(), ServerProcess(tmp_path / "b", env).start()
+    upstreams.openai.chunk_delay = 0.15
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as sdk, \
+                openai.OpenAI(base_url=other.url + "/v1", api_key=KEY, max_retries=0) as sdk_b:  # fmt: skip
+            conversation = sdk.conversations.create()
+            started = time.monotonic()
+            with sdk.responses.stream(model="gpt-3.5-turbo", input="a b c d e f g h i",
+                                      conversation=conversation.id) as stream:  # fmt: skip
+                long = stream.get_final_response()
+            assert time.monotonic() - started > 1.0  # three lease times and more: renewed, not lost
+            upstreams.openai.chunk_delay = 0.0
+            after = sdk_b.responses.create(model="gpt-3.5-turbo", input="next", conversation=conversation.id)
+            assert (long.status, after.output_text) == ("completed", "echo(2): next")
+    finally:
+        upstreams.openai.chunk_delay = 0.0
+        server.stop()
+        other.stop()
+
+
 def test_a_store_that_hangs_at_the_end_of_a_stream_costs_it_the_store_timeout_once(
     tmp_path: Path, upstreams: Upstreams, network_kind: str, store_proxy: TCPProxy
 ) -> None:

@@ -78,7 +78,7 @@ class Services:
             "web": ChatGPTWeb(self.http, limit),
             "codex": Codex(self.http, limit, default_instructions),
         }
-        self.turns = Turns(store, upstreams, self.cache, self.activity)
+        self.turns = Turns(store, upstreams, self.cache, self.activity, settings.lock_lease_ms / 1000)
         self.relay = Relay(self.http, limit)
         self.models = Models(settings)
         self.keys = KeyCheck(self.http)

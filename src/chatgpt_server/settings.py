@@ -91,6 +91,9 @@ class Settings(BaseSettings):
     data_dir: Path = Field(default_factory=_default_data_dir, description="where the default SQLite file lives")
     store_url: str = Field(default="", description="sqlite:///path, redis://host:port/db or postgresql://user@host/db")
     store_timeout_ms: int = Field(default=2000, ge=50, le=60_000, description="longest wait for one store operation")
+    lock_lease_ms: int = Field(default=30_000, ge=100, le=3_600_000,
+                               description="a conversation or account lock is renewed every third of this while "
+                               "held; one a dead instance left frees itself within it")  # fmt: skip
     require_store: bool = Field(default=False, description="exit at start-up if the store cannot be opened")
     retention_days: int = Field(default=30, ge=0, description="delete messages older than this (0 keeps them)")
     secret_key: SecretStr | None = Field(

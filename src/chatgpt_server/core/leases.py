@@ -1,9 +1,13 @@
 """One holder at a time for a key, across every worker and instance that shares the store.
 
 Used where an upstream allows one request at a time per account (the legacy web backend answers a
-second one with 429 "only one message at a time"). Waiters in one process queue on a lock first, so
-only one of them at a time asks the store; the store's lease (a record written by compare-and-set)
-then orders the processes. A lease names its expiry, so one left by a process that died frees itself.
+second one with 429 "only one message at a time") and for a conversation answered through
+``conversation=``. Waiters in one process queue on a lock first, so only one of them at a time asks
+the store; the store's lease (a record written by compare-and-set) then orders the processes.
+
+A lease names its expiry, ``lease_s`` ahead (30 s), and its holder renews it every third of that for
+as long as it holds the key (at most the ``ttl_s`` it asked for): a process that died, or a give-back
+the store missed, frees the key within ``lease_s``, not after the whole turn's timeout.
 """
 
 from __future__ import annotations
@@ -18,15 +22,30 @@ from ..stores import Record, Store
 from .locks import KeyedLocks
 
 POLL_S = 0.05
+LEASE_S = 30.0
 
 # Lets go of a lease; the task it returns (None if already let go) ends once the store knows, for a
 # caller whose next request must find the key free.
 Release = Callable[[], "asyncio.Task[None] | None"]
 
 
+class _Held:
+    """A lease this process holds: the version it last wrote, and when its holder's time is up."""
+
+    __slots__ = ("created_at", "deadline", "key", "renewing", "version")
+
+    def __init__(self, key: str, version: int, created_at: float, deadline: float):
+        self.key = key
+        self.version = version
+        self.created_at = created_at
+        self.deadline = deadline
+        self.renewing = False
+
+
 class Leases:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, lease_s: float = LEASE_S):
         self.store = store
+        self.lease_s = lease_s
         self.local = KeyedLocks()
         self.holder = secrets.token_hex(8)
 
@@ -38,14 +57,14 @@ class Leases:
         release_local = await self.local.acquire(key)
         try:
             while True:  # the holder may be another process: polling the store is the only way to know
-                version = await self._try_take(key, ttl_s)
-                if version is not None:
+                held = await self._try_take(key, ttl_s)
+                if held is not None:
                     break
                 await asyncio.sleep(POLL_S)
         except BaseException:
             release_local()
             raise
-        return self._releaser(key, version, release_local)
+        return self._releaser(held, release_local)
 
     async def try_acquire(self, key: str, ttl_s: float) -> Release | None:
         """Take ``key`` if nobody holds it; None if somebody does."""
@@ -53,16 +72,18 @@ class Leases:
             return None
         release_local = await self.local.acquire(key)  # free: taken without waiting
         try:
-            version = await self._try_take(key, ttl_s)
+            held = await self._try_take(key, ttl_s)
         except BaseException:
             release_local()
             raise
-        if version is None:
+        if held is None:
             release_local()
             return None
-        return self._releaser(key, version, release_local)
+        return self._releaser(held, release_local)
 
-    def _releaser(self, key: str, version: int, release_local: Callable[[], None]) -> Release:
+    def _releaser(self, held: _Held, release_local: Callable[[], None]) -> Release:
+        loop = asyncio.get_running_loop()
+        renewer = _keep(loop.create_task(self._renew(held)))
         released = False
 
         def release() -> asyncio.Task[None] | None:
@@ -70,23 +91,25 @@ class Leases:
             if released:
                 return None
             released = True
+            lost_write = held.renewing  # a renewal in flight may land after this: then read what it wrote
+            renewer.cancel()
             # The store's lease goes first, then this process's next waiter may ask for it.
-            task = asyncio.get_running_loop().create_task(self._give_back(key, version, release_local))
-            _background.add(task)
-            task.add_done_callback(_background.discard)
-            return task
+            return _keep(loop.create_task(self._give_back(held, release_local, lost_write)))
 
         return release
 
-    async def _try_take(self, key: str, ttl_s: float) -> int | None:
-        """The version of the lease record now ours, or None if another holder's is in force."""
+    async def _try_take(self, key: str, ttl_s: float) -> _Held | None:
+        """The lease now ours, or None if another holder's is in force."""
         now = time.time()
-        body = {"holder": self.holder, "until": now + ttl_s}  # given back by version, not by who holds it
+        deadline = now + ttl_s
+        body = {"holder": self.holder, "until": min(now + self.lease_s, deadline)}  # given back by version
         if await self.store.put_record(Record("lease", key, "", body, None, now, now), None):
-            return 1
+            return _Held(key, 1, now, deadline)
         current = await self.store.get_record("lease", key)
         if current is None:  # given back meanwhile: one more try
-            return 1 if await self.store.put_record(Record("lease", key, "", body, None, now, now), None) else None
+            if await self.store.put_record(Record("lease", key, "", body, None, now, now), None):
+                return _Held(key, 1, now, deadline)
+            return None
         # Its holder died or overran its time; or it is this process's, although this process holds it
         # not (the caller holds the key's local lock, which a live lease of ours keeps): a write that
         # timed out here and landed later, or a give-back that failed. Either way it is taken over.
@@ -94,17 +117,48 @@ class Leases:
         if orphan or float(current.body.get("until", 0)) < now:
             taken = Record("lease", key, "", body, None, current.created_at, now, current.version)
             if await self.store.put_record(taken, current.version):
-                return current.version + 1
+                return _Held(key, current.version + 1, current.created_at, deadline)
         return None
 
-    async def _give_back(self, key: str, version: int, release_local: Callable[[], None]) -> None:
+    async def _renew(self, held: _Held) -> None:
+        """Move the lease's expiry on while it is held, up to its holder's deadline. A renewal the store
+        misses is tried again at the next; one refused means another holder took it over."""
+        while True:
+            await asyncio.sleep(self.lease_s / 3)
+            now = time.time()
+            if now >= held.deadline:
+                return  # its time is up: the lease runs out as asked
+            body = {"holder": self.holder, "until": min(now + self.lease_s, held.deadline)}
+            record = Record("lease", held.key, "", body, None, held.created_at, now, held.version)
+            held.renewing = True
+            try:
+                if not await self.store.put_record(record, held.version):
+                    return
+                held.version += 1
+            except StoreUnavailable:
+                continue
+            finally:
+                held.renewing = False
+
+    async def _give_back(self, held: _Held, release_local: Callable[[], None], lost_write: bool) -> None:
         try:
             # Only the version we wrote: a lease that expired and was taken over is the new holder's.
-            await self.store.delete_record("lease", key, version)
+            gone = await self.store.delete_record("lease", held.key, held.version)
+            if not gone and lost_write:  # the cancelled renewal landed: the lease is still ours
+                current = await self.store.get_record("lease", held.key)
+                if current is not None and current.body.get("holder") == self.holder:
+                    await self.store.delete_record("lease", held.key, current.version)
         except StoreUnavailable:
-            pass  # the lease names its expiry: it frees itself
+            pass  # the lease names its expiry, at most lease_s ahead: it frees itself
         finally:
             release_local()
+
+
+def _keep(task: asyncio.Task[None]) -> asyncio.Task[None]:
+    """A task nobody awaits, kept until it ends (the loop holds only weak references)."""
+    _background.add(task)
+    task.add_done_callback(_background.discard)
+    return task
 
 
 _background: set[asyncio.Task[None]] = set()

@@ -27,7 +27,7 @@ from .activity import Activity, current_log
 from .conversations import check_id, find
 from .history import MIN_ROWS, HistoryCache, Path, Window, calls_in, empty_path, path_from_store, visible
 from .items import Item, mint
-from .leases import Leases, Release
+from .leases import LEASE_S, Leases, Release
 from .tokens import REPLY_PRIMING, count, encoding_for, is_exact, message_cost
 from .watchdog import Watchdog
 
@@ -127,12 +127,13 @@ def _stored_chat(item: Item) -> bytes:
 class Turns:
     """The conversation core: turns in, events and stored results out."""
 
-    def __init__(self, store: Store, upstreams: dict[str, Upstream], cache: HistoryCache, activity: Activity):
+    def __init__(self, store: Store, upstreams: dict[str, Upstream], cache: HistoryCache, activity: Activity,
+                 lease_s: float = LEASE_S):  # fmt: skip
         self.store = store
         self.upstreams = upstreams
         self.cache = cache
         self.activity = activity
-        self.queues = Leases(store)
+        self.queues = Leases(store, lease_s)
 
     # -- the store, timed for the access log --------------------------------------------------------
     async def _timed(self, operation: Any) -> Any:
@@ -573,8 +574,9 @@ class OpenTurn:
 
 async def let_go(release: Release | None, wait: bool = True) -> None:
     """Release a lease and, with ``wait``, wait until the store knows (so a client's next request finds
-    it free). Without: a store that just failed would cost the caller its timeout again; the lease is
-    given back when the store answers, or taken over as this process's own (see ``Leases``)."""
+    it free). Without: a store that just failed would cost the caller its timeout again; a give-back the
+    store misses leaves a lease that expires within its lease time, or that this process takes over as
+    its own at once (see ``Leases``)."""
     task = release() if release is not None else None
     if task is not None and wait:
         await asyncio.shield(task)  # cancelled meanwhile, it still goes back
