@@ -183,6 +183,34 @@ def test_a_client_that_leaves_while_queued_is_logged_not_crashed(server: ServerP
     assert all("the queued question" not in str(r) for r in upstreams.chatgpt.requests)
 
 
+def test_a_turn_that_never_gets_past_its_accounts_queue_says_so(server: ServerProcess, upstreams: Upstreams) -> None:
+    """Its timeout spent waiting for the account (the web backend takes one message at a time): a 504
+    that says the account was busy and nothing was sent, not that the upstream did not answer."""
+    token = mint("queued@example.com")
+    upstreams.chatgpt.chunk_delay = 0.15
+    first: list[int] = []
+
+    def hold_the_account() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            first.append(ask(c, "one two three four five six seven", key=token, mode="2").status_code)
+
+    holder = threading.Thread(target=hold_the_account)
+    holder.start()
+    try:
+        deadline = time.monotonic() + 5
+        while not upstreams.chatgpt.requests:
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            message = assert_error(ask(c, "queued", key=token, mode="2", timeoutMs=300), 504)
+        assert "answering another message" in message and "nothing was sent" in message, message
+    finally:
+        holder.join()
+        upstreams.chatgpt.chunk_delay = 0.0
+    assert first == [201]
+    assert all("queued" not in str(r["body"]) for r in upstreams.chatgpt.requests)
+
+
 @pytest.mark.parametrize("exp", [-1e20, -1, 1e300, 0])
 def test_a_token_that_expired_at_any_time_is_a_401(client: httpx.Client, upstreams: Upstreams, exp: float) -> None:
     import base64

@@ -388,6 +388,8 @@ class OpenTurn:
     def _timed_out(self) -> ServiceError:
         if self._aborted is not None:
             return self._aborted
+        if self.spec.queue_key is not None and self._release is None:  # never got past the account's queue
+            return GatewayTimeout("account_busy_timeout", host=self.host, seconds=round(self.spec.timeout_s, 3))
         if self._idle_hit:
             return GatewayTimeout("upstream_idle_timeout", host=self.host, seconds=round(self.spec.idle_s, 3))
         return GatewayTimeout("upstream_timeout", host=self.host, seconds=round(self.spec.timeout_s, 3))

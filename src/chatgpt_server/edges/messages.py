@@ -112,6 +112,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "{host} did not answer within {seconds} s",
         "{host} 在 {seconds} 秒内没有回复",
     ),
+    "account_busy_timeout": (
+        "the account was answering another message for all of {seconds} s (the web backend takes one at a "
+        "time); nothing was sent to {host}",
+        "该账号在 {seconds} 秒内一直在回复另一条消息 (网页后端一次只接受一条); 没有向 {host} 发送任何内容",
+    ),
     "upstream_idle_timeout": (
         "{host} sent nothing for {seconds} s",
         "{host} 已 {seconds} 秒没有发送数据",
