@@ -81,6 +81,10 @@ def test_three_turns_by_previous_response_id(sdk: openai.OpenAI, upstreams: Upst
     assert third.usage is not None and third.usage.input_tokens == prompt_tokens(
         "gpt-3.5-turbo", sent(upstreams)["messages"]
     )
+    # The upstream's cached-input count is passed on (the stand-in says a quarter), in the stored one too.
+    assert third.usage.input_tokens_details.cached_tokens == third.usage.input_tokens // 4 > 0
+    stored = sdk.responses.retrieve(third.id).usage
+    assert stored is not None and stored.input_tokens_details.cached_tokens == third.usage.input_tokens // 4
     assert str(first_item(third)["id"]).startswith("msg_") and third.id.startswith("resp_")
 
 

@@ -790,6 +790,23 @@ def test_usage_with_a_bad_total_is_whole_again() -> None:
         "prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 9}  # fmt: skip
 
 
+def test_usage_keeps_the_cached_and_reasoning_counts_and_nothing_else() -> None:
+    base = {"prompt_tokens": 5, "completion_tokens": 3, "total_tokens": 8}
+    kept = usage_of({**base, "prompt_tokens_details": {"cached_tokens": 2, "audio_tokens": 0, "x": "y"},
+                     "completion_tokens_details": {"reasoning_tokens": 1}, "cost": {"usd": 9}})  # fmt: skip
+    assert kept == {**base, "prompt_tokens_details": {"cached_tokens": 2},
+                    "completion_tokens_details": {"reasoning_tokens": 1}}  # fmt: skip
+    for hostile in ("2", -1, True, 2**60, None, [2]):
+        assert usage_of({**base, "prompt_tokens_details": {"cached_tokens": hostile}}) == base
+    assert usage_of({**base, "prompt_tokens_details": [1], "completion_tokens_details": "x"}) == base
+    parser = CodexParser(HOST, "tok-0123456789abcdef")
+    done = {"type": "response.completed", "response": {"id": "r", "usage": {
+        "input_tokens": 5, "output_tokens": 3, "total_tokens": 8, "input_tokens_details": {"cached_tokens": 4},
+        "output_tokens_details": {"reasoning_tokens": "many"}}}}  # fmt: skip
+    parser.feed("", orjson.dumps(done).decode())
+    assert parser.usage == {**base, "prompt_tokens_details": {"cached_tokens": 4}}
+
+
 def test_an_answer_that_breaks_off_mid_stream_is_a_bad_reply_not_an_unreachable_host() -> None:
     broke = transport_error(NotHTTP("bad chunk"), HOST, 0, idle=True)
     assert broke.key == "upstream_bad_reply" and "not valid HTTP" in broke.params["detail"]

@@ -192,6 +192,9 @@ class OpenAIStandIn:
             "prompt_tokens": used,
             "completion_tokens": len(text.split()),
             "total_tokens": used + len(text.split()),
+            # As OpenAI writes them; the counts are made up, so a test can tell they were passed on.
+            "prompt_tokens_details": {"cached_tokens": used // 4, "audio_tokens": 0},
+            "completion_tokens_details": {"reasoning_tokens": 0, "audio_tokens": 0},
         }
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))

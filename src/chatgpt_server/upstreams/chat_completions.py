@@ -220,18 +220,35 @@ def parse_completion(raw: bytes, host: str, key: str = "") -> dict[str, Any]:
     }
 
 
+# The details worth keeping: what cost dashboards read (cached input, reasoning output).
+USAGE_DETAILS = {"prompt_tokens_details": ("cached_tokens",), "completion_tokens_details": ("reasoning_tokens",)}
+
+
+def _count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
+
+
 def usage_of(value: Any) -> dict[str, Any] | None:
-    """Usage with integer counts only (anything else from an upstream is dropped)."""
+    """Usage with integer counts only, and the details in USAGE_DETAILS (anything else from an upstream
+    is dropped)."""
     if not isinstance(value, dict):
         return None
     out: dict[str, Any] = {}
     for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
         number = value.get(name)
-        if isinstance(number, int) and not isinstance(number, bool) and 0 <= number < 2**53:
+        if _count(number):
             out[name] = number
     if "total_tokens" not in out and "prompt_tokens" in out and "completion_tokens" in out:
         out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
-    return out if "prompt_tokens" in out or "completion_tokens" in out else None
+    if "prompt_tokens" not in out and "completion_tokens" not in out:
+        return None
+    for group, names in USAGE_DETAILS.items():
+        details = value.get(group)
+        if isinstance(details, dict):
+            kept = {name: details[name] for name in names if _count(details.get(name))}
+            if kept:
+                out[group] = kept
+    return out
 
 
 class WholeReply(Reply):

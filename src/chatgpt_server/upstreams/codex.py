@@ -305,6 +305,13 @@ class CodexParser:
             if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**53 for v in numbers.values()):
                 self.usage = {"prompt_tokens": numbers["input_tokens"], "completion_tokens": numbers["output_tokens"],
                               "total_tokens": numbers["total_tokens"]}  # fmt: skip
+                for ours, theirs, name in (("prompt_tokens_details", "input_tokens_details", "cached_tokens"),
+                                           ("completion_tokens_details", "output_tokens_details",
+                                            "reasoning_tokens")):  # fmt: skip
+                    details = usage.get(theirs)
+                    count = details.get(name) if isinstance(details, dict) else None
+                    if isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 2**53:
+                        self.usage[ours] = {name: count}
 
     @property
     def tool_calls(self) -> list[ToolCall]:
