@@ -88,6 +88,27 @@ def test_three_turns_by_previous_response_id(sdk: openai.OpenAI, upstreams: Upst
     assert str(first_item(third)["id"]).startswith("msg_") and third.id.startswith("resp_")
 
 
+def test_input_tokens_are_counted_as_create_would_send_them(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    """responses.input_tokens.count: the prompt create would send (history, instructions, input),
+    counted here, nothing sent upstream; the same number the upstream then reports for it."""
+    first = sdk.responses.create(model="gpt-3.5-turbo", input="one two three")
+    calls = len(upstreams.openai.requests)
+    ask: Any = {"model": "gpt-3.5-turbo", "input": "and four?", "previous_response_id": first.id,
+                "instructions": "Count well."}  # fmt: skip
+    counted = sdk.responses.input_tokens.count(**ask)
+    assert counted.object == "response.input_tokens" and len(upstreams.openai.requests) == calls
+    made = sdk.responses.create(**ask)
+    assert made.usage is not None and counted.input_tokens == made.usage.input_tokens > 0
+    bare = sdk.responses.input_tokens.count(input="hi", personality="friendly")  # the default model
+    assert 0 < bare.input_tokens < counted.input_tokens
+    with pytest.raises(openai.BadRequestError) as unknown:
+        sdk.responses.input_tokens.count(model="gpt-3.5-turbo", input="x", previous_response_id="resp_nope")
+    assert unknown.value.code == "previous_response_not_found"
+    with pytest.raises(openai.BadRequestError) as over:
+        sdk.responses.input_tokens.count(model="gpt-3.5-turbo", input="word " * 20_000)
+    assert over.value.code == "context_length_exceeded"
+
+
 def test_instructions_apply_to_one_response_only(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
     first = sdk.responses.create(model="gpt-3.5-turbo", input="hi", instructions="Talk like a pirate.")
     assert sent(upstreams)["messages"][0] == {"role": "system", "content": "Talk like a pirate."}

@@ -126,6 +126,7 @@ SERVABLE = {
     ("POST", "/api/v1/gpt/getInfo"): _servable_gpt,
     ("POST", "/v1/chat/completions"): _servable_chat,
     ("POST", "/v1/responses"): _servable_response,
+    ("POST", "/v1/responses/input_tokens"): _servable_response,
     ("GET", "/api/v1/token/getInfo"): _servable_token,
     ("POST", "/api/v1/token/getInfo"): _servable_token,
 }

@@ -179,6 +179,7 @@ def routes() -> Router:
     r.add("/v1/models/{id}", rest=True, get=chat_completions.retrieve_model)  # vLLM's names hold slashes
     r.add("/v1/chat/completions", post=chat_completions.create)
     r.add("/v1/responses", post=responses.create)
+    r.add("/v1/responses/input_tokens", post=responses.count_input_tokens)
     r.add("/v1/responses/{id}", get=responses.retrieve, delete=responses.delete)
     r.add("/v1/responses/{id}/input_items", get=responses.input_items)
     r.add("/v1/responses/{id}/cancel", post=responses.cancel)

@@ -124,6 +124,19 @@ def _stored_chat(item: Item) -> bytes:
     return item.chat()
 
 
+@dataclass(slots=True)
+class _Prepared:
+    """A turn's prompt, worked out: what it answers, its history window and what it costs."""
+
+    parent: StoredItem | None
+    conversation_id: str
+    encoding: str
+    input_chats: list[bytes]
+    history: list[HistoryRow]
+    used: int
+    base: Window
+
+
 class Turns:
     """The conversation core: turns in, events and stored results out."""
 
@@ -201,7 +214,11 @@ class Turns:
             await let_go(hold, wait=not isinstance(exc, StoreUnavailable))
             raise
 
-    async def _open(self, spec: TurnSpec, hold: Release | None) -> OpenTurn:
+    async def count(self, spec: TurnSpec) -> int:
+        """The prompt tokens the turn would send (its history cut as it would be), nothing sent."""
+        return (await self._prepare(spec)).used
+
+    async def _prepare(self, spec: TurnSpec) -> _Prepared:
         parent, conversation_id = await self._parent(spec)
         encoding = parent.enc if parent is not None else encoding_for(spec.model)
         input_chats = _encode(spec.inputs)
@@ -237,23 +254,29 @@ class Turns:
             base = Window(source, start, room, not left_out)
         if spec.target.upstream != "web":
             _answers_have_calls(spec.inputs, history)
+        return _Prepared(parent, conversation_id, encoding, input_chats, history, used, base)
+
+    async def _open(self, spec: TurnSpec, hold: Release | None) -> OpenTurn:
+        ready = await self._prepare(spec)
+        parent, base = ready.parent, ready.base
         prompt = Prompt(
             model=spec.model,
             instructions=spec.instructions,
-            history=history,
+            history=ready.history,
             plain=base.path.plain,
             inputs=spec.inputs,
-            input_chats=input_chats,
+            input_chats=ready.input_chats,
             params=spec.params,
-            max_output_tokens=spec.budget.output_for(used),
+            max_output_tokens=spec.budget.output_for(ready.used),
             tools=spec.tools,
             tool_choice=spec.tool_choice,
             parallel_tool_calls=spec.parallel_tool_calls,
             stream=spec.stream,
-            session_id=conversation_id,
+            session_id=ready.conversation_id,
             web_parent=_web_ids(parent),
         )
-        turn = OpenTurn(self, spec, prompt, parent, conversation_id, encoding, used, base, input_chats)
+        turn = OpenTurn(self, spec, prompt, parent, ready.conversation_id, ready.encoding, ready.used, base,
+                        ready.input_chats)  # fmt: skip
         turn.hold = hold
         await turn.start()
         return turn

@@ -638,6 +638,18 @@ RESPONSE_REQUEST = {
     ],
 }  # fmt: skip
 
+# responses.input_tokens.count: create's fields, none required (model: CHATGPT_SERVER_DEFAULT_MODEL).
+COUNT_REQUEST = {
+    **{k: v for k, v in RESPONSE_REQUEST.items() if k != "required"},
+    "properties": {**RESPONSE_REQUEST["properties"],
+                   "personality": {"type": "string", "description": "accepted and ignored"}},
+    "description": "As createResponse's body, every field optional: model defaults to CHATGPT_SERVER_DEFAULT_MODEL, "
+    "input to none; stream is ignored.",
+}  # fmt: skip
+
+INPUT_TOKENS = _object({"object": {"const": "response.input_tokens"}, "input_tokens": _integer(0)},
+                       ("object", "input_tokens"))  # fmt: skip
+
 STATUS = {"enum": ["completed", "incomplete", "in_progress"]}
 OUTPUT_TEXT = _object({"type": {"const": "output_text"}, "text": _string(), "annotations": {"type": "array"},
                        "logprobs": {"type": "array"}}, ("type", "text", "annotations", "logprobs"))  # fmt: skip
@@ -1036,6 +1048,18 @@ def _openai_paths() -> dict[str, Schema]:
             "one response only. Models served by a ChatGPT account (CHATGPT_SERVER_MODELS_FILE, upstream codex) "
             "take that account's token as the bearer key.",
         )},
+        "/v1/responses/input_tokens": {"post": _operation(
+            "countInputTokens", "The input tokens createResponse would send, counted here: nothing is sent",
+            {"200": _answer("the count", {JSON: {"schema": INPUT_TOKENS}}), **_openai_errors({
+                "400": "a field is invalid (param names it), the input is over the context window (without "
+                "truncation auto), or previous_response_id is unknown to this key (code "
+                "previous_response_not_found)",
+                "404": "conversation or an item_reference is unknown to this key",
+                **V1_AUTH, **BODY_ERRORS, **V1_STORE})},
+            tag="openai", security=BEARER, body=_json_body(_ref("CountRequest"), required=False),
+            description="The history (previous_response_id or conversation) is cut as createResponse would cut it; "
+            "tool definitions are not counted.",
+        )},
         "/v1/responses/{id}": {
             "get": op("getResponse", "A stored response", _answer("the response", {JSON: {"schema": _ref(
                 "Response")}}), {**NOT_FOUND_RESPONSE, **V1_STORE, "400": "stream is not false: streaming a stored "
@@ -1209,6 +1233,7 @@ def openapi_document() -> dict[str, Any]:
                 "ChatMessage": CHAT_MESSAGE,
                 "TokenRequest": TOKEN_REQUEST,
                 "ResponseRequest": RESPONSE_REQUEST,
+                "CountRequest": COUNT_REQUEST,
                 "Response": RESPONSE,
                 "Item": ITEM,
                 "Conversation": CONVERSATION,

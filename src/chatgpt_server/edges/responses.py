@@ -205,6 +205,8 @@ def parse_ask(body: Any) -> Ask:
         raise invalid("truncation", "expected auto or disabled")
     ask.truncation = truncation
     limit = body.get("max_output_tokens")
+    if isinstance(limit, float) and limit.is_integer() and 1 <= limit <= 1_000_000:  # 5.0 is an integer in JSON
+        limit = int(limit)
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1_000_000):
         raise invalid("max_output_tokens", "expected an integer from 1 to 1000000")
     ask.max_output_tokens = limit
@@ -394,15 +396,11 @@ async def create(request: Request, services: Services) -> ASGIApp:
     spec = _spec(services, ask, caller, inputs, draft)
     try:
         turn = await open_turn(services, spec, caller)
-    except BadRequest as exc:
-        if exc.key == "prompt_too_long":  # in this door's words, with OpenAI's code
-            raise BadRequest("input_too_long", **{**exc.params, "code": "context_length_exceeded"}) from exc
-        raise
-    except NotFound as exc:
-        if exc.key == "parent_not_found" and ask.previous:  # OpenAI's status, code and words
-            raise BadRequest("previous_response_not_found", id=ask.previous[:256], param="previous_response_id",
-                             code="previous_response_not_found") from exc  # fmt: skip
-        raise
+    except (BadRequest, NotFound) as exc:
+        worded = _in_openai_words(exc, ask)
+        if worded is exc:
+            raise
+        raise worded from exc
     if not ask.stream:
         try:
             async for _ in turn.events():
@@ -419,6 +417,41 @@ async def create(request: Request, services: Services) -> ASGIApp:
             log_stream_failure(exc, f"the partial response was not stored: {exc.key}", "client left")
 
     return EventStream(_stream(turn, draft), services.settings.heartbeat_seconds, on_leave)
+
+
+def _in_openai_words(exc: ServiceError, ask: Ask) -> ServiceError:
+    """The core's refusals of a prompt as OpenAI words them for this door (its status and code)."""
+    if exc.key == "prompt_too_long":
+        return BadRequest("input_too_long", **{**exc.params, "code": "context_length_exceeded"})
+    if exc.key == "parent_not_found" and ask.previous:
+        return BadRequest("previous_response_not_found", id=ask.previous[:256], param="previous_response_id",
+                          code="previous_response_not_found")  # fmt: skip
+    return exc
+
+
+# -- POST /v1/responses/input_tokens ----------------------------------------------------------------
+async def count_input_tokens(request: Request, services: Services) -> Response:
+    """What create would send, counted here and not sent: its history (previous_response_id or
+    conversation), cut as create would cut it, its instructions and input. The SDK's
+    ``responses.input_tokens.count``; model and input are optional, as there."""
+    current_log().route = "responses input_tokens"
+    api_key(request)
+    body = await read_json(request, services.settings.max_body_bytes)
+    if isinstance(body, dict):  # personality: a Codex prompt style this gateway has no prompt for
+        body = {"model": services.settings.default_model, "input": [], **body, "stream": False}
+        body.pop("personality", None)
+    ask = parse_ask(body)
+    caller = await caller_for(request, services, ask.model)
+    inputs = await _resolve_references(services, caller.owner, ask.items)
+    spec = _spec(services, ask, caller, inputs, Draft(mint("resp_"), ask, int(time.time())))
+    try:
+        tokens = await services.turns.count(spec)
+    except (BadRequest, NotFound) as exc:
+        worded = _in_openai_words(exc, ask)
+        if worded is exc:
+            raise
+        raise worded from exc
+    return JSONBody({"object": "response.input_tokens", "input_tokens": tokens})
 
 
 async def _resolve_references(services: Services, owner: str, items: list[Item | str]) -> list[Item]:
