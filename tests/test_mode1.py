@@ -166,7 +166,7 @@ def test_invalid_key_is_401_without_the_key(client: httpx.Client) -> None:
 
 
 def test_upstream_400s_pass_the_message(client: httpx.Client) -> None:
-    message = assert_error(ask(client, "x", completionParams={"model": "gpt-nope"}), 400)
+    message = assert_error(ask(client, "x", completionParams={"model": "gpt-nope"}), 404)  # OpenAI's status
     assert "The model `gpt-nope` does not exist" in message
     big = ask(client, "word " * 1500, completionParams={"model": "gpt-small-test"}, maxModelTokens=10_000)
     assert "maximum context length is 2048 tokens" in assert_error(big, 400)

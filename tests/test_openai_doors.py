@@ -383,6 +383,20 @@ def test_upstream_errors_map_to_the_sdk_exceptions(
     assert raised.value.code == code  # the upstream's own code, where it gave one, as OpenAI's clients branch on it
 
 
+def test_an_unknown_model_is_the_upstreams_404_with_its_param(sdk: openai.OpenAI) -> None:
+    """The upstream's 404 (OpenAI's for a model it does not have) stays a 404, NotFoundError in the SDK,
+    on both doors, with the upstream's code; and a 400 keeps the field the upstream named."""
+    with pytest.raises(openai.NotFoundError) as unknown:
+        sdk.chat.completions.create(model="gpt-nope", messages=[{"role": "user", "content": "x"}])
+    assert unknown.value.code == "model_not_found" and "gpt-nope" in unknown.value.message
+    with pytest.raises(openai.NotFoundError) as responses:
+        sdk.responses.create(model="gpt-nope", input="x")
+    assert responses.value.code == "model_not_found"
+    with pytest.raises(openai.BadRequestError) as named:
+        sdk.chat.completions.create(model="o3-mini", max_tokens=5, messages=[{"role": "user", "content": "x"}])
+    assert named.value.code == "unsupported_parameter" and named.value.param == "max_tokens"
+
+
 def test_client_errors_map_to_the_sdk_exceptions(v1_server: ServerProcess, sdk: openai.OpenAI) -> None:
     with openai.OpenAI(base_url=v1_server.url + "/v1", api_key="sk-wrong-key-123456", max_retries=0) as bad:
         with pytest.raises(openai.AuthenticationError) as raised:

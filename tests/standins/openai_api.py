@@ -104,8 +104,8 @@ def invalid_messages(messages: Any, tools: Any) -> str | None:
 
 
 def _error(status: int, message: str, code: str | None, kind: str = "invalid_request_error",
-           headers: dict[str, str] | None = None) -> web.Response:  # fmt: skip
-    body = {"error": {"message": message, "type": kind, "param": None, "code": code}}
+           headers: dict[str, str] | None = None, param: str | None = None) -> web.Response:  # fmt: skip
+    body = {"error": {"message": message, "type": kind, "param": param, "code": code}}
     return web.Response(status=status, body=orjson.dumps(body), content_type="application/json", headers=headers)
 
 
@@ -168,14 +168,15 @@ class OpenAIStandIn:
             return _error(400, f"Unrecognized request argument supplied: {unknown[0]}", None)
         model, messages = body.get("model"), body.get("messages")
         if not isinstance(model, str) or model not in CONTEXT:
-            return _error(400, f"The model `{model}` does not exist or you do not have access to it.",
+            return _error(404, f"The model `{model}` does not exist or you do not have access to it.",
                           "model_not_found")  # fmt: skip
         refused = invalid_messages(messages, body.get("tools"))
         if refused:
             return _error(400, refused, "invalid_value")
         if model.startswith(REASONING) and "max_tokens" in body:
             return _error(400, "Unsupported parameter: 'max_tokens' is not supported with this model. "
-                               "Use 'max_completion_tokens' instead.", "unsupported_parameter")  # fmt: skip
+                               "Use 'max_completion_tokens' instead.", "unsupported_parameter",
+                          param="max_tokens")  # fmt: skip
         used = prompt_tokens(model, messages)
         wanted = body.get("max_tokens") or body.get("max_completion_tokens") or 0
         if used + wanted > CONTEXT[model]:

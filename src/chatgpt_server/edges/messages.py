@@ -102,6 +102,7 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "upstream_bad_request": ("{host} refused the request: {detail}", "{host} 拒绝了请求: {detail}"),
     "upstream_forbidden": ("{host} refused access: {detail}", "{host} 拒绝访问: {detail}"),
+    "upstream_not_found": ("{host} does not know it: {detail}", "{host} 找不到它: {detail}"),
     "upstream_unreachable": ("cannot reach {host}: {detail}", "无法连接 {host}: {detail}"),
     "upstream_error": ("{host} failed with HTTP {status}: {detail}", "{host} 返回 HTTP {status}: {detail}"),
     "upstream_bad_reply": (

@@ -935,7 +935,8 @@ def _original_paths() -> dict[str, Schema]:
         "upstream refused the request (context too long, unknown model)",
         "401": "the upstream rejected the key or token, or the access token has expired (checked before calling)",
         "403": "the upstream refused access, or asks for a browser challenge",
-        "404": "parentMessageId is unknown to this credential, or the upstream does not know the conversation",
+        "404": "parentMessageId is unknown to this credential, the upstream does not know the conversation, or it "
+        "answered 404 (an unknown model)",
         **BODY_ERRORS,
         "429": "upstream rate limit, exhausted quota, or one message at a time (Retry-After passed on)",
         "502": "the upstream is unreachable, failed (5xx), answered something unexpected or too large, or was "
@@ -1027,7 +1028,8 @@ def _openai_paths() -> dict[str, Schema]:
             _answer("the completion (stream false), or server-sent chunks (stream true)",
                     {JSON: {"schema": CHAT_COMPLETION}, SSE: {"schema": CHAT_CHUNK_EVENT}}),
             {"400": "model or messages missing or invalid, stream not a boolean, the model is served by a ChatGPT "
-             "account (use /v1/responses), or the upstream refused the request", **BODY_ERRORS, **UPSTREAM_ERRORS},
+             "account (use /v1/responses), or the upstream refused the request",
+             "404": "the upstream answered 404 (an unknown model)", **BODY_ERRORS, **UPSTREAM_ERRORS},
             body=_json_body(CHAT_REQUEST),
         )},
         "/v1/responses": {"post": _operation(
@@ -1040,7 +1042,8 @@ def _openai_paths() -> dict[str, Schema]:
                  "function_call_output answers no call the prompt holds (code no_call_to_answer), "
                  "previous_response_id is unknown to this key (code previous_response_not_found, as OpenAI "
                  "answers it), or the upstream refused the request",
-                 "404": "conversation or an item_reference is unknown to this key",
+                 "404": "conversation or an item_reference is unknown to this key, or the upstream answered 404 (an "
+                 "unknown model)",
                  **BODY_ERRORS, **UPSTREAM_ERRORS, **V1_STORE})},
             tag="openai", security=BEARER, body=_json_body(_ref("ResponseRequest")),
             description="A response is a turn: its input and output items join the conversation tree (the same "

@@ -16,7 +16,7 @@ import orjson
 
 from ..core.items import chat_messages, mint
 from ..core.tokens import uses_max_completion_tokens
-from ..errors import BadGateway, BadRequest, Forbidden, ServiceError, TooManyRequests, Unauthorized
+from ..errors import BadGateway, BadRequest, Forbidden, NotFound, ServiceError, TooManyRequests, Unauthorized
 from .base import ALIVE, MAX_TOOL_CALLS, Event, Prompt, Reply, Target, ToolCall, label
 from .http import (
     TRANSPORT_ERRORS,
@@ -129,7 +129,7 @@ def _called_tools(pairs: list[tuple[str, bytes]]) -> list[dict[str, Any]]:
 
 def api_error(status: int, raw: bytes, retry: str | None, host: str, key: str) -> ServiceError:
     """An error answer as the precise error a client sees; the key never appears in it."""
-    message, code = "", ""
+    message, code, param = "", "", ""
     try:
         parsed = orjson.loads(raw)
         error = parsed.get("error") if isinstance(parsed, dict) else None
@@ -138,6 +138,7 @@ def api_error(status: int, raw: bytes, retry: str | None, host: str, key: str) -
             message = found if isinstance(found, str) else ""
             raw_code = error.get("code") or error.get("type")
             code = raw_code if isinstance(raw_code, str) else ""
+            param = error["param"] if isinstance(error.get("param"), str) else ""
         elif isinstance(error, str):
             message = error
         elif isinstance(parsed, dict) and isinstance(parsed.get("message"), str):
@@ -146,6 +147,8 @@ def api_error(status: int, raw: bytes, retry: str | None, host: str, key: str) -
         message = raw.decode("utf-8", "replace")  # scrub cuts it, never inside a credential
     code = scrub(code, key, limit=60)
     detail = scrub(message or code or f"HTTP {status}", key)
+    # The field it names, for the client's own (OpenAI's SDK shows it): scrubbed, short, else none.
+    named: dict[str, Any] = {"param": scrub(param, key, limit=80)} if param else {}
     # ``code`` (the upstream's own, scrubbed) is what OpenAI's SDK users branch on: it is passed on.
     if status == 401:
         return Unauthorized("upstream_unauthorized", host=host, detail=code or "invalid_api_key",
@@ -156,8 +159,11 @@ def api_error(status: int, raw: bytes, retry: str | None, host: str, key: str) -
                                host=host, detail=detail, code=code or "rate_limit_exceeded")  # fmt: skip
     if status == 403:
         return Forbidden("upstream_forbidden", host=host, detail=detail, code=code or "upstream_forbidden")
+    if status == 404:  # an unknown model, as OpenAI answers it: NotFoundError in the SDK, as from OpenAI
+        return NotFound("upstream_not_found", host=host, detail=detail, code=code or "not_found", **named)
     if 400 <= status < 500:
-        return BadRequest("upstream_bad_request", host=host, detail=detail, code=code or "upstream_bad_request")
+        return BadRequest("upstream_bad_request", host=host, detail=detail, code=code or "upstream_bad_request",
+                          **named)  # fmt: skip
     return BadGateway("upstream_error", host=host, status=status, detail=detail)
 
 
