@@ -823,3 +823,18 @@ def test_a_usage_limit_without_a_plan_name_still_reads_right() -> None:
     assert error_message(excluded, "en") == f"{HOST}: the ChatGPT plan does not include this use"
     overloaded = codex_error(503, "server_is_overloaded", "busy", {}, HOST, "tok-0123456789abcdef", retry="3")
     assert overloaded.status == 502 and overloaded.headers == {"Retry-After": "3"}
+
+
+def test_a_streamed_refusal_is_the_reply_text_as_a_whole_refusal_is() -> None:
+    """OpenAI streams a refusal as ``delta.refusal`` with no content: it is the reply's text, as a whole
+    reply's ``message.refusal`` is, never an empty reply."""
+    parser = ChunkParser(HOST, SECRET)
+    events = parser.feed(chunk({"role": "assistant", "content": None, "refusal": ""}))
+    for piece in ("I can't ", "help with that."):
+        events += parser.feed(chunk({"refusal": piece}))
+    said = "".join(parser.pieces)
+    assert said == "I can't help with that." and [e.text for e in events if e.text] == ["I can't ", "help with that."]
+    whole = parse_completion(orjson.dumps({"id": "c", "created": 1, "model": "m", "choices": [
+        {"index": 0, "message": {"role": "assistant", "content": None, "refusal": said},
+         "finish_reason": "stop"}]}), HOST, SECRET)  # fmt: skip
+    assert whole["text"] == said

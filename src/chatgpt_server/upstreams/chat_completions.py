@@ -395,6 +395,8 @@ class ChunkParser:
             if not isinstance(delta, dict):
                 raise _bad(self.host, "a delta is not an object")
             content = delta.get("content")
+            if content is None and isinstance(delta.get("refusal"), str):  # as a whole reply's: its text
+                content = delta["refusal"]
             if isinstance(content, str) and content:
                 self.pieces.append(content)
                 events.append(Event(content))
