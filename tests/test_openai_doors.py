@@ -857,6 +857,35 @@ def test_a_follow_up_from_memory_sends_what_a_read_from_the_store_sends(tmp_path
     assert all(message["content"] != gone for prompt in read for message in prompt)
 
 
+def test_calls_the_history_ends_with_must_be_answered_first(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    """A response that ended in calls is followed by their outputs, as OpenAI's Responses API requires
+    (a strict upstream refuses a call left open): a turn that leaves one unanswered is a 400 naming it,
+    before any upstream call; answering both goes on."""
+    tools: list[Any] = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
+    made = sdk.responses.create(model="gpt-3.5-turbo", tools=tools, input=[
+        {"type": "message", "role": "user", "content": "look both up"},
+        {"type": "function_call", "call_id": "call_x", "name": "f", "arguments": "{}"},
+        {"type": "function_call", "call_id": "call_y", "name": "f", "arguments": "{}"},
+        {"type": "function_call_output", "call_id": "call_x", "output": "x is 1"},
+        {"type": "function_call_output", "call_id": "call_y", "output": "y is 2"},
+    ])  # fmt: skip
+    first = sdk.responses.create(model="gpt-3.5-turbo", input="call:f", tools=tools, previous_response_id=made.id)
+    call = first.output[0]
+    assert call.type == "function_call"
+    calls = len(upstreams.openai.requests)
+    for left_open in ([{"role": "user", "content": "never mind"}],
+                      [{"type": "function_call", "call_id": "call_z", "name": "f", "arguments": "{}"},
+                       {"type": "function_call_output", "call_id": "call_z", "output": "z"}]):  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.responses.create(model="gpt-3.5-turbo", tools=tools, previous_response_id=first.id, input=left_open)
+        assert call.call_id in refused.value.message and refused.value.param == "input"
+    assert len(upstreams.openai.requests) == calls
+    answered = sdk.responses.create(model="gpt-3.5-turbo", tools=tools, previous_response_id=first.id, input=[
+        {"type": "function_call_output", "call_id": call.call_id, "output": "done"},
+        {"role": "user", "content": "thanks"}])  # fmt: skip
+    assert answered.status == "completed"
+
+
 def test_a_cut_between_parallel_calls_never_sends_an_output_without_its_call(
     sdk: openai.OpenAI, v1_server: ServerProcess, upstreams: Upstreams
 ) -> None:

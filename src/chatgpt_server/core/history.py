@@ -112,6 +112,11 @@ def calls_in(rows: list[HistoryRow]) -> set[str]:
     return {_call_id(r[2], "id") for r in rows if r[1] == "function_call" and r[2]}
 
 
+def answered_in(rows: list[HistoryRow]) -> set[str]:
+    """The ids of the calls the function call outputs among ``rows`` answer."""
+    return {_call_id(r[2], "tool_call_id") for r in rows if r[1] == "function_call_output"}
+
+
 def _call_id(chat: bytes, key: str) -> str:
     """The call id in a stored call's or output's chat JSON ("" if it has none)."""
     try:

@@ -25,7 +25,17 @@ from ..stores import HistoryRow, NewItem, Record, Store, StoredItem, TurnWrite
 from ..upstreams.base import Event, Prompt, Reply, Target, ToolCall, Upstream
 from .activity import Activity, current_log
 from .conversations import check_id, find
-from .history import MIN_ROWS, HistoryCache, Path, Window, calls_in, empty_path, path_from_store, visible
+from .history import (
+    MIN_ROWS,
+    HistoryCache,
+    Path,
+    Window,
+    answered_in,
+    calls_in,
+    empty_path,
+    path_from_store,
+    visible,
+)
 from .items import Item, mint
 from .leases import LEASE_S, Leases, Release
 from .tokens import REPLY_PRIMING, count, encoding_for, is_exact, message_cost
@@ -113,6 +123,21 @@ def _answers_have_calls(inputs: list[Item], history: list[HistoryRow]) -> None:
     for item in outputs:
         if item.call_id not in known:
             raise BadRequest("no_call_to_answer", id=item.call_id or "", param="input")
+
+
+def _calls_are_answered(inputs: list[Item], history: list[HistoryRow]) -> None:
+    """The calls the history ends with (the model's last words) are each answered, in the history or by
+    this turn's outputs, as OpenAI's Responses API requires: strict upstreams refuse a call left open."""
+    if not history or history[-1][1] not in ("function_call", "function_call_output"):
+        return
+    trailing = []
+    for row in reversed(history):
+        if row[1] not in ("function_call", "function_call_output"):
+            break
+        trailing.append(row)
+    answered = answered_in(trailing) | {item.call_id for item in inputs if item.kind == "function_call_output"}
+    for call in sorted(calls_in(trailing) - answered):
+        raise BadRequest("call_not_answered", id=call, param="input")
 
 
 def _stored_chat(item: Item) -> bytes:
@@ -254,6 +279,8 @@ class Turns:
             base = Window(source, start, room, not left_out)
         if spec.target.upstream != "web":
             _answers_have_calls(spec.inputs, history)
+            if spec.origin == "v1":
+                _calls_are_answered(spec.inputs, history)
         return _Prepared(parent, conversation_id, encoding, input_chats, history, used, base)
 
     async def _open(self, spec: TurnSpec, hold: Release | None) -> OpenTurn:

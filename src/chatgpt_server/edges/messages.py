@@ -276,6 +276,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "the API key is not printable ASCII of at most 16384 characters",
         "API key 必须是不超过 16384 个字符的可打印ASCII",
     ),
+    "call_not_answered": (
+        "No tool output found for function call {id} (the prompt ends with it: a function_call_output for it "
+        "comes first)",
+        "找不到函数调用 {id} 的工具输出 (提示以它结尾: 需先给出它的 function_call_output)",
+    ),
     "no_call_to_answer": (
         "No tool call found for function call output with call_id {id} (a call that never completed, or one "
         "the prompt left out, cannot be answered)",

@@ -1039,9 +1039,10 @@ def _openai_paths() -> dict[str, Schema]:
                  "400": "a field is missing, unknown or invalid (param names it), previous_response_id and "
                  "conversation are both given, the input is over the context window (without truncation auto), "
                  "the conversation is answering another response (code conversation_locked), a "
-                 "function_call_output answers no call the prompt holds (code no_call_to_answer), "
-                 "previous_response_id is unknown to this key (code previous_response_not_found, as OpenAI "
-                 "answers it), or the upstream refused the request",
+                 "function_call_output answers no call the prompt holds (code no_call_to_answer), a call the "
+                 "history ends with is left unanswered (its id named), previous_response_id is unknown to this "
+                 "key (code previous_response_not_found, as OpenAI answers it), or the upstream refused the "
+                 "request",
                  "404": "conversation or an item_reference is unknown to this key, or the upstream answered 404 (an "
                  "unknown model)",
                  **BODY_ERRORS, **UPSTREAM_ERRORS, **V1_STORE})},
