@@ -873,6 +873,7 @@ def test_calls_the_history_ends_with_must_be_answered_first(sdk: openai.OpenAI, 
     call = first.output[0]
     assert call.type == "function_call"
     calls = len(upstreams.openai.requests)
+    left_open: Any
     for left_open in ([{"role": "user", "content": "never mind"}],
                       [{"type": "function_call", "call_id": "call_z", "name": "f", "arguments": "{}"},
                        {"type": "function_call_output", "call_id": "call_z", "output": "z"}]):  # fmt: skip
