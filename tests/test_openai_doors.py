@@ -407,7 +407,10 @@ def test_client_errors_map_to_the_sdk_exceptions(v1_server: ServerProcess, sdk: 
     assert refused.value.param == "temperature"
     with pytest.raises(openai.BadRequestError) as unknown:
         sdk.responses.create(model="gpt-3.5-turbo", input="x", extra_body={"nonsense": 1})
-    assert "nonsense" in str(unknown.value)
+    assert "nonsense" in str(unknown.value) and unknown.value.code == "unknown_parameter"  # OpenAI's code
+    with pytest.raises(openai.BadRequestError) as missing:
+        sdk.responses.create(model="gpt-3.5-turbo", extra_body={"input": None})
+    assert (missing.value.code, missing.value.param) == ("missing_required_parameter", "input")
     with pytest.raises(openai.NotFoundError):
         sdk.responses.retrieve("resp_doesnotexist")
     response = httpx.post(v1_server.url + "/v1/responses", json={"model": "gpt-3.5-turbo", "input": "x"})

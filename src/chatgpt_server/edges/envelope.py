@@ -63,11 +63,15 @@ def error_body(error: ServiceError, path: str, language: str) -> dict[str, Any]:
     }
 
 
+# OpenAI's codes for what our keys name otherwise (clients branch on them, e.g. to retry without a field).
+OPENAI_CODES = {"unknown_param": "unknown_parameter", "missing_param": "missing_required_parameter"}
+
+
 def openai_error_body(error: ServiceError) -> dict[str, Any]:
     param = error.params.get("param")
     if isinstance(error, ValidationFailed) and error.problems:
         param = error.problems[0][1].get("field") or error.problems[0][1].get("name")
-    code = error.params.get("code") or error.key
+    code = error.params.get("code") or OPENAI_CODES.get(error.key, error.key)
     kind = OPENAI_TYPES.get(error.status, "server_error")
     if error.status == 429 and error.key in ("upstream_quota", "usage_limit"):
         kind = "insufficient_quota"
