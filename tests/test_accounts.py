@@ -202,6 +202,32 @@ def test_twenty_requests_on_two_instances_while_the_token_expires_refresh_once(
             server.stop()
 
 
+def test_an_issuer_outage_at_an_early_refresh_does_not_fail_a_token_that_still_works(
+    cx: httpx.Client, upstreams: Upstreams
+) -> None:
+    """Within the margin the token is refreshed early; if the issuer fails then (500), the token, which
+    still works, is used and the refresh tried at the next request. A token about to expire fails."""
+    email, account = unique("outage")
+    upstreams.apps.call(lambda: setattr(upstreams.auth, "access_lifetime_s", 200))  # inside the 300 s margin
+    try:
+        token = sign_in(cx, upstreams, email, account)["accessToken"]
+        upstreams.apps.call(lambda: setattr(upstreams.auth, "access_lifetime_s", 3600))
+        upstreams.apps.call(lambda: setattr(upstreams.auth, "refresh_outages", 1))
+        assert ask(cx, "during the outage", key=token, mode="2").status_code == 201
+        assert upstreams.codex.requests[-1]["headers"]["Authorization"] == f"Bearer {token}"
+        assert ask(cx, "after it", key=token, mode="2").status_code == 201
+        assert upstreams.codex.requests[-1]["headers"]["Authorization"] != f"Bearer {token}"  # refreshed now
+        assert grant_for(upstreams, email).refreshes == 1
+        email, account = unique("expiring")
+        upstreams.apps.call(lambda: setattr(upstreams.auth, "access_lifetime_s", 10))
+        token = sign_in(cx, upstreams, email, account)["accessToken"]
+        upstreams.apps.call(lambda: setattr(upstreams.auth, "refresh_outages", 1))
+        assert ask(cx, "too late", key=token, mode="2").status_code == 502
+    finally:
+        upstreams.apps.call(lambda: setattr(upstreams.auth, "access_lifetime_s", 3600))
+        upstreams.apps.call(lambda: setattr(upstreams.auth, "refresh_outages", 0))
+
+
 def test_refresh_token_reuse_marks_the_account(
     cx: httpx.Client, upstreams: Upstreams, codex_server: ServerProcess
 ) -> None:

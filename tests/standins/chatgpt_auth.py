@@ -152,6 +152,7 @@ class ChatGPTAuthStandIn:
     device_enabled: bool = True
     rotate_refresh: bool = True  # False: a refresh answers without refresh_token and the old one stays valid
     refresh_delay: float = 0.0  # seconds a refresh call waits before it is decided (concurrency tests)
+    refresh_outages: int = 0  # the next refreshes answered 500 (the issuer failing), the grant untouched
     error_style: ErrorStyle = "nested"  # shape of /oauth/token errors (see _token_error)
     keys: list[SigningKey] = field(default_factory=list, repr=False)  # the JWKS; the last one signs
     jwks_calls: int = 0
@@ -439,6 +440,9 @@ class ChatGPTAuthStandIn:
             self.refresh_calls.append((time.time(), grant_id))  # every attempt, even a malformed one
             if self.refresh_delay:
                 await asyncio.sleep(self.refresh_delay)
+            if self.refresh_outages:
+                self.refresh_outages -= 1
+                return web.json_response({"error": "server_error"}, status=500)
             if content_type != "application/json":
                 return self._token_error(400, "invalid_request", "Send the refresh_token grant as JSON.")
             return await self._refresh(body)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import logging
 import secrets
 import time
 from dataclasses import dataclass
@@ -38,9 +39,12 @@ from .tokens import AUTH_CLAIM, Identity, Unverifiable, Verifier, identity_of
 if TYPE_CHECKING:
     from .crypto import Sealer
 
+log = logging.getLogger("chatgpt_server.accounts")
+
 LEASE_S = 60.0  # longer than a refresh can take (its timeout is 20 s)
 WAIT_POLL_S = 0.05
 KNOWN_S = 10.0  # how long a decrypted current token is reused without reading the record again
+STILL_GOOD_S = 30.0  # a token this far from expiring is used when its early refresh failed (clock skew aside)
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,7 +161,17 @@ class Accounts:
             access = self._open(key, body)["access"]
             self._known[key] = (time.time() + KNOWN_S, access, exp)
             return access
-        return await self.refresh(key)
+        try:
+            return await self.refresh(key)
+        except (Unauthorized, NotFound):
+            raise  # signed out, or removed: the token it had is no good either
+        except ServiceError as exc:
+            # The issuer failed (5xx, unreachable, busy) while the token still works: an early refresh
+            # is no reason to fail the request. The next request within the margin tries again.
+            if exp - STILL_GOOD_S <= time.time():
+                raise
+            log.warning("refresh of %s failed, its token still works: %s", body.get("email", "?"), exc.key)
+            return self._open(key, body)["access"]
 
     async def refresh(self, key: str, stale: str | None = None) -> str:
         """Exactly one refresh per account in flight, across instances; returns the new access token
