@@ -234,3 +234,11 @@ def test_a_long_question_is_sent_to_the_web_backend(client: httpx.Client, token:
     answered = ask(client, long, key=token, mode="2")
     assert answered.status_code == 201, answered.text
     assert answered.json()["data"]["text"].startswith("echo(1): word0 word1")
+
+
+def test_mode_1_options_are_ignored_in_mode_2(client: httpx.Client, upstreams: Upstreams, token: str) -> None:
+    """As the original ignored them: a client that always sends completionParams works in mode 2 too."""
+    answered = ask(client, "hi", key=token, mode="2", completionParams={"temperature": 2}, apiOrg="org-x",
+                   apiBaseUrl="http://evil.example/v1", maxModelTokens="9000")  # fmt: skip
+    assert answered.status_code == 201, answered.text
+    assert "temperature" not in upstreams.chatgpt.requests[-1]["body"]

@@ -87,6 +87,9 @@ def _servable_gpt(body: dict[str, Any], query: dict[str, Any]) -> None:
     for name, value in replacements.items():
         if options.get(name) is not None:
             options[name] = value
+    for name in ("maxModelTokens", "maxResponseTokens", "timeoutMs", "idleTimeoutMs"):
+        if isinstance(options.get(name), str):  # digits, as the original took them: read as their number
+            options[name] = int(options[name])
     if options.get("maxModelTokens") is not None:  # room for the default system message and the question
         options["maxModelTokens"] = max(options["maxModelTokens"], 2000)
     if options.get("maxResponseTokens") is not None:  # below every maxModelTokens, within the stand-in's window

@@ -43,11 +43,6 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "opts.parentMessageId is required when isFollow is true",
         "opts.当isFollow为true时，parentMessageId必填",
     ),
-    "option_unknown": ("opts.opts.{name} is not a known option", "opts.opts.{name} 不是可用的参数"),
-    "option_wrong_mode": (
-        'opts.opts.{name} applies to mode "{mode}" only',
-        'opts.opts.{name} 仅适用于模式 "{mode}"',
-    ),
     "completion_param_reserved": (
         "opts.opts.completionParams.{name} is set by the server",
         "opts.opts.completionParams.{name} 由服务器设置",

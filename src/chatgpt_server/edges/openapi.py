@@ -15,6 +15,7 @@ from .. import __version__
 from .http import allowed
 from .openai_items import MAX_ITEMS, MAX_TEXT
 from .original_request import (
+    DIGITS,
     MAX_HEADER_NAME,
     MAX_HEADER_VALUE,
     MAX_HEADERS,
@@ -262,65 +263,82 @@ def _upstream_url(mode: str) -> Schema:
     return _or_null({**url, "not": {"pattern": "[?#]|^[^:]*://[^/]*@"}})
 
 
+def _count_option(maximum: int, description: str, **extra: Any) -> Schema:
+    """A numeric option: an integer, or its digits as a string (the original's JavaScript coerced them)."""
+    return _or_null(
+        {
+            "anyOf": [_integer(1, maximum), {"type": "string", "pattern": DIGITS.pattern}],
+            "description": description + "; a string of at most 6 digits is read as its number",
+            **extra,
+        }
+    )
+
+
 def _millis(description: str) -> Schema:
-    return _or_null(_integer(1, RANGES["timeoutMs"], description))
+    return _count_option(RANGES["timeoutMs"], description)
 
 
+OPTION_SCHEMAS: dict[str, Schema] = {
+    "systemMessage": _or_null(_string('the system message (default: the original\'s; "" sends none)')),
+    "completionParams": _or_null({
+        "type": "object",
+        "description": "mode 1: any chat-completions body field (model, temperature, top_p, presence_penalty, "
+        "max_tokens, stop, ...), passed to the upstream as given, which may refuse what it does not know "
+        f"(400); {', '.join(RESERVED_PARAMS)} are set by the server and refused here",
+        "properties": {"model": {"type": "string", "maxLength": MAX_MODEL}},
+        "propertyNames": {"not": {"enum": list(RESERVED_PARAMS)}},
+    }),
+    "maxModelTokens": _count_option(RANGES["maxModelTokens"], "the token budget of prompt and reply (default "
+                                    "in mode 1 CHATGPT_SERVER_MAX_MODEL_TOKENS, 4000; in mode 2 the model's "
+                                    "context window); it must exceed maxResponseTokens (given or default), and "
+                                    "be at most 10000000", default=4000),
+    "maxResponseTokens": _count_option(RANGES["maxResponseTokens"], "the reply's share of the budget (default "
+                                       "CHATGPT_SERVER_MAX_RESPONSE_TOKENS, 1000); it must be below "
+                                       "maxModelTokens (given or default), and at most 1000000", default=1000),
+    "apiBaseUrl": _upstream_url("1"),
+    "apiOrg": _or_null(_string("mode 1: sent as OpenAI-Organization", pattern=PRINTABLE_ASCII,
+                               maxLength=MAX_MODEL)),
+    "model": _or_null(_string("mode 2: the ChatGPT model (default CHATGPT_SERVER_DEFAULT_CHATGPT_MODEL); "
+                              "mode 1: shorthand for completionParams.model", pattern=PRINTABLE_ASCII,
+                              maxLength=MAX_MODEL)),
+    "apiReverseProxyUrl": _upstream_url("2"),
+    "headers": _or_null({
+        "type": "object",
+        "description": f"mode 2, web backend: extra headers for it (the Codex backend ignores them): at most "
+        f"{MAX_HEADERS}, names that are header "
+        f"tokens of at most {MAX_HEADER_NAME} characters, values of printable ASCII of at most "
+        f"{MAX_HEADER_VALUE}, at most 16384 characters in all, and none of the gateway's or the connection's "
+        "own headers (Authorization, Host, Cookie, Content-Type, Accept, Proxy-*, Sec-*, ...)",
+        "maxProperties": MAX_HEADERS,
+        "propertyNames": {"allOf": [
+            {"pattern": HEADER_NAME, "maxLength": MAX_HEADER_NAME},
+            {"not": {"pattern": RESERVED_HEADER_NAMES}},
+            {"not": {"pattern": PREFIXED_HEADER_NAMES}},
+        ]},
+        "additionalProperties": _string(maxLength=MAX_HEADER_VALUE, pattern=PRINTABLE_ASCII),
+    }),
+    "timeoutMs": _millis("the longest the whole reply may take (default CHATGPT_SERVER_TIMEOUT_MS, 600000)"),
+    "idleTimeoutMs": _millis("the longest silence between stream chunks (default "
+                             "CHATGPT_SERVER_IDLE_TIMEOUT_MS, 120000)"),
+    "deltaOnly": _or_null({"type": "boolean", "description": "type 2: delta events carry only the new text "
+                                                             "(no `text` so far), so a stream grows linearly"}),
+    "debug": {"description": "accepted (any value) and ignored, as a client of the original may send it"},
+}  # fmt: skip
 GPT_OPTIONS = _object(
-    {
-        "systemMessage": _or_null(_string('the system message (default: the original\'s; "" sends none)')),
-        "completionParams": _or_null({
-            "type": "object",
-            "description": "mode 1: any chat-completions body field (model, temperature, top_p, presence_penalty, "
-            "max_tokens, stop, ...), passed to the upstream as given, which may refuse what it does not know "
-            f"(400); {', '.join(RESERVED_PARAMS)} are set by the server and refused here",
-            "properties": {"model": {"type": "string", "maxLength": MAX_MODEL}},
-            "propertyNames": {"not": {"enum": list(RESERVED_PARAMS)}},
-        }),
-        "maxModelTokens": _or_null(_integer(1, RANGES["maxModelTokens"], "the token budget of prompt and "
-                                            "reply (default in mode 1 CHATGPT_SERVER_MAX_MODEL_TOKENS, 4000; in "
-                                            "mode 2 the model's context window); it must exceed maxResponseTokens "
-                                            "(given or default)", default=4000)),
-        "maxResponseTokens": _or_null(_integer(1, RANGES["maxResponseTokens"], "the reply's share of the "
-                                               "budget (default CHATGPT_SERVER_MAX_RESPONSE_TOKENS, 1000); it must "
-                                               "be below maxModelTokens (given or default)", default=1000)),
-        "apiBaseUrl": _upstream_url("1"),
-        "apiOrg": _or_null(_string("mode 1: sent as OpenAI-Organization", pattern=PRINTABLE_ASCII,
-                                   maxLength=MAX_MODEL)),
-        "model": _or_null(_string("mode 2: the ChatGPT model (default CHATGPT_SERVER_DEFAULT_CHATGPT_MODEL); "
-                                  "mode 1: shorthand for completionParams.model", pattern=PRINTABLE_ASCII,
-                                  maxLength=MAX_MODEL)),
-        "apiReverseProxyUrl": _upstream_url("2"),
-        "headers": _or_null({
-            "type": "object",
-            "description": f"mode 2, web backend: extra headers for it (the Codex backend ignores them): at most "
-            f"{MAX_HEADERS}, names that are header "
-            f"tokens of at most {MAX_HEADER_NAME} characters, values of printable ASCII of at most "
-            f"{MAX_HEADER_VALUE}, at most 16384 characters in all, and none of the gateway's or the connection's "
-            "own headers (Authorization, Host, Cookie, Content-Type, Accept, Proxy-*, Sec-*, ...)",
-            "maxProperties": MAX_HEADERS,
-            "propertyNames": {"allOf": [
-                {"pattern": HEADER_NAME, "maxLength": MAX_HEADER_NAME},
-                {"not": {"pattern": RESERVED_HEADER_NAMES}},
-                {"not": {"pattern": PREFIXED_HEADER_NAMES}},
-            ]},
-            "additionalProperties": _string(maxLength=MAX_HEADER_VALUE, pattern=PRINTABLE_ASCII),
-        }),
-        "timeoutMs": _millis("the longest the whole reply may take (default CHATGPT_SERVER_TIMEOUT_MS, 600000)"),
-        "idleTimeoutMs": _millis("the longest silence between stream chunks (default "
-                                 "CHATGPT_SERVER_IDLE_TIMEOUT_MS, 120000)"),
-        "deltaOnly": _or_null({"type": "boolean", "description": "type 2: delta events carry only the new text "
-                                                                 "(no `text` so far), so a stream grows linearly"}),
-        "debug": {"description": "accepted (any value) and ignored, as a client of the original may send it"},
-    },
-    description="Options. An unknown option is refused (400, naming it). Options of the other mode must be absent or "
-    f"null: {', '.join(MODE_1_OPTIONS)} are for mode 1, {', '.join(MODE_2_OPTIONS)} for mode 2. null reads as "
-    "not given.",
+    {name: schema if not OPTIONS[name] else {"description": f"mode {OPTIONS[name]} only (its schema there); any "
+                                                            "value is ignored in the other mode"}
+     for name, schema in OPTION_SCHEMAS.items()},
+    closed=False,
+    description="Options, merged as the original merged them into its client: an unknown option, and one of the "
+    f"other mode ({', '.join(MODE_1_OPTIONS)} are for mode 1, {', '.join(MODE_2_OPTIONS)} for mode 2), is ignored, "
+    "whatever its value. null reads as not given.",
 )  # fmt: skip
 
 
-def _only_null(names: tuple[str, ...]) -> Schema:
-    return {"properties": {"opts": {"properties": {"opts": {"properties": {n: {"type": "null"} for n in names}}}}}}
+def _mode_options(names: tuple[str, ...]) -> Schema:
+    """The schemas of one mode's own options, where that mode is asked for."""
+    options = {n: OPTION_SCHEMAS[n] for n in names}
+    return {"properties": {"opts": {"properties": {"opts": {"properties": options}}}}}
 
 
 GPT_REQUEST = {
@@ -350,8 +368,8 @@ GPT_REQUEST = {
         closed=False,
     ),
     "allOf": [
-        {"if": {"required": ["mode"], "properties": {"mode": MODE_1}}, "then": _only_null(MODE_2_OPTIONS)},
-        {"if": {"required": ["mode"], "properties": {"mode": MODE_2}}, "then": _only_null(MODE_1_OPTIONS)},
+        {"if": {"required": ["mode"], "properties": {"mode": MODE_1}}, "then": _mode_options(MODE_1_OPTIONS)},
+        {"if": {"required": ["mode"], "properties": {"mode": MODE_2}}, "then": _mode_options(MODE_2_OPTIONS)},
     ],
 }  # fmt: skip
 

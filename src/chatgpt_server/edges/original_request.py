@@ -44,6 +44,8 @@ RESERVED_HEADERS = frozenset(
      "accept-encoding")
 )  # fmt: skip
 MAX_HEADERS, MAX_HEADER_NAME, MAX_HEADER_VALUE, MAX_HEADER_TOTAL = 32, 64, 4096, 16384
+# A numeric option written as a string, as the original took it: digits only, within every option's range.
+DIGITS = re.compile(r"^0*[1-9][0-9]{0,5}$")
 MAX_KEY = 16384  # an API key or access token, on every door (the longest real ones are a few kB)
 MAX_MODEL = 256  # a model name, or an organization id (as /v1 bounds model names)
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 header name (fullmatch: no newline)
@@ -114,6 +116,8 @@ def _bounded_int(options: dict[str, Any], name: str, problems: Problems) -> int 
     if value is None:
         return None
     field_name = f"opts.opts.{name}"
+    if isinstance(value, str) and DIGITS.fullmatch(value):  # "8000": the original's JavaScript coerced it
+        value = int(value)
     if isinstance(value, float) and value.is_integer():  # 2.0 (and 1e30) are integers in JSON
         value = int(value)
     if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
@@ -170,17 +174,21 @@ def check_headers(value: Any, problems: Problems, field_name: str = "opts.opts.h
     return dict(value)
 
 
+def _applies(name: Any, mode: str | None) -> bool:
+    """An option this gateway reads in ``mode`` (every known one while the mode is not known)."""
+    return name in OPTIONS and (not mode or OPTIONS[name] in ("", mode))
+
+
 def _options(mode: str | None, raw: Any, settings: Settings, problems: Problems) -> dict[str, Any]:
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
         problems.append(("field_not_object", {"field": "opts.opts"}))
         return {}
-    for name in raw:
-        if name not in OPTIONS:
-            problems.append(("option_unknown", {"name": str(name)[:64]}))
-        elif mode and OPTIONS[name] and OPTIONS[name] != mode and raw[name] is not None:
-            problems.append(("option_wrong_mode", {"name": name, "mode": OPTIONS[name]}))
+    # The original merged opts.opts into its client, which used what it knew: an unknown option, or one
+    # of the other mode, changed nothing, and a client of it may send them. They are ignored here too,
+    # unchecked (an apiBaseUrl in mode 2 reaches nothing).
+    raw = {name: value for name, value in raw.items() if _applies(name, mode)}
     out: dict[str, Any] = {}
     system = raw.get("systemMessage")
     if system is not None and not isinstance(system, str):
