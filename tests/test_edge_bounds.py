@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import gzip
+import json
 import socket
 import threading
 import time
@@ -376,6 +377,26 @@ def test_names_and_keys_past_their_bounds_are_named(client: httpx.Client, upstre
     response = client.post("/v1/responses", json={"model": "gpt-3.5-turbo", "input": "x"},
                            headers={"Authorization": "Bearer sk-" + "k" * 17000})  # fmt: skip
     assert response.status_code == 401 and "at most 16384 characters" in response.json()["error"]["message"]
+
+
+def test_a_malformed_head_is_answered_in_its_doors_shape(server: ServerProcess) -> None:
+    """A head the HTTP parser refuses (an empty Transfer-Encoding, a bad header name) never reaches the
+    app, and is still answered as the app answers: JSON, OpenAI's error under /v1, the envelope
+    elsewhere, with a request id, never uvicorn's plain text."""
+    for path, head in (("/v1/models", "Transfer-Encoding:\r\n"), ("/api/v1/gpt/getInfo", "Bad Name: x\r\n")):
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(f"GET {path}?q=1 HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        top, _, body = answer.partition(b"\r\n\r\n")
+        assert top.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in top.lower(), answer
+        assert b"x-request-id: " in top.lower()
+        shown = json.loads(body)
+        if path.startswith("/v1"):
+            assert shown["error"]["type"] == "invalid_request_error"
+        else:
+            assert (shown["status"], shown["path"]) == (400, path)
 
 
 def test_a_body_that_stalls_is_a_408_and_one_cut_short_is_no_500(tmp_path: Path, upstreams: Upstreams) -> None:

@@ -7,6 +7,7 @@ The server runs in a subprocess (so that its RSS can be read), started through `
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import select
 import socket
@@ -151,7 +152,13 @@ def refused(srv: Server, data: bytes) -> tuple[int, bytes]:
         status, headers, body = reader.response()
         assert headers[b"connection"] == b"close"
         assert reader.closed()
-        return status, body
+        # In the app's own shape, with a request id, as every answer: the envelope (OpenAI's error on /v1)
+        assert headers[b"content-type"] == b"application/json" and len(headers[b"x-request-id"]) == 16
+        shown = json.loads(body)
+        if "error" in shown:
+            return status, shown["error"]["message"].encode()
+        assert (shown["status"], shown["success"]) == (status, False)
+        return status, shown["message"].encode()
 
 
 def closed_within(sock: socket.socket, seconds: float) -> bool:

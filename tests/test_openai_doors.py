@@ -109,6 +109,19 @@ def test_input_tokens_are_counted_as_create_would_send_them(sdk: openai.OpenAI, 
     assert over.value.code == "context_length_exceeded"
 
 
+def test_input_shapes_the_sdk_allows_are_taken(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    """An item_reference without its (optional) type, and an image's detail "original"."""
+    first = sdk.responses.create(model="gpt-3.5-turbo", input="remember me")
+    reference: Any = [{"id": first.output[0].id}]
+    again = sdk.responses.create(model="gpt-3.5-turbo", input=reference)
+    assert sent(upstreams)["messages"][-1] == {"role": "assistant", "content": "echo(1): remember me"}
+    assert again.status == "completed"
+    image: Any = [{"role": "user", "content": [{"type": "input_text", "text": "see"}, {
+        "type": "input_image", "image_url": "https://example.com/a.png", "detail": "original"}]}]  # fmt: skip
+    sdk.responses.create(model="gpt-4o-mini", input=image)
+    assert sent(upstreams)["messages"][-1]["content"][1]["image_url"]["detail"] == "original"
+
+
 def test_instructions_apply_to_one_response_only(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
     first = sdk.responses.create(model="gpt-3.5-turbo", input="hi", instructions="Talk like a pirate.")
     assert sent(upstreams)["messages"][0] == {"role": "system", "content": "Talk like a pirate."}

@@ -115,9 +115,11 @@ def _servable_response(body: dict[str, Any], query: dict[str, Any]) -> None:
         body["max_output_tokens"] = min(body["max_output_tokens"], 1000)
     if isinstance(body.get("tool_choice"), dict):  # it must name one of the request's tools
         body["tool_choice"] = "auto"
-    for name in ("previous_response_id", "conversation"):  # made-up ids are 404: keep some, to reach the rest
-        if body.get(name) is not None and len(str(body[name])) % 2:
-            body[name] = None
+    # A made-up conversation is a 404: keep some, to reach the rest. A made-up previous_response_id is a 400
+    # (OpenAI's status), which a schema-valid request must not get: none.
+    body["previous_response_id"] = None
+    if body.get("conversation") is not None and len(str(body["conversation"])) % 2:
+        body["conversation"] = None
 
 
 def _servable_token(body: dict[str, Any], query: dict[str, Any]) -> None:

@@ -25,11 +25,13 @@ by less than one read (uvloop reads 256,000 bytes at most); memory stays bounded
 from __future__ import annotations
 
 import asyncio
+import os
 from typing import ClassVar, cast
 
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from .edges.envelope import head_error_body
 from .one_send import OneSend
 
 __all__ = [
@@ -230,20 +232,30 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.transport.write(self._plain_response(408))
         self.transport.close()
 
-    def _plain_response(self, status: int) -> bytes:
-        body = STATUS_LINE[status][13:-2]  # the reason phrase
+    def _plain_response(self, status: int, message: str | None = None) -> bytes:
+        """The answer to a head refused before the app saw it, in the app's own shape (the JSON envelope,
+        or OpenAI's error under /v1) with a request id, as every other answer has: the URL, if it came,
+        says which."""
+        reason = STATUS_LINE[status][13:-2].decode()  # the reason phrase
+        path = bytes(self.url).split(b"?", 1)[0].decode("latin-1") if self.url else ""
+        body = head_error_body(status, message or reason, path)
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
         content.extend(
             [
-                b"content-type: text/plain; charset=utf-8\r\n",
+                b"content-type: application/json\r\n",
+                b"x-request-id: " + os.urandom(8).hex().encode() + b"\r\n",
                 b"content-length: %d\r\n" % len(body),
                 b"connection: close\r\n\r\n",
                 body,
             ]
         )
         return b"".join(content)
+
+    def send_400_response(self, msg: str) -> None:
+        self.transport.write(self._plain_response(400, msg))
+        self.transport.close()
 
     def _reject(self, status: int) -> None:
         self._rejected = True

@@ -12,6 +12,8 @@ import logging
 import time
 from typing import Any
 
+import orjson
+
 from ..core.activity import current_log
 from ..errors import ServiceError, StoreUnavailable, ValidationFailed
 from .http import JSONBody
@@ -76,6 +78,16 @@ def openai_error_body(error: ServiceError) -> dict[str, Any]:
     if error.status == 429 and error.key in ("upstream_quota", "usage_limit"):
         kind = "insufficient_quota"
     return {"error": {"message": error_message(error, "en"), "type": kind, "param": param, "code": code}}
+
+
+def head_error_body(status: int, message: str, path: str) -> bytes:
+    """The body for a request refused before routing (a malformed or oversized head), in the shape its
+    path's door answers with."""
+    if is_openai_path(path):
+        kind = OPENAI_TYPES.get(status, "invalid_request_error")
+        return orjson.dumps({"error": {"message": message, "type": kind, "param": None, "code": "bad_request"}})
+    return orjson.dumps({"status": status, "success": False, "message": message, "data": {},
+                         "timestamp": now_ms(), "path": shown(path)})  # fmt: skip
 
 
 def is_openai_path(path: str) -> bool:

@@ -17,6 +17,9 @@ MAX_ITEMS = 2048
 ROLES = ("user", "assistant", "system", "developer")
 
 
+IMAGE_DETAILS = ("auto", "low", "high", "original")  # OpenAI's, in Responses and Chat Completions alike
+
+
 def invalid(param: str, detail: str) -> BadRequest:
     return BadRequest("invalid_param", param=param, detail=detail)
 
@@ -56,8 +59,8 @@ def _parts(content: Any, role: str, param: str) -> tuple[str, list[dict[str, Any
             if not url.startswith(("http://", "https://", "data:image/")):
                 raise invalid(where + ".image_url", "expected an http(s) URL or a data:image/ URL")
             detail = part.get("detail", "auto")
-            if detail not in ("auto", "low", "high"):
-                raise invalid(where + ".detail", "expected auto, low or high")
+            if detail not in IMAGE_DETAILS:
+                raise invalid(where + ".detail", "expected auto, low, high or original")
             parts.append({"type": "input_image", "image_url": url, "detail": detail})
         else:
             raise invalid(where + ".type", f"unsupported content part {str(kind)[:40]!r} for role {role}")
@@ -72,6 +75,8 @@ def parse_item(raw: Any, param: str) -> Item | str | None:
     if not isinstance(raw, dict):
         raise invalid(param, "expected an object")
     kind = raw.get("type", "message")
+    if "type" not in raw and "role" not in raw and "id" in raw:  # the SDK's ItemReference: its type is optional
+        kind = "item_reference"
     if kind == "message":
         role = raw.get("role")
         if role not in ROLES:

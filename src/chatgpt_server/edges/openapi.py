@@ -13,7 +13,7 @@ from typing import Any
 
 from .. import __version__
 from .http import allowed
-from .openai_items import MAX_ITEMS, MAX_TEXT
+from .openai_items import IMAGE_DETAILS, MAX_ITEMS, MAX_TEXT
 from .original_request import (
     DIGITS,
     MAX_HEADER_NAME,
@@ -514,7 +514,7 @@ IMAGE_PART = _object(
         "type": {"const": "input_image"},
         "image_url": _string("an http(s) URL or a data:image/ URL (file ids are not supported)", minLength=1,
                              maxLength=MAX_TEXT, pattern="^(?:https?://|data:image/)"),
-        "detail": {"enum": ["auto", "low", "high"], "default": "auto"},
+        "detail": {"enum": list(IMAGE_DETAILS), "default": "auto"},
     },
     ("type", "image_url"),
     closed=False,
@@ -542,8 +542,10 @@ INPUT_ITEMS = [
     _object({"type": {"const": "reasoning"}}, ("type",), closed=False,
             description="skipped: reasoning state belongs to the upstream that made it"),
 ]  # fmt: skip
-REFERENCE_ITEM = _object({"type": {"const": "item_reference"}, "id": CALL_ID}, ("type", "id"), closed=False,
-                         description="an item stored earlier, copied into this turn")  # fmt: skip
+REFERENCE_ITEM = {**_object({"type": {"const": "item_reference"}, "id": CALL_ID}, ("id",), closed=False,
+                            description="an item stored earlier, copied into this turn (type may be left out when "
+                            "role is too)"),
+                  "if": {"not": {"required": ["type"]}}, "then": {"not": {"required": ["role"]}}}  # fmt: skip
 NOT_REASONING = {"not": {"required": ["type"], "properties": {"type": {"const": "reasoning"}}}}
 
 
@@ -674,7 +676,7 @@ OUTPUT_TEXT = _object({"type": {"const": "output_text"}, "text": _string(), "ann
 SHOWN_PARTS = [
     OUTPUT_TEXT,
     _object({"type": {"const": "input_text"}, "text": _string()}, ("type", "text")),
-    _object({"type": {"const": "input_image"}, "image_url": _string(), "detail": {"enum": ["auto", "low", "high"]}},
+    _object({"type": {"const": "input_image"}, "image_url": _string(), "detail": {"enum": list(IMAGE_DETAILS)}},
             ("type", "image_url", "detail")),
 ]  # fmt: skip
 ITEM = {
