@@ -242,3 +242,14 @@ def test_mode_1_options_are_ignored_in_mode_2(client: httpx.Client, upstreams: U
                    apiBaseUrl="http://evil.example/v1", maxModelTokens="9000")  # fmt: skip
     assert answered.status_code == 201, answered.text
     assert "temperature" not in upstreams.chatgpt.requests[-1]["body"]
+
+
+def test_a_reply_handed_off_mid_stream_is_kept_as_incomplete(client: httpx.Client, upstreams: Upstreams,
+                                                             token: str) -> None:  # fmt: skip
+    """After a stream_handoff frame the rest of the reply is only in the conversation: what arrived is
+    not the whole reply, so it is marked incomplete, never told as finished."""
+    upstreams.apps.call(lambda: upstreams.chatgpt.fail_next.append("handoff"))
+    answered = ask(client, "one two three four", key=token, mode="2")
+    assert answered.status_code == 201, answered.text
+    data = answered.json()["data"]
+    assert data["text"] == "echo(1): one" and data["incomplete"] is True

@@ -160,7 +160,7 @@ class ChatGPTStandIn:
             # if the client stops reading.
             conversation.messages[reply_id] = (message["id"], "assistant", text)
             delta = "v1" in (body.get("supported_encodings") or []) and not self.force_classic
-            cut = "before" if failure == "cut0" else "after" if failure == "cut" else ""
+            cut = {"cut0": "before", "cut": "after", "handoff": "handoff"}.get(failure or "", "")
             return await self._reply(request, conversation_id, reply_id, text, delta, cut)
         except (ConnectionResetError, asyncio.CancelledError):
             self.cancelled += 1
@@ -237,6 +237,10 @@ class ChatGPTStandIn:
                 await send({"message": whole, "conversation_id": conversation_id, "error": None})
             if cut == "after" and i == 1:
                 request.transport.close()  # type: ignore[union-attr]
+                return response
+            if cut == "handoff" and i == 1:  # the rest only by reading the conversation back (upstreams.md §2)
+                await send({"type": "stream_handoff", "conversation_id": conversation_id})
+                await response.write(b"data: [DONE]\n\n")
                 return response
         await send({"type": "message_stream_complete", "conversation_id": conversation_id})
         await response.write(b"data: [DONE]\n\n")

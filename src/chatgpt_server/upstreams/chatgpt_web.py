@@ -123,7 +123,7 @@ class WebReply(Reply):
 
     @property
     def complete(self) -> bool:
-        return self.parser.done
+        return self.parser.done and not self.parser.handed_off
 
     @property
     def usage(self) -> dict[str, Any] | None:
@@ -139,7 +139,7 @@ class WebReply(Reply):
 
     @property
     def finish_reason(self) -> str | None:
-        return "stop" if self.parser.done else None
+        return "stop" if self.complete else None
 
     @property
     def meta(self) -> dict[str, Any]:

@@ -46,6 +46,9 @@ class WebReplyParser:
     secret: str = field(default="", repr=False)  # the request's credential, never repeated in an error
     encoding: str = "classic"
     done: bool = False
+    # A stream_handoff frame came: the rest of the reply is only in the conversation, read back (not done
+    # here), so what arrived is not the whole reply.
+    handed_off: bool = False
     conversation_id: str | None = None
     message_id: str | None = None
     _doc: dict[str, Any] = field(default_factory=dict)
@@ -94,6 +97,8 @@ class WebReplyParser:
             if value["type"] == "error":
                 raise WebReplyError("the stream reported an error: " + scrub(value.get("message") or value,
                                                                                  self.secret))  # fmt: skip
+            if value["type"] == "stream_handoff":
+                self.handed_off = True
             return ""
         if event.event == "delta" or ("v" in value and "message" not in value):
             return self._apply_delta(value)
