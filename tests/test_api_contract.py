@@ -89,7 +89,7 @@ def test_options_the_original_ignored_are_ignored(client: httpx.Client, upstream
     mode, or an unknown one, whatever its value, changed nothing; numbers as digit strings counted
     (JavaScript coerced them). A client of it that sends them works unchanged."""
     answered = ask(client, "x", headers={"X-A": "b"}, apiReverseProxyUrl="http://evil.example/", unknownThing=[1],
-                   maxModelTokens="8000", maxResponseTokens="0500", timeoutMs="60000")  # fmt: skip
+                   maxModelTokens="8000", maxResponseTokens="0500", timeoutMs="1200000")  # fmt: skip
     assert answered.status_code == 201, answered.text
     sent = upstreams.openai.requests[-1]
     assert "X-A" not in sent["headers"] and sent["body"]["max_tokens"] == 500

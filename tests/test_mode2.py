@@ -241,6 +241,8 @@ def test_mode_1_options_are_ignored_in_mode_2(client: httpx.Client, upstreams: U
     answered = ask(client, "hi", key=token, mode="2", completionParams={"temperature": 2}, apiOrg="org-x",
                    apiBaseUrl="http://evil.example/v1", maxModelTokens="9000")  # fmt: skip
     assert answered.status_code == 201, answered.text
+    # Without maxModelTokens the budget is the model's window: a reply share past mode 1's 4000 default fits.
+    assert ask(client, "hi", key=token, mode="2", maxResponseTokens=8000).status_code == 201
     assert "temperature" not in upstreams.chatgpt.requests[-1]["body"]
 
 

@@ -124,7 +124,8 @@ def test_a_conversation_an_instance_died_holding_is_free_within_the_lock_lease(
     lock outlived the lease time (renewed); once A is gone, instance B may go on within the lease time,
     not after the turn's whole timeout plus 30 s (630 s by default)."""
     url = store_url(network_kind, tmp_path)
-    env = upstreams.env(CHATGPT_SERVER_STORE_URL=url, CHATGPT_SERVER_LOCK_LEASE_MS="900")
+    env = upstreams.env(CHATGPT_SERVER_STORE_URL=url, CHATGPT_SERVER_LOCK_LEASE_MS="900",
+                        CHATGPT_SERVER_STORE_TIMEOUT_MS="300")  # fmt: skip
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     a, b = ServerProcess(tmp_path / "a", env).start(), ServerProcess(tmp_path / "b", env).start()
@@ -162,7 +163,8 @@ def test_a_conversation_an_instance_died_holding_is_free_within_the_lock_lease(
 def test_a_lock_renewed_through_a_long_turn_is_given_back_at_its_end(tmp_path: Path, upstreams: Upstreams) -> None:
     """A turn longer than the lease time renews its lock (a new version each time); at its end the lock
     given back is the version last written, so the next turn, on another instance, never meets it."""
-    env = upstreams.env(CHATGPT_SERVER_LOCK_LEASE_MS="300", CHATGPT_SERVER_STORE_URL=f"sqlite:///{tmp_path}/c.db")
+    env = upstreams.env(CHATGPT_SERVER_LOCK_LEASE_MS="300", CHATGPT_SERVER_STORE_TIMEOUT_MS="100",
+                        CHATGPT_SERVER_STORE_URL=f"sqlite:///{tmp_path}/c.db")  # fmt: skip
     (tmp_path / "b").mkdir()
     server, other = ServerProcess(tmp_path, env).start(), ServerProcess(tmp_path / "b", env).start()
     upstreams.openai.chunk_delay = 0.15

@@ -36,6 +36,7 @@ from .accounts.signin import TokenService
 from .core.activity import Activity, RequestLog, begin_log
 from .core.history import HistoryCache
 from .core.items import random_hex
+from .core.leases import given_back
 from .core.owners import Owners
 from .core.rates import Window
 from .core.turns import Turns
@@ -102,6 +103,7 @@ class Services:
         # The server cancels the requests still running just before it closes us, without waiting
         # for them: the turns they were storing (what a stream had received) finish first.
         await self.activity.quiet(2 * self.settings.store_timeout_ms / 1000)
+        await given_back(self.settings.store_timeout_ms / 1000)  # the locks those turns let go of
         await self.http.close()
         await self.store.close()
 

@@ -177,6 +177,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         HttpToolsProtocol.on_message_complete(self)
+        self.url = b""  # a head refused before the next request's begins must not name this one's path
         self._cancel_head_timer()  # a body timer, if the body came in pieces
         self._phase = _IDLE
         self._head_bytes = 0

@@ -238,6 +238,8 @@ class Settings(BaseSettings):
             object.__setattr__(self, "store_url", f"sqlite:///{self.data_dir / 'conversations.db'}")
         if self.max_response_tokens >= self.max_model_tokens:
             raise ValueError("CHATGPT_SERVER_MAX_RESPONSE_TOKENS must be below CHATGPT_SERVER_MAX_MODEL_TOKENS")
+        if self.lock_lease_ms < 3 * self.store_timeout_ms:  # renewed every third: one may time out in time
+            raise ValueError("CHATGPT_SERVER_LOCK_LEASE_MS must be at least 3 x CHATGPT_SERVER_STORE_TIMEOUT_MS")
         return self
 
     def is_allowed(self, base_url: str, configured_default: str) -> bool:

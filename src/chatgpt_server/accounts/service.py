@@ -45,6 +45,7 @@ LEASE_S = 60.0  # longer than a refresh can take (its timeout is 20 s)
 WAIT_POLL_S = 0.05
 KNOWN_S = 10.0  # how long a decrypted current token is reused without reading the record again
 STILL_GOOD_S = 30.0  # a token this far from expiring is used when its early refresh failed (clock skew aside)
+RETRY_REFRESH_S = 30.0  # after a failed early refresh, the next try waits this long (requests use the token)
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,7 @@ class Accounts:
         self.holder = secrets.token_hex(8)  # this process, as a lease holder
         self._refreshing = KeyedLocks()
         self._known: dict[str, tuple[float, str, float]] = {}  # key -> (until, access token, its exp)
+        self._refresh_failed: dict[str, float] = {}  # key -> when an early refresh may be tried again
 
     # -- which credential a request uses --------------------------------------------------------
     async def identify(self, token: str) -> Identity | None:
@@ -161,17 +163,25 @@ class Accounts:
             access = self._open(key, body)["access"]
             self._known[key] = (time.time() + KNOWN_S, access, exp)
             return access
+        still_good = exp - STILL_GOOD_S > time.time()
+        if still_good and self._refresh_failed.get(key, 0.0) > time.time():
+            return self._open(key, body)["access"]  # the issuer failed moments ago: not every request waits on it
         try:
-            return await self.refresh(key)
+            access = await self.refresh(key)
         except (Unauthorized, NotFound):
             raise  # signed out, or removed: the token it had is no good either
         except ServiceError as exc:
             # The issuer failed (5xx, unreachable, busy) while the token still works: an early refresh
-            # is no reason to fail the request. The next request within the margin tries again.
-            if exp - STILL_GOOD_S <= time.time():
+            # is no reason to fail the request. It is tried again RETRY_REFRESH_S later.
+            if not still_good:
                 raise
+            if len(self._refresh_failed) > 10_000:
+                self._refresh_failed.clear()
+            self._refresh_failed[key] = time.time() + RETRY_REFRESH_S
             log.warning("refresh of %s failed, its token still works: %s", body.get("email", "?"), exc.key)
             return self._open(key, body)["access"]
+        self._refresh_failed.pop(key, None)
+        return access
 
     async def refresh(self, key: str, stale: str | None = None) -> str:
         """Exactly one refresh per account in flight, across instances; returns the new access token

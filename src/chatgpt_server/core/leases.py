@@ -13,6 +13,7 @@ the store missed, frees the key within ``lease_s``, not after the whole turn's t
 from __future__ import annotations
 
 import asyncio
+import logging
 import secrets
 import time
 from collections.abc import Callable
@@ -20,6 +21,8 @@ from collections.abc import Callable
 from ..errors import StoreUnavailable
 from ..stores import Record, Store
 from .locks import KeyedLocks
+
+log = logging.getLogger("chatgpt_server")
 
 POLL_S = 0.05
 LEASE_S = 30.0
@@ -30,16 +33,19 @@ Release = Callable[[], "asyncio.Task[None] | None"]
 
 
 class _Held:
-    """A lease this process holds: the version it last wrote, and when its holder's time is up."""
+    """A lease this process holds: the version it last wrote, its own id (a lease taken again later is
+    another), and when its holder's time is up."""
 
-    __slots__ = ("created_at", "deadline", "key", "renewing", "version")
+    __slots__ = ("created_at", "deadline", "key", "lease_id", "stopped", "version", "writing")
 
-    def __init__(self, key: str, version: int, created_at: float, deadline: float):
+    def __init__(self, key: str, version: int, created_at: float, deadline: float, lease_id: str):
         self.key = key
         self.version = version
         self.created_at = created_at
         self.deadline = deadline
-        self.renewing = False
+        self.lease_id = lease_id
+        self.stopped = False
+        self.writing = False
 
 
 class Leases:
@@ -91,10 +97,9 @@ class Leases:
             if released:
                 return None
             released = True
-            lost_write = held.renewing  # a renewal in flight may land after this: then read what it wrote
-            renewer.cancel()
+            held.stopped = True  # a renewal being written ends first: its version is the one given back
             # The store's lease goes first, then this process's next waiter may ask for it.
-            return _keep(loop.create_task(self._give_back(held, release_local, lost_write)))
+            return _keep(loop.create_task(self._give_back(held, release_local, renewer)), _giving_back)
 
         return release
 
@@ -102,13 +107,15 @@ class Leases:
         """The lease now ours, or None if another holder's is in force."""
         now = time.time()
         deadline = now + ttl_s
-        body = {"holder": self.holder, "until": min(now + self.lease_s, deadline)}  # given back by version
+        lease_id = secrets.token_hex(8)
+        # Given back by version; the id tells this lease from a later one of the same holder.
+        body = {"holder": self.holder, "until": min(now + self.lease_s, deadline), "lease": lease_id}
         if await self.store.put_record(Record("lease", key, "", body, None, now, now), None):
-            return _Held(key, 1, now, deadline)
+            return _Held(key, 1, now, deadline, lease_id)
         current = await self.store.get_record("lease", key)
         if current is None:  # given back meanwhile: one more try
             if await self.store.put_record(Record("lease", key, "", body, None, now, now), None):
-                return _Held(key, 1, now, deadline)
+                return _Held(key, 1, now, deadline, lease_id)
             return None
         # Its holder died or overran its time; or it is this process's, although this process holds it
         # not (the caller holds the key's local lock, which a live lease of ours keeps): a write that
@@ -117,36 +124,45 @@ class Leases:
         if orphan or float(current.body.get("until", 0)) < now:
             taken = Record("lease", key, "", body, None, current.created_at, now, current.version)
             if await self.store.put_record(taken, current.version):
-                return _Held(key, current.version + 1, current.created_at, deadline)
+                return _Held(key, current.version + 1, current.created_at, deadline, lease_id)
         return None
 
     async def _renew(self, held: _Held) -> None:
         """Move the lease's expiry on while it is held, up to its holder's deadline. A renewal the store
-        misses is tried again at the next; one refused means another holder took it over."""
-        while True:
+        misses is tried again at the next; one refused is checked: a write that timed out here may have
+        landed (the lease is still this one: its version is adopted), else another holder took it."""
+        while not held.stopped:
             await asyncio.sleep(self.lease_s / 3)
             now = time.time()
-            if now >= held.deadline:
-                return  # its time is up: the lease runs out as asked
-            body = {"holder": self.holder, "until": min(now + self.lease_s, held.deadline)}
+            if held.stopped or now >= held.deadline:
+                return  # given back, or its time is up: the lease runs out as asked
+            body = {"holder": self.holder, "until": min(now + self.lease_s, held.deadline), "lease": held.lease_id}
             record = Record("lease", held.key, "", body, None, held.created_at, now, held.version)
-            held.renewing = True
+            held.writing = True
             try:
-                if not await self.store.put_record(record, held.version):
-                    return
-                held.version += 1
+                if await self.store.put_record(record, held.version):
+                    held.version += 1
+                    continue
+                current = await self.store.get_record("lease", held.key)
             except StoreUnavailable:
                 continue
             finally:
-                held.renewing = False
+                held.writing = False
+            if current is None or current.body.get("lease") != held.lease_id:
+                log.warning("the lease on %s was taken over while held (its renewals missed its time)", held.key)
+                return
+            held.version = current.version
 
-    async def _give_back(self, held: _Held, release_local: Callable[[], None], lost_write: bool) -> None:
+    async def _give_back(self, held: _Held, release_local: Callable[[], None], renewer: asyncio.Task[None]) -> None:
         try:
-            # Only the version we wrote: a lease that expired and was taken over is the new holder's.
-            gone = await self.store.delete_record("lease", held.key, held.version)
-            if not gone and lost_write:  # the cancelled renewal landed: the lease is still ours
-                current = await self.store.get_record("lease", held.key)
-                if current is not None and current.body.get("holder") == self.holder:
+            if held.writing:  # never cut a renewal short: a write abandoned here could land after the delete
+                await asyncio.wait({renewer})
+            else:
+                renewer.cancel()
+            # Only the version last written: a lease that expired and was taken over is the new holder's.
+            if not await self.store.delete_record("lease", held.key, held.version):
+                current = await self.store.get_record("lease", held.key)  # a renewal that timed out landed
+                if current is not None and current.body.get("lease") == held.lease_id:
                     await self.store.delete_record("lease", held.key, current.version)
         except StoreUnavailable:
             pass  # the lease names its expiry, at most lease_s ahead: it frees itself
@@ -154,11 +170,19 @@ class Leases:
             release_local()
 
 
-def _keep(task: asyncio.Task[None]) -> asyncio.Task[None]:
+def _keep(task: asyncio.Task[None], into: set[asyncio.Task[None]] | None = None) -> asyncio.Task[None]:
     """A task nobody awaits, kept until it ends (the loop holds only weak references)."""
-    _background.add(task)
-    task.add_done_callback(_background.discard)
+    kept = _background if into is None else into
+    kept.add(task)
+    task.add_done_callback(kept.discard)
     return task
 
 
-_background: set[asyncio.Task[None]] = set()
+_background: set[asyncio.Task[None]] = set()  # renewers
+_giving_back: set[asyncio.Task[None]] = set()
+
+
+async def given_back(timeout_s: float) -> None:
+    """Wait (at most ``timeout_s``) for the give-backs under way: before the store closes at shutdown."""
+    if _giving_back:
+        await asyncio.wait(set(_giving_back), timeout=timeout_s)

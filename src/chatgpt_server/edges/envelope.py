@@ -74,6 +74,8 @@ def openai_error_body(error: ServiceError) -> dict[str, Any]:
     if isinstance(error, ValidationFailed) and error.problems:
         param = error.problems[0][1].get("field") or error.problems[0][1].get("name")
     code = error.params.get("code") or OPENAI_CODES.get(error.key, error.key)
+    if isinstance(param, str):  # a field name the client wrote: quoted as any of its words are
+        param = shown(param)
     kind = OPENAI_TYPES.get(error.status, "server_error")
     if error.status == 429 and error.key in ("upstream_quota", "usage_limit"):
         kind = "insufficient_quota"

@@ -15,7 +15,6 @@ from .. import __version__
 from .http import allowed
 from .openai_items import IMAGE_DETAILS, MAX_ITEMS, MAX_TEXT
 from .original_request import (
-    DIGITS,
     MAX_HEADER_NAME,
     MAX_HEADER_VALUE,
     MAX_HEADERS,
@@ -263,15 +262,19 @@ def _upstream_url(mode: str) -> Schema:
     return _or_null({**url, "not": {"pattern": "[?#]|^[^:]*://[^/]*@"}})
 
 
+# The digit strings of 1..maximum, for each range an option has (leading zeros allowed, as Number() reads them).
+DIGITS_UP_TO = {
+    1_000_000: r"^0*([1-9][0-9]{0,5}|1000000)$",
+    3_600_000: r"^0*([1-9][0-9]{0,5}|[12][0-9]{6}|3[0-5][0-9]{5}|3600000)$",
+    10_000_000: r"^0*([1-9][0-9]{0,6}|10000000)$",
+}
+
+
 def _count_option(maximum: int, description: str, **extra: Any) -> Schema:
     """A numeric option: an integer, or its digits as a string (the original's JavaScript coerced them)."""
-    return _or_null(
-        {
-            "anyOf": [_integer(1, maximum), {"type": "string", "pattern": DIGITS.pattern}],
-            "description": description + "; a string of at most 6 digits is read as its number",
-            **extra,
-        }
-    )
+    digits = {"type": "string", "pattern": DIGITS_UP_TO[maximum]}
+    return _or_null({"anyOf": [_integer(1, maximum), digits], "description": description + "; a string of its "
+                     "digits is read as the number", **extra})  # fmt: skip
 
 
 def _millis(description: str) -> Schema:

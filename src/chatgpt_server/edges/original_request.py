@@ -45,7 +45,7 @@ RESERVED_HEADERS = frozenset(
 )  # fmt: skip
 MAX_HEADERS, MAX_HEADER_NAME, MAX_HEADER_VALUE, MAX_HEADER_TOTAL = 32, 64, 4096, 16384
 # A numeric option written as a string, as the original took it: digits only, within every option's range.
-DIGITS = re.compile(r"^0*[1-9][0-9]{0,5}$")
+DIGITS = re.compile(r"^0*[1-9][0-9]{0,7}$")  # up to the largest range (10,000,000), which is checked after
 MAX_KEY = 16384  # an API key or access token, on every door (the longest real ones are a few kB)
 MAX_MODEL = 256  # a model name, or an organization id (as /v1 bounds model names)
 _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # an RFC 9110 header name (fullmatch: no newline)
@@ -224,7 +224,8 @@ def _options(mode: str | None, raw: Any, settings: Settings, problems: Problems)
     out["max_model_tokens"] = model_tokens or settings.max_model_tokens
     out["model_tokens_given"] = bool(model_tokens)
     out["max_response_tokens"] = response_tokens or settings.max_response_tokens
-    if out["max_response_tokens"] >= out["max_model_tokens"] and (model_tokens or response_tokens):
+    # In mode 2 without maxModelTokens the budget is the model's window (edges/original.py), not this default.
+    if out["max_response_tokens"] >= out["max_model_tokens"] and (model_tokens or (response_tokens and mode != "2")):
         problems.append(("response_tokens_too_large", {}))
     out["timeout_s"] = (timeout_ms or settings.timeout_ms) / 1000
     out["idle_timeout_s"] = (idle_ms or settings.idle_timeout_ms) / 1000
