@@ -153,23 +153,33 @@ def test_reverse_proxy_url_must_be_allowed(client: httpx.Client, upstreams: Upst
     assert not upstreams.chatgpt.requests
 
 
+def holding_the_account(
+    server: ServerProcess, upstreams: Upstreams, token: str, answered: list[int]
+) -> threading.Thread:
+    """A slow first turn of ``token``'s account, in a thread, once the upstream has it (its status goes
+    to ``answered``): the account's queue is busy until the thread ends."""
+
+    def hold() -> None:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            answered.append(ask(c, "one two three four five six seven", key=token, mode="2").status_code)
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    deadline = time.monotonic() + 5
+    while not upstreams.chatgpt.requests:
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    return holder
+
+
 def test_a_client_that_leaves_while_queued_is_logged_not_crashed(server: ServerProcess, upstreams: Upstreams) -> None:
     """A turn waiting for its account's queue is given up when its client leaves: the access log says so
     (499, "client left"), no traceback, and the upstream never hears of it."""
     token = mint("leaver@example.com")
     upstreams.chatgpt.chunk_delay = 0.1
     first: list[int] = []
-
-    def hold_the_account() -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            first.append(ask(c, "one two three four five six seven", key=token, mode="2").status_code)
-
-    holder = threading.Thread(target=hold_the_account)
-    holder.start()
+    holder = holding_the_account(server, upstreams, token, first)
     deadline = time.monotonic() + 5
-    while not upstreams.chatgpt.requests:  # the first turn holds the account
-        assert time.monotonic() < deadline
-        time.sleep(0.01)
     with httpx.Client(base_url=server.url, timeout=0.3) as c, pytest.raises(httpx.ReadTimeout):
         ask(c, "the queued question", key=token, mode="2")
     holder.join()
@@ -189,18 +199,8 @@ def test_a_turn_that_never_gets_past_its_accounts_queue_says_so(server: ServerPr
     token = mint("queued@example.com")
     upstreams.chatgpt.chunk_delay = 0.15
     first: list[int] = []
-
-    def hold_the_account() -> None:
-        with httpx.Client(base_url=server.url, timeout=30) as c:
-            first.append(ask(c, "one two three four five six seven", key=token, mode="2").status_code)
-
-    holder = threading.Thread(target=hold_the_account)
-    holder.start()
+    holder = holding_the_account(server, upstreams, token, first)
     try:
-        deadline = time.monotonic() + 5
-        while not upstreams.chatgpt.requests:
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
         with httpx.Client(base_url=server.url, timeout=30) as c:
             message = assert_error(ask(c, "queued", key=token, mode="2", timeoutMs=300), 504)
         assert "answering another message" in message and "nothing was sent" in message, message

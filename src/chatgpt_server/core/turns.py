@@ -136,8 +136,9 @@ def _calls_are_answered(inputs: list[Item], history: list[HistoryRow]) -> None:
             break
         trailing.append(row)
     answered = answered_in(trailing) | {item.call_id for item in inputs if item.kind == "function_call_output"}
-    for call in sorted(calls_in(trailing) - answered):
-        raise BadRequest("call_not_answered", id=call, param="input")
+    open_calls = sorted(calls_in(trailing) - answered)
+    if open_calls:
+        raise BadRequest("call_not_answered", id=open_calls[0], param="input")
 
 
 def _stored_chat(item: Item) -> bytes:
