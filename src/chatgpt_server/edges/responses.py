@@ -14,9 +14,9 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -49,6 +49,7 @@ SUMMARIES = ("auto", "concise", "detailed")
 SERVICE_TIERS = ("auto", "default", "flex", "scale", "priority")
 # OpenAI's rule for a function's name, and the dots and colons other upstreams take (MCP-style names).
 TOOL_NAME = re.compile(r"[A-Za-z0-9_.:-]{1,64}")
+T = TypeVar("T")
 # The turn's reasons for an incomplete reply that OpenAI has words for (a reply cut at the gateway's size
 # cap is one cut at a length); the others are told as cancelled (the client left) or failed.
 INCOMPLETE_REASONS = {"max_output_tokens": "max_output_tokens", "content_filter": "content_filter",
@@ -394,13 +395,7 @@ async def create(request: Request, services: Services) -> ASGIApp:
         raise invalid("input", "no items to answer")
     draft = Draft(mint("resp_"), ask, int(time.time()))
     spec = _spec(services, ask, caller, inputs, draft)
-    try:
-        turn = await open_turn(services, spec, caller)
-    except (BadRequest, NotFound) as exc:
-        worded = _in_openai_words(exc, ask)
-        if worded is exc:
-            raise
-        raise worded from exc
+    turn = await _in_openai_words(open_turn(services, spec, caller), ask)
     if not ask.stream:
         try:
             async for _ in turn.events():
@@ -419,14 +414,19 @@ async def create(request: Request, services: Services) -> ASGIApp:
     return EventStream(_stream(turn, draft), services.settings.heartbeat_seconds, on_leave)
 
 
-def _in_openai_words(exc: ServiceError, ask: Ask) -> ServiceError:
-    """The core's refusals of a prompt as OpenAI words them for this door (its status and code)."""
-    if exc.key == "prompt_too_long":
-        return BadRequest("input_too_long", **{**exc.params, "code": "context_length_exceeded"})
-    if exc.key == "parent_not_found" and ask.previous:
-        return BadRequest("previous_response_not_found", id=ask.previous[:256], param="previous_response_id",
-                          code="previous_response_not_found")  # fmt: skip
-    return exc
+async def _in_openai_words(work: Awaitable[T], ask: Ask) -> T:
+    """``work``, with the core's refusals of a prompt as OpenAI words them for this door (status, code)."""
+    try:
+        return await work
+    except BadRequest as exc:
+        if exc.key == "prompt_too_long":
+            raise BadRequest("input_too_long", **{**exc.params, "code": "context_length_exceeded"}) from exc
+        raise
+    except NotFound as exc:
+        if exc.key == "parent_not_found" and ask.previous:
+            raise BadRequest("previous_response_not_found", id=ask.previous[:256], param="previous_response_id",
+                             code="previous_response_not_found") from exc  # fmt: skip
+        raise
 
 
 # -- POST /v1/responses/input_tokens ----------------------------------------------------------------
@@ -444,13 +444,7 @@ async def count_input_tokens(request: Request, services: Services) -> Response:
     caller = await caller_for(request, services, ask.model)
     inputs = await _resolve_references(services, caller.owner, ask.items)
     spec = _spec(services, ask, caller, inputs, Draft(mint("resp_"), ask, int(time.time())))
-    try:
-        tokens = await services.turns.count(spec)
-    except (BadRequest, NotFound) as exc:
-        worded = _in_openai_words(exc, ask)
-        if worded is exc:
-            raise
-        raise worded from exc
+    tokens = await _in_openai_words(services.turns.count(spec), ask)
     return JSONBody({"object": "response.input_tokens", "input_tokens": tokens})
 
 
