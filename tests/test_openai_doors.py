@@ -876,16 +876,9 @@ def test_a_follow_up_from_memory_sends_what_a_read_from_the_store_sends(tmp_path
 def test_calls_the_history_ends_with_must_be_answered_first(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
     """A response that ended in calls is followed by their outputs, as OpenAI's Responses API requires
     (a strict upstream refuses a call left open): a turn that leaves one unanswered is a 400 naming it,
-    before any upstream call; answering both goes on."""
-    tools: list[Any] = [{"type": "function", "name": "f", "parameters": {"type": "object"}}]
-    made = sdk.responses.create(model="gpt-3.5-turbo", tools=tools, input=[
-        {"type": "message", "role": "user", "content": "look both up"},
-        {"type": "function_call", "call_id": "call_x", "name": "f", "arguments": "{}"},
-        {"type": "function_call", "call_id": "call_y", "name": "f", "arguments": "{}"},
-        {"type": "function_call_output", "call_id": "call_x", "output": "x is 1"},
-        {"type": "function_call_output", "call_id": "call_y", "output": "y is 2"},
-    ])  # fmt: skip
-    first = sdk.responses.create(model="gpt-3.5-turbo", input="call:f", tools=tools, previous_response_id=made.id)
+    before any upstream call; answering it goes on."""
+    tools: list[Any] = [FN]
+    first = sdk.responses.create(model="gpt-3.5-turbo", input="call:f", tools=tools)
     call = first.output[0]
     assert call.type == "function_call"
     calls = len(upstreams.openai.requests)
