@@ -28,6 +28,7 @@ from ..core.tokens import uses_max_completion_tokens
 from ..core.turns import Budget, OpenTurn, TurnResult, TurnSpec
 from ..errors import BadRequest, NotFound, ServiceError
 from ..stores import Record, StoredItem
+from ..upstreams.base import is_count
 from .envelope import log_stream_failure, openai_error_body
 from .http import JSONBody, read_json
 from .openai_items import copy_of, invalid, item_json, parse_input
@@ -301,7 +302,7 @@ def _detail(usage: dict[str, Any], group: str, name: str) -> int:
     """A count from the upstream's usage details, if it gave one that is a count."""
     details = usage.get(group)
     value = details.get(name) if isinstance(details, dict) else None
-    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53 else 0
+    return value if is_count(value) else 0
 
 
 @dataclass(slots=True)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeGuard
 
 from ..core.items import Item
 from ..stores import HistoryRow
@@ -28,6 +28,11 @@ def label(value: Any) -> str | None:
     if isinstance(value, str) and 0 < len(value) <= MAX_LABEL and value.isprintable():
         return value
     return None
+
+
+def is_count(value: Any) -> TypeGuard[int]:
+    """An upstream-given number worth keeping: a whole count, not a bool, within JavaScript's safe range."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ import orjson
 from ..core.items import chat_messages, mint
 from ..core.tokens import uses_max_completion_tokens
 from ..errors import BadGateway, BadRequest, Forbidden, NotFound, ServiceError, TooManyRequests, Unauthorized
-from .base import ALIVE, MAX_TOOL_CALLS, Event, Prompt, Reply, Target, ToolCall, label
+from .base import ALIVE, MAX_TOOL_CALLS, Event, Prompt, Reply, Target, ToolCall, is_count, label
 from .http import (
     TRANSPORT_ERRORS,
     Answer,
@@ -42,9 +42,7 @@ def _bad(host: str, detail: str) -> BadGateway:
 
 def timestamp(value: Any) -> int | None:
     """A ``created`` time worth showing: whole seconds, not a bool, within JavaScript's safe range."""
-    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53:
-        return value
-    return None
+    return value if is_count(value) else None
 
 
 def arguments_text(value: Any) -> str | None:
@@ -230,10 +228,6 @@ def parse_completion(raw: bytes, host: str, key: str = "") -> dict[str, Any]:
 USAGE_DETAILS = {"prompt_tokens_details": ("cached_tokens",), "completion_tokens_details": ("reasoning_tokens",)}
 
 
-def _count(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**53
-
-
 def usage_of(value: Any) -> dict[str, Any] | None:
     """Usage with integer counts only, and the details in USAGE_DETAILS (anything else from an upstream
     is dropped)."""
@@ -242,7 +236,7 @@ def usage_of(value: Any) -> dict[str, Any] | None:
     out: dict[str, Any] = {}
     for name in ("prompt_tokens", "completion_tokens", "total_tokens"):
         number = value.get(name)
-        if _count(number):
+        if is_count(number):
             out[name] = number
     if "total_tokens" not in out and "prompt_tokens" in out and "completion_tokens" in out:
         out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
@@ -251,7 +245,7 @@ def usage_of(value: Any) -> dict[str, Any] | None:
     for group, names in USAGE_DETAILS.items():
         details = value.get(group)
         if isinstance(details, dict):
-            kept = {name: details[name] for name in names if _count(details.get(name))}
+            kept = {name: details[name] for name in names if is_count(details.get(name))}
             if kept:
                 out[group] = kept
     return out

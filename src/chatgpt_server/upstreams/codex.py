@@ -23,7 +23,7 @@ from ..errors import (
     TooManyRequests,
     Unauthorized,
 )
-from .base import ALIVE, MAX_TOOL_CALLS, Event, Prompt, Reply, Target, ToolCall, label
+from .base import ALIVE, MAX_TOOL_CALLS, Event, Prompt, Reply, Target, ToolCall, is_count, label
 from .http import (
     TRANSPORT_ERRORS,
     Answer,
@@ -302,7 +302,7 @@ class CodexParser:
         usage = response.get("usage")
         if isinstance(usage, dict):
             numbers = {k: usage.get(k) for k in ("input_tokens", "output_tokens", "total_tokens")}
-            if all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v < 2**53 for v in numbers.values()):
+            if all(is_count(v) for v in numbers.values()):
                 self.usage = {"prompt_tokens": numbers["input_tokens"], "completion_tokens": numbers["output_tokens"],
                               "total_tokens": numbers["total_tokens"]}  # fmt: skip
                 for ours, theirs, name in (("prompt_tokens_details", "input_tokens_details", "cached_tokens"),
@@ -310,7 +310,7 @@ class CodexParser:
                                             "reasoning_tokens")):  # fmt: skip
                     details = usage.get(theirs)
                     count = details.get(name) if isinstance(details, dict) else None
-                    if isinstance(count, int) and not isinstance(count, bool) and 0 <= count < 2**53:
+                    if is_count(count):
                         self.usage[ours] = {name: count}
 
     @property
