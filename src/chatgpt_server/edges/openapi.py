@@ -965,7 +965,8 @@ def _original_paths() -> dict[str, Schema]:
         "502": "the upstream is unreachable, failed (5xx), answered something unexpected or too large, or was "
         "blocked by Cloudflare",
         "503": STORE_DOWN,
-        "504": "the upstream did not answer in time",
+        "504": "the upstream did not answer in time (timeoutMs, idleTimeoutMs), or (legacy web backend) the "
+        "account was busy with another message all that time and nothing was sent",
     })  # fmt: skip
     token_get = _operation(
         "getToken", "Get or refresh a ChatGPT access token (password in the URL: prefer POST)",
