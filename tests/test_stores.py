@@ -712,6 +712,74 @@ def test_store_down_at_start_is_picked_up_later(network_kind: str, tmp_path: Pat
     assert run(body()) is not None
 
 
+def test_sqlite_that_could_not_open_at_start_is_opened_by_a_later_request(tmp_path: Path) -> None:
+    """The server keeps running when its store cannot be opened (requests get 503): an SQLite file
+    whose folder could not be made is opened by a request once it can be, as a network store is."""
+    blocker = tmp_path / "data"
+    blocker.write_text("a file where the store's folder should be")
+    url = f"sqlite:///{blocker / 'conversations.db'}"
+
+    async def body() -> Any:
+        store = open_store(url, 30)
+        with pytest.raises(StoreUnavailable):
+            await store.open()
+        try:
+            with pytest.raises(StoreUnavailable):
+                await store.ping()
+            blocker.unlink()
+            deadline = time.monotonic() + 5
+            while True:  # tried again at most once a second
+                try:
+                    await store.ping()
+                    break
+                except StoreUnavailable:
+                    assert time.monotonic() < deadline, "never opened"
+                    await asyncio.sleep(0.05)
+            ids = await chain(store, 1)
+            return await store.get_item("owner-a", ids[-1])
+        finally:
+            await store.close()
+
+    assert run(body()) is not None
+    with pytest.raises(StoreUnavailable):  # closed stays closed
+        run(closed_ping(url))
+
+
+async def closed_ping(url: str) -> None:
+    store = open_store(url, 30)
+    await store.open()
+    await store.close()
+    await store.ping()
+
+
+def test_sqlite_files_opened_by_several_processes_at_once_open_in_each(tmp_path: Path) -> None:
+    """Workers starting together on a new file race to switch it to WAL and to migrate it, and SQLite
+    refuses the loser at once in some of those moments: every process opens every file."""
+    import subprocess
+    import sys
+
+    rounds = 20
+    code = f"""
+import asyncio, sys, time
+sys.path.insert(0, {str(Path(__file__).resolve().parent.parent)!r})
+from chatgpt_server.stores import open_store
+
+async def main(start):
+    for r in range({rounds}):
+        time.sleep(max(0.0, start + r * 0.15 - time.time()))  # every process at once
+        store = open_store(f"sqlite:///{tmp_path}/db-{{r}}.sqlite", 30)
+        await store.open()
+        await store.ping()
+        await store.close()
+
+asyncio.run(main(float(sys.argv[1])))
+"""
+    start = time.time() + 3  # after each process has imported the package
+    openers = [subprocess.Popen([sys.executable, "-c", code, str(start)], stderr=subprocess.PIPE) for _ in range(4)]
+    said = [(o.wait(120), o.stderr.read().decode()[-300:] if o.stderr else "") for o in openers]
+    assert [code for code, _ in said] == [0] * 4, said
+
+
 def test_sqlite_write_after_close_fails_instead_of_hanging(tmp_path: Path) -> None:
     async def body() -> None:
         store = open_store(store_url("sqlite", tmp_path), 30)

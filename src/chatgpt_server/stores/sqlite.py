@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import random
 import sqlite3
 import threading
 import time
@@ -78,6 +79,9 @@ _MOVE_TIP = (
 BUSY_RETRY_S = 0.0005  # under uvloop a timer below 1 ms is the loop's next pass (measured)
 BUSY_WAIT_S = 0.001  # a check for the write lock polls more gently: nothing of the turn waits on the loop
 READ_BUSY_TRIES = 50
+OPEN_WAIT_S = 30.0  # at start-up: another process's migration, a backup holding the lock
+OPEN_BUSY_MS = 5000
+REOPEN_EVERY_S = 1.0
 _BUSY = object()
 T = TypeVar("T")
 
@@ -87,8 +91,8 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
     return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc)
 
 
-def _unavailable(exc: BaseException) -> StoreUnavailable:
-    error = StoreUnavailable(reason=f"{type(exc).__name__}: {exc}")
+def _unavailable(exc: BaseException, where: str = "") -> StoreUnavailable:
+    error = StoreUnavailable(reason=f"{type(exc).__name__}: {exc}{where}")
     error.__cause__ = exc
     return error
 
@@ -152,6 +156,9 @@ class SQLiteStore(Store):
         self._scheduled = False
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
+        self._wanted = False  # open() was called and close() was not: a request may open it again
+        self._next_try = 0.0
+        self._why_closed = "the SQLite store is closed"
         self._history = history_query(lambda n: f"?{n}", "min")
         self._path_ids = path_ids_query(lambda n: f"?{n}")
         self._item = item_query(lambda n: f"?{n}")
@@ -160,8 +167,23 @@ class SQLiteStore(Store):
     @property
     def db(self) -> sqlite3.Connection:
         if self._db is None:
-            raise StoreUnavailable(reason="the SQLite store is closed")
+            self._reopen()
+        if self._db is None:
+            raise StoreUnavailable(reason=self._why_closed)
         return self._db
+
+    def _reopen(self) -> None:
+        """A store that could not be opened at start-up (a lock held past the wait, a directory not
+        yet writable) is tried again by the requests that need it, at most once a second, without
+        waiting on a lock: the event loop must not stall."""
+        now = time.monotonic()
+        if not self._wanted or now < self._next_try:
+            return
+        self._next_try = now + REOPEN_EVERY_S
+        try:
+            self._started(self._connect(wait_ms=0))
+        except StoreUnavailable as exc:
+            self._why_closed = exc.reason or self._why_closed
 
     def _create_private(self) -> None:
         """The directory (if we make it) 0700, the file 0600, before SQLite opens it."""
@@ -173,12 +195,31 @@ class SQLiteStore(Store):
             os.close(fd)
 
     async def open(self) -> None:
+        """Open (creating and migrating as needed). Worker processes starting together on a new file
+        race to switch it to WAL and to migrate it; SQLite refuses the loser at once in some of those
+        moments (it would deadlock), without its busy handler: the whole open is tried again."""
+        self._wanted = True
+        deadline = time.monotonic() + OPEN_WAIT_S
+        while True:
+            try:
+                self._started(self._connect(wait_ms=OPEN_BUSY_MS))
+                return
+            except StoreUnavailable as exc:
+                self._why_closed = exc.reason or self._why_closed
+                if not isinstance(exc.__cause__, sqlite3.OperationalError) or not _is_busy(exc.__cause__):
+                    raise
+                if time.monotonic() > deadline:
+                    raise
+            await asyncio.sleep(random.uniform(0.005, 0.05))  # apart, so the same two do not meet again
+
+    def _connect(self, wait_ms: int) -> sqlite3.Connection:
+        db: sqlite3.Connection | None = None
         try:
             self._create_private()
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=wait_ms / 1000)
+            db.execute(f"PRAGMA busy_timeout={wait_ms}")  # migrations wait for another process's
             db.execute("PRAGMA journal_mode=WAL")
             db.execute(f"PRAGMA synchronous={self.synchronous}")
-            db.execute("PRAGMA busy_timeout=5000")  # migrations wait for another process's
             db.execute(f"PRAGMA journal_size_limit={JOURNAL_SIZE_LIMIT}")
             # Checkpoints copy the WAL into the database and fsync it: milliseconds that would stall
             # every request if they ran on the event loop. A thread of ours runs them instead.
@@ -188,7 +229,12 @@ class SQLiteStore(Store):
             # another worker process) is retried a moment later, a read a few times at once.
             db.execute("PRAGMA busy_timeout=0")
         except (sqlite3.Error, OSError) as exc:
-            raise StoreUnavailable(reason=f"{type(exc).__name__}: {exc} ({self.path})") from exc
+            if db is not None:
+                db.close()
+            raise _unavailable(exc, f" ({self.path})") from exc
+        return db
+
+    def _started(self, db: sqlite3.Connection) -> None:
         self._db = db
         self._stop.clear()
         self._checkpointer = threading.Thread(target=self._checkpoint_forever, name="sqlite-checkpoint", daemon=True)
@@ -241,6 +287,8 @@ class SQLiteStore(Store):
             raise
 
     async def close(self) -> None:
+        self._wanted = False
+        self._why_closed = "the SQLite store is closed"
         self._stop.set()
         if self._checkpointer is not None:
             self._checkpointer.join(5)
