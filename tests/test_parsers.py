@@ -16,7 +16,7 @@ from hypothesis import example, given
 from hypothesis import strategies as st
 
 from chatgpt_server.errors import BadGateway, BadRequest, Forbidden, ServiceError, TooManyRequests
-from chatgpt_server.redact import SECRETISH, has_secretish_word
+from chatgpt_server.redact import SECRETISH, has_secretish_word, holds_secret, masked
 from chatgpt_server.upstreams.chat_completions import ChunkParser, parse_completion, usage_of
 from chatgpt_server.upstreams.codex import CodexParser
 from chatgpt_server.upstreams.http import scrub, shown_label, transport_error
@@ -753,6 +753,33 @@ def test_scrub_never_shows_a_credential_or_a_piece_of_one() -> None:
         shown = scrub(text, key).lower()
         assert len(shown) <= 301
         assert not any(key[i : i + 6].lower() in shown for i in range(len(key) - 5)), (text, shown)
+
+
+KEY_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_-"
+
+
+@given(
+    st.text(KEY_ALPHABET, min_size=20, max_size=80),
+    st.integers(0, 80),
+    st.integers(0, 80),
+    st.sampled_from([str, str.upper, str.lower, str.swapcase]),
+    st.text(max_size=40),
+    st.text(max_size=40),
+)
+@example("gsk_Zq3vT8xYw2LmN5pRk7HsQ9w8E7r6T5y4", 0, 1, str, "Incorrect API key provided: ", ".")
+@example("sk-hunt-ABCDEFGHIJKLMNOPQRSTUVWX", 3, 0, str, '"code": "', '"')
+def test_a_cut_credential_is_masked_wherever_it_is_cut(
+    key: str, cut_front: int, cut_back: int, case: Callable[[str], str], before: str, after: str
+) -> None:
+    """An echo that cut the key (a prefix taken off, the end dropped, a run from its middle, in any
+    case) shows no run of 12 of its characters, in what a message quotes and in a label."""
+    run = key[cut_front : len(key) - cut_back]
+    text = before + case(run) + after
+    for shown in (masked(text, key), scrub(text, key, limit=10_000), shown_label(text, key) or ""):
+        low = shown.lower()
+        assert not any(key[i : i + 12].lower() in low for i in range(len(key) - 11)), (text, shown)
+    if len(run) >= 12:
+        assert holds_secret(text, key)
 
 
 SECRETISH_PIECES = ["sk-", "SK-", "ſk-", "eyJ", "EYJ", "apı_key", "api-key", "Token", "secret", "PASSWORD"]

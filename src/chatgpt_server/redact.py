@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
+from typing import AnyStr
 from urllib.parse import quote, quote_plus
 
 # Anything shaped like a credential: OpenAI-style keys, JWTs (whole, or a header and payload without
@@ -20,6 +21,11 @@ MIN_SECRET = 12
 # A key's last 8 characters are masked too (what masked keys show), once the key is long enough for
 # them to be its random part.
 TAIL_FROM = 20
+# An echo may cut a credential (its first characters taken for a prefix, its last dropped): any run
+# of FRAGMENT of its characters is masked wherever it appears. A run that long of a key's random part
+# is never chance; a shorter one may be (the "sk-proj-" every key starts with).
+FRAGMENT = 12
+_PROBE = FRAGMENT // 2  # a run of FRAGMENT holds a _PROBE-long piece that starts at a multiple of _PROBE
 
 
 def secret_forms(secret: str) -> list[str]:
@@ -48,20 +54,120 @@ def _forms_lower(secret: str) -> tuple[str, ...]:
     return tuple(form.lower() for form in secret_forms(secret))
 
 
+@functools.lru_cache(maxsize=64)  # a mode-2 token is ~2k characters: 64 of them, a few MB at most
+def _probes(low_secret: str) -> dict[str, tuple[int, ...]]:
+    """Every ``_PROBE``-long piece of a (lower-cased) credential, with where each starts in it."""
+    where: dict[str, list[int]] = {}
+    for i in range(len(low_secret) - _PROBE + 1):
+        where.setdefault(low_secret[i : i + _PROBE], []).append(i)
+    return {piece: tuple(starts) for piece, starts in where.items()}
+
+
+@functools.lru_cache(maxsize=64)
+def _run_keys(secret: str) -> tuple[tuple[str, ...], frozenset[str]]:
+    low = secret.lower()
+    pieces = tuple(low[i : i + _PROBE] for i in range(0, len(low) - _PROBE + 1, _PROBE))
+    return pieces, frozenset(low[i : i + _PROBE] for i in range(len(low) - _PROBE + 1))
+
+
+@functools.lru_cache(maxsize=64)
+def _run_keys_bytes(secret: str) -> tuple[tuple[bytes, ...], frozenset[bytes]]:
+    pieces, all_pieces = _run_keys(secret)
+    return tuple(p.encode() for p in pieces), frozenset(p.encode() for p in all_pieces)
+
+
+def _may_hold(low: AnyStr, pieces: tuple[AnyStr, ...], every_piece: frozenset[AnyStr]) -> bool:
+    """Whether lower-cased ``low`` may hold a run of ``FRAGMENT`` characters of a secret, by the
+    cheaper of two exact tests (no run is missed; a "yes" is then looked at closely). A run holds one
+    of the secret's pieces that start at multiples of ``_PROBE``, and it holds a piece of the text that
+    starts at such a multiple: a search in C for each of a short key's few pieces, or one set test of
+    the text's pieces against all of a long key's."""
+    if len(pieces) <= 12:
+        return any(piece in low for piece in pieces)
+    return not every_piece.isdisjoint([low[i : i + _PROBE] for i in range(0, len(low) - _PROBE + 1, _PROBE)])
+
+
+def may_hold_run(low_raw: bytes, secret: str) -> bool:
+    """``_may_hold`` for bytes (lower-cased) passed on as they came."""
+    return len(secret) >= MIN_SECRET and _may_hold(low_raw, *_run_keys_bytes(secret))
+
+
+def _lower(text: str) -> str:
+    """``text`` lower-cased, one character for one (so positions still match ``text``'s)."""
+    low = text.lower()
+    return low if len(low) == len(text) else "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
+
+
+def fragment_spans(text: str, secret: str) -> list[tuple[int, int]]:
+    """Where ``text`` holds ``FRAGMENT`` or more consecutive characters of ``secret``, in any letter
+    case: each run as long as it goes."""
+    if len(secret) < MIN_SECRET:
+        return []
+    low = _lower(text)
+    if not _may_hold(low, *_run_keys(secret)):
+        return []
+    return _runs_in(low, secret.lower())
+
+
+def _runs_in(low_text: str, low_secret: str) -> list[tuple[int, int]]:
+    probes = _probes(low_secret)
+    spans: list[tuple[int, int]] = []
+    covered = 0
+    for start in range(0, len(low_text) - _PROBE + 1, _PROBE):
+        starts = probes.get(low_text[start : start + _PROBE]) if start >= covered else None
+        if starts is None:
+            continue
+        best = (0, 0)
+        for j in starts[:8]:  # the piece's places in the secret (a random key repeats none): the longest run
+            left = 0
+            while left < min(start, j) and low_text[start - left - 1] == low_secret[j - left - 1]:
+                left += 1
+            right = _PROBE
+            while (
+                start + right < len(low_text)
+                and j + right < len(low_secret)
+                and (low_text[start + right] == low_secret[j + right])
+            ):
+                right += 1
+            if left + right > best[1] - best[0]:
+                best = (start - left, start + right)
+        if best[1] - best[0] >= FRAGMENT:
+            spans.append(best)
+            covered = best[1]
+    return spans
+
+
 def holds_secret(value: str, *secrets: str) -> bool:
-    """Whether ``value`` holds one of ``secrets`` (in a spelling ``secret_forms`` gives) or anything
-    shaped like a credential."""
+    """Whether ``value`` holds one of ``secrets`` (in a spelling ``secret_forms`` gives, or a run of
+    ``FRAGMENT`` of its characters) or anything shaped like a credential."""
     if secrets:
-        low = value.lower()
+        low = _lower(value)
         for secret in secrets:
             for form in _forms_lower(secret):
                 if form in low:
                     return True
+            if fragment_spans(value, secret):
+                return True
     return has_secretish_word(value) and SECRETISH.search(value) is not None
+
+
+def masked_runs(text: str, *secrets: str) -> str:
+    """``text`` with every run of ``FRAGMENT`` or more characters of a secret written as ***."""
+    spans = sorted(span for secret in secrets for span in fragment_spans(text, secret))
+    if not spans:
+        return text
+    pieces, at = [], 0
+    for start, end in spans:
+        if end > at:  # a run overlapping the one before is part of its ***
+            pieces.append(text[at:start] + "***" if start >= at else "")
+            at = end
+    return "".join(pieces) + text[at:]
 
 
 def masked(text: str, *secrets: str) -> str:
     """``text`` with every credential ``holds_secret`` finds written as ***."""
+    if secrets:
+        text = masked_runs(text, *secrets)
     forms = sorted({form for secret in secrets for form in secret_forms(secret)}, key=len, reverse=True)
     if forms:
         text = re.sub("|".join(re.escape(form) for form in forms), "***", text, flags=re.IGNORECASE)

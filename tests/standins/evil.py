@@ -653,10 +653,11 @@ class Endless(Recording):
 # -- credentials echoed -------------------------------------------------------------------------
 def spellings(secret: str) -> list[str]:
     """How a careless upstream echoes a credential: as sent, upper-, lower- and swapped-case, its
-    last 8 characters in each case, and URL-encoded (as a query string carries it)."""
+    last 8 characters in each case, URL-encoded (as a query string carries it), and cut: without its
+    last character, without its prefix, a run of 12 from its middle (upper-cased)."""
     tail = secret[-8:]
     return [secret, secret.upper(), secret.lower(), secret.swapcase(), tail, tail.upper(), tail.swapcase(),
-            quote(secret, safe="")]  # fmt: skip
+            quote(secret, safe=""), secret[:-1], secret[3:], secret[5:17].upper()]  # fmt: skip
 
 
 OTHER_SECRETS = ["sk-proj-Zq3vT8xYw2LmN5pRk7Hs", "Bearer abc.def-ghi_jkl", "api_key=Q9w8E7r6T5y4U3i2",
@@ -668,7 +669,7 @@ def echo_text(secret: str) -> str:
     forms = spellings(secret)
     return (f"Incorrect API key provided: {forms[0]}. Shouted: {forms[1]}; quiet: {forms[2]}; odd: {forms[3]}; "
             f"masked: ...{forms[4]} ({forms[5]}, {forms[6]}); in a header: Authorization: Bearer {secret}; "
-            f"in a URL: https://example.com/v1?key={forms[7]}; "
+            f"in a URL: https://example.com/v1?key={forms[7]}; cut: {forms[8]}. and {forms[9]}/{forms[10]}; "
             f"also seen: {', '.join(OTHER_SECRETS)}")  # fmt: skip
 
 
@@ -753,15 +754,16 @@ class ChatLeaky(Recording):
             if body.get("stream"):
                 first = _chunk({"role": "assistant", "content": "Hello"}, id=secret, model=secret.upper())
                 last = {"index": 0, "delta": {"content": " there"}, "finish_reason": secret.lower()}
-                frames = [first, orjson.dumps({"id": secret, "model": "model-" + secret[-8:], "choices": [last]}),
+                frames = [first, orjson.dumps({"id": secret[3:], "model": "model-" + secret[-8:], "choices": [last]}),
                           b"[DONE]"]  # fmt: skip
                 return await _stream_frames(request, frames)
-            reply = {"id": secret, "object": "chat.completion", "model": "model-" + secret[-8:],
+            reply = {"id": secret[:-1], "object": "chat.completion", "model": "model-" + secret[-8:],
+                     "system_fingerprint": secret[3:],
                      "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello there"},
                                   "finish_reason": secret}]}  # fmt: skip
             return _json(200, reply, {})
-        if words[0] == "code":  # the key as the code alone, as a 401 would carry it
-            return _json(int(words[1]), {"error": {"message": "no", "code": secret}}, headers)
+        if words[0] == "code":  # the key as the code alone, as a 401 would carry it; cut, as the param
+            return _json(int(words[1]), {"error": {"message": "no", "code": secret, "param": secret[3:]}}, headers)
         return _json(int(words[0]), error, headers)
 
 

@@ -20,6 +20,7 @@ from starlette.types import ASGIApp
 from ..core.activity import current_log
 from ..core.relay import relay_stream, relay_whole
 from ..errors import BadRequest, NotFound, ServiceError
+from ..redact import masked_runs, may_hold_run
 from ..upstreams.base import Target
 from ..upstreams.chat_completions import ChunkParser
 from ..upstreams.http import masking
@@ -73,16 +74,16 @@ async def create(request: Request, services: Services) -> ASGIApp:
         async def on_leave() -> None:
             await chunks.aclose()  # closes the upstream response: the upstream stops writing
 
-        return EventStream(_events(chunks, parser, added, masking(key)), settings.heartbeat_seconds, on_leave)
+        return EventStream(_events(chunks, parser, added, key), settings.heartbeat_seconds, on_leave)
     log.route = "chat.completions"
     raw, usage = await relay_whole(services.relay, orjson.dumps(body), target, settings.timeout_ms / 1000)
     log.outcome = _usage_note(usage)
     # Passed on as written, but never with the caller's key in it (an upstream that echoes it as an id).
-    return Response(_masked(raw, masking(key)), media_type="application/json")
+    return Response(_masked(raw, key), media_type="application/json")
 
 
 async def _events(chunks: AsyncIterator[str], parser: ChunkParser, usage_added: bool,
-                  secret: re.Pattern[bytes]) -> AsyncIterator[bytes]:  # fmt: skip
+                  key: str) -> AsyncIterator[bytes]:  # fmt: skip
     log = current_log()
     try:
         async for data in chunks:
@@ -93,7 +94,7 @@ async def _events(chunks: AsyncIterator[str], parser: ChunkParser, usage_added: 
                 break
             if "\n" in data:  # it came over several data lines: so it goes on
                 data = data.replace("\n", "\ndata: ")
-            yield b"data: " + _masked(data.encode(), secret) + b"\n\n"
+            yield b"data: " + _masked(data.encode(), key) + b"\n\n"
         log.outcome = "done " + _usage_note(parser.usage)
     except ServiceError as exc:
         log_stream_failure(exc)
@@ -103,14 +104,19 @@ async def _events(chunks: AsyncIterator[str], parser: ChunkParser, usage_added: 
 _ASCII_ESCAPE = re.compile(rb"\\u00[2-7][0-9a-fA-F]")
 
 
-def _masked(raw: bytes, secret: re.Pattern[bytes]) -> bytes:
-    """``raw`` with the caller's key masked, also where the JSON spells it in \\u escapes (then it is
-    written again, escapes decoded, which any JSON reader reads the same). A key split across stream
-    events is not seen: each event is passed on as it comes."""
+def _masked(raw: bytes, key: str) -> bytes:
+    """``raw`` with the caller's key masked, whole or cut (``masked_runs``), also where the JSON spells
+    it in \\u escapes (then it is written again, escapes decoded, which any JSON reader reads the
+    same). A key split across stream events is not seen: each event is passed on as it comes."""
     if _ASCII_ESCAPE.search(raw):  # a key is ASCII: only an escaped ASCII character can hide one
         with contextlib.suppress(ValueError, TypeError):  # not JSON, or too deep to write: as it came
             raw = orjson.dumps(orjson.loads(raw))
-    return secret.sub(b"***", raw) if secret.search(raw) else raw
+    secret = masking(key)
+    if secret.search(raw):
+        raw = secret.sub(b"***", raw)
+    if not may_hold_run(raw.lower(), key):  # no run of the key: the common case
+        return raw
+    return masked_runs(raw.decode("latin-1"), key).encode("latin-1")  # one character a byte, as the key's
 
 
 async def list_models(request: Request, services: Services) -> Response:

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..errors import BadGateway, GatewayTimeout, ServiceError
-from ..redact import MIN_SECRET, SECRETISH, TAIL_FROM, has_secretish_word, masked, secret_forms
+from ..redact import SECRETISH, TAIL_FROM, fragment_spans, has_secretish_word, masked, secret_forms
 from ..settings import Settings, netloc_of
 from .wire import ConnectFailed, CutOff, Disconnected, NotHTTP, Wire, WireResponse
 
@@ -62,7 +62,7 @@ def _text_of(value: Any) -> str:
 
 def scrub(value: Any, *secrets: str, limit: int = 300) -> str:
     """An upstream's words made safe to show: no credential (the request's own in any letter case,
-    whole or its last 8 characters, and anything shaped like a key or bearer token), no control
+    whole, cut, or its last 8 characters, and anything shaped like a key or bearer token), no control
     characters, one line, bounded. Total: any value gives a string, in time linear in its size."""
     text = _text_of(value)
     if "&" in text:  # an HTML error page may spell the key as character references (&#115;&#107;...)
@@ -87,7 +87,7 @@ def shown_label(value: str | None, secret: str) -> str | None:
         return value
     low = value.lower()
     if ((len(secret) >= TAIL_FROM and secret[-8:].lower() in low)
-            or (len(secret) >= MIN_SECRET and secret.lower() in low)
+            or fragment_spans(value, secret)  # the whole secret, or a run of it an echo cut
             or (has_secretish_word(value) and SECRETISH.search(value))):  # fmt: skip
         return scrub(value, secret, limit=len(value))
     return value
