@@ -287,6 +287,32 @@ def test_function_tool_round_trip(sdk: openai.OpenAI, upstreams: Upstreams) -> N
     assert sdk.responses.retrieve(streamed.id).output[0].id == streamed.output[0].id
 
 
+@pytest.mark.parametrize("stream", [True, False])
+def test_text_a_model_says_after_its_call_goes_with_the_call(sdk: openai.OpenAI, upstreams: Upstreams,
+                                                            stream: bool) -> None:  # fmt: skip
+    """A streamed reply may say something after its tool call ("Checking now."): it is kept, and the
+    next prompt carries it in the calling message, which the tool message must directly follow (a
+    strict upstream refuses an assistant message between them)."""
+    tools: list[Any] = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+    first: Any
+    if stream:
+        with sdk.responses.stream(model="gpt-3.5-turbo", input="callsay:lookup", tools=tools) as s:
+            first = s.get_final_response()
+    else:
+        first = sdk.responses.create(model="gpt-3.5-turbo", input="callsay:lookup", tools=tools)
+    assert sorted(item.type for item in first.output) == ["function_call", "message"]
+    assert first.output_text == "Checking now."
+    call = next(item for item in first.output if item.type == "function_call")
+    second = sdk.responses.create(
+        model="gpt-3.5-turbo", previous_response_id=first.id, tools=tools,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "forty-two"}],
+    )  # fmt: skip
+    assert second.output_text == "echo(1): callsay:lookup [tool: forty-two]"
+    messages = sent(upstreams)["messages"]
+    assert [m["role"] for m in messages[-3:]] == ["user", "assistant", "tool"]
+    assert messages[-2]["content"] == "Checking now." and messages[-2]["tool_calls"][0]["id"] == call.call_id
+
+
 def test_truncation_auto_drops_exactly_the_oldest_and_disabled_refuses(
     sdk: openai.OpenAI, upstreams: Upstreams
 ) -> None:

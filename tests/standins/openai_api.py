@@ -203,7 +203,8 @@ class OpenAIStandIn:
                                       {"cut": 1, "cut0": -1}.get(failure or ""), call)  # fmt: skip
         message: dict[str, Any] = {"role": "assistant", "content": text}
         if call is not None:
-            message = {"role": "assistant", "content": None, "tool_calls": [call]}
+            say = call.pop("say")
+            message = {"role": "assistant", "content": "Checking now." if say else None, "tool_calls": [call]}
         reply = {
             "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if call else "stop"}],
@@ -214,12 +215,14 @@ class OpenAIStandIn:
 
     @staticmethod
     def _tool_call(body: dict[str, Any], last: dict[str, Any], text: str) -> dict[str, Any] | None:
-        """With tools, a last user message "call:NAME" makes the model call tool NAME with {"x": 1}."""
+        """With tools, a last user message "call:NAME" makes the model call tool NAME with {"x": 1};
+        "callsay:NAME" too, and a stream then says "Checking now." after the call, as models do."""
         names = [t.get("function", {}).get("name") for t in body.get("tools") or []]
-        if last.get("role") != "user" or not text.startswith("call:") or text[5:] not in names:
+        name = text.split(":", 1)[1] if text.startswith(("call:", "callsay:")) else None
+        if last.get("role") != "user" or name not in names:
             return None
         return {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
-                "function": {"name": text[5:], "arguments": '{"x": 1}'}}  # fmt: skip
+                "function": {"name": name, "arguments": '{"x": 1}'}, "say": text.startswith("callsay:")}  # fmt: skip
 
     async def _failure(self, failure: str) -> web.StreamResponse | None:
         if failure == "rate":
@@ -263,6 +266,10 @@ class OpenAIStandIn:
                 for piece in ('{"x"', ": 1}"):
                     delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
                     await send({"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
+                if call["say"]:  # text after the call
+                    await send(
+                        {"choices": [{"index": 0, "delta": {"content": "Checking now."}, "finish_reason": None}]}
+                    )
                 await send({"choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
                 if usage:
                     await send({"choices": [], "usage": usage})

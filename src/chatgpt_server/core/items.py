@@ -126,12 +126,17 @@ def text_of(parts: list[dict[str, Any]]) -> str:
     return "".join(p.get("text", "") for p in parts if p.get("type") in ("input_text", "output_text", "text"))
 
 
+_ASSISTANT_TEXT = b'{"role":"assistant","content":"'
+
+
 def chat_messages(items: list[tuple[str, bytes]]) -> list[bytes]:
     """(kind, chat JSON) pairs, oldest first, as the ``messages`` of a chat-completions request.
 
     Plain messages pass through as they are; consecutive function calls become one assistant
-    message whose ``tool_calls`` lists them (merged with the assistant text just before them), as
-    chat completions wants every tool message to follow the assistant message that called it.
+    message whose ``tool_calls`` lists them, as chat completions wants every tool message to follow
+    the assistant message that called it. The assistant's text around the calls goes in that message
+    too: the text just before them, and text the model said after them (a streamed reply may) when
+    the calls' outputs follow it, where a message of its own would stand between call and output.
     """
     out: list[bytes] = []
     i, n = 0, len(items)
@@ -141,12 +146,20 @@ def chat_messages(items: list[tuple[str, bytes]]) -> list[bytes]:
             out.append(chat)
             i += 1
             continue
+        texts: list[str] = []
+        if out and out[-1].startswith(_ASSISTANT_TEXT):
+            texts.append(orjson.loads(out.pop())["content"])
         calls: list[bytes] = []
-        while i < n and items[i][0] == "function_call":
-            calls.append(items[i][1])
+        while i < n:
+            kind, chat = items[i]
+            if kind == "function_call":
+                calls.append(chat)
+            elif (chat.startswith(_ASSISTANT_TEXT) and i + 1 < n
+                  and items[i + 1][0] in ("function_call", "function_call_output")):  # fmt: skip
+                texts.append(orjson.loads(chat)["content"])
+            else:
+                break
             i += 1
-        content = b"null"
-        if out and out[-1].startswith(b'{"role":"assistant","content":"'):
-            content = orjson.dumps(orjson.loads(out.pop())["content"])
+        content = orjson.dumps("".join(texts)) if texts else b"null"
         out.append(b'{"role":"assistant","content":' + content + b',"tool_calls":[' + b",".join(calls) + b"]}")
     return out
