@@ -397,6 +397,36 @@ def test_a_stream_stuck_on_a_client_that_stopped_reading_keeps_its_partial_at_sh
         server.stop()
 
 
+def test_a_client_that_leaves_before_its_answer_stops_its_turn_and_frees_its_conversation(
+    tmp_path: Path, upstreams: Upstreams
+) -> None:
+    """A client that gives up on a JSON answer (the SDK's timeout, then its retry): the turn stops at
+    once instead of at the server's timeout, so the conversation is not held for nobody (the retry
+    would meet conversation_locked) and nothing nobody was told of is stored; the log says 499."""
+    server = ServerProcess(tmp_path, upstreams.env()).start()
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as sdk:
+            conversation = sdk.conversations.create()
+            upstreams.apps.call(lambda: upstreams.openai.fail_next.append("sleep:4"))  # an answer in 4 s
+            with pytest.raises(openai.APITimeoutError):
+                sdk.with_options(timeout=1).responses.create(
+                    model="gpt-3.5-turbo", input="abandoned", conversation=conversation.id
+                )
+            left = time.monotonic()
+            again = sdk.responses.create(model="gpt-3.5-turbo", input="again", conversation=conversation.id)
+            assert again.output_text == "echo(1): again" and time.monotonic() - left < 5
+            items = sdk.conversations.items.list(conversation.id).model_dump_json()
+            assert "abandoned" not in items and "again" in items
+        with httpx.Client(base_url=server.url, timeout=1) as c:  # the original route, a new conversation
+            upstreams.apps.call(lambda: upstreams.openai.fail_next.append("sleep:4"))
+            with pytest.raises(httpx.ReadTimeout):
+                ask(c, "given up")
+        wait_for(lambda: len([m for m in access_lines(server.log()) if m["status"] == "499"]) == 2,
+                 timeout=5, what="both requests logged as 499")  # fmt: skip
+    finally:
+        server.stop()
+
+
 # -- the access log --------------------------------------------------------------------------------
 LINE = re.compile(
     r"^(?P<time>\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z) (?P<rid>\S+) (?P<method>[A-Z]+) (?P<path>\S+) "

@@ -335,6 +335,7 @@ HOSTILE_COMPLETIONS: list[tuple[bytes, str]] = [
     (completion({"content": None, "tool_calls": [1]}), "502"),
     (completion({"content": None, "tool_calls": [{"function": "f"}]}), "502"),
     (completion({"content": None, "tool_calls": [{"function": {"name": 5}}]}), "502"),
+    (completion({"content": None, "tool_calls": [{"function": {"name": ""}}]}), "502"),  # as streamed
     (completion({"content": None, "tool_calls": [{"function": {"name": "f", "arguments": {"x": [1]}}}]}), "ok"),
     (completion({"content": None, "tool_calls": [{"function": {"name": "f", "arguments": nested(200)}}]}), "ok"),
     # Arguments should be text; an object is encoded, unless it is nested deeper than the encoder goes.

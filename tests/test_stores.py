@@ -541,6 +541,25 @@ def test_shared_secret_is_kept_once(kind: str, tmp_path: Path) -> None:
     assert with_store(url, body) == (b"first", b"first")  # and across opens
 
 
+def test_instances_starting_together_agree_on_one_shared_secret(kind: str, tmp_path: Path) -> None:
+    """Several instances open a store that has no secret yet, at once: each proposes its own and all
+    get the same one (PostgreSQL's insert-and-read once gave the losers nothing to read)."""
+    for _ in range(4):
+        url = store_url(kind, tmp_path)
+        with_store(url, lambda s: s.ping())  # migrated, no secret yet
+
+        async def together(url: str = url) -> list[bytes]:
+            stores = [open_store(url, 30) for _ in range(6)]
+            await asyncio.gather(*(s.open() for s in stores))
+            try:
+                return await asyncio.gather(*(s.shared_secret(bytes([i]) * 8) for i, s in enumerate(stores)))
+            finally:
+                await asyncio.gather(*(s.close() for s in stores))
+
+        secrets = run(together())
+        assert len(set(secrets)) == 1 and secrets[0] in {bytes([i]) * 8 for i in range(6)}
+
+
 def test_reopening_keeps_data(kind: str, tmp_path: Path) -> None:
     url = store_url(kind, tmp_path)
     ids = with_store(url, lambda s: chain(s, 2))

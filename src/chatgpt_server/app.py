@@ -33,7 +33,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from .accounts.service import Accounts
 from .accounts.signin import TokenService
-from .core.activity import Activity, RequestLog, begin_log
+from .core.activity import GONE, Activity, RequestLog, begin_log
 from .core.history import HistoryCache
 from .core.items import random_hex
 from .core.leases import given_back
@@ -312,6 +312,10 @@ class App:
                 except StoreUnavailable as exc:
                     await send({"type": "lifespan.startup.failed", "message": f"store unavailable: {exc.reason}"})
                     return
+                except Exception as exc:  # else the server would run on without our start-up and shutdown
+                    log.error("start-up failed: %s: %s", type(exc).__name__, masked(str(exc))[:300])
+                    await send({"type": "lifespan.startup.failed", "message": f"start-up failed: {type(exc).__name__}"})
+                    return
                 # Everything built so far lives as long as the process: keep the collector from rescanning it.
                 gc.collect()
                 gc.freeze()
@@ -354,6 +358,7 @@ class App:
     async def http(self, scope: Scope, receive: Receive, send: Send) -> None:
         started = time.perf_counter()
         entry = begin_log()
+        scope[GONE] = entry.client_left
         rid = self._request_id(scope)
         status = 0
         rid_header = (b"x-request-id", rid.encode())

@@ -31,6 +31,7 @@ from typing import ClassVar, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
+from .core.activity import GONE
 from .edges.envelope import head_error_body
 from .one_send import OneSend
 
@@ -88,6 +89,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        cycle = self.cycle
+        if cycle is not None and not cycle.response_started:  # a stream's own ending handles a stream
+            left = cycle.scope.get(GONE)
+            if callable(left):
+                left()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:

@@ -9,8 +9,15 @@ import contextvars
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..errors import ClientGone
+
 if TYPE_CHECKING:
     from .turns import OpenTurn
+
+
+# The scope key of what the server calls when the client leaves before its answer began (App.http sets
+# it, the HTTP protocol calls it).
+GONE = "chatgpt_server.client_left"
 
 
 @dataclass(slots=True)
@@ -23,6 +30,16 @@ class RequestLog:
     message: str = ""
     # The request's credentials (its key, token, password): masked wherever a message quotes the client.
     secrets: tuple[str, ...] = ()
+    turn: OpenTurn | None = None  # the turn it is waiting for, if any
+    gone: bool = False
+
+    def client_left(self) -> None:
+        """The client closed the connection before its answer began (the server calls this): the turn
+        it waits for is stopped, whatever it was waiting for (a queue, the upstream's head or words),
+        and lets go of its conversation; nothing is bought for nobody."""
+        self.gone = True
+        if self.turn is not None:
+            self.turn.abort(ClientGone("client_left"))
 
 
 _current: contextvars.ContextVar[RequestLog] = contextvars.ContextVar("request_log")

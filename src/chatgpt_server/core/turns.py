@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from operator import itemgetter
 from typing import Any
 
-from ..errors import BadRequest, GatewayTimeout, NotFound, ServiceError, ShuttingDown, StoreUnavailable
+from ..errors import BadRequest, ClientGone, GatewayTimeout, NotFound, ServiceError, ShuttingDown, StoreUnavailable
 from ..stores import HistoryRow, NewItem, Record, Store, StoredItem, TurnWrite
 from ..upstreams.base import Event, Prompt, Reply, Target, ToolCall, Upstream
 from .activity import Activity, current_log
@@ -408,6 +408,9 @@ class OpenTurn:
         self.turns.activity.turns.add(self)
         log = current_log()
         log.upstream = self.host
+        log.turn = self
+        if log.gone:  # the client left while this turn was being prepared
+            self.abort(ClientGone("client_left"))
         self._started = time.perf_counter()
         try:
             async with asyncio.timeout_at(self._deadline) as self._timeout:

@@ -6,15 +6,13 @@ It translates the contract's body into a turn for the core and the result back i
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import time
-from collections.abc import AsyncIterator, Coroutine
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
 from starlette.requests import Request
-from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from ..core.activity import current_log
@@ -30,8 +28,6 @@ from .http import read_json
 from .messages import pick_language
 from .original_request import ChatRequest, parse_chat
 from .sse import EventStream, event
-
-CLIENT_LEFT = 499
 
 if TYPE_CHECKING:
     from ..accounts.service import Credential
@@ -179,11 +175,8 @@ async def get_info(request: Request, services: Services) -> ASGIApp:
     log.route = f"gpt mode{chat.mode} type{2 if chat.stream else 1}"
     spec, credential = await spec_for(chat, services)
     if not chat.stream:
-        whole = _whole(services, spec, credential)
-        # A turn that waits in an account's queue is given up as soon as its client leaves.
-        result = await (_unless_gone(whole, request) if spec.queue_key else whole)
-        if result is None:  # nobody to answer: nginx's 499 tells the access log why
-            return Response(status_code=CLIENT_LEFT)
+        # A client that leaves stops the turn wherever it waits (RequestLog.client_left): a 499.
+        result = await _whole(services, spec, credential)
         return ok(reply_data(chat, result, spec.model), status=201)
     turn = await services.accounts.open_turn(services.turns, spec, credential)
     language = language_of(request, settings.language)
@@ -209,27 +202,6 @@ async def _whole(services: Services, spec: TurnSpec, credential: Credential | No
         return await turn.finish()
     finally:
         await turn.close()
-
-
-async def _unless_gone(work: Coroutine[Any, Any, TurnResult], request: Request) -> TurnResult | None:
-    """The result of ``work``, or None if the client left first (``work`` is then cancelled)."""
-    task = asyncio.ensure_future(work)
-    gone = asyncio.ensure_future(_disconnected(request))
-    try:
-        await asyncio.wait({task, gone}, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        gone.cancel()
-        if not task.done():
-            task.cancel()
-            current_log().outcome = "client left"
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-    return None if task.cancelled() else task.result()
-
-
-async def _disconnected(request: Request) -> None:
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def _events(turn: OpenTurn, chat: ChatRequest, model: str, path: str, language: str) -> AsyncIterator[bytes]:

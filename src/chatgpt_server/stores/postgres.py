@@ -336,6 +336,8 @@ class PostgresStore(Store):
                SELECT value FROM ins UNION ALL SELECT value FROM meta WHERE key = 'hmac_key'""",
             candidate.hex(),
         )
+        if not rows:  # another instance inserted it after this statement's snapshot: it is there now
+            rows = await self._fetch("SELECT value FROM meta WHERE key = 'hmac_key'")
         return bytes.fromhex(rows[0][0])
 
     # -- items --------------------------------------------------------------------------------------

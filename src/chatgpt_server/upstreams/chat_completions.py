@@ -206,8 +206,8 @@ def parse_completion(raw: bytes, host: str, key: str = "") -> dict[str, Any]:
             raise _bad(host, f"more than {MAX_TOOL_CALLS} tool calls")
         for call in raw_calls:
             function = call.get("function") if isinstance(call, dict) else None
-            if not isinstance(function, dict) or not isinstance(function.get("name"), str):
-                raise _bad(host, "a tool call has no function name")
+            if not isinstance(function, dict) or not isinstance(function.get("name"), str) or not function["name"]:
+                raise _bad(host, "a tool call has no function name")  # as a stream's call without one
             arguments = arguments_text(function.get("arguments"))
             if arguments is None:
                 raise _bad(host, "a tool call's arguments are not JSON we can read")
