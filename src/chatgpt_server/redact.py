@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Set as AbstractSet
 from typing import AnyStr
 from urllib.parse import quote, quote_plus
 
@@ -64,19 +65,18 @@ def _probes(low_secret: str) -> dict[str, tuple[int, ...]]:
 
 
 @functools.lru_cache(maxsize=64)
-def _run_keys(secret: str) -> tuple[tuple[str, ...], frozenset[str]]:
+def _run_keys(secret: str) -> tuple[tuple[str, ...], AbstractSet[str]]:
     low = secret.lower()
-    pieces = tuple(low[i : i + _PROBE] for i in range(0, len(low) - _PROBE + 1, _PROBE))
-    return pieces, frozenset(low[i : i + _PROBE] for i in range(len(low) - _PROBE + 1))
+    return tuple(low[i : i + _PROBE] for i in range(0, len(low) - _PROBE + 1, _PROBE)), _probes(low).keys()
 
 
 @functools.lru_cache(maxsize=64)
-def _run_keys_bytes(secret: str) -> tuple[tuple[bytes, ...], frozenset[bytes]]:
-    pieces, all_pieces = _run_keys(secret)
-    return tuple(p.encode() for p in pieces), frozenset(p.encode() for p in all_pieces)
+def _run_keys_bytes(secret: str) -> tuple[tuple[bytes, ...], AbstractSet[bytes]]:
+    pieces, every_piece = _run_keys(secret)
+    return tuple(p.encode() for p in pieces), frozenset(p.encode() for p in every_piece)
 
 
-def _may_hold(low: AnyStr, pieces: tuple[AnyStr, ...], every_piece: frozenset[AnyStr]) -> bool:
+def _may_hold(low: AnyStr, pieces: tuple[AnyStr, ...], every_piece: AbstractSet[AnyStr]) -> bool:
     """Whether lower-cased ``low`` may hold a run of ``FRAGMENT`` characters of a secret, by the
     cheaper of two exact tests (no run is missed; a "yes" is then looked at closely). A run holds one
     of the secret's pieces that start at multiples of ``_PROBE``, and it holds a piece of the text that
@@ -92,21 +92,19 @@ def may_hold_run(low_raw: bytes, secret: str) -> bool:
     return len(secret) >= MIN_SECRET and _may_hold(low_raw, *_run_keys_bytes(secret))
 
 
-def _lower(text: str) -> str:
-    """``text`` lower-cased, one character for one (so positions still match ``text``'s)."""
+def lower(text: str) -> str:
+    """``text`` lower-cased, one character for one (so positions still match ``text``'s): what
+    ``fragment_spans`` reads."""
     low = text.lower()
     return low if len(low) == len(text) else "".join(c if len(c.lower()) != 1 else c.lower() for c in text)
 
 
-def fragment_spans(text: str, secret: str) -> list[tuple[int, int]]:
-    """Where ``text`` holds ``FRAGMENT`` or more consecutive characters of ``secret``, in any letter
-    case: each run as long as it goes."""
-    if len(secret) < MIN_SECRET:
+def fragment_spans(low_text: str, secret: str) -> list[tuple[int, int]]:
+    """Where ``low_text`` (a text as ``lower`` gives it) holds ``FRAGMENT`` or more consecutive
+    characters of ``secret``, in any letter case: each run as long as it goes."""
+    if len(secret) < MIN_SECRET or not _may_hold(low_text, *_run_keys(secret)):
         return []
-    low = _lower(text)
-    if not _may_hold(low, *_run_keys(secret)):
-        return []
-    return _runs_in(low, secret.lower())
+    return _runs_in(low_text, secret.lower())
 
 
 def _runs_in(low_text: str, low_secret: str) -> list[tuple[int, int]]:
@@ -141,19 +139,20 @@ def holds_secret(value: str, *secrets: str) -> bool:
     """Whether ``value`` holds one of ``secrets`` (in a spelling ``secret_forms`` gives, or a run of
     ``FRAGMENT`` of its characters) or anything shaped like a credential."""
     if secrets:
-        low = _lower(value)
+        low = lower(value)
         for secret in secrets:
             for form in _forms_lower(secret):
                 if form in low:
                     return True
-            if fragment_spans(value, secret):
+            if fragment_spans(low, secret):
                 return True
     return has_secretish_word(value) and SECRETISH.search(value) is not None
 
 
 def masked_runs(text: str, *secrets: str) -> str:
     """``text`` with every run of ``FRAGMENT`` or more characters of a secret written as ***."""
-    spans = sorted(span for secret in secrets for span in fragment_spans(text, secret))
+    low = lower(text)
+    spans = sorted(span for secret in secrets for span in fragment_spans(low, secret))
     if not spans:
         return text
     pieces, at = [], 0

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..errors import BadGateway, GatewayTimeout, ServiceError
-from ..redact import SECRETISH, TAIL_FROM, fragment_spans, has_secretish_word, masked, secret_forms
+from ..redact import SECRETISH, TAIL_FROM, fragment_spans, has_secretish_word, lower, masked, secret_forms
 from ..settings import Settings, netloc_of
 from .wire import ConnectFailed, CutOff, Disconnected, NotHTTP, Wire, WireResponse
 
@@ -85,9 +85,9 @@ def shown_label(value: str | None, secret: str) -> str | None:
     the credential; the common case is one search of a short string."""
     if not value:
         return value
-    low = value.lower()
+    low = lower(value)
     if ((len(secret) >= TAIL_FROM and secret[-8:].lower() in low)
-            or fragment_spans(value, secret)  # the whole secret, or a run of it an echo cut
+            or fragment_spans(low, secret)  # the whole secret, or a run of it an echo cut
             or (has_secretish_word(value) and SECRETISH.search(value))):  # fmt: skip
         return scrub(value, secret, limit=len(value))
     return value
