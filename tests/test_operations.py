@@ -652,6 +652,40 @@ def test_several_workers_serve_one_port_and_share_conversations(tmp_path: Path, 
         server.stop()
 
 
+def test_several_workers_refuse_new_connections_once_shutting_down(tmp_path: Path, upstreams: Upstreams) -> None:
+    """SIGTERM with a turn still running: new connections are refused at once, as with one worker (a
+    proxy then tries another instance), not queued until the last worker has drained and then reset."""
+    env = upstreams.env(CHATGPT_SERVER_WORKERS="2", CHATGPT_SERVER_SHUTDOWN_GRACE_SECONDS="5")
+    server = ServerProcess(tmp_path, env).start()
+    try:
+        upstreams.apps.call(lambda: upstreams.openai.fail_next.append("sleep:4"))  # keeps a worker busy
+
+        answered: list[int] = []
+
+        def slow_turn() -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                answered.append(ask(c, "slow").status_code)
+
+        slow = threading.Thread(target=slow_turn)
+        slow.start()
+        wait_for(lambda: not upstreams.openai.fail_next, what="the slow turn to reach the upstream")
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGTERM)
+        signalled = time.monotonic()
+
+        def refused() -> bool:
+            with socket.socket() as probe:
+                probe.settimeout(0.5)
+                return probe.connect_ex(("127.0.0.1", server.port)) != 0
+
+        wait_for(refused, timeout=2.5, what="new connections to be refused")
+        assert time.monotonic() - signalled < 2.5 and server.proc.poll() is None  # still draining
+        slow.join(20)
+        assert answered == [201]  # the turn in flight was still answered
+    finally:
+        server.stop()
+
+
 def test_access_log_lines_from_several_workers_stay_whole() -> None:
     """Four writers (as worker processes do) share one pipe: every line read back is one of theirs,
     whole, because each write is whole lines of at most PIPE_BUF bytes."""

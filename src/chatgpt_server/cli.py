@@ -74,8 +74,6 @@ def setup_logging(settings: Settings) -> None:
 
 
 def serve(args: argparse.Namespace) -> int:
-    from uvicorn.supervisors import Multiprocess
-
     from .app import create_app
     from .http_limits import configure
 
@@ -107,7 +105,20 @@ def serve(args: argparse.Namespace) -> int:
                 os.environ[env_name(name)] = str(overrides[name])
         config = uvicorn.Config("chatgpt_server.app:app_from_environment", factory=True, workers=settings.workers,
                                 **common)  # fmt: skip
-        Multiprocess(config, sockets=[config.bind_socket()]).run()
+        from uvicorn.supervisors import Multiprocess
+
+        class Supervisor(Multiprocess):
+            """uvicorn's supervisor of the workers keeps its copy of the listening socket open until the
+            last worker has drained: new connections would wait in the kernel's queue meanwhile and be
+            reset at the end (nginx answers 502, retrying no POST). Closed first, they are refused at
+            once, as by one worker, and a proxy moves on to another instance."""
+
+            def terminate_all(self) -> None:
+                for sock in self.sockets:
+                    sock.close()
+                super().terminate_all()
+
+        Supervisor(config, sockets=[config.bind_socket()]).run()
         return 0
     uvicorn.Server(uvicorn.Config(create_app(settings), **common)).run()
     return 0
