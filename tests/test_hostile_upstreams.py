@@ -498,9 +498,14 @@ def test_the_pass_through_streams_a_whole_json_answer_as_chunks(gateway: ServerP
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello there"
         assert chunks[-1].choices[0].finish_reason == "stop"
         messages = [{"role": "user", "content": "jsonerror " + uuid.uuid4().hex}]
-        with pytest.raises(openai.APIError) as failed:
+        with pytest.raises(openai.APIStatusError) as failed:  # before the stream began: a plain error
             list(sdk.chat.completions.create(model="hostile-1", messages=messages, stream=True))
+        assert failed.value.status_code == 502
         assert "overloaded for ***" in failed.value.message and key not in failed.value.message
+        messages = [{"role": "user", "content": "badjson " + uuid.uuid4().hex}]
+        with pytest.raises(openai.APIStatusError) as failed:  # as the other doors answer it
+            list(sdk.chat.completions.create(model="hostile-1", messages=messages, stream=True))
+        assert failed.value.status_code == 502 and "choices" in failed.value.message
 
 
 def test_the_pass_through_ends_as_openai_does_whatever_the_upstream_wrote(gateway: ServerProcess) -> None:

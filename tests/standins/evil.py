@@ -461,6 +461,8 @@ class ChatHostile(Recording):
         good = [_chunk({"role": "assistant", "content": "Hello"}), _chunk({"content": " there"})]
         if name == "wholejson":  # a whole completion, asked for a stream or not
             return await chat_reply(request, {**body, "stream": False}, "Hello there")
+        if name == "badjson":  # a whole "completion" whose choices are not a list
+            return _json(200, {"id": "x", "object": "chat.completion", "choices": "none"})
         if name == "jsonerror":  # an error object with a success status, echoing the caller's key
             key = request.headers.get("Authorization", "").removeprefix("Bearer ")
             return _json(200, {"error": {"message": f"overloaded for {key}", "type": "server_error"}})

@@ -32,7 +32,8 @@ async def relay_whole(
 
 async def relay_stream(relay: Relay, body: bytes, target: Target, timeout_s: float, idle_s: float,
                        parser: ChunkParser) -> AsyncGenerator[str, None]:  # fmt: skip
-    """Opens the upstream before returning, so failures up to the first byte raise here."""
+    """Opens the upstream before returning, so failures up to the first byte (and a whole answer that
+    is not a good one) raise here."""
     log = current_log()
     log.upstream = target.host
     loop = asyncio.get_running_loop()
@@ -40,9 +41,10 @@ async def relay_stream(relay: Relay, body: bytes, target: Target, timeout_s: flo
     try:
         async with asyncio.timeout_at(deadline):
             response = await relay.open(body, target)
+            ready = await relay.whole_as_chunks(response, target)
     except TimeoutError as exc:
         raise GatewayTimeout("upstream_timeout", host=target.host, seconds=round(timeout_s, 3)) from exc
-    return _paced(relay.chunks(response, target, parser), deadline, idle_s, target.host)
+    return _paced(relay.chunks(response, target, parser, ready), deadline, idle_s, target.host)
 
 
 async def _paced(source: AsyncIterator[str], deadline: float, idle_s: float, host: str) -> AsyncGenerator[str, None]:

@@ -546,13 +546,30 @@ class Relay:
             response.release()
         return raw, parse_completion(raw, target.host, target.credential)["usage"]
 
-    async def chunks(self, response: Answer, target: Target, parser: ChunkParser) -> AsyncIterator[str]:
-        """The ``data`` of each event, each one read by ``parser`` first; ends after ``[DONE]``."""
+    async def whole_as_chunks(self, response: Answer, target: Target) -> list[str] | None:
+        """A whole completion (or an error) answering a stream request, read and checked before the
+        client's stream begins (so a bad one is a plain 502, as on the other doors) and written as
+        chunks; None for an event stream."""
+        if not _is_json(response):
+            return None
+        try:
+            return _as_chunks(await read_limited(response, self.limit, target.host), target)
+        except TRANSPORT_ERRORS as exc:
+            finish_response(response, complete=False)
+            raise transport_error(exc, target.host, 0) from exc
+        except BaseException:
+            finish_response(response, complete=False)
+            raise
+
+    async def chunks(self, response: Answer, target: Target, parser: ChunkParser,
+                     ready: list[str] | None = None) -> AsyncIterator[str]:  # fmt: skip
+        """The ``data`` of each event (or of each of ``ready``, from ``whole_as_chunks``), each one read
+        by ``parser`` first; ends after ``[DONE]``."""
         decoder = SSEDecoder()
         received = 0
         try:
-            if _is_json(response):  # a whole completion (or an error) for a stream request: as one chunk
-                for data in _as_chunks(await read_limited(response, self.limit, target.host), target):
+            if ready is not None:
+                for data in ready:
                     parser.feed(data)
                     yield data
                 return
