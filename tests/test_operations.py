@@ -218,6 +218,38 @@ def test_a_store_that_hangs_at_the_end_of_a_stream_costs_it_the_store_timeout_on
     assert why, server.log()[-2000:]
 
 
+KEY_CHANGED = "is not the key this store's conversations were stored under"
+
+
+def test_a_secret_key_set_or_changed_after_conversations_were_stored_is_told(
+    tmp_path: Path, upstreams: Upstreams
+) -> None:
+    """Conversations belong to a keyed hash of their credential: a key set or changed later leaves them
+    out of reach, which requests can only show as 404s. The log says why, at start-up; the key they
+    were stored under brings them back."""
+
+    def served(env: dict[str, str], work: Any) -> str:
+        server = ServerProcess(tmp_path, env).start()
+        try:
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                work(c)
+        finally:
+            server.stop()
+        return server.log()
+
+    env = upstreams.env(CHATGPT_SERVER_STORE_URL=f"sqlite:///{tmp_path / 'keyed.db'}")
+    first: dict[str, Any] = {}
+    assert KEY_CHANGED not in served(env, lambda c: first.update(ask(c, "hello").json()["data"]))
+    changed = {**env, "CHATGPT_SERVER_SECRET_KEY": "another-secret-key-0123456789"}
+    assert KEY_CHANGED in served(changed, lambda c: assert_error(ask(c, "on", parent=first["id"]), 404))
+    assert KEY_CHANGED not in served(env, lambda c: ask(c, "back", parent=first["id"]).raise_for_status())
+    # A key set where one had been generated and kept in the store.
+    unset = {k: v for k, v in env.items() if k != "CHATGPT_SERVER_SECRET_KEY"}
+    unset["CHATGPT_SERVER_STORE_URL"] = f"sqlite:///{tmp_path / 'generated.db'}"
+    assert KEY_CHANGED not in served(unset, lambda c: ask(c, "hello").raise_for_status())
+    assert KEY_CHANGED in served({**unset, "CHATGPT_SERVER_SECRET_KEY": "set-later-0123456789"}, lambda c: None)
+
+
 def test_sqlite_locked_by_another_process_buys_no_reply(tmp_path: Path, upstreams: Upstreams) -> None:
     """Another process holds SQLite's write lock (a backup, the sqlite3 shell): reads still work, but no
     turn's write could land, so no turn calls the upstream (503 within the store timeout, new and

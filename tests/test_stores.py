@@ -534,11 +534,12 @@ def test_nul_characters_are_kept_or_stand_in_and_never_break_a_store(kind: str, 
 def test_shared_secret_is_kept_once(kind: str, tmp_path: Path) -> None:
     url = store_url(kind, tmp_path)
 
-    async def body(store: Store) -> tuple[bytes, bytes]:
-        return await store.shared_secret(b"first"), await store.shared_secret(b"second")
+    async def body(store: Store) -> tuple[bytes, bytes, bytes]:
+        kept = await store.shared_secret(b"first"), await store.shared_secret(b"second")
+        return (*kept, await store.shared_secret(b"mark" + kept[1], "owner_key_mark"))  # each name its own
 
-    assert with_store(url, body) == (b"first", b"first")
-    assert with_store(url, body) == (b"first", b"first")  # and across opens
+    assert with_store(url, body) == (b"first", b"first", b"markfirst")
+    assert with_store(url, body) == (b"first", b"first", b"markfirst")  # and across opens
 
 
 def test_instances_starting_together_agree_on_one_shared_secret(kind: str, tmp_path: Path) -> None:

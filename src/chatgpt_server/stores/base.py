@@ -114,8 +114,9 @@ class Store(ABC):
         return None
 
     @abstractmethod
-    async def shared_secret(self, candidate: bytes) -> bytes:
-        """Keep ``candidate`` as the instance-wide secret unless one is kept already; return the kept one."""
+    async def shared_secret(self, candidate: bytes, name: str = "hmac_key") -> bytes:
+        """Keep ``candidate`` as the instance-wide value ``name`` (a constant of ours) unless one is kept
+        already; return the kept one."""
 
     # -- items ------------------------------------------------------------------------------------
     @abstractmethod

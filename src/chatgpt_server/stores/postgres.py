@@ -329,15 +329,16 @@ class PostgresStore(Store):
         self._writing.add(task)
         task.add_done_callback(self._writing.discard)
 
-    async def shared_secret(self, candidate: bytes) -> bytes:
+    async def shared_secret(self, candidate: bytes, name: str = "hmac_key") -> bytes:
         rows = await self._fetch(
-            """WITH ins AS (INSERT INTO meta (key, value) VALUES ('hmac_key', $1)
+            """WITH ins AS (INSERT INTO meta (key, value) VALUES ($2, $1)
                             ON CONFLICT (key) DO NOTHING RETURNING value)
-               SELECT value FROM ins UNION ALL SELECT value FROM meta WHERE key = 'hmac_key'""",
+               SELECT value FROM ins UNION ALL SELECT value FROM meta WHERE key = $2""",
             candidate.hex(),
+            name,
         )
         if not rows:  # another instance inserted it after this statement's snapshot: it is there now
-            rows = await self._fetch("SELECT value FROM meta WHERE key = 'hmac_key'")
+            rows = await self._fetch("SELECT value FROM meta WHERE key = $1", name)
         return bytes.fromhex(rows[0][0])
 
     # -- items --------------------------------------------------------------------------------------

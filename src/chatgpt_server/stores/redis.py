@@ -313,8 +313,8 @@ class RedisStore(Store):
         await self._call(self.client.call("PING"))
         await self._check_version()
 
-    async def shared_secret(self, candidate: bytes) -> bytes:
-        key = self.prefix + "hmac_key"
+    async def shared_secret(self, candidate: bytes, name: str = "hmac_key") -> bytes:
+        key = self.prefix + name
         await self._call(self.client.call("SET", key, candidate.hex(), "NX"))
         found = await self._call(self.client.call("GET", key))
         return bytes.fromhex(_text(found))

@@ -353,10 +353,10 @@ class SQLiteStore(Store):
                 raise StoreUnavailable(reason="the database stayed locked by another process")
             await asyncio.sleep(BUSY_WAIT_S)
 
-    async def shared_secret(self, candidate: bytes) -> bytes:
-        sql = "INSERT INTO meta (key, value) VALUES ('hmac_key', ?) ON CONFLICT DO NOTHING"
-        await self._write_one(lambda db: db.execute(sql, (candidate.hex(),)))
-        return bytes.fromhex(self._run("SELECT value FROM meta WHERE key = 'hmac_key'")[0][0])
+    async def shared_secret(self, candidate: bytes, name: str = "hmac_key") -> bytes:
+        sql = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING"
+        await self._write_one(lambda db: db.execute(sql, (name, candidate.hex())))
+        return bytes.fromhex(self._run("SELECT value FROM meta WHERE key = ?", (name,))[0][0])
 
     # -- items --------------------------------------------------------------------------------------
     async def add_turn(self, turn: TurnWrite) -> None:
