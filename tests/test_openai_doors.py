@@ -967,6 +967,10 @@ FN: Any = {"type": "function", "name": "f", "parameters": {"type": "object"}}
         ({"max_tool_calls": "x"}, "max_tool_calls", "positive integer"),
         ({"prompt_cache_key": 5}, "prompt_cache_key", "string"),
         ({"service_tier": "gold"}, "service_tier", "expected one of"),
+        ({"max_output_tokens": 15}, "max_output_tokens", "Expected a value >= 16, but got 15 instead"),
+        ({"max_output_tokens": 0}, "max_output_tokens", "Expected a value >= 16"),
+        ({"max_output_tokens": -3.0}, "max_output_tokens", "Expected a value >= 16"),
+        ({"max_output_tokens": 2.5}, "max_output_tokens", "expected an integer"),
         ({"stream_options": "yes"}, "stream_options", "include_obfuscation"),
         ({"tools": [{**FN, "name": "a b/\u0000"}]}, "tools[0].name", "letters, digits"),
         ({"tools": [{**FN, "strict": "yes"}]}, "tools[0].strict", "true or false"),
@@ -1010,3 +1014,23 @@ def test_a_response_says_when_it_completed_and_is_never_streamed_again(sdk: open
     with pytest.raises(openai.BadRequestError) as refused:
         list(sdk.responses.retrieve(response.id, stream=True))
     assert refused.value.param == "stream"
+
+
+def test_cache_key_tier_and_verbosity_reach_a_chat_upstream_only_when_given(
+    sdk: openai.OpenAI, upstreams: Upstreams
+) -> None:
+    plain = sdk.responses.create(model="gpt-4o-mini", input="plain", max_output_tokens=16)
+    body = sent(upstreams)
+    assert body["max_tokens"] == 16  # OpenAI's smallest limit is taken
+    assert not {"prompt_cache_key", "service_tier", "verbosity"} & set(body), body
+    assert plain.prompt_cache_key is None and plain.service_tier is None
+    asked = sdk.responses.create(model="gpt-4o-mini", input="cached", prompt_cache_key="tenant-7",
+                                 service_tier="flex", text={"verbosity": "low"})  # fmt: skip
+    body = sent(upstreams)
+    assert (body["prompt_cache_key"], body["service_tier"], body["verbosity"]) == ("tenant-7", "flex", "low")
+    assert asked.prompt_cache_key == "tenant-7" and asked.service_tier == "flex"
+    assert asked.text is not None and asked.text.verbosity == "low"
+    assert sdk.responses.retrieve(asked.id).service_tier == "flex"
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model="gpt-4o-mini", input="too small", max_output_tokens=10)
+    assert refused.value.code == "integer_below_min_value" and refused.value.param == "max_output_tokens"

@@ -30,7 +30,8 @@ KNOWN_FIELDS = {
     "model", "messages", "frequency_penalty", "logit_bias", "logprobs", "top_logprobs", "max_tokens",
     "max_completion_tokens", "n", "presence_penalty", "response_format", "seed", "stop", "stream",
     "stream_options", "temperature", "top_p", "tools", "tool_choice", "parallel_tool_calls", "user",
-    "reasoning_effort", "metadata", "store", "modalities", "prediction", "service_tier",
+    "reasoning_effort", "metadata", "store", "modalities", "prediction", "service_tier", "prompt_cache_key",
+    "safety_identifier", "verbosity",
 }  # fmt: skip
 VALID_KEY_PREFIX = "sk-test-"
 ALT_KEY_PREFIX = "sk-alt-"  # a key only the alternative upstream knows, as a third party's would be

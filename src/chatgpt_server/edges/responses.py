@@ -55,6 +55,7 @@ T = TypeVar("T")
 # cap is one cut at a length); the others are told as cancelled (the client left) or failed.
 INCOMPLETE_REASONS = {"max_output_tokens": "max_output_tokens", "content_filter": "content_filter",
                       "max_reply_bytes": "max_output_tokens"}  # fmt: skip
+MIN_OUTPUT_TOKENS = 16  # OpenAI refuses less (400 integer_below_min_value)
 AUTO_RESERVE = 4096  # output room kept by truncation "auto" when max_output_tokens is not given
 
 
@@ -79,7 +80,10 @@ class Ask:
     metadata: dict[str, str] = field(default_factory=dict)
     user: str | None = None
     text_format: dict[str, Any] | None = None
+    verbosity: str | None = None
     effort: str | None = None
+    prompt_cache_key: str | None = None
+    service_tier: str | None = None
 
 
 def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
@@ -206,12 +210,7 @@ def parse_ask(body: Any) -> Ask:
     if truncation not in ("auto", "disabled"):
         raise invalid("truncation", "expected auto or disabled")
     ask.truncation = truncation
-    limit = body.get("max_output_tokens")
-    if isinstance(limit, float) and limit.is_integer() and 1 <= limit <= 1_000_000:  # 5.0 is an integer in JSON
-        limit = int(limit)
-    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= 1_000_000):
-        raise invalid("max_output_tokens", "expected an integer from 1 to 1000000")
-    ask.max_output_tokens = limit
+    ask.max_output_tokens = _output_limit(body.get("max_output_tokens"))
     ask.temperature = _number(body, "temperature", 0, 2)
     ask.top_p = _number(body, "top_p", 0, 1)
     ask.tools = _tools(body.get("tools"))
@@ -224,9 +223,22 @@ def parse_ask(body: Any) -> Ask:
             raise invalid(name, "expected a string of at most 256 characters")
     ask.user = body.get("user") or body.get("safety_identifier")
     ask.text_format = _text_format(body.get("text"))
+    ask.verbosity = body["text"].get("verbosity") if isinstance(body.get("text"), dict) else None
     ask.effort = _effort(body.get("reasoning"))
     _accepted_unused(body)
+    ask.prompt_cache_key, ask.service_tier = body.get("prompt_cache_key"), body.get("service_tier")
     return ask
+
+
+def _output_limit(limit: Any) -> int | None:
+    if isinstance(limit, float) and limit.is_integer() and abs(limit) <= 1_000_000:  # 5.0 is an integer in JSON
+        limit = int(limit)
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or not limit <= 1_000_000):
+        raise invalid("max_output_tokens", "expected an integer from 16 to 1000000")
+    if limit is not None and limit < MIN_OUTPUT_TOKENS:  # OpenAI's words and code for it
+        detail = f"integer below minimum value. Expected a value >= 16, but got {limit} instead."
+        raise BadRequest("invalid_param", param="max_output_tokens", code="integer_below_min_value", detail=detail)
+    return limit
 
 
 def _effort(value: Any) -> str | None:
@@ -340,7 +352,9 @@ class Draft:
             "reasoning": {"effort": ask.effort, "summary": None},
             "store": ask.store,
             "temperature": ask.temperature,
-            "text": {"format": _format_json(ask.text_format)},
+            "text": {"format": _format_json(ask.text_format), "verbosity": ask.verbosity or "medium"},
+            "prompt_cache_key": ask.prompt_cache_key,
+            "service_tier": ask.service_tier,
             "tool_choice": ask.tool_choice,
             "tools": ask.tools,
             "top_p": ask.top_p,
@@ -479,6 +493,12 @@ def _spec(services: Services, ask: Ask, caller: Caller, inputs: list[Item], draf
             params["response_format"] = ask.text_format
         if ask.effort and uses_max_completion_tokens(ask.model):
             params["reasoning_effort"] = ask.effort
+        # Chat Completions takes these under the same names (text.verbosity as verbosity): passed on
+        # only when the client set them, so an upstream that does not know them never sees them.
+        for name, value in (("prompt_cache_key", ask.prompt_cache_key), ("service_tier", ask.service_tier),
+                            ("verbosity", ask.verbosity)):  # fmt: skip
+            if value is not None:
+                params[name] = value
     settings = services.settings
     return TurnSpec(
         owner=caller.owner, origin="v1", target=caller.target, model=ask.model, inputs=inputs,
