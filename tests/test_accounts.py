@@ -157,6 +157,37 @@ def test_device_sign_in_from_the_command_line(tmp_path: Path, upstreams: Upstrea
     assert email not in cli("accounts").stdout
 
 
+def test_a_sign_in_whose_client_left_while_its_code_was_spent_is_still_stored(
+    tmp_path: Path, upstreams: Upstreams
+) -> None:
+    """The authorization code is single-use: once the issuer has it, the sign-in runs to the stored
+    account even though the client that polled gave up (else the person must sign in all over again)."""
+    email, account = unique("left")
+    server = ServerProcess(tmp_path, upstreams.codex_env()).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            device = c.post(f"{TOKEN_PATH}/device", json={}).json()["data"]
+        assert upstreams.apps.call(lambda: upstreams.auth.approve(device["userCode"], email, account, "plus"))
+        upstreams.apps.call(lambda: setattr(upstreams.auth, "exchange_delay", 1.5))
+        time.sleep(float(device["interval"]))  # the gateway asks the issuer at most once per interval
+        with httpx.Client(base_url=server.url, timeout=0.5) as c, pytest.raises(httpx.ReadTimeout):
+            c.post(f"{TOKEN_PATH}/device/poll", json={"deviceAuthId": device["deviceAuthId"]})
+        env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGPT_SERVER_")}
+        env.update(upstreams.codex_env(CHATGPT_SERVER_DATA_DIR=str(tmp_path / "data")))
+
+        def listed() -> bool:
+            out = subprocess.run([sys.executable, "-m", "chatgpt_server", "accounts"], env=env, capture_output=True,
+                                 text=True, timeout=60)  # fmt: skip
+            return email in out.stdout
+
+        deadline = time.monotonic() + 10
+        while not listed():
+            assert time.monotonic() < deadline, "the account was not stored"
+            time.sleep(0.2)
+    finally:
+        server.stop()
+
+
 def test_twenty_requests_on_two_instances_while_the_token_expires_refresh_once(
     tmp_path: Path, upstreams: Upstreams, network_kind: str
 ) -> None:

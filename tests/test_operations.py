@@ -393,6 +393,70 @@ def test_sigterm_ends_what_outlives_the_grace_period_cleanly(tmp_path: Path, ups
         server.stop()
 
 
+def test_sigterm_answers_what_is_not_a_turn_as_it_answers_turns(tmp_path: Path, upstreams: Upstreams) -> None:
+    """A pass-through (whole or streamed) and a sign-in still waiting when the grace period ends are
+    answered 503 in their door's shape (a stream: an error event), as turns are, with their access-log
+    line: not cut by the server's own forced stop seconds later with a plain-text 500."""
+    silent = socket.socket()  # an issuer that takes the connection and never answers
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    issuer = f"http://127.0.0.1:{silent.getsockname()[1]}"
+    env = upstreams.codex_env(CHATGPT_SERVER_SHUTDOWN_GRACE_SECONDS="1", CHATGPT_SERVER_CHATGPT_AUTH_ISSUER=issuer)
+    server = ServerProcess(tmp_path, env).start()
+    results: dict[str, httpx.Response] = {}
+    headers = {"Authorization": f"Bearer {KEY}"}
+    try:
+        seen = len(upstreams.openai.requests)
+        upstreams.apps.call(lambda: upstreams.openai.fail_next.append("sleep:10"))
+
+        def call(name: str, path: str, body: dict[str, Any]) -> None:
+            with httpx.Client(base_url=server.url, timeout=30) as c:
+                results[name] = c.post(path, json=body, headers=headers)
+
+        chat = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "never answered"}]}
+        threads = [threading.Thread(target=call, args=("whole", "/v1/chat/completions", chat))]
+        threads[0].start()
+        wait_for(lambda: len(upstreams.openai.requests) > seen, what="the whole pass-through upstream")
+        upstreams.openai.chunk_delay = 0.3  # a stream that takes ~6 s
+        words = " ".join(f"w{i}" for i in range(20))
+        streamed = {**chat, "messages": [{"role": "user", "content": words}], "stream": True}
+        threads.append(threading.Thread(target=call, args=("stream", "/v1/chat/completions", streamed)))
+        threads.append(threading.Thread(target=call, args=("device", "/api/v1/token/device", {})))
+        for t in threads[1:]:
+            t.start()
+        silent.settimeout(10)
+        held, _ = silent.accept()  # the sign-in is waiting on the issuer
+        wait_for(lambda: len(upstreams.openai.requests) > seen + 1, what="the streamed pass-through upstream")
+        time.sleep(0.4)  # some chunks are passed on first
+        assert server.proc is not None
+        stopped_at = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        for t in threads:
+            t.join(20)
+        answered_in = time.monotonic() - stopped_at
+        assert server.proc.wait(20) in (0, -signal.SIGTERM)
+        held.close()
+    finally:
+        upstreams.openai.chunk_delay = 0.0
+        silent.close()
+        server.stop()
+    assert answered_in < 4, answered_in  # the grace period (1 s), not the server's forced stop (5 s later)
+    whole = results["whole"]
+    assert whole.status_code == 503 and whole.json()["error"]["message"] == "server shutting down", whole.text
+    stream = results["stream"]
+    assert stream.status_code == 200
+    lines = [line[6:] for line in stream.text.splitlines() if line.startswith("data: ")]
+    assert json.loads(lines[0])["object"] == "chat.completion.chunk"  # some of the reply came first
+    assert json.loads(lines[-1])["error"]["message"] == "server shutting down", lines[-3:]
+    device = results["device"]
+    assert device.status_code == 503 and device.json()["message"] == "server shutting down", device.text
+    log = server.log()
+    assert "Traceback" not in log and "Exception in ASGI application" not in log, log[-3000:]
+    assert re.search(r"POST /v1/chat/completions 503 .*shutting down", log), log[-3000:]
+    assert re.search(r"POST /api/v1/token/device 503 ", log), log[-3000:]
+    assert re.search(r'POST /v1/chat/completions 200 .*route="chat.completions stream" .*outcome=error', log)
+
+
 def test_a_stream_stuck_on_a_client_that_stopped_reading_keeps_its_partial_at_shutdown(
     tmp_path: Path, upstreams: Upstreams
 ) -> None:
@@ -455,6 +519,16 @@ def test_a_client_that_leaves_before_its_answer_stops_its_turn_and_frees_its_con
                 ask(c, "given up")
         wait_for(lambda: len([m for m in access_lines(server.log()) if m["status"] == "499"]) == 2,
                  timeout=5, what="both requests logged as 499")  # fmt: skip
+        # Not a turn: the Chat Completions pass-through stops waiting on its upstream all the same.
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0, timeout=1) as sdk:
+            upstreams.apps.call(lambda: upstreams.openai.fail_next.append("sleep:8"))
+            with pytest.raises(openai.APITimeoutError):
+                sdk.chat.completions.create(model="gpt-3.5-turbo", messages=[{"role": "user", "content": "gone"}])
+        left = time.monotonic()
+        passed = ("/v1/chat/completions", "499")
+        wait_for(lambda: any((m["path"], m["status"]) == passed for m in access_lines(server.log())),
+                 timeout=5, what="the pass-through logged as 499")  # fmt: skip
+        assert time.monotonic() - left < 3  # at once, not when the upstream answered (8 s)
     finally:
         server.stop()
 

@@ -31,7 +31,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from swagger_ui_bundle import swagger_ui_path
 
-from .accounts.service import Accounts
+from .accounts.service import Accounts, spent
 from .accounts.signin import TokenService
 from .core.activity import GONE, Activity, RequestLog, begin_log
 from .core.history import HistoryCache
@@ -44,7 +44,7 @@ from .edges import access_token, chat_completions, conversations, docs, health, 
 from .edges.envelope import error_response, is_openai_path
 from .edges.http import allowed
 from .edges.messages import error_message, pick_language
-from .errors import MethodNotAllowed, NotFound, ServiceError, ShuttingDown, StoreUnavailable
+from .errors import ClientGone, MethodNotAllowed, NotFound, ServiceError, ShuttingDown, StoreUnavailable
 from .redact import holds_secret, masked
 from .settings import Settings
 from .stores import Store, open_store
@@ -58,6 +58,7 @@ from .upstreams.routing import Models
 
 log = logging.getLogger("chatgpt_server")
 PURGE_EVERY_S = 3600
+SPEND_WAIT_S = 30.0  # an issuer call has 20 s; saving what it gave, the store's timeout
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 Handler = Callable[[Request, "Services"], Awaitable[ASGIApp]]
 
@@ -104,6 +105,7 @@ class Services:
         # for them: the turns they were storing (what a stream had received) finish first.
         await self.activity.quiet(2 * self.settings.store_timeout_ms / 1000)
         await given_back(self.settings.store_timeout_ms / 1000)  # the locks those turns let go of
+        await spent(SPEND_WAIT_S)  # refreshes and sign-ins that spent a single-use code: saved first
         await self.http.close()
         await self.store.close()
 
@@ -119,6 +121,8 @@ class Services:
     def _stop_turns(self) -> None:
         for turn in list(self.activity.turns):
             turn.abort(ShuttingDown())
+        for entry in list(self.activity.requests.values()):  # the rest: pass-throughs, sign-ins, refreshes
+            entry.stop()
 
 
 @dataclass(frozen=True, slots=True)
@@ -372,16 +376,34 @@ class App:
 
         path = scope["path"]
         method = scope["method"]
+        task = entry.task = asyncio.current_task()
+        requests = self.services.activity.requests
+        if task is not None:
+            requests[task] = entry
         try:
-            await self._dispatch(scope, receive, tracking_send, path, method)
+            try:
+                await self._dispatch(scope, receive, tracking_send, path, method)
+            except asyncio.CancelledError:
+                if not entry.stopped_here():
+                    entry.outcome, entry.message = entry.outcome or "error", entry.message or "cancelled"
+                    raise
+                raise (ClientGone("client_left") if entry.gone else ShuttingDown()) from None
+            finally:
+                entry.task = None  # no longer ours to cancel: what remains is writing the answer
         except ServiceError as exc:
-            await self._error(scope, receive, tracking_send, exc, entry)
+            if status == 0:
+                await self._error(scope, receive, tracking_send, exc, entry)
+            else:  # the answer had begun (a stream): it ends here, cut
+                entry.outcome, entry.message = "error", error_message(exc, "en")
         except Exception as exc:
             frames = traceback.format_list(traceback.extract_tb(exc.__traceback__)[-4:])
             log.error("unexpected %s on %s %s\n%s", type(exc).__name__, method, path, "".join(frames).rstrip())
             if status == 0:
                 await self._error(scope, receive, tracking_send, ServiceError("internal"), entry)
-        self.access.write(entry, rid, method, path, status, started)
+        finally:
+            if task is not None:
+                requests.pop(task, None)
+            self.access.write(entry, rid, method, path, status, started)
 
     @staticmethod
     def _request_id(scope: Scope) -> str:

@@ -152,6 +152,7 @@ class ChatGPTAuthStandIn:
     device_enabled: bool = True
     rotate_refresh: bool = True  # False: a refresh answers without refresh_token and the old one stays valid
     refresh_delay: float = 0.0  # seconds a refresh call waits before it is decided (concurrency tests)
+    exchange_delay: float = 0.0  # seconds an authorization code's exchange waits before it is decided
     refresh_outages: int = 0  # the next refreshes answered 500 (the issuer failing), the grant untouched
     error_style: ErrorStyle = "nested"  # shape of /oauth/token errors (see _token_error)
     keys: list[SigningKey] = field(default_factory=list, repr=False)  # the JWKS; the last one signs
@@ -433,6 +434,8 @@ class ChatGPTAuthStandIn:
         if grant_type == "authorization_code":
             if content_type != "application/x-www-form-urlencoded":
                 return self._token_error(400, "invalid_request", "authorization_code must be form-encoded.")
+            if self.exchange_delay:
+                await asyncio.sleep(self.exchange_delay)
             return self._exchange(body)
         if grant_type == "refresh_token":
             presented = body.get("refresh_token")

@@ -19,8 +19,9 @@ import hashlib
 import logging
 import secrets
 import time
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import orjson
 
@@ -39,6 +40,7 @@ from .tokens import AUTH_CLAIM, Identity, Unverifiable, Verifier, identity_of
 if TYPE_CHECKING:
     from .crypto import Sealer
 
+T = TypeVar("T")
 log = logging.getLogger("chatgpt_server.accounts")
 
 LEASE_S = 60.0  # longer than a refresh can take (its timeout is 20 s)
@@ -187,19 +189,8 @@ class Accounts:
         """Exactly one refresh per account in flight, across instances; returns the new access token
         (or the one another refresher just saved)."""
         release = await self._refreshing.acquire(key)  # one coroutine per process goes to the store
-        # A refresh spends the single-use refresh token: once begun it runs to the saving of the new
-        # one even if the request that asked for it is cancelled (its client left, shutdown).
-        task = asyncio.ensure_future(self._refresh(key, stale))
-        _refreshes.add(task)
-
-        def done(finished: asyncio.Future[str]) -> None:
-            release()
-            _refreshes.discard(finished)
-            if not finished.cancelled():
-                finished.exception()  # retrieved: nobody may be waiting any more
-
-        task.add_done_callback(done)
-        return await asyncio.shield(task)
+        # A refresh spends the single-use refresh token: it runs to the saving of the new one.
+        return await _to_the_end(self._refresh(key, stale), release)
 
     async def _refresh(self, key: str, stale: str | None) -> str:
         deadline = time.monotonic() + LEASE_S
@@ -340,7 +331,11 @@ class Accounts:
         got = await self.oauth.poll_device(DeviceCode(device_auth_id, code.decode(), interval))
         if got is None:
             return {"status": "pending", "interval": interval}
-        tokens = await self.oauth.exchange(*got)
+        # The authorization code is single-use: from here the sign-in runs to the stored account.
+        return await _to_the_end(self._signed_in(got, record_id))
+
+    async def _signed_in(self, code: tuple[str, str], record_id: str) -> dict[str, Any]:
+        tokens = await self.oauth.exchange(*code)
         account = await self.keep(tokens)
         await self.store.delete_record("device", record_id)
         return {**account, "status": "signed_in", "accessToken": tokens.access_token}
@@ -414,4 +409,28 @@ def _device_key(device_auth_id: str) -> str:
     return hashlib.sha256(device_auth_id.encode()).hexdigest()[:40]
 
 
-_refreshes: set[asyncio.Future[str]] = set()  # refreshes in flight, kept alive until saved
+# Work that spends a single-use credential (a refresh token, an authorization code), in flight: it runs
+# to its end even when the request that began it is cancelled (its client left, the shutdown), and the
+# shutdown waits for it (``spent``), or what the issuer gave for it would be lost with the process.
+_spending: set[asyncio.Future[Any]] = set()
+
+
+async def _to_the_end(work: Coroutine[Any, Any, T], done: Callable[[], None] | None = None) -> T:
+    task = asyncio.ensure_future(work)
+    _spending.add(task)
+
+    def finished(future: asyncio.Future[T]) -> None:
+        if done is not None:
+            done()
+        _spending.discard(future)
+        if not future.cancelled():
+            future.exception()  # retrieved: nobody may be waiting any more
+
+    task.add_done_callback(finished)
+    return await asyncio.shield(task)
+
+
+async def spent(timeout_s: float) -> None:
+    """At shutdown: wait, at most ``timeout_s``, for the refreshes and sign-ins still in flight."""
+    if _spending:
+        await asyncio.wait(list(_spending), timeout=timeout_s)

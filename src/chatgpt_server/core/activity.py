@@ -32,6 +32,8 @@ class RequestLog:
     secrets: tuple[str, ...] = ()
     turn: OpenTurn | None = None  # the turn it is waiting for, if any
     gone: bool = False
+    task: asyncio.Task[None] | None = None  # the server's task answering it
+    stopping: bool = False  # cancelled by us at the end of the shutdown's grace period: answer 503
 
     def client_left(self) -> None:
         """The client closed the connection before its answer began (the server calls this): the turn
@@ -40,6 +42,20 @@ class RequestLog:
         self.gone = True
         if self.turn is not None:
             self.turn.abort(ClientGone("client_left"))
+        elif self.task is not None and not self.task.done():
+            self.task.cancel()  # whatever else it waits for (a pass-through's upstream): see stopped_here
+
+    def stop(self) -> None:
+        """The shutdown's grace period is over and this request waits on something that is not a turn
+        (a pass-through, a sign-in): cancel what it waits for; the server answers 503."""
+        if self.turn is None and self.task is not None and not self.task.done() and not self.stopping:
+            self.stopping = True
+            self.task.cancel()
+
+    def stopped_here(self) -> bool:
+        """A cancellation is ours alone (``stop`` or ``client_left``, not the server's own): it is taken
+        back, and the request is answered as stopped (503) or as left (499, to nobody)."""
+        return (self.stopping or self.gone) and self.task is not None and self.task.uncancel() == 0
 
 
 _current: contextvars.ContextVar[RequestLog] = contextvars.ContextVar("request_log")
@@ -60,6 +76,7 @@ def begin_log() -> RequestLog:
 @dataclass
 class Activity:
     turns: set[OpenTurn] = field(default_factory=set)
+    requests: dict[asyncio.Task[None], RequestLog] = field(default_factory=dict)  # every request in flight
     open_streams: int = 0
     storing: int = 0  # turns being finished (stored); they may have left ``turns`` already
     _quiet: asyncio.Event | None = field(default=None, repr=False)

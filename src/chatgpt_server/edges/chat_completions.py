@@ -7,6 +7,7 @@ oversized passes), and its usage goes to the access log. Nothing is stored.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import re
 from collections.abc import AsyncIterator
@@ -19,7 +20,7 @@ from starlette.types import ASGIApp
 
 from ..core.activity import current_log
 from ..core.relay import relay_stream, relay_whole
-from ..errors import BadRequest, NotFound, ServiceError
+from ..errors import BadRequest, NotFound, ServiceError, ShuttingDown
 from ..redact import masked_runs, may_hold_run
 from ..upstreams.base import Target
 from ..upstreams.chat_completions import ChunkParser
@@ -96,6 +97,12 @@ async def _events(chunks: AsyncIterator[str], parser: ChunkParser, usage_added: 
                 data = data.replace("\n", "\ndata: ")
             yield b"data: " + _masked(data.encode(), key) + b"\n\n"
         log.outcome = "done " + _usage_note(parser.usage)
+    except asyncio.CancelledError:
+        if log.gone or not log.stopped_here():  # gone: the client left after its stream began
+            raise
+        stopped = ShuttingDown()
+        log_stream_failure(stopped)
+        yield b"data: " + orjson.dumps(openai_error_body(stopped)) + b"\n\n"
     except ServiceError as exc:
         log_stream_failure(exc)
         yield b"data: " + orjson.dumps(openai_error_body(exc)) + b"\n\n"
