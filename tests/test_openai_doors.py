@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -694,6 +695,29 @@ def test_a_conversation_begun_on_the_original_route_goes_on_by_its_id(
         other.responses.create(model="gpt-3.5-turbo", input="mine?", conversation=data["conversationId"])
 
 
+def test_a_conversation_begun_on_the_original_route_is_listed_and_its_tip_moves_by_every_doors_rule(
+    v1_server: ServerProcess, upstreams: Upstreams
+) -> None:
+    """From its first turn, as one made with conversations.create: listed, and continued with
+    ``conversation=`` from its tip as the rule moves it (a turn from an older item is a branch; one
+    that failed before any output moves nothing), not from whichever item is newest."""
+    key = "sk-test-own-" + uuid.uuid4().hex
+    with httpx.Client(base_url=v1_server.url, timeout=30) as c:
+        data = ask(c, "start", key=key).json()["data"]
+        listed = c.get("/v1/conversations", headers={"Authorization": f"Bearer {key}"}).json()["data"]
+    conversation = data["conversationId"]
+    assert [entry["id"] for entry in listed] == [conversation]
+    with openai.OpenAI(base_url=v1_server.url + "/v1", api_key=key, max_retries=0) as mine:
+        a = mine.responses.create(model="gpt-3.5-turbo", input="branch A", previous_response_id=data["id"])
+        mine.responses.create(model="gpt-3.5-turbo", input="branch B", previous_response_id=data["id"])
+        upstreams.apps.call(lambda: upstreams.openai.fail_next.append("cut0"))
+        failed = _failed_stream(v1_server, {"input": "lost question", "previous_response_id": a.id}, key)
+        assert failed[-1]["type"] == "response.failed"
+        mine.responses.create(model="gpt-3.5-turbo", input="next", conversation=conversation)
+    contents = [m["content"] for m in sent(upstreams)["messages"]]
+    assert contents == ["start", "echo(1): start", "branch A", a.output_text, "next"], contents
+
+
 def test_logprobs_are_refused_not_dropped_and_other_extras_are_accepted(
     sdk: openai.OpenAI, upstreams: Upstreams
 ) -> None:
@@ -735,9 +759,9 @@ def test_a_stream_the_upstream_cuts_fails_with_the_text_that_arrived(
     assert follow.status == "completed"
 
 
-def _failed_stream(v1_server: ServerProcess, body: dict[str, Any]) -> list[dict[str, Any]]:
+def _failed_stream(v1_server: ServerProcess, body: dict[str, Any], key: str = KEY) -> list[dict[str, Any]]:
     events = []
-    headers = {"Authorization": f"Bearer {KEY}"}
+    headers = {"Authorization": f"Bearer {key}"}
     with httpx.stream("POST", v1_server.url + "/v1/responses", timeout=30, headers=headers,
                       json={"model": "gpt-3.5-turbo", "stream": True, **body}) as stream:  # fmt: skip
         for line in stream.iter_lines():

@@ -430,6 +430,42 @@ def test_a_turn_that_keeps_the_tip_is_stored_and_moves_nothing(kind: str, tmp_pa
     with_store(store_url(kind, tmp_path), body)
 
 
+def test_a_turn_that_opens_its_record_makes_one_listed_and_leaves_one_that_exists(kind: str, tmp_path: Path) -> None:
+    """The original route's turns give their conversation a record if it has none (listed at once,
+    tip where the turn left it); after that the tip moves by the rule every door follows: a turn
+    from an older item is a branch, a turn that failed before any output moves nothing."""
+
+    async def body(store: Store) -> None:
+        assert await store.list_records("conversation", "owner-a", None, 10, True) == []
+        first = turn(None, a := new("q1"), b := new("a1", "assistant"), opens_record=True, created=5.0)
+        await store.add_turn(first)
+        made = await store.get_record("conversation", "conv-1")
+        assert made is not None and (made.owner, made.tip, made.version, made.body) == (
+            "owner-a",
+            b.item.id,
+            1,
+            {"metadata": {}},
+        )
+        assert made.created_at == made.updated_at == 5.0
+        listed = await store.list_records("conversation", "owner-a", None, 10, True)
+        assert [r.id for r in listed] == ["conv-1"]
+        await store.add_turn(turn(b.item.id, new("branch A"), c := new("A", "assistant"), opens_record=True))
+        await store.add_turn(turn(b.item.id, new("branch B"), new("B", "assistant"), opens_record=True))
+        moved = await store.get_record("conversation", "conv-1")
+        assert moved is not None and (moved.tip, moved.version) == (c.item.id, 2)  # B is a branch
+        await store.add_turn(turn(c.item.id, new("failed before its words"), opens_record=True, keep_tip=True))
+        kept = await store.get_record("conversation", "conv-1")
+        assert kept is not None and (kept.tip, kept.version) == (c.item.id, 2)
+        await store.add_turn(turn(None, new("lost"), conversation="conv-2", opens_record=True, keep_tip=True))
+        empty = await store.get_record("conversation", "conv-2")
+        assert empty is not None and empty.tip is None
+        assert await store.get_record("conversation", "conv-3") is None
+        await store.add_turn(turn(a.item.id, new("no record asked"), conversation="conv-3"))
+        assert await store.get_record("conversation", "conv-3") is None
+
+    with_store(store_url(kind, tmp_path), body)
+
+
 def test_a_record_is_deleted_only_at_the_version_asked(kind: str, tmp_path: Path) -> None:
     async def body(store: Store) -> None:
         await store.put_record(Record("lease", "l1", "", {"holder": "a"}, None, 1.0, 1.0), None)

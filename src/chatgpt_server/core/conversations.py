@@ -1,7 +1,9 @@
 """A conversation's record: its owner, metadata and tip (the item the next turn continues from).
 
-A conversation started through another door (the original route, ``previous_response_id``) has
-items but no record until the Conversations API first touches it; it is found from its items.
+A conversation begun on the original route gets its record with its first turn (its id is shown in
+every reply). One begun with ``previous_response_id``, or on the original route before records were
+made there, has items but no record until the Conversations API first touches it; it is found from
+its items, its tip taken as its newest item.
 """
 
 from __future__ import annotations

@@ -585,6 +585,7 @@ class OpenTurn:
             origin=spec.origin, created_at=self.created_at, items=new,
             response_id=None, conversation_tip=spec.conversation if result.outputs else None,
             keep_tip=not result.outputs,
+            opens_record=spec.origin != "v1",  # the original route shows every reply's conversationId
         )  # fmt: skip
         if spec.record is not None:
             record = spec.record(result)

@@ -91,6 +91,15 @@ class TurnWrite:
     # The turn never moves its conversation's tip (a reply that failed before any output: the
     # conversation stays as it was, so the client's retry is not doubled in it).
     keep_tip: bool = False
+    # The conversation's id is shown to the client (the original route): it gets its record with this
+    # turn if it has none (tip: this turn's last item, or its parent with ``keep_tip``), so every door
+    # lists it and moves its tip by the same rule from its first turn on.
+    opens_record: bool = False
+
+    @property
+    def tip_after(self) -> str | None:
+        """Where the tip of a record made with this turn points."""
+        return self.parent_id if self.keep_tip else self.items[-1].item.id
 
 
 class Store(ABC):

@@ -64,6 +64,11 @@ WITH par AS (
     INSERT INTO records (kind, id, owner, body, tip, created_at, updated_at, version, gen)
     SELECT 'response', $10::text, $2, $11::text, $12::text, $9, $9, 1, 0 WHERE $10::text IS NOT NULL
     ON CONFLICT DO NOTHING
+), made AS (  -- the statement's snapshot: conv below does not see a record made here, only one before
+    INSERT INTO records (kind, id, owner, body, tip, created_at, updated_at, version, gen)
+    SELECT 'conversation', $5, $2, '{"metadata":{}}', CASE WHEN $24::boolean THEN $1::text ELSE $12::text END,
+           $9, $9, 1, 0 WHERE $25::boolean
+    ON CONFLICT DO NOTHING
 ), conv AS (
     UPDATE records SET tip = $12::text, updated_at = $9, version = version + 1
     WHERE kind = 'conversation' AND id = $5 AND NOT $24::boolean
@@ -358,7 +363,7 @@ class PostgresStore(Store):
             items[-1].id, bool(turn.conversation_tip),
             [i.id for i in items], parents, offsets, [n.cost for n in turn.items], [i.kind for i in items],
             [i.role for i in items], [_storable(i.text) for i in items], extras, [n.chat for n in turn.items],
-            [i.status for i in items], turn.keep_tip,
+            [i.status for i in items], turn.keep_tip, turn.opens_record,
         )  # fmt: skip
         if turn.conversation_tip:
             await self._single(args, lambda conn, a: self._add_after_tip(conn, turn, a))

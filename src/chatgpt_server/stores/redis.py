@@ -36,13 +36,14 @@ T = TypeVar("T")
 DATA_VERSION = "2"
 
 # ARGV: prefix, owner, conversation, parent ('' none), enc, origin, created, response id ('' none), ttl ms,
-# item count, response body ('' none), conversation tip ('' none, '-' the tip stays), then 8 fields per item:
-# id, kind, role, text, extra, chat, cost, status.
+# item count, response body ('' none), conversation tip ('' none, '-' the tip stays), the tip of a record
+# made with the turn ('' none made, '-' a null tip), then 8 fields per item: id, kind, role, text, extra,
+# chat, cost, status.
 _ADD_TURN = Script("""
 local p, owner, conv, parent = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local enc, origin, created, rid, ttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
-local n, body, tipconv = tonumber(ARGV[10]), ARGV[11], ARGV[12]
-if redis.call('EXISTS', p .. 'i:' .. ARGV[13]) == 1 then return 1 end
+local n, body, tipconv, opens = tonumber(ARGV[10]), ARGV[11], ARGV[12], ARGV[13]
+if redis.call('EXISTS', p .. 'i:' .. ARGV[14]) == 1 then return 1 end
 local ckey2 = p .. 'r:conversation:' .. conv
 if tipconv ~= '' and tipconv ~= '-' then  -- after the conversation's tip as it is now, if the caller's item
   local now = redis.call('HGET', ckey2, 't')
@@ -55,7 +56,7 @@ local first_parent = parent
 local seq = redis.call('INCRBY', p .. 'seq', n) - n
 local ckey = p .. 'c:' .. conv
 for i = 0, n - 1 do
-  local b = 13 + i * 8
+  local b = 14 + i * 8
   local id = ARGV[b]
   local key = p .. 'i:' .. id
   seq = seq + 1
@@ -73,6 +74,14 @@ if rid ~= '' and body ~= '' then
     redis.call('HSET', rkey, 'o', owner, 'b', body, 't', parent, 'ca', created, 'ua', created, 'v', 1, 'g', 0)
     if ttl > 0 then redis.call('PEXPIRE', rkey, ttl) end
   end
+end
+if opens ~= '' and redis.call('EXISTS', ckey2) == 0 then  -- made with this turn, its tip where the turn left it
+  if opens == '-' then opens = '' end
+  redis.call('HSET', ckey2, 'o', owner, 'b', '{"metadata":{}}', 't', opens, 'ca', created, 'ua', created,
+    'v', 1, 'g', 0)
+  redis.call('ZADD', p .. 'rx:conversation:' .. owner, created, conv)
+  if ttl > 0 then redis.call('PEXPIRE', ckey2, ttl) end
+  return 1
 end
 local tip = redis.call('HGET', ckey2, 't')
 if tip and tipconv ~= '-' and (tipconv ~= '' or tip == first_parent) then
@@ -269,6 +278,7 @@ class RedisStore(Store):
                     1,
                     "",
                     "",
+                    "",
                     *item.args(),
                 ],
             )
@@ -327,6 +337,7 @@ class RedisStore(Store):
             self.prefix, turn.owner, turn.conversation_id, turn.parent_id or "", turn.enc, turn.origin,
             turn.created_at, turn.response_id or "", self.ttl_ms, len(turn.items),
             orjson.dumps(response.body) if response else "", "-" if turn.keep_tip else turn.conversation_tip or "",
+            (turn.tip_after or "-") if turn.opens_record else "",
         ]  # fmt: skip
         for new in turn.items:
             item = new.item

@@ -76,6 +76,10 @@ _MOVE_TIP = (
     "UPDATE records SET tip = ?1, updated_at = ?2, version = version + 1 "
     "WHERE kind = 'conversation' AND id = ?3 AND (?4 OR tip IS ?5)"
 )
+_OPEN_RECORD = (
+    f"INSERT INTO records ({RECORD_COLUMNS}) "
+    "VALUES ('conversation', ?1, ?2, '{\"metadata\":{}}', ?3, ?4, ?4, 1, 0) ON CONFLICT DO NOTHING"
+)
 BUSY_RETRY_S = 0.0005  # under uvloop a timer below 1 ms is the loop's next pass (measured)
 BUSY_WAIT_S = 0.001  # a check for the write lock polls more gently: nothing of the turn waits on the loop
 READ_BUSY_TRIES = 50
@@ -436,6 +440,9 @@ class SQLiteStore(Store):
         db.executemany(_INSERT_ITEM, turn_rows(turn, branch, end))
         if turn.response is not None:
             db.execute(_INSERT_RECORD + " ON CONFLICT DO NOTHING", record_params(turn.response, 1))
+        if turn.opens_record and db.execute(_OPEN_RECORD, (turn.conversation_id, turn.owner, turn.tip_after,
+                                                            turn.created_at)).rowcount:  # fmt: skip
+            return  # made with this turn: its tip is where the turn left it
         if not turn.keep_tip:
             db.execute(_MOVE_TIP, (turn.items[-1].item.id, turn.created_at, turn.conversation_id,
                                    bool(turn.conversation_tip), turn.parent_id))  # fmt: skip
