@@ -111,6 +111,11 @@ def test_usage_marked_estimated_when_upstream_gives_none(client: httpx.Client, u
     usage = ask(client, "count me", systemMessage="").json()["data"]["detail"]["usage"]
     assert usage["estimated"] is True
     assert usage["prompt_tokens"] == prompt_tokens("gpt-3.5-turbo", [{"role": "user", "content": "count me"}])
+    # Half of it (the completion's count alone): ours for the rest, said to be estimated, totals that add up.
+    upstreams.apps.call(lambda: upstreams.openai.fail_next.append("half-usage"))
+    half = ask(client, "count me", systemMessage="").json()["data"]["detail"]["usage"]
+    assert half["completion_tokens"] == 3 and half["prompt_tokens"] == usage["prompt_tokens"]
+    assert half["total_tokens"] == half["prompt_tokens"] + 3 and half["estimated"] is True
 
 
 def test_disallowed_api_base_url_is_refused_before_any_request(client: httpx.Client) -> None:

@@ -194,6 +194,9 @@ def test_retrieve_delete_and_input_items(sdk: openai.OpenAI) -> None:
     assert texts[0] == "turn 11" and texts[-1] == "first"
     ascending = list(sdk.responses.input_items.list(response.id, limit=7, order="asc"))
     assert [i.id for i in ascending] == [i.id for i in items][::-1]
+    before = sdk.responses.input_items.list(response.id, limit=2, extra_query={"before": items[4].id})
+    assert [i.id for i in before.data] == [items[2].id, items[3].id] and before.has_more
+    assert sdk.responses.input_items.list(response.id, extra_query={"before": items[0].id}).data == []
     retrieved = sdk.responses.retrieve(response.id)
     assert retrieved.output_text == response.output_text
     sdk.responses.delete(response.id)
@@ -286,6 +289,21 @@ def test_function_tool_round_trip(sdk: openai.OpenAI, upstreams: Upstreams) -> N
     assert "response.function_call_arguments.delta" in kinds and "response.function_call_arguments.done" in kinds
     assert streamed.output[0].type == "function_call"
     assert sdk.responses.retrieve(streamed.id).output[0].id == streamed.output[0].id
+
+
+def test_a_message_given_before_the_calls_outputs_follows_them(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    """Responses input may put a message before the outputs it comes with; chat completions wants each
+    call's output right after the calling message, so the message follows the outputs."""
+    tools: list[Any] = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+    first = sdk.responses.create(model="gpt-3.5-turbo", input="call:lookup", tools=tools)
+    call_id = first.output[0].call_id  # type: ignore[union-attr]
+    given: Any = [{"role": "user", "content": "here it is"},
+                  {"type": "function_call_output", "call_id": call_id, "output": "forty-two"}]  # fmt: skip
+    second = sdk.responses.create(model="gpt-3.5-turbo", previous_response_id=first.id, tools=tools, input=given)
+    assert second.status == "completed"
+    assert [m["role"] for m in sent(upstreams)["messages"]] == ["user", "assistant", "tool", "user"]
+    listed = [item.type for item in sdk.responses.input_items.list(second.id, order="asc")]
+    assert listed[-2:] == ["message", "function_call_output"]  # stored as the client gave them
 
 
 @pytest.mark.parametrize("stream", [True, False])
@@ -841,6 +859,29 @@ def test_a_deleted_item_cannot_be_referenced(sdk: openai.OpenAI, upstreams: Upst
     with pytest.raises(openai.NotFoundError):
         sdk.responses.create(model="gpt-3.5-turbo", input=[{"type": "item_reference", "id": str(item.id)}])
     assert len(upstreams.openai.requests) == calls  # its text went nowhere
+
+
+def test_an_item_is_in_a_prompt_once(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    """Referenced twice, or referenced while the history it continues holds it: OpenAI's 400
+    "Duplicate item found", before anything is sent, not a prompt that says it twice."""
+    first = sdk.responses.create(model="gpt-3.5-turbo", input="base")
+    said: Any = {"type": "item_reference", "id": first.output[0].id}
+    conversation = sdk.conversations.create(items=[{"type": "message", "role": "user", "content": "kept"}])
+    kept: Any = {"type": "item_reference", "id": next(iter(sdk.conversations.items.list(conversation.id))).id}
+    calls = len(upstreams.openai.requests)
+    twice: Any = [said, said]
+    with_history: list[tuple[Any, dict[str, Any]]] = [
+        ([said, {"role": "user", "content": "next"}], {"previous_response_id": first.id}),
+        ([kept], {"conversation": conversation.id}),
+    ]
+    for given, where in [(twice, {}), *with_history]:
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.responses.create(model="gpt-3.5-turbo", input=given, **where)
+        assert refused.value.param == "input" and "Duplicate item found with id" in refused.value.message
+    assert len(upstreams.openai.requests) == calls
+    elsewhere = sdk.responses.create(model="gpt-3.5-turbo", input=[kept], previous_response_id=first.id)
+    assert elsewhere.status == "completed"  # an item of another conversation is no duplicate here
+    assert [m["content"] for m in sent(upstreams)["messages"]] == ["base", first.output_text, "kept"]
 
 
 def test_what_cannot_be_a_conversation_id_is_a_404_on_every_store(

@@ -372,6 +372,30 @@ ODD_REPLIES: dict[str, bytes] = {
     # readable (under 1,024 levels), but deeper than orjson writes (254): never passed on whole
     "deep_field": orjson.dumps(_completion())[:-1] + b', "system_fingerprint": ' + _deep(400) + b"}",
     "deep_usage": orjson.dumps(_completion())[:-1] + b', "usage": {"prompt_tokens_details": ' + _deep(400) + b"}}",
+    "finish_injected": orjson.dumps(
+        {
+            "id": 7,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "hi"},
+                    "finish_reason": "stop\r\nX-Injected: 1",
+                }
+            ],
+        }
+    ),
+    "finish_markup": orjson.dumps(
+        {
+            "id": 7,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": "hi"},
+                    "finish_reason": '<img src=x onerror="alert(1)">',
+                }
+            ],
+        }
+    ),
     "finish_object": orjson.dumps(
         {
             "id": 7,

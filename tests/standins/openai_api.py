@@ -210,7 +210,9 @@ class OpenAIStandIn:
             "id": completion_id, "object": "chat.completion", "created": int(time.time()), "model": model,
             "choices": [{"index": 0, "message": message, "finish_reason": "tool_calls" if call else "stop"}],
         }  # fmt: skip
-        if failure != "no-usage":
+        if failure == "half-usage":  # older servers: the completion's count alone
+            reply["usage"] = {"completion_tokens": usage["completion_tokens"]}
+        elif failure != "no-usage":
             reply["usage"] = usage
         return web.Response(body=orjson.dumps(reply), content_type="application/json")
 

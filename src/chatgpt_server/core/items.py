@@ -126,7 +126,8 @@ def text_of(parts: list[dict[str, Any]]) -> str:
     return "".join(p.get("text", "") for p in parts if p.get("type") in ("input_text", "output_text", "text"))
 
 
-_ASSISTANT_TEXT = b'{"role":"assistant","content":"'
+_ASSISTANT = b'{"role":"assistant"'
+_ASSISTANT_TEXT = _ASSISTANT + b',"content":"'
 
 
 def chat_messages(items: list[tuple[str, bytes]]) -> list[bytes]:
@@ -162,4 +163,26 @@ def chat_messages(items: list[tuple[str, bytes]]) -> list[bytes]:
             i += 1
         content = orjson.dumps("".join(texts)) if texts else b"null"
         out.append(b'{"role":"assistant","content":' + content + b',"tool_calls":[' + b",".join(calls) + b"]}")
+        i = _outputs_first(items, i, calls, out)
     return out
+
+
+def _outputs_first(items: list[tuple[str, bytes]], i: int, calls: list[bytes], out: list[bytes]) -> int:
+    """The calls' outputs right after the calling message, as chat completions requires, even where the
+    client put a message before them (Responses input may say ``[message, function_call_output]``): such
+    messages follow the outputs. Returns where the scan stopped."""
+    waiting = {orjson.loads(call).get("id") for call in calls}
+    held: list[bytes] = []
+    n = len(items)
+    while i < n and waiting:
+        kind, chat = items[i]
+        if kind == "function_call_output":
+            waiting.discard(orjson.loads(chat).get("tool_call_id"))
+            out.append(chat)
+        elif kind == "message" and not chat.startswith(_ASSISTANT):
+            held.append(chat)
+        else:
+            break
+        i += 1
+    out.extend(held)
+    return i

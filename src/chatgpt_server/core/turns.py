@@ -550,7 +550,10 @@ class OpenTurn:
                 outputs.append(Item(item_id, "function_call", "assistant", call.arguments, call_id=call.call_id,
                                     name=call.name, status="incomplete" if cut else "completed"))  # fmt: skip
         calls_list = list(calls.values())
-        usage = dict(reply.usage) if reply.usage else self._estimated_usage(text, calls_list)
+        usage = dict(reply.usage) if reply.usage else {}
+        if "prompt_tokens" not in usage or "completion_tokens" not in usage:  # none, or half of it
+            usage = {**self._estimated_usage(text, calls_list), **usage, "estimated": True}
+            usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
         result = TurnResult(
             inputs=spec.inputs, outputs=outputs, reply_id=self.reply_id, text=text, tool_calls=calls_list, usage=usage,
             incomplete=incomplete, conversation_id=self.conversation_id,

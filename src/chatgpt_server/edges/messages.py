@@ -247,6 +247,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     ),
     "conversation_changed": ("conversation {id} changed meanwhile; try again", "对话 {id} 同时被修改, 请重试"),
     "item_not_found": ("item {id} not found", "找不到条目 {id}"),
+    "duplicate_item": (
+        "Duplicate item found with id {id}. Remove duplicate items from your input and try again.",
+        "输入中有重复的条目 {id}: 请去掉重复的条目后再试",
+    ),
     "response_not_found": ("response {id} not found", "找不到响应 {id}"),
     "cancel_not_background": (
         "only background responses can be cancelled, and background mode is not supported",

@@ -1108,7 +1108,10 @@ def _openai_paths() -> dict[str, Schema]:
             _answer("a page of items", {JSON: {"schema": _list_of(_ref("Item"))}}),
             {**page_errors, **NOT_FOUND_RESPONSE, **V1_STORE},
             parameters=[RESPONSE_ID, *_paging("the id of the item before the page (an id not among them gives an "
-                                              "empty page)")],
+                                              "empty page)"),
+                        {"name": "before", "in": "query", "required": False, "schema": {"type": "string"},
+                         "description": "the id of the item after the page: the page just before it (an id "
+                                        "not among them gives an empty page)"}],
         )},
         "/v1/responses/{id}/cancel": {"post": _operation(
             "cancelResponse", "Cancel a background response: never possible here (no background mode)",

@@ -23,6 +23,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp
 
 from ..core.activity import current_log
+from ..core.conversations import find
 from ..core.items import Item, mint
 from ..core.tokens import uses_max_completion_tokens
 from ..core.turns import Budget, OpenTurn, TurnResult, TurnSpec
@@ -405,7 +406,7 @@ async def create(request: Request, services: Services) -> ASGIApp:
     ask = parse_ask(await read_json(request, services.settings.max_body_bytes))
     log.route = "responses stream" if ask.stream else "responses"
     caller = await caller_for(request, services, ask.model)
-    inputs = await _resolve_references(services, caller.owner, ask.items)
+    inputs = await _resolve_references(services, caller.owner, ask.items, ask)
     if not inputs:
         raise invalid("input", "no items to answer")
     draft = Draft(mint("resp_"), ask, int(time.time()))
@@ -457,13 +458,16 @@ async def count_input_tokens(request: Request, services: Services) -> Response:
         body.pop("personality", None)
     ask = parse_ask(body)
     caller = await caller_for(request, services, ask.model)
-    inputs = await _resolve_references(services, caller.owner, ask.items)
+    inputs = await _resolve_references(services, caller.owner, ask.items, ask)
     spec = _spec(services, ask, caller, inputs, Draft(mint("resp_"), ask, int(time.time())))
     tokens = await _in_openai_words(services.turns.count(spec), ask)
     return JSONBody({"object": "response.input_tokens", "input_tokens": tokens})
 
 
-async def _resolve_references(services: Services, owner: str, items: list[Item | str]) -> list[Item]:
+async def _resolve_references(services: Services, owner: str, items: list[Item | str], ask: Ask) -> list[Item]:
+    references = [entry for entry in items if isinstance(entry, str)]
+    if references:
+        await _no_duplicates(services, owner, references, ask)
     out: list[Item] = []
     for entry in items:
         if isinstance(entry, Item):
@@ -474,6 +478,29 @@ async def _resolve_references(services: Services, owner: str, items: list[Item |
             raise NotFound("item_not_found", id=entry)
         out.append(copy_of(found.item))
     return out
+
+
+async def _no_duplicates(services: Services, owner: str, references: list[str], ask: Ask) -> None:
+    """An item may be in a prompt once: referenced twice, or referenced while the history it continues
+    (``previous_response_id``, ``conversation``) holds it, is OpenAI's 400, not a prompt that says it twice."""
+    seen: set[str] = set()
+    for reference in references:
+        if reference in seen:
+            raise BadRequest("duplicate_item", id=reference[:256], param="input")
+        seen.add(reference)
+    anchor: str | None = None
+    if ask.previous is not None:
+        parent = await services.turns.resolve(owner, ask.previous)
+        anchor = parent.item.id if parent is not None else None
+    elif ask.conversation is not None:
+        with contextlib.suppress(NotFound):  # the turn itself says so, in its words
+            anchor = (await find(services.store, owner, ask.conversation)).tip
+    if anchor is None:
+        return
+    history = set(await services.store.path_ids(owner, anchor))
+    for reference in references:
+        if reference in history:
+            raise BadRequest("duplicate_item", id=reference[:256], param="input")
 
 
 def _spec(services: Services, ask: Ask, caller: Caller, inputs: list[Item], draft: Draft) -> TurnSpec:
@@ -686,6 +713,11 @@ async def input_items(request: Request, services: Services) -> Response:
         ids.reverse()
     if page.after is not None:  # an id that is not in the list: nothing after it
         ids = ids[ids.index(page.after) + 1 :] if page.after in ids else []
-    chosen = ids[: page.limit]
-    items = await services.store.get_items(owner, chosen)
-    return JSONBody(list_body([item_json(s.item) for s in items], len(ids) > page.limit))
+    before = request.query_params.get("before")
+    if before is not None:  # the page just before that id (older SDKs offer it), in the same order
+        ids = ids[: ids.index(before)] if before in ids else []
+        ids, more = ids[-page.limit :], len(ids) > page.limit
+    else:
+        ids, more = ids[: page.limit], len(ids) > page.limit
+    items = await services.store.get_items(owner, ids)
+    return JSONBody(list_body([item_json(s.item) for s in items], more))

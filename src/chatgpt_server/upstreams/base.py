@@ -11,6 +11,7 @@ Failures are the one error tree's: an upstream never raises anything else out of
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -28,6 +29,15 @@ def label(value: Any) -> str | None:
     if isinstance(value, str) and 0 < len(value) <= MAX_LABEL and value.isprintable():
         return value
     return None
+
+
+_REASON = re.compile(r"[A-Za-z0-9_.:-]{1,40}")
+
+
+def reason_label(value: Any) -> str | None:
+    """An upstream's finish reason, kept only as a short word ("stop", "tool_calls", "end_turn"): it is
+    shown to clients, so no line breaks, quotes or anything else an upstream may have put there."""
+    return value if isinstance(value, str) and _REASON.fullmatch(value) else None
 
 
 def is_count(value: Any) -> TypeGuard[int]:

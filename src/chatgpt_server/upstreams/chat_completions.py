@@ -17,7 +17,7 @@ import orjson
 from ..core.items import chat_messages, mint
 from ..core.tokens import uses_max_completion_tokens
 from ..errors import BadGateway, BadRequest, Forbidden, NotFound, ServiceError, TooManyRequests, Unauthorized
-from .base import ALIVE, MAX_TOOL_CALLS, Event, Prompt, Reply, Target, ToolCall, is_count, label
+from .base import ALIVE, MAX_TOOL_CALLS, Event, Prompt, Reply, Target, ToolCall, is_count, label, reason_label
 from .http import (
     TRANSPORT_ERRORS,
     Answer,
@@ -219,7 +219,7 @@ def parse_completion(raw: bytes, host: str, key: str = "") -> dict[str, Any]:
         "usage": usage_of(completion.get("usage")),
         "id": label(completion.get("id")),
         "model": label(completion.get("model")),
-        "finish_reason": finish if isinstance(finish, str) and len(finish) <= 40 else None,
+        "finish_reason": reason_label(finish),
         "created": timestamp(completion.get("created")),
     }
 
@@ -380,8 +380,8 @@ class ChunkParser:
                 raise _bad(self.host, "a choice is not an object")
             if choice.get("index", 0) != 0:
                 continue
-            finish = choice.get("finish_reason")
-            if isinstance(finish, str) and len(finish) <= 40:
+            finish = reason_label(choice.get("finish_reason"))
+            if finish is not None:
                 self.finish_reason = finish
             delta = choice.get("delta")
             if delta is None:
