@@ -22,6 +22,7 @@ from .conftest import Upstreams, ask
 from .harness import ServerProcess
 from .standins.chatgpt_auth import Tokens
 from .test_api_contract import assert_error
+from .test_streaming import events
 
 TOKEN_PATH = "/api/v1/token"
 
@@ -354,6 +355,24 @@ def test_backend_failures_are_precise(
         assert 0 < int(response.headers["Retry-After"]) <= 120
     if failure == "rate_limited":  # the backend's own Retry-After is passed on
         assert response.headers["Retry-After"] == "30"
+
+
+@pytest.mark.parametrize("shape", ["refusal", "whole_item"])
+def test_a_reply_said_as_a_refusal_or_only_in_its_finished_item_is_the_reply(
+    cx: httpx.Client, upstreams: Upstreams, shape: str
+) -> None:
+    """The Responses events a backend may send instead of output_text deltas: a refusal's deltas (the
+    model declines: its words are the reply), or the text only in the finished message item."""
+    email, account = unique("shape")
+    token = sign_in(cx, upstreams, email, account)["accessToken"]
+    for kind in ("1", "2"):
+        upstreams.apps.call(lambda: upstreams.codex.fail_next.append(shape))
+        response = ask(cx, "not that", key=token, mode="2", kind=kind)
+        if kind == "1":
+            assert response.json().get("data", {}).get("text") == "echo(1): not that", response.text
+        else:
+            deltas = [e for e in events(response.text) if e[0] == "delta"]
+            assert deltas and deltas[-1][1]["text"] == "echo(1): not that", response.text
 
 
 def test_a_clients_extra_headers_reach_the_codex_backend_under_the_protocols_own(

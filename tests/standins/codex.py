@@ -16,7 +16,9 @@ is ``echo(N): <last user message text>`` with N the number of user message items
 function_call_output follows it yet), a function call with arguments ``{"x":1}`` instead. After a
 function_call_output the text is ``echo(N): <text> [tool: <output>]``.
 
-Tests steer failures with ``fail_next`` and read ``requests``.
+Tests steer failures with ``fail_next`` (``FAILURES``; ``refusal`` and ``whole_item`` are replies in the
+other shapes the Responses events allow: refusal deltas, or the text only in the finished item) and
+read ``requests``.
 
 As a process (benchmark): ``python -m tests.standins.codex --port N (--issuer URL | --no-auth)``.
 With ``--issuer``, tokens are checked against the JWKS fetched from ``{URL}/.well-known/jwks.json``
@@ -54,7 +56,8 @@ ROLE_PARTS = {"user": {"input_text", "input_image", "input_file"}, "system": {"i
               "developer": {"input_text"}, "assistant": {"output_text", "refusal"}}  # fmt: skip
 FAILURES = ("401", "usage_limit", "usage_limit_seconds", "usage_not_included", "usage_not_included_403", "overloaded",
             "rate_limited",
-            "failed_context", "failed_quota", "failed_usage_limit", "cut", "sleep:<s>", "keepalive:<s>")  # fmt: skip
+            "failed_context", "failed_quota", "failed_usage_limit", "cut", "refusal", "whole_item", "sleep:<s>",
+            "keepalive:<s>")  # fmt: skip
 
 STREAM_KEY = web.RequestKey("codex_stream", web.StreamResponse)
 Verifier = Callable[[str], Awaitable[tuple[dict[str, Any] | None, str]]]
@@ -479,6 +482,21 @@ class CodexStandIn:
                                 "role": "assistant", "content": []}  # fmt: skip
         where = {"item_id": item["id"], "output_index": 1, "content_index": 0}
         await send("response.output_item.added", output_index=1, item=item)
+        if failure == "refusal":  # the model declines: a refusal part instead of output_text
+            refused = {"type": "refusal", "refusal": ""}
+            await send("response.content_part.added", **where, part=refused)
+            for i, word in enumerate(text.split(" ")):
+                await send("response.refusal.delta", **where, delta=word if i == 0 else " " + word)
+            await send("response.refusal.done", **where, refusal=text)
+            await send("response.content_part.done", **where, part={**refused, "refusal": text})
+            item = {**item, "status": "completed", "content": [{**refused, "refusal": text}]}
+            await send("response.output_item.done", output_index=1, item=item)
+            return item
+        if failure == "whole_item":  # no deltas: the text only in the finished item
+            whole = {"type": "output_text", "text": text, "annotations": []}
+            item = {**item, "status": "completed", "content": [whole]}
+            await send("response.output_item.done", output_index=1, item=item)
+            return item
         await send("response.content_part.added", **where, part={"type": "output_text", "text": "", "annotations": []})
         words = text.split(" ")
         for i, word in enumerate(words):

@@ -221,10 +221,10 @@ class CodexParser:
         kind = event.get("type", name)
         if not isinstance(kind, str):
             raise _bad(self.host, "an event type is not a string")
-        if kind == "response.output_text.delta":
+        if kind in ("response.output_text.delta", "response.refusal.delta"):  # a refusal is the reply's text
             delta = event.get("delta")
             if not isinstance(delta, str):
-                raise _bad(self.host, "output_text.delta carries no text")
+                raise _bad(self.host, f"{kind[9:]} carries no text")
             if delta:
                 self.pieces.append(delta)
                 return [Event(delta)]
@@ -284,6 +284,13 @@ class CodexParser:
         return [Event(tool_index=call.index, tool_id=call.call_id, tool_name=call.name)]
 
     def _item_done(self, item: Any) -> list[Event]:
+        if isinstance(item, dict) and item.get("type") == "message" and not self.pieces:
+            # A message told whole at its end, without deltas (a server may): its text is the reply's.
+            text = "".join(_part_text(part) for part in item.get("content") or () if isinstance(part, dict))
+            if text:
+                self.pieces.append(text)
+                return [Event(text)]
+            return [ALIVE]
         if not isinstance(item, dict) or item.get("type") != "function_call":
             return [ALIVE]
         key = _item_key(item)
@@ -316,6 +323,11 @@ class CodexParser:
     @property
     def tool_calls(self) -> list[ToolCall]:
         return [self.calls[k] for k in self._order]
+
+
+def _part_text(part: dict[str, Any]) -> str:
+    value = part.get("text") if part.get("type") == "output_text" else part.get("refusal")
+    return value if isinstance(value, str) and part.get("type") in ("output_text", "refusal") else ""
 
 
 def _item_key(item: dict[str, Any]) -> str | None:
