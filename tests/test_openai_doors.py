@@ -291,6 +291,33 @@ def test_function_tool_round_trip(sdk: openai.OpenAI, upstreams: Upstreams) -> N
     assert sdk.responses.retrieve(streamed.id).output[0].id == streamed.output[0].id
 
 
+def test_a_refusal_is_shown_as_a_refusal_part_and_kept_as_one(
+    sdk: openai.OpenAI, v1_server: ServerProcess, upstreams: Upstreams
+) -> None:
+    """An upstream's refusal (chat completions' ``refusal``) is a ``refusal`` content part, whole and
+    streamed (refusal events, no output_text), stored and listed so; a follow-up sends it as the
+    assistant's words, and the original route shows it as the reply's text."""
+    declined = "I can't help with that."
+    whole = sdk.responses.create(model="gpt-3.5-turbo", input="refuse: something")
+    assert whole.output[0].model_dump()["content"] == [{"type": "refusal", "refusal": declined}]
+    assert whole.output_text == ""  # as OpenAI's: a refusal is no output text
+    kinds: list[str] = []
+    with sdk.responses.stream(model="gpt-3.5-turbo", input="refuse: again") as stream:
+        for event in stream:
+            kinds.append(event.type)
+        streamed = stream.get_final_response()
+    assert "response.refusal.delta" in kinds and "response.refusal.done" in kinds
+    assert not [k for k in kinds if k.startswith("response.output_text")]
+    assert streamed.output[0].model_dump()["content"] == [{"type": "refusal", "refusal": declined}]
+    stored = sdk.responses.retrieve(streamed.id).output[0].model_dump()["content"]
+    assert stored == [{"type": "refusal", "refusal": declined}]
+    follow = sdk.responses.create(model="gpt-3.5-turbo", input="why?", previous_response_id=whole.id)
+    assert follow.output_text == "echo(2): why?"
+    assert sent(upstreams)["messages"][1] == {"role": "assistant", "content": declined}
+    with httpx.Client(base_url=v1_server.url, timeout=30) as c:
+        assert ask(c, "refuse: the original route").json()["data"]["text"] == declined
+
+
 def test_a_message_given_before_the_calls_outputs_follows_them(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
     """Responses input may put a message before the outputs it comes with; chat completions wants each
     call's output right after the calling message, so the message follows the outputs."""

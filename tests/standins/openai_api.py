@@ -4,7 +4,8 @@ It refuses what the real service refuses: unknown keys (401, with the key masked
 unknown models and missing fields (400), a prompt over the model's context window (400
 context_length_exceeded, counted with tiktoken), ``max_tokens`` on reasoning models. Replies echo
 the last user message prefixed with the number of user messages seen, so a test can tell whether
-the history arrived: ``echo(3): hello``.
+the history arrived: ``echo(3): hello``. A last user message starting ``refuse:`` is declined as
+OpenAI says it: ``refusal`` instead of ``content``, whole or streamed.
 
 Tests steer failures with ``fail_next`` and read what arrived in ``requests``.
 """
@@ -186,6 +187,9 @@ class OpenAIStandIn:
         users = [m for m in messages if m["role"] == "user"]
         last = _text(users[-1]) if users else ""
         text = f"echo({len(users)}): {last}"
+        refusing = last.startswith("refuse:")  # the model declines, as OpenAI says it: refusal, no content
+        if refusing:
+            text = "I can't help with that."
         if messages[-1]["role"] == "tool":
             text += f" [tool: {messages[-1]['content']}]"
         call = self._tool_call(body, messages[-1], last)
@@ -201,8 +205,10 @@ class OpenAIStandIn:
         if body.get("stream"):
             include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
             return await self._stream(request, completion_id, model, text, usage if include_usage else None,
-                                      {"cut": 1, "cut0": -1}.get(failure or ""), call)  # fmt: skip
+                                      {"cut": 1, "cut0": -1}.get(failure or ""), call, refusing)  # fmt: skip
         message: dict[str, Any] = {"role": "assistant", "content": text}
+        if refusing:
+            message = {"role": "assistant", "content": None, "refusal": text}
         if call is not None:
             say = call.pop("say")
             message = {"role": "assistant", "content": "Checking now." if say else None, "tool_calls": [call]}
@@ -249,7 +255,7 @@ class OpenAIStandIn:
 
     async def _stream(self, request: web.Request, completion_id: str, model: str, text: str,
                       usage: dict[str, Any] | None, cut: int | None,
-                      call: dict[str, Any] | None = None) -> web.StreamResponse:  # fmt: skip
+                      call: dict[str, Any] | None = None, refusing: bool = False) -> web.StreamResponse:  # fmt: skip
         """``cut``: the connection is closed after that word (-1: before the first)."""
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         await response.prepare(request)
@@ -286,7 +292,8 @@ class OpenAIStandIn:
                 if self.chunk_delay:
                     await asyncio.sleep(self.chunk_delay)
                 piece = word if i == 0 else " " + word
-                await send({"choices": [{"index": 0, "delta": {"content": piece}, "finish_reason": None}]})
+                said = {"refusal": piece} if refusing else {"content": piece}
+                await send({"choices": [{"index": 0, "delta": said, "finish_reason": None}]})
                 if cut == i:
                     request.transport.close()  # type: ignore[union-attr]
                     return response

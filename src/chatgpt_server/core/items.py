@@ -25,6 +25,9 @@ from .tokens import PER_MESSAGE, count
 Kind = Literal["message", "function_call", "function_call_output"]
 ROLES = ("user", "assistant", "system", "developer")
 IMAGE_COST = 765  # a high-detail 512x512 image, as OpenAI prices one; an estimate for any image
+# The parts of an assistant message that is a refusal (its text is the refusal's): a marker, kept with
+# the item, so every door shows it as one (Responses: a ``refusal`` content part).
+REFUSAL_PART: dict[str, Any] = {"type": "refusal"}
 
 
 # Ids need to be unique, not secret: every lookup is also checked against its owner, so knowing an id
@@ -69,6 +72,11 @@ class Item:
     status: str = "completed"
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def refusal(self) -> bool:
+        """An assistant message that is the model declining: its text is the refusal."""
+        return self.parts is not None and self.parts[:1] == [REFUSAL_PART]
+
     def extra(self) -> dict[str, Any] | None:
         """What the stored row keeps beyond kind, role and text (None for a plain text message)."""
         out: dict[str, Any] = {}
@@ -99,7 +107,7 @@ class Item:
             return orjson.dumps(call)
         if self.kind == "function_call_output":
             return orjson.dumps({"role": "tool", "tool_call_id": self.call_id, "content": self.text})
-        if self.parts is None:
+        if self.parts is None or self.role == "assistant":  # an assistant's parts: its text (or refusal)
             return orjson.dumps({"role": self.role, "content": self.text})
         return orjson.dumps({"role": self.role, "content": [_chat_part(p) for p in self.parts]})
 

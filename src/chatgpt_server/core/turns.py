@@ -36,7 +36,7 @@ from .history import (
     path_from_store,
     visible,
 )
-from .items import Item, mint
+from .items import REFUSAL_PART, Item, mint
 from .leases import LEASE_S, Leases, Release
 from .tokens import REPLY_PRIMING, count, encoding_for, is_exact, message_cost
 from .watchdog import Watchdog
@@ -542,7 +542,9 @@ class OpenTurn:
         outputs: list[Item] = []
         for kind, index in order:
             if kind == "message":
-                outputs.append(Item(self.reply_id, "message", "assistant", text, status=status, meta=dict(reply.meta)))
+                parts = [dict(REFUSAL_PART)] if reply.refusal else None
+                outputs.append(Item(self.reply_id, "message", "assistant", text, parts, status=status,
+                                    meta=dict(reply.meta)))  # fmt: skip
             elif index in calls:
                 call = calls[index]
                 item_id = self._tool_items.get(index) or mint("fc_")

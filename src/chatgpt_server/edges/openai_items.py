@@ -124,6 +124,14 @@ def copy_of(item: Item) -> Item:
     return Item(mint(prefix), item.kind, item.role, item.text, item.parts, item.call_id, item.name)
 
 
+def output_text(text: str) -> dict[str, Any]:
+    return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def refusal_part(text: str) -> dict[str, Any]:
+    return {"type": "refusal", "refusal": text}
+
+
 def item_json(item: Item, status: str | None = None) -> dict[str, Any]:
     """An item as the Responses and Conversations APIs show it."""
     status = status or item.status
@@ -134,7 +142,7 @@ def item_json(item: Item, status: str | None = None) -> dict[str, Any]:
         return {"id": item.id, "type": "function_call_output", "status": status, "call_id": item.call_id,
                 "output": item.text}  # fmt: skip
     if item.role == "assistant":
-        content = [{"type": "output_text", "text": item.text, "annotations": [], "logprobs": []}]
+        content = [refusal_part(item.text) if item.refusal else output_text(item.text)]
     elif item.parts is not None:
         content = [dict(p) for p in item.parts]
     else:

@@ -677,8 +677,11 @@ INPUT_TOKENS = _object({"object": {"const": "response.input_tokens"}, "input_tok
 STATUS = {"enum": ["completed", "incomplete", "in_progress"]}
 OUTPUT_TEXT = _object({"type": {"const": "output_text"}, "text": _string(), "annotations": {"type": "array"},
                        "logprobs": {"type": "array"}}, ("type", "text", "annotations", "logprobs"))  # fmt: skip
+REFUSAL = _object({"type": {"const": "refusal"}, "refusal": _string()}, ("type", "refusal"),
+                  description="an assistant message that is the model declining (the upstream said it as a refusal)")
 SHOWN_PARTS = [
     OUTPUT_TEXT,
+    REFUSAL,
     _object({"type": {"const": "input_text"}, "text": _string()}, ("type", "text")),
     _object({"type": {"const": "input_image"}, "image_url": _string(), "detail": {"enum": list(IMAGE_DETAILS)}},
             ("type", "image_url", "detail")),
@@ -763,9 +766,13 @@ RESPONSE_EVENT = {
         _response_event("response.output_item.added", output_index=INDEX, item=_ref("Item")),
         _response_event("response.output_item.done", output_index=INDEX, item=_ref("Item")),
         _response_event("response.content_part.added", item_id=_string(), output_index=INDEX, content_index=INDEX,
-                        part=OUTPUT_TEXT),
+                        part={"anyOf": [OUTPUT_TEXT, REFUSAL]}),
         _response_event("response.content_part.done", item_id=_string(), output_index=INDEX, content_index=INDEX,
-                        part=OUTPUT_TEXT),
+                        part={"anyOf": [OUTPUT_TEXT, REFUSAL]}),
+        _response_event("response.refusal.delta", item_id=_string(), output_index=INDEX, content_index=INDEX,
+                        delta=_string()),
+        _response_event("response.refusal.done", item_id=_string(), output_index=INDEX, content_index=INDEX,
+                        refusal=_string()),
         _response_event("response.output_text.delta", item_id=_string(), output_index=INDEX, content_index=INDEX,
                         delta=_string(), logprobs={"type": "array"}),
         _response_event("response.output_text.done", item_id=_string(), output_index=INDEX, content_index=INDEX,

@@ -32,7 +32,7 @@ from ..stores import Record, StoredItem
 from ..upstreams.base import is_count
 from .envelope import log_stream_failure, openai_error_body
 from .http import JSONBody, read_json
-from .openai_items import copy_of, invalid, item_json, parse_input
+from .openai_items import copy_of, invalid, item_json, output_text, parse_input, refusal_part
 from .sse import EventStream, event
 from .v1 import Caller, api_key, caller_for, list_body, model_name, open_turn, owner_of, page_of
 
@@ -576,6 +576,7 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
     item: dict[str, Any]
     order: list[dict[str, Any]] = []  # items as added, in output order
     message_id = turn.reply_id
+    refused = False  # the message is the model's refusal: refusal events and part, not output_text
     settle = True
     try:
         async for piece in turn.events():
@@ -587,11 +588,16 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
                             "content": []}  # fmt: skip
                     order.append(item)
                     ready.append(emit("response.output_item.added", output_index=message_index, item=item))
-                    part = {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+                    refused = turn.reply is not None and turn.reply.refusal
+                    part = refusal_part("") if refused else output_text("")
                     ready.append(emit("response.content_part.added", item_id=message_id, output_index=message_index,
                                       content_index=0, part=part))  # fmt: skip
-                ready.append(emit("response.output_text.delta", item_id=message_id, output_index=message_index,
-                                  content_index=0, delta=piece.text, logprobs=[]))  # fmt: skip
+                if refused:
+                    ready.append(emit("response.refusal.delta", item_id=message_id, output_index=message_index,
+                                      content_index=0, delta=piece.text))  # fmt: skip
+                else:
+                    ready.append(emit("response.output_text.delta", item_id=message_id, output_index=message_index,
+                                      content_index=0, delta=piece.text, logprobs=[]))  # fmt: skip
             elif piece.tool_index >= 0:
                 known = calls.get(piece.tool_index)
                 if known is None:
@@ -627,8 +633,7 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
         for index, pieces in arguments.items():
             order[index]["arguments"] = "".join(pieces)
         if message_index is not None:  # what was streamed stands in the final object too
-            order[message_index]["content"] = [{"type": "output_text", "text": turn.text, "annotations": [],
-                                                "logprobs": []}]  # fmt: skip
+            order[message_index]["content"] = [refusal_part(turn.text) if refused else output_text(turn.text)]
         for item in order:  # the message, and the call that was open, stopped short; earlier calls had ended
             item["status"] = "completed" if item["type"] == "function_call" else "incomplete"
         if turn.open_call in calls:
@@ -641,9 +646,13 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
     ready = []
     for index, item in enumerate(final["output"]):
         if item["type"] == "message" and message_index is not None:
-            text = item["content"][0]["text"]
-            ready.append(emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
-                              text=text, logprobs=[]))  # fmt: skip
+            part = item["content"][0]
+            if part["type"] == "refusal":
+                ready.append(emit("response.refusal.done", item_id=item["id"], output_index=index, content_index=0,
+                                  refusal=part["refusal"]))  # fmt: skip
+            else:
+                ready.append(emit("response.output_text.done", item_id=item["id"], output_index=index,
+                                  content_index=0, text=part["text"], logprobs=[]))  # fmt: skip
             ready.append(emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
                               part=item["content"][0]))  # fmt: skip
         elif item["type"] == "function_call":

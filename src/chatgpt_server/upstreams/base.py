@@ -176,6 +176,11 @@ class Reply(ABC):
         """What an upstream adds for the client (rate-limit windows, its own ids)."""
         return self._meta or {}
 
+    @property
+    def refusal(self) -> bool:
+        """The text is the model declining (chat completions' ``refusal``, a Responses refusal part)."""
+        return False
+
     @abstractmethod
     def events(self) -> AsyncIterator[Event]:
         """What arrives, as it arrives. Ends when the reply is complete; a reply cut after text ends
@@ -193,6 +198,7 @@ class ParsedStream(Protocol):
     usage: dict[str, Any] | None
     id: str | None
     model: str | None
+    refusal: bool
 
 
 class ParsedReply(Reply):
@@ -219,6 +225,10 @@ class ParsedReply(Reply):
     @property
     def model(self) -> str | None:
         return self.parser.model
+
+    @property
+    def refusal(self) -> bool:
+        return self.parser.refusal
 
 
 class Upstream(Protocol):

@@ -192,9 +192,9 @@ def parse_completion(raw: bytes, host: str, key: str = "") -> dict[str, Any]:
     if not isinstance(message, dict):
         raise _bad(host, "no choices[0].message in the reply")
     content = message.get("content")
+    refused = content is None and isinstance(message.get("refusal"), str) and bool(message["refusal"])
     if content is None:
-        refusal = message.get("refusal")
-        content = refusal if isinstance(refusal, str) else ""
+        content = message["refusal"] if refused else ""
     if not isinstance(content, str):
         raise _bad(host, "choices[0].message.content is not text")
     calls: list[ToolCall] = []
@@ -220,6 +220,7 @@ def parse_completion(raw: bytes, host: str, key: str = "") -> dict[str, Any]:
         "id": label(completion.get("id")),
         "model": label(completion.get("model")),
         "finish_reason": reason_label(finish),
+        "refusal": refused,
         "created": timestamp(completion.get("created")),
     }
 
@@ -292,6 +293,10 @@ class WholeReply(Reply):
         calls: list[ToolCall] = self.parsed["tool_calls"]
         return calls
 
+    @property
+    def refusal(self) -> bool:
+        return bool(self.parsed["refusal"])
+
     async def events(self) -> AsyncIterator[Event]:
         if self.text:
             yield Event(self.text)
@@ -336,6 +341,7 @@ class ChunkParser:
         self.calls: dict[int, ToolCall] = {}
         self._last = 0  # the index of the tool call the last delta added to
         self.usage_only = False  # the last chunk fed carried usage and no choices
+        self.refusal = False  # the text came as the model's refusal
 
     def step(self, event: SSEEvent) -> list[Event]:
         return self.feed(event.data, event.event)
@@ -391,6 +397,7 @@ class ChunkParser:
             content = delta.get("content")
             if content is None and isinstance(delta.get("refusal"), str):  # as a whole reply's: its text
                 content = delta["refusal"]
+                self.refusal = self.refusal or bool(content)
             if isinstance(content, str) and content:
                 self.pieces.append(content)
                 events.append(Event(content))

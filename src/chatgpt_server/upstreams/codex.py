@@ -196,6 +196,7 @@ class CodexParser:
         self.model: str | None = None
         self.usage: dict[str, Any] | None = None
         self.pieces: list[str] = []
+        self.refusal = False
         self.calls: dict[str, ToolCall] = {}  # by the backend's item id
         self._order: list[str] = []
 
@@ -226,6 +227,7 @@ class CodexParser:
             if not isinstance(delta, str):
                 raise _bad(self.host, f"{kind[9:]} carries no text")
             if delta:
+                self.refusal = self.refusal or kind == "response.refusal.delta"
                 self.pieces.append(delta)
                 return [Event(delta)]
             return [ALIVE]
@@ -286,8 +288,10 @@ class CodexParser:
     def _item_done(self, item: Any) -> list[Event]:
         if isinstance(item, dict) and item.get("type") == "message" and not self.pieces:
             # A message told whole at its end, without deltas (a server may): its text is the reply's.
-            text = "".join(_part_text(part) for part in item.get("content") or () if isinstance(part, dict))
+            parts = [part for part in item.get("content") or () if isinstance(part, dict)]
+            text = "".join(map(_part_text, parts))
             if text:
+                self.refusal = all(part.get("type") == "refusal" for part in parts if _part_text(part))
                 self.pieces.append(text)
                 return [Event(text)]
             return [ALIVE]
