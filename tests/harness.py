@@ -101,6 +101,9 @@ class ServerProcess:
         env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGPT_SERVER_")}
         env.update(self.env)
         env.setdefault("CHATGPT_SERVER_DATA_DIR", str(self.workdir / "data"))
+        # The suite reads English messages; "default" leaves the setting unset (its default is checked).
+        if env.setdefault("CHATGPT_SERVER_LANGUAGE", "en") == "default":
+            del env["CHATGPT_SERVER_LANGUAGE"]
         log = open(self.log_path, "ab")  # noqa: SIM115 - the child keeps it
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "chatgpt_server", "serve", "--port", str(self.port)],

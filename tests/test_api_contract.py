@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
 from .conftest import KEY, Upstreams, ask
+from .harness import ServerProcess
 
 ZH = {"Accept-Language": "zh-CN,zh;q=0.9"}
 
@@ -77,11 +79,16 @@ def test_validation_lists_every_problem_in_english(client: httpx.Client) -> None
     assert "nope" not in message  # an unknown option is ignored, as the original ignored it
 
 
-def test_numbers_are_accepted_for_mode_and_type(client: httpx.Client) -> None:
-    body = {"mode": 1, "type": 1, "opts": {"key": KEY, "content": "numbers", "isFollow": False}}
-    response = client.post("/api/v1/gpt/getInfo", json=body)
-    assert response.status_code == 201
-    assert response.json()["data"]["text"] == "echo(1): numbers"
+def test_numbers_are_refused_for_mode_and_type_as_the_original_refused_them(client: httpx.Client) -> None:
+    """contract.md: ``"mode": 1`` (a number) is ``有效值为1或2``; the type's number is refused alike."""
+    opts = {"key": KEY, "content": "numbers", "isFollow": False}
+    zh = {"Accept-Language": "zh-CN"}
+    response = client.post("/api/v1/gpt/getInfo", json={"mode": 1, "type": "1", "opts": opts}, headers=zh)
+    assert assert_error(response, 400) == "有效值为1或2"
+    response = client.post("/api/v1/gpt/getInfo", json={"mode": "1", "type": 1, "opts": opts}, headers=zh)
+    assert assert_error(response, 400) == "有效值为1或2"  # "2" is a type here too
+    both = client.post("/api/v1/gpt/getInfo", json={"mode": 2.0, "type": 1, "opts": opts})
+    assert assert_error(both, 400).split(",") == ['mode must be "1" or "2"', 'type must be "1" (JSON) or "2" (stream)']
 
 
 def test_options_the_original_ignored_are_ignored(client: httpx.Client, upstreams: Upstreams) -> None:
@@ -97,6 +104,27 @@ def test_options_the_original_ignored_are_ignored(client: httpx.Client, upstream
         assert "maxModelTokens" in assert_error(ask(client, "x", maxModelTokens=bad), 400), bad
     message = assert_error(ask(client, "x", debug=True, completionParams={"messages": []}), 400)
     assert message == "opts.opts.completionParams.messages is set by the server"
+
+
+def test_messages_are_the_originals_chinese_unless_asked_otherwise(tmp_path: Path, upstreams: Upstreams) -> None:
+    """A client of the original sends no Accept-Language (curl, axios, a mini-program's backend): it gets
+    the original's exact texts (contract.md), and English when it asks for it."""
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_LANGUAGE="default")).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            assert assert_error(c.post("/api/v1/gpt/getInfo", json={}), 400) == (
+                "有效值为1或2,模式mode必填,有效值为1,类型type必填,gpt请求参数opts必填"
+            )
+            body = {"mode": "1", "type": "1", "opts": {}}
+            assert assert_error(c.post("/api/v1/gpt/getInfo", json=body), 400) == (
+                "opts.key必填,opts.content必填,opts.isFollow必填"
+            )
+            english = c.post("/api/v1/gpt/getInfo", json=body, headers={"Accept-Language": "en-US,en;q=0.9"})
+            assert assert_error(english, 400).startswith("opts.key is required")
+            v1 = c.post("/v1/responses", json={}, headers={"Authorization": f"Bearer {KEY}"})
+            assert v1.status_code == 400 and v1.json()["error"]["message"].isascii()  # OpenAI's doors: English
+    finally:
+        server.stop()
 
 
 def test_language_setting_and_header(client: httpx.Client) -> None:

@@ -56,6 +56,19 @@ def test_reasoning_models_get_max_completion_tokens(client: httpx.Client, upstre
     body = last_body(upstreams.openai.requests)
     assert "max_tokens" not in body and body["max_completion_tokens"] == 1000
     assert "temperature" not in body
+    # A limit the client set under either name is the limit: never both (OpenAI refuses that).
+    for model, given in (
+        ("gpt-4o-mini", "max_completion_tokens"),
+        ("o3-mini", "max_tokens"),
+        ("gpt-4o-mini", "max_tokens"),
+    ):
+        response = ask(client, "limited", completionParams={"model": model, given: 77})
+        body = last_body(upstreams.openai.requests)
+        if model == "o3-mini":  # the stand-in refuses max_tokens for reasoning models, as OpenAI does
+            assert response.status_code == 400 and "max_completion_tokens" in response.text
+            continue
+        assert response.status_code == 201, response.text
+        assert body[given] == 77 and not ({"max_tokens", "max_completion_tokens"} - {given}) & body.keys()
 
 
 def test_truncation_drops_oldest_turns_exactly_at_the_budget(client: httpx.Client, upstreams: Upstreams) -> None:

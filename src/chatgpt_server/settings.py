@@ -129,7 +129,10 @@ class Settings(BaseSettings):
     )
     proxy: str | None = Field(default=None, description="outbound proxy: http://, https://, socks5://, socks5h://")
 
-    language: Literal["en", "zh"] = Field(default="en", description="language of messages (Accept-Language overrides)")
+    language: Literal["en", "zh"] = Field(
+        default="zh",
+        description="language of the original routes' messages, Chinese as the original's (Accept-Language overrides)",
+    )
     default_model: str = Field(default="gpt-4o-mini", description="mode 1 model when the request names none")
     default_chatgpt_model: str = Field(default="gpt-5", description="mode 2 model when the request names none")
     max_model_tokens: int = Field(default=4000, ge=1, le=10_000_000, description="default maxModelTokens, mode 1")

@@ -175,6 +175,9 @@ class OpenAIStandIn:
         refused = invalid_messages(messages, body.get("tools"))
         if refused:
             return _error(400, refused, "invalid_value")
+        if "max_tokens" in body and "max_completion_tokens" in body:
+            return _error(400, "Setting 'max_tokens' and 'max_completion_tokens' at the same time is not supported.",
+                          "invalid_parameter_combination", param="max_tokens")  # fmt: skip
         if model.startswith(REASONING) and "max_tokens" in body:
             return _error(400, "Unsupported parameter: 'max_tokens' is not supported with this model. "
                                "Use 'max_completion_tokens' instead.", "unsupported_parameter",

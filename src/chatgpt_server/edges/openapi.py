@@ -61,8 +61,8 @@ INFO_DESCRIPTION = """ChatGPT and any chat-completions model behind one small AP
 **Two doors.** The original's routes (everything outside `/v1`) answer with an envelope:
 `{status, success, message, data, timestamp}` (`status` is 200 in every success, also when the HTTP
 status is 201); errors are `{status, success: false, message, data: {}, timestamp, path}` with the
-HTTP status in `status` and `path` never carrying the query string. Their messages are English, or
-Chinese with `Accept-Language: zh` (or `CHATGPT_SERVER_LANGUAGE=zh`). The OpenAI-shaped routes under
+HTTP status in `status` and `path` never carrying the query string. Their messages are Chinese, as the
+original's, or English with `Accept-Language: en` (or `CHATGPT_SERVER_LANGUAGE=en`). The OpenAI-shaped routes under
 `/v1` answer as OpenAI does, errors as `{"error": {"message", "type", "param", "code"}}`, and take the
 caller's key as `Authorization: Bearer`: it goes to the model's upstream, and every stored response and
 conversation belongs to it.
@@ -70,7 +70,8 @@ conversation belongs to it.
 **Every route**: a method the path does not serve is 405 with `Allow`; an unknown path is 404; a
 trailing slash names the same route. Every response carries `X-Request-Id` (the request's own when it
 sends a valid one, `^[A-Za-z0-9._:-]{1,128}$`, else a new one). Bodies are JSON (`application/json`, any
-`application/*+json`, or no `Content-Type` at all); another media type is 415, a body over
+`application/*+json`, or no `Content-Type` at all); another media type is 415 on the OpenAI-shaped routes
+and 400 on the original ones (as the original answered it), a body over
 `CHATGPT_SERVER_MAX_BODY_BYTES` is 413, malformed JSON is 400. A request head over
 `CHATGPT_SERVER_MAX_HEADER_BYTES` is answered 431 (414 while still in the URL), and one not complete
 within `CHATGPT_SERVER_HEADER_TIMEOUT_SECONDS` 408, in plain text, before any route is reached. Browsers
@@ -122,8 +123,8 @@ def _object(properties: dict[str, Schema], required: tuple[str, ...] = (), *, cl
 
 
 def _code(description: str) -> Schema:
-    """ "1" or "2" (whitespace around is ignored), or the numbers 1 and 2 in JSON."""
-    return {"anyOf": [_string(pattern=CODE_1_OR_2), {"type": "integer", "enum": [1, 2]}], "description": description}
+    """ "1" or "2" (whitespace around is ignored); a number is refused, as the original refused it."""
+    return {**_string(pattern=CODE_1_OR_2), "description": description}
 
 
 def _case_insensitive(word: str) -> str:
@@ -247,8 +248,8 @@ def _json_body(schema: Schema, required: bool = True, form: Schema | None = None
 
 
 # -- the original's door: POST /api/v1/gpt/getInfo -------------------------------------------------
-MODE_1 = {"anyOf": [{"type": "string", "pattern": r"^\s*1\s*$"}, {"const": 1}]}
-MODE_2 = {"anyOf": [{"type": "string", "pattern": r"^\s*2\s*$"}, {"const": 2}]}
+MODE_1 = {"type": "string", "pattern": r"^\s*1\s*$"}
+MODE_2 = {"type": "string", "pattern": r"^\s*2\s*$"}
 MODE_1_OPTIONS = tuple(name for name, mode in OPTIONS.items() if mode == "1")
 MODE_2_OPTIONS = tuple(name for name, mode in OPTIONS.items() if mode == "2")
 RESERVED_HEADER_NAMES = "^(?:" + "|".join(sorted(_case_insensitive(h) for h in RESERVED_HEADERS)) + ")$"
@@ -307,7 +308,7 @@ OPTION_SCHEMAS: dict[str, Schema] = {
     "apiReverseProxyUrl": _upstream_url("2"),
     "headers": _or_null({
         "type": "object",
-        "description": f"mode 2, web backend: extra headers for it (the Codex backend ignores them): at most "
+        "description": f"mode 2: extra headers for the backend (web or Codex), under the protocol's own: at most "
         f"{MAX_HEADERS}, names that are header "
         f"tokens of at most {MAX_HEADER_NAME} characters, values of printable ASCII of at most "
         f"{MAX_HEADER_VALUE}, at most 16384 characters in all, and none of the gateway's or the connection's "
@@ -677,8 +678,11 @@ INPUT_TOKENS = _object({"object": {"const": "response.input_tokens"}, "input_tok
 STATUS = {"enum": ["completed", "incomplete", "in_progress"]}
 OUTPUT_TEXT = _object({"type": {"const": "output_text"}, "text": _string(), "annotations": {"type": "array"},
                        "logprobs": {"type": "array"}}, ("type", "text", "annotations", "logprobs"))  # fmt: skip
-REFUSAL = _object({"type": {"const": "refusal"}, "refusal": _string()}, ("type", "refusal"),
-                  description="an assistant message that is the model declining (the upstream said it as a refusal)")
+REFUSAL = _object(
+    {"type": {"const": "refusal"}, "refusal": _string()},
+    ("type", "refusal"),
+    description="an assistant message that is the model declining (the upstream said it as a refusal)",
+)
 SHOWN_PARTS = [
     OUTPUT_TEXT,
     REFUSAL,
@@ -965,7 +969,8 @@ def _original_paths() -> dict[str, Schema]:
                             "X-Accel-Buffering": {"schema": {"const": "no"}, "required": True}})  # fmt: skip
     gpt_errors = _envelope_errors({
         "400": "validation failed (every problem listed, joined by ','), the body is not a JSON object or not "
-        "JSON, an option is unknown or for the other mode, an upstream URL is not allowed, the prompt exceeds "
+        "JSON, an option of this mode is out of its range or shape (unknown ones and the other mode's are "
+        "ignored), an upstream URL is not allowed, the prompt exceeds "
         "maxModelTokens - maxResponseTokens, parentMessageId belongs to a conversation of the other mode, or the "
         "upstream refused the request (context too long, unknown model)",
         "401": "the upstream rejected the key or token, or the access token has expired (checked before calling)",
@@ -1250,8 +1255,8 @@ def openapi_document() -> dict[str, Any]:
                     {
                         "status": _integer(400, 599, "the HTTP status"),
                         "success": {"const": False},
-                        "message": _string("every problem, joined by ','; English, or Chinese with "
-                                           "Accept-Language: zh"),
+                        "message": _string("every problem, joined by ','; Chinese, or English with "
+                                           "Accept-Language: en"),
                         "data": {"type": "object", "maxProperties": 0},
                         "timestamp": _ref("Timestamp"),
                         "path": _string("the route, never the query string"),

@@ -80,13 +80,10 @@ class ChatRequest:
 
 
 def _code(value: Any, valid: tuple[str, ...]) -> str | None:
-    """ "1" and 1 alike; None when missing or empty; "" when present but not valid."""
+    """None when missing or empty; "" when present but not valid. A string only: the original refused
+    the number 1 (contract.md), and a client that sends one learns it here as it did there."""
     if value is None or value == "":
         return None
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if isinstance(value, int) and not isinstance(value, bool):
-        value = str(value)
     if isinstance(value, str) and value.strip() in valid:
         return value.strip()
     return ""

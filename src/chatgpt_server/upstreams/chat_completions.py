@@ -73,13 +73,15 @@ def chat_tool_choice(choice: Any) -> Any:
 
 
 _KIND, _CHAT = itemgetter(1), itemgetter(2)
+# OpenAI refuses both at once (400 invalid_parameter_combination): one given by the client is the limit.
+_LIMITS = frozenset(("max_tokens", "max_completion_tokens"))
 
 
 def build_body(prompt: Prompt) -> bytes:
     fields: dict[str, Any] = {"model": prompt.model, **prompt.params}
-    if prompt.max_output_tokens is not None:
+    if prompt.max_output_tokens is not None and not _LIMITS & fields.keys():  # a client's own limit stands
         name = "max_completion_tokens" if uses_max_completion_tokens(prompt.model) else "max_tokens"
-        fields.setdefault(name, prompt.max_output_tokens)
+        fields[name] = prompt.max_output_tokens
     history = prompt.history
     inputs = [(item.kind, chat) for item, chat in zip(prompt.inputs, prompt.input_chats, strict=True)]
     calls = not prompt.plain and "function_call" in map(_KIND, history)
