@@ -3,11 +3,15 @@ plain loops, on random histories."""
 
 from __future__ import annotations
 
+import time
+import uuid
+
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from chatgpt_server.core.history import Path, Window, path_from_store, visible
+from chatgpt_server.core.history import MIN_ROWS, HistoryCache, Path, Window, path_from_store, visible
+from chatgpt_server.core.items import mint, minted_at
 from chatgpt_server.stores import HistoryRow
 
 KINDS = ["message", "deleted", "function_call", "function_call_output", "incomplete_call"]
@@ -102,3 +106,34 @@ def test_a_grown_path_is_the_path_of_its_rows(
     assert grown.size == fresh.size
     assert window(grown, later) == window(fresh, later) == reference(expected, later)
     assert path.rows == rows  # the path it grew from is untouched (it may still be cached)
+
+
+def _minted(prefix: str, stamp_ms: int) -> str:
+    return f"{prefix}{stamp_ms:012x}{'ab' * 10}"
+
+
+def test_a_path_whose_oldest_item_is_past_retention_is_read_from_the_store_again() -> None:
+    """The store deletes items past the retention period; an instance that kept their path in memory
+    (one a follow-up grows keeps being refreshed) must not send them on: it reads the store, as every
+    other instance does. The age is read from the ids, which ``mint`` stamps."""
+    now_ms = int(time.time() * 1000)
+    day = 86_400_000
+    for mint_id, expected in ((mint("msg_"), now_ms), (mint("uuid"), now_ms), (mint("chatcmpl-"), now_ms)):
+        found = minted_at(mint_id)
+        assert found is not None and abs(found * 1000 - expected) < 5_000, mint_id
+    assert minted_at("u1") is None and minted_at("chatcmpl-7") is None and minted_at("x" * 40) is None
+
+    def path_of(first_id: str) -> Path:
+        rows: list[HistoryRow] = [(first_id, "message", b'{"role":"user","content":"q"}', 5, None)]
+        rows += [(f"i{n}", "message", b'{"role":"user","content":"q"}', 5, f"i{n - 1}" if n else first_id)
+                 for n in range(MIN_ROWS)]  # fmt: skip
+        return path_from_store("o", 0, rows[::-1], 10_000)
+
+    cache = HistoryCache(1 << 20, retention_s=30 * 86_400)
+    young, old = _minted("msg_", now_ms - 29 * day), _minted("msg_", now_ms - 31 * day)
+    for first, kept in ((young, True), (old, False), ("v1-id", False), (str(uuid.UUID(int=0)), False)):
+        cache.put(first, path_of(first))
+        assert (cache.get(first, "o", 0, 100) is not None) is kept, first
+    forever = HistoryCache(1 << 20)  # retention off: the age does not matter
+    forever.put(old, path_of(old))
+    assert forever.get(old, "o", 0, 100) is not None

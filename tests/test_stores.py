@@ -691,6 +691,36 @@ def test_retention_expires_old_items(kind: str, tmp_path: Path) -> None:
     assert with_store(url, lambda s: s.get_item("owner-a", ids[-1])) is not None
 
 
+def test_a_conversations_record_outlives_none_of_its_items(kind: str, tmp_path: Path) -> None:
+    """Retention removes a conversation's record (a deleted one's tombstone too) only once none of its
+    items is left: gone first, the conversation came back from its items, undeleted and without its
+    metadata. Redis: the record's TTL follows its newest item's."""
+    url = store_url(kind, tmp_path)
+    old = time.time() - 40 * 86400
+    # Deleted at its tip; a turn that branches from an older item (not the tip) is written after that.
+    tombstone = Record("conversation", "conv-1", "owner-a", {"metadata": {}, "deleted": True}, "i-tip", old, old)
+    if kind == "redis":
+        with_store(url, lambda s: s.put_record(tombstone, None), retention_days=30)
+        client = redis.Redis(port=REDIS_PORT)
+        key = next(k for k in client.scan_iter(match="*r:conversation:conv-1", count=1000))
+        client.pexpire(key, 5000)  # what is left of its life: its last write was long ago
+        with_store(url, lambda s: s.add_turn(turn(None, new("after"), new("a", "assistant"))), retention_days=30)
+        assert client.pttl(key) > 29 * 86400 * 1000  # as long as the item just written
+        return
+
+    async def body(store: Store) -> None:
+        await store.put_record(tombstone, None)
+        await store.put_record(Record("conversation", "conv-2", "owner-a", {"metadata": {}}, None, old, old), None)
+        await store.add_turn(turn(None, new("old q"), new("old a", "assistant"), conversation="conv-2", created=old))
+        await store.add_turn(turn(None, new("a branch after the deletion"), new("a", "assistant")))  # conv-1, now
+        await store.purge(time.time() - 30 * 86400)
+        kept = await store.get_record("conversation", "conv-1")
+        assert kept is not None and kept.body.get("deleted") is True  # its item is still there
+        assert await store.get_record("conversation", "conv-2") is None  # nothing of it is left
+
+    with_store(url, body)
+
+
 def test_a_store_that_goes_away_is_unavailable_then_recovers(
     network_kind: str, store_proxy: TCPProxy, tmp_path: Path
 ) -> None:

@@ -71,7 +71,7 @@ class Services:
         self.store = store
         self.http = HTTPClient(settings)
         self.owners = Owners(store, settings.secret_bytes())
-        self.cache = HistoryCache(settings.history_cache_mb * 1024 * 1024)
+        self.cache = HistoryCache(settings.history_cache_mb * 1024 * 1024, settings.retention_days * 86_400.0)
         self.activity = Activity()
         limit = settings.max_reply_bytes
         default_instructions = original.DEFAULT_SYSTEM_MESSAGE.format(date=time.strftime("%Y-%m-%d"))

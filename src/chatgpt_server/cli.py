@@ -7,9 +7,12 @@ import asyncio
 import json
 import logging
 import os
+import signal
+import socket
 import sys
 import time
 from collections.abc import Callable, Coroutine
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -111,12 +114,27 @@ def serve(args: argparse.Namespace) -> int:
             """uvicorn's supervisor of the workers keeps its copy of the listening socket open until the
             last worker has drained: new connections would wait in the kernel's queue meanwhile and be
             reset at the end (nginx answers 502, retrying no POST). Closed first, they are refused at
-            once, as by one worker, and a proxy moves on to another instance."""
+            once, as by one worker, and a proxy moves on to another instance. SIGTERM and SIGINT are
+            acted on when they arrive, not at the supervisor's next look at its signals (every 0.5 s,
+            while the workers went on taking connections)."""
+
+            def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
+                super().__init__(config, sockets)
+                self.told: set[int] = set()  # the workers sent SIGTERM: never twice (a second one forces)
+                for sig in (signal.SIGINT, signal.SIGTERM):
+                    signal.signal(sig, self.stop_now)
+
+            def stop_now(self, sig: int, frame: FrameType | None) -> None:
+                self.signal_queue.append(sig)  # the supervisor's loop still ends as it would
+                self.terminate_all()
 
             def terminate_all(self) -> None:
                 for sock in self.sockets:
                     sock.close()
-                super().terminate_all()
+                for process in self.processes:
+                    if id(process) not in self.told:
+                        self.told.add(id(process))
+                        process.terminate()
 
         Supervisor(config, sockets=[config.bind_socket()]).run()
         return 0

@@ -3,8 +3,10 @@
 The ancestors of an item never change, so what this process read or wrote for a tip stays true on
 every instance, with two exceptions, both handled: a client deleting an item of a conversation (the
 conversation's deletion counter ``gen``, read with the parent on every turn, must match the one
-cached), and retention (entries live ``TTL_S``, far less than any retention period). Anything else
-(an evicted, expired or foreign entry) is a miss, and the store is read.
+cached), and retention: a path whose oldest item is past the retention period (its age read from its
+id) is a miss, so the store, which deletes such items (SQLite and PostgreSQL within the hour, Redis
+at once), is what every instance reads from then on. Anything else (an evicted, expired or foreign
+entry) is a miss too, and the store is read.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from operator import itemgetter
 import orjson
 
 from ..stores import HistoryRow
+from .items import minted_at
 
 TTL_S = 600.0
 MIN_ROWS = 16  # a shorter history is one small read: not worth memory
@@ -161,8 +164,9 @@ class Window:
 class HistoryCache:
     """LRU by bytes: entries keyed by item id."""
 
-    def __init__(self, max_bytes: int):
+    def __init__(self, max_bytes: int, retention_s: float = 0.0):
         self.max_bytes = max_bytes
+        self.retention_s = retention_s  # 0: items are kept forever
         self.size = 0
         self.hits = 0
         self.misses = 0
@@ -179,12 +183,17 @@ class HistoryCache:
             or entry.gen != gen
             or not entry.covers(budget)
             or time.monotonic() - entry.at > TTL_S
+            or (self.retention_s and self._past_retention(entry))
         ):
             self.misses += 1
             return None
         self._entries.move_to_end(item_id)
         self.hits += 1
         return entry
+
+    def _past_retention(self, entry: Path) -> bool:
+        born = minted_at(entry.rows[0][0]) if entry.rows else None
+        return born is None or born < time.time() - self.retention_s
 
     def put(self, item_id: str, path: Path) -> None:
         if self.max_bytes <= 0 or len(path.rows) < MIN_ROWS or path.size > self.max_bytes // 4:

@@ -57,6 +57,19 @@ def mint(prefix: str) -> str:
     return f"{prefix}{stamp:012x}{_random.getrandbits(80):020x}"
 
 
+_HEX = frozenset("0123456789abcdef")
+
+
+def minted_at(item_id: str) -> float | None:
+    """When ``mint`` made this id (epoch seconds, to the millisecond), read from the id itself; None for
+    an id it did not make (a store's older data)."""
+    uuid_form = len(item_id) == 36 and item_id[8] == "-" and item_id[13] == "-"
+    digits = item_id.replace("-", "") if uuid_form else item_id[-32:]
+    if len(digits) != 32 or not _HEX.issuperset(digits):
+        return None
+    return int(digits[:12], 16) / 1000
+
+
 @dataclass(slots=True)
 class Item:
     """A neutral item. ``text`` is a message's text (its text parts joined), a call's arguments, or an

@@ -67,7 +67,11 @@ for i = 0, n - 1 do
   redis.call('ZADD', ckey, seq, id)
   parent = id
 end
-if ttl > 0 then redis.call('PEXPIRE', ckey, ttl) end
+if ttl > 0 then
+  redis.call('PEXPIRE', ckey, ttl)
+  -- the conversation's record (a deleted one's tombstone too) lives as long as its newest item
+  if redis.call('EXISTS', ckey2) == 1 then redis.call('PEXPIRE', ckey2, ttl) end
+end
 if rid ~= '' and body ~= '' then
   local rkey = p .. 'r:response:' .. rid
   if redis.call('EXISTS', rkey) == 0 then

@@ -97,8 +97,12 @@ PURGE_PROBE = "SELECT created_at FROM items WHERE seq >= {p} ORDER BY seq LIMIT 
 PURGE_RANGE = "SELECT min(seq), max(seq) FROM items"
 # {p} is the placeholder prefix: "?" (SQLite's ?1) or "$" (PostgreSQL's $1).
 PURGE_ITEMS = "DELETE FROM items WHERE seq BETWEEN {p}1 AND {p}2 AND created_at < {p}3"
+# A conversation's record (a deleted one's tombstone too) stays while any of its items does: gone first,
+# the conversation would come back from its items, without its metadata, tip or deletion.
 PURGE_RECORDS = (
-    "DELETE FROM records WHERE (kind IN ('response', 'conversation') AND updated_at < {p}1) "
+    "DELETE FROM records WHERE (kind = 'response' AND updated_at < {p}1) "
+    "OR (kind = 'conversation' AND updated_at < {p}1 "
+    "AND NOT EXISTS (SELECT 1 FROM items WHERE items.conversation_id = records.id)) "
     "OR (kind IN ('device', 'lease') AND updated_at < {p}2)"
 )
 
