@@ -138,6 +138,28 @@ def test_language_setting_and_header(client: httpx.Client) -> None:
     assert assert_error(preferred, 400) == "opts is required"
 
 
+def test_bodies_javascripts_json_parse_reads_are_read(client: httpx.Client, upstreams: Upstreams) -> None:
+    """The original's body parser read a leading BOM, bytes that are not UTF-8 (as U+FFFD) and a lone
+    surrogate escape (what JSON.stringify writes for text cut inside an emoji): so do we, each odd
+    character as U+FFFD; what JSON itself does not allow (NaN) is still refused."""
+    body = '{"mode": "1", "type": "1", "opts": {"key": "%s", "content": %s, "isFollow": false}}'
+    headers = {"Content-Type": "application/json"}
+    for raw, sent in (
+        (b"\xef\xbb\xbf" + (body % (KEY, '"with a BOM"')).encode(), "with a BOM"),
+        ((body % (KEY, '"smile \\ud83d"')).encode(), "smile \ufffd"),
+        (
+            (body % (KEY, '"pair \\ud83d\\ude00 and a low \\ude00 alone"')).encode(),
+            "pair \U0001f600 and a low \ufffd alone",
+        ),
+        ((body % (KEY, '"latin-1 caf\xe9"')).encode("latin-1"), "latin-1 caf\ufffd"),
+    ):
+        response = client.post("/api/v1/gpt/getInfo", content=raw, headers=headers)
+        assert response.status_code == 201, (raw, response.text)
+        assert upstreams.openai.requests[-1]["body"]["messages"][-1]["content"] == sent
+    for bad in (body % (KEY, "NaN"), body % (KEY, '"unterminated')):
+        assert assert_error(client.post("/api/v1/gpt/getInfo", content=bad.encode(), headers=headers), 400)
+
+
 def test_bad_json_and_wrong_body_types(client: httpx.Client) -> None:
     bad = client.post("/api/v1/gpt/getInfo", content=b'{"mode": "1",', headers={"Content-Type": "application/json"})
     assert assert_error(bad, 400).startswith("the request body is not valid JSON")

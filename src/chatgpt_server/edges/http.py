@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -75,9 +77,41 @@ async def read_json(request: Request, limit: int, *, form: bool = False) -> Any:
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise BadRequest("bad_json", reason=str(exc).split(":", 1)[0][:100]) from exc
+        value = _lenient(raw)
+        if value is _NOT_JSON:
+            raise BadRequest("bad_json", reason=str(exc).split(":", 1)[0][:100]) from exc
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and not _shallow(value):
         raise BadRequest("bad_json", reason=f"nested more than {MAX_DEPTH} levels deep")
+    return value
+
+
+_NOT_JSON = object()
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _lenient(raw: bytes) -> Any:
+    """What JavaScript's JSON.parse (the original's body parser) reads and orjson does not: a leading
+    byte order mark, bytes that are not UTF-8 (read as U+FFFD, as it decoded them), and a lone
+    surrogate escape such as ``"\\ud83d"`` (what JSON.stringify writes for text cut inside an emoji),
+    which becomes U+FFFD: no text that cannot be written as UTF-8 goes any further."""
+    text = raw.decode("utf-8", "replace").removeprefix("\ufeff")
+    try:
+        return _mended(json.loads(text, parse_constant=_no_constant))
+    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
+        return _NOT_JSON
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: Python reads them, JSON does not
+
+
+def _mended(value: Any) -> Any:
+    if isinstance(value, str):
+        return _SURROGATE.sub("\ufffd", value)
+    if isinstance(value, list):
+        return [_mended(v) for v in value]
+    if isinstance(value, dict):
+        return {_mended(k): _mended(v) for k, v in value.items()}
     return value
 
 
