@@ -120,11 +120,18 @@ def test_password_goes_only_to_the_configured_identity_host(
 def test_a_token_near_expiry_is_not_served_from_cache(
     client: httpx.Client, upstreams: Upstreams, account: tuple[str, str]
 ) -> None:
+    """Nor is the password signed in with again: the kept session gives a fresh token (step 8 alone, as
+    upstreams.md has it), and only a session that is gone costs a sign-in."""
     email, password = account
     upstreams.signin.token_ttl = 120  # inside the 300 s safety margin
     try:
-        get(client, "1", email, password)
-        get(client, "1", email, password)
+        first = get(client, "1", email, password).json()["data"]
+        calls = upstreams.signin.session_calls
+        second = get(client, "1", email, password)
+        assert second.status_code == 200 and second.json()["data"] != first
+        assert upstreams.signin.sign_ins[email] == 1 and upstreams.signin.session_calls == calls + 1
+        upstreams.apps.call(upstreams.signin.revoke_sessions)
+        assert get(client, "1", email, password).status_code == 200
     finally:
         upstreams.signin.token_ttl = 3600
     assert upstreams.signin.sign_ins[email] == 2

@@ -228,7 +228,9 @@ class TokenService:
                 cached = None  # another password: sign in, which checks it upstream
             if cached and not refresh and cached.expires_at - self.settings.token_margin_seconds > time.time():
                 return cached.access_token
-            if cached and refresh and cached.session_token:
+            # Asked to refresh, or a "get" whose token is about to expire: a kept session gives a fresh
+            # token without signing in with the password again (which meets captchas and rate limits).
+            if cached and cached.session_token:
                 try:
                     return await self._refresh(account, cached)
                 except ServiceError:
