@@ -171,6 +171,11 @@ def test_upstream_failures_become_precise_errors(
     response = ask(client, "x")
     message = assert_error(response, status)
     assert words in message and "127.0.0.1:" in message
+    # The same answer to a stream request: the same plain error, before any stream begins.
+    upstreams.apps.call(lambda: upstreams.openai.fail_next.append(failure))
+    streamed = ask(client, "x", kind="2")
+    assert streamed.headers["content-type"].startswith("application/json"), streamed.text
+    assert assert_error(streamed, status) == message
     if failure == "rate":
         assert response.headers["Retry-After"] == "7"
     if failure == "quota":

@@ -310,8 +310,14 @@ class WholeReply(Reply):
 
 
 # -- streamed replies ----------------------------------------------------------------------------
-def _is_json(response: Answer) -> bool:
-    return response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower() == "application/json"
+# What a stream request may be answered with instead of events: read whole (a completion, an error), so
+# what is wrong with it is a plain 502 before any stream begins. Any other type (none, text/plain from a
+# proxy) is read as the events it most likely is.
+_WHOLE_TYPES = frozenset(("application/json", "text/html", "application/xhtml+xml", "text/xml", "application/xml"))
+
+
+def _answers_whole(response: Answer) -> bool:
+    return response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower() in _WHOLE_TYPES
 
 
 def _error_text(data: str) -> str:
@@ -492,7 +498,7 @@ class ChatCompletions:
             if response.status != 200:
                 raw = await read_error(response)
                 raise api_error(response.status, raw, response.headers.get("Retry-After"), host, target.credential)
-            if prompt.stream and not _is_json(response):
+            if prompt.stream and not _answers_whole(response):
                 return StreamReply(host, response, target.credential, self.limit)
             # Some servers answer a stream request with a whole completion (or an error): read as one.
             raw = await read_limited(response, self.limit, host)
@@ -559,7 +565,7 @@ class Relay:
         """A whole completion (or an error) answering a stream request, read and checked before the
         client's stream begins (so a bad one is a plain 502, as on the other doors) and written as
         chunks; None for an event stream."""
-        if not _is_json(response):
+        if not _answers_whole(response):
             return None
         try:
             return _as_chunks(await read_limited(response, self.limit, target.host), target)
