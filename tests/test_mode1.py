@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -253,3 +254,18 @@ def test_a_reply_of_tool_calls_only_shows_them_and_its_id_continues(client: http
     follow = ask(client, "and?", parent=data["id"], completionParams={"tools": tools})
     assert follow.status_code == 400, follow.text
     assert "must be followed by tool messages" in follow.json()["message"]
+
+
+def test_the_default_system_message_is_dated_in_utc(tmp_path: Path, upstreams: Upstreams) -> None:
+    """As the original's library dated it (``toISOString``): a server whose local date is another day
+    still says today's UTC date."""
+    hour = time.gmtime().tm_hour
+    zone = "Etc/GMT-14" if hour >= 10 else "Etc/GMT+12"  # one of them is on another day at any hour
+    server = ServerProcess(tmp_path, {**upstreams.env(), "TZ": zone}).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            assert ask(c, "what day is it").status_code == 201
+    finally:
+        server.stop()
+    system = last_body(upstreams.openai.requests)["messages"][0]["content"]
+    assert system.endswith("Current date: " + time.strftime("%Y-%m-%d", time.gmtime())), system

@@ -74,11 +74,10 @@ class Services:
         self.cache = HistoryCache(settings.history_cache_mb * 1024 * 1024, settings.retention_days * 86_400.0)
         self.activity = Activity()
         limit = settings.max_reply_bytes
-        default_instructions = original.DEFAULT_SYSTEM_MESSAGE.format(date=time.strftime("%Y-%m-%d"))
         upstreams: dict[str, Upstream] = {
             "chat": ChatCompletions(self.http, limit),
             "web": ChatGPTWeb(self.http, limit),
-            "codex": Codex(self.http, limit, default_instructions),
+            "codex": Codex(self.http, limit, original.todays_system_message),
         }
         self.turns = Turns(store, upstreams, self.cache, self.activity, settings.lock_lease_ms / 1000)
         self.relay = Relay(self.http, limit)

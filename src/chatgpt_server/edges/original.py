@@ -47,6 +47,11 @@ def default_system_message(date: str) -> str:
     return DEFAULT_SYSTEM_MESSAGE.format(date=date)
 
 
+def todays_system_message() -> str:
+    """The default system message of today, UTC, as the original's library dated it (toISOString)."""
+    return default_system_message(time.strftime("%Y-%m-%d", time.gmtime()))
+
+
 def language_of(request: Request, default: str) -> str:
     return pick_language(request.headers.get("accept-language"), default)
 
@@ -73,7 +78,7 @@ async def spec_for(chat: ChatRequest, services: Services) -> tuple[TurnSpec, Cre
     user = Item(mint("uuid"), "message", "user", chat.content)
     system = chat.system_message
     if system is None:
-        system = default_system_message(time.strftime("%Y-%m-%d"))
+        system = todays_system_message()
     common: dict[str, Any] = {
         "inputs": [user], "parent": chat.parent_message_id, "stream": chat.stream,
         "timeout_s": chat.timeout_s, "idle_s": chat.idle_timeout_s,

@@ -9,6 +9,7 @@ total: any frame is read or becomes ``BadGateway("upstream_bad_reply")``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from typing import Any
 
 import orjson
@@ -374,14 +375,14 @@ class Codex:
 
     name = "codex"
 
-    def __init__(self, http: HTTPClient, max_reply_bytes: int, default_instructions: str):
+    def __init__(self, http: HTTPClient, max_reply_bytes: int, default_instructions: Callable[[], str]):
         self.http = http
         self.limit = max_reply_bytes
-        self.default_instructions = default_instructions
+        self.default_instructions = default_instructions  # today's: the text holds the date
 
     async def open(self, prompt: Prompt, target: Target) -> Reply:
         host = target.host
-        body = build_body(prompt, prompt.instructions or self.default_instructions)
+        body = build_body(prompt, prompt.instructions or self.default_instructions())
         # The client's extra headers (mode 2's ``headers``, already checked), under the protocol's own.
         headers = {name: value for name, value in target.headers if name.lower() not in OWN_HEADERS}
         headers |= {
