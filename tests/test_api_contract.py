@@ -239,3 +239,14 @@ def test_cors_is_off_by_default_and_on_when_configured(client: httpx.Client, ups
             assert answer.headers["access-control-allow-origin"] == "https://app.example"
     finally:
         server.stop()
+
+
+def test_the_originals_paths_match_in_any_case(client: httpx.Client) -> None:
+    """Its server (NestJS on Express) matched paths without regard to case: a client that wrote
+    ``getinfo`` worked there. OpenAI's paths are matched as written."""
+    body = {"mode": "1", "type": "1", "opts": {"key": KEY, "content": "any case", "isFollow": False}}
+    assert client.post("/api/v1/gpt/getinfo", json=body).status_code == 201
+    assert client.post("/API/V1/GPT/GETINFO/", json=body).status_code == 201
+    assert client.get("/API-JSON").status_code == 200
+    assert client.get("/api/v1/TOKEN/getinfo", params={"type": "9"}).status_code == 400  # reached: validated
+    assert client.post("/V1/responses", json={}, headers={"Authorization": f"Bearer {KEY}"}).status_code == 404

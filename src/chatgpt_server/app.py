@@ -132,10 +132,12 @@ class Route:
 
 
 class Router:
-    """Exact paths, and paths with ``{name}`` segments; a trailing slash names the same route."""
+    """Exact paths, and paths with ``{name}`` segments; a trailing slash names the same route. The
+    original's paths (under ``/api``) match in any case, as its server (Express) matched them."""
 
     def __init__(self) -> None:
         self.exact: dict[str, Route] = {}
+        self.folded: dict[str, Route] = {}  # the original's paths, lower-cased
         self.patterns: list[tuple[list[str], Route]] = []
 
     def add(self, path: str, rest: bool = False, **handlers: Handler) -> None:
@@ -145,9 +147,11 @@ class Router:
             self.patterns.append((path.strip("/").split("/"), route))
         else:
             self.exact[path] = route
+            if path == "/api" or path.startswith(("/api/", "/api-")):
+                self.folded[path.lower()] = route
 
     def match(self, path: str) -> tuple[Route, dict[str, str]] | None:
-        found = self.exact.get(path)
+        found = self.exact.get(path) or self.folded.get(path.lower())
         if found is not None:
             return found, {}
         parts = path.strip("/").split("/")
