@@ -20,6 +20,7 @@ from chatgpt_server.core.items import Item
 from chatgpt_server.errors import StoreUnavailable
 from chatgpt_server.stores import NewItem, Record, Store, TurnWrite, open_store
 from chatgpt_server.stores.base import MAX_WALK
+from chatgpt_server.stores.redis import RedisStore
 
 from .shared_stores import POSTGRES_PORT, REDIS_PORT, store_url
 from .tcp_proxy import TCPProxy
@@ -700,9 +701,14 @@ def test_a_conversations_record_outlives_none_of_its_items(kind: str, tmp_path: 
     # Deleted at its tip; a turn that branches from an older item (not the tip) is written after that.
     tombstone = Record("conversation", "conv-1", "owner-a", {"metadata": {}, "deleted": True}, "i-tip", old, old)
     if kind == "redis":
-        with_store(url, lambda s: s.put_record(tombstone, None), retention_days=30)
+
+        async def tombstoned(store: Store) -> str:
+            await store.put_record(tombstone, None)
+            assert isinstance(store, RedisStore)
+            return store.prefix + "r:conversation:conv-1"
+
+        key = with_store(url, tombstoned, retention_days=30)
         client = redis.Redis(port=REDIS_PORT)
-        key = next(k for k in client.scan_iter(match="*r:conversation:conv-1", count=1000))
         client.pexpire(key, 5000)  # what is left of its life: its last write was long ago
         with_store(url, lambda s: s.add_turn(turn(None, new("after"), new("a", "assistant"))), retention_days=30)
         assert client.pttl(key) > 29 * 86400 * 1000  # as long as the item just written
