@@ -158,6 +158,15 @@ def test_bodies_javascripts_json_parse_reads_are_read(client: httpx.Client, upst
         assert upstreams.openai.requests[-1]["body"]["messages"][-1]["content"] == sent
     for bad in (body % (KEY, "NaN"), body % (KEY, '"unterminated')):
         assert assert_error(client.post("/api/v1/gpt/getInfo", content=bad.encode(), headers=headers), 400)
+    # Numbers read so they can be written again, as orjson reads them: past 64 bits a float; past a
+    # float's range refused.
+    numbers = '{"mode": "1", "type": "1", "opts": {"key": "%s", "content": "\\ud83d", "isFollow": false, ' \
+              '"opts": {"completionParams": {"seed": %s}}}}'  # fmt: skip
+    big = client.post("/api/v1/gpt/getInfo", content=(numbers % (KEY, "1" + "0" * 20)).encode(), headers=headers)
+    assert big.status_code == 201, big.text
+    assert upstreams.openai.requests[-1]["body"]["seed"] == 1e20
+    huge = client.post("/api/v1/gpt/getInfo", content=(numbers % (KEY, "1e400")).encode(), headers=headers)
+    assert assert_error(huge, 400)
 
 
 def test_bad_json_and_wrong_body_types(client: httpx.Client) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import logging
 import os
@@ -120,21 +121,37 @@ def serve(args: argparse.Namespace) -> int:
 
             def __init__(self, config: uvicorn.Config, sockets: list[socket.socket]) -> None:
                 super().__init__(config, sockets)
-                self.told: set[int] = set()  # the workers sent SIGTERM: never twice (a second one forces)
+                self.stopping = False
+                self.told: set[int] = set()  # workers sent SIGTERM, by pid: never twice (a second one forces)
                 for sig in (signal.SIGINT, signal.SIGTERM):
                     signal.signal(sig, self.stop_now)
 
             def stop_now(self, sig: int, frame: FrameType | None) -> None:
-                self.signal_queue.append(sig)  # the supervisor's loop still ends as it would
-                self.terminate_all()
+                # A signal handler: no lock, no logging. The loop still ends at its next look, as it would.
+                self.signal_queue.append(sig)
+                self.refuse_and_tell()
 
-            def terminate_all(self) -> None:
+            def refuse_and_tell(self) -> None:
+                """Close the listening sockets, and send each running worker SIGTERM once (with os.kill:
+                uvicorn's terminate also closes the pipe its health checks use, and a worker that fails
+                one is killed as hung)."""
+                self.stopping = True
                 for sock in self.sockets:
                     sock.close()
                 for process in self.processes:
-                    if id(process) not in self.told:
-                        self.told.add(id(process))
-                        process.terminate()
+                    pid = process.process.pid
+                    if pid is None or pid in self.told or process.process.exitcode is not None:
+                        continue
+                    self.told.add(pid)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGTERM)
+
+            def keep_subprocess_alive(self) -> None:
+                if not self.stopping:  # no worker is replaced once shutting down (its socket is closed)
+                    super().keep_subprocess_alive()
+
+            def terminate_all(self) -> None:
+                self.refuse_and_tell()
 
         Supervisor(config, sockets=[config.bind_socket()]).run()
         return 0

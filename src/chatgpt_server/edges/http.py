@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -96,13 +97,28 @@ def _lenient(raw: bytes) -> Any:
     which becomes U+FFFD: no text that cannot be written as UTF-8 goes any further."""
     text = raw.decode("utf-8", "replace").removeprefix("\ufeff")
     try:
-        return _mended(json.loads(text, parse_constant=_no_constant))
+        return _mended(json.loads(text, parse_constant=_no_constant, parse_int=_int, parse_float=_float))
     except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
         return _NOT_JSON
 
 
+# Numbers as orjson reads them, so what is read here can be written again: an integer past 64 bits is
+# a float, and one past a float's range is refused (as NaN and Infinity, which Python reads and JSON
+# does not have).
 def _no_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")  # NaN and Infinity: Python reads them, JSON does not
+    raise ValueError(f"{name} is not JSON")
+
+
+def _int(text: str) -> int | float:
+    value = int(text)
+    return value if -(2**63) <= value < 2**64 else _float(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):
+        raise ValueError("a number past a float's range")
+    return value
 
 
 def _mended(value: Any) -> Any:
