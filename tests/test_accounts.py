@@ -185,6 +185,14 @@ def test_a_sign_in_whose_client_left_while_its_code_was_spent_is_still_stored(
         while not listed():
             assert time.monotonic() < deadline, "the account was not stored"
             time.sleep(0.2)
+        with httpx.Client(base_url=server.url, timeout=30) as c:  # the client's retry gets what it missed
+            again = c.post(f"{TOKEN_PATH}/device/poll", json={"deviceAuthId": device["deviceAuthId"]})
+            data = again.json()["data"]
+            assert data["status"] == "signed_in" and data["email"] == email and data["accessToken"]
+            claims = upstreams.apps.call(lambda: upstreams.auth.verify_access(data["accessToken"]))
+            assert claims is not None  # a token the issuer gave for it
+            once = c.post(f"{TOKEN_PATH}/device/poll", json={"deviceAuthId": device["deviceAuthId"]})
+            assert once.status_code == 404  # given once
     finally:
         server.stop()
 

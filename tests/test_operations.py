@@ -3,6 +3,7 @@ recovery, a clean shutdown, an access log worth reading, and a command line that
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import re
@@ -860,3 +861,44 @@ def test_requests_never_queue_behind_connection_attempts_to_a_hanging_store(
     finally:
         store_proxy.thaw()
         server.stop()
+
+
+def test_a_stop_is_taken_back_only_when_it_is_ours_alone() -> None:
+    """A request stopped twice (the shutdown, then its client leaving) is answered once, for the first
+    reason; one the server also cancels (its forced stop) stays cancelled."""
+    from chatgpt_server.core.activity import RequestLog
+    from chatgpt_server.errors import ServiceError, ShuttingDown
+
+    async def waiting(log: RequestLog, seen: list[ServiceError | None]) -> None:
+        log.stoppable()
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            seen.append(log.stopped_here())
+            if seen[-1] is None:
+                raise
+
+    async def main() -> None:
+        log = RequestLog()
+        seen: list[ServiceError | None] = []
+        task = asyncio.ensure_future(waiting(log, seen))
+        await asyncio.sleep(0)
+        log.stop()
+        log.client_left()
+        await task
+        assert len(seen) == 1 and isinstance(seen[0], ShuttingDown) and not task.cancelled()
+        log, seen = RequestLog(), []
+        task = asyncio.ensure_future(waiting(log, seen))
+        await asyncio.sleep(0)
+        log.stop()
+        task.cancel()  # the server's own
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert seen == [None]
+        log = RequestLog()  # not stoppable: never cancelled by us
+        plain = asyncio.ensure_future(asyncio.sleep(0.01))
+        log.stop()
+        log.client_left()
+        await plain
+
+    asyncio.run(main())

@@ -44,7 +44,7 @@ from .edges import access_token, chat_completions, conversations, docs, health, 
 from .edges.envelope import error_response, is_openai_path
 from .edges.http import allowed
 from .edges.messages import error_message, pick_language
-from .errors import ClientGone, MethodNotAllowed, NotFound, ServiceError, ShuttingDown, StoreUnavailable
+from .errors import MethodNotAllowed, NotFound, ServiceError, ShuttingDown, StoreUnavailable
 from .redact import holds_secret, masked
 from .settings import Settings
 from .stores import Store, open_store
@@ -379,7 +379,7 @@ class App:
 
         path = scope["path"]
         method = scope["method"]
-        task = entry.task = asyncio.current_task()
+        task = asyncio.current_task()
         requests = self.services.activity.requests
         if task is not None:
             requests[task] = entry
@@ -387,10 +387,11 @@ class App:
             try:
                 await self._dispatch(scope, receive, tracking_send, path, method)
             except asyncio.CancelledError:
-                if not entry.stopped_here():
+                why = entry.stopped_here()
+                if why is None:
                     entry.outcome, entry.message = entry.outcome or "error", entry.message or "cancelled"
                     raise
-                raise (ClientGone("client_left") if entry.gone else ShuttingDown()) from None
+                raise why from None
             finally:
                 entry.task = None  # no longer ours to cancel: what remains is writing the answer
         except ServiceError as exc:

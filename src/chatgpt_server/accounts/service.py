@@ -320,6 +320,13 @@ class Accounts:
         code = sealer.open(str(record.body.get("code")), "device:" + record_id)
         if code is None:
             raise NotFound("device_code_unknown")
+        if record.body.get("signedIn"):  # a poll whose answer its client did not get: this is it
+            await self.store.delete_record("device", record_id)
+            told = sealer.open(str(record.body["signedIn"]), "device:" + record_id)
+            if told is None:
+                raise NotFound("device_code_unknown")
+            result: dict[str, Any] = orjson.loads(told)
+            return result
         interval = float(record.body.get("interval", 5))
         now = time.time()
         if now - float(record.body.get("polledAt", 0)) < interval:  # never faster than the issuer allows
@@ -328,17 +335,23 @@ class Accounts:
                         record.version)  # fmt: skip
         if not await self.store.put_record(polled, record.version):  # another poll of it just went
             return {"status": "pending", "interval": interval}
-        got = await self.oauth.poll_device(DeviceCode(device_auth_id, code.decode(), interval))
-        if got is None:
-            return {"status": "pending", "interval": interval}
-        # The authorization code is single-use: from here the sign-in runs to the stored account.
-        return await _to_the_end(self._signed_in(got, record_id))
+        # The issuer hands out the single-use authorization code once: from the poll on, the sign-in
+        # runs to the stored account even if this request is stopped.
+        device = DeviceCode(device_auth_id, code.decode(), interval)
+        return await _to_the_end(self._signed_in(device, polled, record.version + 1))
 
-    async def _signed_in(self, code: tuple[str, str], record_id: str) -> dict[str, Any]:
-        tokens = await self.oauth.exchange(*code)
+    async def _signed_in(self, device: DeviceCode, polled: Record, version: int) -> dict[str, Any]:
+        got = await self.oauth.poll_device(device)
+        if got is None:
+            return {"status": "pending", "interval": device.interval}
+        tokens = await self.oauth.exchange(*got)
         account = await self.keep(tokens)
-        await self.store.delete_record("device", record_id)
-        return {**account, "status": "signed_in", "accessToken": tokens.access_token}
+        result = {**account, "status": "signed_in", "accessToken": tokens.access_token}
+        # Kept (sealed, for the device code's short life) for a poll retried by a client that did not
+        # get this answer, and given to the first one.
+        sealed = self._sealer().seal(orjson.dumps(result), "device:" + polled.id)
+        await self.store.put_record(_with(polled, {**polled.body, "signedIn": sealed}), version)
+        return result
 
     # -- listing --------------------------------------------------------------------------------
     async def all(self) -> list[dict[str, Any]]:

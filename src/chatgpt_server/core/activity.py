@@ -9,7 +9,7 @@ import contextvars
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from ..errors import ClientGone
+from ..errors import ClientGone, ServiceError, ShuttingDown
 
 if TYPE_CHECKING:
     from .turns import OpenTurn
@@ -32,8 +32,16 @@ class RequestLog:
     secrets: tuple[str, ...] = ()
     turn: OpenTurn | None = None  # the turn it is waiting for, if any
     gone: bool = False
-    task: asyncio.Task[None] | None = None  # the server's task answering it
-    stopping: bool = False  # cancelled by us at the end of the shutdown's grace period: answer 503
+    # The server's task answering it, while it waits on an upstream or issuer and nothing else (a
+    # pass-through, a sign-in): then it may be cancelled when its client leaves or the shutdown's grace
+    # period ends. A request that writes to the store never is (a write that landed, told 503, would be
+    # repeated by the client's retry).
+    task: asyncio.Task[None] | None = None
+    stopped: ServiceError | None = None  # why we cancelled it (once at most)
+
+    def stoppable(self) -> None:
+        """This request only waits on an upstream or issuer from here on: it may be stopped."""
+        self.task = asyncio.current_task()
 
     def client_left(self) -> None:
         """The client closed the connection before its answer began (the server calls this): the turn
@@ -42,20 +50,29 @@ class RequestLog:
         self.gone = True
         if self.turn is not None:
             self.turn.abort(ClientGone("client_left"))
-        elif self.task is not None and not self.task.done():
-            self.task.cancel()  # whatever else it waits for (a pass-through's upstream): see stopped_here
+        else:
+            self._cancel(ClientGone("client_left"))
 
     def stop(self) -> None:
-        """The shutdown's grace period is over and this request waits on something that is not a turn
-        (a pass-through, a sign-in): cancel what it waits for; the server answers 503."""
-        if self.turn is None and self.task is not None and not self.task.done() and not self.stopping:
-            self.stopping = True
-            self.task.cancel()
+        """The shutdown's grace period is over: a stoppable request still waiting is answered 503."""
+        if self.turn is None:
+            self._cancel(ShuttingDown())
 
-    def stopped_here(self) -> bool:
-        """A cancellation is ours alone (``stop`` or ``client_left``, not the server's own): it is taken
-        back, and the request is answered as stopped (503) or as left (499, to nobody)."""
-        return (self.stopping or self.gone) and self.task is not None and self.task.uncancel() == 0
+    def _cancel(self, why: ServiceError) -> None:
+        task = self.task
+        if task is None or task.done() or self.stopped is not None:
+            return
+        self.stopped = why
+        task.cancel()
+
+    def stopped_here(self) -> ServiceError | None:
+        """Why we cancelled this request, when the cancellation being raised is ours alone (not also the
+        server's own forced stop): it is taken back, and the request answered with that error."""
+        task = self.task
+        if self.stopped is None or task is None or task.cancelling() != 1:
+            return None
+        task.uncancel()
+        return self.stopped
 
 
 _current: contextvars.ContextVar[RequestLog] = contextvars.ContextVar("request_log")

@@ -38,8 +38,11 @@ def _presented(request: Request, values: dict[str, Any]) -> str | None:
     return None
 
 
+# These wait on an issuer, and what they spend of a single-use credential runs to its end on its own
+# (accounts.service): a client that leaves, or the shutdown, may stop them anywhere.
 async def get_info(request: Request, services: Services) -> Response:
     log = current_log()
+    log.stoppable()
     if request.method in ("GET", "HEAD"):
         values: Any = dict(request.query_params)
         status = 200
@@ -70,6 +73,7 @@ async def get_info(request: Request, services: Services) -> Response:
 
 async def device_start(request: Request, services: Services) -> Response:
     current_log().route = "token device"
+    current_log().stoppable()
     await read_json(request, services.settings.max_body_bytes, form=True)
     # Each start is a call to the issuer that nobody authenticated: bounded per client address.
     wait = services.device_starts.take(request.client.host if request.client else "")
@@ -81,5 +85,6 @@ async def device_start(request: Request, services: Services) -> Response:
 
 async def device_poll(request: Request, services: Services) -> Response:
     current_log().route = "token device poll"
+    current_log().stoppable()
     values = await read_json(request, services.settings.max_body_bytes, form=True)
     return ok(await services.accounts.poll_device(device_id(values)), status=201)

@@ -20,7 +20,7 @@ from starlette.types import ASGIApp
 
 from ..core.activity import current_log
 from ..core.relay import relay_stream, relay_whole
-from ..errors import BadRequest, NotFound, ServiceError, ShuttingDown
+from ..errors import BadRequest, NotFound, ServiceError
 from ..redact import masked_runs, may_hold_run
 from ..upstreams.base import Target
 from ..upstreams.chat_completions import ChunkParser
@@ -43,6 +43,7 @@ def _usage_note(usage: dict[str, Any] | None) -> str:
 
 async def create(request: Request, services: Services) -> ASGIApp:
     log = current_log()
+    log.stoppable()  # it writes nothing: a client that leaves, or the shutdown, may stop it anywhere
     key = api_key(request)
     body = await read_json(request, services.settings.max_body_bytes)
     if not isinstance(body, dict):
@@ -98,9 +99,9 @@ async def _events(chunks: AsyncIterator[str], parser: ChunkParser, usage_added: 
             yield b"data: " + _masked(data.encode(), key) + b"\n\n"
         log.outcome = "done " + _usage_note(parser.usage)
     except asyncio.CancelledError:
-        if log.gone or not log.stopped_here():  # gone: the client left after its stream began
+        stopped = None if log.gone else log.stopped_here()  # gone: the client left as its stream began
+        if stopped is None:
             raise
-        stopped = ShuttingDown()
         log_stream_failure(stopped)
         yield b"data: " + orjson.dumps(openai_error_body(stopped)) + b"\n\n"
     except ServiceError as exc:

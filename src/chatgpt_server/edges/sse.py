@@ -77,6 +77,7 @@ class EventStream:
                 self._last_sent = loop.time()
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (asyncio.CancelledError, Exception) as exc:
+            left = left or current_log().gone  # the server learnt it first (the stream was just starting)
             if not left and not isinstance(exc, asyncio.CancelledError):
                 raise  # the producer failed while its client was there
             # The client left, or the server cancelled what still ran at the end of its shutdown (a
