@@ -122,6 +122,8 @@ def test_a_path_whose_oldest_item_is_past_retention_is_read_from_the_store_again
         found = minted_at(mint_id)
         assert found is not None and abs(found * 1000 - expected) < 5_000, mint_id
     assert minted_at("u1") is None and minted_at("chatcmpl-7") is None and minted_at("x" * 40) is None
+    assert minted_at(str(uuid.uuid4())) is None  # the original's ids, kept by the migration: not ours
+    assert minted_at("other_" + "0" * 32) is None and minted_at(_minted("msg_", 2**47)) is None  # far future
 
     def path_of(first_id: str) -> Path:
         rows: list[HistoryRow] = [(first_id, "message", b'{"role":"user","content":"q"}', 5, None)]
@@ -131,7 +133,8 @@ def test_a_path_whose_oldest_item_is_past_retention_is_read_from_the_store_again
 
     cache = HistoryCache(1 << 20, retention_s=30 * 86_400)
     young, old = _minted("msg_", now_ms - 29 * day), _minted("msg_", now_ms - 31 * day)
-    for first, kept in ((young, True), (old, False), ("v1-id", False), (str(uuid.UUID(int=0)), False)):
+    legacy = str(uuid.UUID("9f8e7d6c-5b4a-4c3d-8e2f-1a0b9c8d7e6f"))  # a v4 UUID that reads as the year 7529
+    for first, kept in ((young, True), (old, False), ("v1-id", False), (legacy, False)):
         cache.put(first, path_of(first))
         assert (cache.get(first, "o", 0, 100) is not None) is kept, first
     forever = HistoryCache(1 << 20)  # retention off: the age does not matter

@@ -316,6 +316,12 @@ def test_a_refusal_is_shown_as_a_refusal_part_and_kept_as_one(
     assert sent(upstreams)["messages"][1] == {"role": "assistant", "content": declined}
     with httpx.Client(base_url=v1_server.url, timeout=30) as c:
         assert ask(c, "refuse: the original route").json()["data"]["text"] == declined
+    # A refusal given back as input (client-kept history, items.create) is kept as one too.
+    given: Any = [{"role": "user", "content": "q"},
+                  {"role": "assistant", "content": [{"type": "refusal", "refusal": declined}]}]  # fmt: skip
+    conversation = sdk.conversations.create(items=given)
+    listed = [item.model_dump()["content"] for item in sdk.conversations.items.list(conversation.id, order="asc")]
+    assert listed[1] == [{"type": "refusal", "refusal": declined}], listed
 
 
 def test_a_message_given_before_the_calls_outputs_follows_them(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
@@ -748,6 +754,8 @@ def test_a_conversation_begun_on_the_original_route_is_listed_and_its_tip_moves_
     that failed before any output moves nothing), not from whichever item is newest."""
     key = "sk-test-own-" + uuid.uuid4().hex
     with httpx.Client(base_url=v1_server.url, timeout=30) as c:
+        upstreams.apps.call(lambda: upstreams.openai.fail_next.append("cut0"))
+        ask(c, "cut before its first word", key=key, kind="2")  # told no conversation: none is listed
         data = ask(c, "start", key=key).json()["data"]
         listed = c.get("/v1/conversations", headers={"Authorization": f"Bearer {key}"}).json()["data"]
     conversation = data["conversationId"]

@@ -539,6 +539,29 @@ def primed_codex() -> CodexParser:
     return parser
 
 
+def test_a_codex_message_told_only_whole_adds_its_text_once() -> None:
+    """A message item's text is taken from its finished item only when no delta said it: a second
+    message told whole still counts, a message said by deltas (named or not) is not said twice."""
+
+    def done(item_id: str, text: str, kind: str = "output_text") -> str:
+        part = {"type": kind, "text": text} if kind == "output_text" else {"type": kind, "refusal": text}
+        return orjson.dumps({"type": "response.output_item.done",
+                             "item": {"type": "message", "id": item_id, "content": [part]}}).decode()  # fmt: skip
+
+    parser = CodexParser(HOST, SECRET)
+    parser.feed("", '{"type": "response.output_text.delta", "item_id": "m1", "delta": "First."}')
+    parser.feed("", done("m1", "First."))
+    parser.feed("", done("m2", " Second."))
+    assert "".join(parser.pieces) == "First. Second." and not parser.refusal
+    unnamed = CodexParser(HOST, SECRET)
+    unnamed.feed("", '{"type": "response.output_text.delta", "delta": "Said."}')
+    unnamed.feed("", done("m1", "Said."))
+    assert "".join(unnamed.pieces) == "Said."
+    refused = CodexParser(HOST, SECRET)
+    refused.feed("", done("m1", "No.", "refusal"))
+    assert refused.pieces == ["No."] and refused.refusal
+
+
 @pytest.mark.parametrize(("name", "data", "expected"), HOSTILE_CODEX, ids=range(len(HOSTILE_CODEX)))
 def test_hostile_codex_events_are_read_or_a_bad_gateway(name: str, data: str, expected: str) -> None:
     for parser in (CodexParser(HOST, SECRET), primed_codex()):

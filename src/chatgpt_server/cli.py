@@ -215,7 +215,10 @@ def ask(args: argparse.Namespace) -> int:
             finally:
                 await turn.close()
         except ServiceError as exc:
-            print(f"error {exc.status}: {error_message(exc, settings.language)}", file=sys.stderr)
+            # A terminal's messages are English unless the language was set (the server's default, zh,
+            # is for the original's clients).
+            language = settings.language if "language" in settings.model_fields_set else "en"
+            print(f"error {exc.status}: {error_message(exc, language)}", file=sys.stderr)
             return 1
         finally:
             await services.close()

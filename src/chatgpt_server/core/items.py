@@ -60,14 +60,28 @@ def mint(prefix: str) -> str:
 _HEX = frozenset("0123456789abcdef")
 
 
+MINTED_SINCE_MS = 1_735_689_600_000  # 2025-01-01: no id of ours is older
+# The prefixes ``mint`` is called with for items (a UUID's form aside): an id with another is not ours.
+_PREFIXES = ("msg_", "chatcmpl-", "fc_", "fco_", "call_")
+
+
 def minted_at(item_id: str) -> float | None:
     """When ``mint`` made this id (epoch seconds, to the millisecond), read from the id itself; None for
-    an id it did not make (a store's older data)."""
-    uuid_form = len(item_id) == 36 and item_id[8] == "-" and item_id[13] == "-"
-    digits = item_id.replace("-", "") if uuid_form else item_id[-32:]
+    an id it did not make (a store's older data: the original's random UUIDs, an upstream's ids)."""
+    if len(item_id) == 36 and item_id[8] == "-" and item_id[13] == "-":
+        digits = item_id.replace("-", "")
+        if digits[12] != "7":  # a UUID of another version: not ours
+            return None
+    elif item_id.startswith(_PREFIXES):
+        digits = item_id[-32:]
+    else:
+        return None
     if len(digits) != 32 or not _HEX.issuperset(digits):
         return None
-    return int(digits[:12], 16) / 1000
+    stamp = int(digits[:12], 16)
+    if not MINTED_SINCE_MS <= stamp <= time.time_ns() // 1_000_000 + 86_400_000:
+        return None
+    return stamp / 1000
 
 
 @dataclass(slots=True)

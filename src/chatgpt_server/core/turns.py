@@ -590,7 +590,9 @@ class OpenTurn:
             origin=spec.origin, created_at=self.created_at, items=new,
             response_id=None, conversation_tip=spec.conversation if result.outputs else None,
             keep_tip=not result.outputs,
-            opens_record=spec.origin != "v1",  # the original route shows every reply's conversationId
+            # The original route shows every reply's conversationId (the legacy web backend shows its
+            # own); a first turn that failed before its words was told no conversation.
+            opens_record=spec.origin in ("1", "2") and (bool(result.outputs) or result.parent_id is not None),
         )  # fmt: skip
         if spec.record is not None:
             record = spec.record(result)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..core.items import Item, mint, text_of
+from ..core.items import REFUSAL_PART, Item, mint, text_of
 from ..errors import BadRequest
 
 MAX_TEXT = 4 * 1024 * 1024
@@ -41,6 +41,7 @@ def _parts(content: Any, role: str, param: str) -> tuple[str, list[dict[str, Any
     if not isinstance(content, list) or not content:
         raise invalid(param, "expected a string or a non-empty list of content parts")
     parts: list[dict[str, Any]] = []
+    refusals = 0
     for index, part in enumerate(content):
         where = f"{param}[{index}]"
         if not isinstance(part, dict):
@@ -51,6 +52,7 @@ def _parts(content: Any, role: str, param: str) -> tuple[str, list[dict[str, Any
             parts.append({"type": text_type, "text": _string(part.get("text"), where + ".text")})
         elif kind == "refusal" and role == "assistant":
             parts.append({"type": "output_text", "text": _string(part.get("refusal"), where + ".refusal")})
+            refusals += 1
         elif kind == "input_image" and role != "assistant":
             url = part.get("image_url")
             if part.get("file_id") is not None and url is None:
@@ -65,6 +67,8 @@ def _parts(content: Any, role: str, param: str) -> tuple[str, list[dict[str, Any
         else:
             raise invalid(where + ".type", f"unsupported content part {str(kind)[:40]!r} for role {role}")
     text = text_of(parts)
+    if refusals == len(parts):  # the model's refusal, given back: kept as one (else its words as text)
+        return text, [dict(REFUSAL_PART)]
     if len(parts) == 1 and parts[0]["type"] != "input_image":
         return text, None
     return text, parts

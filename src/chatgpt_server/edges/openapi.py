@@ -464,7 +464,8 @@ TOKEN_ERRORS = {
 }
 LANGUAGE = {
     "name": "Accept-Language", "in": "header", "required": False, "schema": {"type": "string"},
-    "description": "`zh` for Chinese messages (the original's texts); anything else: CHATGPT_SERVER_LANGUAGE",
+    "description": "`en` for English messages, `zh` for Chinese (the original's texts); anything else: "
+    "CHATGPT_SERVER_LANGUAGE (default zh)",
 }  # fmt: skip
 OPTIONAL_ACCOUNT_TOKEN: list[dict[str, list[str]]] = [{}, {"accountToken": []}]
 

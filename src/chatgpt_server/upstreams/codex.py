@@ -198,6 +198,7 @@ class CodexParser:
         self.usage: dict[str, Any] | None = None
         self.pieces: list[str] = []
         self.refusal = False
+        self._spoken: set[Any] = set()  # the message items whose text came as deltas (None: one unnamed)
         self.calls: dict[str, ToolCall] = {}  # by the backend's item id
         self._order: list[str] = []
 
@@ -229,6 +230,8 @@ class CodexParser:
                 raise _bad(self.host, f"{kind[9:]} carries no text")
             if delta:
                 self.refusal = self.refusal or kind == "response.refusal.delta"
+                item_id = event.get("item_id")
+                self._spoken.add(item_id if isinstance(item_id, str) else None)
                 self.pieces.append(delta)
                 return [Event(delta)]
             return [ALIVE]
@@ -287,7 +290,7 @@ class CodexParser:
         return [Event(tool_index=call.index, tool_id=call.call_id, tool_name=call.name)]
 
     def _item_done(self, item: Any) -> list[Event]:
-        if isinstance(item, dict) and item.get("type") == "message" and not self.pieces:
+        if isinstance(item, dict) and item.get("type") == "message" and not self._spoken & {item.get("id"), None}:
             # A message told whole at its end, without deltas (a server may): its text is the reply's.
             parts = [part for part in item.get("content") or () if isinstance(part, dict)]
             text = "".join(map(_part_text, parts))
