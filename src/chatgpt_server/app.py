@@ -120,7 +120,7 @@ class Services:
     def _stop_turns(self) -> None:
         for turn in list(self.activity.turns):
             turn.abort(ShuttingDown())
-        for entry in list(self.activity.requests.values()):  # the rest: pass-throughs, sign-ins, refreshes
+        for entry in list(self.activity.stoppable):  # the rest: pass-throughs, sign-ins
             entry.stop()
 
 
@@ -379,10 +379,7 @@ class App:
 
         path = scope["path"]
         method = scope["method"]
-        task = asyncio.current_task()
-        requests = self.services.activity.requests
-        if task is not None:
-            requests[task] = entry
+        entry.pool = self.services.activity.stoppable
         try:
             try:
                 await self._dispatch(scope, receive, tracking_send, path, method)
@@ -393,7 +390,7 @@ class App:
                     raise
                 raise why from None
             finally:
-                entry.task = None  # no longer ours to cancel: what remains is writing the answer
+                entry.answering()
         except ServiceError as exc:
             if status == 0:
                 await self._error(scope, receive, tracking_send, exc, entry)
@@ -405,8 +402,6 @@ class App:
             if status == 0:
                 await self._error(scope, receive, tracking_send, ServiceError("internal"), entry)
         finally:
-            if task is not None:
-                requests.pop(task, None)
             self.access.write(entry, rid, method, path, status, started)
 
     @staticmethod

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
 GONE = "chatgpt_server.client_left"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)  # by identity: a member of its Activity's ``stoppable``
 class RequestLog:
     route: str = ""
     upstream: str = ""
@@ -38,10 +38,20 @@ class RequestLog:
     # repeated by the client's retry).
     task: asyncio.Task[None] | None = None
     stopped: ServiceError | None = None  # why we cancelled it (once at most)
+    pool: set[RequestLog] | None = None  # where a stoppable request is found at shutdown (App.http sets it)
 
     def stoppable(self) -> None:
         """This request only waits on an upstream or issuer from here on: it may be stopped."""
         self.task = asyncio.current_task()
+        if self.pool is not None:
+            self.pool.add(self)
+
+    def answering(self) -> None:
+        """Its handler has returned or raised: what remains is writing the answer, which is not stopped."""
+        if self.task is not None:
+            self.task = None
+            if self.pool is not None:
+                self.pool.discard(self)
 
     def client_left(self) -> None:
         """The client closed the connection before its answer began (the server calls this): the turn
@@ -93,7 +103,7 @@ def begin_log() -> RequestLog:
 @dataclass
 class Activity:
     turns: set[OpenTurn] = field(default_factory=set)
-    requests: dict[asyncio.Task[None], RequestLog] = field(default_factory=dict)  # every request in flight
+    stoppable: set[RequestLog] = field(default_factory=set)  # requests that wait on an upstream or issuer
     open_streams: int = 0
     storing: int = 0  # turns being finished (stored); they may have left ``turns`` already
     _quiet: asyncio.Event | None = field(default=None, repr=False)
