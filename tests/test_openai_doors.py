@@ -324,6 +324,30 @@ def test_a_refusal_is_shown_as_a_refusal_part_and_kept_as_one(
     assert listed[1] == [{"type": "refusal", "refusal": declined}], listed
 
 
+def test_tool_arguments_sent_as_a_json_object_reach_clients_as_its_text(sdk: openai.OpenAI) -> None:
+    """Some servers send a tool call's arguments as the JSON object itself: every door gives them as
+    OpenAI does, as text (a client parses it), whole and streamed, passed through or stored."""
+    tools: list[Any] = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}]
+    asked: Any = [{"role": "user", "content": "callobj:lookup"}]
+    whole = sdk.chat.completions.create(model="gpt-3.5-turbo", messages=asked, tools=tools)
+    call = whole.choices[0].message.tool_calls[0]  # type: ignore[index]
+    assert json.loads(call.function.arguments) == {"x": 1}  # type: ignore[union-attr]
+    pieces = []
+    for chunk in sdk.chat.completions.create(model="gpt-3.5-turbo", messages=asked, tools=tools, stream=True):
+        for delta_call in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+            if delta_call.function and delta_call.function.arguments is not None:
+                assert isinstance(delta_call.function.arguments, str)
+                pieces.append(delta_call.function.arguments)
+    assert json.loads("".join(pieces)) == {"x": 1}
+    flat: Any = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+    with sdk.responses.stream(model="gpt-3.5-turbo", input="callobj:lookup", tools=flat) as events:
+        streamed = events.get_final_response()
+    whole_response = sdk.responses.create(model="gpt-3.5-turbo", input="callobj:lookup", tools=flat)
+    for response in (streamed, whole_response):
+        assert response.output[0].type == "function_call"
+        assert json.loads(response.output[0].arguments) == {"x": 1}
+
+
 def test_a_message_given_before_the_calls_outputs_follows_them(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
     """Responses input may put a message before the outputs it comes with; chat completions wants each
     call's output right after the calling message, so the message follows the outputs."""

@@ -272,7 +272,10 @@ HOSTILE_CHUNKS: list[tuple[str, str]] = [
     (chunk({"tool_calls": [{"index": 3, "function": {"name": 5}}]}), "502"),
     (chunk({"tool_calls": [{"index": 3, "function": {"arguments": "{}"}}]}), "502"),
     (chunk({"tool_calls": [{"index": 3, "id": TEN_KB, "function": {"name": TEN_KB, "arguments": {"x": 1}}}]}), "ok"),
-    (chunk({"tool_calls": [{"index": 3, "function": {"name": "f", "arguments": nested(300)}}]}), "ok"),
+    # Arguments as a JSON value are written as its text, as a whole reply's are: unless nested deeper
+    # than the encoder goes.
+    (chunk({"tool_calls": [{"index": 3, "function": {"name": "f", "arguments": nested(200)}}]}), "ok"),
+    (chunk({"tool_calls": [{"index": 3, "function": {"name": "f", "arguments": nested(300)}}]}), "502"),
     (chunk(id=TEN_KB, model=TEN_KB, created=True), "ok"),
     (chunk(id={"a": 1}, model=[1], created=2**63, usage={"prompt_tokens": "5", "completion_tokens": -1}), "ok"),
     (chunk(usage=[1, 2]), "ok"),

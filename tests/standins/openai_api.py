@@ -228,13 +228,15 @@ class OpenAIStandIn:
     @staticmethod
     def _tool_call(body: dict[str, Any], last: dict[str, Any], text: str) -> dict[str, Any] | None:
         """With tools, a last user message "call:NAME" makes the model call tool NAME with {"x": 1};
-        "callsay:NAME" too, and a stream then says "Checking now." after the call, as models do."""
+        "callsay:NAME" too, and a stream then says "Checking now." after the call, as models do;
+        "callobj:NAME" too, with the arguments as a JSON object instead of its text, as some servers send."""
         names = [t.get("function", {}).get("name") for t in body.get("tools") or []]
-        name = text.split(":", 1)[1] if text.startswith(("call:", "callsay:")) else None
+        name = text.split(":", 1)[1] if text.startswith(("call:", "callsay:", "callobj:")) else None
         if last.get("role") != "user" or name not in names:
             return None
+        arguments: Any = {"x": 1} if text.startswith("callobj:") else '{"x": 1}'
         return {"id": f"call_{uuid.uuid4().hex[:12]}", "type": "function",
-                "function": {"name": name, "arguments": '{"x": 1}'}, "say": text.startswith("callsay:")}  # fmt: skip
+                "function": {"name": name, "arguments": arguments}, "say": text.startswith("callsay:")}  # fmt: skip
 
     async def _failure(self, failure: str) -> web.StreamResponse | None:
         if failure == "rate":
@@ -275,7 +277,10 @@ class OpenAIStandIn:
                 head = {"index": 0, "id": call["id"], "type": "function",
                         "function": {"name": call["function"]["name"], "arguments": ""}}  # fmt: skip
                 await send({"choices": [{"index": 0, "delta": {"tool_calls": [head]}, "finish_reason": None}]})
-                for piece in ('{"x"', ": 1}"):
+                pieces: tuple[Any, ...] = ('{"x"', ": 1}")
+                if not isinstance(call["function"]["arguments"], str):
+                    pieces = (call["function"]["arguments"],)  # one delta, the object itself
+                for piece in pieces:
                     delta = {"tool_calls": [{"index": 0, "function": {"arguments": piece}}]}
                     await send({"choices": [{"index": 0, "delta": delta, "finish_reason": None}]})
                 if call["say"]:  # text after the call

@@ -200,6 +200,7 @@ def parse_completion(raw: bytes, host: str, key: str = "") -> dict[str, Any]:
     if not isinstance(content, str):
         raise _bad(host, "choices[0].message.content is not text")
     calls: list[ToolCall] = []
+    mended = False  # arguments that came as a JSON value, not its text: written as text for a client
     raw_calls = message.get("tool_calls")
     if raw_calls is not None:
         if not isinstance(raw_calls, list):
@@ -213,6 +214,8 @@ def parse_completion(raw: bytes, host: str, key: str = "") -> dict[str, Any]:
             arguments = arguments_text(function.get("arguments"))
             if arguments is None:
                 raise _bad(host, "a tool call's arguments are not JSON we can read")
+            if not isinstance(function.get("arguments"), str):
+                function["arguments"], mended = arguments, True
             calls.append(ToolCall(len(calls), mint("call_"), function["name"][:256], arguments, label(call.get("id"))))
     finish = choices[0].get("finish_reason")
     return {
@@ -223,6 +226,7 @@ def parse_completion(raw: bytes, host: str, key: str = "") -> dict[str, Any]:
         "model": label(completion.get("model")),
         "finish_reason": reason_label(finish),
         "refusal": refused,
+        "mended": _written(completion, host) if mended else None,  # the completion with text arguments
         "created": timestamp(completion.get("created")),
     }
 
@@ -316,6 +320,13 @@ class WholeReply(Reply):
 _WHOLE_TYPES = frozenset(("application/json", "text/html", "application/xhtml+xml", "text/xml", "application/xml"))
 
 
+def _written(value: Any, host: str) -> bytes:
+    try:
+        return orjson.dumps(value)
+    except orjson.JSONEncodeError as exc:  # deeper than orjson writes
+        raise _bad(host, "the reply nests too deep") from exc
+
+
 def _answers_whole(response: Answer) -> bool:
     return response.headers.get("Content-Type", "").split(";", 1)[0].strip().lower() in _WHOLE_TYPES
 
@@ -350,6 +361,7 @@ class ChunkParser:
         self._last = 0  # the index of the tool call the last delta added to
         self.usage_only = False  # the last chunk fed carried usage and no choices
         self.refusal = False  # the text came as the model's refusal
+        self.mended: str | None = None  # the last chunk fed, with a tool call's arguments written as text
 
     def step(self, event: SSEEvent) -> list[Event]:
         return self.feed(event.data, event.event)
@@ -357,6 +369,7 @@ class ChunkParser:
     def feed(self, data: str, event: str = "message") -> list[Event]:
         """One event's ``data`` (and its name: an ``error`` event is the upstream reporting a failure)."""
         self.usage_only = False
+        self.mended = None
         if self.done:  # nothing after [DONE] counts, however the bytes happened to arrive
             return []
         if event == "error":
@@ -414,6 +427,11 @@ class ChunkParser:
             calls = delta.get("tool_calls")
             if calls is not None:
                 events += self._tool_deltas(calls)
+                if self.mended == "":
+                    try:
+                        self.mended = orjson.dumps(chunk).decode()
+                    except orjson.JSONEncodeError as exc:  # deeper than orjson writes
+                        raise _bad(self.host, "a stream chunk nests too deep") from exc
         return events or [ALIVE]
 
     def _tool_deltas(self, calls: Any) -> list[Event]:
@@ -430,6 +448,11 @@ class ChunkParser:
             if not isinstance(function, dict):
                 raise _bad(self.host, "a tool call's function is not an object")
             name, arguments = function.get("name"), function.get("arguments")
+            if arguments is not None and not isinstance(arguments, str):  # a JSON value: its text, as OpenAI's
+                arguments = arguments_text(arguments)
+                if arguments is None:
+                    raise _bad(self.host, "a tool call's arguments are not JSON we can read")
+                function["arguments"], self.mended = arguments, ""  # the chunk is written again
             known = self.calls.get(index)
             if known is None:
                 if not isinstance(name, str) or not name:
@@ -559,7 +582,8 @@ class Relay:
             raise transport_error(exc, target.host, 0) from exc
         finally:
             response.release()
-        return raw, parse_completion(raw, target.host, target.credential)["usage"]
+        parsed = parse_completion(raw, target.host, target.credential)
+        return parsed["mended"] or raw, parsed["usage"]
 
     async def whole_as_chunks(self, response: Answer, target: Target) -> list[str] | None:
         """A whole completion (or an error) answering a stream request, read and checked before the
@@ -586,7 +610,7 @@ class Relay:
             if ready is not None:
                 for data in ready:
                     parser.feed(data)
-                    yield data
+                    yield parser.mended or data
                 return
             async for chunk in response.content.iter_any():
                 received += len(chunk)
@@ -596,7 +620,7 @@ class Relay:
                     if parser.done:
                         break  # nothing after [DONE] is passed on
                     parser.feed(event.data, event.event)
-                    yield event.data
+                    yield parser.mended or event.data
                 if parser.done:
                     return
         except TRANSPORT_ERRORS as exc:
