@@ -902,3 +902,25 @@ def test_a_stop_is_taken_back_only_when_it_is_ours_alone() -> None:
         await plain
 
     asyncio.run(main())
+
+
+def test_a_credential_sent_as_the_request_id_is_neither_kept_nor_logged(tmp_path: Path, upstreams: Upstreams) -> None:
+    """X-Request-Id is echoed and written to the access log: one that is the request's own key, or is
+    shaped like a credential, is replaced by a new id; a key sent in the body and as the id is masked."""
+    server = ServerProcess(tmp_path, upstreams.env()).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            as_header = c.get("/v1/models", headers={"Authorization": f"Bearer {KEY}", "X-Request-Id": KEY})
+            assert as_header.status_code == 200 and as_header.headers["x-request-id"] != KEY
+            shaped = c.get("/healthz", headers={"X-Request-Id": "sk-proj-Q7wErTy9UiOp3AsDfGhJk"})
+            assert shaped.headers["x-request-id"] != "sk-proj-Q7wErTy9UiOp3AsDfGhJk"
+            body = {"mode": "1", "type": "1", "opts": {"key": KEY, "content": "x", "isFollow": False}}
+            in_body = c.post("/api/v1/gpt/getInfo", headers={"X-Request-Id": KEY[3:]}, json=body)
+            assert in_body.status_code == 201
+            kept = c.get("/healthz", headers={"X-Request-Id": "trace-42.abc"})
+            assert kept.headers["x-request-id"] == "trace-42.abc"
+    finally:
+        server.stop()
+    log = server.log()
+    assert KEY not in log and KEY[3:] not in log and "Q7wErTy9UiOp3AsDfGhJk" not in log
+    assert "trace-42.abc" in log

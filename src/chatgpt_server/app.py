@@ -259,6 +259,8 @@ class AccessLog:
         duration = round((time.perf_counter() - started) * 1000, 2)
         if holds_secret(path, *entry.secrets):  # a key sent as an id in the path
             path = masked(path, *entry.secrets)
+        if entry.secrets and holds_secret(rid, *entry.secrets):  # a key in the body, sent as the request id too
+            rid = masked(rid, *entry.secrets)
         if self.json:
             fields = {
                 "time": stamp, "request_id": rid, "method": method, "path": path, "status": status,
@@ -406,12 +408,17 @@ class App:
 
     @staticmethod
     def _request_id(scope: Scope) -> str:
+        """The client's own id when it is a well-formed one and no credential (its own key, or anything
+        shaped like one: it is written to the log), else a new one."""
+        given: str | None = None
+        bearer: str | None = None
         for name, value in scope["headers"]:
             if name == b"x-request-id":
-                text: str = value.decode("latin-1")
-                if _REQUEST_ID.match(text):
-                    return text
-                break
+                given = value.decode("latin-1")
+            elif name == b"authorization":
+                bearer = value.decode("latin-1").removeprefix("Bearer ").strip()
+        if given is not None and _REQUEST_ID.match(given) and not holds_secret(given, *((bearer,) if bearer else ())):
+            return given
         return random_hex(64)
 
     async def _dispatch(self, scope: Scope, receive: Receive, send: Send, path: str, method: str) -> None:

@@ -69,8 +69,9 @@ conversation belongs to it.
 
 **Every route**: a method the path does not serve is 405 with `Allow`; an unknown path is 404; a
 trailing slash names the same route. Every response carries `X-Request-Id` (the request's own when it
-sends a valid one, `^[A-Za-z0-9._:-]{1,128}$`, else a new one). Bodies are JSON (`application/json`, any
-`application/*+json`, or no `Content-Type` at all); another media type is 415 on the OpenAI-shaped routes
+sends a valid one, `^[A-Za-z0-9._:-]{1,128}$`, that is no credential, else a new one). Bodies are JSON
+(`application/json`, any `application/*+json`, or no `Content-Type` at all); another media type is 415 on
+the OpenAI-shaped routes
 and 400 on the original ones (as the original answered it), a body over
 `CHATGPT_SERVER_MAX_BODY_BYTES` is 413, malformed JSON is 400. A request head over
 `CHATGPT_SERVER_MAX_HEADER_BYTES` is answered 431 (414 while still in the URL), and one not complete
