@@ -121,6 +121,8 @@ def test_messages_are_the_originals_chinese_unless_asked_otherwise(tmp_path: Pat
             )
             english = c.post("/api/v1/gpt/getInfo", json=body, headers={"Accept-Language": "en-US,en;q=0.9"})
             assert assert_error(english, 400).startswith("opts.key is required")
+            anything = c.post("/api/v1/gpt/getInfo", json=body, headers={"Accept-Language": "en-GB;q=0.8, *;q=0.9"})
+            assert assert_error(anything, 400).startswith("opts.key必填")  # "*" ranks first: the default
             v1 = c.post("/v1/responses", json={}, headers={"Authorization": f"Bearer {KEY}"})
             assert v1.status_code == 400 and v1.json()["error"]["message"].isascii()  # OpenAI's doors: English
     finally:
@@ -167,6 +169,13 @@ def test_bodies_javascripts_json_parse_reads_are_read(client: httpx.Client, upst
     assert upstreams.openai.requests[-1]["body"]["seed"] == 1e20
     huge = client.post("/api/v1/gpt/getInfo", content=(numbers % (KEY, "1e400")).encode(), headers=headers)
     assert assert_error(huge, 400)
+    deep = b"\xef\xbb\xbf" + b"[" * 500 + b"]" * 500  # the depth is what is wrong with it, not the BOM
+    assert "nested more than 200 levels deep" in assert_error(client.post("/api/v1/gpt/getInfo", content=deep,
+                                                                          headers=headers), 400)  # fmt: skip
+    form = "\ufeffemail=a@b.cd&type=9&password=x".encode()  # a form's BOM is no part of its first field's name
+    refused = client.post("/api/v1/token/getInfo", content=form,
+                          headers={"Content-Type": "application/x-www-form-urlencoded"})  # fmt: skip
+    assert "type" in assert_error(refused, 400, "/api/v1/token/getInfo") and "email" not in refused.json()["message"]
 
 
 def test_bad_json_and_wrong_body_types(client: httpx.Client) -> None:

@@ -941,6 +941,16 @@ def test_an_item_is_in_a_prompt_once(sdk: openai.OpenAI, upstreams: Upstreams) -
     elsewhere = sdk.responses.create(model="gpt-3.5-turbo", input=[kept], previous_response_id=first.id)
     assert elsewhere.status == "completed"  # an item of another conversation is no duplicate here
     assert [m["content"] for m in sent(upstreams)["messages"]] == ["base", first.output_text, "kept"]
+    # A response's output passed back whole (with its ids), as ``input=previous.output + [...]`` does.
+    passed_back: Any = [item.model_dump(exclude_none=True) for item in first.output]
+    again: Any = [*passed_back, {"role": "user", "content": "next"}]
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model="gpt-3.5-turbo", input=again, previous_response_id=first.id)
+    assert f"Duplicate item found with id {first.output[0].id}" in refused.value.message
+    with pytest.raises(openai.BadRequestError):
+        sdk.responses.create(model="gpt-3.5-turbo", input=[*passed_back, *passed_back])
+    kept_by_client = sdk.responses.create(model="gpt-3.5-turbo", input=[{"role": "user", "content": "base"}, *again])
+    assert kept_by_client.status == "completed"  # the client's own history, no previous: nothing twice
 
 
 def test_what_cannot_be_a_conversation_id_is_a_404_on_every_store(

@@ -71,14 +71,16 @@ async def read_json(request: Request, limit: int, *, form: bool = False) -> Any:
     missing."""
     kind = _check_type(request, form)
     raw = await read_body(request, limit)
-    if kind == FORM:
-        return dict(parse_qsl(raw.decode("utf-8", "replace"), keep_blank_values=True))
+    if kind == FORM:  # a leading BOM is no part of the first field's name
+        return dict(parse_qsl(raw.decode("utf-8", "replace").removeprefix("\ufeff"), keep_blank_values=True))
     if not raw.strip():
         return {}
     try:
         value = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         value = _lenient(raw)
+        if value is _TOO_DEEP:
+            raise BadRequest("bad_json", reason=f"nested more than {MAX_DEPTH} levels deep") from exc
         if value is _NOT_JSON:
             raise BadRequest("bad_json", reason=str(exc).split(":", 1)[0][:100]) from exc
     if raw.count(b"[") + raw.count(b"{") > MAX_DEPTH and not _shallow(value):
@@ -86,7 +88,7 @@ async def read_json(request: Request, limit: int, *, form: bool = False) -> Any:
     return value
 
 
-_NOT_JSON = object()
+_NOT_JSON, _TOO_DEEP = object(), object()
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -98,7 +100,9 @@ def _lenient(raw: bytes) -> Any:
     text = raw.decode("utf-8", "replace").removeprefix("\ufeff")
     try:
         return _mended(json.loads(text, parse_constant=_no_constant, parse_int=_int, parse_float=_float))
-    except (ValueError, RecursionError):  # json.JSONDecodeError is a ValueError
+    except RecursionError:
+        return _TOO_DEEP
+    except ValueError:  # json.JSONDecodeError is one
         return _NOT_JSON
 
 

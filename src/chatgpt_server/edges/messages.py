@@ -376,6 +376,7 @@ def pick_language(accept_language: str | None, default: Language) -> Language:
             except ValueError:
                 quality = 0.0
         primary = tag.strip().lower().split("-")[0]
-        if primary in ("en", "zh") and quality > 0 and (best is None or quality > best[0]):
-            best = (quality, primary)
+        spoken: Language | None = default if primary == "*" else primary if primary in ("en", "zh") else None
+        if spoken is not None and quality > 0 and (best is None or quality > best[0]):
+            best = (quality, spoken)
     return best[1] if best else default

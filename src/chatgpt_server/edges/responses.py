@@ -85,6 +85,7 @@ class Ask:
     effort: str | None = None
     prompt_cache_key: str | None = None
     service_tier: str | None = None
+    given_ids: list[str] = field(default_factory=list)  # ids input items carry (items passed back whole)
 
 
 def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
@@ -190,7 +191,7 @@ def parse_ask(body: Any) -> Ask:
     if body.get("background") is not None and body["background"] is not False:
         raise invalid("background", "background mode is not supported")
     _no_logprobs(body)
-    ask = Ask(model=model, items=parse_input(body["input"]))
+    ask = Ask(model=model, items=parse_input(body["input"]), given_ids=_given_ids(body["input"]))
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise invalid("instructions", "expected a string")
@@ -464,10 +465,19 @@ async def count_input_tokens(request: Request, services: Services) -> Response:
     return JSONBody({"object": "response.input_tokens", "input_tokens": tokens})
 
 
+def _given_ids(value: Any) -> list[str]:
+    """The ids of input items given whole with their own id (a response's output passed back, as the
+    SDK's ``input=previous.output + [...]`` does); item references are counted apart."""
+    if not isinstance(value, list):
+        return []
+    return [item["id"] for item in value if isinstance(item, dict) and isinstance(item.get("id"), str)
+            and item.get("type", "message" if "role" in item else "item_reference") != "item_reference"]  # fmt: skip
+
+
 async def _resolve_references(services: Services, owner: str, items: list[Item | str], ask: Ask) -> list[Item]:
     references = [entry for entry in items if isinstance(entry, str)]
-    if references:
-        await _no_duplicates(services, owner, references, ask)
+    if references or ask.given_ids:
+        await _no_duplicates(services, owner, references + ask.given_ids, ask)
     out: list[Item] = []
     for entry in items:
         if isinstance(entry, Item):
@@ -481,8 +491,9 @@ async def _resolve_references(services: Services, owner: str, items: list[Item |
 
 
 async def _no_duplicates(services: Services, owner: str, references: list[str], ask: Ask) -> None:
-    """An item may be in a prompt once: referenced twice, or referenced while the history it continues
-    (``previous_response_id``, ``conversation``) holds it, is OpenAI's 400, not a prompt that says it twice."""
+    """An item may be in a prompt once: named twice (referenced, or passed back whole with its id), or
+    named while the history it continues (``previous_response_id``, ``conversation``) holds it, is
+    OpenAI's 400, not a prompt that says it twice."""
     seen: set[str] = set()
     for reference in references:
         if reference in seen:
