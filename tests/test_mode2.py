@@ -55,6 +55,9 @@ def test_first_message_has_fresh_parent_and_no_conversation(
 def test_authorization_header_cannot_be_replaced(client: httpx.Client, token: str) -> None:
     message = assert_error(ask(client, "x", key=token, mode="2", headers={"authorization": "Bearer x"}), 400)
     assert message == "opts.opts.headers cannot set authorization"
+    for name in ("X-Forwarded-For", "Forwarded", "x-real-ip", "Cookie2"):  # who the request is from is ours
+        refused = assert_error(ask(client, "x", key=token, mode="2", headers={name: "203.0.113.9"}), 400)
+        assert refused == f"opts.opts.headers cannot set {name}", refused
 
 
 def test_unknown_and_foreign_parent_are_404(client: httpx.Client, upstreams: Upstreams, token: str) -> None:

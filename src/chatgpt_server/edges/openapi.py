@@ -313,7 +313,8 @@ OPTION_SCHEMAS: dict[str, Schema] = {
         f"{MAX_HEADERS}, names that are header "
         f"tokens of at most {MAX_HEADER_NAME} characters, values of printable ASCII of at most "
         f"{MAX_HEADER_VALUE}, at most 16384 characters in all, and none of the gateway's or the connection's "
-        "own headers (Authorization, Host, Cookie, Content-Type, Accept, Proxy-*, Sec-*, ...)",
+        "own headers (Authorization, Host, Cookie, Content-Type, Accept, Forwarded, X-Forwarded-*, Proxy-*, "
+        "Sec-*, ...)",
         "maxProperties": MAX_HEADERS,
         "propertyNames": {"allOf": [
             {"pattern": HEADER_NAME, "maxLength": MAX_HEADER_NAME},

@@ -41,7 +41,9 @@ RESERVED_PARAMS = ("messages", "stream", "stream_options")
 RESERVED_HEADERS = frozenset(
     ("authorization", "host", "connection", "upgrade", "te", "expect", "transfer-encoding", "content-length",
      "keep-alive", "cookie", "trailer", "content-type", "accept", "chatgpt-account-id", "content-encoding",
-     "accept-encoding")
+     "accept-encoding", "cookie2",
+     # who the request comes from is the gateway's to say: a client's claim would reach the upstream as ours
+     "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip")
 )  # fmt: skip
 MAX_HEADERS, MAX_HEADER_NAME, MAX_HEADER_VALUE, MAX_HEADER_TOTAL = 32, 64, 4096, 16384
 # A numeric option written as a string, as the original took it: digits only, within every option's range.
