@@ -414,6 +414,17 @@ def test_sigterm_answers_what_is_not_a_turn_as_it_answers_turns(tmp_path: Path, 
             with httpx.Client(base_url=server.url, timeout=30) as c:
                 results[name] = c.post(path, json=body, headers=headers)
 
+        first_chunk = threading.Event()
+        streamed_lines: list[str] = []
+
+        def read_stream(body: dict[str, Any]) -> None:
+            with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, headers=headers,
+                              timeout=30) as answer:  # fmt: skip
+                streamed_lines.append(f"HTTP {answer.status_code}")
+                for line in answer.iter_lines():
+                    streamed_lines.append(line)
+                    first_chunk.set()
+
         chat = {"model": "gpt-3.5-turbo", "messages": [{"role": "user", "content": "never answered"}]}
         threads = [threading.Thread(target=call, args=("whole", "/v1/chat/completions", chat))]
         threads[0].start()
@@ -421,14 +432,14 @@ def test_sigterm_answers_what_is_not_a_turn_as_it_answers_turns(tmp_path: Path, 
         upstreams.openai.chunk_delay = 0.3  # a stream that takes ~6 s
         words = " ".join(f"w{i}" for i in range(20))
         streamed = {**chat, "messages": [{"role": "user", "content": words}], "stream": True}
-        threads.append(threading.Thread(target=call, args=("stream", "/v1/chat/completions", streamed)))
+        threads.append(threading.Thread(target=read_stream, args=(streamed,)))
         threads.append(threading.Thread(target=call, args=("device", "/api/v1/token/device", {})))
         for t in threads[1:]:
             t.start()
         silent.settimeout(10)
         held, _ = silent.accept()  # the sign-in is waiting on the issuer
         wait_for(lambda: len(upstreams.openai.requests) > seen + 1, what="the streamed pass-through upstream")
-        time.sleep(0.4)  # some chunks are passed on first
+        assert first_chunk.wait(10), "no chunk was passed on"  # some of the reply first
         assert server.proc is not None
         stopped_at = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
@@ -444,9 +455,8 @@ def test_sigterm_answers_what_is_not_a_turn_as_it_answers_turns(tmp_path: Path, 
     assert answered_in < 4, answered_in  # the grace period (1 s), not the server's forced stop (5 s later)
     whole = results["whole"]
     assert whole.status_code == 503 and whole.json()["error"]["message"] == "server shutting down", whole.text
-    stream = results["stream"]
-    assert stream.status_code == 200
-    lines = [line[6:] for line in stream.text.splitlines() if line.startswith("data: ")]
+    assert streamed_lines[0] == "HTTP 200"
+    lines = [line[6:] for line in streamed_lines if line.startswith("data: ")]
     assert json.loads(lines[0])["object"] == "chat.completion.chunk"  # some of the reply came first
     assert json.loads(lines[-1])["error"]["message"] == "server shutting down", lines[-3:]
     device = results["device"]

@@ -90,8 +90,7 @@ end
 local tip = redis.call('HGET', ckey2, 't')
 if tip and tipconv ~= '-' and (tipconv ~= '' or tip == first_parent) then
   redis.call('HSET', ckey2, 't', parent, 'ua', created)
-  redis.call('HINCRBY', ckey2, 'v', 1)
-  if ttl > 0 then redis.call('PEXPIRE', ckey2, ttl) end
+  redis.call('HINCRBY', ckey2, 'v', 1)  -- its TTL was renewed with the items above
 end
 return 1
 """)
