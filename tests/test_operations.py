@@ -280,6 +280,69 @@ def test_sqlite_locked_by_another_process_buys_no_reply(tmp_path: Path, upstream
         server.stop()
 
 
+def test_a_full_disk_buys_no_more_replies_and_says_why(tmp_path: Path, upstreams: Upstreams) -> None:
+    """SQLite cannot grow its files (here the process's file-size limit, which the kernel enforces as a
+    full disk's refusal): the turn whose write failed is a 503 and the log says why (not a second error
+    of the rollback); after it no reply is bought until a write of a turn's size passes again, and
+    /readyz says not ready meanwhile. Room again: the same process goes on."""
+    import resource
+
+    db = tmp_path / "full.db"
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_STORE_URL=f"sqlite:///{db}")).start()
+    assert server.proc is not None
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            first = ask(c, "before").json()["data"]
+            sizes = [p.stat().st_size for p in (*tmp_path.glob("full.db*"), server.log_path)]
+            limit = max(sizes) + 512 * 1024
+            _, hard = resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE)
+            resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (limit, hard))
+            big = "many words " * 1000  # ~11 kB a question (within the budget), and as much again its echo
+            for _ in range(200):
+                if ask(c, big).status_code == 503:
+                    break
+            else:
+                raise AssertionError("the store never ran out of room")
+            wait_for(lambda: "disk" in server.log(), what="the reason in the log")
+            assert "cannot rollback" not in server.log()
+            before = len(upstreams.openai.requests)
+            for options in ({}, {"parent": first["id"]}, {"kind": "2"}):
+                assert_error(ask(c, "no room", **options), 503)
+            assert c.get("/readyz").status_code == 503
+            assert len(upstreams.openai.requests) == before  # nothing more was bought
+            resource.prlimit(server.proc.pid, resource.RLIMIT_FSIZE, (hard, hard))
+            wait_for(lambda: ask(c, "room again").status_code == 201, what="the store to take writes again")
+            assert ask(c, "and on", parent=first["id"]).json()["data"]["text"] == "echo(2): and on"
+            assert c.get("/readyz").status_code == 200
+    finally:
+        server.stop()
+
+
+def test_a_database_file_removed_under_the_server_is_opened_again(tmp_path: Path, upstreams: Upstreams) -> None:
+    """An operator removes the SQLite file (or restores a backup over it): the server opens the path
+    again, and says so, instead of storing the replies it tells about in a file nobody will read."""
+    db = tmp_path / "gone.db"
+    env = upstreams.env(CHATGPT_SERVER_STORE_URL=f"sqlite:///{db}")
+    server = ServerProcess(tmp_path, env).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            assert ask(c, "before").status_code == 201
+            for path in tmp_path.glob("gone.db*"):
+                path.unlink()
+            wait_for(lambda: ask(c, "after").status_code == 201 and db.exists(), what="the path opened again")
+            told = ask(c, "kept").json()["data"]
+        assert "was removed or replaced" in server.log()
+    finally:
+        server.stop()
+    again = ServerProcess(tmp_path, env).start()  # what was told since is in the file at the path
+    try:
+        with httpx.Client(base_url=again.url, timeout=30) as c:
+            got = ask(c, "on", parent=told["id"]).json()
+            assert got["data"].get("text") == "echo(2): on", got
+    finally:
+        again.stop()
+
+
 def test_coming_back_after_a_restart_loses_no_request(
     tmp_path: Path, upstreams: Upstreams, network_kind: str, store_proxy: TCPProxy
 ) -> None:

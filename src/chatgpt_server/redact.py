@@ -17,8 +17,11 @@ SECRETISH = re.compile(
     re.IGNORECASE,
 )
 # Shorter "keys" are placeholders for servers that check none ("EMPTY" for vLLM, "ollama"), not
-# secrets: masked, they would cut ordinary words out of replies. Every real key is far longer.
+# secrets: masked, they would cut ordinary words out of replies passed on. Every real key is longer.
 MIN_SECRET = 12
+# Error text and logs are not replies: there a key is masked from this length, as a self-hosted
+# server's operator may choose a short one ("secret1"); a few words of an error are worth less.
+MIN_SHOWN_SECRET = 6
 # A key's last 8 characters are masked too (what masked keys show), once the key is long enough for
 # them to be its random part.
 TAIL_FROM = 20
@@ -29,11 +32,11 @@ FRAGMENT = 12
 _PROBE = FRAGMENT // 2  # a run of FRAGMENT holds a _PROBE-long piece that starts at a multiple of _PROBE
 
 
-def secret_forms(secret: str) -> list[str]:
+def secret_forms(secret: str, least: int = MIN_SHOWN_SECRET) -> list[str]:
     """The spellings of a credential a careless echo might give, matched in any letter case: as sent,
     URL-encoded (as a query string would carry it), and its last 8 characters (what masked keys
-    show). None for a placeholder shorter than ``MIN_SECRET``."""
-    if len(secret) < MIN_SECRET:
+    show). None for one shorter than ``least``."""
+    if len(secret) < least:
         return []
     forms = {secret, quote(secret, safe=""), quote_plus(secret, safe="")}
     if len(secret) >= TAIL_FROM:

@@ -17,11 +17,14 @@ Backends raise ``errors.StoreUnavailable`` when the store cannot answer (within 
 
 from __future__ import annotations
 
+import asyncio
 from abc import ABC, abstractmethod
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from ..core.items import Item
+from ..errors import StoreUnavailable
 
 # A row of a history read: (id, kind, chat JSON, cost, parent id); kind is "deleted" for an item a
 # client deleted (it still counts toward the budget, as its place in the running totals does).
@@ -31,6 +34,49 @@ HistoryRow = tuple[str, str, bytes, int, str | None]
 SHORT_LIVED_S = 3600.0  # device sign-ins (15 minutes) and leases: kept an hour at most, retention or not
 PURGE_BATCH = 5_000  # items per delete: a month of rows never holds a lock for long
 MAX_WALK = 100_000  # no history walk visits more items than this, whatever the data
+
+
+def settle(waiter: asyncio.Future[None], error: BaseException | None) -> None:
+    if waiter.done():  # its caller gave up
+        return
+    if error is None:
+        waiter.set_result(None)
+    else:
+        waiter.set_exception(error)
+
+
+class OnePerPass:
+    """One ``check`` answers every caller that asked in the same pass of the event loop. It is sent
+    in the next pass, after each of them asked, so the store answered for each; new conversations
+    arrive together under load, and each would otherwise cost a round trip of its own."""
+
+    __slots__ = ("_check", "_running", "_waiting")
+
+    def __init__(self, check: Callable[[], Awaitable[Any]], running: set[asyncio.Future[Any]]) -> None:
+        self._check = check
+        self._running = running  # holds the check's task (an unheld task may be collected); close may wait
+        self._waiting: list[asyncio.Future[None]] = []
+
+    async def __call__(self) -> None:
+        loop = asyncio.get_running_loop()
+        mine: asyncio.Future[None] = loop.create_future()
+        self._waiting.append(mine)
+        if len(self._waiting) == 1:
+            loop.call_soon(self._send)
+        await mine
+
+    def _send(self) -> None:
+        waiting, self._waiting = self._waiting, []
+        task = asyncio.ensure_future(self._check())
+
+        def told(task: asyncio.Future[Any]) -> None:
+            error = StoreUnavailable(reason="the store is closing") if task.cancelled() else task.exception()
+            for waiter in waiting:
+                settle(waiter, error)
+
+        task.add_done_callback(told)
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
 
 
 @dataclass(slots=True)

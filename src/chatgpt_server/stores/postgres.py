@@ -18,7 +18,7 @@ import orjson
 
 from ..errors import StoreUnavailable
 from ..settings import mask_url
-from .base import PURGE_BATCH, SHORT_LIVED_S, HistoryRow, Record, Store, StoredItem, TurnWrite
+from .base import PURGE_BATCH, SHORT_LIVED_S, HistoryRow, OnePerPass, Record, Store, StoredItem, TurnWrite, settle
 from .pg_pool import Connection, Conns
 from .sql import (
     ITEM_COLUMNS,
@@ -120,15 +120,6 @@ async def _outcome(work: Awaitable[None]) -> Exception | None:
     return None
 
 
-def _settle(waiter: asyncio.Future[None], error: BaseException | None) -> None:
-    if waiter.done():  # its caller gave up
-        return
-    if error is None:
-        waiter.set_result(None)
-    else:
-        waiter.set_exception(error)
-
-
 async def _on(pool: Conns, operation: Callable[[Connection], Awaitable[T]]) -> T:
     """``operation`` on a connection of ``pool``; the connection goes back unless it may be broken."""
     conn = await pool.acquire()
@@ -171,8 +162,9 @@ class PostgresStore(Store):
         self._pool: Conns | None = None
         self._connecting: asyncio.Future[Conns] | None = None
         self._turns: list[tuple[tuple[Any, ...], asyncio.Future[None]]] = []  # waiting for the next group write
-        self._pings: list[asyncio.Future[None]] = []
         self._writing: set[asyncio.Future[Any]] = set()
+        # The simple protocol: least work on both sides.
+        self._ping = OnePerPass(lambda: self._call(lambda conn: conn.execute("SELECT 1")), self._writing)
         self._history = history_query(lambda n: f"${n}", "LEAST")
         self._path_ids = path_ids_query(lambda n: f"${n}")
         self._item = item_query(lambda n: f"${n}")
@@ -311,28 +303,8 @@ class PostgresStore(Store):
         return await self._call(lambda conn: conn.fetch(query, *args))
 
     async def ping(self) -> None:
-        """One ``SELECT 1`` answers every check asked in the same pass of the event loop: it is sent
-        after each of them was asked, so the store answered for each turn."""
-        loop = asyncio.get_running_loop()
-        mine: asyncio.Future[None] = loop.create_future()
-        self._pings.append(mine)
-        if len(self._pings) == 1:
-            loop.call_soon(self._send_ping)
-        await mine
-
-    def _send_ping(self) -> None:
-        waiting, self._pings = self._pings, []
-        # The simple protocol: least work on both sides.
-        task = asyncio.ensure_future(self._call(lambda conn: conn.execute("SELECT 1")))
-
-        def told(task: asyncio.Future[Any]) -> None:
-            error = StoreUnavailable(reason="the store is closing") if task.cancelled() else task.exception()
-            for waiter in waiting:
-                _settle(waiter, error)
-
-        task.add_done_callback(told)
-        self._writing.add(task)
-        task.add_done_callback(self._writing.discard)
+        """One ``SELECT 1`` answers every check asked in the same pass of the event loop."""
+        await self._ping()
 
     async def shared_secret(self, candidate: bytes, name: str = "hmac_key") -> bytes:
         rows = await self._fetch(
@@ -393,14 +365,14 @@ class PostgresStore(Store):
                     await self._call(lambda conn: conn.executemany(_ADD_TURN, [args for args, _ in batch]))
                 except asyncpg.UniqueViolationError:  # a slot taken meanwhile: each on its own, as one would
                     for args, done in batch:
-                        _settle(done, await _outcome(self._single(args, _execute_turn)))
+                        settle(done, await _outcome(self._single(args, _execute_turn)))
                     return
         except Exception as exc:  # each caller raises it
             for _, done in batch:
-                _settle(done, exc)
+                settle(done, exc)
             return
         for _, done in batch:
-            _settle(done, None)
+            settle(done, None)
 
     async def _single(
         self, args: tuple[Any, ...], write: Callable[[Connection, tuple[Any, ...]], Awaitable[Any]]

@@ -18,6 +18,7 @@ retried once; every script is idempotent, so that is safe. The client is ``resp.
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 from collections.abc import Awaitable
@@ -29,7 +30,7 @@ import orjson
 from ..core.items import Item
 from ..errors import StoreUnavailable
 from ..settings import mask_url
-from .base import MAX_WALK, SHORT_LIVED_S, HistoryRow, Record, Store, StoredItem, TurnWrite
+from .base import MAX_WALK, SHORT_LIVED_S, HistoryRow, OnePerPass, Record, Store, StoredItem, TurnWrite
 from .resp import Resp, RespError, Script
 
 T = TypeVar("T")
@@ -233,6 +234,8 @@ class RedisStore(Store):
         self.client = Resp(clean, timeout_s, min(timeout_s, 2.0))
         self.ttl_ms = int(retention_days * 86_400_000)
         self._versioned = False
+        self._pinging: set[asyncio.Future[Any]] = set()
+        self._ping = OnePerPass(self._ping_now, self._pinging)
 
     def _key(self, item_id: str) -> str:
         return f"{self.prefix}i:{item_id}"
@@ -323,6 +326,10 @@ class RedisStore(Store):
         return f"{type(exc).__name__}: {text} ({mask_url(self.url)})"
 
     async def ping(self) -> None:
+        """One ``PING`` answers every check asked in the same pass of the event loop."""
+        await self._ping()
+
+    async def _ping_now(self) -> None:
         await self._call(self.client.call("PING"))
         await self._check_version()
 

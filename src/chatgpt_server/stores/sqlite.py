@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import dataclasses
 import fcntl
+import logging
 import os
 import random
 import sqlite3
@@ -80,6 +81,12 @@ _OPEN_RECORD = (
     f"INSERT INTO records ({RECORD_COLUMNS}) "
     "VALUES ('conversation', ?1, ?2, '{\"metadata\":{}}', ?3, ?4, ?4, 1, 0) ON CONFLICT DO NOTHING"
 )
+_KEEP_SECRET = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING"
+# After a write failed for want of room, a write this large must pass before another reply is bought.
+_ROOM_PROBE = (
+    "INSERT INTO meta (key, value) VALUES ('room_probe', zeroblob(65536)) "
+    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+)
 BUSY_RETRY_S = 0.0005  # under uvloop a timer below 1 ms is the loop's next pass (measured)
 BUSY_WAIT_S = 0.001  # a check for the write lock polls more gently: nothing of the turn waits on the loop
 READ_BUSY_TRIES = 50
@@ -88,11 +95,28 @@ OPEN_BUSY_MS = 5000
 REOPEN_EVERY_S = 1.0
 _BUSY = object()
 T = TypeVar("T")
+log = logging.getLogger("chatgpt_server")
 
 
 def _is_busy(exc: sqlite3.OperationalError) -> bool:
     code = getattr(exc, "sqlite_errorcode", None)
     return code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED) or "locked" in str(exc)
+
+
+def _roll_back(db: sqlite3.Connection) -> None:
+    """Undo a failed transaction, keeping its error: SQLite has already rolled back after some
+    (a full disk), and a second error would hide the first."""
+    if db.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            db.execute("ROLLBACK")
+
+
+def _identity(path: Path) -> tuple[int, int] | None:
+    try:
+        found = os.stat(path)
+    except OSError:
+        return None
+    return found.st_dev, found.st_ino
 
 
 def _unavailable(exc: BaseException, where: str = "") -> StoreUnavailable:
@@ -158,8 +182,13 @@ class SQLiteStore(Store):
         self.timeout_s = timeout_s
         self._pending: list[tuple[TurnWrite, asyncio.Future[None], float]] = []
         self._scheduled = False
+        self._free_this_pass = False  # the write lock was found free in this pass of the event loop
         self._stop = threading.Event()
         self._checkpointer: threading.Thread | None = None
+        self._opened_as: tuple[int, int] | None = None
+        self._moved = False  # the path no longer names the file we have open
+        self._failing: str | None = None  # a write failed for want of room (or an I/O error)
+        self._secrets: dict[str, bytes] = {}  # what shared_secret gave out
         self._wanted = False  # open() was called and close() was not: a request may open it again
         self._next_try = 0.0
         self._why_closed = "the SQLite store is closed"
@@ -170,6 +199,8 @@ class SQLiteStore(Store):
 
     @property
     def db(self) -> sqlite3.Connection:
+        if self._moved:
+            self._let_go(f"the database file {self.path} was removed or replaced; opened again")
         if self._db is None:
             self._reopen()
         if self._db is None:
@@ -184,10 +215,15 @@ class SQLiteStore(Store):
         if not self._wanted or now < self._next_try:
             return
         self._next_try = now + REOPEN_EVERY_S
+        db: sqlite3.Connection | None = None
         try:
-            self._started(self._connect(wait_ms=0))
-        except StoreUnavailable as exc:
-            self._why_closed = exc.reason or self._why_closed
+            db = self._connect(wait_ms=0)
+            self._keep_secrets(db)
+            self._started(db)
+        except (StoreUnavailable, sqlite3.Error) as exc:
+            if db is not None:
+                db.close()
+            self._why_closed = getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}"
 
     def _create_private(self) -> None:
         """The directory (if we make it) 0700, the file 0600, before SQLite opens it."""
@@ -240,34 +276,45 @@ class SQLiteStore(Store):
 
     def _started(self, db: sqlite3.Connection) -> None:
         self._db = db
-        self._stop.clear()
-        self._checkpointer = threading.Thread(target=self._checkpoint_forever, name="sqlite-checkpoint", daemon=True)
+        self._opened_as = _identity(self.path)
+        self._moved = False
+        self._stop = threading.Event()  # its own: a thread of an earlier open may still be stopping
+        self._checkpointer = threading.Thread(
+            target=self._watch_forever, args=(self._stop,), name="sqlite-checkpoint", daemon=True
+        )
         self._checkpointer.start()
 
-    def _checkpoint_forever(self) -> None:
-        # Worker processes share the file; one checkpointer is enough, the others stand by.
+    def _watch_forever(self, stop: threading.Event) -> None:
+        """Every CHECKPOINT_EVERY_S: see that the path still names the file we opened (an operator's
+        ``rm`` or a restored backup would leave us writing replies into a file nobody will read), and
+        checkpoint if this process holds the lock file: worker processes share the file, and one
+        checkpointer is enough."""
         with os.fdopen(os.open(f"{self.path}.lock", os.O_CREAT | os.O_RDWR, 0o600), "r+b") as lock:
-            while not self._stop.is_set():
-                try:
-                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
-                except OSError:
-                    self._stop.wait(1.0)
-            if self._stop.is_set():
-                return
-            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-            # A RESTART holds the write lock while it waits for readers: it gives up within 2 ms (and
-            # tries again at the next turn) rather than stall the writers behind it.
-            db.execute(f"PRAGMA busy_timeout={CHECKPOINTER_BUSY_MS}")
-            page = int(db.execute("PRAGMA page_size").fetchone()[0])
+            db: sqlite3.Connection | None = None
+            page = 4096
             frames = 0  # how much the WAL holds since it last started over (not its file's size)
+            next_try = 0.0
             try:
-                while not self._stop.wait(CHECKPOINT_EVERY_S):
-                    with contextlib.suppress(sqlite3.Error):
-                        mode = "RESTART" if frames * page > WAL_RESTART_BYTES else "PASSIVE"
-                        frames = int(db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[1])
+                while not stop.wait(CHECKPOINT_EVERY_S):
+                    if _identity(self.path) != self._opened_as:
+                        self._moved = True  # the event loop closes and opens the path again
+                        return
+                    if db is None and time.monotonic() >= next_try:
+                        next_try = time.monotonic() + 1.0
+                        with contextlib.suppress(OSError):
+                            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                            # A RESTART holds the write lock while it waits for readers: it gives up
+                            # within 2 ms (and tries again at the next turn) rather than stall the writers.
+                            db.execute(f"PRAGMA busy_timeout={CHECKPOINTER_BUSY_MS}")
+                            page = int(db.execute("PRAGMA page_size").fetchone()[0])
+                    if db is not None:
+                        with contextlib.suppress(sqlite3.Error):
+                            mode = "RESTART" if frames * page > WAL_RESTART_BYTES else "PASSIVE"
+                            frames = int(db.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()[1])
             finally:
-                db.close()
+                if db is not None:
+                    db.close()
 
     @staticmethod
     def _migrate(db: sqlite3.Connection) -> None:
@@ -301,6 +348,18 @@ class SQLiteStore(Store):
             self._db.close()
             self._db = None
 
+    def _let_go(self, why: str) -> None:
+        """Close the connection (the file it holds is not the path's any more) and open the path
+        again at once; if that fails, the next requests try again."""
+        log.warning("store: %s", why)
+        self._stop.set()
+        self._checkpointer = None  # it returns by itself within CHECKPOINT_EVERY_S
+        self._moved = False
+        if self._db is not None:
+            self._db.close()
+            self._db = None
+        self._next_try = 0.0
+
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         for attempt in range(READ_BUSY_TRIES):
             try:
@@ -326,10 +385,11 @@ class SQLiteStore(Store):
                     db.execute("COMMIT")
                     return result
                 except BaseException:
-                    db.execute("ROLLBACK")
+                    _roll_back(db)
                     raise
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc) or time.monotonic() > deadline:
+                    self._note_failure(exc)
                     raise _unavailable(exc) from exc
             except sqlite3.Error as exc:
                 raise _unavailable(exc) from exc
@@ -341,12 +401,21 @@ class SQLiteStore(Store):
     async def writable(self) -> None:
         """The write lock is free now: taken and let go at once (a few µs). Another process holding it
         (a backup, the sqlite3 shell) is waited for as a turn's write would be, up to the store timeout,
-        so no reply is bought that could not be stored. Reads alone would pass: WAL lets them."""
+        so no reply is bought that could not be stored. Reads alone would pass: WAL lets them. One
+        look answers every turn that asks in the same pass of the event loop (they arrive together)."""
+        if self._free_this_pass:
+            return
         deadline = time.monotonic() + self.timeout_s
         while True:
             try:
-                self.db.execute("BEGIN IMMEDIATE")
-                self.db.execute("ROLLBACK")
+                db = self.db
+                db.execute("BEGIN IMMEDIATE")
+                if self._failing is None:
+                    db.execute("ROLLBACK")
+                else:
+                    self._probe_room(db)
+                self._free_this_pass = True
+                asyncio.get_running_loop().call_soon(self._next_pass)
                 return
             except sqlite3.OperationalError as exc:
                 if not _is_busy(exc):
@@ -357,10 +426,40 @@ class SQLiteStore(Store):
                 raise StoreUnavailable(reason="the database stayed locked by another process")
             await asyncio.sleep(BUSY_WAIT_S)
 
+    def _next_pass(self) -> None:
+        self._free_this_pass = False
+
+    def _note_failure(self, exc: sqlite3.Error) -> None:
+        if getattr(exc, "sqlite_errorcode", 0) & 0xFF in (sqlite3.SQLITE_FULL, sqlite3.SQLITE_IOERR):
+            self._failing = f"{type(exc).__name__}: {exc}"
+
+    def _probe_room(self, db: sqlite3.Connection) -> None:
+        """A write failed for want of room (or an I/O error): until a write of a turn's size passes,
+        no reply is bought (it would be paid for and thrown away), and /readyz says so."""
+        try:
+            db.execute(_ROOM_PROBE)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            _roll_back(db)
+            raise StoreUnavailable(reason=f"{type(exc).__name__}: {exc}") from exc
+        self._failing = None
+
     async def shared_secret(self, candidate: bytes, name: str = "hmac_key") -> bytes:
-        sql = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING"
-        await self._write_one(lambda db: db.execute(sql, (name, candidate.hex())))
-        return bytes.fromhex(self._run("SELECT value FROM meta WHERE key = ?", (name,))[0][0])
+        await self._write_one(lambda db: db.execute(_KEEP_SECRET, (name, candidate.hex())))
+        kept = bytes.fromhex(self._run("SELECT value FROM meta WHERE key = ?", (name,))[0][0])
+        self._secrets[name] = kept
+        return kept
+
+    def _keep_secrets(self, db: sqlite3.Connection) -> None:
+        """In a file opened again (it was removed or replaced), the secrets this process works with:
+        without them the owners of the turns it stores would be hashed under another instance's key."""
+        for name, value in self._secrets.items():
+            db.execute(_KEEP_SECRET, (name, value.hex()))
+            if db.execute("SELECT value FROM meta WHERE key = ?", (name,)).fetchone()[0] != value.hex():
+                self._wanted = False  # not opened again: this process cannot serve this file
+                raise StoreUnavailable(
+                    reason=f"the database file {self.path} was replaced by one of another instance: restart the server"
+                )
 
     # -- items --------------------------------------------------------------------------------------
     async def add_turn(self, turn: TurnWrite) -> None:
@@ -413,10 +512,13 @@ class SQLiteStore(Store):
                     self._insert_turn(db, turn)
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                _roll_back(db)
                 raise
         except sqlite3.OperationalError as exc:
-            return _BUSY if _is_busy(exc) else _unavailable(exc)
+            if _is_busy(exc):
+                return _BUSY
+            self._note_failure(exc)
+            return _unavailable(exc)
         except (sqlite3.Error, StoreUnavailable) as exc:
             return _unavailable(exc)
         return None

@@ -22,7 +22,7 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..errors import BadGateway, GatewayTimeout, ServiceError
-from ..redact import SECRETISH, TAIL_FROM, fragment_spans, has_secretish_word, lower, masked, secret_forms
+from ..redact import MIN_SECRET, SECRETISH, TAIL_FROM, fragment_spans, has_secretish_word, lower, masked, secret_forms
 from ..settings import Settings, netloc_of
 from .wire import ConnectFailed, CutOff, Disconnected, NotHTTP, Wire, WireResponse
 
@@ -47,7 +47,7 @@ def host_of(url: str) -> str:
 def masking(secret: str) -> re.Pattern[bytes]:
     """The credential in every spelling ``secret_forms`` gives, for text passed on untouched (the
     Chat Completions pass-through)."""
-    forms = sorted((re.escape(f.encode()) for f in secret_forms(secret)), key=len, reverse=True)
+    forms = sorted((re.escape(f.encode()) for f in secret_forms(secret, MIN_SECRET)), key=len, reverse=True)
     return re.compile(b"|".join(forms) or b"(?!)", re.IGNORECASE)
 
 
