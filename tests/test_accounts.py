@@ -405,6 +405,18 @@ def test_a_clients_extra_headers_reach_the_codex_backend_under_the_protocols_own
     assert "chatgpt-account-id" in assert_error(refused, 400).lower()
 
 
+def test_the_codex_backend_may_be_named_by_its_own_url(cx: httpx.Client, upstreams: Upstreams) -> None:
+    """``apiReverseProxyUrl`` naming the configured Codex URL is the configured backend, as naming the
+    (web) default is: neither needs the allow-list."""
+    email, account = unique("own-url")
+    token = sign_in(cx, upstreams, email, account)["accessToken"]
+    for url in (upstreams.codex_url, upstreams.chatgpt_url):
+        before = len(upstreams.codex.requests)
+        response = ask(cx, "where to?", key=token, mode="2", apiReverseProxyUrl=url)
+        assert response.status_code == 201, response.text
+        assert len(upstreams.codex.requests) == before + 1
+
+
 def test_a_token_the_backend_keeps_refusing_is_401_after_one_refresh(cx: httpx.Client, upstreams: Upstreams) -> None:
     email, account = unique("refused")
     token = sign_in(cx, upstreams, email, account)["accessToken"]

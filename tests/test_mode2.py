@@ -55,7 +55,9 @@ def test_first_message_has_fresh_parent_and_no_conversation(
 def test_authorization_header_cannot_be_replaced(client: httpx.Client, token: str) -> None:
     message = assert_error(ask(client, "x", key=token, mode="2", headers={"authorization": "Bearer x"}), 400)
     assert message == "opts.opts.headers cannot set authorization"
-    for name in ("X-Forwarded-For", "Forwarded", "x-real-ip", "Cookie2"):  # who the request is from is ours
+    for name in ("X-Forwarded-For", "Forwarded", "x-real-ip", "Cookie2", "X-Forwarded-Port", "x-forwarded-server",
+                 "X-Forwarded-Prefix", "X-Forwarded-Client-Cert", "True-Client-IP", "CF-Connecting-IP", "X-Client-IP",
+                 "X-Original-Forwarded-For", "Via"):  # who the request is from is ours  # fmt: skip
         refused = assert_error(ask(client, "x", key=token, mode="2", headers={name: "203.0.113.9"}), 400)
         assert refused == f"opts.opts.headers cannot set {name}", refused
 

@@ -24,6 +24,7 @@ from .original_request import (
     RANGES,
     RESERVED_HEADERS,
     RESERVED_PARAMS,
+    RESERVED_PREFIXES,
 )
 from .responses import EFFORTS, MAX_METADATA, SERVICE_TIERS, SUMMARIES
 from .v1 import MAX_LIMIT
@@ -254,7 +255,7 @@ MODE_2 = {"type": "string", "pattern": r"^\s*2\s*$"}
 MODE_1_OPTIONS = tuple(name for name, mode in OPTIONS.items() if mode == "1")
 MODE_2_OPTIONS = tuple(name for name, mode in OPTIONS.items() if mode == "2")
 RESERVED_HEADER_NAMES = "^(?:" + "|".join(sorted(_case_insensitive(h) for h in RESERVED_HEADERS)) + ")$"
-PREFIXED_HEADER_NAMES = "^(?:" + _case_insensitive("proxy-") + "|" + _case_insensitive("sec-") + ")"
+PREFIXED_HEADER_NAMES = "^(?:" + "|".join(_case_insensitive(p) for p in RESERVED_PREFIXES) + ")"
 
 
 def _upstream_url(mode: str) -> Schema:

@@ -42,9 +42,14 @@ RESERVED_HEADERS = frozenset(
     ("authorization", "host", "connection", "upgrade", "te", "expect", "transfer-encoding", "content-length",
      "keep-alive", "cookie", "trailer", "content-type", "accept", "chatgpt-account-id", "content-encoding",
      "accept-encoding", "cookie2",
-     # who the request comes from is the gateway's to say: a client's claim would reach the upstream as ours
-     "forwarded", "x-forwarded-for", "x-forwarded-host", "x-forwarded-proto", "x-real-ip")
+     # who the request comes from is the gateway's to say: a client's claim would reach the upstream as
+     # ours (every X-Forwarded-* too, below, and what CDNs and proxies write for the client's address)
+     "forwarded", "x-real-ip", "true-client-ip", "cf-connecting-ip", "cf-connecting-ipv6", "x-client-ip",
+     "x-cluster-client-ip", "fastly-client-ip", "x-originating-ip", "x-remote-ip", "x-remote-addr", "client-ip",
+     "x-azure-clientip", "x-appengine-user-ip", "x-envoy-external-address", "via")
 )  # fmt: skip
+# Prefixes of header names that belong to the gateway, the connection, or the proxies between.
+RESERVED_PREFIXES = ("proxy-", "sec-", "x-forwarded-", "x-original-forwarded")
 MAX_HEADERS, MAX_HEADER_NAME, MAX_HEADER_VALUE, MAX_HEADER_TOTAL = 32, 64, 4096, 16384
 # A numeric option written as a string, as the original took it: digits only, within every option's range.
 DIGITS = re.compile(r"^0*[1-9][0-9]{0,7}$")  # up to the largest range (10,000,000), which is checked after
@@ -128,7 +133,8 @@ def _bounded_int(options: dict[str, Any], name: str, problems: Problems) -> int 
     return value
 
 
-def _allowed_url(options: dict[str, Any], name: str, default: str, settings: Settings, problems: Problems) -> str:
+def _allowed_url(options: dict[str, Any], name: str, default: str, settings: Settings, problems: Problems,
+                 also: tuple[str, ...] = ()) -> str:  # fmt: skip
     value = options.get(name)
     if value is None:
         return default
@@ -139,7 +145,7 @@ def _allowed_url(options: dict[str, Any], name: str, default: str, settings: Set
         url = None
     if url is None:
         problems.append(("upstream_url_invalid", {"field": field_name}))
-    elif not settings.is_allowed(url, default):
+    elif not settings.is_allowed(url, default) and url not in also:
         problems.append(("upstream_not_allowed", {"field": field_name, "url": url}))
     else:
         return url
@@ -162,7 +168,7 @@ def check_headers(value: Any, problems: Problems, field_name: str = "opts.opts.h
         shown = name[:MAX_HEADER_NAME]  # escaped where the message is rendered
         bare = name.strip().lower()
         total += len(name) + len(text)
-        if bare in RESERVED_HEADERS or bare.startswith("proxy-") or bare.startswith("sec-"):
+        if bare in RESERVED_HEADERS or bare.startswith(RESERVED_PREFIXES):
             problems.append(("header_reserved", {"name": shown}))
         elif not _TOKEN.fullmatch(name) or len(name) > MAX_HEADER_NAME:
             problems.append(("header_name_invalid", {"name": shown}))
@@ -229,7 +235,9 @@ def _options(mode: str | None, raw: Any, settings: Settings, problems: Problems)
     out["timeout_s"] = (timeout_ms or settings.timeout_ms) / 1000
     out["idle_timeout_s"] = (idle_ms or settings.idle_timeout_ms) / 1000
     out["base_url"] = _allowed_url(raw, "apiBaseUrl", settings.openai_base_url, settings, problems)
-    out["conversation_url"] = _allowed_url(raw, "apiReverseProxyUrl", settings.chatgpt_url, settings, problems)
+    # The Codex backend is named by its own URL too (the default URL is then sent there: edges/original.py).
+    codex = (settings.codex_url,) if settings.chatgpt_backend == "codex" else ()
+    out["conversation_url"] = _allowed_url(raw, "apiReverseProxyUrl", settings.chatgpt_url, settings, problems, codex)
     out["headers"] = check_headers(raw.get("headers"), problems)
     delta_only = raw.get("deltaOnly")
     if delta_only is not None and not isinstance(delta_only, bool):
