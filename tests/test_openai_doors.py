@@ -807,6 +807,12 @@ def test_logprobs_are_refused_not_dropped_and_other_extras_are_accepted(
     fine = sdk.responses.create(model="gpt-3.5-turbo", input="as Codex asks", include=["reasoning.encrypted_content"],
                                 top_logprobs=0)  # fmt: skip
     assert fine.status == "completed"
+    with pytest.raises(openai.BadRequestError) as refused:  # a value OpenAI does not know: its words and code
+        unknown: Any = ["file_search_call.results", "not.a.value"]
+        sdk.responses.create(model="gpt-3.5-turbo", input="x", include=unknown)
+    assert (refused.value.code, refused.value.param) == ("invalid_value", "include[1]")
+    assert "Supported values are:" in refused.value.message and "'reasoning.encrypted_content'" in refused.value.message
+    assert len(upstreams.openai.requests) == calls + 1
 
 
 def test_a_stream_the_upstream_cuts_fails_with_the_text_that_arrived(
@@ -1168,3 +1174,56 @@ def test_cache_key_tier_and_verbosity_reach_a_chat_upstream_only_when_given(
     with pytest.raises(openai.BadRequestError) as refused:
         sdk.responses.create(model="gpt-4o-mini", input="too small", max_output_tokens=10)
     assert refused.value.code == "integer_below_min_value" and refused.value.param == "max_output_tokens"
+
+
+def test_user_and_safety_identifier_are_each_passed_on_and_echoed(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    both = sdk.responses.create(model="gpt-4o-mini", input="who?", user="u-1", safety_identifier="sid-1",
+                                max_tool_calls=3)  # fmt: skip
+    body = sent(upstreams)
+    assert (body["user"], body["safety_identifier"]) == ("u-1", "sid-1")
+    assert (both.user, both.safety_identifier, both.max_tool_calls) == ("u-1", "sid-1", 3)
+    kept = sdk.responses.retrieve(both.id)
+    assert (kept.user, kept.safety_identifier, kept.max_tool_calls) == ("u-1", "sid-1", 3)
+    alone = sdk.responses.create(model="gpt-4o-mini", input="who now?", safety_identifier="sid-2")
+    body = sent(upstreams)
+    assert body["safety_identifier"] == "sid-2" and "user" not in body
+    assert (alone.user, alone.safety_identifier) == (None, "sid-2")
+
+
+def test_allowed_tools_reach_a_chat_upstream_in_its_shape(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    tools: list[Any] = [{"type": "function", "name": name, "parameters": {"type": "object"}} for name in ("a", "b")]
+    choice: Any = {"type": "allowed_tools", "mode": "auto", "tools": [{"type": "function", "name": "b"}]}
+    allowed = sdk.responses.create(model="gpt-4o-mini", input="call:b", tools=tools, tool_choice=choice)
+    only_b = [{"type": "function", "function": {"name": "b"}}]
+    assert sent(upstreams)["tool_choice"] == {
+        "type": "allowed_tools",
+        "allowed_tools": {"mode": "auto", "tools": only_b},
+    }
+    assert allowed.output[0].type == "function_call" and allowed.output[0].name == "b"
+    assert allowed.tool_choice.type == "allowed_tools"  # type: ignore[union-attr]
+    barred = sdk.responses.create(model="gpt-4o-mini", input="call:a", tools=tools, tool_choice=choice)
+    assert barred.output[0].type == "message"  # "a" is not among the allowed: the model cannot call it
+    calls = len(upstreams.openai.requests)
+    unknown_tool = [{"type": "function", "name": "c"}]
+    cases: list[tuple[Any, str]] = [({**choice, "tools": unknown_tool}, "tool_choice.tools[0].name"),
+                                    ({**choice, "mode": "sometimes"}, "tool_choice.mode"),
+                                    ({**choice, "tools": []}, "tool_choice.tools")]  # fmt: skip
+    for wrong, param in cases:
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.responses.create(model="gpt-4o-mini", input="x", tools=tools, tool_choice=wrong)
+        assert refused.value.param == param
+    assert len(upstreams.openai.requests) == calls
+
+
+def test_at_most_twenty_items_are_added_at_a_time(sdk: openai.OpenAI) -> None:
+    items: Any = [{"type": "message", "role": "user", "content": f"item {i}"} for i in range(21)]
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.conversations.create(items=items)
+    assert (refused.value.code, refused.value.param) == ("array_above_max_length", "items")
+    assert "maximum length 20, but got an array with length 21" in refused.value.message
+    conversation = sdk.conversations.create(items=items[:20])
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.conversations.items.create(conversation.id, items=items)
+    assert refused.value.code == "array_above_max_length"
+    assert len(sdk.conversations.items.create(conversation.id, items=items[:20]).data) == 20
+    assert len(list(sdk.conversations.items.list(conversation.id, limit=100))) == 40

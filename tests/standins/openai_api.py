@@ -68,6 +68,32 @@ def prompt_tokens(model: str, messages: list[dict[str, Any]]) -> int:
                    for m in messages)  # fmt: skip
 
 
+def invalid_tool_choice(choice: Any, tools: Any) -> str | None:
+    """What OpenAI says of a tool_choice it refuses: chat completions nests the function's name under
+    ``function`` (the Responses API's flat {"type": "function", "name"} is refused), and every name
+    must be one of the request's tools."""
+    if choice is None or choice in ("auto", "none", "required"):
+        return None
+    names = {t.get("function", {}).get("name") for t in tools or [] if isinstance(t, dict)}
+    if not isinstance(choice, dict):
+        return "Invalid value for 'tool_choice'."
+    if choice.get("type") == "function":
+        name = (choice.get("function") or {}).get("name") if isinstance(choice.get("function"), dict) else None
+        if name is None:
+            return "Missing required parameter: 'tool_choice.function'."
+        return None if name in names else f"Invalid value for 'tool_choice': no function named '{name}' was specified."
+    if choice.get("type") == "allowed_tools":
+        allowed = choice.get("allowed_tools")
+        if not isinstance(allowed, dict) or allowed.get("mode") not in ("auto", "required"):
+            return "Missing required parameter: 'tool_choice.allowed_tools'."
+        for tool in allowed.get("tools") or [None]:
+            function = tool.get("function") if isinstance(tool, dict) else None
+            if not isinstance(function, dict) or function.get("name") not in names:
+                return "Invalid value for 'tool_choice.allowed_tools.tools'."
+        return None
+    return "Invalid value for 'tool_choice.type'."
+
+
 def invalid_messages(messages: Any, tools: Any) -> str | None:
     """What the real API would refuse in ``messages``, or None: roles, content types, and tool calls
     that every tool message must answer (right after the assistant message that made them)."""
@@ -172,7 +198,9 @@ class OpenAIStandIn:
         if not isinstance(model, str) or model not in CONTEXT:
             return _error(404, f"The model `{model}` does not exist or you do not have access to it.",
                           "model_not_found")  # fmt: skip
-        refused = invalid_messages(messages, body.get("tools"))
+        refused = invalid_messages(messages, body.get("tools")) or invalid_tool_choice(
+            body.get("tool_choice"), body.get("tools")
+        )
         if refused:
             return _error(400, refused, "invalid_value")
         if "max_tokens" in body and "max_completion_tokens" in body:
@@ -231,6 +259,9 @@ class OpenAIStandIn:
         "callsay:NAME" too, and a stream then says "Checking now." after the call, as models do;
         "callobj:NAME" too, with the arguments as a JSON object instead of its text, as some servers send."""
         names = [t.get("function", {}).get("name") for t in body.get("tools") or []]
+        choice = body.get("tool_choice")
+        if isinstance(choice, dict) and choice.get("type") == "allowed_tools":  # the model may use only these
+            names = [t["function"]["name"] for t in choice["allowed_tools"]["tools"]]
         name = text.split(":", 1)[1] if text.startswith(("call:", "callsay:", "callobj:")) else None
         if last.get("role") != "user" or name not in names:
             return None

@@ -22,7 +22,7 @@ from ..core.items import Item, mint
 from ..errors import BadRequest, Conflict, NotFound
 from ..stores import Record, StoredItem
 from .http import JSONBody, read_json
-from .openai_items import MAX_ITEMS, invalid, item_json, parse_input
+from .openai_items import invalid, item_json, parse_input
 from .responses import _metadata
 from .v1 import list_body, owner_of, page_of
 
@@ -39,6 +39,9 @@ def conversation_json(record: Record) -> dict[str, Any]:
     }
 
 
+MAX_ADDED = 20  # items a conversation is created with, or given at once, as OpenAI takes them
+
+
 async def _conversation(services: Services, owner: str, conversation_id: str, *, make: bool = False) -> Record:
     return await find(services.store, owner, conversation_id, make=make)
 
@@ -47,8 +50,12 @@ async def _items_of(body: Any) -> list[Item]:
     raw = body.get("items") if isinstance(body, dict) else None
     if raw is None:
         return []
-    if not isinstance(raw, list) or len(raw) > MAX_ITEMS:
-        raise invalid("items", f"expected a list of at most {MAX_ITEMS} items")
+    if not isinstance(raw, list):
+        raise invalid("items", "expected a list of items")
+    if len(raw) > MAX_ADDED:  # OpenAI's words and code for it
+        detail = (f"array too long. Expected an array with maximum length {MAX_ADDED}, but got an array with "
+                  f"length {len(raw)} instead.")  # fmt: skip
+        raise BadRequest("invalid_param", param="items", code="array_above_max_length", detail=detail)
     parsed = parse_input(raw, "items")
     if any(isinstance(entry, str) for entry in parsed):
         raise invalid("items", "item references are not accepted here")

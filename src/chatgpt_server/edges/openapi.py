@@ -12,6 +12,7 @@ from functools import cache
 from typing import Any
 
 from .. import __version__
+from .conversations import MAX_ADDED
 from .http import allowed
 from .openai_items import IMAGE_DETAILS, MAX_ITEMS, MAX_TEXT
 from .original_request import (
@@ -26,7 +27,7 @@ from .original_request import (
     RESERVED_PARAMS,
     RESERVED_PREFIXES,
 )
-from .responses import EFFORTS, MAX_METADATA, SERVICE_TIERS, SUMMARIES
+from .responses import EFFORTS, INCLUDABLE, LOGPROBS, MAX_METADATA, SERVICE_TIERS, SUMMARIES
 from .v1 import MAX_LIMIT
 
 Schema = dict[str, Any]
@@ -557,8 +558,8 @@ REFERENCE_ITEM = {**_object({"type": {"const": "item_reference"}, "id": CALL_ID}
 NOT_REASONING = {"not": {"required": ["type"], "properties": {"type": {"const": "reasoning"}}}}
 
 
-def _items(kinds: list[Schema], description: str, min_items: int = 0) -> Schema:
-    schema: Schema = {"type": "array", "maxItems": MAX_ITEMS, "items": {"anyOf": kinds}, "description": description}
+def _items(kinds: list[Schema], description: str, min_items: int = 0, max_items: int = MAX_ITEMS) -> Schema:
+    schema: Schema = {"type": "array", "maxItems": max_items, "items": {"anyOf": kinds}, "description": description}
     if min_items:
         schema["minItems"] = min_items
         schema["contains"] = NOT_REASONING
@@ -597,11 +598,18 @@ FUNCTION_TOOL = _object(
     ("type", "name"),
     closed=False,
 )
+ALLOWED_TOOLS = _object(
+    {"type": {"const": "allowed_tools"}, "mode": {"enum": ["auto", "required"]},
+     "tools": {"type": "array", "minItems": 1, "items": _object(
+         {"type": {"const": "function"}, "name": _string("one of this request's tools")}, ("type", "name"))}},
+    ("type", "mode", "tools"), description="the model may use only these of the request's tools",
+)  # fmt: skip
 TOOL_CHOICE = {
     "anyOf": [
         {"enum": ["auto", "none", "required", None]},
         _object({"type": {"const": "function"}, "name": _string("one of this request's tools")}, ("type", "name"),
                 closed=False),
+        ALLOWED_TOOLS,
     ]
 }  # fmt: skip
 TEXT_FORMAT = {
@@ -636,23 +644,22 @@ RESPONSE_REQUEST = {
             "parallel_tool_calls": _or_null({"type": "boolean"}),
             "metadata": METADATA,
             "user": _or_null(_string(maxLength=ID_LENGTH)),
-            "safety_identifier": _or_null(_string("used when user is not given", maxLength=ID_LENGTH)),
+            "safety_identifier": _or_null(_string("passed on to a chat-completions upstream", maxLength=ID_LENGTH)),
             "text": _or_null(_object({"format": TEXT_FORMAT, "verbosity": {"enum": ["low", "medium", "high", None]}})),
             "reasoning": _or_null(_object(
                 {"effort": {"enum": [*EFFORTS, None]}, "summary": {"enum": [*SUMMARIES, None]}}, closed=False,
                 description=f"effort ({', '.join(EFFORTS)}) is passed on to reasoning models; the rest is ignored")),
             "background": {"enum": [False, None], "description": "background mode is not supported"},
-            "include": _or_null({"type": "array", "items": {"type": "string", "maxLength": 128,
-                                 "not": {"const": "message.output_text.logprobs"}},
-                                 "description": "accepted; no extra applies to what this gateway returns, and "
-                                 "logprobs are refused"}),
+            "include": _or_null({"type": "array", "items": {"enum": [v for v in INCLUDABLE if v != LOGPROBS]},
+                                 "description": "OpenAI's values are accepted (no extra applies to what this "
+                                 "gateway returns), logprobs refused, others 400"}),
             "top_logprobs": {"enum": [0, None], "description": "logprobs are not available"},
             "stream_options": _or_null(_object({"include_obfuscation": {"type": "boolean"}},
                                                description="accepted and ignored")),
             "prompt_cache_key": _or_null(_string("passed on to a chat-completions upstream", maxLength=1024)),
             "service_tier": {"enum": [*SERVICE_TIERS, None],
                              "description": "passed on to a chat-completions upstream"},
-            "max_tool_calls": _or_null(_integer(1, description="accepted and ignored")),
+            "max_tool_calls": _or_null(_integer(1, 1_000_000, description="echoed; not enforced")),
         },
         ("model", "input"),
         description="An unknown field is refused (400). tool_choice's function must name one of tools.",
@@ -722,7 +729,7 @@ RESPONSE = _object(
                                                ("reason",))),
         "instructions": _or_null(_string()),
         "max_output_tokens": _or_null({"type": "integer"}),
-        "max_tool_calls": {"type": "null"},
+        "max_tool_calls": _or_null({"type": "integer", "description": "as asked"}),
         "model": _string(),
         "output": {"type": "array", "items": _ref("Item")},
         "parallel_tool_calls": {"type": "boolean"},
@@ -739,7 +746,8 @@ RESPONSE = _object(
         "service_tier": {"enum": [*SERVICE_TIERS, None], "description": "as asked (null: not asked; absent in "
                          "responses stored before it was kept)"},
         "tool_choice": {"anyOf": [{"enum": ["auto", "none", "required"]},
-                                  _object({"type": {"const": "function"}, "name": _string()}, ("type", "name"))]},
+                                  _object({"type": {"const": "function"}, "name": _string()}, ("type", "name")),
+                                  ALLOWED_TOOLS]},
         "tools": {"type": "array", "items": {"type": "object"}},
         "top_p": _or_null({"type": "number"}),
         "truncation": {"enum": ["auto", "disabled"]},
@@ -750,6 +758,7 @@ RESPONSE = _object(
             "output_tokens_details": _object({"reasoning_tokens": _integer(0)}, ("reasoning_tokens",)),
         }, ("input_tokens", "input_tokens_details", "output_tokens", "output_tokens_details", "total_tokens"))),
         "user": _or_null(_string()),
+        "safety_identifier": _or_null(_string("as asked (absent in responses stored before it was kept)")),
         "metadata": {"type": "object", "additionalProperties": {"type": "string"}},
     },
     ("id", "object", "created_at", "status", "background", "error", "incomplete_details", "instructions",
@@ -886,14 +895,15 @@ def _deleted(kind: str) -> Schema:
 
 
 CONVERSATION_CREATE = _object(
-    {"items": _or_null(_items(INPUT_ITEMS, "the conversation's first items (item references are refused)")),
+    {"items": _or_null(_items(INPUT_ITEMS, "the conversation's first items, at most 20 (item references are "
+                              "refused)", max_items=MAX_ADDED)),
      "metadata": METADATA},
     description="An unknown field is refused (400).",
 )  # fmt: skip
 CONVERSATION_UPDATE = _object({"metadata": METADATA}, ("metadata",), closed=False)
 ITEMS_ADD = _object(
-    {"items": _items(INPUT_ITEMS, "items to add (item references are refused); at least one that is not reasoning",
-                     min_items=1)},
+    {"items": _items(INPUT_ITEMS, "items to add, 1 to 20 (item references are refused); at least one that is not "
+                     "reasoning", min_items=1, max_items=MAX_ADDED)},
     ("items",),
     closed=False,
 )  # fmt: skip

@@ -80,6 +80,8 @@ class Ask:
     parallel_tool_calls: bool = True
     metadata: dict[str, str] = field(default_factory=dict)
     user: str | None = None
+    safety_identifier: str | None = None
+    max_tool_calls: int | None = None  # echoed; a chat-completions upstream has no such limit
     text_format: dict[str, Any] | None = None
     verbosity: str | None = None
     effort: str | None = None
@@ -138,7 +140,27 @@ def _tool_choice(value: Any, tools: list[dict[str, Any]]) -> Any:
         if not any(t["name"] == value["name"] for t in tools):
             raise invalid("tool_choice.name", "names no tool of this request")
         return {"type": "function", "name": value["name"]}
-    raise invalid("tool_choice", "expected auto, none, required or a function")
+    if isinstance(value, dict) and value.get("type") == "allowed_tools":
+        return _allowed_tools(value, tools)
+    raise invalid("tool_choice", "expected auto, none, required, a function or allowed_tools")
+
+
+def _allowed_tools(value: dict[str, Any], tools: list[dict[str, Any]]) -> dict[str, Any]:
+    """The model may use only these of the request's tools (``mode`` required: must use one)."""
+    mode, named = value.get("mode"), value.get("tools")
+    if mode not in ("auto", "required"):
+        raise invalid("tool_choice.mode", "expected auto or required")
+    if not isinstance(named, list) or not named:
+        raise invalid("tool_choice.tools", "expected a list of this request's function tools")
+    names: list[str] = []
+    for i, tool in enumerate(named):
+        name = tool.get("name") if isinstance(tool, dict) and tool.get("type") == "function" else None
+        if not isinstance(name, str):
+            raise invalid(f"tool_choice.tools[{i}]", "expected a function tool: {type: function, name}")
+        if not any(t["name"] == name for t in tools):
+            raise invalid(f"tool_choice.tools[{i}].name", "names no tool of this request")
+        names.append(name)
+    return {"type": "allowed_tools", "mode": mode, "tools": [{"type": "function", "name": n} for n in names]}
 
 
 def _metadata(value: Any) -> dict[str, str]:
@@ -163,6 +185,9 @@ def _reference(value: Any, name: str) -> str | None:
 
 
 LOGPROBS = "message.output_text.logprobs"
+INCLUDABLE = ("file_search_call.results", "web_search_call.results", "web_search_call.action.sources",
+              "message.input_image.image_url", "computer_call_output.output.image_url",
+              "code_interpreter_call.outputs", "reasoning.encrypted_content", LOGPROBS)  # fmt: skip
 
 
 def _no_logprobs(body: dict[str, Any]) -> None:
@@ -172,6 +197,11 @@ def _no_logprobs(body: dict[str, Any]) -> None:
     if include is not None:
         if not isinstance(include, list) or not all(isinstance(v, str) and len(v) <= 128 for v in include):
             raise invalid("include", "expected a list of strings")
+        for i, value in enumerate(include):
+            if value not in INCLUDABLE:  # OpenAI's words and code for it
+                supported = ", ".join(f"'{v}'" for v in INCLUDABLE[:-1]) + f", and '{INCLUDABLE[-1]}'"
+                detail = f"Invalid value: {value[:64]!r}. Supported values are: {supported}."
+                raise BadRequest("invalid_param", param=f"include[{i}]", code="invalid_value", detail=detail)
         if LOGPROBS in include:
             raise invalid("include", "logprobs are not available")
     top = body.get("top_logprobs")
@@ -223,11 +253,12 @@ def parse_ask(body: Any) -> Ask:
         value = body.get(name)
         if value is not None and (not isinstance(value, str) or len(value) > 256):
             raise invalid(name, "expected a string of at most 256 characters")
-    ask.user = body.get("user") or body.get("safety_identifier")
+    ask.user, ask.safety_identifier = body.get("user"), body.get("safety_identifier")
     ask.text_format = _text_format(body.get("text"))
     ask.verbosity = body["text"].get("verbosity") if isinstance(body.get("text"), dict) else None
     ask.effort = _effort(body.get("reasoning"))
     _accepted_unused(body)
+    ask.max_tool_calls = body.get("max_tool_calls")
     ask.prompt_cache_key, ask.service_tier = body.get("prompt_cache_key"), body.get("service_tier")
     return ask
 
@@ -259,8 +290,10 @@ def _effort(value: Any) -> str | None:
 def _accepted_unused(body: dict[str, Any]) -> None:
     """Fields taken for compatibility and not acted on: still only in the shapes OpenAI takes."""
     calls = body.get("max_tool_calls")
-    if calls is not None and (isinstance(calls, bool) or not isinstance(calls, int) or calls < 1):
-        raise invalid("max_tool_calls", "expected a positive integer")
+    if isinstance(calls, float) and calls.is_integer():  # 5.0 is an integer in JSON
+        body["max_tool_calls"] = calls = int(calls)
+    if calls is not None and (isinstance(calls, bool) or not isinstance(calls, int) or not 1 <= calls <= 1_000_000):
+        raise invalid("max_tool_calls", "expected an integer from 1 to 1000000")
     key = body.get("prompt_cache_key")
     if key is not None and (not isinstance(key, str) or len(key) > 1024):
         raise invalid("prompt_cache_key", "expected a string of at most 1024 characters")
@@ -345,7 +378,7 @@ class Draft:
             "incomplete_details": {"reason": incomplete} if incomplete else None,
             "instructions": ask.instructions,
             "max_output_tokens": ask.max_output_tokens,
-            "max_tool_calls": None,
+            "max_tool_calls": ask.max_tool_calls,
             "model": ask.model,
             "output": output,
             "parallel_tool_calls": ask.parallel_tool_calls,
@@ -363,6 +396,7 @@ class Draft:
             "truncation": ask.truncation,
             "usage": usage_json(usage) if usage is not None else None,
             "user": ask.user,
+            "safety_identifier": ask.safety_identifier,
             "metadata": ask.metadata,
         }
 
@@ -527,6 +561,8 @@ def _spec(services: Services, ask: Ask, caller: Caller, inputs: list[Item], draf
             params["top_p"] = ask.top_p
         if ask.user:
             params["user"] = ask.user
+        if ask.safety_identifier:
+            params["safety_identifier"] = ask.safety_identifier
         if ask.text_format is not None:
             params["response_format"] = ask.text_format
         if ask.effort and uses_max_completion_tokens(ask.model):

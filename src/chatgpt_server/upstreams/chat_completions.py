@@ -67,8 +67,12 @@ def chat_tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 
 def chat_tool_choice(choice: Any) -> Any:
+    """A Responses API tool choice as chat completions nests it."""
     if isinstance(choice, dict) and choice.get("type") == "function" and "name" in choice:
         return {"type": "function", "function": {"name": choice["name"]}}
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        tools = [{"type": "function", "function": {"name": t["name"]}} for t in choice["tools"]]
+        return {"type": "allowed_tools", "allowed_tools": {"mode": choice["mode"], "tools": tools}}
     return choice
 
 
