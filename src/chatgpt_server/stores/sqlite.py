@@ -301,9 +301,11 @@ class SQLiteStore(Store):
                         return
                     if db is None and time.monotonic() >= next_try:
                         next_try = time.monotonic() + 1.0
-                        with contextlib.suppress(OSError):
+                        with contextlib.suppress(OSError, sqlite3.Error):
                             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                            db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+                            # Never creates the file (mode=rw): one removed meanwhile is for the loop to open again.
+                            uri = self.path.resolve().as_uri() + "?mode=rw"
+                            db = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
                             # A RESTART holds the write lock while it waits for readers: it gives up
                             # within 2 ms (and tries again at the next turn) rather than stall the writers.
                             db.execute(f"PRAGMA busy_timeout={CHECKPOINTER_BUSY_MS}")
