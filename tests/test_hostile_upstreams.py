@@ -543,6 +543,43 @@ def test_parallel_tool_calls_without_an_index_stay_two_calls(gateway: ServerProc
     assert [m["content"] for m in sent if m["role"] == "tool"] == ["get_weather", "get_time"]
 
 
+def test_a_responses_stream_tells_one_item_at_a_time_even_when_the_upstream_interleaves(
+    gateway: ServerProcess, evil: Evil
+) -> None:
+    """OpenAI streams each output item whole (added, its deltas, done) before the next is added, and
+    clients keep one open item: text, then two calls whose argument pieces an upstream interleaves, are
+    told in that grammar, the first item as it comes, and each told item is the final one."""
+    tools: Any = [
+        {"type": "function", "name": n, "parameters": {"type": "object"}} for n in ("get_weather", "get_time")
+    ]
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
+        stream = sdk.responses.create(model="hostile-1", input="interleaved " + uuid.uuid4().hex, tools=tools,
+                                      stream=True)  # fmt: skip
+        events = list(stream)
+    assert [e.sequence_number for e in events] == list(range(len(events)))
+    final = events[-1].response  # type: ignore[union-attr]
+    assert events[-1].type == "response.completed"
+    assert [(o.type, getattr(o, "arguments", None)) for o in final.output] == [
+        ("message", None), ("function_call", '{"city": "Oslo"}'), ("function_call", '{"zone": "UTC"}')]  # fmt: skip
+    open_item: int | None = None
+    told: dict[int, Any] = {}
+    texts: dict[int, str] = {}
+    for e in events[2:-1]:
+        index = e.output_index  # type: ignore[union-attr]
+        if e.type == "response.output_item.added":
+            assert open_item is None, f"item {index} added while {open_item} is open"
+            open_item = index
+        else:
+            assert index == open_item, f"{e.type} for item {index} while {open_item} is open"
+        if e.type in ("response.output_text.delta", "response.function_call_arguments.delta"):
+            texts[index] = texts.get(index, "") + e.delta
+        if e.type == "response.output_item.done":
+            told[index] = e.item
+            open_item = None
+    assert sorted(told) == [0, 1, 2] and texts == {0: "Hello", 1: '{"city": "Oslo"}', 2: '{"zone": "UTC"}'}
+    assert [told[i].model_dump() for i in range(3)] == [o.model_dump() for o in final.output]
+
+
 def test_events_spread_over_several_data_lines_are_read_and_passed_on_whole(
     gateway: ServerProcess, http: httpx.Client, evil: Evil
 ) -> None:

@@ -514,6 +514,19 @@ class ChatHostile(Recording):
                 frames = [_chunk({"role": "assistant", "tool_calls": [call]}) for call in calls]
                 stop = orjson.dumps({"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
                 return await _stream_frames(request, [*frames, stop, b"[DONE]"])
+            if name == "interleaved":  # text, then two calls whose argument pieces alternate (index 0, 1, 0, 1)
+                heads = [
+                    {"index": i, "id": f"call_{i}", "type": "function", "function": {"name": n, "arguments": ""}}
+                    for i, n in enumerate(("get_weather", "get_time"))
+                ]
+                pieces = [(0, '{"city": '), (1, '{"zone"'), (0, '"Oslo"}'), (1, ': "UTC"}')]
+                frames = [
+                    good[0],
+                    _chunk({"tool_calls": heads}),
+                    *(_chunk({"tool_calls": [{"index": i, "function": {"arguments": a}}]}) for i, a in pieces),
+                ]
+                stop = orjson.dumps({"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+                return await _stream_frames(request, [*frames, stop, b"[DONE]"])  # fmt: skip
             if name == "cutcall":  # text, a whole call, then one whose arguments stop mid-way: the stream ends
                 whole = {
                     "index": 0,

@@ -293,7 +293,7 @@ def _accepted_unused(body: dict[str, Any]) -> None:
     if isinstance(calls, float) and calls.is_integer():  # 5.0 is an integer in JSON
         body["max_tool_calls"] = calls = int(calls)
     if calls is not None and (isinstance(calls, bool) or not isinstance(calls, int) or not 1 <= calls <= 1_000_000):
-        raise invalid("max_tool_calls", "expected an integer from 1 to 1000000")
+        raise invalid("max_tool_calls", "expected a positive integer (at most 1000000)")
     key = body.get("prompt_cache_key")
     if key is not None and (not isinstance(key, str) or len(key) > 1024):
         raise invalid("prompt_cache_key", "expected a string of at most 1024 characters")
@@ -611,7 +611,36 @@ class Sequencer:
         return event(kind, data)
 
 
+def _announce(emit: Sequencer, index: int, item: dict[str, Any]) -> list[bytes]:
+    """An item that began while an earlier one was open, told once that one is done (OpenAI streams
+    one item at a time, and clients keep one open item): added, then its content as one delta."""
+    if item["type"] == "message":
+        part = item["content"][0] if item["content"] else output_text("")
+        refused = part["type"] == "refusal"
+        added = {"id": item["id"], "type": "message", "status": "in_progress", "role": "assistant", "content": []}
+        out = [emit("response.output_item.added", output_index=index, item=added),
+               emit("response.content_part.added", item_id=item["id"], output_index=index, content_index=0,
+                    part=refusal_part("") if refused else output_text(""))]  # fmt: skip
+        text = part["refusal"] if refused else part["text"]
+        if text and refused:
+            out.append(emit("response.refusal.delta", item_id=item["id"], output_index=index, content_index=0,
+                            delta=text))  # fmt: skip
+        elif text:
+            out.append(emit("response.output_text.delta", item_id=item["id"], output_index=index, content_index=0,
+                            delta=text, logprobs=[]))  # fmt: skip
+        return out
+    out = [emit("response.output_item.added", output_index=index, item={**item, "status": "in_progress",
+                                                                         "arguments": ""})]  # fmt: skip
+    if item["arguments"]:
+        out.append(emit("response.function_call_arguments.delta", item_id=item["id"], output_index=index,
+                        delta=item["arguments"]))  # fmt: skip
+    return out
+
+
 async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
+    """The turn as OpenAI's events. The first output item streams as it comes; one that begins after it
+    (a call after the text, parallel calls) is told whole once the first is done: a chat-completions
+    upstream never says when an item ends, and may go back to an earlier one."""
     log = current_log()
     emit = Sequencer()
     # Events ready at the same moment leave as one chunk: one send and one write, not one per event.
@@ -634,17 +663,17 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
                     item = {"id": message_id, "type": "message", "status": "in_progress", "role": "assistant",
                             "content": []}  # fmt: skip
                     order.append(item)
-                    ready.append(emit("response.output_item.added", output_index=message_index, item=item))
                     refused = turn.reply is not None and turn.reply.refusal
-                    part = refusal_part("") if refused else output_text("")
-                    ready.append(emit("response.content_part.added", item_id=message_id, output_index=message_index,
-                                      content_index=0, part=part))  # fmt: skip
-                if refused:
-                    ready.append(emit("response.refusal.delta", item_id=message_id, output_index=message_index,
-                                      content_index=0, delta=piece.text))  # fmt: skip
-                else:
-                    ready.append(emit("response.output_text.delta", item_id=message_id, output_index=message_index,
-                                      content_index=0, delta=piece.text, logprobs=[]))  # fmt: skip
+                    if message_index == 0:
+                        ready.append(emit("response.output_item.added", output_index=0, item=item))
+                        part = refusal_part("") if refused else output_text("")
+                        ready.append(emit("response.content_part.added", item_id=message_id, output_index=0,
+                                          content_index=0, part=part))  # fmt: skip
+                if message_index == 0:  # else told once the first item is done
+                    kind = "response.refusal.delta" if refused else "response.output_text.delta"
+                    extra: dict[str, Any] = {} if refused else {"logprobs": []}
+                    ready.append(emit(kind, item_id=message_id, output_index=0, content_index=0, delta=piece.text,
+                                      **extra))  # fmt: skip
             elif piece.tool_index >= 0:
                 known = calls.get(piece.tool_index)
                 if known is None:
@@ -653,11 +682,13 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
                             "call_id": piece.tool_id, "name": piece.tool_name, "arguments": ""}  # fmt: skip
                     order.append(item)
                     calls[piece.tool_index] = known = (index, item)
-                    ready.append(emit("response.output_item.added", output_index=index, item=dict(item)))
+                    if index == 0:
+                        ready.append(emit("response.output_item.added", output_index=0, item=dict(item)))
                 if piece.arguments:
                     arguments.setdefault(known[0], []).append(piece.arguments)
-                    ready.append(emit("response.function_call_arguments.delta", item_id=known[1]["id"],
-                                      output_index=known[0], delta=piece.arguments))  # fmt: skip
+                    if known[0] == 0:
+                        ready.append(emit("response.function_call_arguments.delta", item_id=known[1]["id"],
+                                          output_index=0, delta=piece.arguments))  # fmt: skip
             if ready:
                 yield b"".join(ready)
         result = await turn.finish()
@@ -685,13 +716,16 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
             item["status"] = "completed" if item["type"] == "function_call" else "incomplete"
         if turn.open_call in calls:
             calls[turn.open_call][1]["status"] = "incomplete"
-        yield emit("response.failed", response=draft.shell("failed", order, error=draft.failure))
+        told = [event for index in range(1, len(order)) for event in _announce(emit, index, order[index])]
+        yield b"".join(told) + emit("response.failed", response=draft.shell("failed", order, error=draft.failure))
         return
     finally:
         await turn.close(settle)
     final = draft.final(result)  # the same items, ids and order as streamed
     ready = []
     for index, item in enumerate(final["output"]):
+        if 0 < index < len(order):
+            ready += _announce(emit, index, item)
         if item["type"] == "message" and message_index is not None:
             part = item["content"][0]
             if part["type"] == "refusal":
