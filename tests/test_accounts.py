@@ -371,12 +371,13 @@ def test_backend_failures_are_precise(
         assert response.headers["Retry-After"] == "30"
 
 
-@pytest.mark.parametrize("shape", ["refusal", "whole_item"])
+@pytest.mark.parametrize("shape", ["refusal", "whole_item", "done_without_id", "completed_only"])
 def test_a_reply_said_as_a_refusal_or_only_in_its_finished_item_is_the_reply(
     cx: httpx.Client, upstreams: Upstreams, shape: str
 ) -> None:
     """The Responses events a backend may send instead of output_text deltas: a refusal's deltas (the
-    model declines: its words are the reply), or the text only in the finished message item."""
+    model declines: its words are the reply), the text only in the finished message item, or only in
+    the finished response; and a finished item without its id after its deltas is not the text again."""
     email, account = unique("shape")
     token = sign_in(cx, upstreams, email, account)["accessToken"]
     for kind in ("1", "2"):
@@ -387,6 +388,22 @@ def test_a_reply_said_as_a_refusal_or_only_in_its_finished_item_is_the_reply(
         else:
             deltas = [e for e in events(response.text) if e[0] == "delta"]
             assert deltas and deltas[-1][1]["text"] == "echo(1): not that", response.text
+
+
+def test_a_reply_the_backend_ends_as_incomplete_is_incomplete_with_its_reason(
+    cx: httpx.Client, upstreams: Upstreams
+) -> None:
+    """``response.incomplete`` (the output limit) is a reply that ended, cut short: incomplete, with the
+    backend's reason, on both doors; not a failure."""
+    email, account = unique("incomplete")
+    token = sign_in(cx, upstreams, email, account)["accessToken"]
+    upstreams.apps.call(lambda: upstreams.codex.fail_next.append("incomplete"))
+    data = ask(cx, "a long story", key=token, mode="2").json()["data"]
+    assert (data["text"], data["incomplete"], data["incompleteReason"]) == ("echo(1): a", True, "max_output_tokens")
+    upstreams.apps.call(lambda: upstreams.codex.fail_next.append("incomplete"))
+    following = events(ask(cx, "and on", key=token, mode="2", parent=data["id"], kind="2").text)
+    assert not [e for e in following if e[0] == "error"], following
+    assert [e for e in following if e[0] == "delta"][-1][1]["text"] == "echo(2): and"
 
 
 def test_a_clients_extra_headers_reach_the_codex_backend_under_the_protocols_own(

@@ -520,17 +520,20 @@ def test_the_pass_through_ends_as_openai_does_whatever_the_upstream_wrote(gatewa
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == "Hello there"
 
 
-def test_parallel_tool_calls_without_an_index_stay_two_calls(gateway: ServerProcess, evil: Evil) -> None:
-    """Gemini's OpenAI layer streams parallel calls without ``index``: the client is told two calls, and
-    the follow-up with both outputs sends the upstream both calls, each with its own arguments."""
+@pytest.mark.parametrize("upstream", ["gemini", "ollama"])
+def test_parallel_tool_calls_without_an_index_stay_two_calls(gateway: ServerProcess, evil: Evil, upstream: str) -> None:
+    """Gemini's OpenAI layer streams parallel calls without ``index``, Ollama's numbers each 0: the client
+    is told two calls, and the follow-up with both outputs sends the upstream both calls, each with its
+    own arguments."""
     tools: Any = [
         {"type": "function", "name": n, "parameters": {"type": "object"}} for n in ("get_weather", "get_time")
     ]
+    city = {"gemini": "Paris", "ollama": "Lima"}[upstream]
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
-        with sdk.responses.stream(model="hostile-1", input="gemini " + uuid.uuid4().hex, tools=tools) as stream:
+        with sdk.responses.stream(model="hostile-1", input=f"{upstream} {uuid.uuid4().hex}", tools=tools) as stream:
             response = stream.get_final_response()
         calls = [o for o in response.output if o.type == "function_call"]
-        assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": "Paris"}),
+        assert [(c.name, json.loads(c.arguments)) for c in calls] == [("get_weather", {"city": city}),
                                                                       ("get_time", {})]  # fmt: skip
         question = "good " + uuid.uuid4().hex
         outputs: Any = [{"type": "function_call_output", "call_id": c.call_id, "output": c.name} for c in calls]
@@ -539,7 +542,7 @@ def test_parallel_tool_calls_without_an_index_stay_two_calls(gateway: ServerProc
     sent = evil.hostile.seen[question]["body"]["messages"]
     asked = next(m for m in sent if m.get("tool_calls"))
     assert [(c["function"]["name"], c["function"]["arguments"]) for c in asked["tool_calls"]] == [
-        ("get_weather", '{"city": "Paris"}'), ("get_time", "{}")]  # fmt: skip
+        ("get_weather", f'{{"city": "{city}"}}'), ("get_time", "{}")]  # fmt: skip
     assert [m["content"] for m in sent if m["role"] == "tool"] == ["get_weather", "get_time"]
 
 
@@ -578,6 +581,11 @@ def test_a_responses_stream_tells_one_item_at_a_time_even_when_the_upstream_inte
             open_item = None
     assert sorted(told) == [0, 1, 2] and texts == {0: "Hello", 1: '{"city": "Oslo"}', 2: '{"zone": "UTC"}'}
     assert [told[i].model_dump() for i in range(3)] == [o.model_dump() for o in final.output]
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
+        quiet = list(sdk.responses.create(model="hostile-1", input="nothing " + uuid.uuid4().hex, stream=True))
+    kinds = [e.type for e in quiet]  # a reply of no words: its message is told too, as the final one holds it
+    assert kinds.count("response.output_item.added") == kinds.count("response.output_item.done") == 1, kinds
+    assert quiet[-1].response.output[0].id == next(e.item.id for e in quiet if e.type == "response.output_item.done")  # type: ignore[union-attr]
 
 
 def test_events_spread_over_several_data_lines_are_read_and_passed_on_whole(

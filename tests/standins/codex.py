@@ -57,7 +57,7 @@ ROLE_PARTS = {"user": {"input_text", "input_image", "input_file"}, "system": {"i
 FAILURES = ("401", "usage_limit", "usage_limit_seconds", "usage_not_included", "usage_not_included_403", "overloaded",
             "rate_limited",
             "failed_context", "failed_quota", "failed_usage_limit", "cut", "refusal", "whole_item", "sleep:<s>",
-            "keepalive:<s>")  # fmt: skip
+            "keepalive:<s>", "incomplete", "done_without_id", "completed_only")  # fmt: skip
 
 STREAM_KEY = web.RequestKey("codex_stream", web.StreamResponse)
 Verifier = Callable[[str], Awaitable[tuple[dict[str, Any] | None, str]]]
@@ -481,6 +481,12 @@ class CodexStandIn:
         item: dict[str, Any] = {"id": f"msg_{uuid.uuid4().hex}", "type": "message", "status": "in_progress",
                                 "role": "assistant", "content": []}  # fmt: skip
         where = {"item_id": item["id"], "output_index": 1, "content_index": 0}
+        if failure == "completed_only":  # no item events at all: the reply only in response.completed
+            return {
+                **item,
+                "status": "completed",
+                "content": [{"type": "output_text", "text": text, "annotations": []}],
+            }
         await send("response.output_item.added", output_index=1, item=item)
         if failure == "refusal":  # the model declines: a refusal part instead of output_text
             refused = {"type": "refusal", "refusal": ""}
@@ -506,6 +512,16 @@ class CodexStandIn:
             if i == 1 and failure == "cut":
                 request.transport.close()  # type: ignore[union-attr]
                 return None
+            if i == 1 and failure == "incomplete":  # the output limit: what was said, then response.incomplete
+                said = " ".join(words[:2])
+                part = {"type": "output_text", "text": said, "annotations": [], "logprobs": []}
+                await send("response.output_text.done", **where, text=said, logprobs=[])
+                await send("response.content_part.done", **where, part=part)
+                cut = {**item, "status": "incomplete", "content": [part]}
+                await send("response.output_item.done", output_index=1, item=cut)
+                await send("response.incomplete", response=envelope("incomplete", [cut], incomplete_details={
+                    "reason": "max_output_tokens"}))  # fmt: skip
+                return None
             if i == 1 and failure in ("failed_context", "failed_quota", "failed_usage_limit"):
                 errors: dict[str, dict[str, Any]] = {
                     "failed_context": {"code": "context_length_exceeded", "message": "Your input exceeds the "
@@ -521,7 +537,8 @@ class CodexStandIn:
         await send("response.output_text.done", **where, text=text, logprobs=[])
         await send("response.content_part.done", **where, part=part)
         item = {**item, "status": "completed", "content": [part]}
-        await send("response.output_item.done", output_index=1, item=item)
+        unnamed = {k: v for k, v in item.items() if k != "id"}  # a server may leave the id off
+        await send("response.output_item.done", output_index=1, item=unnamed if failure == "done_without_id" else item)
         return item
 
 

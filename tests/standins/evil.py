@@ -514,6 +514,17 @@ class ChatHostile(Recording):
                 frames = [_chunk({"role": "assistant", "tool_calls": [call]}) for call in calls]
                 stop = orjson.dumps({"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
                 return await _stream_frames(request, [*frames, stop, b"[DONE]"])
+            if name == "nothing":  # a reply of no words at all
+                stop = orjson.dumps({"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+                return await _stream_frames(request, [_chunk({"role": "assistant"}), stop, b"[DONE]"])
+            if name == "ollama":  # Ollama numbers every call of a parallel batch 0, each whole in a chunk
+                batch: list[dict[str, Any]] = [
+                    {"index": 0, "id": f"call_{n}", "type": "function", "function": {"name": n, "arguments": a}}
+                    for n, a in (("get_weather", '{"city": "Lima"}'), ("get_time", "{}"))
+                ]
+                frames = [_chunk({"role": "assistant", "tool_calls": [call]}) for call in batch]
+                stop = orjson.dumps({"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "tool_calls"}]})
+                return await _stream_frames(request, [*frames, stop, b"[DONE]"])  # fmt: skip
             if name == "interleaved":  # text, then two calls whose argument pieces alternate (index 0, 1, 0, 1)
                 heads = [
                     {"index": i, "id": f"call_{i}", "type": "function", "function": {"name": n, "arguments": ""}}

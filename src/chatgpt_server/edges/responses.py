@@ -615,12 +615,14 @@ def _announce(emit: Sequencer, index: int, item: dict[str, Any]) -> list[bytes]:
     """An item that began while an earlier one was open, told once that one is done (OpenAI streams
     one item at a time, and clients keep one open item): added, then its content as one delta."""
     if item["type"] == "message":
-        part = item["content"][0] if item["content"] else output_text("")
-        refused = part["type"] == "refusal"
         added = {"id": item["id"], "type": "message", "status": "in_progress", "role": "assistant", "content": []}
-        out = [emit("response.output_item.added", output_index=index, item=added),
-               emit("response.content_part.added", item_id=item["id"], output_index=index, content_index=0,
-                    part=refusal_part("") if refused else output_text(""))]  # fmt: skip
+        out = [emit("response.output_item.added", output_index=index, item=added)]
+        if not item["content"]:
+            return out
+        part = item["content"][0]
+        refused = part["type"] == "refusal"
+        out.append(emit("response.content_part.added", item_id=item["id"], output_index=index, content_index=0,
+                        part=refusal_part("") if refused else output_text("")))  # fmt: skip
         text = part["refusal"] if refused else part["text"]
         if text and refused:
             out.append(emit("response.refusal.delta", item_id=item["id"], output_index=index, content_index=0,
@@ -724,9 +726,9 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
     final = draft.final(result)  # the same items, ids and order as streamed
     ready = []
     for index, item in enumerate(final["output"]):
-        if 0 < index < len(order):
+        if index > 0 or not order:  # not told yet (an empty reply's message too): the first streamed as it came
             ready += _announce(emit, index, item)
-        if item["type"] == "message" and message_index is not None:
+        if item["type"] == "message" and item["content"]:
             part = item["content"][0]
             if part["type"] == "refusal":
                 ready.append(emit("response.refusal.done", item_id=item["id"], output_index=index, content_index=0,
@@ -739,8 +741,7 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
         elif item["type"] == "function_call":
             ready.append(emit("response.function_call_arguments.done", item_id=item["id"], output_index=index,
                               name=item["name"], arguments=item["arguments"]))  # fmt: skip
-        if index < len(order):
-            ready.append(emit("response.output_item.done", output_index=index, item=item))
+        ready.append(emit("response.output_item.done", output_index=index, item=item))
     log.outcome = "done"
     kind = {"incomplete": "response.incomplete", "failed": "response.failed"}.get(final["status"], "response.completed")
     ready.append(emit(kind, response=final))

@@ -363,6 +363,7 @@ class ChunkParser:
         self.pieces: list[str] = []
         self.calls: dict[int, ToolCall] = {}
         self._last = 0  # the index of the tool call the last delta added to
+        self._moved: dict[int, int] = {}  # an upstream index reused by a later call -> that call's place
         self.usage_only = False  # the last chunk fed carried usage and no choices
         self.refusal = False  # the text came as the model's refusal
         self.mended: str | None = None  # the last chunk fed, with a tool call's arguments written as text
@@ -448,6 +449,7 @@ class ChunkParser:
             index = call["index"] if "index" in call else self._unindexed(call)
             if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_TOOL_CALLS:
                 raise _bad(self.host, "a tool call delta has no valid index")
+            index = self._place(index, call.get("id"))
             function = call.get("function") or {}
             if not isinstance(function, dict):
                 raise _bad(self.host, "a tool call's function is not an object")
@@ -468,6 +470,19 @@ class ChunkParser:
                 events.append(Event(tool_index=index, arguments=arguments))
             self._last = index
         return events
+
+    def _place(self, index: int, upstream_id: Any) -> int:
+        """Where a delta at the upstream's ``index`` goes: a new id at an index a call with another id
+        holds starts the next call (Ollama numbers every call of a parallel batch 0)."""
+        place = self._moved.get(index, index)
+        known = self.calls.get(place)
+        if known is None or upstream_id is None or known.upstream_id is None or label(upstream_id) == known.upstream_id:
+            return place
+        place = max(self.calls) + 1
+        if place >= MAX_TOOL_CALLS:
+            raise _bad(self.host, f"more than {MAX_TOOL_CALLS} tool calls")
+        self._moved[index] = place
+        return place
 
     def _unindexed(self, call: dict[str, Any]) -> int:
         """The place of a tool call delta without ``index`` (Gemini's OpenAI layer sends parallel calls

@@ -193,12 +193,14 @@ class CodexParser:
         self.host, self.token = host, token
         self.done = False
         self.incomplete = False
+        self.incomplete_reason: str | None = None  # the backend's incomplete_details.reason
         self.id: str | None = None
         self.model: str | None = None
         self.usage: dict[str, Any] | None = None
         self.pieces: list[str] = []
         self.refusal = False
-        self._spoken: set[Any] = set()  # the message items whose text came as deltas (None: one unnamed)
+        # The message items whose text came as deltas: by id (None: one unnamed) and by ("at", output index).
+        self._spoken: set[Any] = set()
         self.calls: dict[str, ToolCall] = {}  # by the backend's item id
         self._order: list[str] = []
 
@@ -232,6 +234,8 @@ class CodexParser:
                 self.refusal = self.refusal or kind == "response.refusal.delta"
                 item_id = event.get("item_id")
                 self._spoken.add(item_id if isinstance(item_id, str) else None)
+                if is_count(event.get("output_index")):
+                    self._spoken.add(("at", event["output_index"]))
                 self.pieces.append(delta)
                 return [Event(delta)]
             return [ALIVE]
@@ -246,7 +250,7 @@ class CodexParser:
             call.add(delta)
             return [Event(tool_index=call.index, arguments=delta)]
         if kind == "response.output_item.done":
-            return self._item_done(event.get("item"))
+            return self._item_done(event.get("item"), event.get("output_index"))
         if kind in ("response.created", "response.in_progress"):
             response = event.get("response")
             if isinstance(response, dict):
@@ -254,12 +258,14 @@ class CodexParser:
                 self.model = self.model or label(response.get("model"))
             return [ALIVE]
         if kind == "response.completed":
-            self._finish(event.get("response"))
-            return [ALIVE]
+            return self._finish(event.get("response"))
         if kind == "response.incomplete":
-            self._finish(event.get("response"))
             self.incomplete = True
-            return [ALIVE]
+            response = event.get("response")
+            details = response.get("incomplete_details") if isinstance(response, dict) else None
+            reason = details.get("reason") if isinstance(details, dict) else None
+            self.incomplete_reason = reason if isinstance(reason, str) else None
+            return self._finish(response)
         if kind == "response.failed":
             response = event.get("response")
             error = response.get("error") if isinstance(response, dict) else None
@@ -289,16 +295,13 @@ class CodexParser:
         self._order.append(key)
         return [Event(tool_index=call.index, tool_id=call.call_id, tool_name=call.name)]
 
-    def _item_done(self, item: Any) -> list[Event]:
-        if isinstance(item, dict) and item.get("type") == "message" and not self._spoken & {item.get("id"), None}:
-            # A message told whole at its end, without deltas (a server may): its text is the reply's.
-            parts = [part for part in item.get("content") or () if isinstance(part, dict)]
-            text = "".join(map(_part_text, parts))
-            if text:
-                self.refusal = all(part.get("type") == "refusal" for part in parts if _part_text(part))
-                self.pieces.append(text)
-                return [Event(text)]
-            return [ALIVE]
+    def _item_done(self, item: Any, output_index: Any = None) -> list[Event]:
+        if isinstance(item, dict) and item.get("type") == "message":
+            item_id = item.get("id") if isinstance(item.get("id"), str) else None
+            spoken = self._spoken & {item_id, None, ("at", output_index) if is_count(output_index) else None}
+            if spoken or (self._spoken and item_id is None):  # its deltas came: told once
+                return [ALIVE]
+            return self._whole(item)
         if not isinstance(item, dict) or item.get("type") != "function_call":
             return [ALIVE]
         key = _item_key(item)
@@ -309,11 +312,32 @@ class CodexParser:
             return [Event(tool_index=call.index, arguments=arguments)]
         return [ALIVE]
 
-    def _finish(self, response: Any) -> None:
+    def _whole(self, item: dict[str, Any]) -> list[Event]:
+        """A message told whole, without deltas (a server may): its text is the reply's."""
+        parts = [part for part in item.get("content") or () if isinstance(part, dict)]
+        text = "".join(map(_part_text, parts))
+        if not text:
+            return [ALIVE]
+        self.refusal = all(part.get("type") == "refusal" for part in parts if _part_text(part))
+        self.pieces.append(text)
+        return [Event(text)]
+
+    def _finish(self, response: Any) -> list[Event]:
         self.done = True
         if not isinstance(response, dict):
-            return
+            return [ALIVE]
         self.id = self.id or label(response.get("id"))
+        events: list[Event] = []
+        output = response.get("output")
+        if not self.pieces and not self.calls and isinstance(output, list):
+            # Nothing came as events: a server that gives the reply only in the finished response.
+            for item in output:
+                if isinstance(item, dict) and item.get("type") == "message":
+                    events += [e for e in self._whole(item) if e is not ALIVE]
+        self._usage(response)
+        return events or [ALIVE]
+
+    def _usage(self, response: dict[str, Any]) -> None:
         usage = response.get("usage")
         if isinstance(usage, dict):
             numbers = {k: usage.get(k) for k in ("input_tokens", "output_tokens", "total_tokens")}
@@ -360,12 +384,12 @@ class CodexReply(StreamedReply):
 
     @property
     def complete(self) -> bool:
-        return self.parser.done and not self.parser.incomplete
+        return self.parser.done  # incomplete too: the backend ended it and said why (finish_reason)
 
     @property
     def finish_reason(self) -> str | None:
         if self.parser.incomplete:
-            return "length"
+            return "content_filter" if self.parser.incomplete_reason == "content_filter" else "length"
         return "tool_calls" if self.parser.calls else ("stop" if self.parser.done else None)
 
     @property
