@@ -434,6 +434,28 @@ def test_the_codex_backend_may_be_named_by_its_own_url(cx: httpx.Client, upstrea
         assert len(upstreams.codex.requests) == before + 1
 
 
+def test_a_token_of_an_older_sign_in_is_never_a_key_to_the_newer_one(cx: httpx.Client, upstreams: Upstreams) -> None:
+    """The owner revoked a sign-in (a leaked token) and signed in again: a token of the old sign-in gets
+    neither the new token from the token route nor the new token's use in mode 2 (it is sent as itself,
+    and the backend refuses it); the new sign-in's token works."""
+    email, account = unique("older")
+    old = sign_in(cx, upstreams, email, account)["accessToken"]
+    grant = grant_for(upstreams, email)
+    upstreams.apps.call(lambda: upstreams.auth.invalidate(grant.id))
+    minted = int(time.time())  # the issuer's clock counts seconds: the next sign-in's token is minted later
+    while int(time.time()) == minted:
+        time.sleep(0.02)
+    new = sign_in(cx, upstreams, email, account)["accessToken"]
+    answer = cx.post(TOKEN_PATH + "/getInfo", json={"type": "2", "token": old})
+    assert new not in answer.text
+    before = len(upstreams.codex.requests)
+    assert_error(ask(cx, "with the old one", key=old, mode="2"), 401)
+    sent = [r["headers"]["Authorization"] for r in upstreams.codex.requests[before:]]
+    assert f"Bearer {new}" not in sent
+    assert ask(cx, "with the new one", key=new, mode="2").status_code == 201
+    assert cx.post(TOKEN_PATH + "/getInfo", json={"type": "2", "token": new}).json()["data"] == new
+
+
 def test_a_token_the_backend_keeps_refusing_is_401_after_one_refresh(cx: httpx.Client, upstreams: Upstreams) -> None:
     email, account = unique("refused")
     token = sign_in(cx, upstreams, email, account)["accessToken"]

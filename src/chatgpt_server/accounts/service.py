@@ -72,7 +72,8 @@ class Accounts:
         self._sealer_made: Sealer | None = None
         self.holder = secrets.token_hex(8)  # this process, as a lease holder
         self._refreshing = KeyedLocks()
-        self._known: dict[str, tuple[float, str, float]] = {}  # key -> (until, access token, its exp)
+        # key -> (until, access token, its exp, when the stored sign-in's token was minted)
+        self._known: dict[str, tuple[float, str, float, Any]] = {}
         self._refresh_failed: dict[str, float] = {}  # key -> when an early refresh may be tried again
 
     # -- which credential a request uses --------------------------------------------------------
@@ -92,11 +93,14 @@ class Accounts:
         owner = await self.owners.of("account\0" + identity.key)
         now = time.time()
         known = self._known.get(identity.key)
-        if known is not None and known[0] > now and known[2] - self.settings.token_margin_seconds > now:
+        if (known is not None and known[0] > now and known[2] - self.settings.token_margin_seconds > now
+                and _of_the_grant(identity, known[3])):  # fmt: skip
             self._check_presented(identity, now)
             return Credential(owner, known[1], identity.account_id, identity.key)
         record = await self.store.get_record("account", identity.key)
-        if record is None:
+        if record is None or not _of_the_grant(identity, record.body.get("grantIat")):
+            # Not stored, or a token of an older sign-in (perhaps revoked since): only itself, never
+            # a key to the account's current token.
             if identity.exp <= now:
                 raise Unauthorized("token_expired", when=_when(identity.exp))
             return Credential(owner, token, identity.account_id, None)
@@ -163,7 +167,7 @@ class Accounts:
         exp = float(body.get("exp") or 0)
         if exp - self.settings.token_margin_seconds > time.time():
             access = self._open(key, body)["access"]
-            self._known[key] = (time.time() + KNOWN_S, access, exp)
+            self._known[key] = (time.time() + KNOWN_S, access, exp, body.get("grantIat"))
             return access
         still_good = exp - STILL_GOOD_S > time.time()
         if still_good and self._refresh_failed.get(key, 0.0) > time.time():
@@ -206,7 +210,7 @@ class Accounts:
             exp = float(body.get("exp") or 0)
             fresh = exp - self.settings.token_margin_seconds > time.time()
             if fresh and tokens["access"] != stale:
-                self._known[key] = (time.time() + KNOWN_S, tokens["access"], exp)
+                self._known[key] = (time.time() + KNOWN_S, tokens["access"], exp, body.get("grantIat"))
                 return tokens["access"]
             lease = body.get("lease") or {}
             if lease.get("holder") not in (None, self.holder) and float(lease.get("until", 0)) > time.time():
@@ -240,7 +244,7 @@ class Accounts:
             "refreshedAt": time.time(),
         }
         await self._save(key, leased, version, new_body)
-        self._known[key] = (time.time() + KNOWN_S, fresh.access_token, exp)
+        self._known[key] = (time.time() + KNOWN_S, fresh.access_token, exp, body.get("grantIat"))
         return fresh.access_token
 
     async def _save(self, key: str, base: Record, version: int, body: dict[str, Any]) -> None:
@@ -279,7 +283,7 @@ class Accounts:
         body = {
             "email": identity.email, "plan": identity.plan, "accountId": identity.account_id,
             "userId": identity.user_id, "exp": identity.exp, "status": "active", "sealed": sealed,
-            "lease": None, "signedInAt": now,
+            "lease": None, "signedInAt": now, "grantIat": identity.iat,
         }  # fmt: skip
         for _ in range(5):
             current = await self.store.get_record("account", key)
@@ -383,7 +387,7 @@ class Accounts:
         if identity is None:
             return None
         record = await self.store.get_record("account", identity.key)
-        if record is None:
+        if record is None or not _of_the_grant(identity, record.body.get("grantIat")):
             return None
         self._check_presented(identity, time.time())
         return await self.current(identity.key, record)
@@ -398,6 +402,15 @@ def describe(body: dict[str, Any]) -> dict[str, Any]:
         "expiresAt": int(float(body.get("exp") or 0)),
         "status": body.get("status"),
     }
+
+
+def _of_the_grant(identity: Identity, grant_iat: Any) -> bool:
+    """Whether a token is of the sign-in the account is stored with (or a refresh of it): minted no
+    earlier than that sign-in's token, both by the issuer's clock. Accounts stored before this was kept
+    say nothing, and every token of theirs is taken."""
+    if not isinstance(grant_iat, int | float) or identity.iat is None:
+        return True
+    return identity.iat >= grant_iat
 
 
 def _with(record: Record, body: dict[str, Any]) -> Record:

@@ -38,6 +38,7 @@ class Identity:
     email: str
     plan: str
     exp: float
+    iat: float | None = None  # when the issuer minted it: tells a sign-in's tokens from an older one's
 
     @property
     def key(self) -> str:
@@ -58,7 +59,9 @@ def identity_of(claims: dict[str, Any]) -> Identity | None:
         return None
     if not isinstance(exp, int | float) or isinstance(exp, bool):
         return None
-    return Identity(account[:200], user[:200], str(email)[:320], str(plan)[:40], float(exp))
+    iat = claims.get("iat")
+    minted = float(iat) if isinstance(iat, int | float) and not isinstance(iat, bool) else None
+    return Identity(account[:200], user[:200], str(email)[:320], str(plan)[:40], float(exp), minted)
 
 
 class Verifier:
