@@ -59,6 +59,7 @@ class Upstreams:
             "CHATGPT_SERVER_DEFAULT_MODEL": "gpt-3.5-turbo",
             "CHATGPT_SERVER_CHATGPT_BACKEND": "web",  # the legacy suites; the Codex ones say codex
             "CHATGPT_SERVER_DEFAULT_CHATGPT_MODEL": "auto",
+            "CHATGPT_SERVER_PASSWORD_SIGN_INS_PER_HOUR": "1000",  # the suite signs in many times from one address
         }
         env.update(extra)
         return env

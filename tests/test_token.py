@@ -147,3 +147,27 @@ def test_unreachable_sign_in_is_502(tmp_path: Path, upstreams: Upstreams) -> Non
             assert "cannot reach" in assert_error(get(c, "1", "a@b.c", "pw-secret-1"), 502, PATH)
     finally:
         server.stop()
+
+
+def test_password_sign_ins_are_bounded_per_address(tmp_path: Path, upstreams: Upstreams,
+                                                   account: tuple[str, str]) -> None:  # fmt: skip
+    """Each sign-in with a password is an unauthenticated call to the identity service, and a guess: one
+    address gets so many an hour (then 429 with Retry-After, the identity service not called); a token
+    served from the cache does not count."""
+    email, password = account
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_PASSWORD_SIGN_INS_PER_HOUR="3")).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            assert get(c, "1", email, password).status_code == 200  # 1: signs in
+            for _ in range(3):
+                assert get(c, "1", email, password).status_code == 200  # from the cache: not counted
+            for guess in ("guess-1", "guess-2"):  # 2, 3
+                assert_error(get(c, "1", email, guess), 401, PATH)
+            tried = upstreams.signin.sign_ins[email]
+            limited = get(c, "1", email, "guess-3")
+            assert "too many password sign-ins" in assert_error(limited, 429, PATH)
+            assert 0 < int(limited.headers["Retry-After"]) <= 3600
+            assert upstreams.signin.sign_ins[email] == tried  # the identity service was not called
+            assert get(c, "1", email, password).status_code == 200  # the cache still serves its owner
+    finally:
+        server.stop()

@@ -86,6 +86,7 @@ class Services:
         self.tokens = TokenService(settings, self.http)
         self.accounts = Accounts(settings, store, self.http, self.owners)
         self.device_starts = Window(settings.device_sign_ins_per_hour, 3600.0)
+        self.password_sign_ins = Window(settings.password_sign_ins_per_hour, 3600.0)
         self.shutting_down = False
 
     async def start(self) -> None:

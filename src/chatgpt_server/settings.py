@@ -155,6 +155,12 @@ class Settings(BaseSettings):
     device_sign_ins_per_hour: int = Field(
         default=20, ge=1, le=100_000, description="device sign-ins one client address may start per hour (per process)"
     )
+    password_sign_ins_per_hour: int = Field(
+        default=20,
+        ge=1,
+        le=100_000,
+        description="password sign-ins (the token route) one client address may make per hour (per process)",
+    )
     account_grace_days: int = Field(
         default=30, ge=0, le=3650, description="how long an expired token of a stored account works"
     )

@@ -15,6 +15,7 @@ import hmac
 import re
 import secrets
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
@@ -205,6 +206,10 @@ def _resume_in(text: str, identity: str) -> str | None:
     return identity + match.group(1) if match else None
 
 
+def _nothing() -> None:
+    return None
+
+
 class TokenService:
     """Get (cached while valid) or refresh access tokens; one sign-in at a time per account."""
 
@@ -218,7 +223,11 @@ class TokenService:
     def _hash(self, *parts: str) -> str:
         return hmac.new(self._key, "\x00".join(parts).encode(), hashlib.sha256).hexdigest()
 
-    async def token(self, email: str, password: str, refresh: bool) -> str:
+    async def token(
+        self, email: str, password: str, refresh: bool, before_sign_in: Callable[[], None] = _nothing
+    ) -> str:
+        """The account's access token: from the cache, from its kept session, or by signing in with the
+        password (``before_sign_in`` first: it may refuse)."""
         account = self._hash(email.lower())
         verifier = self._hash(email.lower(), password)
         release = await self._locks.acquire(account)
@@ -235,6 +244,7 @@ class TokenService:
                     return await self._refresh(account, cached)
                 except ServiceError:
                     pass  # the kept session is gone: sign in again
+            before_sign_in()
             return await self._sign_in(account, verifier, email, password)
         finally:
             release()

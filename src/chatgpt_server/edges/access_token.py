@@ -62,8 +62,18 @@ async def get_info(request: Request, services: Services) -> Response:
             return ok(current, status=status)
     query = parse_token(values)
     log.route = "token signin"
+    address = request.client.host if request.client else ""
+
+    def limited() -> None:
+        # Each password sign-in is a call to the identity service that nobody authenticated (and a
+        # guess at a password): bounded per client address. Answers from the cache are not.
+        wait = services.password_sign_ins.take(address)
+        if wait:
+            seconds = math.ceil(wait)
+            raise TooManyRequests("password_sign_ins_limited", headers={"Retry-After": str(seconds)}, seconds=seconds)
+
     try:
-        access_token = await services.tokens.token(query.email, query.password, query.refresh)
+        access_token = await services.tokens.token(query.email, query.password, query.refresh, limited)
     except BadGateway as exc:
         if exc.key == "signin_changed":
             exc.params["detail"] = f"{exc.params.get('detail', '')}; use device sign-in (POST /api/v1/token/device)"

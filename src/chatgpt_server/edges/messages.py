@@ -293,6 +293,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
     # Accounts (device sign-in, refresh).
     "client_gone": ("the client closed the connection before its request was read", "客户端在请求读完前关闭了连接"),
     "client_left": ("client left before its answer", "客户端在收到回复前离开"),
+    "password_sign_ins_limited": (
+        "too many password sign-ins from this address: try again in {seconds} s",
+        "此地址的密码登录过多: 请 {seconds} 秒后再试",
+    ),
     "device_sign_ins_limited": (
         "too many device sign-ins started from this address: try again in {seconds} s",
         "此地址发起的设备登录过多: 请 {seconds} 秒后再试",
