@@ -454,6 +454,9 @@ def test_a_token_of_an_older_sign_in_is_never_a_key_to_the_newer_one(cx: httpx.C
     assert f"Bearer {new}" not in sent
     assert ask(cx, "with the new one", key=new, mode="2").status_code == 201
     assert cx.post(TOKEN_PATH + "/getInfo", json={"type": "2", "token": new}).json()["data"] == new
+    twice = cx.post(TOKEN_PATH + "/getInfo", json={"type": "2"},
+                    headers=[("Authorization", "Bearer junk"), ("Authorization", f"Bearer {new}")])  # fmt: skip
+    assert "more than one Authorization" in assert_error(twice, 400, TOKEN_PATH + "/getInfo")
 
 
 def test_a_token_the_backend_keeps_refusing_is_401_after_one_refresh(cx: httpx.Client, upstreams: Upstreams) -> None:

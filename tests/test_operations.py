@@ -743,6 +743,8 @@ def test_a_missing_schema_is_named(tmp_path: Path) -> None:
         ([], {"CHATGPT_SERVER_PROXY": "not a url"}, "CHATGPT_SERVER_PROXY: must be one of"),
         ([], {"CHATGPT_SERVER_PORT": "seventy"}, "CHATGPT_SERVER_PORT"),
         (["--workers", "0"], {}, "--workers (CHATGPT_SERVER_WORKERS)"),
+        ([], {"CHATGPT_SERVER_MODELS_FILE": "/no-such-models.toml"}, "CHATGPT_SERVER_MODELS_FILE: /no-such-models"),
+        (["--check"], {"CHATGPT_SERVER_MODELS_FILE": "/no-such-models.toml"}, "CHATGPT_SERVER_MODELS_FILE"),
     ],
 )
 def test_bad_settings_are_one_line_and_exit_2(tmp_path: Path, args: list[str], env: dict[str, str], words: str) -> None:
@@ -754,6 +756,20 @@ def test_bad_settings_are_one_line_and_exit_2(tmp_path: Path, args: list[str], e
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert words in result.stderr
     assert "9f8e7d" not in result.stderr  # a password in a URL that cannot be read is never shown
+
+
+def test_account_commands_say_in_one_line_that_the_store_is_away(tmp_path: Path) -> None:
+    from .harness import free_port
+
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("CHATGPT_SERVER_")}
+    clean.update({"CHATGPT_SERVER_SECRET_KEY": "k" * 32, "CHATGPT_SERVER_STORE_TIMEOUT_MS": "500",
+                  "CHATGPT_SERVER_STORE_URL": f"redis://:9f8e7d@127.0.0.1:{free_port()}/0"})  # fmt: skip
+    for command in (["accounts"], ["logout", "ada@example.com"]):
+        result = subprocess.run([sys.executable, "-m", "chatgpt_server", *command], env=clean, capture_output=True,
+                                text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+        assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+        assert "the conversation store is unavailable" in result.stderr.splitlines()[-1]
+        assert "9f8e7d" not in result.stderr
 
 
 def test_help_version_and_the_way_to_the_docs(tmp_path: Path, upstreams: Upstreams) -> None:

@@ -85,6 +85,10 @@ def serve(args: argparse.Namespace) -> int:
     if args.check:
         overrides["require_store"] = True
     settings = load_settings(overrides)
+    if settings.models_file:  # read now: a bad file is one line here, not a traceback in each worker
+        from .upstreams.routing import load_routes
+
+        load_routes(settings.models_file, settings)
     setup_logging(settings)
     log = logging.getLogger("chatgpt_server")
     log.info("settings: %s", json.dumps(settings.masked(), default=str))
@@ -336,11 +340,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .errors import StoreUnavailable
+    from .upstreams.routing import RoutesFileError
+
     args = parser().parse_args(argv)
     try:
         return int(args.func(args))
     except Usage as exc:
         print(f"chatgpt-server: {exc}", file=sys.stderr)
         return 2
+    except RoutesFileError as exc:
+        print(f"chatgpt-server: CHATGPT_SERVER_MODELS_FILE: {exc}", file=sys.stderr)
+        return 2
+    except StoreUnavailable as exc:
+        print(f"chatgpt-server: the conversation store is unavailable: {exc.reason or 'no answer'}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130

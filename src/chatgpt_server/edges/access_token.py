@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..core.activity import current_log
-from ..errors import BadGateway, TooManyRequests
+from ..errors import BadGateway, BadRequest, TooManyRequests
 from .envelope import ok
 from .http import read_json
 from .original_request import device_id, header_safe, parse_token
@@ -32,7 +32,10 @@ def _presented(request: Request, values: dict[str, Any]) -> str | None:
     token = values.get("token")
     if isinstance(token, str) and token:
         return token
-    auth = request.headers.get("authorization", "")
+    found = request.headers.getlist("authorization")
+    if len(found) > 1:  # which one is meant? A proxy in front may have checked the other
+        raise BadRequest("duplicate_authorization")
+    auth = found[0] if found else ""
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip() or None
     return None
