@@ -546,29 +546,15 @@ def test_parallel_tool_calls_without_an_index_stay_two_calls(gateway: ServerProc
     assert [m["content"] for m in sent if m["role"] == "tool"] == ["get_weather", "get_time"]
 
 
-def test_a_responses_stream_tells_one_item_at_a_time_even_when_the_upstream_interleaves(
-    gateway: ServerProcess, evil: Evil
-) -> None:
-    """OpenAI streams each output item whole (added, its deltas, done) before the next is added, and
-    clients keep one open item: text, then two calls whose argument pieces an upstream interleaves, are
-    told in that grammar, the first item as it comes, and each told item is the final one."""
-    tools: Any = [
-        {"type": "function", "name": n, "parameters": {"type": "object"}} for n in ("get_weather", "get_time")
-    ]
-    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
-        stream = sdk.responses.create(model="hostile-1", input="interleaved " + uuid.uuid4().hex, tools=tools,
-                                      stream=True)  # fmt: skip
-        events = list(stream)
+def told_one_at_a_time(events: list[Any]) -> tuple[dict[int, Any], dict[int, str]]:
+    """Each item of a Responses stream added, its deltas, then done, before the next is added; the items
+    as their done events told them, and the text of each item's deltas."""
     assert [e.sequence_number for e in events] == list(range(len(events)))
-    final = events[-1].response  # type: ignore[union-attr]
-    assert events[-1].type == "response.completed"
-    assert [(o.type, getattr(o, "arguments", None)) for o in final.output] == [
-        ("message", None), ("function_call", '{"city": "Oslo"}'), ("function_call", '{"zone": "UTC"}')]  # fmt: skip
     open_item: int | None = None
     told: dict[int, Any] = {}
     texts: dict[int, str] = {}
     for e in events[2:-1]:
-        index = e.output_index  # type: ignore[union-attr]
+        index = e.output_index
         if e.type == "response.output_item.added":
             assert open_item is None, f"item {index} added while {open_item} is open"
             open_item = index
@@ -579,13 +565,40 @@ def test_a_responses_stream_tells_one_item_at_a_time_even_when_the_upstream_inte
         if e.type == "response.output_item.done":
             told[index] = e.item
             open_item = None
+    assert open_item is None, f"item {open_item} was never done"
+    return told, texts
+
+
+def test_a_responses_stream_tells_one_item_at_a_time_even_when_the_upstream_interleaves(
+    gateway: ServerProcess, evil: Evil
+) -> None:
+    """OpenAI streams each output item whole (added, its deltas, done) before the next is added, and
+    clients keep one open item: text, then two calls whose argument pieces an upstream interleaves, are
+    told in that grammar, the first item as it comes, and each told item is the final one; so is a
+    stream that fails after its first call, and a reply of no words."""
+    tools: Any = [
+        {"type": "function", "name": n, "parameters": {"type": "object"}} for n in ("get_weather", "get_time")
+    ]
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
+        events: list[Any] = list(sdk.responses.create(model="hostile-1", input="interleaved " + uuid.uuid4().hex,
+                                                      tools=tools, stream=True))  # fmt: skip
+        cut: list[Any] = list(sdk.responses.create(model="hostile-1", input="cutcall " + uuid.uuid4().hex,
+                                                   tools=tools, stream=True))  # fmt: skip
+        quiet: list[Any] = list(sdk.responses.create(model="hostile-1", input="nothing " + uuid.uuid4().hex,
+                                                     stream=True))  # fmt: skip
+    final = events[-1].response
+    assert events[-1].type == "response.completed"
+    assert [(o.type, getattr(o, "arguments", None)) for o in final.output] == [
+        ("message", None), ("function_call", '{"city": "Oslo"}'), ("function_call", '{"zone": "UTC"}')]  # fmt: skip
+    told, texts = told_one_at_a_time(events)
     assert sorted(told) == [0, 1, 2] and texts == {0: "Hello", 1: '{"city": "Oslo"}', 2: '{"zone": "UTC"}'}
     assert [told[i].model_dump() for i in range(3)] == [o.model_dump() for o in final.output]
-    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
-        quiet = list(sdk.responses.create(model="hostile-1", input="nothing " + uuid.uuid4().hex, stream=True))
-    kinds = [e.type for e in quiet]  # a reply of no words: its message is told too, as the final one holds it
-    assert kinds.count("response.output_item.added") == kinds.count("response.output_item.done") == 1, kinds
-    assert quiet[-1].response.output[0].id == next(e.item.id for e in quiet if e.type == "response.output_item.done")  # type: ignore[union-attr]
+    assert cut[-1].type == "response.failed"
+    told, _ = told_one_at_a_time(cut)
+    assert [told[i].model_dump() for i in sorted(told)] == [o.model_dump() for o in cut[-1].response.output]
+    assert [o.status for o in cut[-1].response.output] == ["incomplete", "completed", "incomplete"]
+    told, _ = told_one_at_a_time(quiet)  # a reply of no words: its message is told too, as the final one holds it
+    assert [told[i].id for i in sorted(told)] == [o.id for o in quiet[-1].response.output] and len(told) == 1
 
 
 def test_events_spread_over_several_data_lines_are_read_and_passed_on_whole(

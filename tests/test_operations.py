@@ -343,6 +343,33 @@ def test_a_database_file_removed_under_the_server_is_opened_again(tmp_path: Path
         again.stop()
 
 
+def test_a_database_file_replaced_while_another_process_has_it_open_is_refused(
+    tmp_path: Path, upstreams: Upstreams
+) -> None:
+    """Another process (a worker, the sqlite3 shell) still has the old file open: its WAL stays at the
+    path, and a new file there would read the old one's pages as its own. The server refuses (503) and
+    says to restart, instead of opening the path again."""
+    db = tmp_path / "swapped.db"
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_STORE_URL=f"sqlite:///{db}")).start()
+    other = None
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            assert ask(c, "before").status_code == 201
+            other = sqlite3.connect(db)  # as the sqlite3 shell would
+            other.execute("SELECT count(*) FROM items").fetchone()
+            restored = sqlite3.connect(tmp_path / "restored.db")
+            restored.execute("CREATE TABLE t (x)")
+            restored.close()
+            os.replace(tmp_path / "restored.db", db)  # a backup put in place with mv
+            wait_for(lambda: ask(c, "after").status_code == 503, what="the refusal")
+            assert "restart the server" in server.log()
+            assert c.get("/readyz").status_code == 503
+    finally:
+        if other is not None:
+            other.close()
+        server.stop()
+
+
 def test_coming_back_after_a_restart_loses_no_request(
     tmp_path: Path, upstreams: Upstreams, network_kind: str, store_proxy: TCPProxy
 ) -> None:

@@ -235,6 +235,22 @@ def test_tool_call_deltas_without_an_index_are_told_apart_by_their_ids() -> None
     ]
 
 
+def test_a_new_call_at_an_index_in_use_is_the_next_call_and_pieces_of_one_stay_one() -> None:
+    """Ollama numbers every call of a parallel batch 0: a delta with a new id and a function name at an
+    index a call holds is the next call. A piece of the same call stays with it whatever id it carries
+    (empty, or one of its own, as some servers give each piece); one naming an earlier call's id goes
+    back to that call."""
+    a = {"index": 0, "id": "call_a", "function": {"name": "fa", "arguments": "{}"}}
+    b = {"index": 0, "id": "call_b", "function": {"name": "fb", "arguments": '{"b": 1}'}}
+    assert calls_of([a], [b]) == [(0, "fa", "{}", "call_a"), (1, "fb", '{"b": 1}', "call_b")]
+    start = {"index": 0, "id": "call_x", "function": {"name": "f", "arguments": '{"x"'}}
+    for other_id in ("", "chunk-7", None):
+        piece = {"index": 0, "id": other_id, "function": {"arguments": ": 1}"}}
+        assert calls_of([start], [piece]) == [(0, "f", '{"x": 1}', "call_x")], other_id
+    back = {"index": 0, "id": "call_a", "function": {"arguments": " "}}
+    assert calls_of([a], [b], [back]) == [(0, "fa", "{} ", "call_a"), (1, "fb", '{"b": 1}', "call_b")]
+
+
 def chunk(delta: Any = None, **fields: Any) -> str:
     return json.dumps({"choices": [{"index": 0, "delta": {"content": "x"} if delta is None else delta}], **fields})
 
@@ -563,6 +579,28 @@ def test_a_codex_message_told_only_whole_adds_its_text_once() -> None:
     refused = CodexParser(HOST, SECRET)
     refused.feed("", done("m1", "No.", "refusal"))
     assert refused.pieces == ["No."] and refused.refusal
+    # Placed by output_index when the finished item carries no id: its own deltas' item, or another.
+    placed = CodexParser(HOST, SECRET)
+    placed.feed("", '{"type": "response.output_text.delta", "item_id": "m1", "output_index": 0, "delta": "One."}')
+    for index, text in ((0, "One."), (1, " Two.")):
+        placed.feed("", orjson.dumps({"type": "response.output_item.done", "output_index": index, "item": {
+            "type": "message", "content": [{"type": "output_text", "text": text}]}}).decode())  # fmt: skip
+    assert "".join(placed.pieces) == "One. Two."
+
+
+def test_a_codex_reply_given_only_in_its_finished_response_is_read_and_incomplete_keeps_its_reason() -> None:
+    whole = CodexParser(HOST, SECRET)
+    call = {"type": "function_call", "id": "fc1", "call_id": "c1", "name": "f", "arguments": '{"a": 1}'}
+    output = [{"type": "message", "id": "m1", "content": [{"type": "output_text", "text": "Only here."}]}, call]
+    whole.feed("", orjson.dumps({"type": "response.completed", "response": {"id": "r", "output": output}}).decode())
+    assert "".join(whole.pieces) == "Only here." and whole.done
+    assert [(c.name, c.arguments) for c in whole.tool_calls] == [("f", '{"a": 1}')]
+    filtered = CodexParser(HOST, SECRET)
+    filtered.feed("", '{"type": "response.output_text.delta", "delta": "Half"}')
+    filtered.feed(
+        "", '{"type": "response.incomplete", "response": {"incomplete_details": {"reason": "content_filter"}}}'
+    )
+    assert filtered.done and filtered.incomplete and filtered.incomplete_reason == "content_filter"
 
 
 @pytest.mark.parametrize(("name", "data", "expected"), HOSTILE_CODEX, ids=range(len(HOSTILE_CODEX)))

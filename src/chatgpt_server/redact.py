@@ -21,7 +21,7 @@ SECRETISH = re.compile(
 MIN_SECRET = 12
 # Error text and logs are not replies: there a key is masked from this length, as a self-hosted
 # server's operator may choose a short one ("secret1"); a few words of an error are worth less.
-MIN_SHOWN_SECRET = 6
+MIN_SHOWN_SECRET = 7  # "ollama" (6), the placeholder Ollama's docs give, is not masked
 # A key's last 8 characters are masked too (what masked keys show), once the key is long enough for
 # them to be its random part.
 TAIL_FROM = 20

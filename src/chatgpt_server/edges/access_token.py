@@ -19,23 +19,29 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..core.activity import current_log
-from ..errors import BadGateway, BadRequest, TooManyRequests
+from ..core.rates import Window
+from ..errors import BadGateway, TooManyRequests
 from .envelope import ok
-from .http import read_json
+from .http import authorization, read_json
 from .original_request import device_id, header_safe, parse_token
 
 if TYPE_CHECKING:
     from ..app import Services
 
 
+def _bounded(window: Window, request: Request, key: str) -> None:
+    """429 with Retry-After once the client's address has had its share of ``window``."""
+    wait = window.take(request.client.host if request.client else "")
+    if wait:
+        seconds = math.ceil(wait)
+        raise TooManyRequests(key, headers={"Retry-After": str(seconds)}, seconds=seconds)
+
+
 def _presented(request: Request, values: dict[str, Any]) -> str | None:
     token = values.get("token")
     if isinstance(token, str) and token:
         return token
-    found = request.headers.getlist("authorization")
-    if len(found) > 1:  # which one is meant? A proxy in front may have checked the other
-        raise BadRequest("duplicate_authorization")
-    auth = found[0] if found else ""
+    auth = authorization(request)
     if auth[:7].lower() == "bearer ":
         return auth[7:].strip() or None
     return None
@@ -65,15 +71,11 @@ async def get_info(request: Request, services: Services) -> Response:
             return ok(current, status=status)
     query = parse_token(values)
     log.route = "token signin"
-    address = request.client.host if request.client else ""
 
     def limited() -> None:
         # Each password sign-in is a call to the identity service that nobody authenticated (and a
         # guess at a password): bounded per client address. Answers from the cache are not.
-        wait = services.password_sign_ins.take(address)
-        if wait:
-            seconds = math.ceil(wait)
-            raise TooManyRequests("password_sign_ins_limited", headers={"Retry-After": str(seconds)}, seconds=seconds)
+        _bounded(services.password_sign_ins, request, "password_sign_ins_limited")
 
     try:
         access_token = await services.tokens.token(query.email, query.password, query.refresh, limited)
@@ -89,10 +91,7 @@ async def device_start(request: Request, services: Services) -> Response:
     current_log().stoppable()
     await read_json(request, services.settings.max_body_bytes, form=True)
     # Each start is a call to the issuer that nobody authenticated: bounded per client address.
-    wait = services.device_starts.take(request.client.host if request.client else "")
-    if wait:
-        seconds = math.ceil(wait)
-        raise TooManyRequests("device_sign_ins_limited", headers={"Retry-After": str(seconds)}, seconds=seconds)
+    _bounded(services.device_starts, request, "device_sign_ins_limited")
     return ok(await services.accounts.start_device(), status=201)
 
 

@@ -158,3 +158,12 @@ def allowed(methods: Iterable[str]) -> str:
     if "GET" in found:
         found.add("HEAD")
     return ", ".join(sorted(found))
+
+
+def authorization(request: Request) -> str:
+    """The request's one ``Authorization`` header ("" without one). Two are refused: which one is
+    meant? A proxy in front may have checked the other."""
+    found = request.headers.getlist("authorization")
+    if len(found) > 1:
+        raise BadRequest("duplicate_authorization")
+    return found[0] if found else ""

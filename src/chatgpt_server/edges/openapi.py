@@ -432,8 +432,9 @@ EMAIL = _string("the account's email (whitespace around it is ignored); printabl
                 pattern=r"^\s*[!-~](?:[ -~]*[!-~])?\s*$")  # fmt: skip
 PASSWORD = _string("sent only to CHATGPT_SERVER_AUTH_URL; never logged nor echoed", minLength=1, maxLength=1024)
 ACCOUNT_TOKEN = _string("with type 2: a verified access token of a stored account (also accepted as "
-                        "`Authorization: Bearer`) returns that account's current token, refreshed if needed; "
-                        "email and password are then not needed")  # fmt: skip
+                        "`Authorization: Bearer`, once) returns that account's current token, refreshed if needed; "
+                        "email and password are then not needed. Only a token of the sign-in the account is "
+                        "stored with (or a refresh of it) is: one of an older sign-in gets nothing")  # fmt: skip
 TOKEN_TYPE = "1: get a token (cached while it stays valid); 2: refresh it"
 
 TOKEN_REQUEST = _object(
@@ -456,11 +457,12 @@ TOKEN_QUERY = [
 ]  # fmt: skip
 TOKEN_ERRORS = {
     "400": "validation failed (every problem listed, joined by ','), the account signs in through "
-    "Google/Microsoft/Apple, or stored accounts need CHATGPT_SERVER_SECRET_KEY",
+    "Google/Microsoft/Apple, stored accounts need CHATGPT_SERVER_SECRET_KEY, or two Authorization headers",
     "401": "wrong email or password, or the stored account must sign in again",
     "403": "captcha required, or unsupported_country (set CHATGPT_SERVER_PROXY)",
     "404": "the stored account was removed meanwhile",
-    "429": "sign-in refused or rate limited (OAuthSignin)",
+    "429": "sign-in refused or rate limited (OAuthSignin), or this address made "
+    "CHATGPT_SERVER_PASSWORD_SIGN_INS_PER_HOUR password sign-ins this hour (password_sign_ins_limited, Retry-After)",
     "502": "the identity service is unreachable, answered something unexpected, or the sign-in flow changed "
     "at step N (then use device sign-in)",
     "503": "the store is unavailable, or another instance is refreshing the account",
@@ -1055,8 +1057,10 @@ def _openai_paths() -> dict[str, Schema]:
     created_response = _answer("the response (stream false), stored with its items unless store is false",
                                {JSON: {"schema": _ref("Response")}})  # fmt: skip
     created_response["links"] = response_links
-    response_stream = _answer("stream true: OpenAI's event sequence; response.completed is sent after the turn is "
-                              "stored", {SSE: {"schema": RESPONSE_EVENT}})  # fmt: skip
+    response_stream = _answer("stream true: OpenAI's event sequence, one output item at a time (added, its deltas, "
+                              "done, then the next: the first as it comes, a later one whole once the first is "
+                              "done); response.completed is sent after the turn is stored",
+                              {SSE: {"schema": RESPONSE_EVENT}})  # fmt: skip
     conversation_made = _answer("the conversation", {JSON: {"schema": _ref("Conversation")}})
     conversation_made["links"] = _conversation_links()
     items_added = _answer("the items added, with their new ids", {JSON: {"schema": _list_of(_ref("Item"))}})

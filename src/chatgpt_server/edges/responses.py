@@ -150,15 +150,18 @@ def _allowed_tools(value: dict[str, Any], tools: list[dict[str, Any]]) -> dict[s
     mode, named = value.get("mode"), value.get("tools")
     if mode not in ("auto", "required"):
         raise invalid("tool_choice.mode", "expected auto or required")
-    if not isinstance(named, list) or not named:
-        raise invalid("tool_choice.tools", "expected a list of this request's function tools")
+    if not isinstance(named, list) or not named or len(named) > len(tools):
+        raise invalid("tool_choice.tools", "expected a list of this request's function tools, each once")
+    known = {t["name"] for t in tools}
     names: list[str] = []
     for i, tool in enumerate(named):
         name = tool.get("name") if isinstance(tool, dict) and tool.get("type") == "function" else None
         if not isinstance(name, str):
             raise invalid(f"tool_choice.tools[{i}]", "expected a function tool: {type: function, name}")
-        if not any(t["name"] == name for t in tools):
+        if name not in known:
             raise invalid(f"tool_choice.tools[{i}].name", "names no tool of this request")
+        if name in names:
+            raise invalid(f"tool_choice.tools[{i}].name", "names a tool twice")
         names.append(name)
     return {"type": "allowed_tools", "mode": mode, "tools": [{"type": "function", "name": n} for n in names]}
 
@@ -639,6 +642,26 @@ def _announce(emit: Sequencer, index: int, item: dict[str, Any]) -> list[bytes]:
     return out
 
 
+def _closing(emit: Sequencer, index: int, item: dict[str, Any]) -> list[bytes]:
+    """The events that end an item: its content's, then ``output_item.done`` with the item as kept."""
+    out = []
+    if item["type"] == "message" and item["content"]:
+        part = item["content"][0]
+        if part["type"] == "refusal":
+            out.append(emit("response.refusal.done", item_id=item["id"], output_index=index, content_index=0,
+                            refusal=part["refusal"]))  # fmt: skip
+        else:
+            out.append(emit("response.output_text.done", item_id=item["id"], output_index=index, content_index=0,
+                            text=part["text"], logprobs=[]))  # fmt: skip
+        out.append(emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
+                        part=part))  # fmt: skip
+    elif item["type"] == "function_call":
+        out.append(emit("response.function_call_arguments.done", item_id=item["id"], output_index=index,
+                        name=item["name"], arguments=item["arguments"]))  # fmt: skip
+    out.append(emit("response.output_item.done", output_index=index, item=item))
+    return out
+
+
 async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
     """The turn as OpenAI's events. The first output item streams as it comes; one that begins after it
     (a call after the text, parallel calls) is told whole once the first is done: a chat-completions
@@ -718,7 +741,8 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
             item["status"] = "completed" if item["type"] == "function_call" else "incomplete"
         if turn.open_call in calls:
             calls[turn.open_call][1]["status"] = "incomplete"
-        told = [event for index in range(1, len(order)) for event in _announce(emit, index, order[index])]
+        told = [event for index, item in enumerate(order)
+                for event in (_announce(emit, index, item) if index else []) + _closing(emit, index, item)]  # fmt: skip
         yield b"".join(told) + emit("response.failed", response=draft.shell("failed", order, error=draft.failure))
         return
     finally:
@@ -728,20 +752,7 @@ async def _stream(turn: OpenTurn, draft: Draft) -> AsyncIterator[bytes]:
     for index, item in enumerate(final["output"]):
         if index > 0 or not order:  # not told yet (an empty reply's message too): the first streamed as it came
             ready += _announce(emit, index, item)
-        if item["type"] == "message" and item["content"]:
-            part = item["content"][0]
-            if part["type"] == "refusal":
-                ready.append(emit("response.refusal.done", item_id=item["id"], output_index=index, content_index=0,
-                                  refusal=part["refusal"]))  # fmt: skip
-            else:
-                ready.append(emit("response.output_text.done", item_id=item["id"], output_index=index,
-                                  content_index=0, text=part["text"], logprobs=[]))  # fmt: skip
-            ready.append(emit("response.content_part.done", item_id=item["id"], output_index=index, content_index=0,
-                              part=item["content"][0]))  # fmt: skip
-        elif item["type"] == "function_call":
-            ready.append(emit("response.function_call_arguments.done", item_id=item["id"], output_index=index,
-                              name=item["name"], arguments=item["arguments"]))  # fmt: skip
-        ready.append(emit("response.output_item.done", output_index=index, item=item))
+        ready += _closing(emit, index, item)
     log.outcome = "done"
     kind = {"incomplete": "response.incomplete", "failed": "response.failed"}.get(final["status"], "response.completed")
     ready.append(emit(kind, response=final))

@@ -13,6 +13,7 @@ from ..core.activity import current_log
 from ..core.turns import OpenTurn, TurnSpec
 from ..errors import BadRequest, Unauthorized
 from ..upstreams.base import Target
+from .http import authorization
 from .openai_items import invalid
 from .original_request import MAX_KEY, header_safe
 
@@ -37,10 +38,7 @@ def model_name(body: dict[str, Any]) -> str:
 def api_key(request: Request) -> str:
     """The caller's credential, from ``Authorization: Bearer``: it is what the upstream gets, and
     what every stored response and conversation belongs to."""
-    found = request.headers.getlist("authorization")
-    if len(found) > 1:  # which one is meant? A proxy in front may have checked the other
-        raise BadRequest("duplicate_authorization")
-    auth = found[0] if found else ""
+    auth = authorization(request)
     if auth[:7].lower() != "bearer " or not auth[7:].strip():
         raise Unauthorized("missing_api_key")
     key = auth[7:].strip()

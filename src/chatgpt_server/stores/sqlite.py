@@ -297,6 +297,9 @@ class SQLiteStore(Store):
             try:
                 while not stop.wait(CHECKPOINT_EVERY_S):
                     if _identity(self.path) != self._opened_as:
+                        if db is not None:  # first: the loop looks for other users of the old file's WAL
+                            db.close()
+                            db = None
                         self._moved = True  # the event loop closes and opens the path again
                         return
                     if db is None and time.monotonic() >= next_try:
@@ -352,15 +355,23 @@ class SQLiteStore(Store):
 
     def _let_go(self, why: str) -> None:
         """Close the connection (the file it holds is not the path's any more) and open the path
-        again at once; if that fails, the next requests try again."""
-        log.warning("store: %s", why)
+        again at once; if that fails, the next requests try again. Not while another process (a worker,
+        the sqlite3 shell) still has the old file open: SQLite pairs a file with the WAL and shared
+        memory at its path by name, and a new file would read the old one's pages as its own."""
         self._stop.set()
         self._checkpointer = None  # it returns by itself within CHECKPOINT_EVERY_S
         self._moved = False
         if self._db is not None:
-            self._db.close()
+            self._db.close()  # the last connection to a file removes its -wal and -shm
             self._db = None
         self._next_try = 0.0
+        if Path(f"{self.path}-wal").exists() or Path(f"{self.path}-shm").exists():
+            self._wanted = False
+            self._why_closed = (f"the database file {self.path} was removed or replaced while another process "
+                                "has it open: restart the server (every worker)")  # fmt: skip
+            log.error("store: %s", self._why_closed)
+            return
+        log.warning("store: %s", why)
 
     def _run(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
         for attempt in range(READ_BUSY_TRIES):
@@ -443,7 +454,7 @@ class SQLiteStore(Store):
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             _roll_back(db)
-            raise StoreUnavailable(reason=f"{type(exc).__name__}: {exc}") from exc
+            raise StoreUnavailable(reason=f"{self._failing}; a write of a turn's size still fails ({exc})") from exc
         self._failing = None
 
     async def shared_secret(self, candidate: bytes, name: str = "hmac_key") -> bytes:

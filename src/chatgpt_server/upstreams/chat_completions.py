@@ -364,6 +364,7 @@ class ChunkParser:
         self.calls: dict[int, ToolCall] = {}
         self._last = 0  # the index of the tool call the last delta added to
         self._moved: dict[int, int] = {}  # an upstream index reused by a later call -> that call's place
+        self._by_id: dict[str, int] = {}  # the upstream's call ids -> their places
         self.usage_only = False  # the last chunk fed carried usage and no choices
         self.refusal = False  # the text came as the model's refusal
         self.mended: str | None = None  # the last chunk fed, with a tool call's arguments written as text
@@ -449,7 +450,7 @@ class ChunkParser:
             index = call["index"] if "index" in call else self._unindexed(call)
             if not isinstance(index, int) or isinstance(index, bool) or not 0 <= index < MAX_TOOL_CALLS:
                 raise _bad(self.host, "a tool call delta has no valid index")
-            index = self._place(index, call.get("id"))
+            index = self._place(index, call)
             function = call.get("function") or {}
             if not isinstance(function, dict):
                 raise _bad(self.host, "a tool call's function is not an object")
@@ -464,6 +465,8 @@ class ChunkParser:
                 if not isinstance(name, str) or not name:
                     raise _bad(self.host, "a tool call starts without a name")
                 known = self.calls[index] = ToolCall(index, mint("call_"), name[:256], "", label(call.get("id")))
+                if known.upstream_id is not None:
+                    self._by_id.setdefault(known.upstream_id, index)
                 events.append(Event(tool_index=index, tool_id=known.call_id, tool_name=known.name))
             if isinstance(arguments, str) and arguments:
                 known.add(arguments)
@@ -471,13 +474,20 @@ class ChunkParser:
             self._last = index
         return events
 
-    def _place(self, index: int, upstream_id: Any) -> int:
-        """Where a delta at the upstream's ``index`` goes: a new id at an index a call with another id
-        holds starts the next call (Ollama numbers every call of a parallel batch 0)."""
+    def _place(self, index: int, call: dict[str, Any]) -> int:
+        """Where a delta at the upstream's ``index`` goes: one that names a new function and a new id at
+        an index another call holds starts the next call (Ollama numbers every call of a parallel batch
+        0); one naming a call's id goes to that call; any other goes on with the call at the index."""
         place = self._moved.get(index, index)
         known = self.calls.get(place)
-        if known is None or upstream_id is None or known.upstream_id is None or label(upstream_id) == known.upstream_id:
+        upstream_id = label(call.get("id"))
+        if known is None or upstream_id is None or upstream_id == known.upstream_id:
             return place
+        if upstream_id in self._by_id:
+            return self._by_id[upstream_id]
+        function = call.get("function")
+        if known.upstream_id is None or not isinstance(function, dict) or not function.get("name"):
+            return place  # a piece of the same call (some servers give each piece an id of its own)
         place = max(self.calls) + 1
         if place >= MAX_TOOL_CALLS:
             raise _bad(self.host, f"more than {MAX_TOOL_CALLS} tool calls")

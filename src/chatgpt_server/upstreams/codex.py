@@ -299,7 +299,8 @@ class CodexParser:
         if isinstance(item, dict) and item.get("type") == "message":
             item_id = item.get("id") if isinstance(item.get("id"), str) else None
             spoken = self._spoken & {item_id, None, ("at", output_index) if is_count(output_index) else None}
-            if spoken or (self._spoken and item_id is None):  # its deltas came: told once
+            unplaced = item_id is None and not is_count(output_index)  # nothing tells it from the deltas' item
+            if spoken or (self._spoken and unplaced):  # its deltas came: told once
                 return [ALIVE]
             return self._whole(item)
         if not isinstance(item, dict) or item.get("type") != "function_call":
@@ -334,6 +335,8 @@ class CodexParser:
             for item in output:
                 if isinstance(item, dict) and item.get("type") == "message":
                     events += [e for e in self._whole(item) if e is not ALIVE]
+                elif isinstance(item, dict) and item.get("type") == "function_call":
+                    events += [e for e in (*self._item_added(item), *self._item_done(item)) if e is not ALIVE]
         self._usage(response)
         return events or [ALIVE]
 
