@@ -930,3 +930,17 @@ def test_a_streamed_refusal_is_the_reply_text_as_a_whole_refusal_is() -> None:
         {"index": 0, "message": {"role": "assistant", "content": None, "refusal": said},
          "finish_reason": "stop"}]}), HOST, SECRET)  # fmt: skip
     assert whole["text"] == said
+
+
+def test_limits_count_an_ipv6_client_by_its_64() -> None:
+    """One host is given a whole IPv6 /64 and may send from any address in it: the per-address limits
+    count the /64; an IPv4-mapped address counts as its IPv4 address."""
+    from chatgpt_server.core.rates import Window, caller_of
+
+    window = Window(2, 3600.0)
+    for host in ("2001:db8:1:2::1", "2001:db8:1:2:ffff::7"):
+        assert window.take(caller_of(host), now=0.0) == 0.0
+    assert window.take(caller_of("2001:db8:1:2:abcd::9"), now=1.0) > 0  # the same /64: its share is spent
+    assert window.take(caller_of("2001:db8:1:3::1"), now=1.0) == 0.0  # another /64
+    assert caller_of("::ffff:203.0.113.9") == caller_of("203.0.113.9") == "203.0.113.9"
+    assert caller_of("not an address") == "not an address"

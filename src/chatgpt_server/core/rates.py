@@ -6,10 +6,25 @@ sign-in calls the issuer), so nobody can make it hammer that service in their na
 
 from __future__ import annotations
 
+import ipaddress
 import time
 from collections import deque
 
 MAX_CALLERS = 10_000  # past this many callers in the window, the oldest are forgotten
+
+
+def caller_of(host: str) -> str:
+    """A client address as the limits count it: an IPv6 one by its /64 (a single host is given a whole
+    /64, and may pick any address in it), an IPv4-mapped one as its IPv4 address, others as they are."""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return host
 
 
 class Window:

@@ -19,7 +19,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from ..core.activity import current_log
-from ..core.rates import Window
+from ..core.rates import Window, caller_of
 from ..errors import BadGateway, TooManyRequests
 from .envelope import ok
 from .http import authorization, read_json
@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 
 def _bounded(window: Window, request: Request, key: str) -> None:
     """429 with Retry-After once the client's address has had its share of ``window``."""
-    wait = window.take(request.client.host if request.client else "")
+    wait = window.take(caller_of(request.client.host) if request.client else "")
     if wait:
         seconds = math.ceil(wait)
         raise TooManyRequests(key, headers={"Retry-After": str(seconds)}, seconds=seconds)
