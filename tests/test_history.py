@@ -14,7 +14,7 @@ from chatgpt_server.core.history import MIN_ROWS, HistoryCache, Path, Window, pa
 from chatgpt_server.core.items import mint, minted_at
 from chatgpt_server.stores import HistoryRow
 
-KINDS = ["message", "deleted", "function_call", "function_call_output", "incomplete_call"]
+KINDS = ["message", "deleted", "function_call", "function_call_output", "incomplete_call", "assistant"]
 
 
 def _chat(n: int, kind: str, answers: int) -> bytes:
@@ -24,11 +24,13 @@ def _chat(n: int, kind: str, answers: int) -> bytes:
         return orjson.dumps({"id": f"c{n}", "type": "function", "function": {"name": "f", "arguments": "{}"}})
     if kind == "function_call_output":
         return orjson.dumps({"role": "tool", "tool_call_id": f"c{n - answers}", "content": "x"})
-    return orjson.dumps({"role": "user", "content": "x" * (1 + n % 3)})
+    role = "assistant" if kind == "assistant" else "user"
+    return orjson.dumps({"role": role, "content": "x" * (1 + n % 3)})
 
 
 def _rows(spec: list[tuple[str, int, int]], first: int = 0) -> list[HistoryRow]:
-    return [(f"i{n}", kind.replace("incomplete_call", "function_call"), _chat(n, kind, answers), cost,
+    named = {"incomplete_call": "function_call", "assistant": "message"}
+    return [(f"i{n}", named.get(kind, kind), _chat(n, kind, answers), cost,
              f"i{n - 1}" if n else None)
             for n, (kind, cost, answers) in enumerate(spec, first)]  # fmt: skip
 
@@ -39,14 +41,28 @@ rows_strategy = specs.map(_rows)
 
 def reference(rows: list[HistoryRow], budget: int) -> tuple[list[HistoryRow], bool, int]:
     """The newest rows whose costs fit, deleted ones and calls that never completed counted but left
-    out, and no tool output without its call before it; whether any row was left out; the cost of what is kept."""
+    out, no tool output without its call before it, and no call without its output unless nothing but
+    calls and assistant words follow it (its output may come with the turn); whether any row was left
+    out; the cost of what is kept."""
     used, start = 0, len(rows)
     while start > 0 and used + rows[start - 1][3] <= budget:
         start -= 1
         used += rows[start][3]
+    outputs = {orjson.loads(r[2])["tool_call_id"] for r in rows[start:] if r[1] == "function_call_output"}
+    waiting: set[str] = set()
+    for row in rows[start:][::-1]:
+        if (row[1] == "message" and orjson.loads(row[2])["role"] != "assistant") or row[1] in (
+            "deleted",
+            "function_call_output",
+        ):
+            break
+        if row[1] == "function_call" and row[2]:
+            waiting.add(orjson.loads(row[2])["id"])
     kept: list[HistoryRow] = []
     for row in rows[start:]:
         if row[1] == "deleted" or (row[1] == "function_call" and not row[2]):
+            continue
+        if row[1] == "function_call" and orjson.loads(row[2])["id"] not in outputs | waiting:
             continue
         if row[1] == "function_call_output":
             answered = orjson.loads(row[2])["tool_call_id"]

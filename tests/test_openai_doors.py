@@ -1227,3 +1227,33 @@ def test_at_most_twenty_items_are_added_at_a_time(sdk: openai.OpenAI) -> None:
     assert refused.value.code == "array_above_max_length"
     assert len(sdk.conversations.items.create(conversation.id, items=items[:20]).data) == 20
     assert len(list(sdk.conversations.items.list(conversation.id, limit=100))) == 40
+
+
+def test_a_call_whose_output_was_deleted_is_left_out_of_later_prompts(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    """A client deleted a function_call_output from its conversation: the call it answered is left out
+    with it (as a deleted call's output is), never sent unanswered (upstreams refuse that prompt)."""
+    tools: list[Any] = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+    conversation = sdk.conversations.create()
+    called = sdk.responses.create(model="gpt-3.5-turbo", input="call:lookup", tools=tools, conversation=conversation.id)
+    call_id = called.output[0].call_id  # type: ignore[union-attr]
+    outputs: Any = [{"type": "function_call_output", "call_id": call_id, "output": "42"}]
+    sdk.responses.create(model="gpt-3.5-turbo", tools=tools, conversation=conversation.id, input=outputs)
+    output = next(i for i in sdk.conversations.items.list(conversation.id) if i.type == "function_call_output")
+    sdk.conversations.items.delete(output.id, conversation_id=conversation.id)
+    after = sdk.responses.create(model="gpt-3.5-turbo", input="next", tools=tools, conversation=conversation.id)
+    assert after.status == "completed"
+    messages = sent(upstreams)["messages"]
+    assert not any(m.get("tool_calls") for m in messages) and not any(m["role"] == "tool" for m in messages)
+    assert [m["role"] for m in messages] == ["user", "assistant", "user"], messages
+
+
+def test_conversation_update_and_items_create_refuse_unknown_fields(sdk: openai.OpenAI) -> None:
+    conversation = sdk.conversations.create()
+    item: Any = [{"type": "message", "role": "user", "content": "hi"}]
+    bogus = {"bogus": 1}
+    for call in (lambda: sdk.conversations.update(conversation.id, metadata={}, extra_body=bogus),
+                 lambda: sdk.conversations.items.create(conversation.id, items=item, extra_body=bogus)):  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as refused:
+            call()
+        assert refused.value.param == "bogus"
+    assert list(sdk.conversations.items.list(conversation.id)) == []  # nothing was added

@@ -22,7 +22,7 @@ from operator import itemgetter
 import orjson
 
 from ..stores import HistoryRow
-from .items import minted_at
+from .items import ASSISTANT_CHAT, minted_at
 
 TTL_S = 600.0
 MIN_ROWS = 16  # a shorter history is one small read: not worth memory
@@ -92,18 +92,29 @@ def _plain(rows: list[HistoryRow]) -> bool:
 def visible(rows: list[HistoryRow]) -> list[HistoryRow]:
     """What of a window of rows a prompt holds: deleted rows (which count toward the budget, as their
     place in the stored running totals does) are left out, and so are a function call that never
-    completed (stored without chat JSON) and a call's output whose call is not before it in the window
-    (cut off, deleted, incomplete): upstreams refuse an answer to no call."""
+    completed (stored without chat JSON), a call's output whose call is not before it in the window
+    (cut off, deleted, incomplete): upstreams refuse an answer to no call; and a call whose output is
+    not in the window (deleted) though more followed it: upstreams refuse a call left unanswered. Calls
+    the window ends with (and what the model said with them) wait for this turn's outputs."""
     kept = [r for r in rows if r[1] != "deleted"] if "deleted" in map(_KIND, rows) else rows
-    if "function_call_output" not in map(_KIND, kept) and all(r[2] for r in kept if r[1] == "function_call"):
+    kinds = set(map(_KIND, kept))
+    if "function_call" not in kinds and "function_call_output" not in kinds:
         return kept
+    answered = answered_in(kept)
+    waiting: set[str] = set()  # the calls the window ends with: only assistant words (or nothing) after them
+    for row in reversed(rows):  # deleted rows included: a deleted output ends what may still be waiting
+        if row[1] == "function_call" and row[2]:
+            waiting.add(_call_id(row[2], "id"))
+        elif row[1] != "function_call" and not (row[1] == "message" and row[2].startswith(ASSISTANT_CHAT)):
+            break
     calls: set[str] = set()
     shown: list[HistoryRow] = []
     for row in kept:
         if row[1] == "function_call":
-            if not row[2]:
+            call_id = _call_id(row[2], "id") if row[2] else None
+            if call_id is None or (call_id not in answered and call_id not in waiting):
                 continue
-            calls.add(_call_id(row[2], "id"))
+            calls.add(call_id)
         elif row[1] == "function_call_output" and _call_id(row[2], "tool_call_id") not in calls:
             continue
         shown.append(row)

@@ -161,8 +161,8 @@ def text_of(parts: list[dict[str, Any]]) -> str:
     return "".join(p.get("text", "") for p in parts if p.get("type") in ("input_text", "output_text", "text"))
 
 
-_ASSISTANT = b'{"role":"assistant"'
-_ASSISTANT_TEXT = _ASSISTANT + b',"content":"'
+ASSISTANT_CHAT = b'{"role":"assistant"'  # how a stored assistant message's chat JSON begins
+_ASSISTANT_TEXT = ASSISTANT_CHAT + b',"content":"'
 
 
 def chat_messages(items: list[tuple[str, bytes]]) -> list[bytes]:
@@ -214,7 +214,7 @@ def _outputs_first(items: list[tuple[str, bytes]], i: int, calls: list[bytes], o
         if kind == "function_call_output":
             waiting.discard(orjson.loads(chat).get("tool_call_id"))
             out.append(chat)
-        elif kind == "message" and not chat.startswith(_ASSISTANT):
+        elif kind == "message" and not chat.startswith(ASSISTANT_CHAT):
             held.append(chat)
         else:
             break

@@ -39,6 +39,13 @@ def conversation_json(record: Record) -> dict[str, Any]:
     }
 
 
+def _known_only(body: dict[str, Any], *names: str) -> None:
+    """OpenAI refuses a field it does not know (a misspelt one would otherwise be silently ignored)."""
+    unknown = set(body) - set(names)
+    if unknown:
+        raise BadRequest("unknown_param", param=sorted(unknown)[0][:64])
+
+
 MAX_ADDED = 20  # items a conversation is created with, or given at once, as OpenAI takes them
 
 
@@ -68,9 +75,7 @@ async def create(request: Request, services: Services) -> Response:
     body = await read_json(request, services.settings.max_body_bytes)
     if not isinstance(body, dict):
         raise BadRequest("body_not_object")
-    unknown = set(body) - {"items", "metadata"}
-    if unknown:
-        raise BadRequest("unknown_param", param=sorted(unknown)[0][:64])
+    _known_only(body, "items", "metadata")
     metadata = _metadata(body.get("metadata"))
     items = await _items_of(body)
     now = time.time()
@@ -93,6 +98,7 @@ async def update(request: Request, services: Services) -> Response:
     body = await read_json(request, services.settings.max_body_bytes)
     if not isinstance(body, dict) or "metadata" not in body:
         raise BadRequest("missing_param", param="metadata")
+    _known_only(body, "metadata")
     metadata = _metadata(body["metadata"])
     for _ in range(5):
         record = await _conversation(services, owner, request.path_params["id"], make=True)
@@ -144,6 +150,7 @@ async def add_items(request: Request, services: Services) -> Response:
     body = await read_json(request, services.settings.max_body_bytes)
     if not isinstance(body, dict) or body.get("items") is None:
         raise BadRequest("missing_param", param="items")
+    _known_only(body, "items")
     items = await _items_of(body)
     if not items:
         raise invalid("items", "expected at least one item")

@@ -902,12 +902,12 @@ CONVERSATION_CREATE = _object(
      "metadata": METADATA},
     description="An unknown field is refused (400).",
 )  # fmt: skip
-CONVERSATION_UPDATE = _object({"metadata": METADATA}, ("metadata",), closed=False)
+CONVERSATION_UPDATE = _object({"metadata": METADATA}, ("metadata",), description="An unknown field is refused (400).")
 ITEMS_ADD = _object(
     {"items": _items(INPUT_ITEMS, "items to add, 1 to 20 (item references are refused); at least one that is not "
                      "reasoning", min_items=1, max_items=MAX_ADDED)},
     ("items",),
-    closed=False,
+    description="An unknown field is refused (400).",
 )  # fmt: skip
 
 
