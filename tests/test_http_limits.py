@@ -286,3 +286,34 @@ def test_e_a_slow_body_after_a_complete_head_is_not_cut(server: Server) -> None:
         status, _, body = Reader(s).response()
         assert time.monotonic() - start > HEAD_TIMEOUT
         assert status == 200 and body.endswith(b'"body":8}')
+
+
+def test_f_trailers_and_chunk_framing_are_bounded_as_a_head(server: Server) -> None:
+    """Trailer fields after a chunked body reach the parser as headers (httptools joins an endless one's
+    pieces with +=): what a body carries besides its data is bounded like a head, 431. A body with a
+    small trailer and one of many small chunks are served."""
+    chunked = b"POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n"
+    with server.connect() as s:
+        s.sendall(chunked + b"2\r\n{}\r\n0\r\nX-Checksum: abc\r\n\r\n")
+        assert Reader(s).response()[0] == 200
+        s.sendall(chunked + b"1\r\nx\r\n" * 2000 + b"0\r\n\r\n")
+        assert Reader(s).response()[0] == 200
+    rss_before = server.rss()
+    for endless in (b"a:b\r\n" * (1 << 16), b"X-T: " + b"a" * (1 << 20)):  # many small trailers; one endless
+        sent, answer = 0, b""
+        with server.connect() as s:
+            s.sendall(chunked + b"2\r\n{}\r\n0\r\n")
+            try:
+                while sent < 64 * MB and not select.select([s], [], [], 0)[0]:
+                    s.sendall(endless)
+                    sent += len(endless)
+                while chunk := s.recv(65536):
+                    answer += chunk
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # closed while we were still sending
+        assert sent < 16 * MB, f"the server took {sent / MB:.0f} MB of trailers"
+        assert not answer or b" 431 " in answer.split(b"\r\n", 1)[0], answer[:100]
+    assert server.rss() - rss_before < 16 * MB
+    with server.connect() as s:  # and the server still serves
+        s.sendall(request())
+        assert Reader(s).response()[0] == 200

@@ -1040,3 +1040,18 @@ def test_a_credential_sent_as_the_request_id_is_neither_kept_nor_logged(tmp_path
     log = server.log()
     assert KEY not in log and KEY[3:] not in log and "Q7wErTy9UiOp3AsDfGhJk" not in log
     assert "trace-42.abc" in log
+
+
+def test_a_websocket_upgrade_is_answered_as_the_http_request_it_is(tmp_path: Path, upstreams: Upstreams) -> None:
+    """No route speaks WebSocket: an upgrade request is answered as HTTP, with a request id and its
+    access-log line, not a plain-text 500 from a handshake nobody completes."""
+    server = ServerProcess(tmp_path, upstreams.env()).start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                      b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+            head = s.recv(65536)
+        assert head.startswith(b"HTTP/1.1 200 ") and b"x-request-id:" in head.lower(), head[:200]
+        wait_for(lambda: "/healthz" in server.log(), what="the access-log line")
+    finally:
+        server.stop()

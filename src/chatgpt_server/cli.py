@@ -101,6 +101,7 @@ def serve(args: argparse.Namespace) -> int:
     http = configure(settings.max_header_bytes, 100, settings.header_timeout_seconds)
     common: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "http": http, "loop": "uvloop",
+        "ws": "none",  # no WebSocket route: an upgrade request is an HTTP request, answered as one
         "access_log": False,  # ours is written by the app: uvicorn's would write query strings
         "log_config": None,
         "log_level": settings.log_level.lower(), "proxy_headers": False, "server_header": False,

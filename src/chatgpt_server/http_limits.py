@@ -12,6 +12,9 @@ joins the pieces of the URL the same way. This protocol keeps uvicorn and httpto
 * ``head_timeout_s``: from the connection's start, or from the first byte of a later request, to the end of the
   head; a connection still without a complete head then is closed (with a 408 if part of a head came). The time
   between requests is uvicorn's keep-alive timeout, and the time a body takes is not limited here.
+* What a chunked body carries besides its data (chunk sizes, extensions, and the trailer fields after it, which
+  httptools hands on as headers and joins with ``+=`` as it does a head's) is bounded like a head: at most
+  ``max_head_bytes`` beyond eight times the data's own size, then 431.
 
 Use: ``uvicorn.run(app, http=protocol_class(...), loop="uvloop")``.
 
@@ -67,8 +70,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     # Per-connection state, in slots: uvicorn's instance has 28 attributes already, and past 29 or so CPython 3.11
     # stops sharing the keys of instance dicts; attribute access, all of uvicorn's included, is then ~15 % slower.
-    __slots__ = ("_body_fed", "_head_bytes", "_head_timer", "_message_ended", "_phase", "_reject_status", "_rejected")
+    __slots__ = ("_body_bytes", "_body_fed", "_body_phase_bytes", "_head_bytes", "_head_timer", "_message_ended",
+                 "_phase", "_reject_status", "_rejected")  # fmt: skip
     _body_fed: int  # reads that brought body bytes (a stalled body is one that stops bringing any)
+    _body_bytes: int  # the current body's data
+    _body_phase_bytes: int  # bytes fed while the current body was incomplete: data, framing and trailers
     _phase: int
     _head_bytes: int  # bytes fed while the current head is incomplete
     _message_ended: bool  # a request ended during the current feed
@@ -83,7 +89,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._message_ended = self._rejected = False
         self._reject_status = 0
-        self._body_fed = 0
+        self._body_fed = self._body_bytes = self._body_phase_bytes = 0
         super().connection_made(cast(asyncio.Transport, OneSend(transport, asyncio.get_running_loop())))
         self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
 
@@ -118,6 +124,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                 end = start + self.max_head_bytes - self._head_bytes  # no more than the head may still take
             if start or end < size:
                 chunk = memoryview(data)[start:end]
+            in_body = self._phase == _BODY
             self._message_ended = False
             try:
                 self.parser.feed_data(chunk)
@@ -135,6 +142,11 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                     self.logger.warning(msg)
                     self.send_400_response(msg)
                 return
+            if in_body and self._phase == _BODY:  # all of it the body's: data, framing or trailers
+                self._body_phase_bytes += end - start
+                if self._body_phase_bytes - self._body_bytes > self.max_head_bytes + 8 * self._body_bytes:
+                    self._refuse_body()
+                    return
             if (self._phase == _HEAD or (self._phase == _IDLE and not self._message_ended)) and not self._count(
                 data, start, end
             ):
@@ -179,7 +191,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._reject_status = 431
             raise _HeadRejected
         self._phase = _BODY
+        self._body_bytes = self._body_phase_bytes = 0
         HttpToolsProtocol.on_headers_complete(self)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        HttpToolsProtocol.on_body(self, body)
 
     def on_message_complete(self) -> None:
         HttpToolsProtocol.on_message_complete(self)
@@ -262,6 +279,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         self.transport.write(self._plain_response(400, msg))
+        self.transport.close()
+
+    def _refuse_body(self) -> None:
+        """Too much besides a body's data: the request is answered 431 if nothing was answered yet, and
+        the connection closed (the application, waiting for the body's end, sees the client gone)."""
+        self._rejected = True
+        self._cancel_head_timer()
+        self.logger.info("Request body framing refused: 431")
+        if self.cycle is None or not self.cycle.response_started:
+            self.transport.write(self._plain_response(431))
         self.transport.close()
 
     def _reject(self, status: int) -> None:
