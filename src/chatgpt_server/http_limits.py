@@ -135,12 +135,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                     self._unsupported_upgrade_warning()
                 return
             except httptools.HttpParserError:
-                if self._reject_status:
-                    self._reject(self._reject_status)
-                else:
-                    msg = "Invalid HTTP request received."
-                    self.logger.warning(msg)
-                    self.send_400_response(msg)
+                if not self._reject_status:
+                    self.logger.warning("Invalid HTTP request received.")
+                # A pipelined request before the unreadable one is answered first, then the connection closes.
+                self._reject(self._reject_status or 400)
                 return
             if in_body and self._phase == _BODY:  # all of it the body's: data, framing or trailers
                 self._body_phase_bytes += end - start
