@@ -82,6 +82,7 @@ _OPEN_RECORD = (
     "VALUES ('conversation', ?1, ?2, '{\"metadata\":{}}', ?3, ?4, ?4, 1, 0) ON CONFLICT DO NOTHING"
 )
 _KEEP_SECRET = "INSERT INTO meta (key, value) VALUES (?, ?) ON CONFLICT DO NOTHING"
+_KEPT_SECRET = "SELECT value FROM meta WHERE key = ?"
 # After a write failed for want of room, a write this large must pass before another reply is bought.
 _ROOM_PROBE = (
     "INSERT INTO meta (key, value) VALUES ('room_probe', zeroblob(65536)) "
@@ -459,7 +460,7 @@ class SQLiteStore(Store):
 
     async def shared_secret(self, candidate: bytes, name: str = "hmac_key") -> bytes:
         await self._write_one(lambda db: db.execute(_KEEP_SECRET, (name, candidate.hex())))
-        kept = bytes.fromhex(self._run("SELECT value FROM meta WHERE key = ?", (name,))[0][0])
+        kept = bytes.fromhex(self._run(_KEPT_SECRET, (name,))[0][0])
         self._secrets[name] = kept
         return kept
 
@@ -468,7 +469,7 @@ class SQLiteStore(Store):
         without them the owners of the turns it stores would be hashed under another instance's key."""
         for name, value in self._secrets.items():
             db.execute(_KEEP_SECRET, (name, value.hex()))
-            if db.execute("SELECT value FROM meta WHERE key = ?", (name,)).fetchone()[0] != value.hex():
+            if db.execute(_KEPT_SECRET, (name,)).fetchone()[0] != value.hex():
                 self._wanted = False  # not opened again: this process cannot serve this file
                 raise StoreUnavailable(
                     reason=f"the database file {self.path} was replaced by one of another instance: restart the server"
