@@ -118,6 +118,65 @@ def test_a_conversation_frozen_in_the_middle_of_taking_its_lock_is_free_once_the
         server.stop()
 
 
+def test_a_retry_after_a_timeout_waits_for_the_abandoned_turn_to_let_go(
+    tmp_path: Path, upstreams: Upstreams, network_kind: str, store_proxy: TCPProxy
+) -> None:
+    """The SDK's retry after its timeout comes while the turn it gave up on is still letting go of the
+    conversation (here the store is slow to hear of it): the retry waits for that instead of meeting
+    its own abandoned turn as conversation_locked (seen under load with a fast store too)."""
+    url = store_url(network_kind, tmp_path, port=store_proxy.port)
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_STORE_URL=url)).start()
+    try:
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as sdk:
+            conversation = sdk.conversations.create()
+            asked = len(upstreams.openai.requests)
+            upstreams.apps.call(lambda: upstreams.openai.fail_next.append("sleep:4"))
+
+            def freeze_once_asked() -> None:  # the turn holds the conversation and waits on its upstream
+                wait_for(lambda: len(upstreams.openai.requests) > asked, timeout=5, what="the upstream asked")
+                store_proxy.freeze()
+
+            freezer = threading.Thread(target=freeze_once_asked)
+            freezer.start()
+            try:
+                with pytest.raises(openai.APITimeoutError):
+                    sdk.with_options(timeout=1).responses.create(
+                        model="gpt-3.5-turbo", input="abandoned", conversation=conversation.id
+                    )
+                freezer.join()
+                thaw = threading.Timer(1.0, store_proxy.thaw)  # the store hears of the give-back a second late
+                thaw.start()
+                again = sdk.responses.create(model="gpt-3.5-turbo", input="again", conversation=conversation.id)
+                thaw.join()
+            finally:
+                store_proxy.thaw()
+            assert again.output_text == "echo(1): again"
+            # A stream its client leaves: what arrived is stored first, and the retry waits for it too.
+            upstreams.openai.chunk_delay = 0.2
+            body = {"model": "gpt-3.5-turbo", "input": "a b c d e f g h", "conversation": conversation.id,
+                    "stream": True}  # fmt: skip
+            headers = {"Authorization": f"Bearer {KEY}"}
+            try:
+                with httpx.stream("POST", server.url + "/v1/responses", json=body, headers=headers) as stream:
+                    lines = stream.iter_lines()
+                    while "output_text.delta" not in next(lines):
+                        pass
+                    store_proxy.freeze()
+                thaw = threading.Timer(1.0, store_proxy.thaw)
+                thaw.start()
+                upstreams.openai.chunk_delay = 0.0
+                last = sdk.responses.create(model="gpt-3.5-turbo", input="last", conversation=conversation.id)
+                thaw.join()
+            finally:
+                upstreams.openai.chunk_delay = 0.0
+                store_proxy.thaw()
+            assert last.output_text == "echo(3): last"
+            prompt = upstreams.openai.requests[-1]["body"]["messages"]
+            assert prompt[-2]["role"] == "assistant" and prompt[-2]["content"].startswith("echo(2):")
+    finally:
+        server.stop()
+
+
 def test_a_conversation_an_instance_died_holding_is_free_within_the_lock_lease(
     tmp_path: Path, upstreams: Upstreams, network_kind: str
 ) -> None:

@@ -26,6 +26,7 @@ log = logging.getLogger("chatgpt_server")
 
 POLL_S = 0.05
 LEASE_S = 30.0
+LEAVING_WAIT_S = 5.0  # the longest a turn waits for one of this process's holders that is stopping
 
 # Lets go of a lease; the task it returns (None if already let go) ends once the store knows, for a
 # caller whose next request must find the key free.
@@ -54,6 +55,7 @@ class Leases:
         self.lease_s = lease_s
         self.local = KeyedLocks()
         self.holder = secrets.token_hex(8)
+        self._leaving: set[str] = set()
 
     def __len__(self) -> int:
         return len(self.local)
@@ -72,11 +74,25 @@ class Leases:
             raise
         return self._releaser(held, release_local)
 
-    async def try_acquire(self, key: str, ttl_s: float) -> Release | None:
-        """Take ``key`` if nobody holds it; None if somebody does."""
+    def leaving(self, key: str) -> None:
+        """This process's holder of ``key`` is stopping (its client left): it will let go within moments,
+        so ``try_acquire`` waits for it instead of refusing. A client's retry after its timeout comes
+        as the server learns it left, and must not find its own abandoned turn in the way."""
         if self.local.held(key):
+            self._leaving.add(key)
+
+    async def try_acquire(self, key: str, ttl_s: float) -> Release | None:
+        """Take ``key`` if nobody holds it (or this process's holder is ``leaving``); None if somebody does."""
+        if not self.local.held(key):
+            release_local = await self.local.acquire(key)  # free: taken without waiting
+        elif key in self._leaving:
+            try:
+                async with asyncio.timeout(LEAVING_WAIT_S):
+                    release_local = await self.local.acquire(key)
+            except TimeoutError:
+                return None
+        else:
             return None
-        release_local = await self.local.acquire(key)  # free: taken without waiting
         try:
             held = await self._try_take(key, ttl_s)
         except BaseException:
@@ -167,6 +183,7 @@ class Leases:
         except StoreUnavailable:
             pass  # the lease names its expiry, at most lease_s ahead: it frees itself
         finally:
+            self._leaving.discard(held.key)
             release_local()
 
 

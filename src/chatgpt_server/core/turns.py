@@ -194,7 +194,7 @@ class Turns:
         """One writer at a time for a conversation named by id, on every instance: a second turn
         meanwhile is refused, as OpenAI refuses it, rather than forking the conversation."""
         check_id(conversation_id)
-        release: Release | None = await self._timed(self.queues.try_acquire("conversation:" + conversation_id, ttl_s))
+        release: Release | None = await self._timed(self.queues.try_acquire(_held_key(conversation_id), ttl_s))
         if release is None:
             raise BadRequest("conversation_locked", id=conversation_id[:256], param="conversation")
         return release
@@ -451,10 +451,17 @@ class OpenTurn:
     def abort(self, error: ServiceError | None = None) -> None:
         """Stop this turn now (the server is shutting down): what it is waiting for raises ``error``."""
         self._aborted = error or ShuttingDown()
+        self.leaving()
         if self._timeout is not None and not self._timeout.expired():
             self._timeout.reschedule(asyncio.get_running_loop().time())
         if self._watch is not None:
             self._watch.expire()
+
+    def leaving(self) -> None:
+        """Its client left: a turn asking for this conversation meanwhile waits for this one to let go
+        (what arrived stored first) instead of meeting it as conversation_locked."""
+        if self.hold is not None and self.spec.conversation is not None:
+            self.turns.queues.leaving(_held_key(self.spec.conversation))
 
     async def events(self) -> AsyncIterator[Event]:
         """What the upstream sends, within the turn's deadline and idle limit."""
@@ -634,6 +641,10 @@ class OpenTurn:
         if self._release is not None:
             self._release()
             self._release = None
+
+
+def _held_key(conversation_id: str) -> str:
+    return "conversation:" + conversation_id
 
 
 async def let_go(release: Release | None, wait: bool = True) -> None:

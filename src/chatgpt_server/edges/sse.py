@@ -65,6 +65,9 @@ class EventStream:
             # ``over``: this call has ended, so the task (the server's) is no longer ours to cancel.
             if not over and not watcher.cancelled():
                 left = True
+                turn = current_log().turn
+                if turn is not None:
+                    turn.leaving()
                 task.cancel()
 
         watcher = asyncio.create_task(_wait_disconnect(receive))
