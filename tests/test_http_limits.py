@@ -245,6 +245,20 @@ def test_c_too_many_headers(server: Server) -> None:
         assert Reader(s).response()[0] == 200
 
 
+def test_a_request_carries_exactly_one_host(server: Server) -> None:
+    """RFC 9112 3.2: none (HTTP/1.1) or two (in any case) is a 400; proxies disagree on which one counts."""
+    for data in (
+        b"GET / HTTP/1.1\r\n\r\n",
+        request(headers=[("Host", "other")]),
+        b"POST / HTTP/1.1\r\nhost: a\r\nContent-Length: 2\r\nHOST: b\r\n\r\n{}",
+    ):
+        status, message = refused(server, data)
+        assert (status, message) == (400, b"a request must carry exactly one Host header")
+    with server.connect() as s:  # HTTP/1.0 had no Host yet
+        s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+        assert Reader(s).response()[0] == 200
+
+
 def test_d_keep_alive_and_pipelining(server: Server) -> None:
     with server.connect() as s:
         reader = Reader(s)

@@ -71,7 +71,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # Per-connection state, in slots: uvicorn's instance has 28 attributes already, and past 29 or so CPython 3.11
     # stops sharing the keys of instance dicts; attribute access, all of uvicorn's included, is then ~15 % slower.
     __slots__ = ("_body_bytes", "_body_fed", "_body_phase_bytes", "_head_bytes", "_head_timer", "_message_ended",
-                 "_phase", "_reject_status", "_rejected")  # fmt: skip
+                 "_phase", "_reject_message", "_reject_status", "_rejected")  # fmt: skip
     _body_fed: int  # reads that brought body bytes (a stalled body is one that stops bringing any)
     _body_bytes: int  # the current body's data
     _body_phase_bytes: int  # bytes fed while the current body was incomplete: data, framing and trailers
@@ -80,6 +80,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     _message_ended: bool  # a request ended during the current feed
     _rejected: bool  # answered or condemned: further input is dropped
     _reject_status: int
+    _reject_message: str | None  # what the refusal says, when its reason phrase would not say enough
     _head_timer: asyncio.TimerHandle | None
 
     # Connection
@@ -89,6 +90,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._message_ended = self._rejected = False
         self._reject_status = 0
+        self._reject_message = None
         self._body_fed = self._body_bytes = self._body_phase_bytes = 0
         super().connection_made(cast(asyncio.Transport, OneSend(transport, asyncio.get_running_loop())))
         self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
@@ -187,6 +189,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._head_timer = None
         if len(self.headers) > self.max_headers:
             self._reject_status = 431
+            raise _HeadRejected
+        # RFC 9112 3.2: a request with no Host (HTTP/1.1) or more than one is answered 400: which host it
+        # names would otherwise be for each proxy on the way to decide, and not all decide alike.
+        hosts = [value for name, value in self.headers if name == b"host"]
+        if len(hosts) > 1 or (not hosts and self.parser.get_http_version() != "1.0"):
+            self._reject_status = 400
+            self._reject_message = "a request must carry exactly one Host header"
             raise _HeadRejected
         self._phase = _BODY
         self._body_bytes = self._body_phase_bytes = 0
@@ -298,7 +307,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self.cycle.keep_alive = False
             self.flow.pause_reading()
             return
-        self.transport.write(self._plain_response(status))
+        self.transport.write(self._plain_response(status, self._reject_message))
         self.transport.close()
 
 

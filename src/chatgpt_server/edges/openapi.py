@@ -77,7 +77,8 @@ the OpenAI-shaped routes
 and 400 on the original ones (as the original answered it), a body over
 `CHATGPT_SERVER_MAX_BODY_BYTES` is 413, malformed JSON is 400. A request head over
 `CHATGPT_SERVER_MAX_HEADER_BYTES` is answered 431 (414 while still in the URL), and one not complete
-within `CHATGPT_SERVER_HEADER_TIMEOUT_SECONDS` 408, in plain text, before any route is reached. Browsers
+within `CHATGPT_SERVER_HEADER_TIMEOUT_SECONDS` 408, and one without exactly one `Host` header 400, in the
+route's JSON error shape with a request id, before any route is reached. Browsers
 on other origins are served only when `CHATGPT_SERVER_CORS_ORIGINS` lists them (then `OPTIONS`
 preflights are answered too).
 """
