@@ -1257,3 +1257,37 @@ def test_conversation_update_and_items_create_refuse_unknown_fields(sdk: openai.
             call()
         assert refused.value.param == "bogus"
     assert list(sdk.conversations.items.list(conversation.id)) == []  # nothing was added
+
+
+def test_an_added_output_must_answer_a_call_of_its_conversation(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    """A function_call_output added to a conversation (create or items.create) answers a call the
+    conversation, or the items before it, hold; one that answers none would be left out of every prompt
+    (OpenAI refuses the next response): it is refused where it is added, and nothing is added."""
+    orphan: Any = [{"type": "function_call_output", "call_id": "call_nope", "output": "42"}]
+
+    def listed() -> list[str]:
+        page: Any = sdk.get("/conversations", cast_to=object)
+        return [c["id"] for c in page["data"]]
+
+    before = listed()
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.conversations.create(items=orphan)
+    assert refused.value.param == "items[0].call_id" and "call_nope" in refused.value.message
+    assert listed() == before  # no conversation was made
+    paired: Any = [{"type": "function_call", "call_id": "call_a", "name": "lookup", "arguments": "{}"},
+                   {"type": "function_call_output", "call_id": "call_a", "output": "seven"}]  # fmt: skip
+    conversation = sdk.conversations.create(items=paired)
+    tools: list[Any] = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+    called = sdk.responses.create(model="gpt-3.5-turbo", input="call:lookup", tools=tools, conversation=conversation.id)
+    call_id = called.output[0].call_id  # type: ignore[union-attr]
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.conversations.items.create(conversation.id, items=[{"type": "message", "role": "user", "content": "x"},
+                                                               *orphan])  # fmt: skip
+    assert refused.value.param == "items[1].call_id"
+    assert len(list(sdk.conversations.items.list(conversation.id))) == 4  # nothing was added
+    answer: Any = [{"type": "function_call_output", "call_id": call_id, "output": "forty-two"}]
+    sdk.conversations.items.create(conversation.id, items=answer)  # the call the conversation ends with
+    after = sdk.responses.create(model="gpt-3.5-turbo", input="next", tools=tools, conversation=conversation.id)
+    assert after.status == "completed"
+    assert [m["role"] for m in sent(upstreams)["messages"]] == ["assistant", "tool", "user", "assistant", "tool",
+                                                                 "user"]  # fmt: skip

@@ -125,6 +125,21 @@ def _answers_have_calls(inputs: list[Item], history: list[HistoryRow]) -> None:
             raise BadRequest("no_call_to_answer", id=item.call_id or "", param="input")
 
 
+CALL_LOOKBACK_TOKENS = 2_000_000  # how far back an added output's call is looked for: any model's window
+
+
+def outputs_answer_calls(items: list[Item], known: set[str]) -> None:
+    """Items a client adds to a conversation: each function call output answers a call the conversation
+    (``known``) or the items before it hold. One that answers none would be left out of every prompt
+    (OpenAI refuses the next response instead): it is refused here, where the mistake is made."""
+    calls = set(known)
+    for i, item in enumerate(items):
+        if item.kind == "function_call":
+            calls.add(item.call_id or "")
+        elif item.kind == "function_call_output" and item.call_id not in calls:
+            raise BadRequest("no_call_to_answer", id=item.call_id or "", param=f"items[{i}].call_id")
+
+
 def _calls_are_answered(inputs: list[Item], history: list[HistoryRow]) -> None:
     """The calls the history ends with (the model's last words) are each answered, in the history or by
     this turn's outputs, as OpenAI's Responses API requires: strict upstreams refuse a call left open."""
@@ -207,6 +222,11 @@ class Turns:
         try:
             record = await self._timed(find(self.store, owner, conversation_id, make=True))
             parent = await self.resolve(owner, record.tip) if record.tip else None
+            if parent is None or not any(item.kind == "function_call_output" for item in items):
+                outputs_answer_calls(items, set())
+            else:
+                history = await self._timed(self.store.history(owner, parent.item.id, CALL_LOOKBACK_TOKENS))
+                outputs_answer_calls(items, calls_in(history))
             await self._write_items(owner, conversation_id, parent, items)
         except StoreUnavailable:
             failed = True

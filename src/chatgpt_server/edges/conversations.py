@@ -19,6 +19,7 @@ from starlette.responses import Response
 from ..core.activity import current_log
 from ..core.conversations import find
 from ..core.items import Item, mint
+from ..core.turns import outputs_answer_calls
 from ..errors import BadRequest, Conflict, NotFound
 from ..stores import Record, StoredItem
 from .http import JSONBody, read_json
@@ -78,6 +79,7 @@ async def create(request: Request, services: Services) -> Response:
     _known_only(body, "items", "metadata")
     metadata = _metadata(body.get("metadata"))
     items = await _items_of(body)
+    outputs_answer_calls(items, set())  # before the conversation exists: a refused create makes none
     now = time.time()
     record = Record("conversation", mint("conv_"), owner, {"metadata": metadata}, None, now, now)
     await services.store.put_record(record, None)

@@ -1156,7 +1156,8 @@ def _openai_paths() -> dict[str, Schema]:
                       _answer("a page of conversations", {JSON: {"schema": _list_of(_ref("Conversation"))}}),
                       {**page_errors, **V1_STORE}, parameters=_paging("the id of the conversation before the page")),
             "post": op("createConversation", "Start a conversation", conversation_made,
-                       {"400": "a field is unknown or invalid (param names it), or the body is not a JSON object",
+                       {"400": "a field is unknown or invalid (param names it), a function_call_output answers no "
+                        "call before it (code no_call_to_answer), or the body is not a JSON object",
                         **BODY_ERRORS, **V1_STORE}, body=_json_body(CONVERSATION_CREATE, required=False)),
         },
         "/v1/conversations/{id}": {
@@ -1180,8 +1181,10 @@ def _openai_paths() -> dict[str, Schema]:
                        **NOT_FOUND_CONVERSATION, **V1_STORE},
                       parameters=[CONVERSATION_ID, *_paging("the id of the item before the page")]),
             "post": op("addConversationItems", "Add items to a conversation", items_added,
-                       {"400": "items are missing, empty or invalid (param names it), the body is not a JSON "
-                        "object, or the conversation is answering a response (code conversation_locked)",
+                       {"400": "items are missing, empty or invalid (param names it), a function_call_output "
+                        "answers no call of the conversation or of the items before it (code no_call_to_answer), "
+                        "the body is not a JSON object, or the conversation is answering a response (code "
+                        "conversation_locked)",
                         **NOT_FOUND_CONVERSATION, **CONFLICT, **BODY_ERRORS, **V1_STORE},
                        parameters=[CONVERSATION_ID], body=_json_body(ITEMS_ADD)),
         },
