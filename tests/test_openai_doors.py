@@ -1291,3 +1291,45 @@ def test_an_added_output_must_answer_a_call_of_its_conversation(sdk: openai.Open
     assert after.status == "completed"
     assert [m["role"] for m in sent(upstreams)["messages"]] == ["assistant", "tool", "user", "assistant", "tool",
                                                                  "user"]  # fmt: skip
+
+
+def test_a_call_takes_one_output(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    """A second function_call_output for a call (added to its conversation, twice in one batch, or sent
+    as a turn's input) is refused where it is given: stored, it broke every later prompt."""
+    tools: list[Any] = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+    conversation = sdk.conversations.create()
+    called = sdk.responses.create(model="gpt-3.5-turbo", input="call:lookup", tools=tools, conversation=conversation.id)
+    call_id = called.output[0].call_id  # type: ignore[union-attr]
+    answer: Any = {"type": "function_call_output", "call_id": call_id, "output": "1"}
+    again: Any = {**answer, "output": "2"}
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.conversations.items.create(conversation.id, items=[answer, again])
+    assert refused.value.param == "items[1].call_id" and refused.value.code == "call_already_answered"
+    sdk.conversations.items.create(conversation.id, items=[answer])
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.conversations.items.create(conversation.id, items=[again])
+    assert refused.value.param == "items[0].call_id" and str(call_id) in refused.value.message
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model="gpt-3.5-turbo", tools=tools, conversation=conversation.id,
+                             input=[again])  # fmt: skip
+    assert refused.value.code == "call_already_answered"
+    after = sdk.responses.create(model="gpt-3.5-turbo", input="next", conversation=conversation.id)
+    assert after.status == "completed"
+    assert [m["role"] for m in sent(upstreams)["messages"]] == ["user", "assistant", "tool", "user"]
+
+
+def test_a_deleted_item_is_no_place_to_go_on_from(sdk: openai.OpenAI, v1_server: ServerProcess) -> None:
+    """An item deleted from its conversation is gone for every door: named as the parent of a follow-up
+    (the original route's parentMessageId, Responses' previous_response_id) it is not found."""
+    conversation = sdk.conversations.create()
+    first = sdk.responses.create(model="gpt-3.5-turbo", input="one", conversation=conversation.id)
+    sdk.responses.create(model="gpt-3.5-turbo", input="two", conversation=conversation.id)
+    reply_id = str(first.output[0].id)
+    sdk.conversations.items.delete(reply_id, conversation_id=conversation.id)
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model="gpt-3.5-turbo", input="from it", previous_response_id=reply_id)
+    assert refused.value.code == "previous_response_not_found"
+    with httpx.Client(base_url=v1_server.url, timeout=30) as c:
+        assert ask(c, "from it", parent=reply_id).status_code == 404
+    later = sdk.responses.create(model="gpt-3.5-turbo", input="three", conversation=conversation.id)
+    assert later.status == "completed"  # the conversation goes on without it

@@ -114,30 +114,33 @@ def _encode(items: list[Item]) -> list[bytes]:
 
 
 def _answers_have_calls(inputs: list[Item], history: list[HistoryRow]) -> None:
-    """Every function call output the turn sends answers a call its prompt holds: upstreams refuse one
-    that does not, and a call that never completed (cut mid-way) is held by no prompt."""
-    outputs = [item for item in inputs if item.kind == "function_call_output"]
-    if not outputs:
-        return
-    known = calls_in(history) | {item.call_id for item in inputs if item.kind == "function_call"}
-    for item in outputs:
-        if item.call_id not in known:
-            raise BadRequest("no_call_to_answer", id=item.call_id or "", param="input")
+    """Every function call output the turn sends answers a call its prompt holds, once: upstreams refuse
+    one that does not (a call that never completed, cut mid-way, is held by no prompt) and a second one."""
+    if any(item.kind == "function_call_output" for item in inputs):
+        calls = calls_in(history) | {item.call_id or "" for item in inputs if item.kind == "function_call"}
+        outputs_answer_calls(inputs, calls, answered_in(history), "input")
 
 
 CALL_LOOKBACK_TOKENS = 2_000_000  # how far back an added output's call is looked for: any model's window
 
 
-def outputs_answer_calls(items: list[Item], known: set[str]) -> None:
-    """Items a client adds to a conversation: each function call output answers a call the conversation
-    (``known``) or the items before it hold. One that answers none would be left out of every prompt
-    (OpenAI refuses the next response instead): it is refused here, where the mistake is made."""
-    calls = set(known)
+def outputs_answer_calls(
+    items: list[Item], calls: set[str], answered: set[str], param: str = "items[{}].call_id"
+) -> None:
+    """Each function call output among ``items`` answers a call of ``calls`` (those the conversation holds)
+    or of the items before it, and one not ``answered`` yet. Any other would be left out of every prompt,
+    or break it (OpenAI refuses the next response instead): it is refused where it is given."""
+    calls, answered = set(calls), set(answered)
     for i, item in enumerate(items):
         if item.kind == "function_call":
             calls.add(item.call_id or "")
-        elif item.kind == "function_call_output" and item.call_id not in calls:
-            raise BadRequest("no_call_to_answer", id=item.call_id or "", param=f"items[{i}].call_id")
+        elif item.kind == "function_call_output":
+            call_id = item.call_id or ""
+            if call_id not in calls:
+                raise BadRequest("no_call_to_answer", id=call_id, param=param.format(i))
+            if call_id in answered:
+                raise BadRequest("call_already_answered", id=call_id, param=param.format(i))
+            answered.add(call_id)
 
 
 def _calls_are_answered(inputs: list[Item], history: list[HistoryRow]) -> None:
@@ -223,10 +226,10 @@ class Turns:
             record = await self._timed(find(self.store, owner, conversation_id, make=True))
             parent = await self.resolve(owner, record.tip) if record.tip else None
             if parent is None or not any(item.kind == "function_call_output" for item in items):
-                outputs_answer_calls(items, set())
+                outputs_answer_calls(items, set(), set())
             else:
                 history = await self._timed(self.store.history(owner, parent.item.id, CALL_LOOKBACK_TOKENS))
-                outputs_answer_calls(items, calls_in(history))
+                outputs_answer_calls(items, calls_in(history), answered_in(history))
             await self._write_items(owner, conversation_id, parent, items)
         except StoreUnavailable:
             failed = True
@@ -341,6 +344,8 @@ class Turns:
             return None, conversation_id or mint("conv_")
         parent = await self.resolve(spec.owner, reference)
         await self._timed(self.store.writable())  # the read answered; SQLite may still refuse the write
+        if parent is not None and parent.deleted and spec.conversation is None and not reference.startswith("resp_"):
+            parent = None  # an item deleted is gone for every door; a response is while its record stays
         if parent is None:
             if spec.conversation is not None:  # the tip went (retention): start the conversation over
                 return None, spec.conversation

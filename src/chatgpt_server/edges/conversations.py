@@ -79,7 +79,7 @@ async def create(request: Request, services: Services) -> Response:
     _known_only(body, "items", "metadata")
     metadata = _metadata(body.get("metadata"))
     items = await _items_of(body)
-    outputs_answer_calls(items, set())  # before the conversation exists: a refused create makes none
+    outputs_answer_calls(items, set(), set())  # before the conversation exists: a refused create makes none
     now = time.time()
     record = Record("conversation", mint("conv_"), owner, {"metadata": metadata}, None, now, now)
     await services.store.put_record(record, None)

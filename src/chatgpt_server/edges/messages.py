@@ -285,6 +285,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "the prompt left out, cannot be answered)",
         "找不到 call_id 为 {id} 的函数调用 (未完成的调用, 或不在提示中的调用, 无法回答)",
     ),
+    "call_already_answered": (
+        "The function call {id} has its function_call_output already (a call takes one; delete that one to "
+        "answer it again)",
+        "函数调用 {id} 已有 function_call_output (一个调用只取一个; 要重新回答, 请先删除已有的)",
+    ),
     "model_not_found": ("The model '{model}' does not exist", "模型 '{model}' 不存在"),
     "model_not_chat": (
         "model {model} is served by a ChatGPT account: use /v1/responses",
