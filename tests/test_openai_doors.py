@@ -1333,3 +1333,25 @@ def test_a_deleted_item_is_no_place_to_go_on_from(sdk: openai.OpenAI, v1_server:
         assert ask(c, "from it", parent=reply_id).status_code == 404
     later = sdk.responses.create(model="gpt-3.5-turbo", input="three", conversation=conversation.id)
     assert later.status == "completed"  # the conversation goes on without it
+
+
+def test_a_json_schema_format_is_checked_and_passed_on_whole(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    """text.format json_schema: name (required, OpenAI's pattern), schema, description and strict reach the
+    upstream and the echo; what OpenAI refuses is refused with its param."""
+    schema = {"type": "object", "properties": {"name": {"type": "string"}}, "required": ["name"]}
+    fmt: Any = {"type": "json_schema", "name": "person-1", "description": "A person record", "schema": schema,
+                "strict": True}  # fmt: skip
+    response = sdk.responses.create(model="gpt-3.5-turbo", input="x", text={"format": fmt})
+    assert sent(upstreams)["response_format"] == {"type": "json_schema", "json_schema": {
+        "name": "person-1", "description": "A person record", "schema": schema, "strict": True}}  # fmt: skip
+    assert response.text.format.description == "A person record"  # type: ignore[union-attr]
+    no_name = {k: v for k, v in fmt.items() if k != "name"}
+    for bad, param, code in ((no_name, "text.format.name", "missing_required_parameter"),
+                             ({**fmt, "name": "bad name!"}, "text.format.name", None),
+                             ({**fmt, "strict": "yes"}, "text.format.strict", None),
+                             ({**fmt, "schema": None}, "text.format.schema", "missing_required_parameter"),
+                             ({**fmt, "bogus": 1}, "text.format.bogus", "unknown_parameter")):  # fmt: skip
+        text: Any = {"format": bad}
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.responses.create(model="gpt-3.5-turbo", input="x", text=text)
+        assert refused.value.param == param and (code is None or refused.value.code == code), refused.value.body

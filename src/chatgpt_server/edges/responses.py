@@ -324,12 +324,42 @@ def _text_format(value: Any) -> dict[str, Any] | None:
         return None
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
         return {"type": "json_object"}
-    if isinstance(fmt, dict) and fmt.get("type") == "json_schema" and isinstance(fmt.get("schema"), dict):
-        schema: dict[str, Any] = {"name": str(fmt.get("name") or "response")[:64], "schema": fmt["schema"]}
-        if isinstance(fmt.get("strict"), bool):
-            schema["strict"] = fmt["strict"]
-        return {"type": "json_schema", "json_schema": schema}
+    if isinstance(fmt, dict) and fmt.get("type") == "json_schema":
+        return {"type": "json_schema", "json_schema": _json_schema(fmt)}
     raise invalid("text.format", "expected text, json_object or json_schema")
+
+
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+def _json_schema(fmt: dict[str, Any]) -> dict[str, Any]:
+    """A json_schema format in Chat Completions' words, every field OpenAI takes checked as it checks them."""
+    for given in fmt:
+        if given not in ("type", "name", "schema", "description", "strict"):
+            raise BadRequest("unknown_param", param="text.format." + str(given)[:64])
+    name = fmt.get("name")
+    if name is None:
+        raise BadRequest("missing_param", param="text.format.name")
+    if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
+        raise invalid("text.format.name", "expected 1 to 64 letters, digits, underscores or dashes")
+    if not isinstance(fmt.get("schema"), dict):
+        raise (
+            BadRequest("missing_param", param="text.format.schema")
+            if fmt.get("schema") is None
+            else invalid("text.format.schema", "expected an object")
+        )
+    schema: dict[str, Any] = {"name": name, "schema": fmt["schema"]}
+    description = fmt.get("description")
+    if description is not None:
+        if not isinstance(description, str):
+            raise invalid("text.format.description", "expected a string")
+        schema["description"] = description
+    strict = fmt.get("strict")
+    if strict is not None:
+        if not isinstance(strict, bool):
+            raise invalid("text.format.strict", "expected a boolean")
+        schema["strict"] = strict
+    return schema
 
 
 # -- the response object ---------------------------------------------------------------------------
