@@ -84,6 +84,7 @@ class Upstreams:
             self.codex.fail_next.clear()
             self.codex.chunk_delay = 0.0
             self.auth.refresh_delay = 0.0
+            self.auth.refresh_answers.clear()
             self.auth.exchange_delay = 0.0
             self.auth.access_lifetime_s = 3600
 

@@ -276,6 +276,27 @@ def test_an_issuer_outage_at_an_early_refresh_does_not_fail_a_token_that_still_w
         upstreams.apps.call(lambda: setattr(upstreams.auth, "refresh_outages", 0))
 
 
+def test_an_issuers_odd_refusal_neither_ends_the_grant_nor_shows_the_refresh_token(
+    cx: httpx.Client, upstreams: Upstreams, codex_server: ServerProcess
+) -> None:
+    """Only the issuer's words for a grant that is over (refresh_token_reused, _expired, _invalidated,
+    invalid_grant) make the account sign in again; another refusal (invalid_client, invalid_request: a
+    setting or a request of ours) is an error, and the grant is tried again later. An issuer that echoes
+    the refresh token it was sent shows it to nobody."""
+    email, account = unique("odd")
+    token = sign_in(cx, upstreams, email, account)["accessToken"]
+    grant = grant_for(upstreams, email)
+    for answer in ((400, "invalid_client"), (401, "invalid_request"), (500, "{presented}"), (400, "{presented}")):
+        upstreams.apps.call(lambda answer=answer: upstreams.auth.refresh_answers.append(answer))  # type: ignore[misc]
+        upstreams.apps.call(lambda: upstreams.codex.fail_next.append("401"))  # the backend refuses: refresh once
+        response = ask(cx, "refused", key=token, mode="2")
+        assert response.status_code == 502, response.text
+        assert grant.refresh_token not in response.text
+    assert grant.refresh_token not in codex_server.log()
+    assert grant_for(upstreams, email).refreshes == 0 and not grant.revoked
+    assert ask(cx, "still signed in", key=token, mode="2").status_code == 201
+
+
 def test_refresh_token_reuse_marks_the_account(
     cx: httpx.Client, upstreams: Upstreams, codex_server: ServerProcess
 ) -> None:

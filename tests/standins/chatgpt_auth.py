@@ -154,6 +154,9 @@ class ChatGPTAuthStandIn:
     refresh_delay: float = 0.0  # seconds a refresh call waits before it is decided (concurrency tests)
     exchange_delay: float = 0.0  # seconds an authorization code's exchange waits before it is decided
     refresh_outages: int = 0  # the next refreshes answered 500 (the issuer failing), the grant untouched
+    # The next refreshes answered with (status, error) as given, the grant untouched; "{presented}" in the
+    # error stands for the refresh token sent (an issuer that echoes it).
+    refresh_answers: list[tuple[int, str]] = field(default_factory=list, repr=False)
     error_style: ErrorStyle = "nested"  # shape of /oauth/token errors (see _token_error)
     keys: list[SigningKey] = field(default_factory=list, repr=False)  # the JWKS; the last one signs
     jwks_calls: int = 0
@@ -446,6 +449,9 @@ class ChatGPTAuthStandIn:
             if self.refresh_outages:
                 self.refresh_outages -= 1
                 return web.json_response({"error": "server_error"}, status=500)
+            if self.refresh_answers:
+                status, error = self.refresh_answers.pop(0)
+                return web.json_response({"error": error.replace("{presented}", str(presented))}, status=status)
             if content_type != "application/json":
                 return self._token_error(400, "invalid_request", "Send the refresh_token grant as JSON.")
             return await self._refresh(body)

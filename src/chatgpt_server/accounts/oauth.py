@@ -108,12 +108,13 @@ class OAuth:
             self._json({"device_auth_id": device.device_auth_id, "user_code": device.user_code}),
             "application/json",
         )
-        if status in (403, 404) and _error_code(body) != "deviceauth_not_found":
+        said = _error_code(body, device.device_auth_id, device.user_code)
+        if status in (403, 404) and said != "deviceauth_not_found":
             return None
-        if status in (404, 410) or _error_code(body) in ("deviceauth_expired", "deviceauth_not_found"):
+        if status in (404, 410) or said in ("deviceauth_expired", "deviceauth_not_found"):
             raise NotFound("device_code_expired")
         if status != 200:
-            raise BadGateway("upstream_error", host=self.host, status=status, detail=_error_code(body) or "device poll")
+            raise BadGateway("upstream_error", host=self.host, status=status, detail=said or "device poll")
         code, verifier = body.get("authorization_code"), body.get("code_verifier")
         if not isinstance(code, str) or not isinstance(verifier, str):
             raise BadGateway("upstream_bad_reply", host=self.host, detail="no authorization_code")
@@ -126,7 +127,8 @@ class OAuth:
         }).encode()  # fmt: skip
         status, body = await self._post("/oauth/token", form, "application/x-www-form-urlencoded")
         if status != 200:
-            raise BadGateway("upstream_error", host=self.host, status=status, detail=_error_code(body) or "token")
+            raise BadGateway("upstream_error", host=self.host, status=status, detail=_error_code(body, code, verifier)
+                             or "token")  # fmt: skip
         return self._tokens(body)
 
     async def refresh(self, refresh_token: str) -> TokenSet:
@@ -134,10 +136,12 @@ class OAuth:
         status, answer = await self._post("/oauth/token", body, "application/json")
         if status == 200:
             return self._tokens(answer)
-        code = _error_code(answer)
-        if code in FATAL_REFRESH or (status in (400, 401) and code):
-            raise RefreshRefused(code if code in FATAL_REFRESH else "refresh_token_invalidated")
-        if status == 401:
+        code = _error_code(answer, refresh_token)
+        # Only what says the grant is over ends it (the account must sign in again, by a person): another
+        # refusal (invalid_client, invalid_request: this server's setting or request) is an error to retry.
+        if code in FATAL_REFRESH:
+            raise RefreshRefused(code)
+        if status == 401 and not code:
             raise RefreshRefused("refresh_token_invalidated")
         raise BadGateway("upstream_error", host=self.host, status=status, detail=code or "refresh")
 
@@ -149,9 +153,11 @@ class OAuth:
                         refresh if isinstance(refresh, str) and refresh else None)  # fmt: skip
 
 
-def _error_code(body: dict[str, Any]) -> str:
+def _error_code(body: dict[str, Any], *sent: str) -> str:
+    """The issuer's error code, scrubbed of the credentials the request carried (an issuer that echoes
+    one must not put it in a client's error or the log)."""
     error = body.get("error")
     if isinstance(error, dict):
         code = error.get("code") or error.get("type")
-        return scrub(code, limit=60) if isinstance(code, str) else ""
-    return scrub(error, limit=60) if isinstance(error, str) else ""
+        return scrub(code, *sent, limit=60) if isinstance(code, str) else ""
+    return scrub(error, *sent, limit=60) if isinstance(error, str) else ""
