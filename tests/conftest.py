@@ -79,12 +79,14 @@ class Upstreams:
             self.chatgpt.first_delay = 0.0
             self.signin.refuse = False
             self.signin.country_block = False
+            self.signin.resume_origin = ""
             self.chatgpt.require_sentinel = False
             self.codex.requests.clear()
             self.codex.fail_next.clear()
             self.codex.chunk_delay = 0.0
             self.auth.refresh_delay = 0.0
             self.auth.refresh_answers.clear()
+            self.auth.jwks_down = False
             self.auth.exchange_delay = 0.0
             self.auth.access_lifetime_s = 3600
 

@@ -3,6 +3,8 @@ and mode 2 on the Codex backend, against stand-ins as strict as auth.openai.com 
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import re
 import subprocess
@@ -295,6 +297,60 @@ def test_an_issuers_odd_refusal_neither_ends_the_grant_nor_shows_the_refresh_tok
     assert grant.refresh_token not in codex_server.log()
     assert grant_for(upstreams, email).refreshes == 0 and not grant.revoked
     assert ask(cx, "still signed in", key=token, mode="2").status_code == 201
+
+
+def test_while_the_issuers_keys_are_out_of_reach_its_tokens_wait_for_them(tmp_path: Path, upstreams: Upstreams) -> None:
+    """A server that cannot fetch the issuer's keys (just started, the issuer down) cannot tell a stored
+    account's token from a forged one: a 503 to retry, never the token bound to itself (its conversations
+    would be lost to its account: follow-ups 404, new ones made under another owner for good)."""
+    env = upstreams.codex_env(CHATGPT_SERVER_STORE_URL=f"sqlite:///{tmp_path / 'c.db'}")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    first = ServerProcess(tmp_path / "a", env).start()
+    try:
+        with httpx.Client(base_url=first.url, timeout=30) as c:
+            email, account = unique("keys")
+            token = sign_in(c, upstreams, email, account)["accessToken"]
+            reply = ask(c, "one", key=token, mode="2").json()["data"]
+    finally:
+        first.stop()
+    upstreams.apps.call(lambda: setattr(upstreams.auth, "jwks_down", True))
+    asked = len(upstreams.codex.requests)
+    second = ServerProcess(tmp_path / "b", env).start()
+    try:
+        with httpx.Client(base_url=second.url, timeout=30) as c:
+            for parent in (reply["id"], None):
+                answer = ask(c, "during", parent=parent, key=token, mode="2")
+                assert answer.status_code == 503 and answer.headers["Retry-After"] == "30", answer.text
+        assert len(upstreams.codex.requests) == asked  # nothing was sent for a token nobody could check
+        assert "the issuer's keys could not be fetched (JWKS answered HTTP 503)" in second.log()
+    finally:
+        second.stop()
+
+
+@pytest.mark.parametrize("forged", ["x", "unsigned"])
+def test_a_refresh_that_gives_no_token_of_the_account_is_not_kept(
+    cx: httpx.Client, upstreams: Upstreams, forged: str
+) -> None:
+    """What a refresh gives is checked as a sign-in's tokens are: one that does not verify as this
+    account's (garbage, unsigned with a far expiry) is neither sent nor stored as its token."""
+    email, account = unique("forged")
+    token = sign_in(cx, upstreams, email, account)["accessToken"]
+    if forged == "unsigned":  # the account's own claims, alg none, an expiry far away
+        payload = token.split(".")[1]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims["exp"] = 9_999_999_999
+        body = base64.urlsafe_b64encode(json.dumps(claims).encode()).rstrip(b"=").decode()
+        forged = base64.urlsafe_b64encode(b'{"alg":"none","typ":"JWT"}').rstrip(b"=").decode() + "." + body + "."
+    answer = (200, {"access_token": forged, "refresh_token": "rt_forged", "id_token": ""})
+    upstreams.apps.call(lambda: upstreams.auth.refresh_answers.append(answer))
+    upstreams.apps.call(lambda: upstreams.codex.fail_next.append("401"))  # the backend refuses: refresh once
+    sent_before = len(upstreams.codex.requests)
+    assert ask(cx, "refreshed", key=token, mode="2").status_code == 502
+    tokens_sent = [r["headers"]["Authorization"] for r in upstreams.codex.requests[sent_before:]]
+    assert f"Bearer {forged}" not in tokens_sent
+    message = assert_error(ask(cx, "after", key=token, mode="2"), 401)
+    assert "must sign in again" in message and "refreshed_token_unverified" in message
 
 
 def test_refresh_token_reuse_marks_the_account(

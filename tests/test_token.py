@@ -117,6 +117,19 @@ def test_password_goes_only_to_the_configured_identity_host(
         server.stop()
 
 
+def test_the_sign_in_flow_goes_nowhere_but_its_two_hosts(
+    client: httpx.Client, upstreams: Upstreams, account: tuple[str, str]
+) -> None:
+    """After the password, the identity service sends the browser on (resume, then the web app's
+    callback): a hop to another host is refused before any request goes there, so no host but the two
+    configured ones is called, or sets the session cookie the token comes from."""
+    elsewhere = upstreams.signin.identity_url.replace("127.0.0.1", "localhost")  # the same server, another origin
+    upstreams.signin.resume_origin = elsewhere
+    message = assert_error(get(client, "1", *account), 502, PATH)
+    assert message.endswith("answered with a redirect, which is never followed"), message
+    assert not any(host.startswith("localhost") for host in upstreams.signin.resume_hosts)
+
+
 def test_a_token_near_expiry_is_not_served_from_cache(
     client: httpx.Client, upstreams: Upstreams, account: tuple[str, str]
 ) -> None:

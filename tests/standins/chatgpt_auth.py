@@ -155,11 +155,12 @@ class ChatGPTAuthStandIn:
     exchange_delay: float = 0.0  # seconds an authorization code's exchange waits before it is decided
     refresh_outages: int = 0  # the next refreshes answered 500 (the issuer failing), the grant untouched
     # The next refreshes answered with (status, error) as given, the grant untouched; "{presented}" in the
-    # error stands for the refresh token sent (an issuer that echoes it).
-    refresh_answers: list[tuple[int, str]] = field(default_factory=list, repr=False)
+    # error stands for the refresh token sent (an issuer that echoes it); a dict is the whole body.
+    refresh_answers: list[tuple[int, str | dict[str, Any]]] = field(default_factory=list, repr=False)
     error_style: ErrorStyle = "nested"  # shape of /oauth/token errors (see _token_error)
     keys: list[SigningKey] = field(default_factory=list, repr=False)  # the JWKS; the last one signs
     jwks_calls: int = 0
+    jwks_down: bool = False  # the keys endpoint answers 503 (the issuer's keys out of reach)
     refresh_calls: list[tuple[float, str | None]] = field(default_factory=list, repr=False)  # (time, grant id or None)
     token_calls: list[dict[str, Any]] = field(default_factory=list, repr=False)  # every /oauth/token body as parsed
     polls: list[tuple[float, str]] = field(default_factory=list, repr=False)  # (time, device_auth_id) per token poll
@@ -356,6 +357,8 @@ class ChatGPTAuthStandIn:
 
     async def jwks_endpoint(self, request: web.Request) -> web.Response:
         self.jwks_calls += 1
+        if self.jwks_down:
+            return _json(503, {"error": "unavailable"})
         return _json(200, self.jwks())
 
     async def discovery(self, request: web.Request) -> web.Response:
@@ -451,6 +454,8 @@ class ChatGPTAuthStandIn:
                 return web.json_response({"error": "server_error"}, status=500)
             if self.refresh_answers:
                 status, error = self.refresh_answers.pop(0)
+                if isinstance(error, dict):
+                    return web.json_response(error, status=status)
                 return web.json_response({"error": error.replace("{presented}", str(presented))}, status=status)
             if content_type != "application/json":
                 return self._token_error(400, "invalid_request", "Send the refresh_token grant as JSON.")

@@ -30,6 +30,8 @@ class SignInStandIn:
     identity_url: str = ""
     refuse: bool = False
     country_block: bool = False
+    resume_origin: str = ""  # set: the password step sends the browser to this origin's resume (a hostile flow)
+    resume_hosts: list[str] = field(default_factory=list)  # the Host of every resume request
     sign_ins: dict[str, int] = field(default_factory=dict)
     session_calls: int = 0
     token_ttl: float = 3600
@@ -161,10 +163,12 @@ class SignInStandIn:
         resume = secrets.token_urlsafe(12)
         self._states[resume] = {"cookie": progress["cookie"], "email": email}
         raise web.HTTPFound(
-            f"/authorize/resume?state={resume}", text=f"Found. Redirecting to /authorize/resume?state={resume}"
+            f"{self.resume_origin}/authorize/resume?state={resume}",
+            text=f"Found. Redirecting to /authorize/resume?state={resume}",
         )
 
     async def resume(self, request: web.Request) -> web.Response:
+        self.resume_hosts.append(request.host)
         progress = self._progress(request)
         if progress is None or "email" not in progress:
             return _page(400, "invalid state")

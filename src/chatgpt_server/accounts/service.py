@@ -28,14 +28,14 @@ import orjson
 from ..core.locks import KeyedLocks
 from ..core.owners import Owners
 from ..core.turns import OpenTurn, Turns, TurnSpec
-from ..errors import BadRequest, NotFound, ServiceError, ServiceUnavailable, Unauthorized
+from ..errors import BadGateway, BadRequest, NotFound, ServiceError, ServiceUnavailable, Unauthorized
 from ..settings import Settings
 from ..stores import Record, Store
 from ..upstreams.base import Target
 from ..upstreams.chatgpt_web import check_not_expired, jwt_claims
-from ..upstreams.http import HTTPClient
+from ..upstreams.http import HTTPClient, host_of
 from .oauth import DeviceCode, OAuth, RefreshRefused, TokenSet
-from .tokens import AUTH_CLAIM, Identity, Unverifiable, Verifier, identity_of
+from .tokens import AUTH_CLAIM, REFETCH_S, Identity, Unverifiable, Verifier, identity_of
 
 if TYPE_CHECKING:
     from .crypto import Sealer
@@ -78,11 +78,16 @@ class Accounts:
 
     # -- which credential a request uses --------------------------------------------------------
     async def identify(self, token: str) -> Identity | None:
-        """The account of a token whose signature verifies; None for any other token."""
+        """The account of a token whose signature verifies; None for any other token. One that says it
+        is the issuer's, while the issuer's keys are out of reach, is neither: a 503, since bound to
+        itself (as a token not ours is) its conversations would be lost to its account for good."""
         try:
             claims = await self.verifier.verify(token)
-        except Unverifiable:
-            return None
+        except Unverifiable as exc:
+            if (jwt_claims(token) or {}).get("iss") != self.verifier.issuer:
+                return None
+            raise ServiceUnavailable("issuer_keys_unavailable", headers={"Retry-After": str(int(REFETCH_S))},
+                                     host=host_of(self.verifier.issuer)) from exc  # fmt: skip
         return identity_of(claims) if claims is not None else None
 
     async def credential(self, token: str) -> Credential:
@@ -235,7 +240,21 @@ class Accounts:
         except ServiceError:
             await self._save(key, leased, version, {**body, "lease": None})
             raise
-        exp = _exp_of(fresh.access_token)
+        try:
+            identity = await self.identify(fresh.access_token)
+            exp = identity.exp if identity is not None else 0.0
+        except ServiceUnavailable:  # the keys are out of reach: the grant is spent, so what it gave is kept
+            identity, exp = None, _exp_of(fresh.access_token)
+        else:
+            if identity is None or identity.key != key:
+                # Not a token of this account: never used or stored as one (sending it would show another
+                # account's conversations, or none); the grant it came from is the issuer's to explain.
+                signed_out = {**body, "status": "signin_required", "reason": "refreshed_token_unverified",
+                              "lease": None}  # fmt: skip
+                await self._save(key, leased, version, signed_out)
+                self._known.pop(key, None)
+                raise BadGateway("upstream_bad_reply", host=self.oauth.host,
+                                 detail="the refreshed access token is not this account's")  # fmt: skip
         new_body = {
             **body,
             "sealed": self._seal(key, fresh, tokens),

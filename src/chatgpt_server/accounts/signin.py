@@ -151,9 +151,15 @@ class SignIn:
         resume = page.location() or _resume_in(page.text, identity)
         if page.status not in (301, 302, 303) or not resume or "/authorize/resume" not in resume:
             raise BadGateway("signin_changed", step=5, detail=f"no redirect to /authorize/resume (HTTP {page.status})")
+        # Each hop stays where it belongs (the resume on the identity service, the callback on the web
+        # app): a redirect elsewhere would have us call, and take a session cookie from, any host.
+        if _origin(resume) != identity:
+            raise redirect_error(host_of(identity))
         callback = (await self.fetch(6, "GET", resume, follow=False)).location()
         if not callback or "/api/auth/callback" not in callback:
             raise BadGateway("signin_changed", step=6, detail="no redirect to the callback")
+        if _origin(callback) != _origin(self.web):
+            raise redirect_error(host_of(identity))
         page = await self.fetch(7, "GET", callback, follow=False)
         session_token = self.session_token()
         if not session_token:

@@ -9,6 +9,7 @@ claims are cached per token, so a request pays a dictionary lookup, not an RSA v
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -23,6 +24,8 @@ AUTH_CLAIM = "https://api.openai.com/auth"
 PROFILE_CLAIM = "https://api.openai.com/profile"
 REFETCH_S = 30.0
 CACHE_MAX = 4096
+
+log = logging.getLogger("chatgpt_server.accounts")
 
 
 class Unverifiable(Exception):
@@ -71,6 +74,7 @@ class Verifier:
         self.timeout_s = timeout_s
         self._keys: dict[str, Any] = {}
         self._fetched_at = -REFETCH_S
+        self._failed: str | None = None  # why the last fetch failed (None: it did not)
         self._lock = asyncio.Lock()
         self._verified: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
 
@@ -113,11 +117,24 @@ class Verifier:
         async with self._lock:
             if kid not in self._keys and time.monotonic() - self._fetched_at >= REFETCH_S:
                 await self._fetch()
+        if kid not in self._keys and self._failed is not None:
+            # Until a fetch succeeds, a key we do not know may be one the issuer has: no verdict.
+            raise Unverifiable(self._failed)
         return self._keys.get(kid)
 
     async def _fetch(self) -> None:
-        url = self.issuer + "/.well-known/jwks.json"
         self._fetched_at = time.monotonic()  # a failed fetch counts too: an issuer that is down is not hammered
+        try:
+            await self._fetch_keys()
+        except Unverifiable as exc:
+            self._failed = str(exc)
+            log.warning("the issuer's keys could not be fetched (%s): its tokens are refused with 503 until they "
+                        "are, in %.0f s at the earliest", exc, REFETCH_S)  # fmt: skip
+            raise
+        self._failed = None
+
+    async def _fetch_keys(self) -> None:
+        url = self.issuer + "/.well-known/jwks.json"
         try:
             async with asyncio.timeout(self.timeout_s):
                 response = await self.http.request("GET", url)
@@ -127,6 +144,8 @@ class Verifier:
                     document = orjson.loads(await read_limited(response, 1 << 20, "issuer"))
                 finally:
                     response.release()
+        except Unverifiable:
+            raise
         except (*TRANSPORT_ERRORS, orjson.JSONDecodeError, TimeoutError) as exc:
             raise Unverifiable(type(exc).__name__) from exc
         except Exception as exc:  # a BadGateway from read_limited

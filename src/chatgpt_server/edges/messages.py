@@ -82,6 +82,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "系统消息和问题共 {tokens} 个token，超过 maxModelTokens - maxResponseTokens 允许的 {budget} 个",
     ),
     "store_unavailable": ("conversation store unavailable", "对话存储不可用"),
+    "issuer_keys_unavailable": (
+        "the keys of {host} (which signs ChatGPT account tokens) cannot be fetched now, so this token cannot be "
+        "checked: try again shortly",
+        "无法获取 {host} 的密钥 (它签发 ChatGPT 账号令牌), 暂时无法校验此令牌: 请稍后重试",
+    ),
     # Upstream failures (mode 1 and mode 2).
     "upstream_unauthorized": (
         "{host} rejected the credential ({detail})",

@@ -464,9 +464,10 @@ TOKEN_ERRORS = {
     "404": "the stored account was removed meanwhile",
     "429": "sign-in refused or rate limited (OAuthSignin), or this address made "
     "CHATGPT_SERVER_PASSWORD_SIGN_INS_PER_HOUR password sign-ins this hour (password_sign_ins_limited, Retry-After)",
-    "502": "the identity service is unreachable, answered something unexpected, or the sign-in flow changed "
-    "at step N (then use device sign-in)",
-    "503": "the store is unavailable, or another instance is refreshing the account",
+    "502": "the identity service is unreachable, answered something unexpected or a redirect to another host, "
+    "or the sign-in flow changed at step N (then use device sign-in)",
+    "503": "the store is unavailable, another instance is refreshing the account, or the issuer's keys cannot be "
+    "fetched now (Retry-After)",
     "504": "the identity service did not answer in time",
 }
 LANGUAGE = {
@@ -998,7 +999,8 @@ def _original_paths() -> dict[str, Schema]:
         "429": "upstream rate limit, exhausted quota, or one message at a time (Retry-After passed on)",
         "502": "the upstream is unreachable, failed (5xx), answered something unexpected or too large, or was "
         "blocked by Cloudflare",
-        "503": STORE_DOWN,
+        "503": STORE_DOWN + "; or (mode 2) the issuer's keys cannot be fetched now, so a token naming the issuer "
+        "cannot be checked (Retry-After)",
         "504": "the upstream did not answer in time (timeoutMs, idleTimeoutMs), or (legacy web backend) the "
         "account was busy with another message all that time and nothing was sent",
     })  # fmt: skip
