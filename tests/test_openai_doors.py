@@ -517,9 +517,12 @@ def test_client_errors_map_to_the_sdk_exceptions(v1_server: ServerProcess, sdk: 
         with pytest.raises(openai.AuthenticationError) as raised:
             bad.responses.create(model="gpt-3.5-turbo", input="x")
         assert "wrong-key" not in str(raised.value.body)
-    with pytest.raises(openai.BadRequestError) as refused:
-        sdk.responses.create(model="gpt-3.5-turbo", input="x", temperature=7)
-    assert refused.value.param == "temperature"
+        assert (raised.value.type, raised.value.code) == ("invalid_request_error", "invalid_api_key")  # OpenAI's
+    for params, code in (({"temperature": 7}, "decimal_above_max_value"), ({"top_p": -0.5}, "decimal_below_min_value"),
+                         ({"temperature": "hot"}, "invalid_type")):  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as refused:
+            sdk.responses.create(model="gpt-3.5-turbo", input="x", extra_body=params)
+        assert (refused.value.param, refused.value.code) == (next(iter(params)), code)
     with pytest.raises(openai.BadRequestError) as unknown:
         sdk.responses.create(model="gpt-3.5-turbo", input="x", extra_body={"nonsense": 1})
     assert "nonsense" in str(unknown.value) and unknown.value.code == "unknown_parameter"  # OpenAI's code

@@ -14,7 +14,7 @@ still checked for server errors and for conformance of whatever the server does 
   (tests/test_accounts.py plays that person);
 * mode 2 runs on the Codex backend; the legacy web backend's extra ``headers`` are only validated.
 
-Two things are told to schemathesis explicitly, here and in ``_config``:
+Three things are told to schemathesis explicitly, here and in ``_config``:
 
 * Positive (schema-valid) requests to the doors that call an upstream are made servable by the stand-ins
   (``map_case`` below): the stand-in's key, model names, account and password, an allow-listed upstream
@@ -22,6 +22,8 @@ Two things are told to schemathesis explicitly, here and in ``_config``:
   URLs a deployment has; without this, every positive request would end in the upstream's 400 or 401 and
   no success answer (201, the streams, the stored response objects) would ever be checked. Negative
   requests are left as generated.
+* A ``function_call_output`` added to a conversation must answer a call before it, once (``map_case``
+  makes one that does not a message): the schema cannot say which calls a conversation holds.
 * ``POST /v1/responses/{id}/cancel`` answers 400 by design for every response (no background mode): its
   positive-data check accepts 400.
 
@@ -122,6 +124,27 @@ def _servable_response(body: dict[str, Any], query: dict[str, Any]) -> None:
         body["conversation"] = None
 
 
+def _servable_items(body: dict[str, Any], query: dict[str, Any]) -> None:
+    """A function_call_output answers a call before it, once (the schema cannot say so; OpenAI refuses the
+    next response else, the gateway the items): one that does not becomes a message."""
+    items = body.get("items")
+    if not isinstance(items, list):
+        return
+    calls: set[Any] = set()
+    answered: set[Any] = set()
+    for index, item in enumerate(items):
+        if not isinstance(item, dict):
+            continue
+        call_id = item.get("call_id")
+        if item.get("type") == "function_call":
+            calls.add(call_id)
+        elif item.get("type") == "function_call_output":
+            if call_id in calls and call_id not in answered:
+                answered.add(call_id)
+            else:
+                items[index] = {"type": "message", "role": "user", "content": "hello"}
+
+
 def _servable_token(body: dict[str, Any], query: dict[str, Any]) -> None:
     values = body if body else query
     values["email"], values["password"] = _hook_env("EMAIL"), _hook_env("PASSWORD")
@@ -132,6 +155,8 @@ SERVABLE = {
     ("POST", "/v1/chat/completions"): _servable_chat,
     ("POST", "/v1/responses"): _servable_response,
     ("POST", "/v1/responses/input_tokens"): _servable_response,
+    ("POST", "/v1/conversations"): _servable_items,
+    ("POST", "/v1/conversations/{id}/items"): _servable_items,
     ("GET", "/api/v1/token/getInfo"): _servable_token,
     ("POST", "/api/v1/token/getInfo"): _servable_token,
 }

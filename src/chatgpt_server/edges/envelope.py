@@ -23,7 +23,7 @@ log = logging.getLogger("chatgpt_server")
 
 OPENAI_TYPES = {
     400: "invalid_request_error",
-    401: "authentication_error",
+    401: "invalid_request_error",  # as OpenAI types its invalid_api_key answer
     403: "permission_error",
     404: "invalid_request_error",
     405: "invalid_request_error",

@@ -200,7 +200,7 @@ def _envelope_errors(errors: dict[str, str]) -> dict[str, Schema]:
 
 OPENAI_ERROR_TYPES = {
     "400": ["invalid_request_error"],
-    "401": ["authentication_error"],
+    "401": ["invalid_request_error"],
     "403": ["permission_error"],
     "404": ["invalid_request_error"],
     "405": ["invalid_request_error"],
@@ -1291,7 +1291,7 @@ def openapi_document() -> dict[str, Any]:
                     {"error": _object(
                         {
                             "message": _string(),
-                            "type": {"enum": ["invalid_request_error", "authentication_error", "permission_error",
+                            "type": {"enum": ["invalid_request_error", "permission_error",
                                               "rate_limit_exceeded", "insufficient_quota", "server_error"]},
                             "param": _or_null(_string("the field at fault")),
                             "code": _string(),

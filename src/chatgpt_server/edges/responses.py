@@ -90,12 +90,24 @@ class Ask:
     given_ids: list[str] = field(default_factory=list)  # ids input items carry (items passed back whole)
 
 
+_JSON_KINDS = {str: "a string", bool: "a boolean", list: "an array", dict: "an object"}
+
+
 def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
+    """A number in [low, high], refused in OpenAI's words and codes (clients branch on them)."""
     value = body.get(name)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
-        raise invalid(name, f"expected a number from {low:g} to {high:g}")
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        kind = _JSON_KINDS.get(type(value), "a value")
+        raise BadRequest("invalid_param", param=name, code="invalid_type",
+                         detail=f"expected a decimal, but got {kind} instead.")  # fmt: skip
+    if value > high:
+        detail = f"decimal above maximum value. Expected a value <= {high:g}, but got {value:g} instead."
+        raise BadRequest("invalid_param", param=name, code="decimal_above_max_value", detail=detail)
+    if value < low:
+        detail = f"decimal below minimum value. Expected a value >= {low:g}, but got {value:g} instead."
+        raise BadRequest("invalid_param", param=name, code="decimal_below_min_value", detail=detail)
     return float(value)
 
 
