@@ -488,13 +488,15 @@ def test_a_clients_extra_headers_reach_the_codex_backend_under_the_protocols_own
 ) -> None:
     email, account = unique("headers")
     token = sign_in(cx, upstreams, email, account)["accessToken"]
-    extra = {"X-Trace-Id": "trace-42", "ORIGINATOR": "someone-else", "Session_Id": "not-this-one"}
+    extra = {"X-Trace-Id": "trace-42", "ORIGINATOR": "someone-else", "Session_Id": "not-this-one",
+             "Session-Id": "nor-this-one"}  # fmt: skip
     response = ask(cx, "with headers", key=token, mode="2", headers=extra)
     assert response.status_code == 201, response.text
     sent = upstreams.codex.requests[-1]["header_list"]  # each header as it came, repeats included
     assert [v for k, v in sent if k.lower() == "x-trace-id"] == ["trace-42"]
     assert [v for k, v in sent if k.lower() == "originator"] == ["chatgpt_server"]
     assert [v for k, v in sent if k.lower() == "session_id"] == [response.json()["data"]["conversationId"]]
+    assert not [v for k, v in sent if k.lower() == "session-id"]  # one header to servers that read _ as -
     refused = ask(cx, "another account?", key=token, mode="2", headers={"ChatGPT-Account-Id": "acct-other"})
     assert "chatgpt-account-id" in assert_error(refused, 400).lower()
 

@@ -57,7 +57,9 @@ def test_authorization_header_cannot_be_replaced(client: httpx.Client, token: st
     assert message == "opts.opts.headers cannot set authorization"
     for name in ("X-Forwarded-For", "Forwarded", "x-real-ip", "Cookie2", "X-Forwarded-Port", "x-forwarded-server",
                  "X-Forwarded-Prefix", "X-Forwarded-Client-Cert", "True-Client-IP", "CF-Connecting-IP", "X-Client-IP",
-                 "X-Original-Forwarded-For", "Via"):  # who the request is from is ours  # fmt: skip
+                 "X-Original-Forwarded-For", "Via", "X_Forwarded_For", "X_Real_IP", "Transfer_Encoding",
+                 "Proxy_Authorization", "X-Forwarded", "X-Original-URL", "X-HTTP-Method-Override", "X-Host",
+                 "Max-Forwards"):  # who the request is from, and what it asks for, are ours  # fmt: skip
         refused = assert_error(ask(client, "x", key=token, mode="2", headers={name: "203.0.113.9"}), 400)
         assert refused == f"opts.opts.headers cannot set {name}", refused
 

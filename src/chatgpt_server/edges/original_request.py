@@ -46,7 +46,11 @@ RESERVED_HEADERS = frozenset(
      # ours (every X-Forwarded-* too, below, and what CDNs and proxies write for the client's address)
      "forwarded", "x-real-ip", "true-client-ip", "cf-connecting-ip", "cf-connecting-ipv6", "x-client-ip",
      "x-cluster-client-ip", "fastly-client-ip", "x-originating-ip", "x-remote-ip", "x-remote-addr", "client-ip",
-     "x-azure-clientip", "x-appengine-user-ip", "x-envoy-external-address", "via")
+     "x-azure-clientip", "x-appengine-user-ip", "x-envoy-external-address", "via", "x-forwarded", "forwarded-for",
+     "x-proxyuser-ip", "wl-proxy-client-ip", "max-forwards",
+     # which host, path and method the request is for is the gateway's too (proxies and frameworks honour these)
+     "x-host", "x-original-host", "x-original-url", "x-rewrite-url", "x-http-method-override", "x-http-method",
+     "x-method-override")
 )  # fmt: skip
 # Prefixes of header names that belong to the gateway, the connection, or the proxies between.
 RESERVED_PREFIXES = ("proxy-", "sec-", "x-forwarded-", "x-original-forwarded")
@@ -166,7 +170,7 @@ def check_headers(value: Any, problems: Problems, field_name: str = "opts.opts.h
     total = 0
     for name, text in value.items():
         shown = name[:MAX_HEADER_NAME]  # escaped where the message is rendered
-        bare = name.strip().lower()
+        bare = name.strip().lower().replace("_", "-")  # many servers read X_Forwarded_For as X-Forwarded-For
         total += len(name) + len(text)
         if bare in RESERVED_HEADERS or bare.startswith(RESERVED_PREFIXES):
             problems.append(("header_reserved", {"name": shown}))

@@ -41,8 +41,9 @@ from .streamed import StreamedReply
 ORIGINATOR = "chatgpt_server"
 USER_AGENT = f"chatgpt-server/{__version__}"
 # Headers the protocol sets: a client's own of the same name (any spelling) gives way.
+# Compared with "_" read as "-": many servers take session_id and Session-Id for one header.
 OWN_HEADERS = frozenset({"authorization", "content-type", "accept", "originator", "user-agent", "chatgpt-account-id",
-                         "session_id"})  # fmt: skip
+                         "session-id"})  # fmt: skip
 _PARSE_ERRORS = (orjson.JSONDecodeError, TypeError, ValueError, KeyError, IndexError, AttributeError, RecursionError)
 RATE_HEADERS = {
     "x-codex-primary-used-percent": "primaryUsedPercent",
@@ -414,7 +415,7 @@ class Codex:
         host = target.host
         body = build_body(prompt, prompt.instructions or self.default_instructions())
         # The client's extra headers (mode 2's ``headers``, already checked), under the protocol's own.
-        headers = {name: value for name, value in target.headers if name.lower() not in OWN_HEADERS}
+        headers = {name: value for name, value in target.headers if name.lower().replace("_", "-") not in OWN_HEADERS}
         headers |= {
             "Authorization": f"Bearer {target.credential}",
             "Content-Type": "application/json",
