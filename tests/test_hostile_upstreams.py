@@ -920,6 +920,29 @@ def test_nothing_after_done_is_part_of_the_reply(gateway: ServerProcess, http: h
         assert final.type == "response.completed" and final.response.output_text == "Hello there"
 
 
+@pytest.mark.parametrize("name", ["nodone", "donebare", "parts"])
+def test_a_finished_stream_in_a_providers_own_spelling_is_whole(
+    gateway: ServerProcess, http: httpx.Client, upstreams: Upstreams, evil: Evil, name: str
+) -> None:
+    """Whole replies as real providers write them, through every door: no [DONE] after the finish reason
+    (llama.cpp before late 2024), [DONE] as the body's last bytes, content as a list of parts (thinking
+    parts left out, as reasoning_content is)."""
+    key = new_key()
+    question = f"{name} {uuid.uuid4().hex}"
+    got = call(http, question, evil.urls["hostile"], key=key, kind="2")
+    assert got.status == 200 and got.text == "Hello there", got.response.text
+    assert got.data is not None and "incomplete" not in got.data
+    _follow_up_carries(http, upstreams, evil.hostile, evil.urls["hostile"], key, got.reply_id,
+                       [user(question), assistant("Hello there")])  # fmt: skip
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
+        chunks = list(sdk.chat.completions.create(model="hostile-1", stream=True,
+                                                  messages=[{"role": "user", "content": name}]))  # fmt: skip
+        assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
+        response = sdk.responses.create(model="hostile-1", input=f"{name} via responses", stream=True)
+        final = [e for e in response if e.type in ("response.completed", "response.failed")][-1]
+        assert final.type == "response.completed" and final.response.output_text == "Hello there"
+
+
 def test_an_error_event_fails_the_stream_and_its_words_are_scrubbed(gateway: ServerProcess, http: httpx.Client,
                                                                     evil: Evil) -> None:  # fmt: skip
     key = new_key()

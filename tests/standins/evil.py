@@ -468,7 +468,8 @@ class ChatHostile(Recording):
     """Chat completions answering ``WHOLE_REPLIES[name]``/``ODD_REPLIES[name]`` (a request that does not
     stream) or ``STREAM_FRAMES[name]`` after two good chunks (one that does), ``name`` being the
     question's first word. ``good ...`` is answered properly, ``quiet ...`` streams text and then
-    ends without ``[DONE]``, ``spread ...`` streams good chunks, each over several ``data:`` lines."""
+    ends without ``[DONE]`` (and without a finish reason), ``spread ...`` streams good chunks, each over
+    several ``data:`` lines."""
 
     def app(self) -> web.Application:
         app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -497,6 +498,18 @@ class ChatHostile(Recording):
                 extra = _chunk({"content": " INJECTED"})
                 raw = b"".join(b"data: " + f + b"\n\n" for f in (*good, b"[DONE]", extra, b"{not json"))
                 return await _stream_raw(request, raw)
+            stop = orjson.dumps({"id": "x", "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            if name == "nodone":  # finished (its finish_reason, its usage), then the body ends: no [DONE]
+                return await _stream_frames(request, [*good, stop, _chunk({}, usage=USAGE)])
+            if name == "donebare":  # [DONE] without the blank line that ends its event, then the body ends
+                return await _stream_raw(
+                    request, b"".join(b"data: " + f + b"\n\n" for f in (*good, stop)) + b"data: [DONE]"
+                )
+            if name == "parts":  # content as a list of parts (Mistral's reasoning models), thinking first
+                thinking = {"type": "thinking", "thinking": [{"type": "text", "text": "hmm"}]}
+                parts = [_chunk({"role": "assistant", "content": [thinking]}),
+                         _chunk({"content": [{"type": "text", "text": "Hello"}]}), good[1]]  # fmt: skip
+                return await _stream_frames(request, [*parts, stop, b"[DONE]"])
             if name == "errorevent":  # an SSE error event, echoing the caller's key
                 key = request.headers.get("Authorization", "").removeprefix("Bearer ")
                 error = b"event: error\ndata: " + orjson.dumps({"message": f"overloaded for {key}"}) + b"\n\n"

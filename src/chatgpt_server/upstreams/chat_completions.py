@@ -197,7 +197,7 @@ def parse_completion(raw: bytes, host: str, key: str = "") -> dict[str, Any]:
     message = choices[0].get("message")
     if not isinstance(message, dict):
         raise _bad(host, "no choices[0].message in the reply")
-    content = message.get("content")
+    content = _text_of(message.get("content"))
     refused = content is None and isinstance(message.get("refusal"), str) and bool(message["refusal"])
     if content is None:
         content = message["refusal"] if refused else ""
@@ -349,6 +349,23 @@ def _error_text(data: str) -> str:
     return data
 
 
+def _text_of(content: Any) -> Any:
+    """A message's or delta's content as text: a list of parts (Mistral's, with its "thinking" parts)
+    gives its text parts' text; what is neither is returned as it is, for the caller to refuse."""
+    if not isinstance(content, list):
+        return content
+    texts: list[str] = []
+    for part in content:
+        if not isinstance(part, dict):
+            return content
+        if part.get("type") in ("text", "output_text"):
+            text = part.get("text")
+            if not isinstance(text, str):
+                return content
+            texts.append(text)
+    return "".join(texts)
+
+
 class ChunkParser:
     """Pure: chat-completion chunks (the ``data`` of each event) in, events out."""
 
@@ -371,6 +388,12 @@ class ChunkParser:
 
     def step(self, event: SSEEvent) -> list[Event]:
         return self.feed(event.data, event.event)
+
+    def end(self) -> None:
+        """The body ended. Without ``[DONE]`` (llama.cpp before late 2024, ik_llama.cpp by default), a
+        reply whose choice said why it finished is whole all the same."""
+        if self.finish_reason is not None:
+            self.done = True
 
     def feed(self, data: str, event: str = "message") -> list[Event]:
         """One event's ``data`` (and its name: an ``error`` event is the upstream reporting a failure)."""
@@ -421,7 +444,7 @@ class ChunkParser:
                 continue
             if not isinstance(delta, dict):
                 raise _bad(self.host, "a delta is not an object")
-            content = delta.get("content")
+            content = _text_of(delta.get("content"))
             if content is None and isinstance(delta.get("refusal"), str):  # as a whole reply's: its text
                 content = delta["refusal"]
                 self.refusal = self.refusal or bool(content)
@@ -652,6 +675,12 @@ class Relay:
                     yield parser.mended or event.data
                 if parser.done:
                     return
+            for event in decoder.flush():  # the last event, when the body ends without its blank line
+                if parser.done:
+                    break
+                parser.feed(event.data, event.event)
+                yield parser.mended or event.data
+            parser.end()
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, target.host, 0, idle=True) from exc
         finally:

@@ -208,6 +208,9 @@ class CodexParser:
     def step(self, event: SSEEvent) -> list[Event]:
         return self.feed(event.event, event.data)
 
+    def end(self) -> None:
+        """Only ``response.completed`` (or ``.incomplete``) ends a reply: a body that stops before it is cut."""
+
     def feed(self, name: str, data: str) -> list[Event]:
         try:
             return self._feed(name, data)

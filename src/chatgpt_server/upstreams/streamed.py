@@ -19,6 +19,10 @@ class EventParser(ParsedStream, Protocol):
         """What one event adds; a malformed event raises the error tree's BadGateway."""
         ...
 
+    def end(self) -> None:
+        """The body ended: ``done`` if what arrived is a whole reply all the same."""
+        ...
+
 
 class StreamedReply(ParsedReply):
     parser: EventParser
@@ -44,6 +48,7 @@ class StreamedReply(ParsedReply):
             for event in decoder.flush():
                 for out in step(event):
                     yield out
+            self.parser.end()
         except TRANSPORT_ERRORS as exc:
             raise transport_error(exc, self.host, 0, idle=True) from exc
         if not self.parser.done:
