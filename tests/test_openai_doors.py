@@ -1358,3 +1358,29 @@ def test_a_json_schema_format_is_checked_and_passed_on_whole(sdk: openai.OpenAI,
         with pytest.raises(openai.BadRequestError) as refused:
             sdk.responses.create(model="gpt-3.5-turbo", input="x", text=text)
         assert refused.value.param == param and (code is None or refused.value.code == code), refused.value.body
+
+
+def test_an_image_in_a_function_call_output_is_refused_not_dropped(sdk: openai.OpenAI, upstreams: Upstreams) -> None:
+    """A chat-completions tool message holds text only: an image in a call's output would be lost on the
+    way, so it is refused with the part named; text parts are the output's text."""
+    tools: list[Any] = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
+    called = sdk.responses.create(model="gpt-3.5-turbo", input="call:lookup", tools=tools)
+    call_id = called.output[0].call_id  # type: ignore[union-attr]
+    image: Any = [
+        {
+            "type": "function_call_output",
+            "call_id": call_id,
+            "output": [
+                {"type": "input_text", "text": "see"},
+                {"type": "input_image", "image_url": "https://example.com/a.png"},
+            ],
+        }
+    ]
+    asked = len(upstreams.openai.requests)
+    with pytest.raises(openai.BadRequestError) as refused:
+        sdk.responses.create(model="gpt-3.5-turbo", previous_response_id=called.id, tools=tools, input=image)
+    assert refused.value.param == "input[0].output[1].type"
+    assert len(upstreams.openai.requests) == asked
+    text: Any = [{"type": "function_call_output", "call_id": call_id, "output": [{"type": "input_text", "text": "7"}]}]
+    sdk.responses.create(model="gpt-3.5-turbo", previous_response_id=called.id, tools=tools, input=text)
+    assert sent(upstreams)["messages"][-1] == {"role": "tool", "tool_call_id": call_id, "content": "7"}

@@ -96,7 +96,11 @@ def parse_item(raw: Any, param: str) -> Item | str | None:
         call_id = _string(raw.get("call_id"), param + ".call_id", allow_empty=False, limit=256)
         output = raw.get("output")
         if isinstance(output, list):
-            text, _ = _parts(output, "user", param + ".output")
+            text, parts = _parts(output, "user", param + ".output")
+            for index, part in enumerate(parts or []):
+                if part["type"] == "input_image":  # a chat-completions tool message holds text only
+                    raise invalid(f"{param}.output[{index}].type",
+                                  "a function_call_output carries text parts only here (input_text)")  # fmt: skip
         else:
             text = _string(output, param + ".output")
         return Item(mint("fco_"), "function_call_output", "tool", text, call_id=call_id)
