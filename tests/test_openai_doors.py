@@ -1384,3 +1384,31 @@ def test_an_image_in_a_function_call_output_is_refused_not_dropped(sdk: openai.O
     text: Any = [{"type": "function_call_output", "call_id": call_id, "output": [{"type": "input_text", "text": "7"}]}]
     sdk.responses.create(model="gpt-3.5-turbo", previous_response_id=called.id, tools=tools, input=text)
     assert sent(upstreams)["messages"][-1] == {"role": "tool", "tool_call_id": call_id, "content": "7"}
+
+
+def test_a_response_may_answer_its_history_without_input(
+    sdk: openai.OpenAI, v1_server: ServerProcess, upstreams: Upstreams
+) -> None:
+    """``input`` is optional (the SDK's type): items added to a conversation, then a response on it, is
+    the conversation's own question; so is a previous_response_id alone. With neither, input is missing."""
+    conversation = sdk.conversations.create(items=[{"type": "message", "role": "user", "content": "hello there"}])
+    answered = sdk.responses.create(model="gpt-3.5-turbo", conversation=conversation.id)
+    assert answered.output_text == "echo(1): hello there"
+    assert [m["role"] for m in sent(upstreams)["messages"]] == ["user"]
+    assert [i.type for i in sdk.conversations.items.list(conversation.id, order="asc")] == ["message", "message"]
+    again = sdk.responses.create(model="gpt-3.5-turbo", previous_response_id=answered.id)
+    assert again.status == "completed"
+    assert [m["role"] for m in sent(upstreams)["messages"]] == ["user", "assistant"]
+    with pytest.raises(openai.BadRequestError) as missing:
+        sdk.post("/responses", body={"model": "gpt-3.5-turbo"}, cast_to=object)
+    assert (missing.value.param, missing.value.code) == ("input", "missing_required_parameter")
+    # No input, and the reply failed before its first word: the response told of is kept, as failed.
+    before = len(list(sdk.conversations.items.list(conversation.id)))
+    upstreams.apps.call(lambda: upstreams.openai.fail_next.append("cut0"))
+    events = _failed_stream(v1_server, {"conversation": conversation.id})
+    assert events[-1]["type"] == "response.failed"
+    assert sdk.responses.retrieve(events[-1]["response"]["id"]).status == "failed"
+    assert len(list(sdk.conversations.items.list(conversation.id))) == before
+    with pytest.raises(openai.BadRequestError) as nothing:  # an empty conversation holds no question
+        sdk.responses.create(model="gpt-3.5-turbo", conversation=sdk.conversations.create().id)
+    assert nothing.value.param == "input"

@@ -309,6 +309,8 @@ class Turns:
 
     async def _open(self, spec: TurnSpec, hold: Release | None) -> OpenTurn:
         ready = await self._prepare(spec)
+        if ready.parent is None and not spec.inputs:  # no input, and no history to be the question
+            raise BadRequest("invalid_param", param="input", detail="no items to answer")
         parent, base = ready.parent, ready.base
         prompt = Prompt(
             model=spec.model,
@@ -629,6 +631,10 @@ class OpenTurn:
         if spec.record is not None:
             record = spec.record(result)
             write.response, write.response_id = record, record.id
+        if not new:  # no input (the history was the question) and no word came: the response alone is kept
+            if write.response is not None:
+                await self.turns._timed(self.turns.store.put_record(write.response, None))
+            return
         await self.turns._timed(self.turns.store.add_turn(write))
         base = self.base
         # A conversation's turn goes after its tip as the store finds it (another door may have moved it

@@ -625,6 +625,12 @@ TEXT_FORMAT = {
     ]
 }  # fmt: skip
 
+# input, or a history that is the question
+HAS_QUESTION = {"anyOf": [
+    {"required": ["input"]},
+    {"required": ["previous_response_id"], "properties": {"previous_response_id": {"not": {"type": "null"}}}},
+    {"required": ["conversation"], "properties": {"conversation": {"not": {"type": "null"}}}},
+]}  # fmt: skip
 RESPONSE_REQUEST = {
     **_object(
         {
@@ -665,10 +671,12 @@ RESPONSE_REQUEST = {
                              "description": "passed on to a chat-completions upstream"},
             "max_tool_calls": _or_null(_integer(1, 1_000_000, description="echoed; not enforced")),
         },
-        ("model", "input"),
-        description="An unknown field is refused (400). tool_choice's function must name one of tools.",
+        ("model",),
+        description="An unknown field is refused (400). tool_choice's function must name one of tools. input may "
+        "be left out with previous_response_id or conversation: the history is then the question.",
     ),
     "allOf": [
+        HAS_QUESTION,
         {"not": {"required": ["previous_response_id", "conversation"], "properties": {
             "previous_response_id": {"not": {"type": "null"}}, "conversation": {"not": {"type": "null"}}}}},
         {"if": {"required": ["conversation"], "properties": {"conversation": {"not": {"type": "null"}}}},
@@ -681,6 +689,7 @@ RESPONSE_REQUEST = {
 # responses.input_tokens.count: create's fields, none required (model: CHATGPT_SERVER_DEFAULT_MODEL).
 COUNT_REQUEST = {
     **{k: v for k, v in RESPONSE_REQUEST.items() if k != "required"},
+    "allOf": [rule for rule in RESPONSE_REQUEST["allOf"] if rule is not HAS_QUESTION],  # create's rule, not count's
     "properties": {**RESPONSE_REQUEST["properties"],
                    "personality": {"type": "string", "description": "accepted and ignored"}},
     "description": "As createResponse's body, every field optional: model defaults to CHATGPT_SERVER_DEFAULT_MODEL, "

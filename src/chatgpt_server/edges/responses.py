@@ -231,12 +231,15 @@ def parse_ask(body: Any) -> Ask:
         if name not in KNOWN:
             raise BadRequest("unknown_param", param=str(name)[:64])
     model = model_name(body)
-    if body.get("input") is None:
-        raise BadRequest("missing_param", param="input")
+    given = body.get("input")
+    if given is None:  # optional when there is a history to answer (the conversation's items, say)
+        if body.get("previous_response_id") is None and body.get("conversation") is None:
+            raise BadRequest("missing_param", param="input")
+        given = []
     if body.get("background") is not None and body["background"] is not False:
         raise invalid("background", "background mode is not supported")
     _no_logprobs(body)
-    ask = Ask(model=model, items=parse_input(body["input"]), given_ids=_given_ids(body["input"]))
+    ask = Ask(model=model, items=parse_input(given), given_ids=_given_ids(given))
     instructions = body.get("instructions")
     if instructions is not None and not isinstance(instructions, str):
         raise invalid("instructions", "expected a string")
@@ -487,7 +490,7 @@ async def create(request: Request, services: Services) -> ASGIApp:
     log.route = "responses stream" if ask.stream else "responses"
     caller = await caller_for(request, services, ask.model)
     inputs = await _resolve_references(services, caller.owner, ask.items, ask)
-    if not inputs:
+    if not inputs and ask.previous is None and ask.conversation is None:
         raise invalid("input", "no items to answer")
     draft = Draft(mint("resp_"), ask, int(time.time()))
     spec = _spec(services, ask, caller, inputs, draft)
@@ -639,7 +642,7 @@ def _compatible(parent: StoredItem) -> None:
 def _record(draft: Draft, result: TurnResult, owner: str) -> Record:
     first_output = result.outputs[0].id if result.outputs else None
     body = {**draft.final(result), "_first_output": first_output}  # a copy: the client's has no such field
-    last = result.outputs[-1].id if result.outputs else result.inputs[-1].id
+    last = result.outputs[-1].id if result.outputs else result.inputs[-1].id if result.inputs else result.parent_id
     return Record("response", draft.id, owner, body, last, result.created_at, result.created_at)
 
 
