@@ -1412,3 +1412,25 @@ def test_a_response_may_answer_its_history_without_input(
     with pytest.raises(openai.BadRequestError) as nothing:  # an empty conversation holds no question
         sdk.responses.create(model="gpt-3.5-turbo", conversation=sdk.conversations.create().id)
     assert nothing.value.param == "input"
+
+
+def test_the_organization_and_project_the_client_names_reach_the_upstream(v1_server: ServerProcess,
+                                                                          upstreams: Upstreams) -> None:  # fmt: skip
+    """The SDK's organization= and project= (OpenAI-Organization, OpenAI-Project) scope and bill a key of
+    several: passed on by the Responses and Chat Completions doors, as the original route's apiOrg is."""
+    with openai.OpenAI(base_url=v1_server.url + "/v1", api_key=KEY, max_retries=0, organization="org-123",
+                       project="proj_abc") as scoped:  # fmt: skip
+        scoped.responses.create(model="gpt-3.5-turbo", input="scoped")
+        headers = upstreams.openai.requests[-1]["headers"]
+        assert (headers["OpenAI-Organization"], headers["OpenAI-Project"]) == ("org-123", "proj_abc")
+        for stream in (False, True):
+            list(scoped.chat.completions.create(model="gpt-3.5-turbo", stream=stream,
+                                                messages=[{"role": "user", "content": "scoped"}]))  # fmt: skip
+            headers = upstreams.openai.requests[-1]["headers"]
+            assert (headers["OpenAI-Organization"], headers["OpenAI-Project"]) == ("org-123", "proj_abc")
+    with openai.OpenAI(base_url=v1_server.url + "/v1", api_key=KEY, max_retries=0) as plain:
+        plain.responses.create(model="gpt-3.5-turbo", input="unscoped")
+        assert "OpenAI-Organization" not in upstreams.openai.requests[-1]["headers"]
+        with pytest.raises(openai.BadRequestError) as refused:
+            plain.responses.create(model="gpt-3.5-turbo", input="x", extra_headers={"OpenAI-Project": "p" * 300})
+        assert refused.value.param == "openai-project"

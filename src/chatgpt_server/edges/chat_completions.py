@@ -22,14 +22,13 @@ from ..core.activity import current_log
 from ..core.relay import relay_stream, relay_whole
 from ..errors import BadRequest, NotFound, ServiceError
 from ..redact import masked_runs, may_hold_run
-from ..upstreams.base import Target
 from ..upstreams.chat_completions import ChunkParser
 from ..upstreams.http import masking
 from .envelope import log_stream_failure, openai_error_body
 from .http import JSONBody, read_json
 from .openai_items import invalid
 from .sse import EventStream
-from .v1 import api_key, model_name, owner_of
+from .v1 import api_key, model_name, owner_of, scoped_target
 
 if TYPE_CHECKING:
     from ..app import Services
@@ -60,7 +59,7 @@ async def create(request: Request, services: Services) -> ASGIApp:
     route = services.models.route(model)
     if route.upstream != "chat":
         raise BadRequest("model_not_chat", model=model[:256])
-    target = Target("chat", route.base_url, key)
+    target = scoped_target(request, route.base_url, key)
     settings = services.settings
     if stream:
         log.route = "chat.completions stream"

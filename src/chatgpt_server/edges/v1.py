@@ -15,7 +15,7 @@ from ..errors import BadRequest, Unauthorized
 from ..upstreams.base import Target
 from .http import authorization
 from .openai_items import invalid
-from .original_request import MAX_KEY, header_safe
+from .original_request import MAX_KEY, MAX_MODEL, header_safe
 
 if TYPE_CHECKING:
     from ..accounts.service import Credential
@@ -46,6 +46,18 @@ def api_key(request: Request) -> str:
         raise Unauthorized("malformed_api_key")
     current_log().secrets = (key,)  # a message that quotes the client never quotes its key
     return key
+
+
+def scoped_target(request: Request, base_url: str, key: str) -> Target:
+    """A chat upstream with the caller's key, and the organization and project the client named (the
+    SDK's ``organization=`` and ``project=``): a key of several is billed and scoped as asked."""
+    scope: list[str | None] = []
+    for name in ("openai-organization", "openai-project"):
+        values = request.headers.getlist(name)
+        if len(values) > 1 or (values and (not header_safe(values[0]) or len(values[0]) > MAX_MODEL)):
+            raise invalid(name, "expected one printable ASCII value of at most 256 characters")
+        scope.append(values[0].strip() or None if values else None)
+    return Target("chat", base_url, key, organization=scope[0], project=scope[1])
 
 
 @dataclass(slots=True)
@@ -80,7 +92,7 @@ async def caller_for(request: Request, services: Services, model: str) -> Caller
     else:
         await services.keys.check(key, route.base_url)  # only the upstream this model goes to
         owner = await services.owners.of(key)
-    return Caller(owner, Target("chat", route.base_url, key))
+    return Caller(owner, scoped_target(request, route.base_url, key))
 
 
 async def open_turn(services: Services, spec: TurnSpec, caller: Caller) -> OpenTurn:

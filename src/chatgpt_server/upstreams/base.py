@@ -55,6 +55,7 @@ class Target:
     organization: str | None = None
     headers: tuple[tuple[str, str], ...] = ()
     account_id: str | None = None  # Codex: the ChatGPT-Account-Id
+    project: str | None = None  # chat: OpenAI-Project, as the client sent it
 
     @property
     def host(self) -> str:

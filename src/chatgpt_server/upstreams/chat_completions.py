@@ -175,6 +175,8 @@ def _headers(target: Target) -> dict[str, str]:
     headers = {"Authorization": f"Bearer {target.credential}", "Content-Type": "application/json"}
     if target.organization:
         headers["OpenAI-Organization"] = target.organization
+    if target.project:
+        headers["OpenAI-Project"] = target.project
     return headers
 
 
