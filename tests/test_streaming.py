@@ -110,6 +110,23 @@ def test_heartbeat_before_the_first_token(sclient: httpx.Client, upstreams: Upst
     assert sum(1 for e in got[:first_delta] if e == ("comment", "ping")) >= 2
 
 
+def test_the_pass_through_names_its_whole_timeout_when_it_runs_out(tmp_path: Path, upstreams: Upstreams) -> None:
+    """/v1/chat/completions streams within CHATGPT_SERVER_TIMEOUT_MS: the error it ends with names that
+    time, not what was left of it when the last wait began."""
+    server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_TIMEOUT_MS="1000")).start()
+    upstreams.openai.chunk_delay = 0.3
+    try:
+        body = {"model": "gpt-3.5-turbo", "stream": True, "messages": [{"role": "user", "content": "a b c d e f g"}]}
+        headers = {"Authorization": f"Bearer {KEY}"}
+        with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, headers=headers) as answer:
+            lines = [line for line in answer.iter_lines() if line.startswith("data: ")]
+        error = json.loads(lines[-1][6:])["error"]
+        assert "did not answer within 1.0 s" in error["message"], error
+    finally:
+        upstreams.openai.chunk_delay = 0.0
+        server.stop()
+
+
 def test_timeout_bounds_the_whole_stream_and_idle_the_gaps(sclient: httpx.Client, upstreams: Upstreams) -> None:
     upstreams.openai.chunk_delay = 0.15
     # Producing steadily for ~0.6 s with timeoutMs 300: cut at 0.3 s (issue 9), what arrived is kept.

@@ -44,10 +44,11 @@ async def relay_stream(relay: Relay, body: bytes, target: Target, timeout_s: flo
             ready = await relay.whole_as_chunks(response, target)
     except TimeoutError as exc:
         raise GatewayTimeout("upstream_timeout", host=target.host, seconds=round(timeout_s, 3)) from exc
-    return _paced(relay.chunks(response, target, parser, ready), deadline, idle_s, target.host)
+    return _paced(relay.chunks(response, target, parser, ready), deadline, idle_s, target.host, timeout_s)
 
 
-async def _paced(source: AsyncIterator[str], deadline: float, idle_s: float, host: str) -> AsyncGenerator[str, None]:
+async def _paced(source: AsyncIterator[str], deadline: float, idle_s: float, host: str,
+                 timeout_s: float) -> AsyncGenerator[str, None]:  # fmt: skip
     loop = asyncio.get_running_loop()
     await_next = source.__aiter__().__anext__
     while True:
@@ -60,5 +61,5 @@ async def _paced(source: AsyncIterator[str], deadline: float, idle_s: float, hos
             return
         except TimeoutError as exc:
             key = "upstream_idle_timeout" if idle else "upstream_timeout"
-            raise GatewayTimeout(key, host=host, seconds=round(idle_s if idle else deadline - now, 3)) from exc
+            raise GatewayTimeout(key, host=host, seconds=round(idle_s if idle else timeout_s, 3)) from exc
         yield data
