@@ -297,6 +297,10 @@ def test_an_issuers_odd_refusal_neither_ends_the_grant_nor_shows_the_refresh_tok
     assert grant.refresh_token not in codex_server.log()
     assert grant_for(upstreams, email).refreshes == 0 and not grant.revoked
     assert ask(cx, "still signed in", key=token, mode="2").status_code == 201
+    # A 401 in words of its own (not OAuth's for our own fault): the grant is over.
+    upstreams.apps.call(lambda: upstreams.auth.refresh_answers.append((401, "grant_gone")))
+    upstreams.apps.call(lambda: upstreams.codex.fail_next.append("401"))
+    assert "must sign in again" in assert_error(ask(cx, "over", key=token, mode="2"), 401)
 
 
 def test_while_the_issuers_keys_are_out_of_reach_its_tokens_wait_for_them(tmp_path: Path, upstreams: Upstreams) -> None:
@@ -351,6 +355,25 @@ def test_a_refresh_that_gives_no_token_of_the_account_is_not_kept(
     assert f"Bearer {forged}" not in tokens_sent
     message = assert_error(ask(cx, "after", key=token, mode="2"), 401)
     assert "must sign in again" in message and "refreshed_token_unverified" in message
+
+
+def test_a_refresh_signed_with_a_key_new_since_the_last_fetch_is_kept(tmp_path: Path, upstreams: Upstreams) -> None:
+    """The issuer starts signing with a new key moments after this server fetched its keys: the token a
+    refresh gives is checked against the keys fetched again (not refused as not the account's, which
+    would spend the grant for nothing and make a person sign in again)."""
+    server = ServerProcess(tmp_path, upstreams.codex_env()).start()  # its own process: a fresh key cache
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            email, account = unique("newkey")
+            token = sign_in(c, upstreams, email, account)["accessToken"]
+            assert ask(c, "before", key=token, mode="2").status_code == 201  # the keys are fetched by now
+            upstreams.apps.call(upstreams.auth.rotate_key)
+            upstreams.apps.call(lambda: upstreams.codex.fail_next.append("401"))  # the backend refuses: refresh
+            assert ask(c, "after", key=token, mode="2").status_code == 201
+            assert grant_for(upstreams, email).refreshes == 1
+            assert ask(c, "and on", key=token, mode="2").status_code == 201
+    finally:
+        server.stop()
 
 
 def test_refresh_token_reuse_marks_the_account(

@@ -938,6 +938,9 @@ def test_a_finished_stream_in_a_providers_own_spelling_is_whole(
         chunks = list(sdk.chat.completions.create(model="hostile-1", stream=True,
                                                   messages=[{"role": "user", "content": name}]))  # fmt: skip
         assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
+        messages: Any = [{"role": "user", "content": name}]
+        raw = sdk.chat.completions.with_raw_response.create(model="hostile-1", stream=True, messages=messages)
+        assert raw.http_response.read().decode().endswith("data: [DONE]\n\n")  # as OpenAI ends a stream
         response = sdk.responses.create(model="hostile-1", input=f"{name} via responses", stream=True)
         final = [e for e in response if e.type in ("response.completed", "response.failed")][-1]
         assert final.type == "response.completed" and final.response.output_text == "Hello there"

@@ -1412,6 +1412,13 @@ def test_a_response_may_answer_its_history_without_input(
     with pytest.raises(openai.BadRequestError) as nothing:  # an empty conversation holds no question
         sdk.responses.create(model="gpt-3.5-turbo", conversation=sdk.conversations.create().id)
     assert nothing.value.param == "input"
+    emptied = sdk.conversations.create(items=[{"type": "message", "role": "user", "content": "gone soon"}])
+    only = next(iter(sdk.conversations.items.list(emptied.id)))
+    sdk.conversations.items.delete(str(only.id), conversation_id=emptied.id)
+    asked = len(upstreams.openai.requests)
+    with pytest.raises(openai.BadRequestError) as nothing:  # nor does one whose items were all deleted
+        sdk.responses.create(model="gpt-3.5-turbo", conversation=emptied.id)
+    assert nothing.value.param == "input" and len(upstreams.openai.requests) == asked
 
 
 def test_the_organization_and_project_the_client_names_reach_the_upstream(v1_server: ServerProcess,
@@ -1434,3 +1441,17 @@ def test_the_organization_and_project_the_client_names_reach_the_upstream(v1_ser
         with pytest.raises(openai.BadRequestError) as refused:
             plain.responses.create(model="gpt-3.5-turbo", input="x", extra_headers={"OpenAI-Project": "p" * 300})
         assert refused.value.param == "openai-project"
+
+
+def test_an_output_may_answer_a_call_far_back(sdk: openai.OpenAI) -> None:
+    """An added output's call is looked for in the last turns first, then as far back as any model's
+    window goes: a call made some 20,000 tokens ago is found (and its answer, once given, is too)."""
+    call: Any = [{"type": "function_call", "call_id": "call_old", "name": "lookup", "arguments": "{}"}]
+    conversation = sdk.conversations.create(items=call)
+    filler: Any = [{"type": "message", "role": "user", "content": "lorem ipsum dolor " * 300} for _ in range(20)]
+    sdk.conversations.items.create(conversation.id, items=filler)  # ~20,000 tokens after the call
+    answer: Any = [{"type": "function_call_output", "call_id": "call_old", "output": "late"}]
+    sdk.conversations.items.create(conversation.id, items=answer)
+    with pytest.raises(openai.BadRequestError) as again:
+        sdk.conversations.items.create(conversation.id, items=answer)
+    assert again.value.code == "call_already_answered"

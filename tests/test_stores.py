@@ -17,6 +17,7 @@ import pytest
 import redis
 
 from chatgpt_server.core.items import Item
+from chatgpt_server.core.leases import Leases
 from chatgpt_server.errors import StoreUnavailable
 from chatgpt_server.stores import NewItem, Record, Store, TurnWrite, open_store
 from chatgpt_server.stores.base import MAX_WALK
@@ -992,3 +993,32 @@ def test_postgresql_ends_on_the_server_what_it_stopped_waiting_for(tmp_path: Pat
             await admin.close()
 
     with_store(url, body, timeout=0.5)
+
+
+def test_a_leaving_holder_is_waited_for_by_one_turn_and_no_other(tmp_path: Path) -> None:
+    """A conversation whose holder is leaving (its client left) is handed to the one turn that asks
+    meanwhile (the client's retry); another that asks in the moment between the hand-over and the retry
+    taking it is refused at once, as any turn meeting a held conversation is, not queued behind it."""
+
+    async def body(store: Store) -> None:
+        leases = Leases(store)
+        first = await leases.try_acquire("conversation:c", 60)
+        assert first is not None
+        leases.leaving("conversation:c")
+        retry = asyncio.create_task(leases.try_acquire("conversation:c", 60))
+        await asyncio.sleep(0)  # the retry now waits for the leaving holder
+        assert not retry.done()
+        assert await leases.try_acquire("conversation:c", 60) is None  # a third: refused, not a second waiter
+        given_back = first()
+        assert given_back is not None
+        await given_back  # the lock is handed to the retry, which has not run yet
+        started = time.monotonic()
+        assert await asyncio.wait_for(leases.try_acquire("conversation:c", 60), 1) is None
+        assert time.monotonic() - started < 0.5
+        second = await asyncio.wait_for(retry, 5)
+        assert second is not None
+        done = second()
+        assert done is not None
+        await done
+
+    with_store(store_url("sqlite", tmp_path), body)

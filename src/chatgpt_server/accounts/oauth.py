@@ -26,6 +26,10 @@ from ..upstreams.http import (
 )
 
 FATAL_REFRESH = ("refresh_token_reused", "refresh_token_expired", "refresh_token_invalidated", "invalid_grant")
+# OAuth's words for a refusal that is this server's setting or request, or the issuer's trouble, not the
+# grant's end (RFC 6749 5.2): a 502 and a later try, never "sign in again" for good.
+NOT_THE_GRANTS = ("invalid_client", "invalid_request", "unauthorized_client", "unsupported_grant_type",
+                  "invalid_scope", "server_error", "temporarily_unavailable")  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,8 +145,8 @@ class OAuth:
         # refusal (invalid_client, invalid_request: this server's setting or request) is an error to retry.
         if code in FATAL_REFRESH:
             raise RefreshRefused(code)
-        if status == 401 and not code:
-            raise RefreshRefused("refresh_token_invalidated")
+        if status == 401 and code not in NOT_THE_GRANTS:  # refused, in words not our own fault's
+            raise RefreshRefused(code or "refresh_token_invalidated")
         raise BadGateway("upstream_error", host=self.host, status=status, detail=code or "refresh")
 
     def _tokens(self, body: dict[str, Any]) -> TokenSet:

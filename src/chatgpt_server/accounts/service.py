@@ -77,12 +77,12 @@ class Accounts:
         self._refresh_failed: dict[str, float] = {}  # key -> when an early refresh may be tried again
 
     # -- which credential a request uses --------------------------------------------------------
-    async def identify(self, token: str) -> Identity | None:
+    async def identify(self, token: str, refetch: bool = False) -> Identity | None:
         """The account of a token whose signature verifies; None for any other token. One that says it
         is the issuer's, while the issuer's keys are out of reach, is neither: a 503, since bound to
         itself (as a token not ours is) its conversations would be lost to its account for good."""
         try:
-            claims = await self.verifier.verify(token)
+            claims = await self.verifier.verify(token, refetch=refetch)
         except Unverifiable as exc:
             if (jwt_claims(token) or {}).get("iss") != self.verifier.issuer:
                 return None
@@ -92,7 +92,7 @@ class Accounts:
 
     async def credential(self, token: str) -> Credential:
         identity = await self.identify(token)
-        if identity is None:  # forged, unsigned, or the keys are out of reach: bound to the token itself
+        if identity is None:  # forged, unsigned, or not the issuer's: bound to the token itself
             check_not_expired(token)
             return Credential(await self.owners.of(token), token, _claimed_account(token), None)
         owner = await self.owners.of("account\0" + identity.key)
@@ -240,13 +240,17 @@ class Accounts:
         except ServiceError:
             await self._save(key, leased, version, {**body, "lease": None})
             raise
+        exp = _exp_of(fresh.access_token)
         try:
-            identity = await self.identify(fresh.access_token)
-            exp = identity.exp if identity is not None else 0.0
-        except ServiceUnavailable:  # the keys are out of reach: the grant is spent, so what it gave is kept
-            identity, exp = None, _exp_of(fresh.access_token)
+            claims = await self.verifier.verify(fresh.access_token, refetch=True)
+        except Exception as exc:  # no verdict (the keys out of reach, say): the grant is spent, so what it
+            # gave is kept as it always was (it is what the issuer answered our own refresh with)
+            log.warning("the refreshed token of %s could not be checked (%s): kept", body.get("email", "?"), exc)
         else:
-            if identity is None or identity.key != key:
+            identity = identity_of(claims) if claims is not None else None
+            if identity is not None and identity.key == key:
+                exp = identity.exp
+            else:
                 # Not a token of this account: never used or stored as one (sending it would show another
                 # account's conversations, or none); the grant it came from is the issuer's to explain.
                 signed_out = {**body, "status": "signin_required", "reason": "refreshed_token_unverified",
@@ -291,7 +295,7 @@ class Accounts:
     async def keep(self, tokens: TokenSet) -> dict[str, Any]:
         """Store (or update) the account these fresh tokens belong to; its public description."""
         self._sealer()
-        identity = await self.identify(tokens.access_token)
+        identity = await self.identify(tokens.access_token, refetch=True)  # the issuer's, just now
         if identity is None:
             raise BadRequest("account_token_unverified")
         if tokens.refresh_token is None:

@@ -78,10 +78,11 @@ class Verifier:
         self._lock = asyncio.Lock()
         self._verified: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
 
-    async def verify(self, token: str, audience: str = ACCESS_AUDIENCE) -> dict[str, Any] | None:
+    async def verify(self, token: str, audience: str = ACCESS_AUDIENCE, refetch: bool = False) -> dict[str, Any] | None:
         """The claims of a token whose signature, issuer and audience check out (expired or not: the
         caller decides what expiry means), None for one that does not; ``Unverifiable`` if the keys
-        cannot be had."""
+        cannot be had. ``refetch``: a key not known is fetched even within ``REFETCH_S`` of the last
+        fetch (for a token the issuer just gave us, which may be signed with a key new since)."""
         cache_key = audience + "\0" + token
         if cache_key in self._verified:
             self._verified.move_to_end(cache_key)
@@ -95,7 +96,7 @@ class Verifier:
         kid = header.get("kid")
         if header.get("alg") != "RS256" or not isinstance(kid, str):
             return self._remember(cache_key, None)
-        key = await self._key(kid)
+        key = await self._key(kid, refetch)
         if key is None:  # not remembered: the issuer may publish this key a moment later
             return None
         try:
@@ -111,11 +112,11 @@ class Verifier:
             self._verified.popitem(last=False)
         return claims
 
-    async def _key(self, kid: str) -> Any:
+    async def _key(self, kid: str, refetch: bool = False) -> Any:
         if kid in self._keys:
             return self._keys[kid]
         async with self._lock:
-            if kid not in self._keys and time.monotonic() - self._fetched_at >= REFETCH_S:
+            if kid not in self._keys and (refetch or time.monotonic() - self._fetched_at >= REFETCH_S):
                 await self._fetch()
         if kid not in self._keys and self._failed is not None:
             # Until a fetch succeeds, a key we do not know may be one the issuer has: no verdict.

@@ -83,9 +83,10 @@ class Leases:
 
     async def try_acquire(self, key: str, ttl_s: float) -> Release | None:
         """Take ``key`` if nobody holds it (or this process's holder is ``leaving``); None if somebody does."""
-        if not self.local.held(key):
+        if not self.local.busy(key):
             release_local = await self.local.acquire(key)  # free: taken without waiting
         elif key in self._leaving:
+            self._leaving.discard(key)  # one turn waits for it (the retry): any other meets the lock as ever
             try:
                 async with asyncio.timeout(LEAVING_WAIT_S):
                     release_local = await self.local.acquire(key)

@@ -17,6 +17,10 @@ class KeyedLocks:
         entry = self._entries.get(key)
         return entry is not None and entry[0].locked()
 
+    def busy(self, key: str) -> bool:
+        """Held, or waited for: taking it would mean queueing (a holder just gone may have handed it on)."""
+        return key in self._entries
+
     async def acquire(self, key: str) -> Callable[[], None]:
         """Wait for ``key``; return the function that releases it (safe to call twice)."""
         lock, users = self._entries.setdefault(key, (asyncio.Lock(), [0]))

@@ -116,12 +116,12 @@ def _encode(items: list[Item]) -> list[bytes]:
 def _answers_have_calls(inputs: list[Item], history: list[HistoryRow]) -> None:
     """Every function call output the turn sends answers a call its prompt holds, once: upstreams refuse
     one that does not (a call that never completed, cut mid-way, is held by no prompt) and a second one."""
-    if any(item.kind == "function_call_output" for item in inputs):
-        calls = calls_in(history) | {item.call_id or "" for item in inputs if item.kind == "function_call"}
-        outputs_answer_calls(inputs, calls, answered_in(history), "input")
+    if any(item.kind == "function_call_output" for item in inputs):  # a call comes before its output
+        outputs_answer_calls(inputs, calls_in(history), answered_in(history), "input")
 
 
-CALL_LOOKBACK_TOKENS = 2_000_000  # how far back an added output's call is looked for: any model's window
+CALL_LOOKBACK_FIRST = 16_000  # where an added output's call is looked for first: the last turns
+CALL_LOOKBACK_TOKENS = 2_000_000  # and then as far back as any model's window goes
 
 
 def outputs_answer_calls(
@@ -228,7 +228,7 @@ class Turns:
             if parent is None or not any(item.kind == "function_call_output" for item in items):
                 outputs_answer_calls(items, set(), set())
             else:
-                history = await self._timed(self.store.history(owner, parent.item.id, CALL_LOOKBACK_TOKENS))
+                history = await self._calls_window(owner, parent.item.id, items)
                 outputs_answer_calls(items, calls_in(history), answered_in(history))
             await self._write_items(owner, conversation_id, parent, items)
         except StoreUnavailable:
@@ -236,6 +236,17 @@ class Turns:
             raise
         finally:
             await let_go(release, wait=not failed)
+
+    async def _calls_window(self, owner: str, tip: str, items: list[Item]) -> list[HistoryRow]:
+        """The history behind ``tip`` that holds the calls ``items``' outputs answer: the last few turns
+        mostly (an agent answers the calls just made), else as far back as any model's window reaches.
+        An output comes after its call, so the window holding the call holds its answers too."""
+        wanted = {item.call_id for item in items if item.kind == "function_call_output"}
+        wanted -= {item.call_id for item in items if item.kind == "function_call"}
+        history: list[HistoryRow] = await self._timed(self.store.history(owner, tip, CALL_LOOKBACK_FIRST))
+        if not wanted <= calls_in(history):
+            history = await self._timed(self.store.history(owner, tip, CALL_LOOKBACK_TOKENS))
+        return history
 
     async def seed(self, owner: str, conversation_id: str, items: list[Item]) -> None:
         """The first items of a conversation just made: nobody else knows its id yet, so there is no
@@ -309,7 +320,9 @@ class Turns:
 
     async def _open(self, spec: TurnSpec, hold: Release | None) -> OpenTurn:
         ready = await self._prepare(spec)
-        if ready.parent is None and not spec.inputs:  # no input, and no history to be the question
+        # No input, and no history to be the question (none, or all of it deleted); the web backend
+        # keeps its own history, so a parent is enough there.
+        if not spec.inputs and (ready.parent is None or (spec.target.upstream != "web" and not ready.history)):
             raise BadRequest("invalid_param", param="input", detail="no items to answer")
         parent, base = ready.parent, ready.base
         prompt = Prompt(
@@ -331,7 +344,11 @@ class Turns:
         turn = OpenTurn(self, spec, prompt, parent, ready.conversation_id, ready.encoding, ready.used, base,
                         ready.input_chats)  # fmt: skip
         turn.hold = hold
-        await turn.start()
+        try:
+            await turn.start()
+        except BaseException:
+            turn.hold = None  # ``open`` lets go of it: a late abort must not mark a later holder as leaving
+            raise
         return turn
 
     async def _parent(self, spec: TurnSpec) -> tuple[StoredItem | None, str]:

@@ -91,11 +91,11 @@ async def _events(chunks: AsyncIterator[str], parser: ChunkParser, usage_added: 
             if usage_added and parser.usage_only:
                 continue
             if parser.done:  # as OpenAI writes it, however the upstream padded it
-                yield b"data: [DONE]\n\n"
                 break
             if "\n" in data:  # it came over several data lines: so it goes on
                 data = data.replace("\n", "\ndata: ")
             yield b"data: " + _masked(data.encode(), key) + b"\n\n"
+        yield b"data: [DONE]\n\n"  # also for an upstream that ended a whole reply without it
         log.outcome = "done " + _usage_note(parser.usage)
     except asyncio.CancelledError:
         stopped = None if log.gone else log.stopped_here()  # gone: the client left as its stream began
