@@ -619,9 +619,11 @@ TOOL_CHOICE = {
 TEXT_FORMAT = {
     "anyOf": [
         {"type": "null"},
-        _object({"type": {"enum": ["text", "json_object"]}}, ("type",), closed=False),
-        _object({"type": {"const": "json_schema"}, "schema": {"type": "object"}, "name": {}, "strict": {}},
-                ("type", "schema"), closed=False),
+        _object({"type": {"enum": ["text", "json_object"]}}, ("type",)),
+        _object({"type": {"const": "json_schema"}, "schema": {"type": "object"},
+                 "name": _string("1 to 64 letters, digits, _ or -", pattern="^[A-Za-z0-9_-]{1,64}$"),
+                 "description": _string("passed on: it tells the model what the format is for"),
+                 "strict": _or_null({"type": "boolean"})}, ("type", "schema", "name")),
     ]
 }  # fmt: skip
 
@@ -1110,7 +1112,8 @@ def _openai_paths() -> dict[str, Schema]:
                  "400": "a field is missing, unknown or invalid (param names it), previous_response_id and "
                  "conversation are both given, the input is over the context window (without truncation auto), "
                  "the conversation is answering another response (code conversation_locked), a "
-                 "function_call_output answers no call the prompt holds (code no_call_to_answer), a call the "
+                 "function_call_output answers no call the prompt holds before it (code no_call_to_answer) or one "
+                 "answered already (call_already_answered), a call the "
                  "history ends with is left unanswered (its id named), previous_response_id is unknown to this "
                  "key (code previous_response_not_found, as OpenAI answers it), or the upstream refused the "
                  "request",
@@ -1168,7 +1171,8 @@ def _openai_paths() -> dict[str, Schema]:
                       {**page_errors, **V1_STORE}, parameters=_paging("the id of the conversation before the page")),
             "post": op("createConversation", "Start a conversation", conversation_made,
                        {"400": "a field is unknown or invalid (param names it), a function_call_output answers no "
-                        "call before it (code no_call_to_answer), or the body is not a JSON object",
+                        "call before it (code no_call_to_answer) or answers one twice (call_already_answered), or "
+                        "the body is not a JSON object",
                         **BODY_ERRORS, **V1_STORE}, body=_json_body(CONVERSATION_CREATE, required=False)),
         },
         "/v1/conversations/{id}": {
@@ -1193,7 +1197,8 @@ def _openai_paths() -> dict[str, Schema]:
                       parameters=[CONVERSATION_ID, *_paging("the id of the item before the page")]),
             "post": op("addConversationItems", "Add items to a conversation", items_added,
                        {"400": "items are missing, empty or invalid (param names it), a function_call_output "
-                        "answers no call of the conversation or of the items before it (code no_call_to_answer), "
+                        "answers no call of the conversation or of the items before it (code no_call_to_answer) or one "
+                        "answered already (call_already_answered), "
                         "the body is not a JSON object, or the conversation is answering a response (code "
                         "conversation_locked)",
                         **NOT_FOUND_CONVERSATION, **CONFLICT, **BODY_ERRORS, **V1_STORE},

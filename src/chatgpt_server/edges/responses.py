@@ -335,6 +335,10 @@ def _text_format(value: Any) -> dict[str, Any] | None:
     if value.get("verbosity") not in (None, "low", "medium", "high"):
         raise invalid("text.verbosity", "expected low, medium or high")
     fmt = value.get("format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("text", "json_object"):
+        for given in fmt:
+            if given != "type":
+                raise BadRequest("unknown_param", param="text.format." + str(given)[:64])
     if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text"):
         return None
     if isinstance(fmt, dict) and fmt.get("type") == "json_object":
