@@ -377,20 +377,33 @@ def test_a_full_disk_buys_no_more_replies_and_says_why(tmp_path: Path, upstreams
         server.stop()
 
 
-def test_a_database_file_removed_under_the_server_is_opened_again(tmp_path: Path, upstreams: Upstreams) -> None:
-    """An operator removes the SQLite file (or restores a backup over it): the server opens the path
-    again, and says so, instead of storing the replies it tells about in a file nobody will read."""
+@pytest.mark.parametrize("how", ["rm", "rm *", "mv backup"])
+def test_a_database_file_removed_under_the_server_is_opened_again(tmp_path: Path, upstreams: Upstreams,
+                                                                  how: str) -> None:  # fmt: skip
+    """An operator removes the SQLite file (``rm`` of the file alone leaves its -wal and -shm) or puts a
+    backup in its place: the server opens the path again within moments, and says so, instead of storing
+    the replies it tells about in a file nobody will read (or refusing until a restart)."""
     db = tmp_path / "gone.db"
     env = upstreams.env(CHATGPT_SERVER_STORE_URL=f"sqlite:///{db}")
     server = ServerProcess(tmp_path, env).start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            assert ask(c, "before").status_code == 201
-            for path in tmp_path.glob("gone.db*"):
-                path.unlink()
-            wait_for(lambda: ask(c, "after").status_code == 201 and db.exists(), what="the path opened again")
+            first = ask(c, "before").json()["data"]
+            if how == "mv backup":
+                backup, source = sqlite3.connect(tmp_path / "backup.db"), sqlite3.connect(db)
+                source.backup(backup)
+                source.close()
+                backup.close()
+                os.replace(tmp_path / "backup.db", db)
+            else:
+                for path in tmp_path.glob("gone.db" + ("*" if how == "rm *" else "")):
+                    path.unlink()
+            opened = lambda: "was removed or replaced" in server.log() and db.exists()  # noqa: E731
+            wait_for(lambda: ask(c, "after").status_code == 201 and opened(), what="the path opened again")
             told = ask(c, "kept").json()["data"]
-        assert "was removed or replaced" in server.log()
+            if how == "mv backup":  # the backup's conversations go on
+                assert ask(c, "on", parent=first["id"]).json()["data"]["text"] == "echo(2): on"
+        assert "was removed or replaced" in server.log() and "restart" not in server.log()
     finally:
         server.stop()
     again = ServerProcess(tmp_path, env).start()  # what was told since is in the file at the path
@@ -407,7 +420,7 @@ def test_a_database_file_replaced_while_another_process_has_it_open_is_refused(
 ) -> None:
     """Another process (a worker, the sqlite3 shell) still has the old file open: its WAL stays at the
     path, and a new file there would read the old one's pages as its own. The server refuses (503) and
-    says to restart, instead of opening the path again."""
+    says why, until that process lets go; then it opens the new file."""
     db = tmp_path / "swapped.db"
     server = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_STORE_URL=f"sqlite:///{db}")).start()
     other = None
@@ -421,8 +434,12 @@ def test_a_database_file_replaced_while_another_process_has_it_open_is_refused(
             restored.close()
             os.replace(tmp_path / "restored.db", db)  # a backup put in place with mv
             wait_for(lambda: ask(c, "after").status_code == 503, what="the refusal")
-            assert "restart the server" in server.log()
+            assert "once that process lets go of it" in server.log()
             assert c.get("/readyz").status_code == 503
+            other.close()  # the shell quits: the old file's WAL is nobody's now, and the new file is opened
+            other = None
+            wait_for(lambda: ask(c, "back").status_code == 201, what="the new file opened")
+            assert "the other process let go" in server.log()
     finally:
         if other is not None:
             other.close()

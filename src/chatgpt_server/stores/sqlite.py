@@ -120,6 +120,45 @@ def _identity(path: Path) -> tuple[int, int] | None:
     return found.st_dev, found.st_ino
 
 
+# SQLite's unix VFS: every connection to a WAL database holds a shared lock on this byte of its -shm file
+# (the "dead-man switch"), so an exclusive lock on it can be had only when no connection has the file.
+SHM_DMS_BYTE = 128
+
+
+def _companions(path: Path) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
+    """Which -wal and -shm files are at ``path`` now (None: none)."""
+    return _identity(Path(f"{path}-wal")), _identity(Path(f"{path}-shm"))
+
+
+def _clear_leftovers(path: Path, stale: tuple[tuple[int, int] | None, tuple[int, int] | None]) -> bool:
+    """The -wal and -shm a removed or replaced file left at ``path`` (``stale``: as they were when it
+    was let go of), removed once no process has them open; False while one does. SQLite pairs a file
+    with the WAL at its path by name: opened with the old file's, a new file would read its pages as
+    its own. Ones at the path since (another process opened the new file) are the new file's: kept."""
+    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
+    now = _companions(path)
+    old_wal = stale[0] is not None and now[0] == stale[0]
+    old_shm = stale[1] is not None and now[1] == stale[1]
+    if not old_wal and not old_shm:
+        return True
+    fd = -1
+    try:
+        if old_shm:
+            fd = os.open(shm, os.O_RDWR)
+            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, SHM_DMS_BYTE)  # raises while a connection holds it
+        # Removed while the lock is ours, so no process opens the old pair meanwhile.
+        if old_wal:
+            wal.unlink(missing_ok=True)
+        if old_shm:
+            shm.unlink(missing_ok=True)
+    except OSError:
+        return False
+    finally:
+        if fd >= 0:
+            os.close(fd)
+    return True
+
+
 def _unavailable(exc: BaseException, where: str = "") -> StoreUnavailable:
     error = StoreUnavailable(reason=f"{type(exc).__name__}: {exc}{where}")
     error.__cause__ = exc
@@ -191,6 +230,8 @@ class SQLiteStore(Store):
         self._failing: str | None = None  # a write failed for want of room (or an I/O error)
         self._secrets: dict[str, bytes] = {}  # what shared_secret gave out
         self._wanted = False  # open() was called and close() was not: a request may open it again
+        self._leftovers: tuple[tuple[int, int] | None, tuple[int, int] | None] | None = None  # see _let_go
+        self._ours: tuple[tuple[int, int] | None, tuple[int, int] | None] = (None, None)  # the file's -wal, -shm
         self._next_try = 0.0
         self._why_closed = "the SQLite store is closed"
         self._history = history_query(lambda n: f"?{n}", "min")
@@ -216,6 +257,11 @@ class SQLiteStore(Store):
         if not self._wanted or now < self._next_try:
             return
         self._next_try = now + REOPEN_EVERY_S
+        if self._leftovers is not None:  # a replaced file's WAL, which another process still had open
+            if not _clear_leftovers(self.path, self._leftovers):
+                return
+            self._leftovers = None
+            log.warning("store: the other process let go of the replaced database file; %s opened again", self.path)
         db: sqlite3.Connection | None = None
         try:
             db = self._connect(wait_ms=0)
@@ -278,6 +324,7 @@ class SQLiteStore(Store):
     def _started(self, db: sqlite3.Connection) -> None:
         self._db = db
         self._opened_as = _identity(self.path)
+        self._ours = _companions(self.path)
         self._moved = False
         self._stop = threading.Event()  # its own: a thread of an earlier open may still be stopping
         self._checkpointer = threading.Thread(
@@ -297,6 +344,9 @@ class SQLiteStore(Store):
             next_try = 0.0
             try:
                 while not stop.wait(CHECKPOINT_EVERY_S):
+                    # While this process has them open, the -wal and -shm at the path are its file's (SQLite
+                    # makes them when a file is first opened, and another file's cannot appear meanwhile).
+                    self._ours = _companions(self.path)
                     if _identity(self.path) != self._opened_as:
                         if db is not None:  # first: the loop looks for other users of the old file's WAL
                             db.close()
@@ -363,13 +413,16 @@ class SQLiteStore(Store):
         self._checkpointer = None  # it returns by itself within CHECKPOINT_EVERY_S
         self._moved = False
         if self._db is not None:
-            self._db.close()  # the last connection to a file removes its -wal and -shm
+            self._db.close()
             self._db = None
         self._next_try = 0.0
-        if Path(f"{self.path}-wal").exists() or Path(f"{self.path}-shm").exists():
-            self._wanted = False
+        # SQLite keeps a removed file's -wal and -shm (it cannot checkpoint into a file gone from its path).
+        leftovers = self._ours
+        if not _clear_leftovers(self.path, leftovers):
+            self._leftovers = leftovers
             self._why_closed = (f"the database file {self.path} was removed or replaced while another process "
-                                "has it open: restart the server (every worker)")  # fmt: skip
+                                "has it open: it is opened again once that process lets go of it (restart "
+                                "that process, or every worker)")  # fmt: skip
             log.error("store: %s", self._why_closed)
             return
         log.warning("store: %s", why)
