@@ -398,8 +398,11 @@ def test_a_database_file_removed_under_the_server_is_opened_again(tmp_path: Path
             else:
                 for path in tmp_path.glob("gone.db" + ("*" if how == "rm *" else "")):
                     path.unlink()
-            opened = lambda: "was removed or replaced" in server.log() and db.exists()  # noqa: E731
-            wait_for(lambda: ask(c, "after").status_code == 201 and opened(), what="the path opened again")
+
+            def opened() -> bool:
+                return ask(c, "after").status_code == 201 and "was removed or replaced" in server.log() and db.exists()
+
+            wait_for(opened, what="the path opened again")
             told = ask(c, "kept").json()["data"]
             if how == "mv backup":  # the backup's conversations go on
                 assert ask(c, "on", parent=first["id"]).json()["data"]["text"] == "echo(2): on"
@@ -503,7 +506,10 @@ def test_keep_alive_comments_do_not_defeat_the_idle_timeout(tmp_path: Path, upst
 
 
 # -- shutdown --------------------------------------------------------------------------------------
-def test_sigterm_ends_what_outlives_the_grace_period_cleanly(tmp_path: Path, upstreams: Upstreams) -> None:
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_sigterm_ends_what_outlives_the_grace_period_cleanly(tmp_path: Path, upstreams: Upstreams,
+                                                             sig: signal.Signals) -> None:  # fmt: skip
+    """SIGTERM, and Ctrl-C or a closed terminal as it: the grace period, then a clean end for what is left."""
     env = upstreams.env(CHATGPT_SERVER_SHUTDOWN_GRACE_SECONDS="1")
     server = ServerProcess(tmp_path, env).start()
     results: dict[str, Any] = {}
@@ -529,10 +535,10 @@ def test_sigterm_ends_what_outlives_the_grace_period_cleanly(tmp_path: Path, ups
         wait_for(lambda: httpx.get(server.url + "/healthz").json()["data"]["turns"] >= 2, what="two turns in flight")
         time.sleep(0.4)  # let the stream send some text first
         assert server.proc is not None
-        server.proc.send_signal(signal.SIGTERM)
+        server.proc.send_signal(sig)
         for t in threads:
             t.join(20)
-        assert server.proc.wait(20) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal once done
+        assert server.proc.wait(20) in (0, -sig, -signal.SIGTERM, 130)  # uvicorn re-raises the signal (Ctrl-C: 130)
     finally:
         upstreams.openai.chunk_delay = 0.0
         server.stop()

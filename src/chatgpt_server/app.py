@@ -341,19 +341,27 @@ class App:
                 return
 
     def _hook_sigterm(self) -> None:
-        """Learn of SIGTERM before the server acts on it: the server (uvicorn, in this process,
-        whatever the number of workers) has installed its handler by now; ours runs first, then its."""
+        """Learn of SIGTERM, SIGINT (Ctrl-C) and SIGHUP (the terminal closed) before the server acts on
+        them: the server (uvicorn, in this process, whatever the number of workers) has installed its
+        handlers by now; ours runs first, then its. Each begins the same graceful shutdown; SIGHUP, which
+        uvicorn leaves to its default (the process killed, what is in flight lost), is its SIGTERM."""
         if threading.current_thread() is not threading.main_thread():
             return
         loop = asyncio.get_running_loop()
-        previous = signal.getsignal(signal.SIGTERM)
+        on_sigterm = signal.getsignal(signal.SIGTERM)
+        for hooked in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+            previous = signal.getsignal(hooked)
+            if hooked == signal.SIGHUP and not callable(previous):
+                previous = on_sigterm
+            signal.signal(hooked, self._on_signal(loop, previous))
 
-        def on_term(sig: int, frame: FrameType | None) -> None:
+    def _on_signal(self, loop: asyncio.AbstractEventLoop, previous: object) -> Callable[[int, FrameType | None], None]:
+        def on_signal(sig: int, frame: FrameType | None) -> None:
             loop.call_soon_threadsafe(self.services.begin_shutdown)
             if callable(previous):
-                previous(sig, frame)
+                previous(signal.SIGTERM if sig == signal.SIGHUP else sig, frame)
 
-        signal.signal(signal.SIGTERM, on_term)
+        return on_signal
 
     async def _purge_forever(self) -> None:
         days = self.settings.retention_days
