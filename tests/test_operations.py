@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from .conftest import KEY, Upstreams, ask
-from .harness import ServerProcess
+from .harness import ROOT, ServerProcess
 from .shared_stores import POSTGRES_PORT, store_url
 from .tcp_proxy import TCPProxy
 from .test_api_contract import assert_error
@@ -830,6 +830,21 @@ def test_serve_check_passes_with_a_store_that_opens(tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, "-m", "chatgpt_server", "serve", "--check"], env=env,
                             capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
+
+
+def test_env_example_uncommented_as_shown_gives_the_defaults(tmp_path: Path) -> None:
+    """.env.example says its values are the defaults: every line uncommented as it stands (an empty value
+    too) must start the server as no .env would, with the data where the default puts it."""
+    example = (ROOT / ".env.example").read_text()
+    (tmp_path / ".env").write_text(re.sub(r"^# (CHATGPT_SERVER_\w+=)", r"\1", example, flags=re.M))
+    assert "\nCHATGPT_SERVER_MODELS_FILE=\n" in (tmp_path / ".env").read_text()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGPT_SERVER_")}
+    env["XDG_DATA_HOME"] = str(tmp_path / "xdg")
+    result = subprocess.run([sys.executable, "-m", "chatgpt_server", "serve", "--check"], env=env,
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "xdg" / "chatgpt-server" / "conversations.db").exists()
+    assert not list(tmp_path.glob("conversations.db*"))
 
 
 def test_a_missing_schema_is_named(tmp_path: Path) -> None:
