@@ -25,7 +25,7 @@ PAGE = """<!DOCTYPE html>
   <div id="swagger-ui"></div>
   <script src="/api/static/swagger-ui-bundle.js"></script>
   <script>
-    window.ui = SwaggerUIBundle({url: "/api-json", dom_id: "#swagger-ui", deepLinking: true});
+    window.ui = SwaggerUIBundle({url: "/api-json", dom_id: "#swagger-ui", deepLinking: true, validatorUrl: "none"});
   </script>
 </body>
 </html>
