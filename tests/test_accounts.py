@@ -156,6 +156,16 @@ def test_device_sign_in_from_the_command_line(tmp_path: Path, upstreams: Upstrea
     assert listed.returncode == 0 and email in listed.stdout and account in listed.stdout and "pro" in listed.stdout
     grant = grant_for(upstreams, email)
     assert grant.refresh_token not in listed.stdout + listed.stderr  # never a token
+    # README's next step: CHATGPT_ACCESS_TOKEN=$(chatgpt-server token), then ask --mode 2
+    printed = cli("token")
+    assert printed.returncode == 0 and printed.stdout.count(".") == 2, printed.stderr
+    assert cli("token", email).stdout == printed.stdout
+    missing = cli("token", "nobody@example.com")
+    assert missing.returncode == 1 and missing.stderr.strip() == "chatgpt-server: this ChatGPT account is not stored"
+    asked = subprocess.run([sys.executable, "-m", "chatgpt_server", "ask", "hello", "--mode", "2"], timeout=60,
+                           env={**env, "CHATGPT_ACCESS_TOKEN": printed.stdout.strip()}, capture_output=True,
+                           text=True)  # fmt: skip
+    assert asked.returncode == 0 and asked.stdout.strip() == "echo(1): hello", asked.stderr
     assert cli("logout", email).returncode == 0
     assert email not in cli("accounts").stdout
 

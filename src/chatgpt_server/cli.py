@@ -294,6 +294,17 @@ def accounts_list(args: argparse.Namespace) -> int:
     return _with_accounts(body)
 
 
+def token(args: argparse.Namespace) -> int:
+    """The stored account's access token on stdout (refreshed if due), for CHATGPT_ACCESS_TOKEN: the
+    terminal's counterpart of the token route."""
+
+    async def body(services: Any) -> int:
+        print(await services.accounts.token_of(args.email))
+        return 0
+
+    return _with_accounts(body)
+
+
 def logout(args: argparse.Namespace) -> int:
     async def body(services: Any) -> int:
         removed = await services.accounts.forget(args.email)
@@ -334,6 +345,9 @@ def parser() -> argparse.ArgumentParser:
     a.set_defaults(func=ask)
     sub.add_parser("login", help="sign a ChatGPT account in (device code) and store it").set_defaults(func=login)
     sub.add_parser("accounts", help="list stored ChatGPT accounts (never a token)").set_defaults(func=accounts_list)
+    tok = sub.add_parser("token", help="print a stored account's current access token (refreshed if due)")
+    tok.add_argument("email", nargs="?", help="the account's email (needed when several are stored)")
+    tok.set_defaults(func=token)
     out = sub.add_parser("logout", help="remove a stored ChatGPT account")
     out.add_argument("email")
     out.set_defaults(func=logout)
@@ -341,7 +355,8 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from .errors import StoreUnavailable
+    from .edges.messages import error_message
+    from .errors import ServiceError, StoreUnavailable
     from .upstreams.routing import RoutesFileError
 
     args = parser().parse_args(argv)
@@ -355,6 +370,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except StoreUnavailable as exc:
         print(f"chatgpt-server: the conversation store is unavailable: {exc.reason or 'no answer'}", file=sys.stderr)
+        return 1
+    except ServiceError as exc:  # what a request would be answered with: its words, one line
+        print(f"chatgpt-server: {error_message(exc, 'en')}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         return 130

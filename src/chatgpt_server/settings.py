@@ -84,8 +84,9 @@ def mask_url(url: str) -> str:
 
 class Settings(BaseSettings):
     # An empty value is no value (.env.example's lines, uncommented as shown, give the defaults).
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True,
-                                      env_ignore_empty=True)
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_file=".env", extra="ignore", frozen=True, env_ignore_empty=True
+    )
 
     host: str = Field(default="127.0.0.1", description="address to listen on")
     port: int = Field(default=7002, ge=1, le=65535, description="port to listen on")

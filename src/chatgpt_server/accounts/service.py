@@ -381,27 +381,36 @@ class Accounts:
         return result
 
     # -- listing --------------------------------------------------------------------------------
-    async def all(self) -> list[dict[str, Any]]:
-        out: list[dict[str, Any]] = []
+    async def _stored(self) -> list[Record]:
+        out: list[Record] = []
         after: str | None = None
         while True:
             page = await self.store.list_records("account", "", after, 100, False)
-            out += [describe(r.body) for r in page]
+            out += page
             if len(page) < 100:
                 return out
             after = page[-1].id
 
+    async def all(self) -> list[dict[str, Any]]:
+        return [describe(record.body) for record in await self._stored()]
+
     async def forget(self, email: str) -> int:
         removed = 0
-        after: str | None = None
-        while True:
-            page = await self.store.list_records("account", "", after, 100, False)
-            for record in page:
-                if str(record.body.get("email", "")).lower() == email.lower():
-                    removed += await self.store.delete_record("account", record.id)
-            if len(page) < 100:
-                return removed
-            after = page[-1].id
+        for record in await self._stored():
+            if str(record.body.get("email", "")).lower() == email.lower():
+                removed += await self.store.delete_record("account", record.id)
+        return removed
+
+    async def token_of(self, email: str | None) -> str:
+        """The current access token (refreshed if due) of the stored account with this email, or of the
+        only one stored when none is named: for ``chatgpt-server token``, the terminal's way to it."""
+        records = [r for r in await self._stored()
+                   if email is None or str(r.body.get("email", "")).lower() == email.lower()]  # fmt: skip
+        if not records:
+            raise NotFound("account_unknown")
+        if len(records) > 1:
+            raise BadRequest("account_ambiguous", count=len(records))
+        return await self.current(records[0].id, records[0])
 
     async def current_for(self, token: str) -> str | None:
         """The token route's refresh: a verified token of a stored account gets the account's

@@ -325,6 +325,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "无法解密 {email} 的token: CHATGPT_SERVER_SECRET_KEY 是否已更改? 请重新登录",
     ),
     "account_unknown": ("this ChatGPT account is not stored", "该 ChatGPT 账号未保存"),
+    "account_ambiguous": (
+        "{count} ChatGPT accounts are stored: name one by its email",
+        "已保存 {count} 个 ChatGPT 账号: 请用邮箱指定一个",
+    ),
     "account_busy": (
         "the account {email} is being refreshed by another instance for too long; try again",
         "账号 {email} 正在被其他实例刷新, 请稍后重试",
