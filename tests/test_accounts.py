@@ -646,6 +646,19 @@ def test_responses_door_with_an_account_model(tmp_path: Path, upstreams: Upstrea
             with client.responses.stream(model="gpt-5", input="streamed", previous_response_id=second.id) as s:
                 final = s.get_final_response()
             assert final.output_text == "echo(3): streamed"
+            # Structured output goes to the backend in its own (Responses) shape; sampling it refuses is
+            # refused here, before anything is sent, in its words; a malformed scope header as on every door.
+            fmt: Any = {"type": "json_schema", "name": "answer", "schema": {"type": "object"}, "strict": True}
+            client.responses.create(model="gpt-5", input="formatted", text={"format": fmt})
+            assert upstreams.codex.requests[-1]["body"]["text"] == {"format": fmt}
+            asked = len(upstreams.codex.requests)
+            for refused in ({"temperature": 0.5}, {"top_p": 0.5}):
+                with pytest.raises(openai.BadRequestError) as error:
+                    client.responses.create(model="gpt-5", input="x", extra_body=refused)
+                assert (error.value.param, error.value.code) == (next(iter(refused)), "unsupported_parameter")
+            with pytest.raises(openai.BadRequestError):
+                client.responses.create(model="gpt-5", input="x", extra_headers={"OpenAI-Project": "p" * 300})
+            assert len(upstreams.codex.requests) == asked
     finally:
         server.stop()
 

@@ -83,6 +83,7 @@ async def caller_for(request: Request, services: Services, model: str) -> Caller
     key = api_key(request)
     route = services.models.route(model)
     if route.upstream == "codex":
+        scoped_target(request, route.base_url, key)  # checked as on every door; a ChatGPT account has no project
         credential = await services.accounts.credential(key)
         target = Target("codex", route.base_url, credential.access_token, account_id=credential.account_id)
         return Caller(credential.owner, target, credential)

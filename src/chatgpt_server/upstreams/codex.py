@@ -107,6 +107,8 @@ def build_body(prompt: Prompt, instructions: str) -> dict[str, Any]:
     }
     if prompt.session_id:
         body["prompt_cache_key"] = prompt.session_id
+    if isinstance(prompt.params.get("text"), dict):  # a structured-output format (Responses' own shape)
+        body["text"] = prompt.params["text"]
     return body
 
 
