@@ -944,3 +944,32 @@ def test_limits_count_an_ipv6_client_by_its_64() -> None:
     assert window.take(caller_of("2001:db8:1:3::1"), now=1.0) == 0.0  # another /64
     assert caller_of("::ffff:203.0.113.9") == caller_of("203.0.113.9") == "203.0.113.9"
     assert caller_of("not an address") == "not an address"
+
+
+@pytest.mark.parametrize(
+    ("parts", "expected"),
+    [
+        ([{"type": "text", "text": "Hel"}, {"type": "text", "text": "lo"}], "Hello"),
+        ([{"type": "thinking", "thinking": [{"type": "text", "text": "hmm"}]}, {"type": "text", "text": "Hi"}], "Hi"),
+        ([{"text": "no type"}], "no type"),  # a text part that does not say so
+        ([{"type": "refusal", "refusal": "I can't"}], "I can't"),  # the model's words all the same
+        ([{"type": "image_url", "image_url": {"url": "x"}}], None),  # not text: refused, never dropped
+        ([{"type": "audio", "text": "x"}], None),
+        ([{"type": "text", "text": 5}], None),
+        (["loose string"], None),
+    ],
+)
+def test_content_as_a_list_of_parts_is_its_text_or_refused(parts: list[Any], expected: str | None) -> None:
+    """Content given as parts (Mistral's), in a stream's delta and a whole reply alike: its text, with
+    thinking left out; a part that is not text is the upstream's error, not words silently lost."""
+    chunk = json.dumps({"choices": [{"index": 0, "delta": {"content": parts}}]})
+    whole = json.dumps({"choices": [{"index": 0, "message": {"role": "assistant", "content": parts}}]}).encode()
+    if expected is None:
+        with pytest.raises(BadGateway):
+            ChunkParser(HOST, SECRET).feed(chunk)
+        with pytest.raises(BadGateway):
+            parse_completion(whole, HOST, SECRET)
+        return
+    parser = ChunkParser(HOST, SECRET)
+    assert [e.text for e in parser.feed(chunk)] == [expected]
+    assert parse_completion(whole, HOST, SECRET)["text"] == expected

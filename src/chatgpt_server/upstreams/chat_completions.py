@@ -351,20 +351,28 @@ def _error_text(data: str) -> str:
     return data
 
 
+# Parts that are the model's thinking (Mistral's "thinking"): left out, as reasoning_content is.
+_THINKING_PARTS = ("thinking", "reasoning")
+
+
 def _text_of(content: Any) -> Any:
-    """A message's or delta's content as text: a list of parts (Mistral's, with its "thinking" parts)
-    gives its text parts' text; what is neither is returned as it is, for the caller to refuse."""
+    """A message's or delta's content as text: a list of parts (Mistral's) gives the text of its text
+    parts (a part with text and no type is one; a refusal part is the model's words too), thinking
+    parts left out; anything else is returned as it is, for the caller to refuse (never dropped)."""
     if not isinstance(content, list):
         return content
     texts: list[str] = []
     for part in content:
         if not isinstance(part, dict):
             return content
-        if part.get("type") in ("text", "output_text"):
-            text = part.get("text")
-            if not isinstance(text, str):
-                return content
-            texts.append(text)
+        kind = part.get("type", "text")
+        if kind in _THINKING_PARTS:
+            continue
+        field = "refusal" if kind == "refusal" else "text" if kind in ("text", "output_text") else None
+        text = part.get(field) if field else None
+        if not isinstance(text, str):
+            return content
+        texts.append(text)
     return "".join(texts)
 
 
