@@ -251,9 +251,22 @@ def test_a_request_carries_exactly_one_host(server: Server) -> None:
         b"GET / HTTP/1.1\r\n\r\n",
         request(headers=[("Host", "other")]),
         b"POST / HTTP/1.1\r\nhost: a\r\nContent-Length: 2\r\nHOST: b\r\n\r\n{}",
+        *(
+            b"GET / HTTP/1.1\r\nHost: " + bad + b"\r\n\r\n"
+            for bad in (b"a b", b"a/b?c", b"\xc3\xa9.example", b"a:b:c", b"[::1")
+        ),
     ):
         status, message = refused(server, data)
-        assert (status, message) == (400, b"a request must carry exactly one Host header")
+        assert (status, message) == (400, b"a request must carry exactly one Host header, naming a host (and port)")
+    # An absolute-form target is answered in its path's door's shape (OpenAI's error under /v1).
+    with server.connect() as s:
+        s.sendall(b"POST http://elsewhere.example/v1/responses HTTP/1.1\r\n\r\n")
+        status, _, body = Reader(s).response()
+    assert status == 400 and "error" in json.loads(body), body
+    for good in (b"example.com", b"127.0.0.1:7002", b"[::1]:80", b"", b"xn--e1afmkfd.example"):
+        with server.connect() as s:
+            s.sendall(b"GET / HTTP/1.1\r\nHost: " + good + b"\r\n\r\n")
+            assert Reader(s).response()[0] == 200, good
     with server.connect() as s:  # HTTP/1.0 had no Host yet
         s.sendall(b"GET / HTTP/1.0\r\n\r\n")
         assert Reader(s).response()[0] == 200

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 from typing import ClassVar, cast
 
 import httptools
@@ -57,6 +58,11 @@ _BODY = 2  # the head is complete, the body (if any) is not
 
 # When the bound is crossed with no more than this many bytes besides the URL, the crossing is in the request line.
 _REQUEST_LINE_SLACK = 32
+
+
+# RFC 9110 7.2: Host = uri-host [ ":" port ], the host an IP literal, an IPv4 address or a reg-name (empty
+# allowed: a request whose target names no authority).
+_HOST = re.compile(rb"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9._~%!$&'()*+,;=-]*)(:[0-9]*)?")
 
 
 class _HeadRejected(Exception):
@@ -193,9 +199,10 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # RFC 9112 3.2: a request with no Host (HTTP/1.1) or more than one is answered 400: which host it
         # names would otherwise be for each proxy on the way to decide, and not all decide alike.
         hosts = [value for name, value in self.headers if name == b"host"]
-        if len(hosts) > 1 or (not hosts and self.parser.get_http_version() != "1.0"):
+        if (len(hosts) > 1 or (not hosts and self.parser.get_http_version() != "1.0")
+                or (hosts and not _HOST.fullmatch(hosts[0]))):  # fmt: skip
             self._reject_status = 400
-            self._reject_message = "a request must carry exactly one Host header"
+            self._reject_message = "a request must carry exactly one Host header, naming a host (and port)"
             raise _HeadRejected
         self._phase = _BODY
         self._body_bytes = self._body_phase_bytes = 0
@@ -269,6 +276,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         says which."""
         reason = STATUS_LINE[status][13:-2].decode()  # the reason phrase
         path = bytes(self.url).split(b"?", 1)[0].decode("latin-1") if self.url else ""
+        if "://" in path:  # absolute-form (http://host/path): the door is the path's
+            path = "/" + path.split("://", 1)[1].partition("/")[2]
         body = head_error_body(status, message or reason, path)
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
