@@ -280,8 +280,9 @@ class AccessLog:
                 text += f" upstream={entry.upstream} upstream_ms={entry.upstream_ms:.2f}"
             if entry.store_ms:
                 text += f" store_ms={entry.store_ms:.2f}"
-            if entry.outcome:
-                text += f" outcome={entry.outcome}"
+            if entry.outcome:  # logfmt: a value with a space is quoted, as message is
+                outcome = entry.outcome
+                text += f" outcome={orjson.dumps(outcome).decode() if ' ' in outcome else outcome}"
             if entry.message:
                 text += f" message={orjson.dumps(entry.message).decode()}"
             line = (text + "\n").encode()
