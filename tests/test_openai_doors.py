@@ -650,6 +650,10 @@ def test_a_stream_client_that_leaves_cancels_and_keeps_the_partial(
     # cancelled, as OpenAI calls a response stopped before its end; what had arrived is kept
     assert stored.status == "cancelled" and stored.incomplete_details is None
     assert stored.output_text and stored.output_text != f"echo(1): {words}"
+    # The access line says so, as one logfmt field (a value with a space is quoted).
+    line = next(line for line in v1_server.log().splitlines() if "route=\"responses stream\"" in line
+                and "client left" in line)  # fmt: skip
+    assert 'outcome="client left"' in line, line
 
 
 def test_a_routed_models_key_is_checked_and_sent_only_where_the_model_goes(
