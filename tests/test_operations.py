@@ -860,7 +860,11 @@ def test_a_missing_schema_is_named(tmp_path: Path) -> None:
     ("args", "env", "words"),
     [
         (["--log-level", "loud"], {}, "--log-level (CHATGPT_SERVER_LOG_LEVEL): must be one of"),
-        (["--store-url", "sqlite:/x"], {}, "--store-url (CHATGPT_SERVER_STORE_URL): an SQLite store looks like"),
+        (["--store-url", "sqlite:/x"], {}, "--store-url (CHATGPT_SERVER_STORE_URL): an SQLite store is a file"),
+        (["--store-url", "sqlite:////tmp/a-dir/"], {}, "an SQLite store is a file"),
+        (["--store-url", "sqlite:///:memory:"], {}, "an SQLite store is a file"),  # it would keep nothing
+        (["--store-url", "postgresql://"], {}, "a PostgreSQL URL names its host and database"),
+        (["--store-url", "redis://localhost:notaport/0"], {}, "a port is a number"),
         (["--store-url", "foo://x"], {}, "--store-url (CHATGPT_SERVER_STORE_URL): must start with"),
         (["--store-url", "redis://:9f8e7d#Qq1@127.0.0.1:6379/0"], {}, "percent-encode special characters"),
         ([], {"CHATGPT_SERVER_STORE_URL": "redis://u:abc?9f8e7d@127.0.0.1:6379"}, "percent-encode special characters"),

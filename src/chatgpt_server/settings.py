@@ -225,16 +225,21 @@ class Settings(BaseSettings):
         scheme = value.split(":", 1)[0] if ":" in value else ""
         if scheme not in STORE_SCHEMES:
             raise ValueError("must start with sqlite:///, redis://, rediss:// or postgresql://")
-        if scheme == "sqlite" and (not value.startswith("sqlite:///") or len(value) <= len("sqlite:///")):
-            raise ValueError("an SQLite store looks like sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        if scheme == "sqlite" and (not value.startswith("sqlite:///") or len(value) <= len("sqlite:///")
+                                   or value.endswith("/") or value.split("?", 1)[0].endswith(":memory:")):  # fmt: skip
+            raise ValueError("an SQLite store is a file: sqlite:///relative/path.db or sqlite:////absolute/path.db")
+        if scheme == "postgresql":
+            parts = urlsplit(value)
+            if (not parts.hostname and not parse_qsl(parts.query)) or not parts.path.strip("/"):
+                raise ValueError("a PostgreSQL URL names its host and database: postgresql://[user@]host[:port]/db")
         if scheme in ("redis", "rediss"):
             parts = urlsplit(value)
             try:
                 host, _ = parts.hostname, parts.port
             except ValueError:  # the message would quote part of the URL (a password, maybe)
-                raise ValueError(
-                    "a Redis URL that cannot be read: percent-encode special characters in the password"
-                ) from None
+                # A password holding # or ? cuts the URL short of its host: "@" anywhere says there is one.
+                hint = "percent-encode special characters in the password" if "@" in value else "a port is a number"
+                raise ValueError(f"a Redis URL that cannot be read: {hint}") from None
             if not host:
                 raise ValueError("a Redis URL names its host: redis://[user:password@]host:port/<database number>")
             unknown = sorted({name for name, _ in parse_qsl(parts.query)} - {"prefix"})
