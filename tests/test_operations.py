@@ -566,6 +566,23 @@ def test_sigterm_ends_what_outlives_the_grace_period_cleanly(tmp_path: Path, ups
         server.stop()
 
 
+def test_a_server_under_nohup_stays_up_on_sighup(tmp_path: Path, upstreams: Upstreams) -> None:
+    """``nohup`` makes SIGHUP ignored, for a server meant to outlive its terminal: it stays so."""
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)  # what nohup does; the server inherits it
+    try:
+        server = ServerProcess(tmp_path, upstreams.env()).start()
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    try:
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGHUP)
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            assert ask(c, "still here").status_code == 201  # answered after the signal
+        assert server.proc.poll() is None and "shutting down" not in server.log()
+    finally:
+        server.stop()
+
+
 def test_sigterm_answers_what_is_not_a_turn_as_it_answers_turns(tmp_path: Path, upstreams: Upstreams) -> None:
     """A pass-through (whole or streamed) and a sign-in still waiting when the grace period ends are
     answered 503 in their door's shape (a stream: an error event), as turns are, with their access-log

@@ -345,14 +345,17 @@ class App:
         """Learn of SIGTERM, SIGINT (Ctrl-C) and SIGHUP (the terminal closed) before the server acts on
         them: the server (uvicorn, in this process, whatever the number of workers) has installed its
         handlers by now; ours runs first, then its. Each begins the same graceful shutdown; SIGHUP, which
-        uvicorn leaves to its default (the process killed, what is in flight lost), is its SIGTERM."""
+        uvicorn leaves to its default (the process killed, what is in flight lost), is its SIGTERM, unless
+        it is ignored (``nohup``): then it stays ignored."""
         if threading.current_thread() is not threading.main_thread():
             return
         loop = asyncio.get_running_loop()
         on_sigterm = signal.getsignal(signal.SIGTERM)
         for hooked in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
             previous = signal.getsignal(hooked)
-            if hooked == signal.SIGHUP and not callable(previous):
+            if hooked == signal.SIGHUP:
+                if previous is not signal.SIG_DFL:  # ignored (nohup), or a supervisor's own: left as it is
+                    continue
                 previous = on_sigterm
             signal.signal(hooked, self._on_signal(loop, previous))
 
