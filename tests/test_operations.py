@@ -418,6 +418,46 @@ def test_a_database_file_removed_under_the_server_is_opened_again(tmp_path: Path
         again.stop()
 
 
+@pytest.mark.parametrize("how", ["rm", "mv backup"])
+def test_a_database_file_replaced_under_two_workers_is_opened_again_by_both(tmp_path: Path, upstreams: Upstreams,
+                                                                            how: str) -> None:  # fmt: skip
+    """With ``--workers 2`` each worker holds the old file until it notices: the first to let go waits for
+    the other (which lets go within moments, busy or idle), then both use the new file, and nothing told
+    after is lost (the new file's -wal and -shm are never taken for the old one's)."""
+    db = tmp_path / "shared.db"
+    env = upstreams.env(CHATGPT_SERVER_STORE_URL=f"sqlite:///{db}", CHATGPT_SERVER_WORKERS="2")
+    server = ServerProcess(tmp_path, env).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            first = ask(c, "before").json()["data"]
+            if how == "mv backup":
+                backup, source = sqlite3.connect(tmp_path / "backup.db"), sqlite3.connect(db)
+                source.backup(backup)
+                source.close()
+                backup.close()
+                os.replace(tmp_path / "backup.db", db)
+            else:
+                db.unlink()
+            wait_for(lambda: server.log().count("was removed or replaced") >= 2, what="both workers letting go")
+
+            def steady() -> bool:  # every worker answers from the new file
+                return all(ask(c, "after").status_code == 201 for _ in range(10))
+
+            wait_for(steady, what="both workers on the new file")
+            told = [ask(c, f"kept {i}").json()["data"]["id"] for i in range(6)]
+    finally:
+        server.stop()
+    again = ServerProcess(tmp_path, upstreams.env(CHATGPT_SERVER_STORE_URL=f"sqlite:///{db}")).start()
+    try:
+        with httpx.Client(base_url=again.url, timeout=30) as c:
+            for reply in told:  # each one is in the file at the path
+                assert ask(c, "on", parent=reply).status_code == 201
+            if how == "mv backup":
+                assert ask(c, "on", parent=first["id"]).status_code == 201
+    finally:
+        again.stop()
+
+
 def test_a_database_file_replaced_while_another_process_has_it_open_is_refused(
     tmp_path: Path, upstreams: Upstreams
 ) -> None:

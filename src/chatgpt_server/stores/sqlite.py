@@ -125,38 +125,67 @@ def _identity(path: Path) -> tuple[int, int] | None:
 SHM_DMS_BYTE = 128
 
 
-def _companions(path: Path) -> tuple[tuple[int, int] | None, tuple[int, int] | None]:
-    """Which -wal and -shm files are at ``path`` now (None: none)."""
-    return _identity(Path(f"{path}-wal")), _identity(Path(f"{path}-shm"))
+def _same_file(a: int, b: int) -> bool:
+    first, second = os.fstat(a), os.fstat(b)
+    return (first.st_dev, first.st_ino) == (second.st_dev, second.st_ino)
 
 
-def _clear_leftovers(path: Path, stale: tuple[tuple[int, int] | None, tuple[int, int] | None]) -> bool:
-    """The -wal and -shm a removed or replaced file left at ``path`` (``stale``: as they were when it
-    was let go of), removed once no process has them open; False while one does. SQLite pairs a file
-    with the WAL at its path by name: opened with the old file's, a new file would read its pages as
-    its own. Ones at the path since (another process opened the new file) are the new file's: kept."""
-    wal, shm = Path(f"{path}-wal"), Path(f"{path}-shm")
-    now = _companions(path)
-    old_wal = stale[0] is not None and now[0] == stale[0]
-    old_shm = stale[1] is not None and now[1] == stale[1]
-    if not old_wal and not old_shm:
+class _Companions:
+    """The -wal and -shm of the file this process opened, held open (read-only) for as long as it uses the
+    file: while they are, their inodes cannot be reused, so what is at the path is known to be them or
+    not. Closed only after every connection of this process to that file is (closing any descriptor of
+    a file drops this process's POSIX locks on it, SQLite's included)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fds: dict[str, int] = {}
+        for suffix in ("-wal", "-shm"):
+            with contextlib.suppress(OSError):
+                self.fds[suffix] = os.open(f"{path}{suffix}", os.O_RDONLY)
+
+    def at_path(self, suffix: str) -> bool:
+        """Whether the path's -wal or -shm is still the one this process opened."""
+        fd = self.fds.get(suffix)
+        if fd is None:
+            return False
+        try:
+            here, ours = os.stat(f"{self.path}{suffix}"), os.fstat(fd)
+        except OSError:
+            return False
+        return (here.st_dev, here.st_ino) == (ours.st_dev, ours.st_ino)
+
+    def clear(self) -> bool:
+        """Remove them from the path once no process has them open; False while one does. SQLite keeps a
+        removed or replaced file's -wal and -shm (it cannot checkpoint into a file gone from its path) and
+        pairs a file with the WAL at its path by name: a new file opened with them would read the old
+        one's pages as its own. Ones at the path since are another file's: never touched."""
+        old_wal, old_shm = self.at_path("-wal"), self.at_path("-shm")
+        if old_wal and not old_shm:
+            return False  # its -shm gone: nothing tells whether a process still has the WAL open
+        if old_shm:
+            try:
+                fd = os.open(f"{self.path}-shm", os.O_RDWR)
+            except OSError:
+                return False
+            try:
+                if not _same_file(fd, self.fds["-shm"]):
+                    return False  # replaced between the look and the open: look again later
+                fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, SHM_DMS_BYTE)  # raises while a connection holds it
+                # Removed while the lock is ours, so no process opens the old pair meanwhile.
+                if old_wal:
+                    Path(f"{self.path}-wal").unlink(missing_ok=True)
+                Path(f"{self.path}-shm").unlink(missing_ok=True)
+            except OSError:
+                return False
+            finally:
+                os.close(fd)
+        self.release()
         return True
-    fd = -1
-    try:
-        if old_shm:
-            fd = os.open(shm, os.O_RDWR)
-            fcntl.lockf(fd, fcntl.LOCK_EX | fcntl.LOCK_NB, 1, SHM_DMS_BYTE)  # raises while a connection holds it
-        # Removed while the lock is ours, so no process opens the old pair meanwhile.
-        if old_wal:
-            wal.unlink(missing_ok=True)
-        if old_shm:
-            shm.unlink(missing_ok=True)
-    except OSError:
-        return False
-    finally:
-        if fd >= 0:
+
+    def release(self) -> None:
+        for fd in self.fds.values():
             os.close(fd)
-    return True
+        self.fds = {}
 
 
 def _unavailable(exc: BaseException, where: str = "") -> StoreUnavailable:
@@ -230,8 +259,9 @@ class SQLiteStore(Store):
         self._failing: str | None = None  # a write failed for want of room (or an I/O error)
         self._secrets: dict[str, bytes] = {}  # what shared_secret gave out
         self._wanted = False  # open() was called and close() was not: a request may open it again
-        self._leftovers: tuple[tuple[int, int] | None, tuple[int, int] | None] | None = None  # see _let_go
-        self._ours: tuple[tuple[int, int] | None, tuple[int, int] | None] = (None, None)  # the file's -wal, -shm
+        self._ours: _Companions | None = None  # the open file's -wal and -shm, held (see _Companions)
+        self._loop: asyncio.AbstractEventLoop | None = None  # the loop the store serves (the watcher calls it)
+        self._leftovers: _Companions | None = None  # a replaced file's, still held by another process
         self._next_try = 0.0
         self._why_closed = "the SQLite store is closed"
         self._history = history_query(lambda n: f"?{n}", "min")
@@ -258,7 +288,7 @@ class SQLiteStore(Store):
             return
         self._next_try = now + REOPEN_EVERY_S
         if self._leftovers is not None:  # a replaced file's WAL, which another process still had open
-            if not _clear_leftovers(self.path, self._leftovers):
+            if not self._leftovers.clear():
                 return
             self._leftovers = None
             log.warning("store: the other process let go of the replaced database file; %s opened again", self.path)
@@ -286,6 +316,7 @@ class SQLiteStore(Store):
         race to switch it to WAL and to migrate it; SQLite refuses the loser at once in some of those
         moments (it would deadlock), without its busy handler: the whole open is tried again."""
         self._wanted = True
+        self._loop = asyncio.get_running_loop()
         deadline = time.monotonic() + OPEN_WAIT_S
         while True:
             try:
@@ -324,7 +355,9 @@ class SQLiteStore(Store):
     def _started(self, db: sqlite3.Connection) -> None:
         self._db = db
         self._opened_as = _identity(self.path)
-        self._ours = _companions(self.path)
+        if self._ours is not None:
+            self._ours.release()
+        self._ours = _Companions(self.path)
         self._moved = False
         self._stop = threading.Event()  # its own: a thread of an earlier open may still be stopping
         self._checkpointer = threading.Thread(
@@ -344,14 +377,15 @@ class SQLiteStore(Store):
             next_try = 0.0
             try:
                 while not stop.wait(CHECKPOINT_EVERY_S):
-                    # While this process has them open, the -wal and -shm at the path are its file's (SQLite
-                    # makes them when a file is first opened, and another file's cannot appear meanwhile).
-                    self._ours = _companions(self.path)
                     if _identity(self.path) != self._opened_as:
                         if db is not None:  # first: the loop looks for other users of the old file's WAL
                             db.close()
                             db = None
                         self._moved = True  # the event loop closes and opens the path again
+                        loop = self._loop
+                        if loop is not None:
+                            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+                                loop.call_soon_threadsafe(self._notice_moved)
                         return
                     if db is None and time.monotonic() >= next_try:
                         next_try = time.monotonic() + 1.0
@@ -403,6 +437,16 @@ class SQLiteStore(Store):
         if self._db is not None:
             self._db.close()
             self._db = None
+        for held in (self._ours, self._leftovers):  # after every connection: closing them drops locks
+            if held is not None:
+                held.release()
+        self._ours = self._leftovers = None
+
+    def _notice_moved(self) -> None:
+        """The watcher saw the path name another file: let go of the old one now, not at the next
+        request (an idle worker holding it would keep the others from opening the new one)."""
+        if self._moved and self._wanted:
+            self._let_go(f"the database file {self.path} was removed or replaced; opened again")
 
     def _let_go(self, why: str) -> None:
         """Close the connection (the file it holds is not the path's any more) and open the path
@@ -417,8 +461,8 @@ class SQLiteStore(Store):
             self._db = None
         self._next_try = 0.0
         # SQLite keeps a removed file's -wal and -shm (it cannot checkpoint into a file gone from its path).
-        leftovers = self._ours
-        if not _clear_leftovers(self.path, leftovers):
+        leftovers, self._ours = self._ours, None
+        if leftovers is not None and not leftovers.clear():
             self._leftovers = leftovers
             self._why_closed = (f"the database file {self.path} was removed or replaced while another process "
                                 "has it open: it is opened again once that process lets go of it (restart "
