@@ -168,6 +168,8 @@ def test_device_sign_in_from_the_command_line(tmp_path: Path, upstreams: Upstrea
     assert asked.returncode == 0 and asked.stdout.strip() == "echo(1): hello", asked.stderr
     assert cli("logout", email).returncode == 0
     assert email not in cli("accounts").stdout
+    none = cli("token")  # nothing stored now (this test's data directory is its own)
+    assert none.returncode == 1 and "chatgpt-server login adds one" in none.stderr, none.stderr
 
 
 def test_a_sign_in_whose_client_left_while_its_code_was_spent_is_still_stored(

@@ -404,10 +404,10 @@ class Accounts:
     async def token_of(self, email: str | None) -> str:
         """The current access token (refreshed if due) of the stored account with this email, or of the
         only one stored when none is named: for ``chatgpt-server token``, the terminal's way to it."""
-        records = [r for r in await self._stored()
-                   if email is None or str(r.body.get("email", "")).lower() == email.lower()]  # fmt: skip
+        stored = await self._stored()
+        records = [r for r in stored if email is None or str(r.body.get("email", "")).lower() == email.lower()]
         if not records:
-            raise NotFound("account_unknown")
+            raise NotFound("account_unknown" if stored else "accounts_none")
         if len(records) > 1:
             raise BadRequest("account_ambiguous", count=len(records))
         return await self.current(records[0].id, records[0])

@@ -325,6 +325,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "无法解密 {email} 的token: CHATGPT_SERVER_SECRET_KEY 是否已更改? 请重新登录",
     ),
     "account_unknown": ("this ChatGPT account is not stored", "该 ChatGPT 账号未保存"),
+    "accounts_none": (
+        "no ChatGPT account is stored: chatgpt-server login adds one",
+        "尚未保存 ChatGPT 账号: 用 chatgpt-server login 添加",
+    ),
     "account_ambiguous": (
         "{count} ChatGPT accounts are stored: name one by its email",
         "已保存 {count} 个 ChatGPT 账号: 请用邮箱指定一个",
