@@ -12,6 +12,7 @@ evil stand-ins of ``tests/standins/evil.py``.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import html
 import json
@@ -900,24 +901,34 @@ def test_the_stand_in_echoes_every_spelling() -> None:
         assert form in echo_text(key)
 
 
-def test_nothing_after_done_is_part_of_the_reply(gateway: ServerProcess, http: httpx.Client, upstreams: Upstreams,
-                                                 evil: Evil) -> None:  # fmt: skip
-    """An upstream that goes on after [DONE] (in the same write): the reply is what came before it,
-    complete, through every door."""
+@contextlib.contextmanager
+def _whole_on_the_stored_doors(gateway: ServerProcess, http: httpx.Client, upstreams: Upstreams, evil: Evil,
+                               name: str) -> Iterator[openai.OpenAI]:  # fmt: skip
+    """The hostile upstream's ``name`` reply is "Hello there", whole, through the original route's stream
+    (and stored so: a follow-up carries it) and /v1/responses' stream; the SDK client is the caller's
+    for the pass-through's own checks (Chat Completions passes the chunks on as they came)."""
     key = new_key()
-    question = f"afterdone {uuid.uuid4().hex}"
+    question = f"{name} {uuid.uuid4().hex}"
     got = call(http, question, evil.urls["hostile"], key=key, kind="2")
     assert got.status == 200 and got.text == "Hello there", got.response.text
     assert got.data is not None and "incomplete" not in got.data
     _follow_up_carries(http, upstreams, evil.hostile, evil.urls["hostile"], key, got.reply_id,
                        [user(question), assistant("Hello there")])  # fmt: skip
     with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
+        yield sdk
+        response = sdk.responses.create(model="hostile-1", input=f"{name} via responses", stream=True)
+        final = [e for e in response if e.type in ("response.completed", "response.failed")][-1]
+        assert final.type == "response.completed" and final.response.output_text == "Hello there"
+
+
+def test_nothing_after_done_is_part_of_the_reply(gateway: ServerProcess, http: httpx.Client, upstreams: Upstreams,
+                                                 evil: Evil) -> None:  # fmt: skip
+    """An upstream that goes on after [DONE] (in the same write): the reply is what came before it,
+    complete, through every door."""
+    with _whole_on_the_stored_doors(gateway, http, upstreams, evil, "afterdone") as sdk:
         chunks = list(sdk.chat.completions.create(model="hostile-1", stream=True,
                                                   messages=[{"role": "user", "content": "afterdone"}]))  # fmt: skip
         assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Hello there"
-        response = sdk.responses.create(model="hostile-1", input="afterdone via responses", stream=True)
-        final = [e for e in response if e.type in ("response.completed", "response.failed")][-1]
-        assert final.type == "response.completed" and final.response.output_text == "Hello there"
 
 
 @pytest.mark.parametrize("name", ["nodone", "donebare", "parts"])
@@ -927,23 +938,13 @@ def test_a_finished_stream_in_a_providers_own_spelling_is_whole(
     """Whole replies as real providers write them, through every door: no [DONE] after the finish reason
     (llama.cpp before late 2024), [DONE] as the body's last bytes, content as a list of parts (thinking
     parts left out, as reasoning_content is)."""
-    key = new_key()
-    question = f"{name} {uuid.uuid4().hex}"
-    got = call(http, question, evil.urls["hostile"], key=key, kind="2")
-    assert got.status == 200 and got.text == "Hello there", got.response.text
-    assert got.data is not None and "incomplete" not in got.data
-    _follow_up_carries(http, upstreams, evil.hostile, evil.urls["hostile"], key, got.reply_id,
-                       [user(question), assistant("Hello there")])  # fmt: skip
-    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
+    with _whole_on_the_stored_doors(gateway, http, upstreams, evil, name) as sdk:
         chunks = list(sdk.chat.completions.create(model="hostile-1", stream=True,
                                                   messages=[{"role": "user", "content": name}]))  # fmt: skip
         assert any(c.choices and c.choices[0].finish_reason == "stop" for c in chunks)
         messages: Any = [{"role": "user", "content": name}]
         raw = sdk.chat.completions.with_raw_response.create(model="hostile-1", stream=True, messages=messages)
         assert raw.http_response.read().decode().endswith("data: [DONE]\n\n")  # as OpenAI ends a stream
-        response = sdk.responses.create(model="hostile-1", input=f"{name} via responses", stream=True)
-        final = [e for e in response if e.type in ("response.completed", "response.failed")][-1]
-        assert final.type == "response.completed" and final.response.output_text == "Hello there"
 
 
 def test_an_error_event_fails_the_stream_and_its_words_are_scrubbed(gateway: ServerProcess, http: httpx.Client,

@@ -377,6 +377,16 @@ def test_a_full_disk_buys_no_more_replies_and_says_why(tmp_path: Path, upstreams
         server.stop()
 
 
+def _restore_a_backup_over(db: Path) -> None:
+    """What an operator does with a backup: made with SQLite's backup, then moved over the live file."""
+    staged = db.with_name("backup.db")
+    backup, source = sqlite3.connect(staged), sqlite3.connect(db)
+    source.backup(backup)
+    source.close()  # closed: an open connection is another process holding the old file
+    backup.close()
+    os.replace(staged, db)
+
+
 @pytest.mark.parametrize("how", ["rm", "rm *", "mv backup"])
 def test_a_database_file_removed_under_the_server_is_opened_again(tmp_path: Path, upstreams: Upstreams,
                                                                   how: str) -> None:  # fmt: skip
@@ -390,11 +400,7 @@ def test_a_database_file_removed_under_the_server_is_opened_again(tmp_path: Path
         with httpx.Client(base_url=server.url, timeout=30) as c:
             first = ask(c, "before").json()["data"]
             if how == "mv backup":
-                backup, source = sqlite3.connect(tmp_path / "backup.db"), sqlite3.connect(db)
-                source.backup(backup)
-                source.close()
-                backup.close()
-                os.replace(tmp_path / "backup.db", db)
+                _restore_a_backup_over(db)
             else:
                 for path in tmp_path.glob("gone.db" + ("*" if how == "rm *" else "")):
                     path.unlink()
@@ -431,11 +437,7 @@ def test_a_database_file_replaced_under_two_workers_is_opened_again_by_both(tmp_
         with httpx.Client(base_url=server.url, timeout=30) as c:
             first = ask(c, "before").json()["data"]
             if how == "mv backup":
-                backup, source = sqlite3.connect(tmp_path / "backup.db"), sqlite3.connect(db)
-                source.backup(backup)
-                source.close()
-                backup.close()
-                os.replace(tmp_path / "backup.db", db)
+                _restore_a_backup_over(db)
             else:
                 db.unlink()
             wait_for(lambda: server.log().count("was removed or replaced") >= 2, what="both workers letting go")

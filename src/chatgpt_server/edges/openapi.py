@@ -470,6 +470,14 @@ TOKEN_ERRORS = {
     "fetched now (Retry-After)",
     "504": "the identity service did not answer in time",
 }
+# The SDK's organization= and project=: passed on to a chat-completions upstream (a key of several).
+SCOPE_HEADERS = [
+    {"name": name, "in": "header", "required": False,
+     "schema": {"type": "string", "maxLength": 256, "pattern": "^[\\x20-\\x7e]*$"},
+     "description": f"passed on to a chat-completions upstream as {name}; one printable value, else 400 (not sent "
+     "to the Codex backend)"}
+    for name in ("OpenAI-Organization", "OpenAI-Project")
+]  # fmt: skip
 LANGUAGE = {
     "name": "Accept-Language", "in": "header", "required": False, "schema": {"type": "string"},
     "description": "`en` for English messages, `zh` for Chinese (the original's texts); anything else: "
@@ -946,7 +954,10 @@ V1_AUTH = {
     "(or the upstream refused it: code invalid_api_key)",
     "400": "more than one Authorization header",
 }
-V1_STORE = {"503": STORE_DOWN}
+V1_STORE = {
+    "503": STORE_DOWN + "; or, with a ChatGPT account's token as the key, the issuer's keys cannot be "
+    "fetched now, so it cannot be checked (Retry-After)"
+}
 NOT_FOUND_RESPONSE = {"404": "no response with this id belongs to this key"}
 NOT_FOUND_CONVERSATION = {"404": "no conversation with this id belongs to this key"}
 CONFLICT = {"409": "the conversation changed meanwhile: try again"}
@@ -1103,7 +1114,7 @@ def _openai_paths() -> dict[str, Schema]:
             {"400": "model or messages missing or invalid, stream not a boolean, the model is served by a ChatGPT "
              "account (use /v1/responses), or the upstream refused the request",
              "404": "the upstream answered 404 (an unknown model)", **BODY_ERRORS, **UPSTREAM_ERRORS},
-            body=_json_body(CHAT_REQUEST),
+            body=_json_body(CHAT_REQUEST), parameters=SCOPE_HEADERS,
         )},
         "/v1/responses": {"post": _operation(
             "createResponse", "OpenAI's Responses API over any upstream",
@@ -1120,7 +1131,7 @@ def _openai_paths() -> dict[str, Schema]:
                  "404": "conversation or an item_reference is unknown to this key, or the upstream answered 404 (an "
                  "unknown model)",
                  **BODY_ERRORS, **UPSTREAM_ERRORS, **V1_STORE})},
-            tag="openai", security=BEARER, body=_json_body(_ref("ResponseRequest")),
+            tag="openai", security=BEARER, body=_json_body(_ref("ResponseRequest")), parameters=SCOPE_HEADERS,
             description="A response is a turn: its input and output items join the conversation tree (the same "
             "tree the original route writes), and previous_response_id continues from it. instructions apply to "
             "one response only. Models served by a ChatGPT account (CHATGPT_SERVER_MODELS_FILE, upstream codex) "

@@ -361,12 +361,10 @@ def _json_schema(fmt: dict[str, Any]) -> dict[str, Any]:
         raise BadRequest("missing_param", param="text.format.name")
     if not isinstance(name, str) or not _SCHEMA_NAME.fullmatch(name):
         raise invalid("text.format.name", "expected 1 to 64 letters, digits, underscores or dashes")
-    if not isinstance(fmt.get("schema"), dict):
-        raise (
-            BadRequest("missing_param", param="text.format.schema")
-            if fmt.get("schema") is None
-            else invalid("text.format.schema", "expected an object")
-        )
+    if fmt.get("schema") is None:
+        raise BadRequest("missing_param", param="text.format.schema")
+    if not isinstance(fmt["schema"], dict):
+        raise invalid("text.format.schema", "expected an object")
     schema: dict[str, Any] = {"name": name, "schema": fmt["schema"]}
     description = fmt.get("description")
     if description is not None:

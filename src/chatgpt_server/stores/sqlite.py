@@ -271,8 +271,8 @@ class SQLiteStore(Store):
 
     @property
     def db(self) -> sqlite3.Connection:
-        if self._moved:
-            self._let_go(f"the database file {self.path} was removed or replaced; opened again")
+        if self._moved:  # looked at here, not called: this runs for every statement
+            self._notice_moved()
         if self._db is None:
             self._reopen()
         if self._db is None:
@@ -355,9 +355,7 @@ class SQLiteStore(Store):
     def _started(self, db: sqlite3.Connection) -> None:
         self._db = db
         self._opened_as = _identity(self.path)
-        if self._ours is not None:
-            self._ours.release()
-        self._ours = _Companions(self.path)
+        self._ours = _Companions(self.path)  # none held before: _let_go and close hand theirs on or release them
         self._moved = False
         self._stop = threading.Event()  # its own: a thread of an earlier open may still be stopping
         self._checkpointer = threading.Thread(
@@ -443,8 +441,8 @@ class SQLiteStore(Store):
         self._ours = self._leftovers = None
 
     def _notice_moved(self) -> None:
-        """The watcher saw the path name another file: let go of the old one now, not at the next
-        request (an idle worker holding it would keep the others from opening the new one)."""
+        """The watcher saw the path name another file: let go of the old one (the watcher calls this at
+        once too, so an idle worker holding it does not keep the others from opening the new one)."""
         if self._moved and self._wanted:
             self._let_go(f"the database file {self.path} was removed or replaced; opened again")
 
