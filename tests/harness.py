@@ -21,6 +21,16 @@ from aiohttp import web
 ROOT = Path(__file__).resolve().parent.parent
 
 
+def within(seconds: float, condition: Callable[[], bool]) -> bool:
+    """Whether condition becomes true within seconds (polled every 10 ms)."""
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.01)
+    return True
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -20,7 +20,7 @@ import pytest
 from aiohttp import web
 
 from .conftest import KEY, Upstreams, ask
-from .harness import ServerProcess
+from .harness import ServerProcess, within
 from .standins.chatgpt_web import mint
 from .test_api_contract import assert_error
 
@@ -382,21 +382,29 @@ def test_names_and_keys_past_their_bounds_are_named(client: httpx.Client, upstre
 def test_a_malformed_head_is_answered_in_its_doors_shape(server: ServerProcess) -> None:
     """A head the HTTP parser refuses (an empty Transfer-Encoding, a bad header name) never reaches the
     app, and is still answered as the app answers: JSON, OpenAI's error under /v1, the envelope
-    elsewhere, with a request id, never uvicorn's plain text."""
-    for path, head in (("/v1/models", "Transfer-Encoding:\r\n"), ("/api/v1/gpt/getInfo", "Bad Name: x\r\n")):
+    elsewhere, with a request id (which the log line of the refusal names), never uvicorn's plain text.
+    A request line of another HTTP version than 1.x (httptools reads 2.0 and 0.9 as requests) is a 505."""
+    for path, head, version, status in (
+        ("/v1/models", "Transfer-Encoding:\r\n", "1.1", 400),
+        ("/api/v1/gpt/getInfo", "Bad Name: x\r\n", "1.1", 400),
+        ("/v1/responses", "", "2.0", 505),
+        ("/api/v1/gpt/getInfo", "", "0.9", 505),
+    ):
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-            s.sendall(f"GET {path}?q=1 HTTP/1.1\r\nHost: x\r\n{head}\r\n".encode())
+            s.sendall(f"GET {path}?q=1 HTTP/{version}\r\nHost: x\r\n{head}\r\n".encode())
             answer = b""
             while chunk := s.recv(4096):
                 answer += chunk
         top, _, body = answer.partition(b"\r\n\r\n")
-        assert top.startswith(b"HTTP/1.1 400 ") and b"content-type: application/json" in top.lower(), answer
-        assert b"x-request-id: " in top.lower()
+        assert top.startswith(b"HTTP/1.1 %d " % status) and b"content-type: application/json" in top.lower(), answer
+        request_id = top.lower().split(b"x-request-id: ", 1)[1].split(b"\r\n", 1)[0].decode()
+        line = f"{status} (request id {request_id})"
+        assert within(5, lambda line=line: line in server.log()), server.log()[-2000:]  # type: ignore[misc]
         shown = json.loads(body)
         if path.startswith("/v1"):
             assert shown["error"]["type"] == "invalid_request_error"
         else:
-            assert (shown["status"], shown["path"]) == (400, path)
+            assert (shown["status"], shown["path"]) == (status, path)
 
 
 def test_a_body_that_stalls_is_a_408_and_one_cut_short_is_no_500(tmp_path: Path, upstreams: Upstreams) -> None:

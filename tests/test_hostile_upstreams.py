@@ -18,7 +18,6 @@ import html
 import json
 import re
 import secrets
-import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,7 +30,7 @@ import openai
 import pytest
 
 from .conftest import Upstreams
-from .harness import ServerProcess
+from .harness import ServerProcess, within
 from .standins.chatgpt_web import mint
 from .standins.evil import (
     ODD_REPLIES,
@@ -198,15 +197,6 @@ def call(client: httpx.Client, content: str, url: str, *, key: str, mode: str = 
         return Answer(200, last["data"], "", deltas, response)
     assert last["success"] is False and last["data"] == {}
     return Answer(int(last["status"]), None, last["message"], deltas, response)
-
-
-def within(seconds: float, condition: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.01)
-    return True
 
 
 def seen(upstreams: Upstreams, app: Recording, question: str) -> dict[str, Any]:

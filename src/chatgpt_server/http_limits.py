@@ -196,10 +196,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if len(self.headers) > self.max_headers:
             self._reject_status = 431
             raise _HeadRejected
+        version = self.parser.get_http_version()
+        if version not in ("1.1", "1.0"):  # httptools reads "HTTP/2.0" and "HTTP/0.9" lines as requests
+            self._reject_status = 505
+            self._reject_message = "this server speaks HTTP/1.1 (and 1.0) only"
+            raise _HeadRejected
         # RFC 9112 3.2: a request with no Host (HTTP/1.1) or more than one is answered 400: which host it
         # names would otherwise be for each proxy on the way to decide, and not all decide alike.
         hosts = [value for name, value in self.headers if name == b"host"]
-        if (len(hosts) > 1 or (not hosts and self.parser.get_http_version() != "1.0")
+        if (len(hosts) > 1 or (not hosts and version != "1.0")
                 or (hosts and not _HOST.fullmatch(hosts[0]))):  # fmt: skip
             self._reject_status = 400
             self._reject_message = "a request must carry exactly one Host header, naming a host (and port)"
@@ -265,15 +270,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # Nothing for a whole timeout: 408, and the connection closes; the app reading the body sees its
         # client gone (it cannot answer: the answer is this one).
         self._rejected = True
-        self.logger.info("Request body stalled: 408")
         if self.cycle is None or not self.cycle.response_started:  # else the app answered already
-            self.transport.write(self._plain_response(408))
+            self.transport.write(self._plain_response(408, log="Request body stalled"))
+        else:
+            self.logger.info("Request body stalled: 408")
         self.transport.close()
 
-    def _plain_response(self, status: int, message: str | None = None) -> bytes:
+    def _plain_response(self, status: int, message: str | None = None, log: str = "Request head refused") -> bytes:
         """The answer to a head refused before the app saw it, in the app's own shape (the JSON envelope,
         or OpenAI's error under /v1) with a request id, as every other answer has: the URL, if it came,
-        says which."""
+        says which. The log line names the id, so a client's report of it finds the line."""
+        request_id = os.urandom(8).hex()
+        self.logger.info("%s: %d (request id %s)", log, status, request_id)
         reason = STATUS_LINE[status][13:-2].decode()  # the reason phrase
         path = bytes(self.url).split(b"?", 1)[0].decode("latin-1") if self.url else ""
         if "://" in path:  # absolute-form (http://host/path): the door is the path's
@@ -285,7 +293,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         content.extend(
             [
                 b"content-type: application/json\r\n",
-                b"x-request-id: " + os.urandom(8).hex().encode() + b"\r\n",
+                b"x-request-id: " + request_id.encode() + b"\r\n",
                 b"content-length: %d\r\n" % len(body),
                 b"connection: close\r\n\r\n",
                 body,
@@ -302,17 +310,18 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         the connection closed (the application, waiting for the body's end, sees the client gone)."""
         self._rejected = True
         self._cancel_head_timer()
-        self.logger.info("Request body framing refused: 431")
         if self.cycle is None or not self.cycle.response_started:
-            self.transport.write(self._plain_response(431))
+            self.transport.write(self._plain_response(431, log="Request body framing refused"))
+        else:
+            self.logger.info("Request body framing refused: 431")
         self.transport.close()
 
     def _reject(self, status: int) -> None:
         self._rejected = True
         self._cancel_head_timer()
-        self.logger.info("Request head refused: %d", status)
         if self.cycle is not None and not self.cycle.response_complete:
             # A response (or a pipelined request) is still owed on this connection: let it finish, then close.
+            self.logger.info("Request head refused: %d (after the response owed)", status)
             self.cycle.keep_alive = False
             self.flow.pause_reading()
             return
