@@ -891,6 +891,25 @@ def test_serve_check_passes_with_a_store_that_opens(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
 
 
+def test_a_variable_that_names_no_setting_is_warned_of(tmp_path: Path) -> None:
+    """A misspelled variable (in the environment or .env) would leave its setting at the default unsaid:
+    the start-up log names it, with the setting it is nearest to."""
+    (tmp_path / ".env").write_text("CHATGPT_SERVER_MAX_RESPONSE_TOKEN=5\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHATGPT_SERVER_")}
+    env.update({"CHATGPT_SERVER_DATA_DIR": str(tmp_path), "CHATGPT_SERVER_MODEL_FILE": "m.toml",
+                "CHATGPT_SERVER_ZZZ": "1", "CHATGPT_SERVER_PORT": "7003"})  # fmt: skip
+    result = subprocess.run([sys.executable, "-m", "chatgpt_server", "serve", "--check"], env=env,
+                            capture_output=True, text=True, timeout=60, cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    warned = [line.split("chatgpt_server: ", 1)[1] for line in result.stderr.splitlines() if " WARNING " in line]
+    assert warned == [
+        "CHATGPT_SERVER_MAX_RESPONSE_TOKEN is not a setting (did you mean CHATGPT_SERVER_MAX_RESPONSE_TOKENS?): "
+        "it is ignored",
+        "CHATGPT_SERVER_MODEL_FILE is not a setting (did you mean CHATGPT_SERVER_MODELS_FILE?): it is ignored",
+        "CHATGPT_SERVER_ZZZ is not a setting: it is ignored",
+    ]
+
+
 def test_env_example_uncommented_as_shown_gives_the_defaults(tmp_path: Path) -> None:
     """.env.example says its values are the defaults: every line uncommented as it stands (an empty value
     too) must start the server as no .env would, with the data where the default puts it."""

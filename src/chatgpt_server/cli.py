@@ -20,7 +20,7 @@ import uvicorn
 from pydantic import ValidationError
 
 from . import __version__
-from .settings import Settings, env_name
+from .settings import Settings, env_name, unknown_variables
 
 # Flags of `serve`, each the command-line spelling of a setting.
 SERVE_FLAGS = ("host", "port", "workers", "store_url", "language", "log_level", "log_format")
@@ -92,6 +92,8 @@ def serve(args: argparse.Namespace) -> int:
     setup_logging(settings)
     log = logging.getLogger("chatgpt_server")
     log.info("settings: %s", json.dumps(settings.masked(), default=str))
+    for warning in unknown_variables(os.environ):
+        log.warning("%s", warning)
     if settings.require_store and not asyncio.run(_check_store(settings)):
         return 1
     if args.check:

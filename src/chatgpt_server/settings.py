@@ -7,9 +7,11 @@ Values come from (highest first) command-line flags, ``CHATGPT_SERVER_*`` enviro
 
 from __future__ import annotations
 
+import difflib
 import ipaddress
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import parse_qsl, urlencode, urlsplit
@@ -280,3 +282,23 @@ class Settings(BaseSettings):
 
 def env_name(field: str) -> str:
     return ENV_PREFIX + field.upper()
+
+
+def unknown_variables(environ: Mapping[str, str], env_file: Path = Path(".env")) -> list[str]:
+    """A warning for each ``CHATGPT_SERVER_*`` variable (in the environment or the ``.env`` file) that
+    names no setting: a misspelled one would otherwise leave its setting at the default, unsaid."""
+    from dotenv import dotenv_values
+
+    names = set(environ)
+    if env_file.is_file():
+        names.update(dotenv_values(env_file))
+    known = [field.upper() for field in Settings.model_fields]
+    warnings = []
+    for name in sorted(names):
+        field = name.upper().removeprefix(ENV_PREFIX)
+        if not name.upper().startswith(ENV_PREFIX) or field in known:
+            continue
+        near = difflib.get_close_matches(field, known, n=1, cutoff=0.75)
+        hint = f" (did you mean {ENV_PREFIX}{near[0]}?)" if near else ""
+        warnings.append(f"{name} is not a setting{hint}: it is ignored")
+    return warnings
