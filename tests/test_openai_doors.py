@@ -139,7 +139,42 @@ def test_conversation_and_previous_response_together_are_refused(sdk: openai.Ope
         sdk.responses.create(model="gpt-3.5-turbo", input="y", previous_response_id=first.id,
                              conversation=conversation.id)  # fmt: skip
     assert "previous_response_id and conversation" in str(raised.value)
+    assert raised.value.param == "conversation"
     assert not upstreams.openai.requests
+    with pytest.raises(openai.NotFoundError) as unknown:  # a conversation that is not there: named, as OpenAI does
+        sdk.responses.create(model="gpt-3.5-turbo", input="y", conversation="conv_nope")
+    assert (unknown.value.code, unknown.value.param) == ("conversation_not_found", "conversation")
+    with pytest.raises(openai.NotFoundError) as retrieved:
+        sdk.conversations.retrieve("conv_nope")
+    assert retrieved.value.code == "conversation_not_found"
+    assert not upstreams.openai.requests
+
+
+@pytest.mark.parametrize(
+    ("metadata", "param", "code", "words"),
+    [
+        ({"k": 1}, "metadata.k", "invalid_type", "expected a string, but got an integer instead"),
+        ({"k": "v" * 513}, "metadata.k", "string_above_max_length", "but got a string with length 513 instead"),
+        ({f"k{i}": "v" for i in range(17)}, "metadata", "object_above_max_properties", "got an object with 17"),
+        ({"k" * 65: "v"}, "metadata", "string_above_max_length", "keys of at most 64 characters"),
+        (["k"], "metadata", "invalid_type", "expected an object, but got an array instead"),
+    ],
+)
+def test_metadata_is_refused_in_openais_words_per_key(
+    sdk: openai.OpenAI, upstreams: Upstreams, metadata: Any, param: str, code: str, words: str
+) -> None:
+    """OpenAI names the key at fault and the kind of fault (clients branch on code and param)."""
+    upstreams.openai.requests.clear()
+    for call in (lambda: sdk.responses.create(model="gpt-3.5-turbo", input="x", metadata=metadata),
+                 lambda: sdk.conversations.create(metadata=metadata)):  # fmt: skip
+        with pytest.raises(openai.BadRequestError) as raised:
+            call()
+        error = raised.value
+        assert (error.code, error.param) == (code, param), error.body
+        assert words in error.message
+    assert not upstreams.openai.requests
+    ok = {f"k{i}": "v" * 512 for i in range(16)}
+    assert sdk.responses.create(model="gpt-3.5-turbo", input="x", metadata=ok).metadata == ok
 
 
 def test_stream_helper_and_final_response(sdk: openai.OpenAI, upstreams: Upstreams) -> None:

@@ -66,7 +66,11 @@ def error_body(error: ServiceError, path: str, language: str) -> dict[str, Any]:
 
 
 # OpenAI's codes for what our keys name otherwise (clients branch on them, e.g. to retry without a field).
-OPENAI_CODES = {"unknown_param": "unknown_parameter", "missing_param": "missing_required_parameter"}
+OPENAI_CODES = {
+    "unknown_param": "unknown_parameter",
+    "missing_param": "missing_required_parameter",
+    "conversation_not_found_here": "conversation_not_found",  # "_here": the original route's key is another
+}
 
 
 def openai_error_body(error: ServiceError) -> dict[str, Any]:

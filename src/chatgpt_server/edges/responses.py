@@ -90,7 +90,8 @@ class Ask:
     given_ids: list[str] = field(default_factory=list)  # ids input items carry (items passed back whole)
 
 
-_JSON_KINDS = {str: "a string", bool: "a boolean", list: "an array", dict: "an object"}
+_JSON_KINDS = {str: "a string", bool: "a boolean", int: "an integer", float: "a decimal", list: "an array",
+               dict: "an object", type(None): "null"}  # fmt: skip
 
 
 def _number(body: dict[str, Any], name: str, low: float, high: float) -> float | None:
@@ -179,13 +180,30 @@ def _allowed_tools(value: dict[str, Any], tools: list[dict[str, Any]]) -> dict[s
 
 
 def _metadata(value: Any) -> dict[str, str]:
+    """Up to 16 string pairs, refused in OpenAI's words, codes and per-key params (clients branch on them)."""
     if value is None:
         return {}
-    if not isinstance(value, dict) or len(value) > MAX_METADATA:
-        raise invalid("metadata", f"expected an object of at most {MAX_METADATA} keys")
+    if not isinstance(value, dict):
+        kind = _JSON_KINDS.get(type(value), "a value")
+        raise BadRequest("invalid_param", param="metadata", code="invalid_type",
+                         detail=f"expected an object, but got {kind} instead.")  # fmt: skip
+    if len(value) > MAX_METADATA:
+        detail = (f"too many properties. Expected an object with at most {MAX_METADATA} properties, "
+                  f"but got an object with {len(value)} properties instead.")  # fmt: skip
+        raise BadRequest("invalid_param", param="metadata", code="object_above_max_properties", detail=detail)
     for key, text in value.items():
-        if not isinstance(key, str) or len(key) > 64 or not isinstance(text, str) or len(text) > 512:
-            raise invalid("metadata", "keys are strings of at most 64 characters, values of at most 512")
+        if len(key) > 64:
+            detail = f"key too long. Expected keys of at most 64 characters, but got a key of {len(key)} instead."
+            raise BadRequest("invalid_param", param="metadata", code="string_above_max_length", detail=detail)
+        param = f"metadata.{key}"
+        if not isinstance(text, str):
+            kind = _JSON_KINDS.get(type(text), "a value")
+            raise BadRequest("invalid_param", param=param, code="invalid_type",
+                             detail=f"expected a string, but got {kind} instead.")  # fmt: skip
+        if len(text) > 512:
+            detail = ("string too long. Expected a string with maximum length 512, "
+                      f"but got a string with length {len(text)} instead.")  # fmt: skip
+            raise BadRequest("invalid_param", param=param, code="string_above_max_length", detail=detail)
     return dict(value)
 
 
@@ -247,7 +265,7 @@ def parse_ask(body: Any) -> Ask:
     ask.previous = _reference(body.get("previous_response_id"), "previous_response_id")
     ask.conversation = _reference(body.get("conversation"), "conversation")
     if ask.previous and ask.conversation:
-        raise BadRequest("previous_and_conversation")
+        raise BadRequest("previous_and_conversation", param="conversation")
     for name in ("store", "stream", "parallel_tool_calls"):
         if body.get(name) is not None and not isinstance(body[name], bool):
             raise invalid(name, "expected true or false")
@@ -527,6 +545,8 @@ async def _in_openai_words(work: Awaitable[T], ask: Ask) -> T:
         if exc.key == "parent_not_found" and ask.previous:
             raise BadRequest("previous_response_not_found", id=ask.previous[:256], param="previous_response_id",
                              code="previous_response_not_found") from exc  # fmt: skip
+        if exc.key == "conversation_not_found_here" and ask.conversation:
+            raise NotFound(exc.key, **{**exc.params, "param": "conversation"}) from exc
         raise
 
 
