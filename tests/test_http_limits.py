@@ -304,6 +304,56 @@ def test_an_oversized_pipelined_head_waits_for_the_response_before_it(server: Se
             assert reader.closed() and not reader.buf
 
 
+@pytest.mark.parametrize(
+    "broken",
+    [b"xyz\r\n", b"zz\r\n", b"-5\r\n", b"fffffffffffffffffff\r\n", b"3\r\nabcdef\r\n", b"2\r\n{}XX"],
+)
+@pytest.mark.parametrize("later", [False, True])
+def test_g_a_chunked_body_that_cannot_be_read_is_a_400_at_once(server: Server, broken: bytes, later: bool) -> None:
+    """A chunk size that is no number, or a chunk longer than its size, leaves the body unreadable: the app
+    waiting for its end would never answer (and the connection never close, its client gone or not)."""
+    head = b"POST / HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n"
+    with server.connect() as s:
+        if later:  # the head and a good chunk first: the app is waiting for the rest
+            s.sendall(head)
+            assert not select.select([s], [], [], 0.2)[0]
+        s.sendall(broken if later else head + broken)
+        started = time.monotonic()
+        reader = Reader(s)
+        status, headers, body = reader.response()
+        assert (status, headers[b"connection"]) == (400, b"close") and reader.closed()
+        assert time.monotonic() - started < HEAD_TIMEOUT  # at once, not after a stall's timeout
+        assert b"chunked framing" in body
+    with server.connect() as s:  # and the server still serves
+        s.sendall(request())
+        assert Reader(s).response()[0] == 200
+
+
+def test_h_an_upgrade_it_does_not_make_is_served_as_http_1_1_with_its_body(server: Server) -> None:
+    """RFC 9110 7.8: the Upgrade is ignored, the request served whole (curl --http2 asks for h2c with every
+    request; httptools, told of an upgrade, would have skipped the body)."""
+    h2c = [
+        ("Connection", "Upgrade, HTTP2-Settings"),
+        ("Upgrade", "h2c"),
+        ("HTTP2-Settings", "AAMAAABkAAQCAAAAAAIAAAAA"),
+    ]
+    with server.connect() as s:
+        reader = Reader(s)
+        s.sendall(request("/a", headers=h2c, body=b"hello"))
+        status, headers, body = reader.response()
+        assert status == 200 and body.endswith(b'"body":5}'), body
+        assert headers.get(b"connection") != b"close"
+        upgrade = [("Connection", "keep-alive, upgrade"), ("Upgrade", "websocket")]
+        chunked = request("/b", headers=[*upgrade, ("Transfer-Encoding", "chunked")])
+        s.sendall(chunked + b"3\r\nabc\r\n")  # the body in two writes, the second with a pipelined request
+        assert not select.select([s], [], [], 0.2)[0]
+        s.sendall(b"0\r\n\r\n" + request("/c", headers=h2c, body=b"xy"))
+        assert reader.response()[2].endswith(b'"body":3}')
+        assert reader.response()[2].endswith(b'"body":2}')
+        s.sendall(request("/d", headers=h2c))  # no body
+        assert reader.response()[0] == 200
+
+
 def test_e_a_slow_body_after_a_complete_head_is_not_cut(server: Server) -> None:
     with server.connect() as s:
         s.sendall(request(body=b"12345678")[:-8])

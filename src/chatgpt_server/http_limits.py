@@ -16,6 +16,10 @@ joins the pieces of the URL the same way. This protocol keeps uvicorn and httpto
   httptools hands on as headers and joins with ``+=`` as it does a head's) is bounded like a head: at most
   ``max_head_bytes`` beyond eight times the data's own size, then 431.
 
+It also serves a request that asks for an upgrade as plain HTTP/1.1, body included (httptools would skip the
+body), and answers a body whose chunked framing cannot be read at once (uvicorn would wait for the app, which
+waits for the body).
+
 Use: ``uvicorn.run(app, http=protocol_class(...), loop="uvloop")``.
 
 Counting is exact except in one case: a pipelined request whose head starts in the middle of a read (after the
@@ -55,6 +59,7 @@ DEFAULT_HEAD_TIMEOUT_S = 10.0
 _IDLE = 0  # no byte of a request yet: the connection's start, or the previous request has ended
 _HEAD = 1  # on_message_begin came, on_headers_complete not yet
 _BODY = 2  # the head is complete, the body (if any) is not
+_UPGRADE = 3  # the head asked for an upgrade this server does not make: it is parsed again without it
 
 # When the bound is crossed with no more than this many bytes besides the URL, the crossing is in the request line.
 _REQUEST_LINE_SLACK = 32
@@ -136,17 +141,20 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._message_ended = False
             try:
                 self.parser.feed_data(chunk)
-            except httptools.HttpParserUpgrade:
-                if self._should_upgrade():
-                    self.handle_websocket_upgrade()
-                else:
+            except httptools.HttpParserUpgrade as exc:
+                if self._phase == _UPGRADE:
+                    self._parse_again_without_upgrade(data[start + exc.args[0] :])
+                else:  # CONNECT: answered by the app (405), nothing after it read
                     self._unsupported_upgrade_warning()
                 return
             except httptools.HttpParserError:
                 if not self._reject_status:
                     self.logger.warning("Invalid HTTP request received.")
-                # A pipelined request before the unreadable one is answered first, then the connection closes.
-                self._reject(self._reject_status or 400)
+                if self._phase == _BODY:  # this request's body cannot be read: the app waiting for it never
+                    self._reject_message = "the request body cannot be read: its chunked framing is broken"
+                    self._refuse_body(400, "Request body unreadable")  # would answer
+                else:  # a pipelined request before the unreadable one is answered first, then the connection closes
+                    self._reject(self._reject_status or 400)
                 return
             if in_body and self._phase == _BODY:  # all of it the body's: data, framing or trailers
                 self._body_phase_bytes += end - start
@@ -209,6 +217,12 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._reject_status = 400
             self._reject_message = "a request must carry exactly one Host header, naming a host (and port)"
             raise _HeadRejected
+        if self.parser.should_upgrade() and self.parser.get_method() != b"CONNECT":
+            # RFC 9110 7.8: a server that does not upgrade serves the request as HTTP/1.1 (curl --http2 asks
+            # for h2c with every request). llhttp, told of an upgrade, would skip the body: the parse stops at
+            # the head's end, and the head is parsed again without the upgrade.
+            self._phase = _UPGRADE
+            return
         self._phase = _BODY
         self._body_bytes = self._body_phase_bytes = 0
         HttpToolsProtocol.on_headers_complete(self)
@@ -218,12 +232,29 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         HttpToolsProtocol.on_body(self, body)
 
     def on_message_complete(self) -> None:
+        if self._phase == _UPGRADE:  # the upgrade's "end": the request is parsed again
+            return
         HttpToolsProtocol.on_message_complete(self)
         self.url = b""  # a head refused before the next request's begins must not name this one's path
         self._cancel_head_timer()  # a body timer, if the body came in pieces
         self._phase = _IDLE
         self._head_bytes = 0
         self._message_ended = True
+
+    def _parse_again_without_upgrade(self, rest: bytes) -> None:
+        """Feed a new parser the head just parsed, without its Upgrade header and the Connection header's
+        upgrade token, then what came after it."""
+        head = [b"%s %s HTTP/%s" % (self.parser.get_method(), self.url, self.parser.get_http_version().encode())]
+        for name, value in self.headers:
+            if name == b"connection":
+                value = b",".join(t for t in value.split(b",") if t.strip().lower() != b"upgrade")
+            if name != b"upgrade" and value.strip():
+                head.append(name + b": " + value)
+        self.parser = httptools.HttpRequestParser(self)
+        self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's own parser
+        self._phase = _IDLE
+        self._head_bytes = 0
+        self._feed(b"\r\n".join(head) + b"\r\n\r\n" + rest)
 
     # Limits
 
@@ -305,15 +336,16 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self.transport.write(self._plain_response(400, msg))
         self.transport.close()
 
-    def _refuse_body(self) -> None:
-        """Too much besides a body's data: the request is answered 431 if nothing was answered yet, and
-        the connection closed (the application, waiting for the body's end, sees the client gone)."""
+    def _refuse_body(self, status: int = 431, log: str = "Request body framing refused") -> None:
+        """Too much besides a body's data (431), or a body the parser cannot read (400): the request is
+        answered if nothing was answered yet, and the connection closed (the application, waiting for the
+        body's end, sees the client gone)."""
         self._rejected = True
         self._cancel_head_timer()
         if self.cycle is None or not self.cycle.response_started:
-            self.transport.write(self._plain_response(431, log="Request body framing refused"))
+            self.transport.write(self._plain_response(status, self._reject_message, log=log))
         else:
-            self.logger.info("Request body framing refused: 431")
+            self.logger.info("%s: %d", log, status)
         self.transport.close()
 
     def _reject(self, status: int) -> None:
