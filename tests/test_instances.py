@@ -17,7 +17,7 @@ import pytest
 from .conftest import KEY, Upstreams, ask
 from .harness import ServerProcess
 from .private_stores import PrivatePostgres, PrivateRedis
-from .shared_stores import store_url
+from .shared_stores import POSTGRES_PORT, REDIS_PORT, store_url
 from .tcp_proxy import TCPProxy
 from .test_api_contract import assert_error
 
@@ -146,6 +146,62 @@ def test_store_cut_off_and_back_under_load(
         server.stop()
     assert "Traceback" not in server.log()
     assert KEY not in server.log()
+
+
+def test_a_turn_whose_lock_lapsed_is_not_written_after_the_turn_that_took_it(
+    network_kind: str, store_proxy: TCPProxy, tmp_path: Path, upstreams: Upstreams
+) -> None:
+    """Instance A loses its store (a partition) for longer than the lock lease while it answers a turn of a
+    conversation; instance B then takes the lapsed lock and answers a turn of its own. A's reply, whose
+    prompt never saw B's turn, must not be written after it (the conversation would read as if it had):
+    A's turn fails, and the conversation holds B's turn last."""
+    import openai
+
+    url = store_url(network_kind, tmp_path)
+    timing = {"CHATGPT_SERVER_LOCK_LEASE_MS": "3000", "CHATGPT_SERVER_STORE_TIMEOUT_MS": "1000"}
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    proxied = url.replace(f":{REDIS_PORT}/", f":{store_proxy.port}/").replace(
+        f":{POSTGRES_PORT}/", f":{store_proxy.port}/"
+    )
+    a = ServerProcess(tmp_path / "a", upstreams.env(CHATGPT_SERVER_STORE_URL=proxied, **timing)).start()
+    b = ServerProcess(tmp_path / "b", upstreams.env(CHATGPT_SERVER_STORE_URL=url, **timing)).start()
+    try:
+        with (
+            openai.OpenAI(base_url=a.url + "/v1", api_key=KEY, max_retries=0) as sdk_a,
+            openai.OpenAI(base_url=b.url + "/v1", api_key=KEY, max_retries=0) as sdk_b,
+        ):
+            conversation = sdk_b.conversations.create().id
+            sdk_b.responses.create(model="gpt-4o-mini", input="start", conversation=conversation)
+            upstreams.openai.chunk_delay = 0.4
+            events: list[str] = []
+            with sdk_a.responses.create(
+                model="gpt-4o-mini", input="A slow one two three four five six seven eight nine ten eleven",
+                conversation=conversation, stream=True,
+            ) as stream:  # fmt: skip
+                for event in stream:
+                    events.append(event.type)
+                    if event.type == "response.output_text.delta" and events.count(event.type) == 1:
+                        store_proxy.freeze()  # A's store stops answering: its lock's renewals miss
+                        deadline = time.monotonic() + 10
+                        while True:  # B takes the lock as soon as it lapses
+                            try:
+                                sdk_b.responses.create(model="gpt-4o-mini", input="B fast", conversation=conversation)
+                                break
+                            except openai.BadRequestError as exc:
+                                assert exc.code == "conversation_locked" and time.monotonic() < deadline
+                                time.sleep(0.2)
+                        store_proxy.thaw()
+            assert events[-1] == "response.failed", events
+            items = sdk_b.conversations.items.list(conversation, order="asc").data
+            said = [part.text for item in items for part in item.content]  # type: ignore[union-attr]
+            assert said == ["start", "echo(1): start", "B fast", "echo(2): B fast"], said
+    finally:
+        upstreams.openai.chunk_delay = 0.0
+        store_proxy.thaw()
+        a.stop()
+        b.stop()
+    assert "lapsed" in a.log() or "taken over" in a.log()
 
 
 @pytest.fixture(params=["redis", "postgresql"])

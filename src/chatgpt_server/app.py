@@ -79,7 +79,8 @@ class Services:
             "web": ChatGPTWeb(self.http, limit),
             "codex": Codex(self.http, limit, original.todays_system_message),
         }
-        self.turns = Turns(store, upstreams, self.cache, self.activity, settings.lock_lease_ms / 1000)
+        self.turns = Turns(store, upstreams, self.cache, self.activity, settings.lock_lease_ms / 1000,
+                           settings.store_timeout_ms / 1000)  # fmt: skip
         self.relay = Relay(self.http, limit)
         self.models = Models(settings)
         self.keys = KeyCheck(self.http)

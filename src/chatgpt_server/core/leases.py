@@ -28,25 +28,43 @@ POLL_S = 0.05
 LEASE_S = 30.0
 LEAVING_WAIT_S = 5.0  # the longest a turn waits for one of this process's holders that is stopping
 
-# Lets go of a lease; the task it returns (None if already let go) ends once the store knows, for a
-# caller whose next request must find the key free.
-Release = Callable[[], "asyncio.Task[None] | None"]
-
 
 class _Held:
     """A lease this process holds: the version it last wrote, its own id (a lease taken again later is
-    another), and when its holder's time is up."""
+    another), when its holder's time is up, and until when the store has it as this holder's."""
 
-    __slots__ = ("created_at", "deadline", "key", "lease_id", "stopped", "version", "writing")
+    __slots__ = ("created_at", "deadline", "key", "lease_id", "lost", "stopped", "until", "version", "writing")
 
-    def __init__(self, key: str, version: int, created_at: float, deadline: float, lease_id: str):
+    def __init__(self, key: str, version: int, created_at: float, deadline: float, lease_id: str, until: float):
         self.key = key
         self.version = version
         self.created_at = created_at
         self.deadline = deadline
         self.lease_id = lease_id
+        self.until = until  # the expiry last written: nobody may take the lease over before it
+        self.lost = False  # another holder took it over (this one's renewals missed their time)
         self.stopped = False
         self.writing = False
+
+
+class Release:
+    """A key held. Called, it lets go (safe to call twice); the task it returns (None if already let
+    go) ends once the store knows, for a caller whose next request must find the key free."""
+
+    __slots__ = ("_held", "_let_go")
+
+    def __init__(self, held: _Held, let_go: Callable[[], asyncio.Task[None] | None]):
+        self._held = held
+        self._let_go = let_go
+
+    def __call__(self) -> asyncio.Task[None] | None:
+        return self._let_go()
+
+    def sure_for(self, seconds: float) -> bool:
+        """Whether the key is still this holder's, and stays so for ``seconds`` whatever the store does
+        meanwhile: a write that must not land after another holder took over (its renewals missed while
+        the store was away) checks it first, for as long as the write may take."""
+        return not self._held.lost and self._held.until - time.time() > seconds
 
 
 class Leases:
@@ -118,7 +136,7 @@ class Leases:
             # The store's lease goes first, then this process's next waiter may ask for it.
             return _keep(loop.create_task(self._give_back(held, release_local, renewer)), _giving_back)
 
-        return release
+        return Release(held, release)
 
     async def _try_take(self, key: str, ttl_s: float) -> _Held | None:
         """The lease now ours, or None if another holder's is in force."""
@@ -126,13 +144,14 @@ class Leases:
         deadline = now + ttl_s
         lease_id = secrets.token_hex(8)
         # Given back by version; the id tells this lease from a later one of the same holder.
-        body = {"holder": self.holder, "until": min(now + self.lease_s, deadline), "lease": lease_id}
+        until = min(now + self.lease_s, deadline)
+        body = {"holder": self.holder, "until": until, "lease": lease_id}
         if await self.store.put_record(Record("lease", key, "", body, None, now, now), None):
-            return _Held(key, 1, now, deadline, lease_id)
+            return _Held(key, 1, now, deadline, lease_id, until)
         current = await self.store.get_record("lease", key)
         if current is None:  # given back meanwhile: one more try
             if await self.store.put_record(Record("lease", key, "", body, None, now, now), None):
-                return _Held(key, 1, now, deadline, lease_id)
+                return _Held(key, 1, now, deadline, lease_id, until)
             return None
         # Its holder died or overran its time; or it is this process's, although this process holds it
         # not (the caller holds the key's local lock, which a live lease of ours keeps): a write that
@@ -141,7 +160,7 @@ class Leases:
         if orphan or float(current.body.get("until", 0)) < now:
             taken = Record("lease", key, "", body, None, current.created_at, now, current.version)
             if await self.store.put_record(taken, current.version):
-                return _Held(key, current.version + 1, current.created_at, deadline, lease_id)
+                return _Held(key, current.version + 1, current.created_at, deadline, lease_id, until)
         return None
 
     async def _renew(self, held: _Held) -> None:
@@ -153,12 +172,14 @@ class Leases:
             now = time.time()
             if held.stopped or now >= held.deadline:
                 return  # given back, or its time is up: the lease runs out as asked
-            body = {"holder": self.holder, "until": min(now + self.lease_s, held.deadline), "lease": held.lease_id}
+            until = min(now + self.lease_s, held.deadline)
+            body = {"holder": self.holder, "until": until, "lease": held.lease_id}
             record = Record("lease", held.key, "", body, None, held.created_at, now, held.version)
             held.writing = True
             try:
                 if await self.store.put_record(record, held.version):
                     held.version += 1
+                    held.until = until
                     continue
                 current = await self.store.get_record("lease", held.key)
             except StoreUnavailable:
@@ -167,8 +188,10 @@ class Leases:
                 held.writing = False
             if current is None or current.body.get("lease") != held.lease_id:
                 log.warning("the lease on %s was taken over while held (its renewals missed its time)", held.key)
+                held.lost = True
                 return
             held.version = current.version
+            held.until = float(current.body.get("until", held.until))
 
     async def _give_back(self, held: _Held, release_local: Callable[[], None], renewer: asyncio.Task[None]) -> None:
         try:

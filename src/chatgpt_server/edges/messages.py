@@ -82,6 +82,11 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "系统消息和问题共 {tokens} 个token，超过 maxModelTokens - maxResponseTokens 允许的 {budget} 个",
     ),
     "store_unavailable": ("conversation store unavailable", "对话存储不可用"),
+    "conversation_lease_lost": (
+        "the conversation store was unreachable while conversation {id} was answered, and its lock lapsed "
+        "(another turn may have taken it): the reply was not stored; try again",
+        "回答对话 {id} 期间对话存储不可达, 其锁已失效 (可能已被另一轮对话取得): 回复未保存, 请重试",
+    ),
     "issuer_keys_unavailable": (
         "the keys of {host} (which signs ChatGPT account tokens) cannot be fetched now, so this token cannot be "
         "checked: try again shortly",
