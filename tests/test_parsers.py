@@ -603,6 +603,48 @@ def test_a_codex_reply_given_only_in_its_finished_response_is_read_and_incomplet
     assert filtered.done and filtered.incomplete and filtered.incomplete_reason == "content_filter"
 
 
+def test_a_codex_event_refused_is_refused_whole() -> None:
+    """What an event carried before its fault (a message's text, a call) is not kept: the client is told
+    none of it, and a failed reply is stored as it was told."""
+    told = {"type": "message", "content": [{"type": "output_text", "text": "Told text"}]}
+    nameless = {"type": "function_call", "id": "fc", "call_id": "c", "arguments": "{}"}
+    named = {"type": "function_call", "id": "fc0", "call_id": "c0", "name": "f", "arguments": "{}"}
+    for output in ([told, nameless], [named, nameless], [told, {"type": "message", "content": "plain"}]):
+        parser = CodexParser(HOST, SECRET)
+        with pytest.raises(BadGateway):
+            parser.feed("", orjson.dumps({"type": "response.completed", "response": {"output": output}}).decode())
+        assert (parser.pieces, parser.tool_calls, parser.done) == ([], [], False), output
+    calling = CodexParser(HOST, SECRET)
+    calling.feed("", orjson.dumps({"type": "response.output_item.added", "item": named}).decode())
+    with pytest.raises(BadGateway):
+        item = {"type": "message", "id": "m9", "content": [{"type": "output_text", "text": " more"}, 7]}
+        calling.feed("", orjson.dumps({"type": "response.output_item.done", "item": item}).decode())
+    assert calling.pieces == [] and [c.name for c in calling.tool_calls] == ["f"]
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [
+        ([{"type": "text", "text": "Chat-style words"}], "Chat-style words"),
+        ([{"type": "output_text", "text": "A"}, {"type": "refusal", "refusal": "B"}], "AB"),
+        ("A plain string reply", BadGateway),
+        ([{"type": "output_image", "url": "x"}], BadGateway),
+        ([{"type": "output_text"}], BadGateway),
+        ({"text": "an object"}, BadGateway),
+    ],
+)
+def test_a_codex_message_is_text_parts_or_refused_never_an_empty_reply(content: Any, expected: Any) -> None:
+    parser = CodexParser(HOST, SECRET)
+    done = orjson.dumps({"type": "response.output_item.done", "item": {"type": "message", "content": content}})
+    if expected is BadGateway:
+        with pytest.raises(BadGateway):
+            parser.feed("", done.decode())
+        assert parser.pieces == []
+    else:
+        parser.feed("", done.decode())
+        assert "".join(parser.pieces) == expected
+
+
 @pytest.mark.parametrize(("name", "data", "expected"), HOSTILE_CODEX, ids=range(len(HOSTILE_CODEX)))
 def test_hostile_codex_events_are_read_or_a_bad_gateway(name: str, data: str, expected: str) -> None:
     for parser in (CodexParser(HOST, SECRET), primed_codex()):

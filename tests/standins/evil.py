@@ -432,6 +432,12 @@ STREAM_FRAMES: dict[str, bytes] = {
     "tool_call_function_list": _chunk({"tool_calls": [{"index": 0, "function": ["f"]}]}),
     "tool_call_no_name": _chunk({"tool_calls": [{"index": 0, "function": {"arguments": "{}"}}]}),
     "choices_not_objects": orjson.dumps({"id": "x", "choices": [None, 5]}),
+    # A frame refused whole: the text (or the call) before its fault is neither told nor stored.
+    "content_then_bad_call": _chunk({"content": " UNTOLD", "tool_calls": [7]}),
+    "content_then_bad_choice": orjson.dumps(
+        {"id": "x", "choices": [{"index": 0, "delta": {"content": " UNTOLD"}}, None]}
+    ),
+    "call_then_bad_call": _chunk({"tool_calls": [{"index": 0, "function": {"name": "f", "arguments": "{"}}, 7]}),
     "not_an_object": b"[1, 2, 3]",
     "not_json": b"{not json",
     "deep": _deep(5000),

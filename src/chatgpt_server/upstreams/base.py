@@ -111,6 +111,13 @@ class ToolCall:
         """More argument text."""
         self._pieces.append(piece)
 
+    def mark(self) -> int:
+        """Where the arguments are now, for ``cut`` to go back to (no read of them in between)."""
+        return len(self._pieces)
+
+    def cut(self, mark: int) -> None:
+        del self._pieces[mark:]
+
     def __repr__(self) -> str:
         return f"ToolCall({self.index}, {self.call_id!r}, {self.name!r}, {self.arguments!r}, {self.upstream_id!r})"
 

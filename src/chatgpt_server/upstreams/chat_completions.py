@@ -406,7 +406,25 @@ class ChunkParser:
             self.done = True
 
     def feed(self, data: str, event: str = "message") -> list[Event]:
-        """One event's ``data`` (and its name: an ``error`` event is the upstream reporting a failure)."""
+        """One event's ``data`` (and its name: an ``error`` event is the upstream reporting a failure).
+        A chunk refused is refused whole: none of it is kept (its client is told none of it, and a failed
+        reply is stored as it was told)."""
+        pieces, finish, refusal, last = len(self.pieces), self.finish_reason, self.refusal, self._last
+        calls = {index: call.mark() for index, call in self.calls.items()} if self.calls else None
+        try:
+            return self._feed(data, event)
+        except BadGateway:
+            del self.pieces[pieces:]
+            self.finish_reason, self.refusal, self._last = finish, refusal, last
+            for index in [index for index in self.calls if calls is None or index not in calls]:
+                del self.calls[index]
+            for index, mark in (calls or {}).items():
+                self.calls[index].cut(mark)
+            self._moved = {k: v for k, v in self._moved.items() if v in self.calls}
+            self._by_id = {k: v for k, v in self._by_id.items() if v in self.calls}
+            raise
+
+    def _feed(self, data: str, event: str) -> list[Event]:
         self.usage_only = False
         self.mended = None
         if self.done:  # nothing after [DONE] counts, however the bytes happened to arrive

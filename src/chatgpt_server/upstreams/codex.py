@@ -214,12 +214,26 @@ class CodexParser:
         """Only ``response.completed`` (or ``.incomplete``) ends a reply: a body that stops before it is cut."""
 
     def feed(self, name: str, data: str) -> list[Event]:
+        """One event. An event refused is refused whole: none of it is kept (its client is told none of
+        it, and a failed reply is stored as it was told)."""
+        pieces, calls, refusal, done = len(self.pieces), len(self._order), self.refusal, self.done
         try:
             return self._feed(name, data)
+        except BadGateway:
+            self._undo(pieces, calls, refusal, done)
+            raise
         except ServiceError:
             raise
         except _PARSE_ERRORS as exc:
+            self._undo(pieces, calls, refusal, done)
             raise _bad(self.host, f"unreadable event ({type(exc).__name__})") from exc
+
+    def _undo(self, pieces: int, calls: int, refusal: bool, done: bool) -> None:
+        del self.pieces[pieces:]
+        for key in self._order[calls:]:
+            del self.calls[key]
+        del self._order[calls:]
+        self.refusal, self.done = refusal, done
 
     def _feed(self, name: str, data: str) -> list[Event]:
         if self.done:  # nothing after the response completed counts
@@ -320,12 +334,29 @@ class CodexParser:
         return [ALIVE]
 
     def _whole(self, item: dict[str, Any]) -> list[Event]:
-        """A message told whole, without deltas (a server may): its text is the reply's."""
-        parts = [part for part in item.get("content") or () if isinstance(part, dict)]
-        text = "".join(map(_part_text, parts))
-        if not text:
+        """A message told whole, without deltas (a server may): its text is the reply's. Its parts are
+        text (``output_text``, or a chat-style ``text``) or a refusal; anything else is refused, never
+        read as an empty reply."""
+        content = item.get("content")
+        if content is None:
             return [ALIVE]
-        self.refusal = all(part.get("type") == "refusal" for part in parts if _part_text(part))
+        if not isinstance(content, list):
+            raise _bad(self.host, "a message's content is not a list of parts")
+        texts: list[str] = []
+        refused: list[bool] = []
+        for part in content:
+            kind = part.get("type") if isinstance(part, dict) else None
+            field = "refusal" if kind == "refusal" else "text" if kind in ("output_text", "text") else None
+            text = part.get(field) if field and isinstance(part, dict) else None
+            if not isinstance(text, str):
+                raise _bad(self.host, "a message part is not text")
+            if text:
+                texts.append(text)
+                refused.append(kind == "refusal")
+        if not texts:
+            return [ALIVE]
+        self.refusal = all(refused)
+        text = "".join(texts)
         self.pieces.append(text)
         return [Event(text)]
 
@@ -364,11 +395,6 @@ class CodexParser:
     @property
     def tool_calls(self) -> list[ToolCall]:
         return [self.calls[k] for k in self._order]
-
-
-def _part_text(part: dict[str, Any]) -> str:
-    value = part.get("text") if part.get("type") == "output_text" else part.get("refusal")
-    return value if isinstance(value, str) and part.get("type") in ("output_text", "refusal") else ""
 
 
 def _item_key(item: dict[str, Any]) -> str | None:
