@@ -261,8 +261,8 @@ HOSTILE_CHUNKS: list[tuple[str, str]] = [
     ('{"choices": "all"}', "502"),
     ('{"choices": 7}', "502"),
     ('{"choices": [1, "two", null, []]}', "502"),  # passed on, they would break a client's choices[0].delta
-    ('{"choices": [{"index": [0], "delta": {"content": "x"}}]}', "ok"),
-    ('{"choices": [{"index": {"a": 1}, "delta": {"content": "x"}}]}', "ok"),
+    ('{"choices": [{"index": [0], "delta": {"content": "x"}}]}', "502"),
+    ('{"choices": [{"index": {"a": 1}, "delta": {"content": "x"}}]}', "502"),
     ('{"error": "the model fell over"}', "502"),
     ('{"error": 500}', "502"),
     ('{"error": ["a", "b"]}', "502"),
@@ -385,6 +385,31 @@ HOSTILE_COMPLETIONS: list[tuple[bytes, str]] = [
 @pytest.mark.parametrize(("raw", "expected"), HOSTILE_COMPLETIONS, ids=range(len(HOSTILE_COMPLETIONS)))
 def test_hostile_completions_are_read_or_a_bad_gateway(raw: bytes, expected: str) -> None:
     assert outcome(lambda: parse_completion(raw, HOST)) == expected
+
+
+@pytest.mark.parametrize(("index", "expected"), [(0, "A"), (0.0, "A"), (None, "A"), ("0", BadGateway),
+                                                 (True, BadGateway), ([0], BadGateway)])  # fmt: skip
+def test_a_choice_index_is_a_number_or_refused_never_dropped(index: Any, expected: Any) -> None:
+    """A stream's or a whole reply's choice whose index is not a whole number is a 502, not a choice
+    of another n dropped (its text lost); a whole reply's first choice is the one of index 0."""
+    stream = ChunkParser(HOST, SECRET)
+    frame = json.dumps({"choices": [{"index": index, "delta": {"content": "A"}}]})
+    whole = json.dumps({"choices": [{"index": 1, "message": {"content": "WRONG"}},
+                                    {"index": index, "message": {"content": "A"}}]}).encode()  # fmt: skip
+    if expected is BadGateway:
+        with pytest.raises(BadGateway):
+            stream.feed(frame)
+        with pytest.raises(BadGateway):
+            parse_completion(whole, HOST)
+    else:
+        stream.feed(frame)
+        assert stream.pieces == ["A"] and parse_completion(whole, HOST)["text"] == "A"
+
+
+def test_a_whole_reply_with_a_byte_order_mark_or_bad_utf8_is_read_as_a_stream_is() -> None:
+    assert parse_completion(b"\xef\xbb\xbf" + completion(), HOST)["text"] == "hi"
+    bad = completion({"role": "assistant", "content": "caf\u00e9"}).replace(b"\\u00e9", b"\xe9")
+    assert parse_completion(bad, HOST)["text"] == "caf\ufffd"
 
 
 def test_completion_keeps_ids_as_short_labels_only() -> None:

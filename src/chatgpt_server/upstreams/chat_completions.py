@@ -181,10 +181,30 @@ def _headers(target: Target) -> dict[str, str]:
 
 
 # -- whole replies -------------------------------------------------------------------------------
+def _index(choice: dict[str, Any], host: str) -> int:
+    """A choice's place (n > 1 asks for several): absent or null is the first; anything but a whole
+    number is refused, never taken for another choice and dropped."""
+    index = choice.get("index")
+    if index is None:
+        return 0
+    if isinstance(index, float) and index.is_integer():
+        return int(index)
+    if not isinstance(index, int) or isinstance(index, bool):
+        raise _bad(host, "a choice's index is not a number")
+    return index
+
+
 def parse_completion(raw: bytes, host: str, key: str = "") -> dict[str, Any]:
     """A chat completion as {"text", "tool_calls", "usage", "id", "model", "finish_reason"}."""
+    if raw[:3] == b"\xef\xbb\xbf":  # a byte order mark, which a stream's reader drops too
+        raw = raw[3:]
     try:
         completion = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        try:  # text that is not UTF-8 throughout: read as a stream's is, the bad bytes replaced
+            completion = orjson.loads(raw.decode("utf-8", "replace"))
+        except _JSON_ERRORS:
+            raise _bad(host, "the reply is not JSON") from exc
     except _JSON_ERRORS as exc:
         raise _bad(host, "the reply is not JSON") from exc
     if not isinstance(completion, dict):
@@ -194,9 +214,12 @@ def parse_completion(raw: bytes, host: str, key: str = "") -> dict[str, Any]:
     if error and not choices:  # an error said with a success status: its words are the news
         message = error.get("message") or error if isinstance(error, dict) else error
         raise _bad(host, "the reply reported an error: " + scrub(message, key))
-    if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
+    if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
         raise _bad(host, "no choices[0] in the reply")
-    message = choices[0].get("message")
+    first = next((choice for choice in choices if _index(choice, host) == 0), None)
+    if first is None:
+        raise _bad(host, "no choice of index 0 in the reply")
+    message = first.get("message")
     if not isinstance(message, dict):
         raise _bad(host, "no choices[0].message in the reply")
     content = _text_of(message.get("content"))
@@ -223,7 +246,7 @@ def parse_completion(raw: bytes, host: str, key: str = "") -> dict[str, Any]:
             if not isinstance(function.get("arguments"), str):
                 function["arguments"], mended = arguments, True
             calls.append(ToolCall(len(calls), mint("call_"), function["name"][:256], arguments, label(call.get("id"))))
-    finish = choices[0].get("finish_reason")
+    finish = first.get("finish_reason")
     return {
         "text": content,
         "tool_calls": calls,
@@ -462,7 +485,7 @@ class ChunkParser:
         for choice in choices:
             if not isinstance(choice, dict):  # passed on, it would break a client reading choices[0].delta
                 raise _bad(self.host, "a choice is not an object")
-            if choice.get("index", 0) != 0:
+            if _index(choice, self.host) != 0:
                 continue
             finish = reason_label(choice.get("finish_reason"))
             if finish is not None:
