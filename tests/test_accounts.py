@@ -388,6 +388,34 @@ def test_a_refresh_signed_with_a_key_new_since_the_last_fetch_is_kept(tmp_path: 
         server.stop()
 
 
+def test_a_token_signed_with_a_key_new_since_the_last_fetch_is_never_bound_to_itself(
+    tmp_path: Path, upstreams: Upstreams
+) -> None:
+    """The issuer rotates its key moments after this server fetched its keys, and a person presents a token
+    signed with the new one: a 503 for moments (the keys are fetched again at most every 2 s for tokens
+    newer than the last fetch), then the account's own conversation; never a conversation bound to the
+    token itself, which a later token of the account could not continue (404)."""
+    server = ServerProcess(tmp_path, upstreams.codex_env()).start()  # its own process: a fresh key cache
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            email, account = unique("rotated")
+            token = sign_in(c, upstreams, email, account)["accessToken"]
+            assert ask(c, "before", key=token, mode="2").status_code == 201  # the keys are fetched by now
+            upstreams.apps.call(upstreams.auth.rotate_key)
+            other, other_account = unique("newcomer")
+            first = upstreams.apps.call(lambda: upstreams.auth.mint(other, other_account)).access_token
+            deadline = time.monotonic() + 10
+            while (answer := ask(c, "hello", key=first, mode="2")).status_code == 503:
+                assert answer.headers["Retry-After"] == "2" and time.monotonic() < deadline, answer.text
+                time.sleep(0.2)
+            assert answer.status_code == 201, answer.text
+            later = upstreams.apps.call(lambda: upstreams.auth.mint(other, other_account)).access_token
+            follow = ask(c, "again", parent=answer.json()["data"]["id"], key=later, mode="2")
+            assert follow.status_code == 201, follow.text  # the conversation is the account's
+    finally:
+        server.stop()
+
+
 def test_refresh_token_reuse_marks_the_account(
     cx: httpx.Client, upstreams: Upstreams, codex_server: ServerProcess
 ) -> None:
@@ -433,7 +461,9 @@ def test_forged_tokens_see_nobodys_conversations(cx: httpx.Client, upstreams: Up
         forged = upstreams.apps.call(partial(upstreams.auth.forge, kind, email=email, account_id=account))
         before = len(upstreams.codex.requests)
         response = ask(cx, "let me in", parent=mine["id"], key=forged, mode="2")
-        assert response.status_code == 404, (kind, response.text)
+        # A key not among those fetched, on a token newer than the fetch: no verdict for moments (503)
+        allowed = (404, 503) if kind == "unknown_kid" else (404,)
+        assert response.status_code in allowed, (kind, response.text)
         assert len(upstreams.codex.requests) == before, kind
     # And the token route gives a forged token nothing either.
     forged = upstreams.apps.call(lambda: upstreams.auth.forge("foreign_key", email=email, account_id=account))

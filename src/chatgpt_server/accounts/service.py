@@ -35,7 +35,7 @@ from ..upstreams.base import Target
 from ..upstreams.chatgpt_web import check_not_expired, jwt_claims
 from ..upstreams.http import HTTPClient, host_of
 from .oauth import DeviceCode, OAuth, RefreshRefused, TokenSet
-from .tokens import AUTH_CLAIM, REFETCH_S, Identity, Unverifiable, Verifier, identity_of
+from .tokens import AUTH_CLAIM, Identity, Unverifiable, Verifier, identity_of
 
 if TYPE_CHECKING:
     from .crypto import Sealer
@@ -86,7 +86,7 @@ class Accounts:
         except Unverifiable as exc:
             if (jwt_claims(token) or {}).get("iss") != self.verifier.issuer:
                 return None
-            raise ServiceUnavailable("issuer_keys_unavailable", headers={"Retry-After": str(int(REFETCH_S))},
+            raise ServiceUnavailable("issuer_keys_unavailable", headers={"Retry-After": str(int(exc.retry_after_s))},
                                      host=host_of(self.verifier.issuer)) from exc  # fmt: skip
         return identity_of(claims) if claims is not None else None
 

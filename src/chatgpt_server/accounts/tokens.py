@@ -2,7 +2,9 @@
 
 Claims are trusted only after the signature, the issuer and the audience check out. Keys come from
 ``{issuer}/.well-known/jwks.json``, cached, and fetched again when a token names a key we do not know
-(at most once every ``REFETCH_S``, so a flood of made-up key ids cannot hammer the issuer). Verified
+(at most once every ``REFETCH_S``, so a flood of made-up key ids cannot hammer the issuer; every
+``NEW_KEY_REFETCH_S`` for a token issued after the last fetch, which may be signed with a key new since: until
+that fetch such a token has no verdict, never "not the issuer's"). Verified
 claims are cached per token, so a request pays a dictionary lookup, not an RSA verification.
 """
 
@@ -17,19 +19,26 @@ from typing import Any
 
 import orjson
 
+from ..upstreams.chatgpt_web import jwt_claims
 from ..upstreams.http import TRANSPORT_ERRORS, HTTPClient, read_limited
 
 ACCESS_AUDIENCE = "https://api.openai.com/v1"
 AUTH_CLAIM = "https://api.openai.com/auth"
 PROFILE_CLAIM = "https://api.openai.com/profile"
 REFETCH_S = 30.0
+NEW_KEY_REFETCH_S = 2.0
+ISSUED_LEEWAY_S = 60.0  # the issuer's clock and ours may differ by this much (as the expiry's leeway)
 CACHE_MAX = 4096
 
 log = logging.getLogger("chatgpt_server.accounts")
 
 
 class Unverifiable(Exception):
-    """The keys could not be fetched: the token can be neither trusted nor refused."""
+    """The keys could not be fetched (or not yet): the token can be neither trusted nor refused."""
+
+    def __init__(self, reason: str, retry_after_s: float = REFETCH_S):
+        super().__init__(reason)
+        self.retry_after_s = retry_after_s
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +83,7 @@ class Verifier:
         self.timeout_s = timeout_s
         self._keys: dict[str, Any] = {}
         self._fetched_at = -REFETCH_S
+        self._fetched_wall = 0.0  # when the keys were last fetched, by the clock tokens' iat is on
         self._failed: str | None = None  # why the last fetch failed (None: it did not)
         self._lock = asyncio.Lock()
         self._verified: OrderedDict[str, dict[str, Any] | None] = OrderedDict()
@@ -96,7 +106,7 @@ class Verifier:
         kid = header.get("kid")
         if header.get("alg") != "RS256" or not isinstance(kid, str):
             return self._remember(cache_key, None)
-        key = await self._key(kid, refetch)
+        key = await self._key(kid, refetch, token)
         if key is None:  # not remembered: the issuer may publish this key a moment later
             return None
         try:
@@ -112,19 +122,28 @@ class Verifier:
             self._verified.popitem(last=False)
         return claims
 
-    async def _key(self, kid: str, refetch: bool = False) -> Any:
+    async def _key(self, kid: str, refetch: bool = False, token: str = "") -> Any:
         if kid in self._keys:
             return self._keys[kid]
+        # A token issued after the last fetch may be signed with a key new since (the issuer rotated):
+        # "no such key" is a verdict on it only once the keys were fetched after it was issued.
+        issued = (jwt_claims(token) or {}).get("iat")
+        newer = isinstance(issued, int | float) and issued > self._fetched_wall - ISSUED_LEEWAY_S
         async with self._lock:
-            if kid not in self._keys and (refetch or time.monotonic() - self._fetched_at >= REFETCH_S):
+            since = time.monotonic() - self._fetched_at
+            if kid not in self._keys and (refetch or since >= REFETCH_S or (newer and since >= NEW_KEY_REFETCH_S)):
                 await self._fetch()
+                newer = False  # fetched now: what the issuer publishes is known
         if kid not in self._keys and self._failed is not None:
             # Until a fetch succeeds, a key we do not know may be one the issuer has: no verdict.
             raise Unverifiable(self._failed)
+        if kid not in self._keys and newer:
+            raise Unverifiable("a key newer than the keys last fetched, fetched again in moments", NEW_KEY_REFETCH_S)
         return self._keys.get(kid)
 
     async def _fetch(self) -> None:
         self._fetched_at = time.monotonic()  # a failed fetch counts too: an issuer that is down is not hammered
+        wall = time.time()
         try:
             await self._fetch_keys()
         except Unverifiable as exc:
@@ -133,6 +152,7 @@ class Verifier:
                         "are, in %.0f s at the earliest", exc, REFETCH_S)  # fmt: skip
             raise
         self._failed = None
+        self._fetched_wall = wall
 
     async def _fetch_keys(self) -> None:
         url = self.issuer + "/.well-known/jwks.json"
