@@ -21,7 +21,7 @@ import openai
 import pytest
 
 from .conftest import Upstreams, ask
-from .harness import ServerProcess
+from .harness import ServerProcess, within
 from .standins.chatgpt_auth import Tokens
 from .test_api_contract import assert_error
 from .test_streaming import events
@@ -576,6 +576,43 @@ def test_the_codex_backend_may_be_named_by_its_own_url(cx: httpx.Client, upstrea
         response = ask(cx, "where to?", key=token, mode="2", apiReverseProxyUrl=url)
         assert response.status_code == 201, response.text
         assert len(upstreams.codex.requests) == before + 1
+
+
+def test_a_sign_in_made_while_a_refresh_of_the_old_grant_ran_is_kept(
+    codex_server: ServerProcess, upstreams: Upstreams
+) -> None:
+    """A refresh waits on the issuer; meanwhile the person revokes the old grant and signs in again. The
+    refresh's outcome (here the old grant's refusal) is about a sign-in that is gone: it neither signs
+    the new one out nor writes the old grant over it, and the request that waited goes on with the new
+    sign-in's token."""
+    email, account = unique("resigned")
+    upstreams.apps.call(lambda: setattr(upstreams.auth, "access_lifetime_s", 100))  # inside the 300 s margin
+    with httpx.Client(base_url=codex_server.url, timeout=30) as c:
+        old = sign_in(c, upstreams, email, account)["accessToken"]
+    old_grant = grant_for(upstreams, email)
+    upstreams.apps.call(lambda: setattr(upstreams.auth, "access_lifetime_s", 3600))
+    upstreams.apps.call(lambda: setattr(upstreams.auth, "refresh_delay", 4.0))
+    calls = upstreams.apps.call(lambda: len(upstreams.auth.refresh_calls))
+    answers: list[httpx.Response] = []
+
+    def waiting() -> None:
+        with httpx.Client(base_url=codex_server.url, timeout=30) as c:
+            answers.append(ask(c, "during the refresh", key=old, mode="2"))
+
+    thread = threading.Thread(target=waiting)
+    thread.start()
+    assert within(10, lambda: upstreams.apps.call(lambda: len(upstreams.auth.refresh_calls)) > calls)
+    upstreams.apps.call(lambda: upstreams.auth.invalidate(old_grant.id))
+    minted = int(time.time())  # the issuer's clock counts seconds: the next sign-in's token is minted later
+    while int(time.time()) == minted:
+        time.sleep(0.02)
+    with httpx.Client(base_url=codex_server.url, timeout=30) as c:
+        new = sign_in(c, upstreams, email, account)["accessToken"]
+        thread.join()
+        assert answers[0].status_code == 201, answers[0].text
+        assert upstreams.codex.requests[-1]["headers"]["Authorization"] == f"Bearer {new}"
+        assert ask(c, "after", key=new, mode="2").status_code == 201
+        assert c.post(TOKEN_PATH + "/getInfo", json={"type": "2", "token": new}).json()["data"] == new
 
 
 def test_a_token_of_an_older_sign_in_is_never_a_key_to_the_newer_one(cx: httpx.Client, upstreams: Upstreams) -> None:

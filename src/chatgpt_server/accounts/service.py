@@ -234,11 +234,13 @@ class Accounts:
             fresh = await self.oauth.refresh(tokens["refresh"])
         except RefreshRefused as exc:
             signed_out = {**body, "status": "signin_required", "reason": exc.code, "lease": None}
-            await self._save(key, leased, version, signed_out)
             self._known.pop(key, None)
+            if not await self._save(key, leased, version, signed_out):
+                return await self._superseded(key)  # signed in again meanwhile: that sign-in's token
             raise Unauthorized("account_signin_again", email=body.get("email", "?"), code=exc.code) from exc
         except ServiceError:
-            await self._save(key, leased, version, {**body, "lease": None})
+            if not await self._save(key, leased, version, {**body, "lease": None}):
+                return await self._superseded(key)
             raise
         exp = _exp_of(fresh.access_token)
         try:
@@ -255,8 +257,9 @@ class Accounts:
                 # account's conversations, or none); the grant it came from is the issuer's to explain.
                 signed_out = {**body, "status": "signin_required", "reason": "refreshed_token_unverified",
                               "lease": None}  # fmt: skip
-                await self._save(key, leased, version, signed_out)
                 self._known.pop(key, None)
+                if not await self._save(key, leased, version, signed_out):
+                    return await self._superseded(key)
                 raise BadGateway("upstream_bad_reply", host=self.oauth.host,
                                  detail="the refreshed access token is not this account's")  # fmt: skip
         new_body = {
@@ -266,20 +269,34 @@ class Accounts:
             "lease": None,
             "refreshedAt": time.time(),
         }
-        await self._save(key, leased, version, new_body)
+        if not await self._save(key, leased, version, new_body):
+            return await self._superseded(key)
         self._known[key] = (time.time() + KNOWN_S, fresh.access_token, exp, body.get("grantIat"))
         return fresh.access_token
 
-    async def _save(self, key: str, base: Record, version: int, body: dict[str, Any]) -> None:
+    async def _superseded(self, key: str) -> str:
+        """The token of the sign-in that replaced the one a refresh was for (never refreshed here: this
+        runs under the account's refresh lock)."""
+        record = await self.store.get_record("account", key)
+        if record is None:
+            raise NotFound("account_unknown")
+        body = record.body
+        if body.get("status") != "active":
+            raise Unauthorized("account_signin_again", email=body.get("email", "?"), code=body.get("reason", ""))
+        return self._open(key, body)["access"]
+
+    async def _save(self, key: str, base: Record, version: int, body: dict[str, Any]) -> bool:
         """Write ``body`` over the record we leased; if the lease was lost (it expired and another
-        instance took it), write over whatever is there: our tokens are the newest."""
+        instance took it), write over whatever is there: our tokens are the newest. Unless the account
+        was signed in again (or removed) meanwhile: what this refresh of the old grant found, tokens or a
+        refusal, is then no news, and nothing is written (False)."""
         record = _with(base, body)
         for _ in range(5):
             if await self.store.put_record(record, version):
-                return
+                return True
             current = await self.store.get_record("account", key)
-            if current is None:
-                return
+            if current is None or _sign_in_of(current.body) != _sign_in_of(base.body):
+                return False
             record, version = _with(current, body), current.version
         raise ServiceUnavailable("account_busy", email=body.get("email", "?"))
 
@@ -443,6 +460,11 @@ def _of_the_grant(identity: Identity, grant_iat: Any) -> bool:
     if not isinstance(grant_iat, int | float) or identity.iat is None:
         return True
     return identity.iat >= grant_iat
+
+
+def _sign_in_of(body: dict[str, Any]) -> tuple[Any, Any]:
+    """What tells one sign-in of an account from the next."""
+    return body.get("signedInAt"), body.get("grantIat")
 
 
 def _with(record: Record, body: dict[str, Any]) -> Record:
