@@ -735,6 +735,68 @@ def test_a_stream_stuck_on_a_client_that_stopped_reading_keeps_its_partial_at_sh
         server.stop()
 
 
+def test_a_stream_whose_client_stopped_reading_is_let_go_after_the_idle_timeout(
+    tmp_path: Path, upstreams: Upstreams
+) -> None:
+    """A client that stops reading (its socket buffers full, the server blocked in a send) would hold its
+    turn, the upstream connection and its conversation for as long as it liked: after the idle timeout
+    without a byte read it is taken as gone. What had arrived is stored, as when a client leaves."""
+    env = upstreams.env(CHATGPT_SERVER_IDLE_TIMEOUT_MS="1500", CHATGPT_SERVER_HEARTBEAT_SECONDS="1")
+    server = ServerProcess(tmp_path, env).start()
+    words = " ".join(f"w{i}" for i in range(2000))  # each delta carries the text so far: ~10 MB in all
+    budget = {"maxModelTokens": 16000, "maxResponseTokens": 4000}
+    body = {"mode": "1", "type": "2", "opts": {"key": KEY, "content": words, "isFollow": False, "opts": budget}}
+    try:
+        with socket.socket() as s, httpx.Client(base_url=server.url, timeout=30) as c:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", server.port))
+            first = first_delta(s, body)  # from here on nothing is read
+            stalled = time.monotonic()
+            wait_for(lambda: "read nothing for 1.5 s" in server.log(), 15, "the stalled stream to be let go")
+            assert time.monotonic() - stalled >= 1.0
+            wait_for(lambda: c.get("/healthz").json()["data"]["turns"] == 0, 5, "its turn to end")
+            follow = ask(c, "after", parent=first["id"], maxModelTokens=16000, maxResponseTokens=4000)
+            assert follow.status_code == 201, follow.text  # the partial reply was stored
+            stored = upstreams.openai.requests[-1]["body"]["messages"][-2]
+            assert stored["role"] == "assistant" and stored["content"].startswith(first["text"])
+    finally:
+        server.stop()
+    log = server.log()
+    assert "Traceback" not in log and "without completing response" not in log, log[-3000:]
+
+
+def test_a_client_that_leaves_before_any_event_leaves_no_empty_answer(tmp_path: Path, upstreams: Upstreams) -> None:
+    """A stream left after its head but before its first word: nothing the client was not told of joins
+    the conversation (no empty assistant message in later prompts, the tip where it was)."""
+    server = ServerProcess(tmp_path, upstreams.env()).start()
+    try:
+        with (
+            openai.OpenAI(base_url=server.url + "/v1", api_key=KEY, max_retries=0) as sdk,
+            httpx.Client(base_url=server.url, timeout=30) as c,
+        ):
+            conversation = sdk.conversations.create().id
+            sdk.responses.create(model="gpt-3.5-turbo", input="first", conversation=conversation)
+            original = ask(c, "one").json()["data"]
+            upstreams.openai.chunk_delay = 1.0  # the head, then a silence before the first word
+            with sdk.responses.create(model="gpt-3.5-turbo", input="abandoned", conversation=conversation,
+                                      stream=True) as stream:  # fmt: skip
+                assert next(iter(stream)).type == "response.created"
+            body = {"mode": "1", "type": "2", "opts": {"key": KEY, "content": "abandoned too", "isFollow": True,
+                                                       "parentMessageId": original["id"]}}  # fmt: skip
+            with c.stream("POST", "/api/v1/gpt/getInfo", json=body) as response:
+                assert response.status_code == 200
+            wait_for(lambda: c.get("/healthz").json()["data"]["turns"] == 0, 10, "the abandoned turns to end")
+            upstreams.openai.chunk_delay = 0.0
+            sdk.responses.create(model="gpt-3.5-turbo", input="next", conversation=conversation)
+            sent = upstreams.openai.requests[-1]["body"]["messages"]
+            assert [m["content"] for m in sent] == ["first", "echo(1): first", "next"], sent
+            listed = sdk.conversations.items.list(original["conversationId"]).model_dump_json()
+            assert "abandoned too" not in listed
+    finally:
+        upstreams.openai.chunk_delay = 0.0
+        server.stop()
+
+
 def test_a_client_that_leaves_before_its_answer_stops_its_turn_and_frees_its_conversation(
     tmp_path: Path, upstreams: Upstreams
 ) -> None:

@@ -39,7 +39,7 @@ from typing import ClassVar, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
 
-from .core.activity import GONE
+from .core.activity import ABORT, GONE
 from .edges.envelope import head_error_body
 from .one_send import OneSend
 
@@ -225,6 +225,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._phase = _BODY
         self._body_bytes = self._body_phase_bytes = 0
+        self.scope[ABORT] = self.transport.abort  # type: ignore[literal-required]
         HttpToolsProtocol.on_headers_complete(self)
 
     def on_body(self, body: bytes) -> None:

@@ -593,9 +593,10 @@ class OpenTurn:
         text = reply.text
         calls = {call.index: call for call in reply.tool_calls}
         order = list(self._order)
-        # A reply that failed before its first word or call is stored without output: its id was told
-        # (a Responses stream's first event), so it is kept as failed, and no empty answer joins the history.
-        failed_bare = incomplete == "error" and not text and not calls
+        # A reply that failed (or whose client left) before its first word or call is stored without output:
+        # its id was told (a Responses stream's first event), so it is kept as failed or cancelled, and no
+        # empty answer joins the history (the tip stays: a retry of the same input is not doubled there).
+        failed_bare = incomplete in ("error", "client_left") and not text and not calls
         if ("message", -1) not in order and (text or not calls or spec.reply_message) and not failed_bare:
             order.append(("message", -1))
         placed = set(order)  # a set: a reply may carry very many calls, and a list scan per call is quadratic

@@ -75,7 +75,8 @@ async def create(request: Request, services: Services) -> ASGIApp:
         async def on_leave() -> None:
             await chunks.aclose()  # closes the upstream response: the upstream stops writing
 
-        return EventStream(_events(chunks, parser, added, key), settings.heartbeat_seconds, on_leave)
+        return EventStream(_events(chunks, parser, added, key), settings.heartbeat_seconds, on_leave,
+                           stall_s=settings.idle_timeout_ms / 1000)  # fmt: skip
     log.route = "chat.completions"
     raw, usage = await relay_whole(services.relay, orjson.dumps(body), target, settings.timeout_ms / 1000)
     log.outcome = _usage_note(usage)

@@ -187,7 +187,7 @@ async def get_info(request: Request, services: Services) -> ASGIApp:
     language = language_of(request, settings.language)
 
     async def on_leave() -> None:
-        if turn.text or spec.target.upstream != "web":
+        if turn.text:  # else the client was told nothing (no event): nothing is stored
             try:
                 await turn.finish(incomplete="client_left")
             except ServiceError as exc:
@@ -196,7 +196,7 @@ async def get_info(request: Request, services: Services) -> ASGIApp:
             await turn.close()
 
     produce = _events(turn, chat, spec.model, request.url.path, language)
-    return EventStream(produce, settings.heartbeat_seconds, on_leave)
+    return EventStream(produce, settings.heartbeat_seconds, on_leave, stall_s=spec.idle_s)
 
 
 async def _whole(services: Services, spec: TurnSpec, credential: Credential | None) -> TurnResult:

@@ -530,7 +530,7 @@ async def create(request: Request, services: Services) -> ASGIApp:
         except ServiceError as exc:
             log_stream_failure(exc, f"the partial response was not stored: {exc.key}", "client left")
 
-    return EventStream(_stream(turn, draft), services.settings.heartbeat_seconds, on_leave)
+    return EventStream(_stream(turn, draft), services.settings.heartbeat_seconds, on_leave, stall_s=turn.spec.idle_s)
 
 
 async def _in_openai_words(work: Awaitable[T], ask: Ask) -> T:

@@ -3,7 +3,9 @@
 It sends what a producer yields as soon as it yields it (no batching), a comment line whenever
 nothing was sent for ``heartbeat_s``, and races the producer against the client leaving: a client
 that goes away cancels the producer at once (and so the upstream request), and ``on_leave`` keeps
-what had arrived.
+what had arrived. A client that stops reading (its socket's buffers full, a send blocked) for
+``stall_s`` is taken as gone: otherwise it would hold the turn, the upstream connection and the
+conversation's lock for as long as it liked.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from ..core.activity import current_log
+from ..core.activity import ABORT, current_log
 
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -42,11 +44,15 @@ class EventStream:
         heartbeat_s: float,
         on_leave: Callable[[], Awaitable[None]],
         heartbeat: bytes = b": ping\n\n",
+        stall_s: float = 120.0,
     ):
         self.produce = produce
         self.heartbeat_s = heartbeat_s
         self.on_leave = on_leave
         self.heartbeat = heartbeat
+        self.stall_s = stall_s
+        self._sending_since: float | None = None  # a send not yet done began then
+        self._stalled: Callable[[], None] | None = None
         self._last_sent = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._beating: asyncio.Future[None] | None = None
@@ -70,14 +76,25 @@ class EventStream:
                     turn.leaving()
                 task.cancel()
 
+        def stalled() -> None:
+            nonlocal left
+            if not over:
+                left = True
+                log = current_log()
+                log.outcome, log.message = "client left", f"read nothing for {self.stall_s:g} s"
+                task.cancel()
+
+        self._stalled = stalled
         watcher = asyncio.create_task(_wait_disconnect(receive))
         watcher.add_done_callback(gone)
         self._last_sent = loop.time()
-        self._timer = loop.call_at(self._last_sent + self.heartbeat_s, self._beat, send)
+        self._timer = loop.call_at(self._last_sent + min(self.heartbeat_s, self.stall_s), self._beat, send)
         try:
             async for chunk in self.produce:
+                self._sending_since = loop.time()
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self._last_sent = loop.time()
+                self._sending_since = None
             await send({"type": "http.response.body", "body": b"", "more_body": False})
         except (asyncio.CancelledError, Exception) as exc:
             left = left or current_log().gone  # the server learnt it first (the stream was just starting)
@@ -96,6 +113,10 @@ class EventStream:
             else:
                 log.outcome, log.message = "error", "cancelled at shutdown"
             await self.on_leave()
+            abort = scope.get(ABORT)
+            if callable(abort) and self._sending_since is not None:  # what is still owed will never be read
+                abort()
+                await asyncio.sleep(0)  # the connection's loss reaches the server before this call returns
         finally:
             over = True
             watcher.cancel()
@@ -105,12 +126,18 @@ class EventStream:
 
     def _beat(self, send: Send) -> None:
         loop = asyncio.get_running_loop()
-        due = self._last_sent + self.heartbeat_s
         now = loop.time()
+        since = self._sending_since
+        if since is not None and now - since >= self.stall_s and self._stalled is not None:
+            self._stalled()
+            return
+        due = self._last_sent + self.heartbeat_s
         if now >= due:
-            if self._beating is None or self._beating.done():
+            if since is None and (self._beating is None or self._beating.done()):
                 self._beating = asyncio.ensure_future(self._send_beat(send))
             due = now + self.heartbeat_s
+        if since is not None:  # a send is blocked: look again when it would have stalled
+            due = min(due, since + self.stall_s)
         self._timer = loop.call_at(due, self._beat, send)
 
     async def _send_beat(self, send: Send) -> None:
