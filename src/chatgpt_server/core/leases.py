@@ -16,7 +16,7 @@ import asyncio
 import logging
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 
 from ..errors import StoreUnavailable
 from ..stores import Record, Store
@@ -51,11 +51,13 @@ class Release:
     """A key held. Called, it lets go (safe to call twice); the task it returns (None if already let
     go) ends once the store knows, for a caller whose next request must find the key free."""
 
-    __slots__ = ("_held", "_let_go")
+    __slots__ = ("_held", "_let_go", "_renew")
 
-    def __init__(self, held: _Held, let_go: Callable[[], asyncio.Task[None] | None]):
+    def __init__(self, held: _Held, let_go: Callable[[], asyncio.Task[None] | None],
+                 renew: Callable[[_Held], Awaitable[None]] | None = None):  # fmt: skip
         self._held = held
         self._let_go = let_go
+        self._renew = renew
 
     def __call__(self) -> asyncio.Task[None] | None:
         return self._let_go()
@@ -65,6 +67,19 @@ class Release:
         meanwhile: a write that must not land after another holder took over (its renewals missed while
         the store was away) checks it first, for as long as the write may take."""
         return not self._held.lost and self._held.until - time.time() > seconds
+
+    async def make_sure_for(self, seconds: float) -> bool:
+        """``sure_for``, renewing the lease first if it is not (a renewal late on a busy loop, or missed
+        while the store was away): False only if the renewal fails or another holder took the key."""
+        if self.sure_for(seconds):
+            return True
+        if self._held.lost or self._held.stopped or self._renew is None:
+            return False
+        try:
+            await self._renew(self._held)
+        except StoreUnavailable:
+            return False
+        return self.sure_for(seconds)
 
 
 class Leases:
@@ -136,7 +151,7 @@ class Leases:
             # The store's lease goes first, then this process's next waiter may ask for it.
             return _keep(loop.create_task(self._give_back(held, release_local, renewer)), _giving_back)
 
-        return Release(held, release)
+        return Release(held, release, self._renew_once)
 
     async def _try_take(self, key: str, ttl_s: float) -> _Held | None:
         """The lease now ours, or None if another holder's is in force."""
@@ -165,33 +180,39 @@ class Leases:
 
     async def _renew(self, held: _Held) -> None:
         """Move the lease's expiry on while it is held, up to its holder's deadline. A renewal the store
-        misses is tried again at the next; one refused is checked: a write that timed out here may have
-        landed (the lease is still this one: its version is adopted), else another holder took it."""
+        misses is tried again at the next."""
         while not held.stopped:
             await asyncio.sleep(self.lease_s / 3)
-            now = time.time()
-            if held.stopped or now >= held.deadline:
+            if held.stopped or time.time() >= held.deadline:
                 return  # given back, or its time is up: the lease runs out as asked
-            until = min(now + self.lease_s, held.deadline)
-            body = {"holder": self.holder, "until": until, "lease": held.lease_id}
-            record = Record("lease", held.key, "", body, None, held.created_at, now, held.version)
             held.writing = True
             try:
-                if await self.store.put_record(record, held.version):
-                    held.version += 1
-                    held.until = until
-                    continue
-                current = await self.store.get_record("lease", held.key)
+                await self._renew_once(held)
             except StoreUnavailable:
                 continue
             finally:
                 held.writing = False
-            if current is None or current.body.get("lease") != held.lease_id:
-                log.warning("the lease on %s was taken over while held (its renewals missed its time)", held.key)
-                held.lost = True
+            if held.lost:
                 return
-            held.version = current.version
-            held.until = float(current.body.get("until", held.until))
+
+    async def _renew_once(self, held: _Held) -> None:
+        """One renewal. One refused is checked: a write that timed out here may have landed (the lease is
+        still this one: its version is adopted), else another holder took it (``lost``)."""
+        now = time.time()
+        until = min(now + self.lease_s, held.deadline)
+        body = {"holder": self.holder, "until": until, "lease": held.lease_id}
+        record = Record("lease", held.key, "", body, None, held.created_at, now, held.version)
+        if await self.store.put_record(record, held.version):
+            held.version += 1
+            held.until = until
+            return
+        current = await self.store.get_record("lease", held.key)
+        if current is None or current.body.get("lease") != held.lease_id:
+            log.warning("the lease on %s was taken over while held (its renewals missed its time)", held.key)
+            held.lost = True
+            return
+        held.version = current.version
+        held.until = float(current.body.get("until", held.until))
 
     async def _give_back(self, held: _Held, release_local: Callable[[], None], renewer: asyncio.Task[None]) -> None:
         try:

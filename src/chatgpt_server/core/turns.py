@@ -218,11 +218,12 @@ class Turns:
             raise BadRequest("conversation_locked", id=conversation_id[:256], param="conversation")
         return release
 
-    def still_held(self, hold: Release | None, conversation_id: str | None) -> None:
+    async def still_held(self, hold: Release | None, conversation_id: str | None) -> None:
         """Before a conversation's write: its lock must still be this turn's for as long as the write may
-        take. One that lapsed (the store was away for its renewals) may have been taken by another turn
-        meanwhile, whose reply this one's must not be written after as if it had seen it."""
-        if hold is not None and not hold.sure_for(self.write_s):
+        take (renewed now if need be). One that lapsed (the store was away for its renewals) may have been
+        taken by another turn meanwhile, whose reply this one's must not be written after as if it had
+        seen it."""
+        if hold is not None and not await self._timed(hold.make_sure_for(self.write_s)):
             raise StoreUnavailable("conversation_lease_lost", id=(conversation_id or "")[:256],
                                    reason="the conversation's lock lapsed before its turn was written")  # fmt: skip
 
@@ -239,7 +240,7 @@ class Turns:
             else:
                 history = await self._calls_window(owner, parent.item.id, items)
                 outputs_answer_calls(items, calls_in(history), answered_in(history))
-            self.still_held(release, conversation_id)
+            await self.still_held(release, conversation_id)
             await self._write_items(owner, conversation_id, parent, items)
         except StoreUnavailable:
             failed = True
@@ -659,7 +660,7 @@ class OpenTurn:
         if spec.record is not None:
             record = spec.record(result)
             write.response, write.response_id = record, record.id
-        self.turns.still_held(self.hold, spec.conversation)
+        await self.turns.still_held(self.hold, spec.conversation)
         if not new:  # no input (the history was the question) and no word came: the response alone is kept
             if write.response is not None:
                 await self.turns._timed(self.turns.store.put_record(write.response, None))
