@@ -223,6 +223,47 @@ def test_swagger_ui_is_served_locally(client: httpx.Client) -> None:
         assert asset.rsplit("/", 1)[1] in page.text
 
 
+_SYNTAX = set("^$\\.*+?()[]{}|/")
+_ESCAPES = set("dDwWsSbBnrtfv0cxukpP123456789")
+
+
+def _ecmascript_u_problem(pattern: str) -> str | None:
+    """Where a pattern is no valid ECMAScript regular expression in ``u`` mode (JSON Schema's dialect,
+    which ajv and browsers compile): an identity escape of a character that is not syntax, such as
+    ``\\-`` outside a class (a class may escape ``-``)."""
+    in_class, i = False, 0
+    while i < len(pattern):
+        c = pattern[i]
+        if c == "\\":
+            escaped = pattern[i + 1] if i + 1 < len(pattern) else ""
+            if escaped not in _SYNTAX and escaped not in _ESCAPES and not (in_class and escaped == "-"):
+                return f"\\{escaped} at {i}"
+            i += 2
+            continue
+        if c == "[" and not in_class:
+            in_class = True
+        elif c == "]" and in_class:
+            in_class = False
+        i += 1
+    return None
+
+
+def _patterns(node: Any) -> list[str]:
+    if isinstance(node, dict):
+        found = [node["pattern"]] if isinstance(node.get("pattern"), str) else []
+        return found + [p for value in node.values() for p in _patterns(value)]
+    if isinstance(node, list):
+        return [p for value in node for p in _patterns(value)]
+    return []
+
+
+def test_every_pattern_of_the_openapi_document_compiles_as_ecmascript(client: httpx.Client) -> None:
+    patterns = _patterns(client.get("/api-json").json())
+    assert len(patterns) > 10
+    assert [(p[:80], why) for p in patterns if (why := _ecmascript_u_problem(p))] == []
+    assert _ecmascript_u_problem("^a\\-b$") and not _ecmascript_u_problem("^[a\\-b]\\.$")  # the checker checks
+
+
 def test_openapi_document_describes_routes_fields_and_errors(client: httpx.Client) -> None:
     doc = client.get("/api-json").json()
     assert doc["openapi"].startswith("3.")

@@ -132,7 +132,10 @@ def _code(description: str) -> Schema:
 
 
 def _case_insensitive(word: str) -> str:
-    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else "\\" + c if c in ".-" else c for c in word)
+    """A header name as a pattern any case of it matches, ``_`` for ``-`` too (as the route reads it). Valid
+    in ECMAScript's ``u`` mode (JSON Schema's dialect), which refuses ``\\-`` outside a class."""
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else "[-_]" if c == "-" else "\\." if c == "." else c
+                   for c in word)  # fmt: skip
 
 
 def _json_event(event: str, data: Schema, description: str = "") -> Schema:
