@@ -175,6 +175,20 @@ def test_cors_origins_compare_without_case(tmp_path: Path, upstreams: Upstreams)
         stranger = httpx.options(server.url + "/api/v1/gpt/getInfo",
                                  headers={"Origin": "https://evil.example", **preflight})  # fmt: skip
         assert "access-control-allow-origin" not in stranger.headers
+        # A refused preflight (origin, method or headers) is answered as every error is: the door's shape
+        for path, headers, what in (
+            ("/api/v1/gpt/getInfo", {"Origin": "https://evil.example", **preflight}, "origin"),
+            ("/api/v1/gpt/getInfo", {"Origin": "https://app.example.com", "Access-Control-Request-Method": "PUT"},
+             "method"),
+            ("/v1/responses", {"Origin": "https://app.example.com", **preflight,
+                               "Access-Control-Request-Headers": "x-api-key"}, "headers"),
+        ):  # fmt: skip
+            refused = httpx.options(server.url + path, headers={**headers, "Accept-Language": "en"})
+            assert refused.headers["content-type"] == "application/json" and refused.headers["x-request-id"]
+            if path.startswith("/v1"):
+                assert refused.status_code == 400 and what in refused.json()["error"]["message"]
+            else:
+                assert what in assert_error(refused, 400, path), refused.text
     finally:
         server.stop()
 

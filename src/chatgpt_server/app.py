@@ -21,6 +21,7 @@ import traceback
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 from urllib.parse import quote
 
 import orjson
@@ -44,7 +45,7 @@ from .edges import access_token, chat_completions, conversations, docs, health, 
 from .edges.envelope import error_response, is_openai_path
 from .edges.http import allowed
 from .edges.messages import error_message, pick_language
-from .errors import MethodNotAllowed, NotFound, ServiceError, ShuttingDown, StoreUnavailable
+from .errors import BadRequest, MethodNotAllowed, NotFound, ServiceError, ShuttingDown, StoreUnavailable
 from .redact import holds_secret, masked
 from .settings import Settings
 from .stores import Store, open_store
@@ -474,10 +475,31 @@ class App:
 
 
 class CORS(CORSMiddleware):
-    """Starlette's CORS, with origins compared as the standard has them: without regard to case."""
+    """Starlette's CORS, with origins compared as the standard has them: without regard to case, and a
+    refused preflight answered in its door's shape (the envelope, OpenAI's error under /v1) with a
+    request id, as every other answer is, not Starlette's plain text."""
+
+    def __init__(self, app: ASGIApp, language: str, **options: Any):
+        super().__init__(app, **options)
+        self.language = language
 
     def is_allowed_origin(self, origin: str) -> bool:
         return bool(super().is_allowed_origin(origin.lower()))
+
+    def preflight_response(self, request_headers: Any) -> Any:
+        response = super().preflight_response(request_headers)
+        if response.status_code != 400:
+            return response
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+        language = pick_language(request_headers.get("accept-language"), self.language)
+        cors = {k: v for k, v in response.headers.items() if k.lower().startswith("access-control-")}
+
+        async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
+            answer = error_response(BadRequest("cors_refused", what=refused), scope["path"], language)
+            answer.headers.update({**cors, "X-Request-Id": random_hex(64)})
+            await answer(scope, receive, send)
+
+        return refuse
 
 
 def create_app(settings: Settings, store: Store | None = None) -> ASGIApp:
@@ -486,6 +508,7 @@ def create_app(settings: Settings, store: Store | None = None) -> ASGIApp:
         return app
     return CORS(
         app,
+        settings.language,
         allow_origins=list(settings.cors_origins),
         allow_methods=["GET", "POST", "DELETE"],
         allow_headers=["Content-Type", "Accept-Language", "Authorization", "X-Request-Id"],

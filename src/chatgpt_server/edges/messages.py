@@ -82,6 +82,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "系统消息和问题共 {tokens} 个token，超过 maxModelTokens - maxResponseTokens 允许的 {budget} 个",
     ),
     "store_unavailable": ("conversation store unavailable", "对话存储不可用"),
+    "cors_refused": (
+        "a cross-origin request this server does not allow (its {what}); see CHATGPT_SERVER_CORS_ORIGINS",
+        "服务器不允许此跨域请求 ({what}); 见 CHATGPT_SERVER_CORS_ORIGINS",
+    ),
     "conversation_lease_lost": (
         "the conversation store was unreachable while conversation {id} was answered, and its lock lapsed "
         "(another turn may have taken it): the reply was not stored; try again",
