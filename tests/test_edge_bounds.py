@@ -403,9 +403,12 @@ def test_a_malformed_head_is_answered_in_its_doors_shape(server: ServerProcess) 
         ("/api/v1/gpt/getInfo", "Bad Name: x\r\n", "1.1", 400),
         ("/v1/responses", "", "2.0", 505),
         ("/api/v1/gpt/getInfo", "", "0.9", 505),
+        ("FOO /v1/models", "", "1.1", 501),
+        ("get /api/v1/gpt/getInfo", "", "1.1", 501),
     ):
         with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
-            s.sendall(f"GET {path}?q=1 HTTP/{version}\r\nHost: x\r\n{head}\r\n".encode())
+            method, _, path = path.rpartition(" ")
+            s.sendall(f"{method or 'GET'} {path}?q=1 HTTP/{version}\r\nHost: x\r\n{head}\r\n".encode())
             answer = b""
             while chunk := s.recv(4096):
                 answer += chunk
