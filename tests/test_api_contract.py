@@ -91,6 +91,22 @@ def test_numbers_are_refused_for_mode_and_type_as_the_original_refused_them(clie
     assert assert_error(both, 400).split(",") == ['mode must be "1" or "2"', 'type must be "1" (JSON) or "2" (stream)']
 
 
+def test_mode_and_type_are_trimmed_as_javascript_trims_and_as_the_document_says(client: httpx.Client) -> None:
+    """White space around "1" is JavaScript's (the original's trim, and ECMAScript's \\s of the OpenAPI
+    pattern): U+FEFF and U+3000 are, the separators U+001C-U+001F (Python's str.strip) are not."""
+    opts = {"key": KEY, "content": "trimmed", "isFollow": False}
+    zh = {"Accept-Language": "zh-CN"}
+    for space in ("\ufeff", "\u3000", " \t"):
+        response = client.post("/api/v1/gpt/getInfo", json={"mode": space + "1", "type": "1" + space, "opts": opts})
+        assert response.status_code == 201, (space, response.text)
+    for space in ("\x1c", "\x1f"):
+        response = client.post("/api/v1/gpt/getInfo", json={"mode": space + "1", "type": "1", "opts": opts},
+                               headers=zh)  # fmt: skip
+        assert assert_error(response, 400) == "有效值为1或2", space
+    patterns = _patterns(client.get("/api-json").json())
+    assert "^\\s*[12]\\s*$" in patterns  # the document's pattern: the one the route follows
+
+
 def test_options_the_original_ignored_are_ignored(client: httpx.Client, upstreams: Upstreams) -> None:
     """The original merged opts.opts into its client, which used what it knew: an option of the other
     mode, or an unknown one, whatever its value, changed nothing; numbers as digit strings counted

@@ -90,13 +90,18 @@ class ChatRequest:
     delta_only: bool = False
 
 
+# What JavaScript's String.prototype.trim (the original's, and ECMAScript's \s in the OpenAPI patterns)
+# takes for white space: not Python's str.strip set, which has \x1c-\x1f and lacks U+FEFF.
+JS_SPACE = "\t\n\v\f\r \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000\ufeff"
+
+
 def _code(value: Any, valid: tuple[str, ...]) -> str | None:
     """None when missing or empty; "" when present but not valid. A string only: the original refused
     the number 1 (contract.md), and a client that sends one learns it here as it did there."""
     if value is None or value == "":
         return None
-    if isinstance(value, str) and value.strip() in valid:
-        return value.strip()
+    if isinstance(value, str) and value.strip(JS_SPACE) in valid:
+        return value.strip(JS_SPACE)
     return ""
 
 
@@ -319,7 +324,7 @@ def _short_text(value: Any, name: str, limit: int, problems: Problems) -> None:
         problems.append(("field_not_string", {"field": name}))
     elif len(value) > limit:
         problems.append(("field_too_long", {"field": name, "max": limit}))
-    elif not header_safe(value.strip() if name == "email" else value):  # an email is read stripped
+    elif not header_safe(value.strip(JS_SPACE) if name == "email" else value):  # an email is read stripped
         problems.append(("field_not_header_safe", {"field": name}))
 
 
@@ -343,7 +348,7 @@ def parse_token(values: dict[str, Any]) -> TokenQuery:
     if not kind:
         problems.append(("token_type_invalid", {}))
     email, password = values.get("email"), values.get("password")
-    if email is None or (isinstance(email, str) and not email.strip()):
+    if email is None or (isinstance(email, str) and not email.strip(JS_SPACE)):
         problems.append(("email_required", {}))
     else:
         _short_text(email, "email", 320, problems)
@@ -356,4 +361,4 @@ def parse_token(values: dict[str, Any]) -> TokenQuery:
     if problems:
         raise ValidationFailed(problems)
     assert isinstance(email, str) and isinstance(password, str)
-    return TokenQuery(refresh=kind == "2", email=email.strip(), password=password)
+    return TokenQuery(refresh=kind == "2", email=email.strip(JS_SPACE), password=password)
