@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -177,14 +178,23 @@ def test_bodies_javascripts_json_parse_reads_are_read(client: httpx.Client, upst
     for bad in (body % (KEY, "NaN"), body % (KEY, '"unterminated')):
         assert assert_error(client.post("/api/v1/gpt/getInfo", content=bad.encode(), headers=headers), 400)
     # Numbers read so they can be written again, as orjson reads them: past 64 bits a float; past a
-    # float's range refused.
+    # float's range (JSON.parse's Infinity) the largest float, which an option's range refuses as it
+    # refuses Infinity, and an option the original ignored leaves unread.
     numbers = '{"mode": "1", "type": "1", "opts": {"key": "%s", "content": "\\ud83d", "isFollow": false, ' \
               '"opts": {"completionParams": {"seed": %s}}}}'  # fmt: skip
     big = client.post("/api/v1/gpt/getInfo", content=(numbers % (KEY, "1" + "0" * 20)).encode(), headers=headers)
     assert big.status_code == 201, big.text
     assert upstreams.openai.requests[-1]["body"]["seed"] == 1e20
-    huge = client.post("/api/v1/gpt/getInfo", content=(numbers % (KEY, "1e400")).encode(), headers=headers)
-    assert assert_error(huge, 400)
+    for huge in ("1e400", "-1e400", "9" * 5000):
+        passed = client.post("/api/v1/gpt/getInfo", content=(numbers % (KEY, huge)).encode(), headers=headers)
+        assert passed.status_code == 201, passed.text
+        assert abs(upstreams.openai.requests[-1]["body"]["seed"]) == sys.float_info.max
+        ignored = numbers.replace('"completionParams": {"seed": %s}', '"foo": %s, "headers": %s')
+        answer = client.post("/api/v1/gpt/getInfo", content=(ignored % (KEY, huge, huge)).encode(), headers=headers)
+        assert answer.status_code == 201, answer.text
+    ranged = numbers.replace('"completionParams": {"seed": %s}', '"maxModelTokens": %s')
+    assert "maxModelTokens" in assert_error(client.post("/api/v1/gpt/getInfo", headers=headers,
+                                                        content=(ranged % (KEY, "1e400")).encode()), 400)  # fmt: skip
     deep = b"\xef\xbb\xbf" + b"[" * 500 + b"]" * 500  # the depth is what is wrong with it, not the BOM
     assert "nested more than 200 levels deep" in assert_error(client.post("/api/v1/gpt/getInfo", content=deep,
                                                                           headers=headers), 400)  # fmt: skip

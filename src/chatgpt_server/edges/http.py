@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import sys
 from collections.abc import Iterable
 from typing import Any
 from urllib.parse import parse_qsl
@@ -107,22 +108,23 @@ def _lenient(raw: bytes) -> Any:
 
 
 # Numbers as orjson reads them, so what is read here can be written again: an integer past 64 bits is
-# a float, and one past a float's range is refused (as NaN and Infinity, which Python reads and JSON
-# does not have).
+# a float, and one past a float's range (JSON.parse's Infinity) the largest float of its sign, which
+# every range check refuses as it would refuse Infinity and an option the original ignored leaves
+# unread. NaN and Infinity themselves, which Python reads and JSON does not have, are refused.
 def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
 def _int(text: str) -> int | float:
+    if len(text) > 20:  # past 64 bits (and Python's int() refuses past 4,300 digits)
+        return _float(text)
     value = int(text)
     return value if -(2**63) <= value < 2**64 else _float(text)
 
 
 def _float(text: str) -> float:
     value = float(text)
-    if math.isinf(value):
-        raise ValueError("a number past a float's range")
-    return value
+    return math.copysign(sys.float_info.max, value) if math.isinf(value) else value
 
 
 def _mended(value: Any) -> Any:
