@@ -615,6 +615,32 @@ def test_a_sign_in_made_while_a_refresh_of_the_old_grant_ran_is_kept(
         assert c.post(TOKEN_PATH + "/getInfo", json={"type": "2", "token": new}).json()["data"] == new
 
 
+def test_tokens_that_live_less_than_the_margin_are_not_refreshed_by_every_request(
+    cx: httpx.Client, codex_server: ServerProcess, upstreams: Upstreams
+) -> None:
+    """An issuer whose refreshed tokens live 200 s, inside the 300 s refresh margin: a token a refresh
+    just gave is used for half its life, not refreshed again by every request (each spending the grant)."""
+    email, account = unique("shortlived")
+    token = sign_in(cx, upstreams, email, account)["accessToken"]
+    upstreams.apps.call(lambda: setattr(upstreams.auth, "access_lifetime_s", 200))
+    upstreams.apps.call(lambda: upstreams.codex.fail_next.append("401"))  # the backend refuses: refresh once
+    assert ask(cx, "refreshed", key=token, mode="2").status_code == 201
+    grant = grant_for(upstreams, email)
+    assert grant.refreshes == 1
+    statuses: list[int] = []
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=codex_server.url, timeout=30) as c:
+            statuses.append(ask(c, f"short {i}", key=token, mode="2").status_code)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert statuses == [201] * 10 and grant.refreshes == 1
+
+
 def test_a_token_of_an_older_sign_in_is_never_a_key_to_the_newer_one(cx: httpx.Client, upstreams: Upstreams) -> None:
     """The owner revoked a sign-in (a leaked token) and signed in again: a token of the old sign-in gets
     neither the new token from the token route nor the new token's use in mode 2 (it is sent as itself,

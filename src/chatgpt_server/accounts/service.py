@@ -98,7 +98,7 @@ class Accounts:
         owner = await self.owners.of("account\0" + identity.key)
         now = time.time()
         known = self._known.get(identity.key)
-        if (known is not None and known[0] > now and known[2] - self.settings.token_margin_seconds > now
+        if (known is not None and known[0] > now and known[2] > now
                 and _of_the_grant(identity, known[3])):  # fmt: skip
             self._check_presented(identity, now)
             return Credential(owner, known[1], identity.account_id, identity.key)
@@ -170,9 +170,9 @@ class Accounts:
         if body.get("status") != "active":
             raise Unauthorized("account_signin_again", email=body.get("email", "?"), code=body.get("reason", ""))
         exp = float(body.get("exp") or 0)
-        if exp - self.settings.token_margin_seconds > time.time():
+        if self._refresh_at(body) > time.time():
             access = self._open(key, body)["access"]
-            self._known[key] = (time.time() + KNOWN_S, access, exp, body.get("grantIat"))
+            self._known[key] = (time.time() + KNOWN_S, access, self._refresh_at(body), body.get("grantIat"))
             return access
         still_good = exp - STILL_GOOD_S > time.time()
         if still_good and self._refresh_failed.get(key, 0.0) > time.time():
@@ -194,6 +194,17 @@ class Accounts:
         self._refresh_failed.pop(key, None)
         return access
 
+    def _refresh_at(self, body: dict[str, Any]) -> float:
+        """When the stored token is refreshed: the margin before its expiry, or, for a token a refresh
+        gave, half its life if that is shorter (an issuer whose tokens live less than the margin would
+        otherwise have every request refresh, one after the other)."""
+        exp = float(body.get("exp") or 0)
+        issued = float(body.get("refreshedAt") or 0)
+        margin = float(self.settings.token_margin_seconds)
+        if issued:
+            margin = min(margin, max(0.0, (exp - issued) / 2))
+        return exp - margin
+
     async def refresh(self, key: str, stale: str | None = None) -> str:
         """Exactly one refresh per account in flight, across instances; returns the new access token
         (or the one another refresher just saved)."""
@@ -212,10 +223,10 @@ class Accounts:
             if body.get("status") != "active":
                 raise Unauthorized("account_signin_again", email=email, code=body.get("reason", ""))
             tokens = self._open(key, body)
-            exp = float(body.get("exp") or 0)
-            fresh = exp - self.settings.token_margin_seconds > time.time()
+            fresh = self._refresh_at(body) > time.time()
             if fresh and tokens["access"] != stale:
-                self._known[key] = (time.time() + KNOWN_S, tokens["access"], exp, body.get("grantIat"))
+                self._known[key] = (time.time() + KNOWN_S, tokens["access"], self._refresh_at(body),
+                                    body.get("grantIat"))  # fmt: skip
                 return tokens["access"]
             lease = body.get("lease") or {}
             if lease.get("holder") not in (None, self.holder) and float(lease.get("until", 0)) > time.time():
@@ -271,7 +282,7 @@ class Accounts:
         }
         if not await self._save(key, leased, version, new_body):
             return await self._superseded(key)
-        self._known[key] = (time.time() + KNOWN_S, fresh.access_token, exp, body.get("grantIat"))
+        self._known[key] = (time.time() + KNOWN_S, fresh.access_token, self._refresh_at(new_body), body.get("grantIat"))
         return fresh.access_token
 
     async def _superseded(self, key: str) -> str:
