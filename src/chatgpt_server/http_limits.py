@@ -148,11 +148,13 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                     self._unsupported_upgrade_warning()
                 return
             except httptools.HttpParserError as exc:
-                if isinstance(exc, httptools.HttpParserInvalidMethodError) and self._phase != _BODY:
-                    self._reject_status = 501  # RFC 9110 15.6.2: a method the server does not recognise
+                line = bytes(chunk[:2048]).split(b"\n", 1)[0].rstrip(b"\r").split(b" ")
+                if (isinstance(exc, httptools.HttpParserInvalidMethodError) and self._phase != _BODY
+                        and len(line) == 3 and line[2].startswith(b"HTTP/")):  # fmt: skip
+                    # RFC 9110 15.6.2: a request line whose method the server does not recognise (else 400)
+                    self._reject_status = 501
                     self._reject_message = "this server knows no such method (methods are case-sensitive)"
-                    line = bytes(chunk).split(b"\n", 1)[0].split(b" ")  # its target names the door's shape
-                    self.url = line[1] if len(line) == 3 and line[1].startswith((b"/", b"http")) else b""
+                    self.url = line[1] if line[1].startswith((b"/", b"http")) else b""  # its door's shape
                 if not self._reject_status:
                     self.logger.warning("Invalid HTTP request received.")
                 if self._phase == _BODY:  # this request's body cannot be read: the app waiting for it never
