@@ -403,6 +403,8 @@ def test_a_malformed_head_is_answered_in_its_doors_shape(server: ServerProcess) 
         ("/api/v1/gpt/getInfo", "Bad Name: x\r\n", "1.1", 400),
         ("/v1/responses", "", "2.0", 505),
         ("/api/v1/gpt/getInfo", "", "0.9", 505),
+        ("/v1/models", "", "1.2", 505),
+        ("/api/v1/gpt/getInfo", "", "3.0", 505),
         ("FOO /v1/models", "", "1.1", 501),
         ("get /api/v1/gpt/getInfo", "", "1.1", 501),
     ):

@@ -295,7 +295,9 @@ def test_d_keep_alive_and_pipelining(server: Server) -> None:
 
 
 def test_an_oversized_pipelined_head_waits_for_the_response_before_it(server: Server) -> None:
-    for refused_head in (request(headers=[("Cookie", "c" * MAX_HEAD)]), b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n"):
+    broken_body = b"POST /x HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"
+    for refused_head in (request(headers=[("Cookie", "c" * MAX_HEAD)]), b"GET /x HTTP/1.1\r\nBad Header\r\n\r\n",
+                         broken_body):  # fmt: skip
         with server.connect() as s:  # too large, or unreadable: the request before it is answered first
             s.sendall(request("/slow") + refused_head)
             reader = Reader(s)

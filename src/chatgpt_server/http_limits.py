@@ -37,7 +37,7 @@ import re
 from typing import ClassVar, cast
 
 import httptools
-from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from .core.activity import ABORT, GONE
 from .edges.envelope import head_error_body
@@ -82,7 +82,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     # Per-connection state, in slots: uvicorn's instance has 28 attributes already, and past 29 or so CPython 3.11
     # stops sharing the keys of instance dicts; attribute access, all of uvicorn's included, is then ~15 % slower.
     __slots__ = ("_body_bytes", "_body_fed", "_body_phase_bytes", "_head_bytes", "_head_timer", "_message_ended",
-                 "_phase", "_reject_message", "_reject_status", "_rejected")  # fmt: skip
+                 "_owed", "_phase", "_reject_message", "_reject_status", "_rejected")  # fmt: skip
     _body_fed: int  # reads that brought body bytes (a stalled body is one that stops bringing any)
     _body_bytes: int  # the current body's data
     _body_phase_bytes: int  # bytes fed while the current body was incomplete: data, framing and trailers
@@ -93,6 +93,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     _reject_status: int
     _reject_message: str | None  # what the refusal says, when its reason phrase would not say enough
     _head_timer: asyncio.TimerHandle | None
+    _owed: RequestResponseCycle | None  # the request before the current one, if its response was still owed
 
     # Connection
 
@@ -102,6 +103,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._message_ended = self._rejected = False
         self._reject_status = 0
         self._reject_message = None
+        self._owed = None
         self._body_fed = self._body_bytes = self._body_phase_bytes = 0
         super().connection_made(cast(asyncio.Transport, OneSend(transport, asyncio.get_running_loop())))
         self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)
@@ -155,6 +157,9 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                     self._reject_status = 501
                     self._reject_message = "this server knows no such method (methods are case-sensitive)"
                     self.url = line[1] if line[1].startswith((b"/", b"http")) else b""  # its door's shape
+                if not self._reject_status and "HTTP version" in str(exc):  # llhttp reads HTTP/1.x and 2.0, 0.9
+                    self._reject_status = 505
+                    self._reject_message = "this server speaks HTTP/1.1 (and 1.0) only"
                 if not self._reject_status:
                     self.logger.warning("Invalid HTTP request received.")
                 if self._phase == _BODY:  # this request's body cannot be read: the app waiting for it never
@@ -233,6 +238,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._phase = _BODY
         self._body_bytes = self._body_phase_bytes = 0
         self.scope[ABORT] = self.transport.abort  # type: ignore[literal-required]
+        owed = self.cycle
+        self._owed = owed if owed is not None and not owed.response_complete else None
         HttpToolsProtocol.on_headers_complete(self)
 
     def on_body(self, body: bytes) -> None:
@@ -309,6 +316,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         # Nothing for a whole timeout: 408, and the connection closes; the app reading the body sees its
         # client gone (it cannot answer: the answer is this one).
         self._rejected = True
+        if self._answer_owed_first("Request body stalled: 408"):
+            return
         if self.cycle is None or not self.cycle.response_started:  # else the app answered already
             self.transport.write(self._plain_response(408, log="Request body stalled"))
         else:
@@ -350,11 +359,29 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         body's end, sees the client gone)."""
         self._rejected = True
         self._cancel_head_timer()
+        if self._answer_owed_first(f"{log}: {status}"):
+            return
         if self.cycle is None or not self.cycle.response_started:
             self.transport.write(self._plain_response(status, self._reject_message, log=log))
         else:
             self.logger.info("%s: %d", log, status)
         self.transport.close()
+
+    def _answer_owed_first(self, what: str) -> bool:
+        """A pipelined request refused while the one before it is still being answered: that answer goes
+        out whole first (a refusal now would be read as its answer), then the connection closes; the
+        refused request, never started, is dropped."""
+        owed, cycle = self._owed, self.cycle
+        if owed is None or owed.response_complete or cycle is None or cycle.response_started:
+            return False
+        for queued in list(self.pipeline):
+            if queued[0] is cycle:
+                self.pipeline.remove(queued)
+        self.cycle = owed
+        owed.keep_alive = False
+        self.flow.pause_reading()
+        self.logger.info("%s (after the response owed)", what)
+        return True
 
     def _reject(self, status: int) -> None:
         self._rejected = True
