@@ -39,7 +39,7 @@ from typing import ClassVar, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from .core.activity import ABORT, GONE
+from .core.activity import GONE, TRANSPORT
 from .edges.envelope import head_error_body
 from .one_send import OneSend
 
@@ -237,7 +237,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             return
         self._phase = _BODY
         self._body_bytes = self._body_phase_bytes = 0
-        self.scope[ABORT] = self.transport.abort  # type: ignore[literal-required]
+        self.scope[TRANSPORT] = self.transport  # type: ignore[literal-required]
         owed = self.cycle
         self._owed = owed if owed is not None and not owed.response_complete else None
         HttpToolsProtocol.on_headers_complete(self)

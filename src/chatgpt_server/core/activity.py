@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 # The scope key of what the server calls when the client leaves before its answer began (App.http sets
 # it, the HTTP protocol calls it).
 GONE = "chatgpt_server.client_left"
-ABORT = "chatgpt_server.abort"  # scope key: drops the connection (a stream whose client stopped reading)
+# scope key: the connection's transport (a stream whose client stopped reading is dropped with it)
+TRANSPORT = "chatgpt_server.transport"
 
 
 @dataclass(slots=True, eq=False)  # by identity: a member of its Activity's ``stoppable``

@@ -196,7 +196,9 @@ async def get_info(request: Request, services: Services) -> ASGIApp:
             await turn.close()
 
     produce = _events(turn, chat, spec.model, request.url.path, language)
-    return EventStream(produce, settings.heartbeat_seconds, on_leave, stall_s=spec.idle_s)
+    return EventStream(
+        produce, settings.heartbeat_seconds, on_leave, stall_s=min(spec.idle_s, settings.idle_timeout_ms / 1000)
+    )
 
 
 async def _whole(services: Services, spec: TurnSpec, credential: Credential | None) -> TurnResult:

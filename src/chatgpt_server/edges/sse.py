@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 from starlette.types import Receive, Scope, Send
 
-from ..core.activity import ABORT, current_log
+from ..core.activity import TRANSPORT, current_log
 
 HEADERS = [
     (b"content-type", b"text/event-stream; charset=utf-8"),
@@ -51,7 +51,9 @@ class EventStream:
         self.on_leave = on_leave
         self.heartbeat = heartbeat
         self.stall_s = stall_s
-        self._sending_since: float | None = None  # a send not yet done began then
+        self._sending_since: float | None = None  # a send not yet done began (or last made progress) then
+        self._buffered = 0  # bytes the connection still had to send at the last look
+        self._transport: Any = None
         self._stalled: Callable[[], None] | None = None
         self._last_sent = 0.0
         self._timer: asyncio.TimerHandle | None = None
@@ -85,13 +87,14 @@ class EventStream:
                 task.cancel()
 
         self._stalled = stalled
+        self._transport = scope.get(TRANSPORT)
         watcher = asyncio.create_task(_wait_disconnect(receive))
         watcher.add_done_callback(gone)
         self._last_sent = loop.time()
         self._timer = loop.call_at(self._last_sent + min(self.heartbeat_s, self.stall_s), self._beat, send)
         try:
             async for chunk in self.produce:
-                self._sending_since = loop.time()
+                self._sending_since, self._buffered = loop.time(), 1 << 62
                 await send({"type": "http.response.body", "body": chunk, "more_body": True})
                 self._last_sent = loop.time()
                 self._sending_since = None
@@ -113,9 +116,8 @@ class EventStream:
             else:
                 log.outcome, log.message = "error", "cancelled at shutdown"
             await self.on_leave()
-            abort = scope.get(ABORT)
-            if callable(abort) and self._sending_since is not None:  # what is still owed will never be read
-                abort()
+            if self._transport is not None and self._sending_since is not None:  # what is owed is never read
+                self._transport.abort()
                 await asyncio.sleep(0)  # the connection's loss reaches the server before this call returns
         finally:
             over = True
@@ -128,6 +130,11 @@ class EventStream:
         loop = asyncio.get_running_loop()
         now = loop.time()
         since = self._sending_since
+        if since is not None and self._transport is not None:  # a client reading slowly is still reading
+            buffered = self._transport.get_write_buffer_size()
+            if buffered < self._buffered:
+                since = self._sending_since = now
+            self._buffered = buffered
         if since is not None and now - since >= self.stall_s and self._stalled is not None:
             self._stalled()
             return
