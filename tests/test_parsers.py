@@ -406,6 +406,33 @@ def test_a_choice_index_is_a_number_or_refused_never_dropped(index: Any, expecte
         assert stream.pieces == ["A"] and parse_completion(whole, HOST)["text"] == "A"
 
 
+@pytest.mark.parametrize(
+    ("error", "expected"),
+    [
+        ('{"message": "quota", "type": "insufficient_quota", "code": "insufficient_quota"}', TooManyRequests),
+        ('{"message": "slow down", "code": "rate_limit_exceeded"}', TooManyRequests),
+        ('{"message": "too long", "code": "context_length_exceeded"}', BadRequest),
+        ('{"message": "limited", "code": 429}', TooManyRequests),
+        ('{"code": "insufficient_quota", "message": ' + deep(300) + "}", TooManyRequests),
+        ('{"message": "the model fell over", "code": "server_error"}', BadGateway),
+        ('{"message": "odd", "code": 500}', BadGateway),
+        ('"a bare string"', BadGateway),
+    ],
+)
+def test_an_error_inside_a_success_answer_keeps_its_meaning(error: str, expected: type[ServiceError]) -> None:
+    """An error object in a stream's chunk, in an error event, or in a 200's body: a quota, a rate limit or a
+    context too long is as precise as when the upstream answers with its status (the SDK's classes); anything
+    else a 502."""
+    data = '{"error": ' + error + "}"
+    for event in ("message", "error"):
+        with pytest.raises(ServiceError) as raised:
+            ChunkParser(HOST, SECRET).feed(data, event)
+        assert type(raised.value) is expected, (event, raised.value.key)
+    with pytest.raises(ServiceError) as whole:
+        parse_completion(data.encode(), HOST, SECRET)
+    assert type(whole.value) is expected
+
+
 def test_a_whole_reply_with_a_byte_order_mark_or_bad_utf8_is_read_as_a_stream_is() -> None:
     assert parse_completion(b"\xef\xbb\xbf" + completion(), HOST)["text"] == "hi"
     bad = completion({"role": "assistant", "content": "caf\u00e9"}).replace(b"\\u00e9", b"\xe9")

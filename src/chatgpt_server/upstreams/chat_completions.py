@@ -171,6 +171,31 @@ def api_error(status: int, raw: bytes, retry: str | None, host: str, key: str) -
     return BadGateway("upstream_error", host=host, status=status, detail=detail)
 
 
+# The status an error object in a success answer (a stream's chunk, a 200's body) stands for, by its
+# code: so a quota or a context too long mid-stream is as precise as it is when answered with its status.
+_STATUS_OF_CODE = {"rate_limit_exceeded": 429, "insufficient_quota": 429, "context_length_exceeded": 400,
+                   "invalid_api_key": 401, "model_not_found": 404}  # fmt: skip
+
+
+def reported_error(error: Any, host: str, key: str, where: str) -> ServiceError:
+    """An error object an upstream sent inside a success answer, as precise as its code allows; any
+    other is a 502 with its words (scrubbed)."""
+    if isinstance(error, dict):
+        code = error.get("code") or error.get("type")
+        status = _STATUS_OF_CODE.get(code) if isinstance(code, str) else None
+        number = error.get("code") if status is None else None
+        if type(number) is int and 400 <= number < 500:  # some servers give the HTTP status as the code
+            status = number
+        if status is not None:
+            try:
+                raw = orjson.dumps({"error": error})
+            except orjson.JSONEncodeError:  # nested deeper than orjson writes: its status alone
+                raw = orjson.dumps({"error": {"code": code if isinstance(code, str) else ""}})
+            return api_error(status, raw, None, host, key)
+    message = error.get("message") or error if isinstance(error, dict) else error
+    return _bad(host, f"{where} reported an error: " + scrub(message, key))
+
+
 def _headers(target: Target) -> dict[str, str]:
     headers = {"Authorization": f"Bearer {target.credential}", "Content-Type": "application/json"}
     if target.organization:
@@ -212,8 +237,7 @@ def parse_completion(raw: bytes, host: str, key: str = "") -> dict[str, Any]:
     choices = completion.get("choices")
     error = completion.get("error")
     if error and not choices:  # an error said with a success status: its words are the news
-        message = error.get("message") or error if isinstance(error, dict) else error
-        raise _bad(host, "the reply reported an error: " + scrub(message, key))
+        raise reported_error(error, host, key, "the reply")
     if not isinstance(choices, list) or not choices or not all(isinstance(c, dict) for c in choices):
         raise _bad(host, "no choices[0] in the reply")
     first = next((choice for choice in choices if _index(choice, host) == 0), None)
@@ -418,6 +442,7 @@ class ChunkParser:
         self.usage_only = False  # the last chunk fed carried usage and no choices
         self.refusal = False  # the text came as the model's refusal
         self.mended: str | None = None  # the last chunk fed, with a tool call's arguments written as text
+        self._touched: dict[int, int] | None = None  # calls the chunk being fed touched: index -> mark (-1: new)
 
     def step(self, event: SSEEvent) -> list[Event]:
         return self.feed(event.data, event.event)
@@ -431,28 +456,18 @@ class ChunkParser:
     def feed(self, data: str, event: str = "message") -> list[Event]:
         """One event's ``data`` (and its name: an ``error`` event is the upstream reporting a failure).
         A chunk refused is refused whole: none of it is kept (its client is told none of it, and a failed
-        reply is stored as it was told)."""
-        pieces, finish, refusal, last = len(self.pieces), self.finish_reason, self.refusal, self._last
-        calls = {index: call.mark() for index, call in self.calls.items()} if self.calls else None
-        try:
-            return self._feed(data, event)
-        except BadGateway:
-            del self.pieces[pieces:]
-            self.finish_reason, self.refusal, self._last = finish, refusal, last
-            for index in [index for index in self.calls if calls is None or index not in calls]:
-                del self.calls[index]
-            for index, mark in (calls or {}).items():
-                self.calls[index].cut(mark)
-            self._moved = {k: v for k, v in self._moved.items() if v in self.calls}
-            self._by_id = {k: v for k, v in self._by_id.items() if v in self.calls}
-            raise
-
-    def _feed(self, data: str, event: str) -> list[Event]:
+        reply is stored as it was told), so what it says is kept only once all of it has been read."""
         self.usage_only = False
         self.mended = None
         if self.done:  # nothing after [DONE] counts, however the bytes happened to arrive
             return []
         if event == "error":
+            try:
+                named = orjson.loads(data)
+            except _JSON_ERRORS:
+                named = None
+            if isinstance(named, dict) and isinstance(named.get("error"), dict):
+                raise reported_error(named["error"], self.host, self.key, "the stream")
             raise _bad(self.host, "the stream reported an error: " + scrub(_error_text(data), self.key))
         if data.strip() == "[DONE]":
             self.done = True
@@ -465,31 +480,44 @@ class ChunkParser:
             raise _bad(self.host, "a stream chunk is not an object")
         error = chunk.get("error")
         if error:
-            message = error.get("message") or error if isinstance(error, dict) else error
-            raise _bad(self.host, "the stream reported an error: " + scrub(message, self.key))
+            raise reported_error(error, self.host, self.key, "the stream")
+        choices = chunk.get("choices")
+        events: list[Event] = []
+        if choices is not None:
+            if not isinstance(choices, list):
+                raise _bad(self.host, "choices is not a list")
+            self._touched = None
+            last = self._last
+            try:
+                events = self._choices(choices, chunk)
+            except BadGateway:
+                self._undo_calls(last)
+                raise
         self.id = self.id or label(chunk.get("id"))
         self.model = self.model or label(chunk.get("model"))
         if self.created is None:
             self.created = timestamp(chunk.get("created"))
         usage = usage_of(chunk.get("usage"))
-        choices = chunk.get("choices")
         if usage:
             self.usage = usage
         # The usage chunk, whatever its numbers: no choices (so no client code indexes into them).
         self.usage_only = not choices and "usage" in chunk
-        if choices is None:
-            return [ALIVE]
-        if not isinstance(choices, list):
-            raise _bad(self.host, "choices is not a list")
+        return events or [ALIVE]
+
+    def _choices(self, choices: list[Any], chunk: dict[str, Any]) -> list[Event]:
+        """The events of a chunk's choices; the text, finish reason and refusal are kept once all are read."""
         events: list[Event] = []
+        texts: list[str] = []
+        finish_reason, refusal = self.finish_reason, self.refusal
         for choice in choices:
             if not isinstance(choice, dict):  # passed on, it would break a client reading choices[0].delta
                 raise _bad(self.host, "a choice is not an object")
-            if _index(choice, self.host) != 0:
+            index = choice.get("index")
+            if index is not None and not (index == 0 and type(index) is int) and _index(choice, self.host) != 0:
                 continue
             finish = reason_label(choice.get("finish_reason"))
             if finish is not None:
-                self.finish_reason = finish
+                finish_reason = finish
             delta = choice.get("delta")
             if delta is None:
                 continue
@@ -498,9 +526,9 @@ class ChunkParser:
             content = _text_of(delta.get("content"))
             if content is None and isinstance(delta.get("refusal"), str):  # as a whole reply's: its text
                 content = delta["refusal"]
-                self.refusal = self.refusal or bool(content)
+                refusal = refusal or bool(content)
             if isinstance(content, str) and content:
-                self.pieces.append(content)
+                texts.append(content)
                 events.append(Event(content))
             elif content is not None and not isinstance(content, str):
                 raise _bad(self.host, "delta.content is not text")
@@ -512,7 +540,22 @@ class ChunkParser:
                         self.mended = orjson.dumps(chunk).decode()
                     except orjson.JSONEncodeError as exc:  # deeper than orjson writes
                         raise _bad(self.host, "a stream chunk nests too deep") from exc
-        return events or [ALIVE]
+        self.pieces += texts
+        self.finish_reason, self.refusal = finish_reason, refusal
+        return events
+
+    def _undo_calls(self, last: int) -> None:
+        """The tool calls as they were before the chunk being refused touched them."""
+        self._last = last
+        touched: dict[int, int] = self._touched or {}
+        for index, mark in touched.items():
+            if mark < 0:
+                self.calls.pop(index, None)
+            else:
+                self.calls[index].cut(mark)
+        if touched:
+            self._moved = {k: v for k, v in self._moved.items() if v in self.calls}
+            self._by_id = {k: v for k, v in self._by_id.items() if v in self.calls}
 
     def _tool_deltas(self, calls: Any) -> list[Event]:
         if not isinstance(calls, list):
@@ -535,6 +578,9 @@ class ChunkParser:
                     raise _bad(self.host, "a tool call's arguments are not JSON we can read")
                 function["arguments"], self.mended = arguments, ""  # the chunk is written again
             known = self.calls.get(index)
+            if self._touched is None:
+                self._touched = {}
+            self._touched.setdefault(index, -1 if known is None else known.mark())
             if known is None:
                 if not isinstance(name, str) or not name:
                     raise _bad(self.host, "a tool call starts without a name")
