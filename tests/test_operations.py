@@ -23,7 +23,7 @@ import openai
 import pytest
 
 from .conftest import KEY, Upstreams, ask
-from .harness import ROOT, ServerProcess
+from .harness import ROOT, ServerProcess, within
 from .shared_stores import POSTGRES_PORT, store_url
 from .tcp_proxy import TCPProxy
 from .test_api_contract import assert_error
@@ -31,10 +31,7 @@ from .test_streaming import events, first_delta
 
 
 def wait_for(condition: Any, timeout: float = 10.0, what: str = "the condition") -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
+    assert within(timeout, condition), f"timed out waiting for {what}"
 
 
 # -- a reply that cannot be stored is never bought -------------------------------------------------
@@ -777,7 +774,7 @@ def test_a_client_that_leaves_before_any_event_leaves_no_empty_answer(tmp_path: 
             conversation = sdk.conversations.create().id
             sdk.responses.create(model="gpt-3.5-turbo", input="first", conversation=conversation)
             original = ask(c, "one").json()["data"]
-            upstreams.openai.chunk_delay = 1.0  # the head, then a silence before the first word
+            upstreams.openai.chunk_delay = 3.0  # the head, then a silence before the first word
             with sdk.responses.create(model="gpt-3.5-turbo", input="abandoned", conversation=conversation,
                                       stream=True) as stream:  # fmt: skip
                 assert next(iter(stream)).type == "response.created"

@@ -496,7 +496,10 @@ class CORS(CORSMiddleware):
 
         async def refuse(scope: Scope, receive: Receive, send: Send) -> None:
             answer = error_response(BadRequest("cors_refused", what=refused), scope["path"], language)
-            answer.headers.update({**cors, "X-Request-Id": random_hex(64)})
+            request_id = random_hex(64)
+            answer.headers.update({**cors, "X-Request-Id": request_id})
+            log.info("CORS preflight refused (%s) for %s: 400 (request id %s)", refused, quote(scope["path"]),
+                     request_id)  # fmt: skip
             await answer(scope, receive, send)
 
         return refuse

@@ -72,7 +72,7 @@ class Accounts:
         self._sealer_made: Sealer | None = None
         self.holder = secrets.token_hex(8)  # this process, as a lease holder
         self._refreshing = KeyedLocks()
-        # key -> (until, access token, its exp, when the stored sign-in's token was minted)
+        # key -> (until, access token, when it is due for a refresh, when the stored sign-in's token was minted)
         self._known: dict[str, tuple[float, str, float, Any]] = {}
         self._refresh_failed: dict[str, float] = {}  # key -> when an early refresh may be tried again
 
@@ -201,8 +201,8 @@ class Accounts:
         exp = float(body.get("exp") or 0)
         issued = float(body.get("refreshedAt") or 0)
         margin = float(self.settings.token_margin_seconds)
-        if issued:
-            margin = min(margin, max(0.0, (exp - issued) / 2))
+        if issued and exp - issued < margin:
+            margin = max(0.0, (exp - issued) / 2)
         return exp - margin
 
     async def refresh(self, key: str, stale: str | None = None) -> str:

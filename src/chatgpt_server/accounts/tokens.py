@@ -128,8 +128,10 @@ class Verifier:
         # A token issued after the last fetch may be signed with a key new since (the issuer rotated):
         # "no such key" is a verdict on it only once the keys were fetched after it was issued.
         issued = (jwt_claims(token) or {}).get("iat")
-        newer = isinstance(issued, int | float) and issued > self._fetched_wall - ISSUED_LEEWAY_S
-        async with self._lock:
+        # Unverified: an iat from the future (a forger's) counts as none, so it cannot buy fetches.
+        issued = issued if isinstance(issued, int | float) and issued <= time.time() + ISSUED_LEEWAY_S else None
+        async with self._lock:  # newer than the keys as they are once the lock is ours (a waiter's fetch counts)
+            newer = issued is not None and issued > self._fetched_wall - ISSUED_LEEWAY_S
             since = time.monotonic() - self._fetched_at
             if kid not in self._keys and (refetch or since >= REFETCH_S or (newer and since >= NEW_KEY_REFETCH_S)):
                 await self._fetch()
