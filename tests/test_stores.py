@@ -995,6 +995,37 @@ def test_postgresql_ends_on_the_server_what_it_stopped_waiting_for(tmp_path: Pat
     with_store(url, body, timeout=0.5)
 
 
+def test_a_holder_cut_off_never_renews_or_gives_back_a_lease_made_since(kind: str, tmp_path: Path) -> None:
+    """A holds a conversation and is cut off; meanwhile B takes it over and gives it back, and C makes a new
+    lease (a record made again). A's renewal (or give-back) by the version it last wrote must not match C's
+    record: lease versions start anywhere, so a record made again never repeats an earlier life's."""
+
+    async def body(store: Store) -> None:
+        first, later = Leases(store), Leases(store)
+        held_a = await first.try_acquire("conversation:x", 60)
+        assert held_a is not None
+        assert await store.delete_record("lease", "conversation:x")  # taken over and given back meanwhile
+        held_c = await later.try_acquire("conversation:x", 60)
+        assert held_c is not None
+        assert not await held_a.make_sure_for(60)  # not sure: A renews, and must find the lease not its own
+        lease = await store.get_record("lease", "conversation:x")
+        assert lease is not None and lease.body["holder"] == later.holder
+        given_back = held_a()
+        assert given_back is not None
+        await given_back
+        assert await store.get_record("lease", "conversation:x") is not None  # C's lease is still there
+        assert await held_c.make_sure_for(1)
+        done = held_c()
+        assert done is not None
+        await done
+        inserted = Record("lease", "v", "", {}, None, 1.0, 1.0, 12345)  # the version a record is made with
+        assert await store.put_record(inserted, None)
+        got = await store.get_record("lease", "v")
+        assert got is not None and got.version == 12345 and await store.put_record(inserted, 12345)
+
+    with_store(store_url(kind, tmp_path), body)
+
+
 def test_a_leaving_holder_is_waited_for_by_one_turn_and_no_other(tmp_path: Path) -> None:
     """A conversation whose holder is leaving (its client left) is handed to the one turn that asks
     meanwhile (the client's retry); another that asks in the moment between the hand-over and the retry

@@ -161,12 +161,16 @@ class Leases:
         # Given back by version; the id tells this lease from a later one of the same holder.
         until = min(now + self.lease_s, deadline)
         body = {"holder": self.holder, "until": until, "lease": lease_id}
-        if await self.store.put_record(Record("lease", key, "", body, None, now, now), None):
-            return _Held(key, 1, now, deadline, lease_id, until)
+        # A new lease record starts at a random version: versions restart when a record is made again after
+        # its give-back, and a holder cut off meanwhile must not renew (or give back) another's lease made
+        # since, whose version would otherwise be the one it still holds.
+        first = secrets.randbelow(1 << 30) + 1
+        if await self.store.put_record(Record("lease", key, "", body, None, now, now, first), None):
+            return _Held(key, first, now, deadline, lease_id, until)
         current = await self.store.get_record("lease", key)
         if current is None:  # given back meanwhile: one more try
-            if await self.store.put_record(Record("lease", key, "", body, None, now, now), None):
-                return _Held(key, 1, now, deadline, lease_id, until)
+            if await self.store.put_record(Record("lease", key, "", body, None, now, now, first), None):
+                return _Held(key, first, now, deadline, lease_id, until)
             return None
         # Its holder died or overran its time; or it is this process's, although this process holds it
         # not (the caller holds the key's local lock, which a live lease of ours keeps): a write that

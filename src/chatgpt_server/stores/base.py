@@ -228,8 +228,10 @@ class Store(ABC):
     @abstractmethod
     async def put_record(self, record: Record, expect_version: int | None) -> bool:
         """Insert (``expect_version`` None: only if absent) or update (only if the stored version is
-        ``expect_version``). The stored version becomes ``expect_version + 1`` (1 on insert). Returns
-        whether it was written."""
+        ``expect_version``). The stored version becomes ``expect_version + 1`` (on insert the record's own
+        ``version`` if positive, else 1: a record made again after a delete can be given versions its
+        earlier life never had, so a stale compare-and-set cannot match it). Returns whether it was
+        written."""
 
     @abstractmethod
     async def get_record(self, kind: str, record_id: str) -> Record | None: ...

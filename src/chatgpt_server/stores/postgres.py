@@ -460,9 +460,9 @@ class PostgresStore(Store):
         body = orjson.dumps(record.body).decode()
         if expect_version is None:
             status = await self._call(lambda conn: conn.execute(
-                f"INSERT INTO records ({RECORD_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,1,$8) ON CONFLICT DO NOTHING",
+                f"INSERT INTO records ({RECORD_COLUMNS}) VALUES ($1,$2,$3,$4,$5,$6,$7,$9,$8) ON CONFLICT DO NOTHING",
                 record.kind, record.id, record.owner, body, record.tip, record.created_at, record.updated_at,
-                record.gen,
+                record.gen, record.version if record.version > 0 else 1,
             ))  # fmt: skip
         else:
             status = await self._call(lambda conn: conn.execute(

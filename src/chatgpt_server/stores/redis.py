@@ -156,14 +156,16 @@ end
 return out
 """)
 
-# ARGV: prefix, kind, id, owner, body, tip, created, updated, gen, expected version ('' insert), ttl ms
+# ARGV: prefix, kind, id, owner, body, tip, created, updated, gen, expected version ('' insert), ttl ms,
+# version on insert (below 1: 1)
 _PUT_RECORD = Script("""
 local key = ARGV[1] .. 'r:' .. ARGV[2] .. ':' .. ARGV[3]
 local expect, ttl = ARGV[10], tonumber(ARGV[11])
 local version
 if expect == '' then
   if redis.call('EXISTS', key) == 1 then return 0 end
-  version = 1
+  version = tonumber(ARGV[12]) or 1
+  if version < 1 then version = 1 end
   redis.call('HSET', key, 'ca', ARGV[7])
   if ARGV[2] == 'conversation' or ARGV[2] == 'account' then  -- the kinds that are ever listed
     redis.call('ZADD', ARGV[1] .. 'rx:' .. ARGV[2] .. ':' .. ARGV[4], ARGV[7], ARGV[3])
@@ -438,7 +440,7 @@ class RedisStore(Store):
         args: list[Any] = [
             self.prefix, record.kind, record.id, record.owner, orjson.dumps(record.body), record.tip or "",
             record.created_at, record.updated_at, record.gen, "" if expect_version is None else expect_version,
-            self._ttl(record.kind),
+            self._ttl(record.kind), record.version,
         ]  # fmt: skip
         return bool(await self._script(_PUT_RECORD, args))
 

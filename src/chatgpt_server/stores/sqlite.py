@@ -712,7 +712,8 @@ class SQLiteStore(Store):
     async def put_record(self, record: Record, expect_version: int | None) -> bool:
         def work(db: sqlite3.Connection) -> bool:
             if expect_version is None:
-                cursor = db.execute(_INSERT_RECORD + " ON CONFLICT DO NOTHING", record_params(record, 1))
+                cursor = db.execute(_INSERT_RECORD + " ON CONFLICT DO NOTHING",
+                                    record_params(record, record.version if record.version > 0 else 1))  # fmt: skip
             else:
                 cursor = db.execute(
                     "UPDATE records SET owner = ?, body = ?, tip = ?, updated_at = ?, gen = ?, version = ? "
