@@ -251,6 +251,9 @@ def test_mode_1_options_are_ignored_in_mode_2(client: httpx.Client, upstreams: U
     # Without maxModelTokens the budget is the model's window: a reply share past mode 1's 4000 default fits.
     assert ask(client, "hi", key=token, mode="2", maxResponseTokens=8000).status_code == 201
     assert "temperature" not in upstreams.chatgpt.requests[-1]["body"]
+    # One past the window is named as such (not as a prompt too long for a budget of 1 token).
+    over = assert_error(ask(client, "hi", key=token, mode="2", maxResponseTokens=999_999), 400)
+    assert "maxResponseTokens" in over and ("context window" in over or "上下文窗口" in over), over
 
 
 def test_a_reply_handed_off_mid_stream_is_kept_as_incomplete(client: httpx.Client, upstreams: Upstreams,

@@ -195,6 +195,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "opts.opts.maxResponseTokens must be below opts.opts.maxModelTokens",
         "opts.opts.maxResponseTokens 必须小于 opts.opts.maxModelTokens",
     ),
+    "response_tokens_over_window": (
+        "opts.opts.maxResponseTokens must be below the model's context window ({window} tokens for {model})",
+        "opts.opts.maxResponseTokens 必须小于模型的上下文窗口 ({model} 为 {window} 个token)",
+    ),
     "headers_too_many": ("opts.opts.headers takes at most {max} headers", "opts.opts.headers 最多 {max} 个"),
     "headers_too_large": ("opts.opts.headers takes at most {max} bytes", "opts.opts.headers 最多 {max} 字节"),
     "header_name_invalid": (

@@ -19,7 +19,7 @@ from ..core.activity import current_log
 from ..core.items import Item, mint
 from ..core.tokens import uses_max_completion_tokens
 from ..core.turns import Budget, OpenTurn, TurnResult, TurnSpec
-from ..errors import BadRequest, ServiceError
+from ..errors import BadRequest, ServiceError, ValidationFailed
 from ..stores import StoredItem
 from ..upstreams.base import Target
 from ..upstreams.http import shown_label
@@ -98,9 +98,10 @@ async def spec_for(chat: ChatRequest, services: Services) -> tuple[TurnSpec, Cre
     model = chat.model or settings.default_chatgpt_model
     # The original's mode 2 counted no tokens: its 4000 was the API library's. A ChatGPT model's own
     # window bounds the history unless the client set one.
-    common["budget"] = _budget(
-        chat, chat.max_model_tokens if chat.model_tokens_given else services.models.window(model)
-    )
+    window = chat.max_model_tokens if chat.model_tokens_given else services.models.window(model)
+    if chat.max_response_tokens >= window:  # a budget the client gave is checked with the request's fields
+        raise ValidationFailed([("response_tokens_over_window", {"window": window, "model": model[:256]})])
+    common["budget"] = _budget(chat, window)
     backend = settings.chatgpt_backend
     if backend == "web":
         target = Target("web", chat.conversation_url, chat.key, headers=tuple(chat.headers.items()))
