@@ -329,6 +329,13 @@ def test_web_backend_echoing_the_user_message_id_changes_nothing(gateway: Server
 
 
 # -- 2. redirects -------------------------------------------------------------------------------
+@pytest.mark.parametrize("kind", ["1", "2"])
+def test_a_304_is_an_upstream_error_not_a_redirect(http: httpx.Client, evil: Evil, kind: str) -> None:
+    """304 Not Modified redirects nowhere (and no request of ours asks for it): an answer in error."""
+    got = call(http, f"304 {uuid.uuid4().hex}", evil.urls["redirector"], key=new_key(), kind=kind)
+    assert got.status == 502 and "304" in got.message and "redirect" not in got.message, got.message
+
+
 @pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
 @pytest.mark.parametrize(("mode", "kind"), [("1", "1"), ("1", "2"), ("2", "1"), ("2", "2")])
 def test_a_redirect_is_a_502_naming_only_the_upstream(http: httpx.Client, upstreams: Upstreams, evil: Evil,

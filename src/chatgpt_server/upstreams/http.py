@@ -198,7 +198,7 @@ async def post(http: HTTPClient, url: str, data: bytes, headers: dict[str, str],
 
 
 def is_redirect(status: int) -> bool:
-    return 300 <= status < 400
+    return 300 <= status < 400 and status != 304  # 304 redirects nowhere: an answer in error, as any other
 
 
 def redirect_error(host: str) -> BadGateway:
