@@ -153,6 +153,9 @@ def test_allow_listed_api_base_url_is_used(client: httpx.Client, upstreams: Upst
     response = ask(client, "via alt", apiBaseUrl=upstreams.alt_openai_url + "/")
     assert response.status_code == 201
     assert upstreams.alt_openai.requests and not upstreams.openai.requests
+    # Trimmed as JavaScript trims (the original's, and the OpenAPI pattern's \s): U+FEFF is space, U+001C not.
+    assert ask(client, "via alt", apiBaseUrl="\ufeff " + upstreams.alt_openai_url + "\u3000").status_code == 201
+    assert ask(client, "via alt", apiBaseUrl="\x1c" + upstreams.alt_openai_url).status_code == 400
 
 
 @pytest.mark.parametrize(

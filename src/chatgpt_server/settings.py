@@ -29,6 +29,11 @@ LOG_LEVELS = ("CRITICAL", "ERROR", "WARNING", "INFO", "DEBUG")
 _SECRET_PARAMS = re.compile(r"pass|token|secret|key|auth|credential|sig", re.IGNORECASE)
 
 
+# What JavaScript's String.prototype.trim (the original's, and ECMAScript's \s in the OpenAPI patterns)
+# takes for white space: not Python's str.strip set, which has \x1c-\x1f and lacks U+FEFF.
+JS_SPACE = "\t\n\v\f\r \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000\ufeff"
+
+
 def _default_data_dir() -> Path:
     base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
     return Path(base) / "chatgpt-server"
@@ -46,7 +51,8 @@ def netloc_of(scheme: str, host: str, port: int | None) -> str:
 
 def normalise_base_url(url: str) -> str:
     """Lower-case scheme and host, no trailing slash: the form allow-list comparisons use."""
-    parts = urlsplit(url.strip())
+    url = url.strip(JS_SPACE)  # as JavaScript's trim (the original's; the OpenAPI pattern's \s)
+    parts = urlsplit(url)
     try:
         port = parts.port
     except ValueError:
@@ -55,7 +61,7 @@ def normalise_base_url(url: str) -> str:
         raise ValueError(f"not an http(s) URL: {_shown_url(url)!r}")
     if parts.query or parts.fragment or parts.username or parts.password:
         raise ValueError(f"a base URL takes no query, fragment or credentials: {_shown_url(url)!r}")
-    if any(ord(c) < 0x21 or ord(c) > 0x7E for c in url.strip()):
+    if any(ord(c) < 0x21 or ord(c) > 0x7E for c in url):
         raise ValueError(f"a base URL is printable ASCII without spaces: {_shown_url(url)!r}")
     return f"{parts.scheme.lower()}://{netloc_of(parts.scheme, parts.hostname.lower(), port)}{parts.path.rstrip('/')}"
 

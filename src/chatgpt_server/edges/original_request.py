@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ..errors import BadRequest, ValidationFailed
-from ..settings import Settings, normalise_base_url
+from ..settings import JS_SPACE, Settings, normalise_base_url
 
 Problems = list[tuple[str, dict[str, Any]]]
 
@@ -88,11 +88,6 @@ class ChatRequest:
     timeout_s: float = 600.0
     idle_timeout_s: float = 120.0
     delta_only: bool = False
-
-
-# What JavaScript's String.prototype.trim (the original's, and ECMAScript's \s in the OpenAPI patterns)
-# takes for white space: not Python's str.strip set, which has \x1c-\x1f and lacks U+FEFF.
-JS_SPACE = "\t\n\v\f\r \u00a0\u1680" + "".join(map(chr, range(0x2000, 0x200B))) + "\u2028\u2029\u202f\u205f\u3000\ufeff"
 
 
 def _code(value: Any, valid: tuple[str, ...]) -> str | None:
