@@ -423,9 +423,18 @@ def test_a_malformed_head_is_answered_in_its_doors_shape(server: ServerProcess) 
         assert within(5, lambda line=line: line in server.log()), server.log()[-2000:]  # type: ignore[misc]
         shown = json.loads(body)
         if path.startswith("/v1"):
-            assert shown["error"]["type"] == "invalid_request_error"
+            assert shown["error"]["type"] == "invalid_request_error" and shown["error"]["message"].isascii()
         else:
             assert (shown["status"], shown["path"]) == (status, path)
+    for path, words in (("/api/v1/gpt/getInfo", "此服务器只支持 HTTP/1.1 (及 1.0)"),  # the envelope's language,
+                        ("/v1/models", "this server speaks HTTP/1.1 (and 1.0) only")):  # OpenAI's English  # fmt: skip
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+            s.sendall(f"GET {path} HTTP/2.0\r\nHost: x\r\nAccept-Language: zh-CN\r\n\r\n".encode())
+            answer = b""
+            while chunk := s.recv(4096):
+                answer += chunk
+        shown = json.loads(answer.partition(b"\r\n\r\n")[2])
+        assert (shown["error"]["message"] if path.startswith("/v1") else shown["message"]) == words
 
 
 def test_a_body_that_stalls_is_a_408_and_one_cut_short_is_no_500(tmp_path: Path, upstreams: Upstreams) -> None:

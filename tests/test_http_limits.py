@@ -51,14 +51,14 @@ def serve(kind: str, head_timeout: float, port: int = 0) -> None:
     """Serve _app; kind is "limited" (this project's protocol) or "plain" (uvicorn's httptools). Prints the port."""
     import uvicorn
 
-    from chatgpt_server.http_limits import protocol_class
+    from chatgpt_server.http_limits import configure
 
     sock = socket.socket()
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(1024)
     print(sock.getsockname()[1], flush=True)
-    http = protocol_class(MAX_HEAD, MAX_HEADERS, head_timeout) if kind == "limited" else "httptools"
+    http = configure(MAX_HEAD, MAX_HEADERS, head_timeout, "en") if kind == "limited" else "httptools"
     config = uvicorn.Config(_app, http=http, loop="uvloop", lifespan="off", access_log=False, log_level="warning")
     uvicorn.Server(config).run(sockets=[sock])
 

@@ -527,5 +527,5 @@ def app_from_environment() -> ASGIApp:
 
     settings = Settings()
     setup_logging(settings)  # a spawned worker starts with no logging set up
-    configure(settings.max_header_bytes, 100, settings.header_timeout_seconds)
+    configure(settings.max_header_bytes, 100, settings.header_timeout_seconds, settings.language)
     return create_app(settings)

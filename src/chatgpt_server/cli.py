@@ -100,7 +100,7 @@ def serve(args: argparse.Namespace) -> int:
         log.info("store %s opens: ready to serve", settings.store_url.split(":", 1)[0])
         return 0
     log.info("Swagger UI: http://%s:%d/api", _shown_host(settings.host), settings.port)
-    http = configure(settings.max_header_bytes, 100, settings.header_timeout_seconds)
+    http = configure(settings.max_header_bytes, 100, settings.header_timeout_seconds, settings.language)
     common: dict[str, Any] = {
         "host": settings.host, "port": settings.port, "http": http, "loop": "uvloop",
         "ws": "none",  # no WebSocket route: an upgrade request is an HTTP request, answered as one

@@ -40,7 +40,8 @@ import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
 from .core.activity import GONE, TRANSPORT
-from .edges.envelope import head_error_body
+from .edges.envelope import head_error_body, is_openai_path
+from .edges.messages import pick_language
 from .one_send import OneSend
 
 __all__ = [
@@ -74,8 +75,25 @@ class _HeadRejected(Exception):
     """Raised in a parser callback to stop httptools; the status to answer is in the protocol."""
 
 
+# What a refused head is told, in English and Chinese: by the refusal's own reason, else by its status.
+HEAD_MESSAGES: dict[str | int, tuple[str, str]] = {
+    "host": ("a request must carry exactly one Host header, naming a host (and port)",
+             "请求必须带且只带一个 Host 头, 写明主机 (及端口)"),
+    "version": ("this server speaks HTTP/1.1 (and 1.0) only", "此服务器只支持 HTTP/1.1 (及 1.0)"),
+    "method": ("this server knows no such method (methods are case-sensitive)",
+               "此服务器不支持该请求方法 (方法区分大小写)"),
+    "chunked": ("the request body cannot be read: its chunked framing is broken",
+                "无法读取请求体: 其分块编码有误"),
+    400: ("Bad Request", "请求无法解析"),
+    408: ("Request Timeout", "请求超时"),
+    414: ("URI Too Long", "请求的 URL 过长"),
+    431: ("Request Header Fields Too Large", "请求头过大"),
+}  # fmt: skip
+
+
 class LimitedHttpToolsProtocol(HttpToolsProtocol):
     max_head_bytes: ClassVar[int] = DEFAULT_MAX_HEAD_BYTES
+    language: ClassVar[str] = "zh"  # the server's language (CHATGPT_SERVER_LANGUAGE)
     max_headers: ClassVar[int] = DEFAULT_MAX_HEADERS
     head_timeout_s: ClassVar[float] = DEFAULT_HEAD_TIMEOUT_S
 
@@ -91,7 +109,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     _message_ended: bool  # a request ended during the current feed
     _rejected: bool  # answered or condemned: further input is dropped
     _reject_status: int
-    _reject_message: str | None  # what the refusal says, when its reason phrase would not say enough
+    _reject_message: str | None  # what the refusal says (a key of HEAD_MESSAGES), when its status would not say enough
     _head_timer: asyncio.TimerHandle | None
     _owed: RequestResponseCycle | None  # the request before the current one, if its response was still owed
 
@@ -155,15 +173,15 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                         and len(line) == 3 and line[2].startswith(b"HTTP/")):  # fmt: skip
                     # RFC 9110 15.6.2: a request line whose method the server does not recognise (else 400)
                     self._reject_status = 501
-                    self._reject_message = "this server knows no such method (methods are case-sensitive)"
+                    self._reject_message = "method"
                     self.url = line[1] if line[1].startswith((b"/", b"http")) else b""  # its door's shape
                 if not self._reject_status and "HTTP version" in str(exc):  # llhttp reads HTTP/1.x and 2.0, 0.9
                     self._reject_status = 505
-                    self._reject_message = "this server speaks HTTP/1.1 (and 1.0) only"
+                    self._reject_message = "version"
                 if not self._reject_status:
                     self.logger.warning("Invalid HTTP request received.")
                 if self._phase == _BODY:  # this request's body cannot be read: the app waiting for it never
-                    self._reject_message = "the request body cannot be read: its chunked framing is broken"
+                    self._reject_message = "chunked"
                     self._refuse_body(400, "Request body unreadable")  # would answer
                 else:  # a pipelined request before the unreadable one is answered first, then the connection closes
                     self._reject(self._reject_status or 400)
@@ -219,7 +237,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         version = self.parser.get_http_version()
         if version not in ("1.1", "1.0"):  # httptools reads "HTTP/2.0" and "HTTP/0.9" lines as requests
             self._reject_status = 505
-            self._reject_message = "this server speaks HTTP/1.1 (and 1.0) only"
+            self._reject_message = "version"
             raise _HeadRejected
         # RFC 9112 3.2: a request with no Host (HTTP/1.1) or more than one is answered 400: which host it
         # names would otherwise be for each proxy on the way to decide, and not all decide alike.
@@ -227,7 +245,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         if (len(hosts) > 1 or (not hosts and version != "1.0")
                 or (hosts and not _HOST.fullmatch(hosts[0]))):  # fmt: skip
             self._reject_status = 400
-            self._reject_message = "a request must carry exactly one Host header, naming a host (and port)"
+            self._reject_message = "host"
             raise _HeadRejected
         if self.parser.should_upgrade() and self.parser.get_method() != b"CONNECT":
             # RFC 9110 7.8: a server that does not upgrade serves the request as HTTP/1.1 (curl --http2 asks
@@ -327,14 +345,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
     def _plain_response(self, status: int, message: str | None = None, log: str = "Request head refused") -> bytes:
         """The answer to a head refused before the app saw it, in the app's own shape (the JSON envelope,
         or OpenAI's error under /v1) with a request id, as every other answer has: the URL, if it came,
-        says which. The log line names the id, so a client's report of it finds the line."""
+        says which. The log line names the id, so a client's report of it finds the line. Its words are
+        the server's language (Accept-Language, if it came, chooses), English under /v1 as OpenAI's."""
         request_id = os.urandom(8).hex()
         self.logger.info("%s: %d (request id %s)", log, status, request_id)
-        reason = STATUS_LINE[status][13:-2].decode()  # the reason phrase
         path = bytes(self.url).split(b"?", 1)[0].decode("latin-1") if self.url else ""
         if "://" in path:  # absolute-form (http://host/path): the door is the path's
             path = "/" + path.split("://", 1)[1].partition("/")[2]
-        body = head_error_body(status, message or reason, path)
+        language = self.language
+        if is_openai_path(path):
+            language = "en"
+        else:
+            for name, value in self.headers:
+                if name == b"accept-language":
+                    language = pick_language(value.decode("latin-1"), language)
+        words = HEAD_MESSAGES.get(message or status) or (STATUS_LINE[status][13:-2].decode(), "")
+        body = head_error_body(status, words[1] if language == "zh" and words[1] else words[0], path)
         content = [STATUS_LINE[status]]
         for name, value in self.server_state.default_headers:
             content.extend([name, b": ", value, b"\r\n"])
@@ -418,7 +444,8 @@ def protocol_class(
     return Limited
 
 
-def configure(max_head_bytes: int, max_headers: int, head_timeout_s: float) -> type[LimitedHttpToolsProtocol]:
+def configure(max_head_bytes: int, max_headers: int, head_timeout_s: float,
+              language: str = "zh") -> type[LimitedHttpToolsProtocol]:  # fmt: skip
     """Set this process's bounds on the module-level class itself and return it. Worker processes get
     the class by name (uvicorn pickles its config to start them), so each one calls this from the
     settings it reads; a class made inside a function could not be sent to them."""
@@ -426,4 +453,5 @@ def configure(max_head_bytes: int, max_headers: int, head_timeout_s: float) -> t
     LimitedHttpToolsProtocol.max_head_bytes = configured.max_head_bytes
     LimitedHttpToolsProtocol.max_headers = configured.max_headers
     LimitedHttpToolsProtocol.head_timeout_s = configured.head_timeout_s
+    LimitedHttpToolsProtocol.language = language
     return LimitedHttpToolsProtocol
