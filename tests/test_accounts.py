@@ -761,6 +761,48 @@ def test_responses_door_with_an_account_model(tmp_path: Path, upstreams: Upstrea
         server.stop()
 
 
+def test_a_token_past_its_grace_or_of_an_earlier_sign_in_has_no_records(tmp_path: Path, upstreams: Upstreams) -> None:
+    """Routes that call no backend (retrieve, list, add items, delete) judge an account token as a turn does:
+    one expired past the grace period, or one of an earlier sign-in (revoked after a leak, say), is refused
+    (401), not the account's key to its conversations."""
+    from .standins.chatgpt_auth import encode_jwt
+
+    routes = tmp_path / "models.toml"
+    routes.write_text(f'[[models]]\nname = "gpt-5*"\nupstream = "codex"\nbase_url = "{upstreams.codex_url}"\n')
+    server = ServerProcess(tmp_path, upstreams.codex_env(CHATGPT_SERVER_MODELS_FILE=str(routes))).start()
+    try:
+        email, account = unique("stale")
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            old = sign_in(c, upstreams, email, account)["accessToken"]
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=old, max_retries=0) as owner:
+            made = owner.responses.create(model="gpt-5", input="private words")
+            conversation = owner.conversations.create(items=[{"role": "user", "content": "private too"}])
+        claims = json.loads(base64.urlsafe_b64decode(old.split(".")[1] + "=" * (-len(old.split(".")[1]) % 4)))
+        claims["iat"], claims["exp"] = int(time.time()) - 400 * 86400, int(time.time()) - 399 * 86400
+        key = upstreams.apps.call(lambda: upstreams.auth.key)
+        ancient = encode_jwt(claims, "RS256", key.private, key.kid)  # the issuer's own signature, long expired
+        minted = int(time.time())  # the issuer's clock counts seconds: the next sign-in's token is minted later
+        while int(time.time()) == minted:
+            time.sleep(0.02)
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            new = sign_in(c, upstreams, email, account)["accessToken"]  # a new sign-in: the old one is earlier
+        for stale in (ancient, old):
+            with openai.OpenAI(base_url=server.url + "/v1", api_key=stale, max_retries=0) as intruder:
+                for call in (lambda: intruder.responses.retrieve(made.id),
+                             lambda: intruder.conversations.items.list(conversation.id),
+                             lambda: intruder.conversations.items.create(conversation.id,
+                                                                          items=[{"role": "user", "content": "x"}]),
+                             lambda: intruder.conversations.delete(conversation.id)):  # fmt: skip
+                    with pytest.raises(openai.AuthenticationError):
+                        call()
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=new, max_retries=0) as owner:
+            assert owner.responses.retrieve(made.id).output_text == "echo(1): private words"
+            listed = owner.conversations.items.list(conversation.id).model_dump_json()
+            assert "private too" in listed and '"x"' not in listed
+    finally:
+        server.stop()
+
+
 def test_no_token_or_code_in_the_log_or_the_store(tmp_path: Path, upstreams: Upstreams) -> None:
     server = ServerProcess(tmp_path, upstreams.codex_env(CHATGPT_SERVER_LOG_LEVEL="DEBUG")).start()
     try:

@@ -328,6 +328,10 @@ MESSAGES: dict[str, tuple[str, str]] = {
         "storing ChatGPT accounts needs CHATGPT_SERVER_SECRET_KEY (their tokens are encrypted with it)",
         "存储 ChatGPT 账号需要设置 CHATGPT_SERVER_SECRET_KEY (用于加密其token)",
     ),
+    "account_token_superseded": (
+        "this token is of an earlier sign-in of the ChatGPT account {email}: use the token of its current sign-in",
+        "此令牌属于 ChatGPT 账号 {email} 的较早一次登录: 请使用其当前登录的令牌",
+    ),
     "account_signin_again": (
         "the ChatGPT account {email} must sign in again ({code}): run chatgpt-server login or "
         "POST /api/v1/token/device",

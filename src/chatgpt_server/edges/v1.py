@@ -72,7 +72,7 @@ async def owner_of(request: Request, services: Services) -> str:
     token belongs to the account; any other key, once one of the configured upstreams has not
     refused it, to itself."""
     key = api_key(request)
-    identity = await services.accounts.identify(key) if key.count(".") == 2 else None
+    identity = await services.accounts.identify_owner(key) if key.count(".") == 2 else None
     if identity is not None:
         return await services.owners.of("account\0" + identity.key)
     await services.keys.check_any(key, services.models.chat_bases())
@@ -87,7 +87,7 @@ async def caller_for(request: Request, services: Services, model: str) -> Caller
         credential = await services.accounts.credential(key)
         target = Target("codex", route.base_url, credential.access_token, account_id=credential.account_id)
         return Caller(credential.owner, target, credential)
-    identity = await services.accounts.identify(key) if key.count(".") == 2 else None
+    identity = await services.accounts.identify_owner(key) if key.count(".") == 2 else None
     if identity is not None:
         owner = await services.owners.of("account\0" + identity.key)
     else:
