@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import sqlite3
 import time
 import uuid
@@ -412,6 +413,36 @@ def test_the_conversation_tip_moves_only_from_the_tip_and_each_move_is_a_new_ver
         assert not await store.put_record(stale, 3)
 
     with_store(store_url(kind, tmp_path), body)
+
+
+def test_a_turn_written_under_a_lease_another_took_is_refused_in_the_write(network_kind: str, tmp_path: Path) -> None:
+    """A network store checks, in the write itself, that the lease a conversation's turn was answered under
+    is still that one: a write that reaches the store late (sent before a partition, landing after it) must
+    not put the turn after another instance's, which took the lease meanwhile."""
+
+    async def body(store: Store) -> None:
+        await store.put_record(Record("conversation", "conv-1", "owner-a", {"metadata": {}}, None, 1.0, 1.0), None)
+        lease = Record("lease", "conversation:conv-1", "", {"holder": "b", "until": 2e9, "lease": "theirs"}, None,
+                       1.0, 1.0)  # fmt: skip
+        assert await store.put_record(lease, None)
+        late = turn(None, new("late"), new("late answer", "assistant"), conversation_tip="conv-1",
+                    lease=("conversation:conv-1", "mine"))  # fmt: skip
+        with pytest.raises(StoreUnavailable) as lost:
+            await store.add_turn(late)
+        assert lost.value.key == "conversation_lease_lost"
+        record = await store.get_record("conversation", "conv-1")
+        assert record is not None and record.tip is None  # nothing written
+        assert await store.get_item("owner-a", late.items[0].item.id) is None
+        assert await store.delete_record("lease", "conversation:conv-1")
+        with pytest.raises(StoreUnavailable):  # a lease given back is no one's: the write is refused too
+            await store.add_turn(late)
+        ours = dataclasses.replace(lease, body={**lease.body, "lease": "mine"})
+        assert await store.put_record(ours, None)
+        await store.add_turn(late)  # under its own lease: written
+        record = await store.get_record("conversation", "conv-1")
+        assert record is not None and record.tip == late.items[-1].item.id
+
+    with_store(store_url(network_kind, tmp_path), body)
 
 
 def test_a_turn_that_keeps_the_tip_is_stored_and_moves_nothing(kind: str, tmp_path: Path) -> None:

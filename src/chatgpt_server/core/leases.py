@@ -62,6 +62,13 @@ class Release:
     def __call__(self) -> asyncio.Task[None] | None:
         return self._let_go()
 
+    @property
+    def fence(self) -> tuple[str, str]:
+        """(lease record id, lease id): a store write made under this key checks, in the write itself, that
+        the lease is still this one (a write that reaches the store late, after another took the key over,
+        is refused there)."""
+        return self._held.key, self._held.lease_id
+
     def sure_for(self, seconds: float) -> bool:
         """Whether the key is still this holder's, and stays so for ``seconds`` whatever the store does
         meanwhile: a write that must not land after another holder took over (its renewals missed while

@@ -241,7 +241,7 @@ class Turns:
                 history = await self._calls_window(owner, parent.item.id, items)
                 outputs_answer_calls(items, calls_in(history), answered_in(history))
             await self.still_held(release, conversation_id)
-            await self._write_items(owner, conversation_id, parent, items)
+            await self._write_items(owner, conversation_id, parent, items, release.fence)
         except StoreUnavailable:
             failed = True
             raise
@@ -265,12 +265,13 @@ class Turns:
         await self._write_items(owner, conversation_id, None, items)
 
     async def _write_items(self, owner: str, conversation_id: str, parent: StoredItem | None,
-                           items: list[Item]) -> None:  # fmt: skip
+                           items: list[Item], lease: tuple[str, str] | None = None) -> None:  # fmt: skip
         enc = parent.enc if parent is not None else "o200k_base"
         new = [NewItem(item, item.chat(), item.cost(enc)) for item in items]
         write = TurnWrite(owner=owner, conversation_id=conversation_id,
                           parent_id=parent.item.id if parent is not None else None, enc=enc, origin="v1",
-                          created_at=time.time(), items=new, conversation_tip=conversation_id)  # fmt: skip
+                          created_at=time.time(), items=new, conversation_tip=conversation_id,
+                          lease=lease)  # fmt: skip
         await self._timed(self.store.add_turn(write))
 
     # -- opening a turn ------------------------------------------------------------------------------
@@ -661,6 +662,8 @@ class OpenTurn:
             record = spec.record(result)
             write.response, write.response_id = record, record.id
         await self.turns.still_held(self.hold, spec.conversation)
+        if self.hold is not None and write.conversation_tip:
+            write.lease = self.hold.fence
         if not new:  # no input (the history was the question) and no word came: the response alone is kept
             if write.response is not None:
                 await self.turns._timed(self.turns.store.put_record(write.response, None))

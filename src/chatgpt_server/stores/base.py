@@ -115,6 +115,9 @@ class Record:
     gen: int = 0
 
 
+LEASE_LOST = "the conversation's lock was another's when its turn was written"
+
+
 @dataclass(slots=True)
 class TurnWrite:
     """One turn: its items in order (the first answers ``parent_id``, each next one answers the one
@@ -141,6 +144,11 @@ class TurnWrite:
     # turn if it has none (tip: this turn's last item, or its parent with ``keep_tip``), so every door
     # lists it and moves its tip by the same rule from its first turn on.
     opens_record: bool = False
+    # (lease record id, lease id): a write under a conversation's lease (with ``conversation_tip``) is made
+    # only if the lease is still that one when it is made (network stores: a write sent before a partition
+    # can land after it, when another instance may have taken the lease and answered); else the store
+    # raises StoreUnavailable("conversation_lease_lost").
+    lease: tuple[str, str] | None = None
 
     @property
     def tip_after(self) -> str | None:

@@ -18,7 +18,17 @@ import orjson
 
 from ..errors import StoreUnavailable
 from ..settings import mask_url
-from .base import PURGE_BATCH, SHORT_LIVED_S, HistoryRow, OnePerPass, Record, Store, StoredItem, TurnWrite, settle
+from .base import (
+    PURGE_BATCH,
+    SHORT_LIVED_S,
+    HistoryRow,
+    OnePerPass,
+    Record,
+    Store,
+    StoredItem,
+    TurnWrite,
+    settle,
+)
 from .pg_pool import Connection, Conns
 from .sql import (
     ITEM_COLUMNS,
@@ -95,6 +105,7 @@ def _storable(text: str) -> str:
 
 
 # The conversation's tip (locked until the turn is written), if it is an item of the caller's in it.
+_LOCK_LEASE = "SELECT body FROM records WHERE kind = 'lease' AND id = $1 FOR SHARE"
 _LOCK_TIP = """
 SELECT r.tip FROM records r
 WHERE r.kind = 'conversation' AND r.id = $1
@@ -393,6 +404,14 @@ class PostgresStore(Store):
         turn written in the same transaction (by a later statement, which sees a turn another door
         committed while we waited for the lock)."""
         async with conn.transaction():
+            if turn.lease is not None:  # a write sent before a partition may land after another took the lease
+                held = await conn.fetchval(_LOCK_LEASE, turn.lease[0])  # shared: a takeover waits for this write
+                if held is None or orjson.loads(held).get("lease") != turn.lease[1]:
+                    raise StoreUnavailable(
+                        "conversation_lease_lost",
+                        id=turn.conversation_id[:256],
+                        reason="the conversation's lock was another's when its turn was written",
+                    )
             tip = await conn.fetchval(_LOCK_TIP, turn.conversation_id, turn.owner)
             if tip is not None and tip != turn.parent_id:
                 first_parents = [tip, *args[14][1:]]

@@ -30,7 +30,7 @@ import orjson
 from ..core.items import Item
 from ..errors import StoreUnavailable
 from ..settings import mask_url
-from .base import MAX_WALK, SHORT_LIVED_S, HistoryRow, OnePerPass, Record, Store, StoredItem, TurnWrite
+from .base import LEASE_LOST, MAX_WALK, SHORT_LIVED_S, HistoryRow, OnePerPass, Record, Store, StoredItem, TurnWrite
 from .resp import Resp, RespError, Script
 
 T = TypeVar("T")
@@ -39,12 +39,18 @@ DATA_VERSION = "2"
 # ARGV: prefix, owner, conversation, parent ('' none), enc, origin, created, response id ('' none), ttl ms,
 # item count, response body ('' none), conversation tip ('' none, '-' the tip stays), the tip of a record
 # made with the turn ('' none made, '-' a null tip), then 8 fields per item: id, kind, role, text, extra,
-# chat, cost, status.
+# chat, cost, status; then the lease the write is made under ('' none) and its id. Returns 1, or 2 if that
+# lease is no longer the one (nothing written).
 _ADD_TURN = Script("""
 local p, owner, conv, parent = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
 local enc, origin, created, rid, ttl = ARGV[5], ARGV[6], ARGV[7], ARGV[8], tonumber(ARGV[9])
 local n, body, tipconv, opens = tonumber(ARGV[10]), ARGV[11], ARGV[12], ARGV[13]
 if redis.call('EXISTS', p .. 'i:' .. ARGV[14]) == 1 then return 1 end
+local fence = ARGV[14 + n * 8] or ''
+if fence ~= '' then  -- a write sent before a partition may land after another instance took the lease
+  local held = redis.call('HGET', p .. 'r:lease:' .. fence, 'b')
+  if not held or cjson.decode(held).lease ~= ARGV[15 + n * 8] then return 2 end
+end
 local ckey2 = p .. 'r:conversation:' .. conv
 if tipconv ~= '' and tipconv ~= '-' then  -- after the conversation's tip as it is now, if the caller's item
   local now = redis.call('HGET', ckey2, 't')
@@ -288,6 +294,8 @@ class RedisStore(Store):
                     "",
                     "",
                     *item.args(),
+                    "",
+                    "",
                 ],
             )
             await self._call(self.client.call("DEL", f"{self.prefix}m:{mid}"))
@@ -357,7 +365,10 @@ class RedisStore(Store):
             args += NewItemArgs(item.id, item.kind, item.role, item.text,
                                 orjson.dumps(extra).decode() if extra else "", new.chat, new.cost,
                                 item.status).args()  # fmt: skip
-        await self._script(_ADD_TURN, args)
+        args += turn.lease or ("", "")
+        if await self._script(_ADD_TURN, args) == 2:
+            raise StoreUnavailable("conversation_lease_lost", id=turn.conversation_id[:256],
+                                   reason=LEASE_LOST)  # fmt: skip
 
     async def get_item(self, owner: str, item_id: str) -> StoredItem | None:
         found = await self._script(_GET_ITEM, [self.prefix, item_id, owner])
