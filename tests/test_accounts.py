@@ -749,8 +749,15 @@ def test_responses_door_with_an_account_model(tmp_path: Path, upstreams: Upstrea
             fmt: Any = {"type": "json_schema", "name": "answer", "schema": {"type": "object"}, "strict": True}
             client.responses.create(model="gpt-5", input="formatted", text={"format": fmt})
             assert upstreams.codex.requests[-1]["body"]["text"] == {"format": fmt}
+            tools: Any = [{"type": "function", "name": n, "parameters": {"type": "object"}} for n in ("f", "g")]
+            choice: Any = {"type": "allowed_tools", "mode": "required", "tools": [{"type": "function", "name": "g"}]}
+            client.responses.create(model="gpt-5", input="call one", tools=tools, tool_choice=choice)
+            sent = upstreams.codex.requests[-1]["body"]
+            assert ([t["name"] for t in sent["tools"]], sent["tool_choice"]) == (["g"], "required")
+            client.responses.create(model="gpt-5", input="think", reasoning={"effort": "low"})
+            assert upstreams.codex.requests[-1]["body"]["reasoning"] == {"effort": "low"}  # sent, not only echoed
             asked = len(upstreams.codex.requests)
-            for refused in ({"temperature": 0.5}, {"top_p": 0.5}):
+            for refused in ({"temperature": 0.5}, {"top_p": 0.5}, {"max_output_tokens": 100}):
                 with pytest.raises(openai.BadRequestError) as error:
                     client.responses.create(model="gpt-5", input="x", extra_body=refused)
                 assert (error.value.param, error.value.code) == (next(iter(refused)), "unsupported_parameter")

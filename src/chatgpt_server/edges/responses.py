@@ -644,12 +644,15 @@ def _spec(services: Services, ask: Ask, caller: Caller, inputs: list[Item], draf
             if value is not None:
                 params[name] = value
     elif caller.target.upstream == "codex":
-        for sampling, number in (("temperature", ask.temperature), ("top_p", ask.top_p)):
+        refused = (("temperature", ask.temperature), ("top_p", ask.top_p), ("max_output_tokens", ask.max_output_tokens))
+        for name, number in refused:
             if number is not None:  # the backend's own answer to them (upstreams.md), before anything is sent
-                raise BadRequest("invalid_param", param=sampling, code="unsupported_parameter",
+                raise BadRequest("invalid_param", param=name, code="unsupported_parameter",
                                  detail=f"not supported with ChatGPT account models ({ask.model[:64]})")  # fmt: skip
         if ask.text_format is not None:  # the backend takes Responses' own text.format, as codex sends it
             params["text"] = {"format": _format_json(ask.text_format)}
+        if ask.effort is not None:  # the backend takes Responses' own reasoning object, as codex sends it
+            params["reasoning"] = {"effort": ask.effort}
     settings = services.settings
     return TurnSpec(
         owner=caller.owner, origin="v1", target=caller.target, model=ask.model, inputs=inputs,

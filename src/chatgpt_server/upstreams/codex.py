@@ -95,6 +95,13 @@ def build_body(prompt: Prompt, instructions: str) -> dict[str, Any]:
     items += [input_item(item.kind, chat) for item, chat in zip(prompt.inputs, prompt.input_chats, strict=True)]
     tools = [{"type": "function", **{k: t[k] for k in ("name", "description", "parameters", "strict") if k in t}}
              for t in prompt.tools or []]  # fmt: skip
+    choice = prompt.tool_choice
+    if isinstance(choice, dict) and choice.get("type") == "allowed_tools":
+        # The backend takes auto, none, required or one function (upstreams.md): the allowed tools are the
+        # ones sent, chosen among by the mode (the calls earlier turns made still read from the history).
+        allowed = {t.get("name") for t in choice.get("tools") or () if isinstance(t, dict)}
+        tools = [t for t in tools if t["name"] in allowed]
+        choice = choice.get("mode", "auto")
     body: dict[str, Any] = {
         "model": prompt.model,
         "instructions": instructions,
@@ -102,13 +109,14 @@ def build_body(prompt: Prompt, instructions: str) -> dict[str, Any]:
         "store": False,
         "stream": True,
         "tools": tools,
-        "tool_choice": prompt.tool_choice if tools and prompt.tool_choice is not None else "auto",
+        "tool_choice": choice if tools and choice is not None else "auto",
         "parallel_tool_calls": bool(prompt.parallel_tool_calls) if tools else False,
     }
     if prompt.session_id:
         body["prompt_cache_key"] = prompt.session_id
-    if isinstance(prompt.params.get("text"), dict):  # a structured-output format (Responses' own shape)
-        body["text"] = prompt.params["text"]
+    for name in ("text", "reasoning"):  # a structured-output format, a reasoning effort (Responses' own shapes)
+        if isinstance(prompt.params.get(name), dict):
+            body[name] = prompt.params[name]
     return body
 
 
