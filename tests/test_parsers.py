@@ -1011,6 +1011,32 @@ def test_a_usage_limit_without_a_plan_name_still_reads_right() -> None:
     assert overloaded.status == 502 and overloaded.headers == {"Retry-After": "3"}
 
 
+@pytest.mark.parametrize(
+    ("status", "code", "error", "shown"),
+    [
+        (404, "model_not_found", {"param": "model"}, (404, "model_not_found", "model")),
+        (404, "", {}, (404, "not_found", None)),
+        (400, "invalid_value", {"param": "tools[0].name"}, (400, "invalid_value", "tools[0].name")),
+        (429, "rate_limit_exceeded", {}, (429, "rate_limit_exceeded", None)),
+        (429, "", {}, (429, "rate_limit_exceeded", None)),
+        (200, "insufficient_quota", {}, (429, "insufficient_quota", None)),
+        (401, "", {}, (401, "invalid_api_key", None)),
+        (429, "usage_limit_reached", {"resets_in_seconds": 9}, (429, "rate_limit_exceeded", None)),
+    ],
+)
+def test_codex_errors_keep_their_status_code_and_param_on_the_v1_doors(
+    status: int, code: str, error: dict[str, Any], shown: tuple[int, str, str | None]
+) -> None:
+    """As the chat door passes an upstream's error on: the status OpenAI's SDK maps to its class, the
+    backend's own code (else OpenAI's word for it) and the field it named."""
+    from chatgpt_server.edges.envelope import openai_error_body
+    from chatgpt_server.upstreams.codex import codex_error
+
+    failure = codex_error(status, code, "words", error, HOST, "tok-0123456789abcdef")
+    body = openai_error_body(failure)["error"]
+    assert (failure.status, body["code"], body["param"]) == shown
+
+
 def test_a_streamed_refusal_is_the_reply_text_as_a_whole_refusal_is() -> None:
     """OpenAI streams a refusal as ``delta.refusal`` with no content: it is the reply's text, as a whole
     reply's ``message.refusal`` is, never an empty reply."""

@@ -20,6 +20,7 @@ from ..errors import (
     BadGateway,
     BadRequest,
     Forbidden,
+    NotFound,
     ServiceError,
     TooManyRequests,
     Unauthorized,
@@ -170,25 +171,35 @@ def codex_error(status: int, code: str, message: str, error: dict[str, Any], hos
     detail = scrub(message or code or f"HTTP {status}", token)
     plan = error.get("plan_type") if isinstance(error.get("plan_type"), str) else ""
     plan = scrub(plan, token, limit=20) or "ChatGPT"  # "the ChatGPT plan" when the backend names none
+    # The backend's own code and the field it named (scrubbed, short), as the chat door passes them on:
+    # OpenAI's SDK users branch on them.
+    own = scrub(code, token, limit=60)
+    param = error.get("param")
+    named: dict[str, Any] = {"param": scrub(param, token, limit=80)} if isinstance(param, str) and param else {}
     if code == "usage_limit_reached":
         seconds = _retry_seconds(error)
         headers = {"Retry-After": str(seconds)} if seconds is not None else retry_after(retry)
-        return TooManyRequests("usage_limit", headers=headers, host=host, plan=plan,
+        return TooManyRequests("usage_limit", headers=headers, host=host, plan=plan, code="rate_limit_exceeded",
                                seconds=seconds if seconds is not None else "?")  # fmt: skip
     if code == "usage_not_included":
         return Forbidden("usage_not_included", host=host, plan=plan)
     if code == "context_length_exceeded":
-        return BadRequest("upstream_bad_request", host=host, detail=detail, code=code)
+        return BadRequest("upstream_bad_request", host=host, detail=detail, code=code, **named)
     if code == "insufficient_quota":
-        return TooManyRequests("upstream_quota", host=host, detail=detail)
+        return TooManyRequests("upstream_quota", host=host, detail=detail, code=code)
     if status == 401:
-        return Unauthorized("upstream_unauthorized", host=host, detail=scrub(code, token, limit=60) or "token rejected")
+        return Unauthorized("upstream_unauthorized", host=host, detail=own or "token rejected",
+                            code=own or "invalid_api_key")  # fmt: skip
     if status == 403:
-        return Forbidden("upstream_forbidden", host=host, detail=detail)
+        return Forbidden("upstream_forbidden", host=host, detail=detail, code=own or "upstream_forbidden")
     if status == 429:
-        return TooManyRequests("upstream_rate_limited", headers=retry_after(retry), host=host, detail=detail)
+        return TooManyRequests("upstream_rate_limited", headers=retry_after(retry), host=host, detail=detail,
+                               code=own or "rate_limit_exceeded")  # fmt: skip
+    if status == 404:  # an unknown model, as OpenAI answers it: NotFoundError in the SDK
+        return NotFound("upstream_not_found", host=host, detail=detail, code=own or "not_found", **named)
     if 400 <= status < 500:
-        return BadRequest("upstream_bad_request", host=host, detail=detail, code=scrub(code, token, limit=60))
+        return BadRequest("upstream_bad_request", host=host, detail=detail, code=own or "upstream_bad_request",
+                          **named)  # fmt: skip
     if status == 503:  # an upstream's 5xx is a 502, as in mode 1; 503 means our store or a shutdown
         return BadGateway("upstream_overloaded", headers=retry_after(retry), host=host, detail=detail)
     if status == 200:  # a failure the stream reported, in none of the forms named above
