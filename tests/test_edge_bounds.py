@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gzip
 import json
+import select
 import socket
 import threading
 import time
@@ -435,6 +436,24 @@ def test_a_malformed_head_is_answered_in_its_doors_shape(server: ServerProcess) 
                 answer += chunk
         shown = json.loads(answer.partition(b"\r\n\r\n")[2])
         assert (shown["error"]["message"] if path.startswith("/v1") else shown["message"]) == words
+
+
+def test_a_body_the_protocol_refused_is_one_access_log_line_with_its_answer(server: ServerProcess) -> None:
+    """The request was answered 400 by the HTTP protocol (its chunked body unreadable): its access log line
+    says 400 with the request id the client was given, not 499 under another id."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=10) as s:
+        s.sendall(b"POST /api/v1/gpt/getInfo?refused=1 HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                  b"Transfer-Encoding: chunked\r\n\r\n2\r\n{}\r\n")  # fmt: skip
+        assert not select.select([s], [], [], 0.2)[0]  # the app has begun and waits for the rest
+        s.sendall(b"zz\r\n")
+        answer = b""
+        while chunk := s.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 400 ")
+    rid = answer.lower().split(b"x-request-id: ", 1)[1].split(b"\r\n", 1)[0].decode()
+    assert within(5, lambda: f"{rid} POST /api/v1/gpt/getInfo 400" in server.log()), server.log()[-2000:]
+    lines = [line for line in server.log().splitlines() if "POST /api/v1/gpt/getInfo" in line and " 499 " in line]
+    assert not [line for line in lines if "refused=1" in line or rid in line]
 
 
 def test_a_body_that_stalls_is_a_408_and_one_cut_short_is_no_500(tmp_path: Path, upstreams: Upstreams) -> None:

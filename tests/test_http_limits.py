@@ -356,6 +356,56 @@ def test_h_an_upgrade_it_does_not_make_is_served_as_http_1_1_with_its_body(serve
         assert reader.response()[0] == 200
 
 
+def test_i_upgrade_requests_pipelined_by_hundreds_are_all_answered(server: Server) -> None:
+    """Each is parsed again without its upgrade, in a loop: hundreds in one write cost no recursion and no
+    copy of what follows each of them."""
+    upgrade = b"GET /u HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+    with server.connect() as s:
+        s.sendall(upgrade * 1500)
+        reader = Reader(s)
+        assert [reader.response()[0] for _ in range(1500)] == [200] * 1500
+
+
+def test_j_an_upgrade_request_gets_the_answer_it_gets_without_the_upgrade(server: Server) -> None:
+    """Parsed again, a head is neither longer (counted once, as it came) nor missing a header."""
+    padding = [(f"X-{i}", "v" * 290) for i in range(90)]
+    near = request(headers=padding)
+    near = near[:-4] + b"\r\nX-Fill: " + b"f" * (MAX_HEAD - len(near) - 100) + b"\r\n\r\n"
+    asked = near[:-2] + b"Upgrade: websocket\r\nConnection: upgrade\r\n\r\n"
+    assert len(asked) < MAX_HEAD
+    for data in (near, asked):
+        with server.connect() as s:
+            s.sendall(data)
+            assert Reader(s).response()[0] == 200, len(data)
+    empty_host = b"POST / HTTP/1.1\r\nHost:\r\nContent-Length: 2\r\n"
+    for data in (empty_host + b"\r\n{}", empty_host + b"Upgrade: h2c\r\nConnection: Upgrade\r\n\r\n{}"):
+        with server.connect() as s:
+            s.sendall(data)
+            assert Reader(s).response()[0] == 200, data
+
+
+def test_k_what_follows_a_connect_is_never_read_as_a_request(server: Server) -> None:
+    """A CONNECT is answered by the app; the bytes after its head (a body, or a request hidden in one)
+    are never parsed as a request, and the connection closes after the answer."""
+    smuggled = b"GET /smuggled HTTP/1.1\r\nHost: a\r\n\r\n"
+    for later in (False, True):
+        with server.connect() as s:
+            head = b"CONNECT /c HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(smuggled)
+            s.sendall(head if later else head + smuggled)
+            if later:
+                time.sleep(0.2)
+                s.sendall(smuggled)
+            reader = Reader(s)
+            reader.response()
+            assert reader.closed() and not reader.buf, reader.buf[:200]
+
+
+def test_l_a_target_that_cannot_be_read_is_named_as_such(server: Server) -> None:
+    for target in (b"http://a:99999999/", b"http://[::1/"):
+        status, message = refused(server, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")
+        assert (status, message) == (400, b"the request target (its URL) cannot be read"), target
+
+
 def test_e_a_slow_body_after_a_complete_head_is_not_cut(server: Server) -> None:
     with server.connect() as s:
         s.sendall(request(body=b"12345678")[:-8])

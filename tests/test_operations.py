@@ -762,6 +762,30 @@ def test_a_stream_whose_client_stopped_reading_is_let_go_after_the_idle_timeout(
     assert "Traceback" not in log and "without completing response" not in log, log[-3000:]
 
 
+def test_a_stream_whose_client_reads_slowly_is_not_cut(tmp_path: Path, upstreams: Upstreams) -> None:
+    """A client reading steadily, if slowly, is no stalled client: however long one send waits (the kernel
+    wakes a writer only once much of its buffer has drained), what it takes is progress."""
+    env = upstreams.env(CHATGPT_SERVER_IDLE_TIMEOUT_MS="1000", CHATGPT_SERVER_HEARTBEAT_SECONDS="1")
+    server = ServerProcess(tmp_path, env).start()
+    words = " ".join(f"w{i}" for i in range(1200))  # each delta carries the text so far: ~4 MB in all
+    budget = {"maxModelTokens": 16000, "maxResponseTokens": 4000}
+    body = {"mode": "1", "type": "2", "opts": {"key": KEY, "content": words, "isFollow": False, "opts": budget}}
+    try:
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            s.connect(("127.0.0.1", server.port))
+            first_delta(s, body)
+            received = b""
+            while b"event: done" not in received:
+                time.sleep(0.01)  # a slow reader: a few kB at a time (its receive buffer is 4 kB)
+                chunk = s.recv(32768)
+                assert chunk, "the server cut a client that was reading"
+                received = received[-64:] + chunk  # the last bytes kept: an event name cut between reads
+    finally:
+        server.stop()
+    assert "read nothing for" not in server.log()
+
+
 def test_a_client_that_leaves_before_any_event_leaves_no_empty_answer(tmp_path: Path, upstreams: Upstreams) -> None:
     """A stream left after its head but before its first word: nothing the client was not told of joins
     the conversation (no empty assistant message in later prompts, the tip where it was)."""

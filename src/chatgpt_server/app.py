@@ -34,7 +34,7 @@ from swagger_ui_bundle import swagger_ui_path
 
 from .accounts.service import Accounts, spent
 from .accounts.signin import TokenService
-from .core.activity import GONE, Activity, RequestLog, begin_log
+from .core.activity import GONE, REFUSED, Activity, RequestLog, begin_log
 from .core.history import HistoryCache
 from .core.items import random_hex
 from .core.leases import given_back
@@ -419,6 +419,10 @@ class App:
             if status == 0:
                 await self._error(scope, receive, tracking_send, ServiceError("internal"), entry)
         finally:
+            refused = scope.get(REFUSED)
+            if refused is not None:  # the protocol answered (its body unreadable, stalled): that answer is logged
+                status, rid = refused
+                entry.outcome, entry.message = "refused", "the request body was refused before it was read"
             self.access.write(entry, rid, method, path, status, started)
 
     @staticmethod

@@ -39,7 +39,7 @@ from typing import ClassVar, cast
 import httptools
 from uvicorn.protocols.http.httptools_impl import STATUS_LINE, HttpToolsProtocol, RequestResponseCycle
 
-from .core.activity import GONE, TRANSPORT
+from .core.activity import GONE, REFUSED, TRANSPORT
 from .edges.envelope import head_error_body, is_openai_path
 from .edges.messages import pick_language
 from .one_send import OneSend
@@ -82,6 +82,7 @@ HEAD_MESSAGES: dict[str | int, tuple[str, str]] = {
     "version": ("this server speaks HTTP/1.1 (and 1.0) only", "此服务器只支持 HTTP/1.1 (及 1.0)"),
     "method": ("this server knows no such method (methods are case-sensitive)",
                "此服务器不支持该请求方法 (方法区分大小写)"),
+    "target": ("the request target (its URL) cannot be read", "无法解析请求目标 (URL)"),
     "chunked": ("the request body cannot be read: its chunked framing is broken",
                 "无法读取请求体: 其分块编码有误"),
     400: ("Bad Request", "请求无法解析"),
@@ -151,22 +152,31 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
             self._unset_keepalive_if_required()
         start, size = 0, len(data)
         chunk: bytes | memoryview = data
+        again: bytes | None = None  # a head to parse again without its upgrade, before data[start:]
         while True:
             end = size
-            if self._phase != _BODY and size - start > self.max_head_bytes - self._head_bytes:
-                end = start + self.max_head_bytes - self._head_bytes  # no more than the head may still take
-            if start or end < size:
-                chunk = memoryview(data)[start:end]
+            refed = again is not None
+            if again is not None:
+                chunk, again = again, None  # counted as it came: not again
+            else:
+                if self._phase != _BODY and size - start > self.max_head_bytes - self._head_bytes:
+                    end = start + self.max_head_bytes - self._head_bytes  # no more than the head may still take
+                if start or end < size:
+                    chunk = memoryview(data)[start:end]
             in_body = self._phase == _BODY
             self._message_ended = False
             try:
                 self.parser.feed_data(chunk)
             except httptools.HttpParserUpgrade as exc:
-                if self._phase == _UPGRADE:
-                    self._parse_again_without_upgrade(data[start + exc.args[0] :])
-                else:  # CONNECT: answered by the app (405), nothing after it read
-                    self._unsupported_upgrade_warning()
-                return
+                if self._phase != _UPGRADE:  # CONNECT: answered by the app (405); what follows is never read
+                    self._rejected = True  # as a request (a body it carried would be), and the connection closes
+                    if self.cycle is not None:
+                        self.cycle.keep_alive = False
+                    self.flow.pause_reading()
+                    return
+                start += exc.args[0]  # where the request's body (or the next request) begins
+                again = self._without_upgrade()
+                continue
             except httptools.HttpParserError as exc:
                 line = bytes(chunk[:2048]).split(b"\n", 1)[0].rstrip(b"\r").split(b" ")
                 if (isinstance(exc, httptools.HttpParserInvalidMethodError) and self._phase != _BODY
@@ -180,12 +190,19 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
                     self._reject_message = "version"
                 if not self._reject_status:
                     self.logger.warning("Invalid HTTP request received.")
+                if self._phase == _BODY and isinstance(exc, httptools.HttpParserCallbackError):
+                    self._phase = _HEAD  # the head's end refused its target (uvicorn reads the URL there)
+                    self._reject_status, self._reject_message = 400, "target"
                 if self._phase == _BODY:  # this request's body cannot be read: the app waiting for it never
                     self._reject_message = "chunked"
                     self._refuse_body(400, "Request body unreadable")  # would answer
                 else:  # a pipelined request before the unreadable one is answered first, then the connection closes
                     self._reject(self._reject_status or 400)
                 return
+            if refed:  # the head parsed again: on with what followed it
+                if start >= size:
+                    return
+                continue
             if in_body and self._phase == _BODY:  # all of it the body's: data, framing or trailers
                 self._body_phase_bytes += end - start
                 if self._body_phase_bytes - self._body_bytes > self.max_head_bytes + 8 * self._body_bytes:
@@ -274,20 +291,22 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._head_bytes = 0
         self._message_ended = True
 
-    def _parse_again_without_upgrade(self, rest: bytes) -> None:
-        """Feed a new parser the head just parsed, without its Upgrade header and the Connection header's
-        upgrade token, then what came after it."""
+    def _without_upgrade(self) -> bytes:
+        """The head just parsed, without its Upgrade header and the Connection header's upgrade token, for
+        a new parser (this one would skip the body of a request it was told is upgraded)."""
         head = [b"%s %s HTTP/%s" % (self.parser.get_method(), self.url, self.parser.get_http_version().encode())]
         for name, value in self.headers:
+            if name == b"upgrade":
+                continue
             if name == b"connection":
                 value = b",".join(t for t in value.split(b",") if t.strip().lower() != b"upgrade")
-            if name != b"upgrade" and value.strip():
-                head.append(name + b": " + value)
+                if not value.strip():
+                    continue
+            head.append(name + b": " + value)
         self.parser = httptools.HttpRequestParser(self)
         self.parser.set_dangerous_leniencies(lenient_data_after_close=True)  # as uvicorn's own parser
         self._phase = _IDLE
-        self._head_bytes = 0
-        self._feed(b"\r\n".join(head) + b"\r\n\r\n" + rest)
+        return b"\r\n".join(head) + b"\r\n\r\n"
 
     # Limits
 
@@ -349,6 +368,8 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         the server's language (Accept-Language, if it came, chooses), English under /v1 as OpenAI's."""
         request_id = os.urandom(8).hex()
         self.logger.info("%s: %d (request id %s)", log, status, request_id)
+        if self.cycle is not None and not self.cycle.response_started:  # its app's access log line says so
+            self.cycle.scope[REFUSED] = (status, request_id)  # type: ignore[literal-required]
         path = bytes(self.url).split(b"?", 1)[0].decode("latin-1") if self.url else ""
         if "://" in path:  # absolute-form (http://host/path): the door is the path's
             path = "/" + path.split("://", 1)[1].partition("/")[2]

@@ -20,6 +20,8 @@ if TYPE_CHECKING:
 GONE = "chatgpt_server.client_left"
 # scope key: the connection's transport (a stream whose client stopped reading is dropped with it)
 TRANSPORT = "chatgpt_server.transport"
+# scope key: (status, request id) of the answer the HTTP protocol gave a request whose body it refused
+REFUSED = "chatgpt_server.refused"
 
 
 @dataclass(slots=True, eq=False)  # by identity: a member of its Activity's ``stoppable``

@@ -12,6 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import struct
+import sys
+import termios
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -131,7 +135,7 @@ class EventStream:
         now = loop.time()
         since = self._sending_since
         if since is not None and self._transport is not None:  # a client reading slowly is still reading
-            buffered = self._transport.get_write_buffer_size()
+            buffered = _unread(self._transport)
             if buffered < self._buffered:
                 since = self._sending_since = now
             self._buffered = buffered
@@ -151,6 +155,21 @@ class EventStream:
         with contextlib.suppress(OSError):  # the client is gone: the watcher learns it from the disconnect
             await send({"type": "http.response.body", "body": self.heartbeat, "more_body": True})
             self._last_sent = asyncio.get_running_loop().time()
+
+
+def _unread(transport: Any) -> int:
+    """Bytes sent that the client has not taken yet: the transport's buffer and the socket's send queue
+    (Linux wakes a writer only once much of a send buffer of megabytes has drained, so the transport's
+    buffer alone can stand still while a slow client reads on)."""
+    size = int(transport.get_write_buffer_size())
+    sock = transport.get_extra_info("socket")
+    if sock is not None and _OUTQ is not None:
+        with contextlib.suppress(OSError, ValueError):  # not a socket it knows (or closed): the buffer alone
+            size += struct.unpack("i", fcntl.ioctl(sock.fileno(), _OUTQ, b"\0\0\0\0"))[0]
+    return size
+
+
+_OUTQ = getattr(termios, "TIOCOUTQ", None) if sys.platform == "linux" else None  # SIOCOUTQ on a socket
 
 
 async def _wait_disconnect(receive: Receive) -> None:
