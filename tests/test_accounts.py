@@ -796,16 +796,44 @@ def test_a_token_past_its_grace_or_of_an_earlier_sign_in_has_no_records(tmp_path
         for stale in (ancient, old):
             with openai.OpenAI(base_url=server.url + "/v1", api_key=stale, max_retries=0) as intruder:
                 for call in (lambda: intruder.responses.retrieve(made.id),
+                             lambda: intruder.responses.input_tokens.count(model="gpt-5", previous_response_id=made.id),
                              lambda: intruder.conversations.items.list(conversation.id),
                              lambda: intruder.conversations.items.create(conversation.id,
                                                                           items=[{"role": "user", "content": "x"}]),
                              lambda: intruder.conversations.delete(conversation.id)):  # fmt: skip
                     with pytest.raises(openai.AuthenticationError):
                         call()
+        # A token of an account that is not stored, expired: good for nothing, as on a turn.
+        other, other_account = unique("unstored")
+        fresh = upstreams.apps.call(lambda: upstreams.auth.mint(other, other_account)).access_token
+        lapsed = json.loads(base64.urlsafe_b64decode(fresh.split(".")[1] + "=" * (-len(fresh.split(".")[1]) % 4)))
+        lapsed["exp"] = int(time.time()) - 86400
+        with openai.OpenAI(base_url=server.url + "/v1", api_key=encode_jwt(lapsed, "RS256", key.private, key.kid),
+                           max_retries=0) as expired, pytest.raises(openai.AuthenticationError):  # fmt: skip
+            expired.conversations.retrieve(conversation.id)
         with openai.OpenAI(base_url=server.url + "/v1", api_key=new, max_retries=0) as owner:
             assert owner.responses.retrieve(made.id).output_text == "echo(1): private words"
             listed = owner.conversations.items.list(conversation.id).model_dump_json()
             assert "private too" in listed and '"x"' not in listed
+    finally:
+        server.stop()
+
+
+def test_mode_2_on_a_small_window_keeps_room_for_the_prompt(tmp_path: Path, upstreams: Upstreams) -> None:
+    """A model whose window is smaller than the default reply share: the default takes a quarter of it, so
+    a question fits (it was refused as too long for a budget of one token); a reply share the client
+    gives past the window is named as such."""
+    routes = tmp_path / "models.toml"
+    routes.write_text(f'[[models]]\nname = "gpt-5"\nupstream = "codex"\nbase_url = "{upstreams.codex_url}"\n'
+                      "context_window = 512\n")  # fmt: skip
+    server = ServerProcess(tmp_path, upstreams.codex_env(CHATGPT_SERVER_MODELS_FILE=str(routes))).start()
+    try:
+        with httpx.Client(base_url=server.url, timeout=30) as c:
+            token = sign_in(c, upstreams, *unique("small"))["accessToken"]
+            answered = ask(c, "a short question", key=token, mode="2", model="gpt-5")
+            assert answered.status_code == 201, answered.text
+            over = assert_error(ask(c, "x", key=token, mode="2", model="gpt-5", maxResponseTokens=600), 400)
+            assert "maxResponseTokens" in over and "512" in over
     finally:
         server.stop()
 

@@ -400,6 +400,11 @@ def test_k_what_follows_a_connect_is_never_read_as_a_request(server: Server) -> 
             assert reader.closed() and not reader.buf, reader.buf[:200]
 
 
+def test_m_a_flood_of_blank_lines_before_any_request_is_a_400(server: Server) -> None:
+    status, _ = refused(server, b"\r\n" * 40000)
+    assert status == 400
+
+
 def test_l_a_target_that_cannot_be_read_is_named_as_such(server: Server) -> None:
     for target in (b"http://a:99999999/", b"http://[::1/"):
         status, message = refused(server, b"GET " + target + b" HTTP/1.1\r\nHost: a\r\n\r\n")

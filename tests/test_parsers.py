@@ -1022,6 +1022,7 @@ def test_a_usage_limit_without_a_plan_name_still_reads_right() -> None:
         (200, "insufficient_quota", {}, (429, "insufficient_quota", None)),
         (401, "", {}, (401, "invalid_api_key", None)),
         (429, "usage_limit_reached", {"resets_in_seconds": 9}, (429, "rate_limit_exceeded", None)),
+        (200, "rate_limit_exceeded", {}, (429, "rate_limit_exceeded", None)),  # a stream's failure
     ],
 )
 def test_codex_errors_keep_their_status_code_and_param_on_the_v1_doors(

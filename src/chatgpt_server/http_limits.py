@@ -123,6 +123,7 @@ class LimitedHttpToolsProtocol(HttpToolsProtocol):
         self._reject_status = 0
         self._reject_message = None
         self._owed = None
+        self.url, self.headers = b"", []  # a refusal before any request began reads them
         self._body_fed = self._body_bytes = self._body_phase_bytes = 0
         super().connection_made(cast(asyncio.Transport, OneSend(transport, asyncio.get_running_loop())))
         self._head_timer = self.loop.call_later(self.head_timeout_s, self._head_timed_out)

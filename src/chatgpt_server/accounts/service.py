@@ -128,7 +128,9 @@ class Accounts:
             grant_iat = known[3]
         else:
             record = await self.store.get_record("account", identity.key)
-            if record is None:
+            if record is None:  # not stored: the token is only itself, good until it expires (as on a turn)
+                if identity.exp <= now:
+                    raise Unauthorized("token_expired", when=_when(identity.exp))
                 return identity
             grant_iat = record.body.get("grantIat")
         if not _of_the_grant(identity, grant_iat):

@@ -99,9 +99,9 @@ async def spec_for(chat: ChatRequest, services: Services) -> tuple[TurnSpec, Cre
     # The original's mode 2 counted no tokens: its 4000 was the API library's. A ChatGPT model's own
     # window bounds the history unless the client set one.
     window = chat.max_model_tokens if chat.model_tokens_given else services.models.window(model)
-    if chat.max_response_tokens >= window:  # a budget the client gave is checked with the request's fields
+    if chat.response_tokens_given and chat.max_response_tokens >= window:  # the default is capped instead
         raise ValidationFailed([("response_tokens_over_window", {"window": window, "model": model[:256]})])
-    common["budget"] = _budget(chat, window)
+    common["budget"] = _budget(chat, window, from_window=not chat.model_tokens_given)
     backend = settings.chatgpt_backend
     if backend == "web":
         target = Target("web", chat.conversation_url, chat.key, headers=tuple(chat.headers.items()))
@@ -118,8 +118,12 @@ async def spec_for(chat: ChatRequest, services: Services) -> tuple[TurnSpec, Cre
     return spec, account
 
 
-def _budget(chat: ChatRequest, model_tokens: int) -> Budget:
+def _budget(chat: ChatRequest, model_tokens: int, from_window: bool = False) -> Budget:
+    """``from_window``: the budget is a model's context window (mode 2), where the default reply share (mode 1's,
+    which the original's mode 2 never counted) takes no more than a quarter of a small one."""
     response_tokens = min(chat.max_response_tokens, model_tokens - 1)
+    if from_window and not chat.response_tokens_given:
+        response_tokens = min(response_tokens, max(1, model_tokens // 4))
     return Budget(model_tokens - response_tokens, True, None, model_tokens, response_tokens)
 
 

@@ -80,6 +80,7 @@ class ChatRequest:
     max_model_tokens: int = 4000
     max_response_tokens: int = 1000
     model_tokens_given: bool = False  # without it, mode 2's budget is the model's context window
+    response_tokens_given: bool = False
     base_url: str = ""
     organization: str | None = None
     model: str | None = None
@@ -232,6 +233,7 @@ def _options(mode: str | None, raw: Any, settings: Settings, problems: Problems)
     idle_ms = _bounded_int(raw, "idleTimeoutMs", problems)
     out["max_model_tokens"] = model_tokens or settings.max_model_tokens
     out["model_tokens_given"] = bool(model_tokens)
+    out["response_tokens_given"] = bool(response_tokens)
     out["max_response_tokens"] = response_tokens or settings.max_response_tokens
     # In mode 2 without maxModelTokens the budget is the model's window (edges/original.py), not this default.
     if out["max_response_tokens"] >= out["max_model_tokens"] and (model_tokens or (response_tokens and mode != "2")):

@@ -556,12 +556,14 @@ async def count_input_tokens(request: Request, services: Services) -> Response:
     conversation), cut as create would cut it, its instructions and input. The SDK's
     ``responses.input_tokens.count``; model and input are optional, as there."""
     current_log().route = "responses input_tokens"
-    api_key(request)
+    key = api_key(request)
     body = await read_json(request, services.settings.max_body_bytes)
     if isinstance(body, dict):  # personality: a Codex prompt style this gateway has no prompt for
         body = {"model": services.settings.default_model, "input": [], **body, "stream": False}
         body.pop("personality", None)
     ask = parse_ask(body)
+    if key.count(".") == 2:  # an account token: no backend judges it here, so it is judged as on every such route
+        await services.accounts.identify_owner(key)
     caller = await caller_for(request, services, ask.model)
     inputs = await _resolve_references(services, caller.owner, ask.items, ask)
     spec = _spec(services, ask, caller, inputs, Draft(mint("resp_"), ask, int(time.time())))

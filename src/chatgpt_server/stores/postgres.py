@@ -19,6 +19,7 @@ import orjson
 from ..errors import StoreUnavailable
 from ..settings import mask_url
 from .base import (
+    LEASE_LOST,
     PURGE_BATCH,
     SHORT_LIVED_S,
     HistoryRow,
@@ -349,7 +350,8 @@ class PostgresStore(Store):
             [i.status for i in items], turn.keep_tip, turn.opens_record,
         )  # fmt: skip
         if turn.conversation_tip:
-            await self._single(args, lambda conn, a: self._add_after_tip(conn, turn, a))
+            if not await self._single(args, lambda conn, a: self._add_after_tip(conn, turn, a)):
+                raise StoreUnavailable("conversation_lease_lost", id=turn.conversation_id[:256], reason=LEASE_LOST)
             return
         # Group commit: the turns written in one pass of the event loop go in one round trip and one
         # transaction (asyncpg's executemany is atomic), a fraction of the server's work per turn.
@@ -387,19 +389,19 @@ class PostgresStore(Store):
 
     async def _single(
         self, args: tuple[Any, ...], write: Callable[[Connection, tuple[Any, ...]], Awaitable[Any]]
-    ) -> None:
+    ) -> Any:
         try:
-            await self._call(lambda conn: write(conn, args))
+            return await self._call(lambda conn: write(conn, args))
         except asyncpg.UniqueViolationError:
             # Another turn took the parent's next slot between our read and write: fork instead.
             forced = (*args[:2], True, *args[3:])
             try:
-                await self._call(lambda conn: write(conn, forced))
+                return await self._call(lambda conn: write(conn, forced))
             except asyncpg.UniqueViolationError as exc:
                 raise StoreUnavailable(reason=describe(exc, self.url)) from exc
 
     @staticmethod
-    async def _add_after_tip(conn: Connection, turn: TurnWrite, args: tuple[Any, ...]) -> None:
+    async def _add_after_tip(conn: Connection, turn: TurnWrite, args: tuple[Any, ...]) -> bool:
         """A conversation's turn, after its tip as it is now: the tip is read under a row lock, and the
         turn written in the same transaction (by a later statement, which sees a turn another door
         committed while we waited for the lock)."""
@@ -407,16 +409,13 @@ class PostgresStore(Store):
             if turn.lease is not None:  # a write sent before a partition may land after another took the lease
                 held = await conn.fetchval(_LOCK_LEASE, turn.lease[0])  # shared: a takeover waits for this write
                 if held is None or orjson.loads(held).get("lease") != turn.lease[1]:
-                    raise StoreUnavailable(
-                        "conversation_lease_lost",
-                        id=turn.conversation_id[:256],
-                        reason="the conversation's lock was another's when its turn was written",
-                    )
+                    return False  # raised by the caller: the connection is sound (nothing was written)
             tip = await conn.fetchval(_LOCK_TIP, turn.conversation_id, turn.owner)
             if tip is not None and tip != turn.parent_id:
                 first_parents = [tip, *args[14][1:]]
                 args = (tip, *args[1:14], first_parents, *args[15:])
             await conn.execute(_ADD_TURN, *args)
+        return True
 
     async def get_item(self, owner: str, item_id: str) -> StoredItem | None:
         if NUL in item_id:  # no id of ours holds one (and PostgreSQL text cannot)

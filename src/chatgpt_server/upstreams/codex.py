@@ -192,7 +192,7 @@ def codex_error(status: int, code: str, message: str, error: dict[str, Any], hos
                             code=own or "invalid_api_key")  # fmt: skip
     if status == 403:
         return Forbidden("upstream_forbidden", host=host, detail=detail, code=own or "upstream_forbidden")
-    if status == 429:
+    if status == 429 or code == "rate_limit_exceeded":  # a stream's failure keeps its meaning too
         return TooManyRequests("upstream_rate_limited", headers=retry_after(retry), host=host, detail=detail,
                                code=own or "rate_limit_exceeded")  # fmt: skip
     if status == 404:  # an unknown model, as OpenAI answers it: NotFoundError in the SDK
