@@ -728,10 +728,16 @@ def test_the_web_backend_reports_the_challenge_clearly(client: httpx.Client, ups
     assert "unusual activity" in message and "codex" in message
 
 
-def test_responses_door_with_an_account_model(tmp_path: Path, upstreams: Upstreams) -> None:
+def account_model_server(tmp_path: Path, upstreams: Upstreams, window: int | None = None) -> ServerProcess:
+    """A server whose routes file sends gpt-5 (and its kin) to the Codex stand-in, its window if given."""
     routes = tmp_path / "models.toml"
-    routes.write_text(f'[[models]]\nname = "gpt-5*"\nupstream = "codex"\nbase_url = "{upstreams.codex_url}"\n')
-    server = ServerProcess(tmp_path, upstreams.codex_env(CHATGPT_SERVER_MODELS_FILE=str(routes))).start()
+    extra = f"context_window = {window}\n" if window is not None else ""
+    routes.write_text(f'[[models]]\nname = "gpt-5*"\nupstream = "codex"\nbase_url = "{upstreams.codex_url}"\n{extra}')
+    return ServerProcess(tmp_path, upstreams.codex_env(CHATGPT_SERVER_MODELS_FILE=str(routes))).start()
+
+
+def test_responses_door_with_an_account_model(tmp_path: Path, upstreams: Upstreams) -> None:
+    server = account_model_server(tmp_path, upstreams)
     try:
         email, account = unique("sdk")
         with httpx.Client(base_url=server.url, timeout=30) as c:
@@ -774,9 +780,7 @@ def test_a_token_past_its_grace_or_of_an_earlier_sign_in_has_no_records(tmp_path
     (401), not the account's key to its conversations."""
     from .standins.chatgpt_auth import encode_jwt
 
-    routes = tmp_path / "models.toml"
-    routes.write_text(f'[[models]]\nname = "gpt-5*"\nupstream = "codex"\nbase_url = "{upstreams.codex_url}"\n')
-    server = ServerProcess(tmp_path, upstreams.codex_env(CHATGPT_SERVER_MODELS_FILE=str(routes))).start()
+    server = account_model_server(tmp_path, upstreams)
     try:
         email, account = unique("stale")
         with httpx.Client(base_url=server.url, timeout=30) as c:
@@ -823,10 +827,7 @@ def test_mode_2_on_a_small_window_keeps_room_for_the_prompt(tmp_path: Path, upst
     """A model whose window is smaller than the default reply share: the default takes a quarter of it, so
     a question fits (it was refused as too long for a budget of one token); a reply share the client
     gives past the window is named as such."""
-    routes = tmp_path / "models.toml"
-    routes.write_text(f'[[models]]\nname = "gpt-5"\nupstream = "codex"\nbase_url = "{upstreams.codex_url}"\n'
-                      "context_window = 512\n")  # fmt: skip
-    server = ServerProcess(tmp_path, upstreams.codex_env(CHATGPT_SERVER_MODELS_FILE=str(routes))).start()
+    server = account_model_server(tmp_path, upstreams, window=512)
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             token = sign_in(c, upstreams, *unique("small"))["accessToken"]

@@ -732,6 +732,13 @@ def test_a_stream_stuck_on_a_client_that_stopped_reading_keeps_its_partial_at_sh
         server.stop()
 
 
+def big_stream(words: int) -> dict[str, Any]:
+    """An original-route stream whose deltas each carry the text so far: megabytes from a few thousand words."""
+    content = " ".join(f"w{i}" for i in range(words))
+    budget = {"maxModelTokens": 16000, "maxResponseTokens": 4000}
+    return {"mode": "1", "type": "2", "opts": {"key": KEY, "content": content, "isFollow": False, "opts": budget}}
+
+
 def test_a_stream_whose_client_stopped_reading_is_let_go_after_the_idle_timeout(
     tmp_path: Path, upstreams: Upstreams
 ) -> None:
@@ -740,9 +747,7 @@ def test_a_stream_whose_client_stopped_reading_is_let_go_after_the_idle_timeout(
     without a byte read it is taken as gone. What had arrived is stored, as when a client leaves."""
     env = upstreams.env(CHATGPT_SERVER_IDLE_TIMEOUT_MS="1500", CHATGPT_SERVER_HEARTBEAT_SECONDS="1")
     server = ServerProcess(tmp_path, env).start()
-    words = " ".join(f"w{i}" for i in range(2000))  # each delta carries the text so far: ~10 MB in all
-    budget = {"maxModelTokens": 16000, "maxResponseTokens": 4000}
-    body = {"mode": "1", "type": "2", "opts": {"key": KEY, "content": words, "isFollow": False, "opts": budget}}
+    body = big_stream(2000)  # ~10 MB in all
     try:
         with socket.socket() as s, httpx.Client(base_url=server.url, timeout=30) as c:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
@@ -767,9 +772,7 @@ def test_a_stream_whose_client_reads_slowly_is_not_cut(tmp_path: Path, upstreams
     wakes a writer only once much of its buffer has drained), what it takes is progress."""
     env = upstreams.env(CHATGPT_SERVER_IDLE_TIMEOUT_MS="1000", CHATGPT_SERVER_HEARTBEAT_SECONDS="1")
     server = ServerProcess(tmp_path, env).start()
-    words = " ".join(f"w{i}" for i in range(1200))  # each delta carries the text so far: ~4 MB in all
-    budget = {"maxModelTokens": 16000, "maxResponseTokens": 4000}
-    body = {"mode": "1", "type": "2", "opts": {"key": KEY, "content": words, "isFollow": False, "opts": budget}}
+    body = big_stream(1200)  # ~4 MB in all
     try:
         with socket.socket() as s:
             s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)

@@ -572,7 +572,8 @@ HOSTILE_CODEX: list[tuple[str, str, str]] = [
     ("", '{"type": "response.function_call_arguments.delta", "item_id": "fc-1", "delta": 5}', "502"),
     (
         "",
-        '{"type": "response.output_item.done", "item": {"type": "function_call", "id": "fc-1", "arguments": 5}}',
+        '{"type": "response.output_item.done", "item": {"type": "function_call", "id": "fc-1", "name": "f", '
+        '"arguments": 5}}',
         "ok",
     ),
     ("", '{"type": "response.created", "response": {"id": "' + TEN_KB + '", "model": [1]}}', "ok"),
@@ -672,6 +673,44 @@ def test_a_codex_event_refused_is_refused_whole() -> None:
         item = {"type": "message", "id": "m9", "content": [{"type": "output_text", "text": " more"}, 7]}
         calling.feed("", orjson.dumps({"type": "response.output_item.done", "item": item}).decode())
     assert calling.pieces == [] and [c.name for c in calling.tool_calls] == ["f"]
+
+
+def test_a_codex_call_told_only_when_done_or_with_whole_arguments_is_kept() -> None:
+    """A function call whose item comes only as ``output_item.done`` (after text), or whose arguments
+    come whole on its item (a JSON value given as its text, as on every door), is a call with its
+    arguments, never dropped or emptied."""
+
+    def event(kind: str, item: dict[str, Any], index: int = 1) -> str:
+        return orjson.dumps({"type": kind, "item": item, "output_index": index}).decode()
+
+    late = CodexParser(HOST, SECRET)
+    late.feed(
+        "", '{"type": "response.output_text.delta", "item_id": "m1", "output_index": 0, "delta": "Let me check."}'
+    )
+    call = {
+        "type": "function_call",
+        "id": "fc_1",
+        "call_id": "c1",
+        "name": "get_weather",
+        "arguments": '{"city":"Rome"}',
+    }
+    late.feed("", event("response.output_item.done", call))
+    assert [(c.name, c.arguments) for c in late.tool_calls] == [("get_weather", '{"city":"Rome"}')]
+    whole = CodexParser(HOST, SECRET)
+    whole.feed("", event("response.output_item.added", {**call, "arguments": ""}))
+    whole.feed("", event("response.output_item.done", {**call, "arguments": {"city": "Oslo"}}))
+    assert [c.arguments for c in whole.tool_calls] == ['{"city":"Oslo"}']
+    added = CodexParser(HOST, SECRET)
+    added.feed("", event("response.output_item.added", {**call, "arguments": '{"city":"P"}'}))
+    assert [c.arguments for c in added.tool_calls] == ['{"city":"P"}']
+
+
+def test_a_codex_message_said_by_named_deltas_is_not_said_again_by_an_unnamed_done() -> None:
+    parser = CodexParser(HOST, SECRET)
+    parser.feed("", '{"type": "response.output_text.delta", "item_id": "msg_1", "delta": "Hello"}')
+    parser.feed("", orjson.dumps({"type": "response.output_item.done", "output_index": 0, "item": {
+        "type": "message", "content": [{"type": "output_text", "text": "Hello"}]}}).decode())  # fmt: skip
+    assert "".join(parser.pieces) == "Hello"
 
 
 @pytest.mark.parametrize(

@@ -6,7 +6,7 @@ import json
 import os
 import socket
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +14,7 @@ import httpx
 import pytest
 
 from .conftest import KEY, Upstreams, ask
-from .harness import ServerProcess
+from .harness import ServerProcess, within
 from .standins.chatgpt_web import mint
 from .test_api_contract import assert_error
 
@@ -197,7 +197,7 @@ def test_client_disconnect_cancels_upstream_and_keeps_the_partial(
     body = {"mode": "1", "type": "2", "opts": {"key": KEY, "content": "a b c d e f g h", "isFollow": False}}
     first = _leave_after_first_delta(fast_server, body)
     # The upstream request was cancelled within a second.
-    assert _within(1.0, lambda: upstreams.openai.closed_streams == before + 1)
+    assert within(1.0, lambda: upstreams.openai.closed_streams == before + 1)
     upstreams.openai.chunk_delay = 0.0
     follow = ask(sclient, "what did you say?", parent=first["id"]).json()["data"]
     sent = upstreams.openai.requests[-1]["body"]["messages"]
@@ -212,21 +212,12 @@ def test_mode2_disconnect_cancels_and_frees_the_account(fast_server: ServerProce
     before = upstreams.chatgpt.cancelled
     body = {"mode": "2", "type": "2", "opts": {"key": token, "content": "a b c d e f", "isFollow": False}}
     first = _leave_after_first_delta(fast_server, body)
-    assert _within(1.0, lambda: upstreams.chatgpt.cancelled == before + 1)
+    assert within(1.0, lambda: upstreams.chatgpt.cancelled == before + 1)
     upstreams.chatgpt.chunk_delay = 0.0
-    assert _within(2.0, lambda: _health(sclient)["queues"] == 0 and _health(sclient)["turns"] == 0)
+    assert within(2.0, lambda: _health(sclient)["queues"] == 0 and _health(sclient)["turns"] == 0)
     # The account's queue was released and the partial reply stored: a follow-up works at once.
     again = ask(sclient, "next", parent=first["id"], key=token, mode="2")
     assert again.status_code == 201, again.text
-
-
-def _within(seconds: float, condition: Callable[[], bool]) -> bool:
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.02)
-    return True
 
 
 def _settled(client: httpx.Client, upstreams: Upstreams, closed: int) -> bool:
@@ -251,13 +242,13 @@ def test_disconnects_leak_no_tasks_streams_or_memory(
     closed_before = upstreams.openai.closed_streams
     for _ in range(30):  # warm up caches and pools
         _leave_after_first_delta(fast_server, body)
-    assert _within(3.0, lambda: _settled(sclient, upstreams, closed_before + 30))
+    assert within(3.0, lambda: _settled(sclient, upstreams, closed_before + 30))
     assert fast_server.proc is not None
     pid = fast_server.proc.pid
     rss_warm, fds_warm = _rss_kb(pid), len(os.listdir(f"/proc/{pid}/fd"))
     for _ in range(150):
         _leave_after_first_delta(fast_server, body)
-    assert _within(3.0, lambda: _settled(sclient, upstreams, closed_before + 180))
+    assert within(3.0, lambda: _settled(sclient, upstreams, closed_before + 180))
     after = _health(sclient)
     assert after["streams"] == 0 and after["queues"] == 0
     assert after["tasks"] <= baseline["tasks"] + 1

@@ -26,6 +26,7 @@ from ..errors import (
     Unauthorized,
 )
 from .base import ALIVE, MAX_TOOL_CALLS, Event, Prompt, Reply, Target, ToolCall, is_count, label
+from .chat_completions import arguments_text
 from .http import (
     TRANSPORT_ERRORS,
     Answer,
@@ -332,13 +333,27 @@ class CodexParser:
         call = ToolCall(len(self._order), mint("call_"), name[:256], "", label(item.get("call_id")))
         self.calls[key] = call
         self._order.append(key)
-        return [Event(tool_index=call.index, tool_id=call.call_id, tool_name=call.name)]
+        events = [Event(tool_index=call.index, tool_id=call.call_id, tool_name=call.name)]
+        return events + self._arguments(call, item.get("arguments"))
+
+    def _arguments(self, call: ToolCall, value: Any) -> list[Event]:
+        """Arguments a call's item carries whole (a JSON value given as its text, as on every door), for
+        a call whose arguments came as no deltas."""
+        if value is None or value == "" or call.arguments:
+            return []
+        text = arguments_text(value)
+        if text is None:
+            raise _bad(self.host, "a function call's arguments are not JSON we can read")
+        call.arguments = text
+        return [Event(tool_index=call.index, arguments=text)]
 
     def _item_done(self, item: Any, output_index: Any = None) -> list[Event]:
         if isinstance(item, dict) and item.get("type") == "message":
             item_id = item.get("id") if isinstance(item.get("id"), str) else None
             spoken = self._spoken & {item_id, None, ("at", output_index) if is_count(output_index) else None}
-            unplaced = item_id is None and not is_count(output_index)  # nothing tells it from the deltas' item
+            # Nothing tells it from the deltas' item: it has no id and no place, or the deltas gave none.
+            placed = any(isinstance(told, tuple) for told in self._spoken)
+            unplaced = item_id is None and (not is_count(output_index) or not placed)
             if spoken or (self._spoken and unplaced):  # its deltas came: told once
                 return [ALIVE]
             return self._whole(item)
@@ -346,11 +361,9 @@ class CodexParser:
             return [ALIVE]
         key = _item_key(item)
         call = self.calls.get(key) if key is not None else None
-        arguments = item.get("arguments")
-        if call is not None and not call.arguments and isinstance(arguments, str) and arguments:
-            call.arguments = arguments
-            return [Event(tool_index=call.index, arguments=arguments)]
-        return [ALIVE]
+        if call is None:  # a call told only when done (no .added came for it): a call all the same
+            return self._item_added(item)
+        return self._arguments(call, item.get("arguments")) or [ALIVE]
 
     def _whole(self, item: dict[str, Any]) -> list[Event]:
         """A message told whole, without deltas (a server may): its text is the reply's. Its parts are
@@ -392,7 +405,7 @@ class CodexParser:
                 if isinstance(item, dict) and item.get("type") == "message":
                     events += [e for e in self._whole(item) if e is not ALIVE]
                 elif isinstance(item, dict) and item.get("type") == "function_call":
-                    events += [e for e in (*self._item_added(item), *self._item_done(item)) if e is not ALIVE]
+                    events += [e for e in self._item_added(item) if e is not ALIVE]
         self._usage(response)
         return events or [ALIVE]
 
