@@ -778,6 +778,15 @@ def test_the_pass_through_masks_a_key_spelled_in_json_escapes(gateway: ServerPro
     assert text.startswith("E:") and key not in text and key[-8:] not in text
 
 
+def test_the_pass_through_keeps_escapes_that_hide_no_key_as_written(gateway: ServerProcess) -> None:
+    """Escapes are decoded to look for the key; written again only when they hid it (a rewrite changes
+    what JSON readers read differently: a number past 64 bits, a duplicate key)."""
+    with openai.OpenAI(base_url=gateway.url + "/v1", api_key=new_key(), max_retries=0) as sdk:
+        messages: Any = [{"role": "user", "content": "goescapes"}]
+        body = sdk.chat.completions.with_raw_response.create(model="leaky-1", messages=messages).http_response.read()
+    assert b'"a \\u003cb\\u003e"' in body and b'"x_big": 12345678901234567890123' in body, body
+
+
 @pytest.mark.parametrize("key", ["EMPTY", "ollama", "x", "none", "sk-no-key"])
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_placeholder_key_masks_no_word_of_the_reply(gateway: ServerProcess, key: str, stream: bool) -> None:

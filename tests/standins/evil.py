@@ -811,6 +811,11 @@ class ChatLeaky(Recording):
         if words[0] == "entities":  # an HTML error page spelling the key as character references
             spelled = "".join(f"&#{ord(c)};" for c in secret)
             return web.Response(status=int(words[1]), text=f"<p>bad key {spelled}</p>", content_type="text/html")
+        if words[0] == "goescapes":  # Go's JSON (Ollama): < > & escaped, and a number past 64 bits
+            raw = ('{"id": "x", "object": "chat.completion", "model": "m", "choices": [{"index": 0, "message": '
+                   '{"role": "assistant", "content": "a \\u003cb\\u003e"}, "finish_reason": "stop"}], '
+                   '"x_big": 12345678901234567890123}')  # fmt: skip
+            return web.Response(status=200, body=raw.encode(), content_type="application/json")
         if words[0] == "escaped":  # a good reply whose text spells the key in JSON \u escapes
             escaped = "".join(f"\\u{ord(c):04x}" for c in secret)
             raw = ('{"id": "x", "object": "chat.completion", "model": "m", "choices": [{"index": 0, "message": '

@@ -118,7 +118,11 @@ def _masked(raw: bytes, key: str) -> bytes:
     same). A key split across stream events is not seen: each event is passed on as it comes."""
     if _ASCII_ESCAPE.search(raw):  # a key is ASCII: only an escaped ASCII character can hide one
         with contextlib.suppress(ValueError, TypeError):  # not JSON, or too deep to write: as it came
-            raw = orjson.dumps(orjson.loads(raw))
+            decoded = orjson.dumps(orjson.loads(raw))
+            # Written again only when the escapes hid the key: else the bytes go on as the upstream wrote
+            # them (Go's servers escape < > & so; a rewrite would change numbers past 64 bits, duplicates)
+            if masking(key).search(decoded) or may_hold_run(decoded.lower(), key):
+                raw = decoded
     secret = masking(key)
     if secret.search(raw):
         raw = secret.sub(b"***", raw)
