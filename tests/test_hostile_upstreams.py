@@ -55,6 +55,7 @@ from .standins.evil import (
     empty_ids,
     junk_retry_after,
     ollama_ids,
+    otherwise_spellings,
     spellings,
     web_hostile_frames,
 )
@@ -898,6 +899,21 @@ def test_an_echoed_access_token_never_comes_back(gateway: ServerProcess, http: h
     if question.startswith("429 "):
         assert got.response.headers.get("retry-after") == expected, question
     assert_not_logged(gateway, rid, token)
+
+
+@pytest.mark.parametrize("status", ["400", "500"])
+@pytest.mark.parametrize("kind", ["1", "2"])
+def test_a_key_echoed_spelled_otherwise_never_comes_back(gateway: ServerProcess, http: httpx.Client, evil: Evil,
+                                                         status: str, kind: str) -> None:  # fmt: skip
+    """Backwards, with spaces, dashes or zero-width characters between its own, in full-width forms: no run
+    of the key is there to cut out, so the upstream's words are left out whole."""
+    key = new_key()
+    rid = uuid.uuid4().hex
+    got = call(http, f"otherwise {status} {uuid.uuid4().hex}", evil.urls["leaky"], key=key, kind=kind, rid=rid)
+    assert got.status >= 400 and "spelled the credential otherwise" in got.message, got.response.text
+    assert within(5, lambda: rid in gateway.log())
+    for shown in (got.response.text, gateway.log()):
+        assert not [form for form in otherwise_spellings(key) if form in shown]
 
 
 def test_the_stand_in_echoes_every_spelling() -> None:

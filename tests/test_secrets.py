@@ -8,7 +8,7 @@ from pathlib import Path
 import httpx
 
 from .conftest import Upstreams, ask
-from .harness import ServerProcess
+from .harness import ServerProcess, within
 from .standins.chatgpt_web import mint
 
 
@@ -95,6 +95,18 @@ def test_a_secret_sent_in_the_wrong_field_is_never_quoted_back(tmp_path: Path, u
     for secret in (key, key[-8:], other, token, token.split(".")[1], password):
         assert secret.lower() not in log.lower(), f"{secret} in the server log"
         assert all(secret.lower() not in text.lower() for text in seen), (secret, seen)
+
+
+def test_a_bearer_key_in_the_path_of_an_unknown_route_is_masked(server: ServerProcess, client: httpx.Client) -> None:
+    """The request's bearer credential is its secret on every route, an unknown one too (its 404 quotes
+    the path, and the access log writes it)."""
+    key = f"myLocalKey{uuid.uuid4().hex}"  # not shaped like a key: masked as the request's own only
+    for path in (f"/api/v1/gpt/getInfo/{key}", f"/nowhere/{key}", f"/v1/nowhere/{key}"):
+        answer = client.get(path, headers={"Authorization": f"Bearer {key}"})
+        assert answer.status_code == 404 and key not in answer.text, answer.text
+        rid = answer.headers["x-request-id"]
+        assert within(5, lambda rid=rid: rid in server.log())  # type: ignore[misc]
+    assert key not in server.log() and key[-8:] not in server.log()
 
 
 def test_the_start_up_log_masks_credentials_in_every_url(tmp_path: Path, upstreams: Upstreams) -> None:

@@ -383,7 +383,7 @@ class App:
         started = time.perf_counter()
         entry = begin_log()
         scope[GONE] = entry.client_left
-        rid = self._request_id(scope)
+        rid = self._request_id(scope, entry)
         status = 0
         rid_header = (b"x-request-id", rid.encode())
 
@@ -426,9 +426,10 @@ class App:
             self.access.write(entry, rid, method, path, status, started)
 
     @staticmethod
-    def _request_id(scope: Scope) -> str:
+    def _request_id(scope: Scope, entry: RequestLog) -> str:
         """The client's own id when it is a well-formed one and no credential (its own key, or anything
-        shaped like one: it is written to the log), else a new one."""
+        shaped like one: it is written to the log), else a new one. A bearer credential is the request's
+        secret from here on, whatever the route (an unknown one quotes its path, which may hold it)."""
         given: str | None = None
         bearer: str | None = None
         for name, value in scope["headers"]:
@@ -436,6 +437,8 @@ class App:
                 given = value.decode("latin-1")
             elif name == b"authorization":
                 bearer = value.decode("latin-1").removeprefix("Bearer ").strip()
+        if bearer:
+            entry.secrets = (bearer,)
         if given is not None and _REQUEST_ID.match(given) and not holds_secret(given, *((bearer,) if bearer else ())):
             return given
         return random_hex(64)

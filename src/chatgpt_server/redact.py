@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import re
+import unicodedata
 from collections.abc import Set as AbstractSet
 from typing import AnyStr
 from urllib.parse import quote, quote_plus
@@ -174,3 +175,19 @@ def masked(text: str, *secrets: str) -> str:
     if forms:
         text = re.sub("|".join(re.escape(form) for form in forms), "***", text, flags=re.IGNORECASE)
     return SECRETISH.sub("***", text)
+
+
+def spelled_otherwise(text: str, *secrets: str) -> bool:
+    """Whether ``text`` spells a secret in a way its runs miss: with other characters between its own
+    (spaces, dashes, zero-width ones), in full-width forms, or backwards, as an echoing upstream may. Only
+    its letters and digits are compared (after NFKC), for secrets with at least ``MIN_SECRET`` of them."""
+    plain = _alnum(text)
+    for secret in secrets:
+        key = _alnum(secret)
+        if len(key) >= MIN_SECRET and (key in plain or key[::-1] in plain):
+            return True
+    return False
+
+
+def _alnum(value: str) -> str:
+    return "".join(c for c in unicodedata.normalize("NFKC", value).casefold() if c.isalnum())

@@ -733,6 +733,12 @@ OTHER_SECRETS = ["sk-proj-Zq3vT8xYw2LmN5pRk7Hs", "Bearer abc.def-ghi_jkl", "api_
                  "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.c2lnbmF0dXJlLWhlcmU"]  # fmt: skip
 
 
+def otherwise_spellings(secret: str) -> list[str]:
+    """The key as an echo may spell it that none of its runs matches."""
+    wide = "".join(chr(ord(c) + 0xFEE0) if "!" <= c <= "~" else c for c in secret)
+    return [secret[::-1], " ".join(secret), "-".join(secret), wide, "\u200b".join(secret)]
+
+
 def echo_text(secret: str) -> str:
     """A message that holds the credential in every spelling, and other credential-shaped strings."""
     forms = spellings(secret)
@@ -794,6 +800,9 @@ class ChatLeaky(Recording):
         headers = _leaky_headers(secret, retry)
         error = {"error": {"message": echo_text(secret), "type": secret.swapcase(), "param": secret[-8:],
                            "code": secret}}  # fmt: skip
+        if words[0] == "otherwise":  # the key spelled otherwise: backwards, spaced, dashed, full-width, zero-width
+            return _json(int(words[1]), {"error": {"message": "Incorrect API key provided: " + " / ".join(
+                otherwise_spellings(secret))}})  # fmt: skip
         if words[0] == "big":  # an error answer past 64 kB: its status and Retry-After still count
             huge = {"error": {"message": "Rate limit reached " + "x" * 100_000, "code": "rate_limit_exceeded"}}
             return _json(int(words[1]), huge, {"Retry-After": "7"})

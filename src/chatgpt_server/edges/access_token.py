@@ -63,7 +63,7 @@ async def get_info(request: Request, services: Services) -> Response:
     log.route = "token"
     token = _presented(request, values)
     password = values.get("password")
-    log.secrets = tuple(v for v in (token, password) if isinstance(v, str))
+    log.secrets = (*log.secrets, *(v for v in (token, password) if isinstance(v, str)))
     if token is not None and str(values.get("type", "")).strip() == "2" and header_safe(token):
         current = await services.accounts.current_for(token)
         if current is not None:

@@ -180,7 +180,10 @@ async def get_info(request: Request, services: Services) -> ASGIApp:
     settings = services.settings
     body = await read_json(request, settings.max_body_bytes)
     log = current_log()
-    log.secrets = _secrets_in(body)  # before the checks: a message about a field must not quote the key
+    log.secrets = (
+        *log.secrets,
+        *_secrets_in(body),
+    )  # before the checks: a message about a field must not quote the key
     chat = parse_chat(body, settings)
     log.route = f"gpt mode{chat.mode} type{2 if chat.stream else 1}"
     spec, credential = await spec_for(chat, services)

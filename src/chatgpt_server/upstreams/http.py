@@ -22,7 +22,17 @@ from urllib.parse import urlsplit
 import aiohttp
 
 from ..errors import BadGateway, GatewayTimeout, ServiceError
-from ..redact import MIN_SECRET, SECRETISH, TAIL_FROM, fragment_spans, has_secretish_word, lower, masked, secret_forms
+from ..redact import (
+    MIN_SECRET,
+    SECRETISH,
+    TAIL_FROM,
+    fragment_spans,
+    has_secretish_word,
+    lower,
+    masked,
+    secret_forms,
+    spelled_otherwise,
+)
 from ..settings import Settings, netloc_of
 from .wire import ConnectFailed, CutOff, Disconnected, NotHTTP, Wire, WireResponse
 
@@ -76,6 +86,8 @@ def scrub(value: Any, *secrets: str, limit: int = 300) -> str:
             cut = cut[: len(cut) - found.end()] if found else ""
         text = cut
     text = masked(text, *secrets)
+    if spelled_otherwise(text, *secrets):  # nothing to cut out where the key is not spelled as sent
+        return "(words that spelled the credential otherwise, left out)"
     text = " ".join("".join(c if c.isprintable() else " " for c in text).split())
     return text if len(text) <= limit else text[:limit] + "…"
 
