@@ -265,7 +265,8 @@ def slow_web(upstreams: Upstreams, tmp_path: Path) -> Iterator[tuple[ServerProce
 
 
 def test_forged_tokens_naming_an_account_do_not_queue_its_owner(slow_web: tuple[ServerProcess, str, SlowWeb]) -> None:
-    server, url, _ = slow_web
+    server, url, slow = slow_web
+    slow.delay = 2.0  # queued behind one forged request, hers would take 4 s at least; her own, about 2
     alice = mint("alice@example.com")
     forged = [alice.rsplit(".", 1)[0] + f".forged{i}signature" for i in range(2)]  # her email, not her signature
     results: dict[str, float] = {}
@@ -283,7 +284,7 @@ def test_forged_tokens_naming_an_account_do_not_queue_its_owner(slow_web: tuple[
     call("alice", alice)
     for t in threads:
         t.join()
-    assert results["alice"] < 1.8, results  # her own upstream time, not behind the forged ones
+    assert results["alice"] < 3.5, results  # her own upstream time (with room for a loaded machine), not behind theirs
 
 
 def test_a_json_client_that_leaves_frees_the_account(slow_web: tuple[ServerProcess, str, SlowWeb]) -> None:
