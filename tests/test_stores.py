@@ -445,6 +445,28 @@ def test_a_turn_written_under_a_lease_another_took_is_refused_in_the_write(netwo
     with_store(store_url(network_kind, tmp_path), body)
 
 
+def test_deleting_a_conversations_last_items_moves_its_tip_to_what_is_left(kind: str, tmp_path: Path) -> None:
+    """The tip deleted (in any order of the last items): it moves to its nearest ancestor still there, so
+    a turn from the last item a client sees continues the conversation (not a branch it never lists)."""
+
+    async def body(store: Store) -> None:
+        await store.put_record(Record("conversation", "conv-1", "owner-a", {"metadata": {}}, None, 1.0, 1.0), None)
+        await store.add_turn(turn(None, new("one"), a := new("echo one", "assistant"), conversation_tip="conv-1"))
+        await store.add_turn(turn(a.item.id, q := new("two"), b := new("echo two", "assistant"),
+                                  conversation_tip="conv-1"))  # fmt: skip
+        assert await store.delete_item("owner-a", "conv-1", q.item.id)  # not the tip: the tip stays
+        record = await store.get_record("conversation", "conv-1")
+        assert record is not None and record.tip == b.item.id
+        assert await store.delete_item("owner-a", "conv-1", b.item.id)  # the tip: up past the deleted q
+        record = await store.get_record("conversation", "conv-1")
+        assert record is not None and record.tip == a.item.id
+        await store.add_turn(turn(a.item.id, new("three"), c := new("echo three", "assistant")))  # from the tip
+        record = await store.get_record("conversation", "conv-1")
+        assert record is not None and record.tip == c.item.id
+
+    with_store(store_url(kind, tmp_path), body)
+
+
 def test_a_turn_that_keeps_the_tip_is_stored_and_moves_nothing(kind: str, tmp_path: Path) -> None:
     """A reply that failed before any output is stored (its input, its response) without moving its
     conversation's tip, even when it continued from the tip."""

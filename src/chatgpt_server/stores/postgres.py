@@ -48,8 +48,11 @@ from .sql import (
     path_ids_query,
     purge_cut,
     response_item_query,
+    tip_off_deleted,
 )
 from .sqlite import item_from_row, record_from_row
+
+_TIP_OFF_DELETED = tip_off_deleted("$")
 
 T = TypeVar("T")
 _MIGRATION_LOCK = 7002_0001  # advisory lock id: one instance migrates at a time
@@ -471,6 +474,8 @@ class PostgresStore(Store):
                SELECT count(*) FROM del""",
             item_id, owner, conversation_id,
         )  # fmt: skip
+        if rows[0][0]:
+            await self._call(lambda conn: conn.execute(_TIP_OFF_DELETED, conversation_id, item_id))
         return bool(rows[0][0])
 
     # -- records ------------------------------------------------------------------------------------

@@ -185,7 +185,7 @@ if ttl > 0 then redis.call('PEXPIRE', key, ttl) else redis.call('PERSIST', key) 
 return 1
 """)
 
-# ARGV: prefix, owner, conversation, item id
+# ARGV: prefix, owner, conversation, item id, max steps (up from a deleted tip)
 _DELETE_ITEM = Script("""
 local key = ARGV[1] .. 'i:' .. ARGV[4]
 local f = redis.call('HMGET', key, 'o', 'c', 'd')
@@ -195,6 +195,18 @@ local ckey = ARGV[1] .. 'r:conversation:' .. ARGV[3]
 if redis.call('EXISTS', ckey) == 1 then
   redis.call('HINCRBY', ckey, 'g', 1)
   redis.call('HINCRBY', ckey, 'v', 1)
+  if redis.call('HGET', ckey, 't') == ARGV[4] then  -- the tip deleted: its nearest ancestor still there
+    local at, steps = redis.call('HGET', key, 'p'), 0
+    while at and at ~= '' and steps < tonumber(ARGV[5]) do
+      local gone = redis.call('HGET', ARGV[1] .. 'i:' .. at, 'd')
+      if gone ~= '1' then
+        if not gone then at = '' end  -- an ancestor no longer stored: no tip
+        break
+      end
+      at, steps = redis.call('HGET', ARGV[1] .. 'i:' .. at, 'p'), steps + 1
+    end
+    redis.call('HSET', ckey, 't', at or '')
+  end
 end
 return 1
 """)
@@ -439,7 +451,7 @@ class RedisStore(Store):
             await self._call(self.client.call("ZREM", key, *gone))
 
     async def delete_item(self, owner: str, conversation_id: str, item_id: str) -> bool:
-        return bool(await self._script(_DELETE_ITEM, [self.prefix, owner, conversation_id, item_id]))
+        return bool(await self._script(_DELETE_ITEM, [self.prefix, owner, conversation_id, item_id, MAX_WALK]))
 
     # -- records ------------------------------------------------------------------------------------
     def _ttl(self, kind: str) -> int:

@@ -240,3 +240,18 @@ def item_query(p: Placeholder) -> str:
         SELECT {columns}, COALESCE(r.gen, 0)
         FROM items i LEFT JOIN records r ON r.kind = 'conversation' AND r.id = i.conversation_id
         WHERE i.id = {p(1)} AND i.owner = {p(2)}"""
+
+
+def tip_off_deleted(mark: str) -> str:
+    """A conversation's tip, when it is the item just deleted, moved to its nearest ancestor still there
+    (or none): else a turn from the last item a client sees would be a branch the conversation never lists.
+    ``mark`` is the placeholder style: "?" (SQLite) or "$" (PostgreSQL); parameters: conversation, item."""
+    conv, item = ("?1", "?2") if mark == "?" else ("$1", "$2")
+    return f"""UPDATE records SET tip = (
+  WITH RECURSIVE up(id, parent_id, deleted, depth) AS (
+    SELECT id, parent_id, deleted, 0 FROM items WHERE id = {item}
+    UNION ALL
+    SELECT i.id, i.parent_id, i.deleted, up.depth + 1 FROM items i JOIN up ON i.id = up.parent_id
+    WHERE up.deleted AND up.depth < {MAX_WALK})
+  SELECT id FROM up WHERE NOT deleted ORDER BY depth LIMIT 1)
+WHERE kind = 'conversation' AND id = {conv} AND tip = {item}"""

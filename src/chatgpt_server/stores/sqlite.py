@@ -50,7 +50,10 @@ from .sql import (
     path_ids_query,
     purge_cut,
     response_item_query,
+    tip_off_deleted,
 )
+
+_TIP_OFF_DELETED = tip_off_deleted("?")
 
 # The WAL is checkpointed (copied into the database) by a thread of ours, every 0.2 s, PASSIVE: that
 # never blocks a writer. Under steady load the WAL never empties by itself, so once it holds more than
@@ -704,6 +707,7 @@ class SQLiteStore(Store):
             if cursor.rowcount:
                 db.execute("UPDATE records SET gen = gen + 1, version = version + 1 "
                            "WHERE kind = 'conversation' AND id = ?", (conversation_id,))  # fmt: skip
+                db.execute(_TIP_OFF_DELETED, (conversation_id, item_id))
             return bool(cursor.rowcount)
 
         return await self._write_one(work)
