@@ -369,6 +369,16 @@ def test_a_refresh_that_gives_no_token_of_the_account_is_not_kept(
     assert "must sign in again" in message and "refreshed_token_unverified" in message
 
 
+def signed_in_then_rotated(c: httpx.Client, upstreams: Upstreams, name: str) -> tuple[str, str]:
+    """An account signed in and used (the server has fetched the issuer's keys), then the issuer's key
+    rotated: (email, its token)."""
+    email, account = unique(name)
+    token = sign_in(c, upstreams, email, account)["accessToken"]
+    assert ask(c, "before", key=token, mode="2").status_code == 201  # the keys are fetched by now
+    upstreams.apps.call(upstreams.auth.rotate_key)
+    return email, token
+
+
 def test_a_refresh_signed_with_a_key_new_since_the_last_fetch_is_kept(tmp_path: Path, upstreams: Upstreams) -> None:
     """The issuer starts signing with a new key moments after this server fetched its keys: the token a
     refresh gives is checked against the keys fetched again (not refused as not the account's, which
@@ -376,10 +386,7 @@ def test_a_refresh_signed_with_a_key_new_since_the_last_fetch_is_kept(tmp_path: 
     server = ServerProcess(tmp_path, upstreams.codex_env()).start()  # its own process: a fresh key cache
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            email, account = unique("newkey")
-            token = sign_in(c, upstreams, email, account)["accessToken"]
-            assert ask(c, "before", key=token, mode="2").status_code == 201  # the keys are fetched by now
-            upstreams.apps.call(upstreams.auth.rotate_key)
+            email, token = signed_in_then_rotated(c, upstreams, "newkey")
             upstreams.apps.call(lambda: upstreams.codex.fail_next.append("401"))  # the backend refuses: refresh
             assert ask(c, "after", key=token, mode="2").status_code == 201
             assert grant_for(upstreams, email).refreshes == 1
@@ -398,10 +405,7 @@ def test_a_token_signed_with_a_key_new_since_the_last_fetch_is_never_bound_to_it
     server = ServerProcess(tmp_path, upstreams.codex_env()).start()  # its own process: a fresh key cache
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            email, account = unique("rotated")
-            token = sign_in(c, upstreams, email, account)["accessToken"]
-            assert ask(c, "before", key=token, mode="2").status_code == 201  # the keys are fetched by now
-            upstreams.apps.call(upstreams.auth.rotate_key)
+            signed_in_then_rotated(c, upstreams, "rotated")
             other, other_account = unique("newcomer")
             first = upstreams.apps.call(lambda: upstreams.auth.mint(other, other_account)).access_token
             deadline = time.monotonic() + 10

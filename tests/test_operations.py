@@ -724,12 +724,17 @@ def test_a_stream_stuck_on_a_client_that_stopped_reading_keeps_its_partial_at_sh
     server.start()
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
-            follow = ask(c, "after", parent=first["id"], maxModelTokens=16000, maxResponseTokens=4000)
-            assert follow.status_code == 201, follow.text  # the partial reply was stored
-            stored = upstreams.openai.requests[-1]["body"]["messages"][-2]
-            assert stored["role"] == "assistant" and stored["content"].startswith(first["text"])
+            assert_partial_stored(c, upstreams, first)
     finally:
         server.stop()
+
+
+def assert_partial_stored(c: httpx.Client, upstreams: Upstreams, first: dict[str, Any]) -> None:
+    """What a stream had told by its first delta was stored: a follow-up from it carries it."""
+    follow = ask(c, "after", parent=first["id"], maxModelTokens=16000, maxResponseTokens=4000)
+    assert follow.status_code == 201, follow.text
+    stored = upstreams.openai.requests[-1]["body"]["messages"][-2]
+    assert stored["role"] == "assistant" and stored["content"].startswith(first["text"])
 
 
 def big_stream(words: int) -> dict[str, Any]:
@@ -757,10 +762,7 @@ def test_a_stream_whose_client_stopped_reading_is_let_go_after_the_idle_timeout(
             wait_for(lambda: "read nothing for 1.5 s" in server.log(), 15, "the stalled stream to be let go")
             assert time.monotonic() - stalled >= 1.0
             wait_for(lambda: c.get("/healthz").json()["data"]["turns"] == 0, 5, "its turn to end")
-            follow = ask(c, "after", parent=first["id"], maxModelTokens=16000, maxResponseTokens=4000)
-            assert follow.status_code == 201, follow.text  # the partial reply was stored
-            stored = upstreams.openai.requests[-1]["body"]["messages"][-2]
-            assert stored["role"] == "assistant" and stored["content"].startswith(first["text"])
+            assert_partial_stored(c, upstreams, first)
     finally:
         server.stop()
     log = server.log()
