@@ -77,10 +77,12 @@ the OpenAI-shaped routes
 and 400 on the original ones (as the original answered it), a body over
 `CHATGPT_SERVER_MAX_BODY_BYTES` is 413, malformed JSON is 400. A request head over
 `CHATGPT_SERVER_MAX_HEADER_BYTES` is answered 431 (414 while still in the URL), and one not complete
-within `CHATGPT_SERVER_HEADER_TIMEOUT_SECONDS` 408, and one without exactly one `Host` header 400, in the
-route's JSON error shape with a request id, before any route is reached. Browsers
+within `CHATGPT_SERVER_HEADER_TIMEOUT_SECONDS` 408, one without exactly one `Host` header 400, a request
+line of another HTTP version than 1.0 or 1.1 505, a method the server does not know 501, and a chunked
+body whose framing cannot be read 400, in the route's JSON error shape with a request id, before any
+route is reached. A request asking for an upgrade is served as HTTP/1.1. Browsers
 on other origins are served only when `CHATGPT_SERVER_CORS_ORIGINS` lists them (then `OPTIONS`
-preflights are answered too).
+preflights are answered too; a refused one is 400 in the route's JSON error shape).
 """
 
 
@@ -954,12 +956,14 @@ ITEM_ID = _path_id("item_id", "an item id")
 BEARER: list[dict[str, list[str]]] = [{"bearerAuth": []}]
 V1_AUTH = {
     "401": "no `Authorization: Bearer` key, or one that is not printable ASCII of at most 16384 characters "
-    "(or the upstream refused it: code invalid_api_key)",
+    "(or the upstream refused it: code invalid_api_key); or a ChatGPT account's token expired past its grace "
+    "period, or of an earlier sign-in of the stored account",
     "400": "more than one Authorization header",
 }
 V1_STORE = {
     "503": STORE_DOWN + "; or, with a ChatGPT account's token as the key, the issuer's keys cannot be "
-    "fetched now, so it cannot be checked (Retry-After)"
+    "fetched now, so it cannot be checked (Retry-After); or a conversation's lock lapsed while the store was "
+    "out of reach, so its turn was not stored (code conversation_lease_lost)"
 }
 NOT_FOUND_RESPONSE = {"404": "no response with this id belongs to this key"}
 NOT_FOUND_CONVERSATION = {"404": "no conversation with this id belongs to this key"}
@@ -1014,7 +1018,8 @@ def _original_paths() -> dict[str, Schema]:
         "400": "validation failed (every problem listed, joined by ','), the body is not a JSON object or not "
         "JSON, an option of this mode is out of its range or shape (unknown ones and the other mode's are "
         "ignored), an upstream URL is not allowed, the prompt exceeds "
-        "maxModelTokens - maxResponseTokens, parentMessageId belongs to a conversation of the other mode, or the "
+        "maxModelTokens - maxResponseTokens, maxResponseTokens is not below a mode-2 model's context window, "
+        "parentMessageId belongs to a conversation of the other mode, or the "
         "upstream refused the request (context too long, unknown model)",
         "401": "the upstream rejected the key or token, or the access token has expired (checked before calling)",
         "403": "the upstream refused access, or asks for a browser challenge",
@@ -1129,8 +1134,9 @@ def _openai_paths() -> dict[str, Schema]:
                  "function_call_output answers no call the prompt holds before it (code no_call_to_answer) or one "
                  "answered already (call_already_answered), a call the "
                  "history ends with is left unanswered (its id named), previous_response_id is unknown to this "
-                 "key (code previous_response_not_found, as OpenAI answers it), or the upstream refused the "
-                 "request",
+                 "key (code previous_response_not_found, as OpenAI answers it), a ChatGPT account's model is "
+                 "given a parameter its backend refuses (temperature, top_p, max_output_tokens: code "
+                 "unsupported_parameter), or the upstream refused the request",
                  "404": "conversation or an item_reference is unknown to this key, or the upstream answered 404 (an "
                  "unknown model)",
                  **BODY_ERRORS, **UPSTREAM_ERRORS, **V1_STORE})},
