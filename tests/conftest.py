@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -173,6 +174,23 @@ def server(upstreams: Upstreams, tmp_path_factory: pytest.TempPathFactory) -> It
 def client(server: ServerProcess) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
+
+
+def ask_at_once(urls: list[str], count: int, question: str, **kwargs: Any) -> list[int]:
+    """``count`` asks at once (a thread each), the i-th to ``urls[i % len(urls)]`` with question
+    "<question> i"; their statuses, in the order they came."""
+    statuses: list[int] = []
+
+    def one(i: int) -> None:
+        with httpx.Client(base_url=urls[i % len(urls)], timeout=30) as c:
+            statuses.append(ask(c, f"{question} {i}", **kwargs).status_code)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return statuses
 
 
 def ask(

@@ -20,7 +20,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import Upstreams, ask
+from .conftest import Upstreams, ask, ask_at_once
 from .harness import ServerProcess, within
 from .standins.chatgpt_auth import Tokens
 from .test_api_contract import assert_error
@@ -235,17 +235,7 @@ def test_twenty_requests_on_two_instances_while_the_token_expires_refresh_once(
         upstreams.apps.call(lambda: setattr(upstreams.auth, "access_lifetime_s", 3600))
         upstreams.apps.call(lambda: setattr(upstreams.auth, "refresh_delay", 0.3))  # so the requests overlap
         grant = grant_for(upstreams, email)
-        statuses: list[int] = []
-
-        def one(i: int) -> None:
-            with httpx.Client(base_url=servers[i % 2].url, timeout=30) as c:
-                statuses.append(ask(c, f"race {i}", key=token, mode="2").status_code)
-
-        threads = [threading.Thread(target=one, args=(i,)) for i in range(20)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        statuses = ask_at_once([s.url for s in servers], 20, "race", key=token, mode="2")
         assert statuses == [201] * 20
         assert grant.refreshes == 1  # exactly one refresh reached the issuer, for both instances
         assert not grant.revoked
@@ -634,17 +624,7 @@ def test_tokens_that_live_less_than_the_margin_are_not_refreshed_by_every_reques
     assert ask(cx, "refreshed", key=token, mode="2").status_code == 201
     grant = grant_for(upstreams, email)
     assert grant.refreshes == 1
-    statuses: list[int] = []
-
-    def one(i: int) -> None:
-        with httpx.Client(base_url=codex_server.url, timeout=30) as c:
-            statuses.append(ask(c, f"short {i}", key=token, mode="2").status_code)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(10)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    statuses = ask_at_once([codex_server.url], 10, "short", key=token, mode="2")
     assert statuses == [201] * 10 and grant.refreshes == 1
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from .conftest import KEY, Upstreams, ask
+from .conftest import KEY, Upstreams, ask, ask_at_once
 from .harness import ServerProcess
 from .private_stores import PrivatePostgres, PrivateRedis
 from .shared_stores import POSTGRES_PORT, REDIS_PORT, store_url
@@ -248,18 +248,8 @@ def test_one_account_one_reply_at_a_time_across_instances(
     token = mint("queued@example.com")
     upstreams.chatgpt.chunk_delay = 0.05
     upstreams.chatgpt.max_concurrent_seen = 0
-    statuses: list[int] = []
-
-    def one(url: str, i: int) -> None:
-        with httpx.Client(base_url=url, timeout=30) as c:
-            statuses.append(ask(c, f"parallel {i}", key=token, mode="2").status_code)
-
     try:
-        threads = [threading.Thread(target=one, args=((a if i % 2 else b).url, i)) for i in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        statuses = ask_at_once([b.url, a.url], 6, "parallel", key=token, mode="2")
     finally:
         upstreams.chatgpt.chunk_delay = 0.0
         a.stop()

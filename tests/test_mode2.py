@@ -8,7 +8,7 @@ import time
 import httpx
 import pytest
 
-from .conftest import Upstreams, ask
+from .conftest import Upstreams, ask, ask_at_once
 from .harness import ServerProcess
 from .standins.chatgpt_web import mint
 from .test_api_contract import assert_error
@@ -118,17 +118,7 @@ def test_one_account_is_queued_not_refused(client: httpx.Client, upstreams: Upst
     token = mint("busy@example.com")
     upstreams.chatgpt.chunk_delay = 0.05
     upstreams.chatgpt.max_concurrent_seen = 0
-    results: list[int] = []
-
-    def one(i: int) -> None:
-        with httpx.Client(base_url=server_url, timeout=30) as c:
-            results.append(ask(c, f"parallel {i}", key=token, mode="2").status_code)
-
-    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    results = ask_at_once([server_url], 4, "parallel", key=token, mode="2")
     assert results == [201] * 4
     assert upstreams.chatgpt.max_concurrent_seen == 1  # never two at once for one account
 

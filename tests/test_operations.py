@@ -384,6 +384,16 @@ def _restore_a_backup_over(db: Path) -> None:
     os.replace(staged, db)
 
 
+def _take_away(db: Path, how: str) -> None:
+    """What an operator does to the file under a running server: ``rm`` (the file alone, its -wal and -shm
+    left), ``rm *`` (all three) or ``mv backup`` (a backup put in its place)."""
+    if how == "mv backup":
+        _restore_a_backup_over(db)
+        return
+    for path in db.parent.glob(db.name + ("*" if how == "rm *" else "")):
+        path.unlink()
+
+
 @pytest.mark.parametrize("how", ["rm", "rm *", "mv backup"])
 def test_a_database_file_removed_under_the_server_is_opened_again(tmp_path: Path, upstreams: Upstreams,
                                                                   how: str) -> None:  # fmt: skip
@@ -396,11 +406,7 @@ def test_a_database_file_removed_under_the_server_is_opened_again(tmp_path: Path
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             first = ask(c, "before").json()["data"]
-            if how == "mv backup":
-                _restore_a_backup_over(db)
-            else:
-                for path in tmp_path.glob("gone.db" + ("*" if how == "rm *" else "")):
-                    path.unlink()
+            _take_away(db, how)
 
             def opened() -> bool:
                 return ask(c, "after").status_code == 201 and "was removed or replaced" in server.log() and db.exists()
@@ -433,10 +439,7 @@ def test_a_database_file_replaced_under_two_workers_is_opened_again_by_both(tmp_
     try:
         with httpx.Client(base_url=server.url, timeout=30) as c:
             first = ask(c, "before").json()["data"]
-            if how == "mv backup":
-                _restore_a_backup_over(db)
-            else:
-                db.unlink()
+            _take_away(db, how)
             wait_for(lambda: server.log().count("was removed or replaced") >= 2, what="both workers letting go")
 
             def steady() -> bool:  # every worker answers from the new file
